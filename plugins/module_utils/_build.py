@@ -1,0 +1,278 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+#
+# Private to the ironcore.image collection: no compatibility promise for
+# anything outside it.
+
+"""Assemble an IronCore OS image into an OCI layout.
+
+Everything is checked before the first byte is written, so bad input leaves
+the layout exactly as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import typing as t
+from dataclasses import dataclass, field
+
+from ansible_collections.ironcore.image.plugins.module_utils._layout import (
+    LayoutError,
+    OciLayout,
+    digest_of_file,
+    file_identity,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._manifest import (
+    InvalidDocument,
+    build_index,
+    build_manifest,
+    config_document,
+    descriptor,
+    descriptor_for,
+    platform_entry,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    CONFIG_MEDIA_TYPE,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    PLATFORMS,
+    PROFILES,
+    ROLES,
+    TITLE_ANNOTATION,
+    ImageReference,
+    InvalidReference,
+    layer_media_type,
+    platform_refs,
+)
+
+
+class BuildError(Exception):
+    """Bad input or an unusable layout; the message names the field."""
+
+
+@dataclass
+class ArtifactSet:
+    architecture: str
+    files: dict[str, str]
+    cmdline: str | None
+    position: int
+
+
+@dataclass
+class BuildPlan:
+    """What the build will record, computed before anything is written."""
+
+    ref: ImageReference
+    layout: OciLayout
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    manifests: list[dict[str, t.Any]] = field(default_factory=list)
+    refs: dict[str, dict[str, t.Any]] = field(default_factory=dict)
+    index: dict[str, t.Any] = field(default_factory=dict)
+
+
+def _check_artifact_file(where: str, path: t.Any) -> str:
+    if not isinstance(path, str) or not path:
+        raise BuildError("%s must be a path, got %r" % (where, path))
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise BuildError("%s: file %s does not exist" % (where, path)) from None
+    except OSError as exc:
+        raise BuildError("%s: cannot read %s (%s)" % (where, path, exc.strerror)) from None
+    if stat.S_ISDIR(mode):
+        raise BuildError("%s: %s is a directory, not a regular file" % (where, path))
+    if not stat.S_ISREG(mode):
+        raise BuildError("%s: %s is not a regular file (device, socket or pipe)" % (where, path))
+    if not os.access(path, os.R_OK):
+        raise BuildError("%s: %s is not readable" % (where, path))
+    return path
+
+
+def parse_artifacts(artifacts: t.Any, platforms: t.Sequence[str]) -> list[ArtifactSet]:
+    """Check the artifact list against the platforms; first problem wins."""
+    if not artifacts:
+        raise BuildError("artifacts must list at least one architecture")
+    result: list[ArtifactSet] = []
+    for position, item in enumerate(artifacts):
+        where = "artifacts[%d]" % position
+        arch = item.get("architecture")
+        if any(existing.architecture == arch for existing in result):
+            raise BuildError("%s.architecture: %s is listed twice; give each architecture once" % (where, arch))
+        files = {role: _check_artifact_file("%s.%s" % (where, role), item[role]) for role in ROLES if item.get(role)}
+        for platform in platforms:
+            missing = [role for role in PROFILES[platform].required if role not in files]
+            if missing:
+                raise BuildError(
+                    "%s: platform %s needs %s for %s, which the artifacts lack"
+                    % (where, platform, " and ".join(missing), arch)
+                )
+        result.append(ArtifactSet(arch, files, item.get("cmdline") or None, position))
+    return result
+
+
+def _ordered_platforms(platforms: t.Sequence[str]) -> list[str]:
+    return [platform for platform in PLATFORMS if platform in platforms]
+
+
+class _BlobDigests:
+    """Digests of artifact files, from the cache when the file is unchanged."""
+
+    def __init__(self, layout: OciLayout):
+        self.layout = layout
+        self.cache = layout.load_digest_cache() if layout.exists() else {}
+        self.cache_dirty = False
+
+    @staticmethod
+    def key(path: str, packed_as: str | None) -> str:
+        return "%s|%s" % (os.path.realpath(path), packed_as or "raw")
+
+    def cached(self, path: str, packed_as: str | None) -> tuple[str, int] | None:
+        entry = self.cache.get(self.key(path, packed_as))
+        if not entry or entry.get("identity") != file_identity(path):
+            return None
+        if not self.layout.has_blob(entry["digest"], entry["size"]):
+            return None
+        return entry["digest"], entry["size"]
+
+    def remember(self, path: str, packed_as: str | None, digest: str, size: int, identity: list[int]) -> None:
+        self.cache[self.key(path, packed_as)] = {"identity": identity, "digest": digest, "size": size}
+        self.cache_dirty = True
+
+    def digest(self, path: str, packed_as: str | None, store: bool) -> tuple[str, int]:
+        hit = self.cached(path, packed_as)
+        if hit:
+            return hit
+        identity = file_identity(path)
+        if store:
+            digest, size = self.layout.import_file(path, packed_as)
+        else:
+            digest, size = digest_of_file(path, packed_as)
+        # Only trust the result if the file did not change while being read.
+        if file_identity(path) == identity:
+            self.remember(path, packed_as, digest, size, identity)
+        return digest, size
+
+
+def plan_build(params: t.Mapping[str, t.Any], store: bool) -> tuple[BuildPlan, _BlobDigests]:
+    """Validate, hash (and with store=True import) the artifacts, assemble every document."""
+    try:
+        ref = ImageReference.parse(params["name"])
+    except InvalidReference as exc:
+        raise BuildError("name: %s" % exc) from None
+    if ref.digest:
+        raise BuildError("name: %s names a digest; give a tag (or none for latest)" % params["name"])
+    layout = OciLayout(params["layout"])
+    try:
+        layout.check_usable()
+    except LayoutError as exc:
+        raise BuildError("layout: %s" % exc) from None
+    unknown = [platform for platform in params["platforms"] if platform not in PROFILES]
+    if unknown:
+        raise BuildError("platforms: unknown platform %s; expected %s" % (unknown[0], ", ".join(PLATFORMS)))
+    platforms = _ordered_platforms(params["platforms"])
+    if not platforms:
+        raise BuildError("platforms must name at least one of %s" % ", ".join(PLATFORMS))
+    artifacts = parse_artifacts(params["artifacts"], platforms)
+    try:
+        extra_names = platform_refs(ref, platforms, [a.architecture for a in artifacts]) if params["platform_tags"] else {}
+    except InvalidReference as exc:
+        raise BuildError("name: platform tags of %s would be invalid: %s" % (ref, exc)) from None
+
+    if store:
+        layout.ensure()
+    digests = _BlobDigests(layout)
+    plan = BuildPlan(ref=ref, layout=layout)
+    packed = params["layer_format"] == "tar+gzip"
+    combined: list[dict[str, t.Any]] = []
+    by_platform: dict[str, list[dict[str, t.Any]]] = {platform: [] for platform in platforms}
+    for artifact in artifacts:
+        config = config_document(artifact.cmdline)
+        plan.blobs[descriptor_for(CONFIG_MEDIA_TYPE, config)["digest"]] = config
+        layers: dict[str, dict[str, t.Any]] = {}
+        for role, path in artifact.files.items():
+            if not any(role in PROFILES[platform].roles for platform in platforms):
+                continue
+            digest, size = digests.digest(path, role if packed else None, store)
+            layers[role] = descriptor(
+                layer_media_type(role, params["layer_format"]), digest, size, annotations={TITLE_ANNOTATION: role}
+            )
+        for platform in platforms:
+            profile = PROFILES[platform]
+            manifest_layers = [layers[role] for role in profile.roles if role in layers]
+            manifest = build_manifest(platform, descriptor_for(CONFIG_MEDIA_TYPE, config), manifest_layers)
+            manifest_desc = descriptor_for(OCI_MANIFEST, manifest)
+            plan.blobs[manifest_desc["digest"]] = manifest
+            plan.manifests.append(
+                {
+                    "platform": platform,
+                    "architecture": artifact.architecture,
+                    "digest": manifest_desc["digest"],
+                    "size": manifest_desc["size"],
+                    "layers": [_layer_summary(layer) for layer in manifest_layers],
+                }
+            )
+            combined.append(platform_entry(manifest_desc, artifact.architecture, platform))
+            by_platform[platform].append(platform_entry(manifest_desc, artifact.architecture, None))
+            if params["platform_tags"]:
+                plan.refs[str(extra_names["%s/%s" % (platform, artifact.architecture)])] = manifest_desc
+
+    index = build_index(combined, params.get("annotations"))
+    plan.blobs[descriptor_for(OCI_INDEX, index)["digest"]] = index
+    plan.index = descriptor_for(OCI_INDEX, index)
+    plan.refs[str(ref)] = plan.index
+    if params["platform_tags"]:
+        for platform in platforms:
+            platform_index = build_index(by_platform[platform])
+            platform_desc = descriptor_for(OCI_INDEX, platform_index)
+            plan.blobs[platform_desc["digest"]] = platform_index
+            plan.refs[str(extra_names[platform])] = platform_desc
+    return plan, digests
+
+
+def _layer_summary(layer: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    return {
+        "title": layer["annotations"][TITLE_ANNOTATION],
+        "mediaType": layer["mediaType"],
+        "digest": layer["digest"],
+        "size": layer["size"],
+    }
+
+
+def _ref_digests(refs: t.Mapping[str, t.Mapping[str, t.Any]], names: t.Iterable[str]) -> dict[str, str | None]:
+    return {name: (refs[name]["digest"] if name in refs else None) for name in names}
+
+
+def build_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.Any]:
+    """Build (or, in check mode, only compute) the image; the module's one call."""
+    try:
+        plan, digests = plan_build(params, store=not check_mode)
+        before = _ref_digests(plan.layout.refs() if plan.layout.exists() else {}, plan.refs)
+        after = {name: target["digest"] for name, target in plan.refs.items()}
+        moved = {name for name in after if before[name] != after[name]}
+        blobs_missing = [digest for digest in plan.blobs if not plan.layout.has_blob(digest)]
+        changed = bool(moved) or (bool(blobs_missing) and not check_mode)
+        if not check_mode:
+            for data in plan.blobs.values():
+                plan.layout.put_bytes(data)
+            if moved:
+                with plan.layout.locked():
+                    plan.layout.set_refs({name: plan.refs[name] for name in sorted(moved)})
+            if digests.cache_dirty:
+                digests.layout.save_digest_cache(digests.cache)
+    except (LayoutError, InvalidDocument) as exc:
+        raise BuildError(str(exc)) from None
+    except OSError as exc:
+        raise BuildError("writing layout %s failed: %s" % (params["layout"], exc)) from None
+    return {
+        "changed": changed,
+        "name": str(plan.ref),
+        "digest": plan.index["digest"],
+        "size": plan.index["size"],
+        "manifests": plan.manifests,
+        "refs": sorted(plan.refs),
+        "diff": {
+            "before": {name: before[name] for name in sorted(moved)},
+            "after": {name: after[name] for name in sorted(moved)},
+        },
+    }

@@ -1,0 +1,265 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+#
+# Private to the ironcore.image collection: no compatibility promise for
+# anything outside it.
+
+"""The OCI image layout store (image-layout spec 1.0.0).
+
+Blobs are content addressed and written once, atomically; index.json is the
+only file that changes, and every change to it happens under an exclusive
+lock so that concurrent builds into one layout cannot lose each other's
+names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import json
+import os
+import tarfile
+import typing as t
+
+from ansible_collections.ironcore.image.plugins.module_utils._io import (
+    AtomicFile,
+    HashingCounter,
+    copy_and_hash,
+    hash_file,
+    write_bytes_atomic,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json, sha256_digest
+from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    OCI_INDEX,
+    REF_NAME_ANNOTATION,
+    SHA256_DIGEST_RE,
+)
+
+LAYOUT_VERSION_DOC = b'{"imageLayoutVersion":"1.0.0"}'
+MAX_DOCUMENT_SIZE = 4 * 1024 * 1024
+DIGEST_CACHE_FILE = "ironcore-digest-cache.json"
+LOCK_FILE = ".ironcore.lock"
+
+
+class LayoutError(Exception):
+    """The layout cannot be used as asked; the message says why."""
+
+
+class OciLayout:
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+
+    # ---- structure -------------------------------------------------------
+
+    @property
+    def index_path(self) -> str:
+        return os.path.join(self.path, "index.json")
+
+    def blob_path(self, digest: str) -> str:
+        if not SHA256_DIGEST_RE.match(digest):
+            raise LayoutError("refusing blob digest %r: only sha256:<64 hex> is accepted" % digest)
+        return os.path.join(self.path, "blobs", "sha256", digest.split(":", 1)[1])
+
+    def check_usable(self) -> None:
+        """Fail early, before anything is written, when the path cannot hold a layout."""
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise LayoutError("layout %s exists and is not a directory" % self.path)
+        if os.path.isdir(self.path) and os.listdir(self.path) and not self.exists():
+            raise LayoutError("layout %s is a non-empty directory without an oci-layout file" % self.path)
+
+    def exists(self) -> bool:
+        return os.path.isfile(os.path.join(self.path, "oci-layout"))
+
+    def require(self) -> None:
+        if not self.exists():
+            raise LayoutError("%s is not an OCI image layout (no oci-layout file)" % self.path)
+
+    def ensure(self) -> None:
+        self.check_usable()
+        os.makedirs(os.path.join(self.path, "blobs", "sha256"), exist_ok=True)
+        if not self.exists():
+            write_bytes_atomic(os.path.join(self.path, "oci-layout"), LAYOUT_VERSION_DOC)
+        if not os.path.exists(self.index_path):
+            write_bytes_atomic(self.index_path, canonical_json(_empty_index()))
+
+    @contextlib.contextmanager
+    def locked(self) -> t.Iterator[None]:
+        """Serialise read-modify-write of index.json across processes."""
+        with open(os.path.join(self.path, LOCK_FILE), "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    # ---- blobs -----------------------------------------------------------
+
+    def has_blob(self, digest: str, size: int | None = None) -> bool:
+        try:
+            stat = os.stat(self.blob_path(digest))
+        except FileNotFoundError:
+            return False
+        return size is None or stat.st_size == size
+
+    def put_bytes(self, data: bytes) -> tuple[str, int, bool]:
+        """Store a small blob; returns (digest, size, written)."""
+        digest = sha256_digest(data)
+        if self.has_blob(digest, len(data)):
+            return digest, len(data), False
+        write_bytes_atomic(self.blob_path(digest), data)
+        return digest, len(data), True
+
+    def import_file(self, source: str, packed_as: str | None = None) -> tuple[str, int]:
+        """Copy a file into the blob store, hashing while copying (one read).
+
+        With packed_as, the blob is a reproducible tar+gzip holding the file
+        under that name instead of the raw file.
+        """
+        staging = os.path.join(self.path, "blobs", "sha256", "import")
+        with AtomicFile(staging) as out:
+            counter = _write_packed(source, packed_as, out) if packed_as else _write_raw(source, out)
+            final = self.blob_path(counter.digest)
+            if not self.has_blob(counter.digest, counter.size):
+                out.commit(final)
+        return counter.digest, counter.size
+
+    def open_blob(self, digest: str) -> t.BinaryIO:
+        try:
+            return open(self.blob_path(digest), "rb")
+        except FileNotFoundError:
+            raise LayoutError("blob %s is missing from layout %s" % (digest, self.path)) from None
+
+    def read_document(self, digest: str) -> bytes:
+        """A manifest, index or config blob, refused when implausibly large."""
+        path = self.blob_path(digest)
+        try:
+            size = os.path.getsize(path)
+        except FileNotFoundError:
+            raise LayoutError("blob %s is missing from layout %s" % (digest, self.path)) from None
+        if size > MAX_DOCUMENT_SIZE:
+            raise LayoutError("blob %s is %d bytes, more than a manifest may be (4 MiB)" % (digest, size))
+        with open(path, "rb") as stream:
+            data = stream.read()
+        if sha256_digest(data) != digest:
+            raise LayoutError("blob %s in layout %s does not match its digest" % (digest, self.path))
+        return data
+
+    # ---- names -----------------------------------------------------------
+
+    def read_index(self) -> dict[str, t.Any]:
+        try:
+            with open(self.index_path, "rb") as stream:
+                document = json.load(stream)
+        except FileNotFoundError:
+            return _empty_index()
+        except ValueError as exc:
+            raise LayoutError("%s is not valid JSON: %s" % (self.index_path, exc)) from None
+        if not isinstance(document, dict) or not isinstance(document.get("manifests", []), list):
+            raise LayoutError("%s is not an OCI image index" % self.index_path)
+        document.setdefault("manifests", [])
+        return document
+
+    def refs(self) -> dict[str, dict[str, t.Any]]:
+        """Every recorded name and the descriptor it points at."""
+        names = {}
+        for entry in self.read_index()["manifests"]:
+            name = (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION)
+            if name:
+                names[name] = entry
+        return names
+
+    def resolve(self, name: str) -> dict[str, t.Any]:
+        entry = self.refs().get(name)
+        if entry is None:
+            known = sorted(self.refs())
+            hint = (", ".join(known[:10]) + (" ..." if len(known) > 10 else "")) if known else "none"
+            raise LayoutError("%s is not recorded in layout %s (names there: %s)" % (name, self.path, hint))
+        return entry
+
+    def set_refs(self, refs: t.Mapping[str, t.Mapping[str, t.Any]]) -> None:
+        """Point each name at its descriptor; caller holds the lock."""
+        index = self.read_index()
+        kept = [
+            entry
+            for entry in index["manifests"]
+            if (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION) not in refs
+        ]
+        for name, target in refs.items():
+            entry = {key: value for key, value in target.items() if key != "annotations"}
+            entry["annotations"] = dict(target.get("annotations") or {}, **{REF_NAME_ANNOTATION: name})
+            kept.append(entry)
+        index["manifests"] = kept
+        write_bytes_atomic(self.index_path, canonical_json(index))
+
+    # ---- digest cache ----------------------------------------------------
+
+    def load_digest_cache(self) -> dict[str, t.Any]:
+        try:
+            with open(os.path.join(self.path, DIGEST_CACHE_FILE), "rb") as stream:
+                cache = json.load(stream)
+            return cache if isinstance(cache, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def save_digest_cache(self, cache: t.Mapping[str, t.Any]) -> None:
+        write_bytes_atomic(os.path.join(self.path, DIGEST_CACHE_FILE), canonical_json(cache))
+
+
+def _empty_index() -> dict[str, t.Any]:
+    return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+
+
+def file_identity(path: str) -> list[int]:
+    """What must all stay equal for a cached digest of the file to be trusted."""
+    stat = os.stat(path)
+    return [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns]
+
+
+def _write_raw(source: str, out: t.Any) -> HashingCounter:
+    with open(source, "rb") as stream:
+        return copy_and_hash(stream, out)
+
+
+class _HashingWriter:
+    """File-like sink for tarfile/gzip that hashes what it forwards."""
+
+    def __init__(self, out: t.Any):
+        self._out = out
+        self.counter = HashingCounter()
+
+    def write(self, data: t.Any) -> int:
+        self.counter.update(data)
+        self._out.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _write_packed(source: str, member_name: str, out: t.Any) -> HashingCounter:
+    """A tar.gz of one file whose bytes depend on the file's content alone."""
+    sink = _HashingWriter(out)
+    info = tarfile.TarInfo(member_name)
+    info.size = os.path.getsize(source)
+    info.mode = 0o644
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6) as gz:
+        with tarfile.open(fileobj=gz, mode="w|", format=tarfile.USTAR_FORMAT) as archive, open(source, "rb") as stream:
+            archive.addfile(info, stream)
+    return sink.counter
+
+
+def digest_of_file(source: str, packed_as: str | None = None) -> tuple[str, int]:
+    """What import_file would store, computed without writing anything."""
+    if not packed_as:
+        return hash_file(source)
+
+    class _Null:
+        def write(self, data: t.Any) -> int:
+            return len(data)
+
+    counter = _write_packed(source, packed_as, _Null())
+    return counter.digest, counter.size

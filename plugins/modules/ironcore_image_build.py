@@ -1,0 +1,223 @@
+#!/usr/bin/python
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: ironcore_image_build
+short_description: Assemble a platform-aware IronCore OS image into an OCI image layout
+version_added: 0.1.0
+description:
+  - Builds an IronCore OS image from boot artifacts (kernel, initramfs, rootfs and optional squashfs, UKI, ISO)
+    of one or more CPU architectures into a local OCI image layout directory, with no registry involved.
+  - Records a combined index under O(name) with one manifest per architecture and platform
+    (C(platform.variant) V(baremetal) or V(virtualization)), baremetal first within each architecture.
+  - With O(platform_tags=true) it also records C(<tag>-<platform>) (an index without variants, the shape
+    today's IronCore consumers accept) and C(<tag>-<platform>-<arch>) (the manifest itself).
+  - Each artifact is read once, hashed while it is copied into the blob store; a digest cache keyed on the
+    file's device, inode, size and modification time lets a rebuild skip unchanged files entirely.
+  - Every document is validated against the collection's JSON Schema before it is recorded; every file is
+    written to a temporary file and renamed, and C(index.json) updates are serialised with a lock.
+author:
+  - IronCore image collection maintainers
+requirements:
+  - jsonschema >= 4.0
+attributes:
+  check_mode:
+    support: full
+    details: Hashes the artifacts and reports digests and whether names would move; writes nothing.
+  diff_mode:
+    support: full
+    details: Shows the names whose digest moves.
+  idempotent:
+    support: full
+    details: Unchanged inputs give the same digests and report RV(ignore:changed=false).
+options:
+  layout:
+    description:
+      - Path of the OCI image layout directory. Created when missing.
+      - Must not be a regular file, nor a non-empty directory that is not an OCI layout.
+    type: path
+    required: true
+  name:
+    description:
+      - Image reference to record the combined index under, for example V(registry.example.com/os/gardenlinux:1.0).
+      - Without a tag, V(latest) is used. A digest reference is refused.
+    type: str
+    required: true
+  artifacts:
+    description:
+      - One entry per CPU architecture, each listing that architecture's files on the build host.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      architecture:
+        description: CPU architecture of the files.
+        type: str
+        required: true
+        choices: [amd64, arm64]
+      kernel:
+        description: Path of the kernel image. Needed by the V(baremetal) platform.
+        type: path
+      initramfs:
+        description: Path of the initramfs. Needed by the V(baremetal) platform.
+        type: path
+      rootfs:
+        description: Path of the root file system as a raw disk image. Needed by every platform.
+        type: path
+      squashfs:
+        description: Path of a squashfs image; added to V(baremetal) manifests only.
+        type: path
+      uki:
+        description: Path of a unified kernel image; added to V(baremetal) manifests only.
+        type: path
+      iso:
+        description: Path of an ISO image; added to V(baremetal) manifests only.
+        type: path
+      cmdline:
+        description: Kernel command line, stored in the image config as C(commandLine).
+        type: str
+  platforms:
+    description:
+      - Platforms to build manifests for. Order does not matter; baremetal is always listed first.
+    type: list
+    elements: str
+    choices: [virtualization, baremetal]
+    default: [virtualization, baremetal]
+  layer_format:
+    description:
+      - V(raw) stores each file as it is, with media type C(application/vnd.ironcore.image.<role>); this is what
+        IronCore consumers read.
+      - V(tar+gzip) stores each file in a reproducible single-file tar.gz with media type
+        C(application/vnd.oci.image.layer.v1.tar+gzip).
+    type: str
+    choices: [raw, tar+gzip]
+    default: raw
+  annotations:
+    description: Annotations to put on the combined index. Nothing time-dependent is added unless given here.
+    type: dict
+  platform_tags:
+    description: Also record the per-platform and per-platform-per-architecture names.
+    type: bool
+    default: true
+notes:
+  - The layout can be read by any OCI tool, for example C(skopeo inspect --raw oci:LAYOUT:NAME).
+seealso:
+  - module: ironcore.image.ironcore_image_push
+  - module: ironcore.image.ironcore_image_fetch
+"""
+
+EXAMPLES = r"""
+- name: Build a two-architecture image for both platforms
+  ironcore.image.ironcore_image_build:
+    layout: /var/lib/ironcore/layout
+    name: registry.example.com/os/gardenlinux:1.0
+    artifacts:
+      - architecture: amd64
+        kernel: out/amd64/vmlinuz
+        initramfs: out/amd64/initrd
+        rootfs: out/amd64/rootfs.raw
+        cmdline: console=ttyS0 root=LABEL=ROOT
+      - architecture: arm64
+        kernel: out/arm64/vmlinuz
+        initramfs: out/arm64/initrd
+        rootfs: out/arm64/rootfs.raw
+  register: image
+
+- name: Build a hypervisor-only image
+  ironcore.image.ironcore_image_build:
+    layout: /var/lib/ironcore/layout
+    name: registry.example.com/os/vm-base:2.3
+    platforms: [virtualization]
+    artifacts:
+      - architecture: amd64
+        rootfs: out/amd64/rootfs.raw
+"""
+
+RETURN = r"""
+name:
+  description: The normalised name the combined index is recorded under.
+  returned: always
+  type: str
+  sample: registry.example.com/os/gardenlinux:1.0
+digest:
+  description: Digest of the combined index.
+  returned: always
+  type: str
+  sample: sha256:0f3c...
+size:
+  description: Size in bytes of the combined index.
+  returned: always
+  type: int
+manifests:
+  description: One entry per architecture and platform, in index order.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    platform:
+      description: V(baremetal) or V(virtualization).
+      type: str
+    architecture:
+      description: V(amd64) or V(arm64).
+      type: str
+    digest:
+      description: Digest of the manifest.
+      type: str
+    size:
+      description: Size of the manifest in bytes.
+      type: int
+    layers:
+      description: The manifest's layers in order, each with C(title), C(mediaType), C(digest) and C(size).
+      type: list
+      elements: dict
+refs:
+  description: Every name recorded for this image in the layout.
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ironcore.image.plugins.module_utils._build import BuildError, build_image
+from ansible_collections.ironcore.image.plugins.module_utils._deps import require
+from ansible_collections.ironcore.image.plugins.module_utils._model import ARCHITECTURES, LAYER_FORMATS, PLATFORMS, ROLES
+
+
+def main() -> None:
+    artifact_options = {role: {"type": "path"} for role in ROLES}
+    artifact_options["architecture"] = {"type": "str", "required": True, "choices": list(ARCHITECTURES)}
+    artifact_options["cmdline"] = {"type": "str"}
+    module = AnsibleModule(
+        argument_spec={
+            "layout": {"type": "path", "required": True},
+            "name": {"type": "str", "required": True},
+            "artifacts": {"type": "list", "elements": "dict", "required": True, "options": artifact_options},
+            "platforms": {
+                "type": "list",
+                "elements": "str",
+                "choices": list(PLATFORMS),
+                "default": ["virtualization", "baremetal"],
+            },
+            "layer_format": {"type": "str", "choices": list(LAYER_FORMATS), "default": "raw"},
+            "annotations": {"type": "dict"},
+            "platform_tags": {"type": "bool", "default": True},
+        },
+        supports_check_mode=True,
+    )
+    require(module, "jsonschema")
+    try:
+        result = build_image(module.params, module.check_mode)
+    except BuildError as exc:
+        module.fail_json(msg=str(exc))
+    if not module._diff:
+        result.pop("diff")
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
