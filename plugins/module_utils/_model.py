@@ -128,6 +128,7 @@ _REFERENCE_RE = re.compile(
     r"^(?:(?P<domain>%s)/)?(?P<path>%s(?:/%s)*)(?::(?P<tag>%s))?(?:@(?P<digest>%s))?$"
     % (_DOMAIN, _PATH_COMPONENT, _PATH_COMPONENT, _TAG, _DIGEST)
 )
+_PATH_RE = re.compile(r"^%s(?:/%s)*$" % (_PATH_COMPONENT, _PATH_COMPONENT))
 TAG_RE = re.compile(r"^%s$" % _TAG)
 SHA256_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -156,6 +157,8 @@ class ImageReference:
         if domain and not ("." in domain or ":" in domain or domain == "localhost" or domain.startswith("[")):
             path = domain + "/" + path
             domain = None
+            if not _PATH_RE.match(path):
+                raise InvalidReference("%r is not a valid image reference: the repository must be lower-case" % text)
         digest = match.group("digest")
         if digest and not SHA256_DIGEST_RE.match(digest):
             raise InvalidReference("%r: only sha256 digests are supported" % text)

@@ -1,0 +1,203 @@
+"""ironcore_image_build driven through the real ansible CLI, read back with skopeo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+MODULE = "ironcore.image.ironcore_image_build"
+NAME = "registry.example.com/os/gardenlinux:1.0"
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def artifacts(tmp_path):
+    paths = {}
+    for arch in ("amd64", "arm64"):
+        for role in ("kernel", "initramfs", "rootfs", "squashfs"):
+            path = tmp_path / "in" / arch / role
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(("%s %s " % (arch, role)).encode() * 1000)
+            paths[(arch, role)] = str(path)
+    # A rootfs shared by both architectures must be stored once.
+    return paths
+
+
+def artifact_list(paths, archs=("amd64", "arm64"), roles=("kernel", "initramfs", "rootfs"), cmdline="console=ttyS0"):
+    items = []
+    for arch in archs:
+        item = {"architecture": arch, "cmdline": cmdline}
+        item.update({role: paths[(arch, role)] for role in roles})
+        items.append(item)
+    return items
+
+
+def skopeo_raw(layout: str, name: str) -> bytes:
+    return subprocess.run(["skopeo", "inspect", "--raw", "oci:%s:%s" % (layout, name)], check=True, capture_output=True).stdout
+
+
+def snapshot(path: str) -> dict:
+    found = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, "rb") as stream:
+                found[os.path.relpath(full, path)] = stream.read()
+    return found
+
+
+def test_build_check_real_idempotent(ansible, artifacts, tmp_path):
+    layout = str(tmp_path / "layout")
+    args = {"layout": layout, "name": NAME, "artifacts": artifact_list(artifacts)}
+
+    checked = ansible.module(MODULE, args, check=True, diff=True)
+    assert checked["changed"] is True, checked
+    assert not os.path.exists(layout)
+
+    built = ansible.module(MODULE, args, diff=True)
+    assert built["changed"] is True and built["digest"] == checked["digest"]
+    assert NAME in built["diff"]["after"]
+
+    again_check = ansible.module(MODULE, args, check=True)
+    again = ansible.module(MODULE, args)
+    assert again_check["changed"] is False and again["changed"] is False
+    assert again["digest"] == built["digest"]
+
+    index = json.loads(skopeo_raw(layout, NAME))
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert [(m["platform"]["architecture"], m["platform"]["variant"]) for m in index["manifests"]] == [
+        ("amd64", "baremetal"),
+        ("amd64", "virtualization"),
+        ("arm64", "baremetal"),
+        ("arm64", "virtualization"),
+    ]
+    assert "sha256:" + __import__("hashlib").sha256(skopeo_raw(layout, NAME)).hexdigest() == built["digest"]
+
+    per_platform = json.loads(skopeo_raw(layout, NAME + "-baremetal"))
+    assert [m["platform"] for m in per_platform["manifests"]] == [
+        {"architecture": "amd64", "os": "linux"},
+        {"architecture": "arm64", "os": "linux"},
+    ]
+    assert [m["digest"] for m in per_platform["manifests"]] == [index["manifests"][0]["digest"], index["manifests"][2]["digest"]]
+
+    manifest = json.loads(skopeo_raw(layout, NAME + "-virtualization-arm64"))
+    assert manifest["annotations"] == {"io.ironcore.image.platform": "virtualization"}
+    assert [(layer["mediaType"], layer["annotations"]) for layer in manifest["layers"]] == [
+        ("application/vnd.ironcore.image.rootfs", {"org.opencontainers.image.title": "rootfs"})
+    ]
+    bare = json.loads(skopeo_raw(layout, NAME + "-baremetal-amd64"))
+    assert [layer["annotations"]["org.opencontainers.image.title"] for layer in bare["layers"]] == ["kernel", "initramfs", "rootfs"]
+    config_blob = os.path.join(layout, "blobs", "sha256", bare["config"]["digest"][7:])
+    assert json.load(open(config_blob)) == {"commandLine": "console=ttyS0"}
+    assert bare["config"]["mediaType"] == "application/vnd.ironcore.image.config.v1+json"
+    assert sorted(built["refs"]) == sorted(
+        [NAME] + [NAME + "-" + p for p in ("baremetal", "virtualization")]
+        + [NAME + "-%s-%s" % (p, a) for p in ("baremetal", "virtualization") for a in ("amd64", "arm64")]
+    )
+
+
+def test_same_inputs_same_digest_in_another_layout(ansible, artifacts, tmp_path):
+    args = {"name": NAME, "artifacts": artifact_list(artifacts), "annotations": {"org.opencontainers.image.version": "1.0"}}
+    one = ansible.module(MODULE, dict(args, layout=str(tmp_path / "a")))
+    copy_dir = tmp_path / "copy"
+    shutil.copytree(tmp_path / "in", copy_dir)
+    moved = {key: path.replace(str(tmp_path / "in"), str(copy_dir)) for key, path in artifacts.items()}
+    two = ansible.module(MODULE, dict(args, layout=str(tmp_path / "b"), artifacts=artifact_list(moved)))
+    assert one["digest"] == two["digest"]
+
+
+def test_changed_artifact_moves_the_name(ansible, artifacts, tmp_path):
+    args = {"layout": str(tmp_path / "l"), "name": NAME, "artifacts": artifact_list(artifacts, archs=("amd64",))}
+    first = ansible.module(MODULE, args)
+    with open(artifacts[("amd64", "rootfs")], "ab") as stream:
+        stream.write(b"more")
+    second = ansible.module(MODULE, args, diff=True)
+    assert second["changed"] is True and second["digest"] != first["digest"]
+    assert second["diff"]["before"][NAME] == first["digest"]
+
+
+def test_tar_gzip_layers_and_no_platform_tags(ansible, artifacts, tmp_path):
+    layout = str(tmp_path / "l")
+    args = {
+        "layout": layout,
+        "name": "local/img",
+        "platforms": ["virtualization"],
+        "layer_format": "tar+gzip",
+        "platform_tags": False,
+        "artifacts": artifact_list(artifacts, archs=("arm64",), roles=("rootfs",)),
+    }
+    result = ansible.module(MODULE, args)
+    assert result["refs"] == ["local/img:latest"]
+    (manifest,) = result["manifests"]
+    assert manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    assert ansible.module(MODULE, args)["changed"] is False
+
+
+def test_squashfs_goes_to_baremetal_only(ansible, artifacts, tmp_path):
+    args = {
+        "layout": str(tmp_path / "l"),
+        "name": "local/img:1",
+        "artifacts": artifact_list(artifacts, archs=("amd64",), roles=("kernel", "initramfs", "rootfs", "squashfs")),
+    }
+    result = ansible.module(MODULE, args)
+    titles = {m["platform"]: [layer["title"] for layer in m["layers"]] for m in result["manifests"]}
+    assert titles == {"baremetal": ["kernel", "initramfs", "rootfs", "squashfs"], "virtualization": ["rootfs"]}
+
+
+def test_rebuild_uses_digest_cache(ansible, artifacts, tmp_path):
+    layout = tmp_path / "l"
+    args = {"layout": str(layout), "name": NAME, "artifacts": artifact_list(artifacts, archs=("amd64",))}
+    ansible.module(MODULE, args)
+    cache = json.loads((layout / "ironcore-digest-cache.json").read_text())
+    assert len(cache) == 3
+    # Same bytes, new mtime: the cache must not be trusted, result unchanged.
+    os.utime(artifacts[("amd64", "rootfs")], ns=(1, 1))
+    assert ansible.module(MODULE, args)["changed"] is False
+    assert json.loads((layout / "ironcore-digest-cache.json").read_text()) != cache
+
+
+def bad_cases(paths, tmp_path):
+    device = "/dev/null"
+    folder = str(tmp_path)
+    amd = {"architecture": "amd64", "kernel": paths[("amd64", "kernel")], "initramfs": paths[("amd64", "initramfs")], "rootfs": paths[("amd64", "rootfs")]}
+    return [
+        ({"artifacts": [dict(amd, rootfs=str(tmp_path / "missing"))]}, "artifacts[0].rootfs: file %s does not exist" % (tmp_path / "missing")),
+        ({"artifacts": [dict(amd, kernel=folder)]}, "artifacts[0].kernel: %s is a directory" % folder),
+        ({"artifacts": [dict(amd, initramfs=device)]}, "artifacts[0].initramfs: /dev/null is not a regular file"),
+        ({"artifacts": [dict(amd, architecture="x86")]}, "architecture must be one of: amd64, arm64, got: x86"),
+        ({"platforms": ["cloud"]}, "value of platforms must be one or more of: baremetal, virtualization. Got no match for: cloud"),
+        ({"artifacts": []}, "artifacts must list at least one architecture"),
+        ({"artifacts": [amd, amd]}, "artifacts[1].architecture: amd64 is listed twice"),
+        (
+            {"artifacts": [amd, {"architecture": "arm64", "initramfs": paths[("arm64", "initramfs")], "rootfs": paths[("arm64", "rootfs")]}]},
+            "artifacts[1]: platform baremetal needs kernel for arm64",
+        ),
+        ({"name": "Not A/Name"}, "name: 'Not A/Name' is not a valid image reference"),
+        ({"name": "r.io/x@sha256:" + "a" * 64}, "names a digest"),
+    ]
+
+
+def test_bad_input_fails_cleanly_and_touches_nothing(ansible, artifacts, tmp_path):
+    layout = str(tmp_path / "layout")
+    good = {"layout": layout, "name": NAME, "artifacts": artifact_list(artifacts, archs=("amd64",))}
+    ansible.module(MODULE, good)
+    before = snapshot(layout)
+    for override, message in bad_cases(artifacts, tmp_path):
+        result = ansible.module(MODULE, dict(good, **override))
+        assert result.get("failed") is True, (override, result)
+        assert message in result["msg"], (message, result["msg"])
+        assert "\n" not in result["msg"] and "Traceback" not in result["msg"]
+        assert snapshot(layout) == before
+
+
+def test_layout_that_is_a_file_is_refused(ansible, artifacts, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    result = ansible.module(MODULE, {"layout": str(target), "name": NAME, "artifacts": artifact_list(artifacts, archs=("amd64",))})
+    assert result["failed"] is True and "exists and is not a directory" in result["msg"]
+    assert target.read_text() == "keep me"

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import tarfile
+
+import pytest
+
+from ansible_collections.ironcore.image.plugins.module_utils import _layout as layout_mod
+from ansible_collections.ironcore.image.plugins.module_utils._io import AtomicFile, write_bytes_atomic
+from ansible_collections.ironcore.image.plugins.module_utils._model import OCI_MANIFEST, REF_NAME_ANNOTATION
+
+
+def test_ensure_writes_spec_files(tmp_path):
+    store = layout_mod.OciLayout(str(tmp_path / "l"))
+    store.ensure()
+    assert json.loads((tmp_path / "l" / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    assert json.loads((tmp_path / "l" / "index.json").read_text())["manifests"] == []
+    assert (tmp_path / "l" / "blobs" / "sha256").is_dir()
+
+
+def test_check_usable_refuses_file_and_foreign_dir(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(layout_mod.LayoutError, match="not a directory"):
+        layout_mod.OciLayout(str(tmp_path / "f")).check_usable()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "other").write_text("x")
+    with pytest.raises(layout_mod.LayoutError, match="without an oci-layout"):
+        layout_mod.OciLayout(str(tmp_path / "d")).check_usable()
+
+
+def test_import_file_hashes_while_copying(tmp_path):
+    source = tmp_path / "rootfs"
+    data = os.urandom(5 * 1024 * 1024 + 7)
+    source.write_bytes(data)
+    store = layout_mod.OciLayout(str(tmp_path / "l"))
+    store.ensure()
+    digest, size = store.import_file(str(source))
+    assert digest == "sha256:" + hashlib.sha256(data).hexdigest() and size == len(data)
+    assert open(store.blob_path(digest), "rb").read() == data
+    assert sorted(os.listdir(tmp_path / "l" / "blobs" / "sha256")) == [digest[7:]]
+    assert layout_mod.digest_of_file(str(source)) == (digest, size)
+
+
+def test_packed_layer_is_reproducible_single_file_tar(tmp_path):
+    source = tmp_path / "kernel"
+    source.write_bytes(b"kernel bytes")
+    store = layout_mod.OciLayout(str(tmp_path / "l"))
+    store.ensure()
+    digest, size = store.import_file(str(source), packed_as="kernel")
+    os.utime(source, (1, 1))
+    assert layout_mod.digest_of_file(str(source), packed_as="kernel") == (digest, size)
+    blob = open(store.blob_path(digest), "rb").read()
+    assert blob[4:8] == b"\0\0\0\0"  # gzip header mtime
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob))) as archive:
+        (member,) = archive.getmembers()
+        assert (member.name, member.mtime, member.uid, member.gid, member.uname) == ("kernel", 0, 0, 0, "")
+        assert archive.extractfile(member).read() == b"kernel bytes"
+
+
+def test_set_refs_replaces_only_named_entries(tmp_path):
+    store = layout_mod.OciLayout(str(tmp_path / "l"))
+    store.ensure()
+    one = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "1" * 64, "size": 1}
+    two = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "2" * 64, "size": 2}
+    store.set_refs({"a:1": one, "b:1": one})
+    store.set_refs({"a:1": two})
+    refs = store.refs()
+    assert refs["a:1"]["digest"] == two["digest"] and refs["b:1"]["digest"] == one["digest"]
+    assert refs["a:1"]["annotations"] == {REF_NAME_ANNOTATION: "a:1"}
+    with pytest.raises(layout_mod.LayoutError, match="names there: a:1, b:1"):
+        store.resolve("c:1")
+
+
+def _record_many(path: str, worker: int) -> None:
+    store = layout_mod.OciLayout(path)
+    for number in range(20):
+        descriptor = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "%064x" % number, "size": number}
+        with store.locked():
+            store.set_refs({"w%d:%d" % (worker, number): descriptor})
+
+
+def test_lock_serialises_concurrent_writers(tmp_path):
+    path = str(tmp_path / "l")
+    layout_mod.OciLayout(path).ensure()
+    workers = [multiprocessing.Process(target=_record_many, args=(path, n)) for n in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(layout_mod.OciLayout(path).refs()) == 80
+
+
+def test_read_document_checks_digest_and_size(tmp_path):
+    store = layout_mod.OciLayout(str(tmp_path / "l"))
+    store.ensure()
+    digest, _, _ = store.put_bytes(b"{}")
+    assert store.read_document(digest) == b"{}"
+    write_bytes_atomic(store.blob_path(digest), b"[]")
+    with pytest.raises(layout_mod.LayoutError, match="does not match"):
+        store.read_document(digest)
+
+
+def test_atomic_file_leaves_old_content_on_failure(tmp_path):
+    target = tmp_path / "boot" / "kernel"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with AtomicFile(str(target)) as out:
+            out.write(b"new partial")
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old"
+    assert os.listdir(target.parent) == ["kernel"]

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.ironcore.image.plugins.module_utils import _model as model
+
+
+@pytest.mark.parametrize(
+    "text, registry, repository, tag, digest",
+    [
+        ("registry.example.com/os/gardenlinux:1.0", "registry.example.com", "os/gardenlinux", "1.0", None),
+        ("127.0.0.1:5000/os/img", "127.0.0.1:5000", "os/img", "latest", None),
+        ("localhost/img:v1", "localhost", "img", "v1", None),
+        ("os/img:v1", "", "os/img", "v1", None),
+        ("r.io/a@sha256:" + "a" * 64, "r.io", "a", None, "sha256:" + "a" * 64),
+    ],
+)
+def test_parse_reference(text, registry, repository, tag, digest):
+    ref = model.ImageReference.parse(text)
+    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repository, tag, digest)
+
+
+@pytest.mark.parametrize("text", ["", "UPPER/case", "a//b", "r.io/a:", "r.io/a@md5:abc", "r.io/a:" + "x" * 129, "a b"])
+def test_parse_reference_rejects(text):
+    with pytest.raises(model.InvalidReference):
+        model.ImageReference.parse(text)
+
+
+def test_default_tag_and_str():
+    assert str(model.ImageReference.parse("r.io/a")) == "r.io/a:latest"
+
+
+def test_platform_refs_suffix_the_tag():
+    ref = model.ImageReference.parse("r.io/os/x:1.0")
+    refs = model.platform_refs(ref, ["baremetal"], ["amd64", "arm64"])
+    assert {key: str(value) for key, value in refs.items()} == {
+        "baremetal": "r.io/os/x:1.0-baremetal",
+        "baremetal/amd64": "r.io/os/x:1.0-baremetal-amd64",
+        "baremetal/arm64": "r.io/os/x:1.0-baremetal-arm64",
+    }
+
+
+def test_platform_tag_too_long_is_refused():
+    ref = model.ImageReference.parse("r.io/x:" + "t" * 120)
+    with pytest.raises(model.InvalidReference):
+        ref.with_tag_suffix("virtualization", "amd64")
+
+
+@pytest.mark.parametrize(
+    "descriptor, role",
+    [
+        ({"mediaType": "application/vnd.ironcore.image.kernel"}, "kernel"),
+        ({"mediaType": "application/vnd.ironcore.image.rootfs.v1alpha1.rootfs"}, "rootfs"),
+        ({"mediaType": "application/vnd.ironcore.image.vmlinuz.v1alpha1.vmlinuz"}, "kernel"),
+        ({"mediaType": "application/vnd.ironcore.image.squashfs.v1alpha1.squashfs"}, "squashfs"),
+        ({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "annotations": {model.TITLE_ANNOTATION: "initramfs"}}, "initramfs"),
+        ({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "annotations": {model.TITLE_ANNOTATION: "../etc"}}, None),
+        ({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}, None),
+        ({"mediaType": "application/vnd.ironcore.image.unknown"}, None),
+        ({"mediaType": "application/octet-stream"}, None),
+    ],
+)
+def test_layer_role(descriptor, role):
+    assert model.layer_role(descriptor) == role
+
+
+def test_profiles_order_and_content():
+    assert model.PLATFORMS[0] == "baremetal"
+    assert model.PROFILES["baremetal"].roles == ("kernel", "initramfs", "rootfs", "squashfs", "uki", "iso")
+    assert model.PROFILES["virtualization"].roles == ("rootfs",)
+
+
+@pytest.mark.parametrize("machine, arch", [("x86_64", "amd64"), ("aarch64", "arm64"), ("riscv64", None)])
+def test_architecture_of_machine(machine, arch):
+    assert model.architecture_of_machine(machine) == arch
