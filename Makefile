@@ -19,7 +19,7 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps venv collection demo test unit integration lint clean
+.PHONY: help system-deps venv collection demo test clean bench-build
 
 help:
 	@echo "make demo   build a sample two-platform image into a local OCI layout and show it"
@@ -55,3 +55,6 @@ test: system-deps venv collection
 
 clean:
 	rm -rf $(BUILD) $(VENV)
+
+bench-build: system-deps venv collection
+	$(BIN)/python bench/build_vs_cp.py
