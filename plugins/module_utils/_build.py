@@ -162,6 +162,9 @@ def plan_build(params: t.Mapping[str, t.Any], store: bool) -> tuple[BuildPlan, _
         raise BuildError("name: %s" % exc) from None
     if ref.digest:
         raise BuildError("name: %s names a digest; give a tag (or none for latest)" % params["name"])
+    for key, value in (params.get("annotations") or {}).items():
+        if not isinstance(value, str):
+            raise BuildError("annotations.%s must be a string, got %s" % (key, type(value).__name__))
     layout = OciLayout(params["layout"])
     try:
         layout.check_usable()

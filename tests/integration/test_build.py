@@ -179,6 +179,7 @@ def bad_cases(paths, tmp_path):
         ),
         ({"name": "Not A/Name"}, "name: 'Not A/Name' is not a valid image reference"),
         ({"name": "r.io/x@sha256:" + "a" * 64}, "names a digest"),
+        ({"annotations": {"build": 5}}, "annotations.build must be a string, got int"),
     ]
 
 
@@ -201,3 +202,21 @@ def test_layout_that_is_a_file_is_refused(ansible, artifacts, tmp_path):
     result = ansible.module(MODULE, {"layout": str(target), "name": NAME, "artifacts": artifact_list(artifacts, archs=("amd64",))})
     assert result["failed"] is True and "exists and is not a directory" in result["msg"]
     assert target.read_text() == "keep me"
+
+
+def test_concurrent_builds_into_one_layout_keep_every_name(ansible, artifacts, tmp_path):
+    import concurrent.futures
+
+    layout = str(tmp_path / "l")
+    jobs = [
+        {"layout": layout, "name": "r.io/os/img:%d" % number, "artifacts": artifact_list(artifacts, archs=(arch,))}
+        for number, arch in enumerate(("amd64", "arm64", "amd64", "arm64"))
+    ]
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda args: ansible.module(MODULE, args), jobs))
+    assert all(result["changed"] is True for result in results), results
+    index = json.load(open(os.path.join(layout, "index.json")))
+    names = {entry["annotations"]["org.opencontainers.image.ref.name"] for entry in index["manifests"]}
+    for job, result in zip(jobs, results):
+        assert set(result["refs"]) <= names
+        assert json.loads(skopeo_raw(layout, job["name"]))["manifests"][0]["digest"] == result["manifests"][0]["digest"]
