@@ -12,43 +12,33 @@ library is one clear failure that says what to install.
 
 from __future__ import annotations
 
+import importlib
 import traceback
 import typing as t
 
 from ansible.module_utils.basic import missing_required_lib
 
-try:
-    import jsonschema  # noqa: F401  (imported to prove it is there)
-except ImportError:
-    JSONSCHEMA_ERROR: str | None = traceback.format_exc()
-else:
-    JSONSCHEMA_ERROR = None
-
-try:
-    import requests  # noqa: F401
-except ImportError:
-    REQUESTS_ERROR: str | None = traceback.format_exc()
-else:
-    REQUESTS_ERROR = None
-
-try:
-    import oras.auth.utils  # noqa: F401
-except ImportError:
-    ORAS_ERROR: str | None = traceback.format_exc()
-else:
-    ORAS_ERROR = None
-
-_ERRORS = {
-    "jsonschema": lambda: JSONSCHEMA_ERROR,
-    "requests": lambda: REQUESTS_ERROR,
-    "oras": lambda: ORAS_ERROR,
+# Library name -> (module to import, requirement to install when it is missing).
+_LIBRARIES = {
+    "jsonschema": ("jsonschema", "jsonschema>=4.0"),
+    "requests": ("requests", "requests>=2.28"),
+    "oras": ("oras.auth.utils", "oras>=0.2.43"),
 }
-_PIP_NAMES = {"jsonschema": "jsonschema>=4.0", "requests": "requests>=2.28", "oras": "oras>=0.2.43"}
+
+
+def import_error(library: str) -> str | None:
+    """The traceback of importing `library`, or None when it imports."""
+    module_name = _LIBRARIES[library][0]
+    try:
+        importlib.import_module(module_name)
+    except ImportError:
+        return traceback.format_exc()
+    return None
 
 
 def require(module: t.Any, *libraries: str) -> None:
     """Fail the module cleanly when a library it needs is missing."""
     for library in libraries:
-        error = _ERRORS[library]()
+        error = import_error(library)
         if error is not None:
-            module.fail_json(msg=missing_required_lib(_PIP_NAMES[library]), exception=error)
+            module.fail_json(msg=missing_required_lib(_LIBRARIES[library][1]), exception=error)

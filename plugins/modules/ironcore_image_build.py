@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright (c) IronCore image collection contributors
-# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0).
+# Compatible with the GNU General Public License version 3, ansible-core's license.
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ description:
   - Every document is validated against the collection's JSON Schema before it is recorded; every file is
     written to a temporary file and renamed, and C(index.json) updates are serialised with a lock.
 author:
-  - IronCore image collection maintainers
+  - IronCore image collection maintainers (@ironcore-dev)
 requirements:
   - jsonschema >= 4.0
+extends_documentation_fragment:
+  - ironcore.image.attributes
 attributes:
   check_mode:
     support: full
@@ -105,9 +108,6 @@ options:
     default: true
 notes:
   - The layout can be read by any OCI tool, for example C(skopeo inspect --raw oci:LAYOUT:NAME).
-seealso:
-  - module: ironcore.image.ironcore_image_push
-  - module: ironcore.image.ironcore_image_fetch
 """
 
 EXAMPLES = r"""
@@ -185,7 +185,12 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._build import BuildError, build_image
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
-from ansible_collections.ironcore.image.plugins.module_utils._model import ARCHITECTURES, LAYER_FORMATS, PLATFORMS, ROLES
+from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    ARCHITECTURES,
+    LAYER_FORMATS,
+    PLATFORMS,
+    ROLES,
+)
 
 
 def main() -> None:

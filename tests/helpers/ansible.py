@@ -8,7 +8,6 @@ import subprocess
 import sys
 import typing as t
 
-
 BIN = os.path.dirname(sys.executable)
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,11 +46,13 @@ class AnsibleRunner:
         if diff:
             command.append("--diff")
         run_env = dict(self.env, **(env or {}))
-        proc = subprocess.run(command, env=run_env, capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run(command, env=run_env, capture_output=True, text=True, timeout=1800, check=False)
         try:
             document = json.loads(proc.stdout)
-        except ValueError:
-            raise AssertionError("ansible printed no JSON (rc=%s):\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr))
+        except ValueError as exc:
+            raise AssertionError(
+                "ansible printed no JSON (rc=%s):\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr)
+            ) from exc
         result = document["plays"][0]["tasks"][0]["hosts"]["localhost"]
         result["_stdout"] = proc.stdout
         result["_stderr"] = proc.stderr
@@ -73,7 +74,7 @@ class AnsibleRunner:
         if check:
             command.append("--check")
         run_env = dict(self.env, **(env or {}))
-        proc = subprocess.run(command, env=run_env, capture_output=True, text=True, timeout=3600, cwd=cwd)
+        proc = subprocess.run(command, env=run_env, capture_output=True, text=True, timeout=3600, cwd=cwd, check=False)
         try:
             document = json.loads(proc.stdout)
         except ValueError:

@@ -38,12 +38,14 @@ def artifact_list(paths, archs=("amd64", "arm64"), roles=("kernel", "initramfs",
 
 
 def skopeo_raw(layout: str, name: str) -> bytes:
-    return subprocess.run(["skopeo", "inspect", "--raw", "oci:%s:%s" % (layout, name)], check=True, capture_output=True).stdout
+    return subprocess.run(
+        ["skopeo", "inspect", "--raw", "oci:%s:%s" % (layout, name)], check=True, capture_output=True
+    ).stdout
 
 
 def snapshot(path: str) -> dict:
     found = {}
-    for root, _, files in os.walk(path):
+    for root, _directories, files in os.walk(path):
         for name in files:
             full = os.path.join(root, name)
             with open(full, "rb") as stream:
@@ -83,7 +85,10 @@ def test_build_check_real_idempotent(ansible, artifacts, tmp_path):
         {"architecture": "amd64", "os": "linux"},
         {"architecture": "arm64", "os": "linux"},
     ]
-    assert [m["digest"] for m in per_platform["manifests"]] == [index["manifests"][0]["digest"], index["manifests"][2]["digest"]]
+    assert [m["digest"] for m in per_platform["manifests"]] == [
+        index["manifests"][0]["digest"],
+        index["manifests"][2]["digest"],
+    ]
 
     manifest = json.loads(skopeo_raw(layout, NAME + "-virtualization-arm64"))
     assert manifest["annotations"] == {"io.ironcore.image.platform": "virtualization"}
@@ -91,18 +96,27 @@ def test_build_check_real_idempotent(ansible, artifacts, tmp_path):
         ("application/vnd.ironcore.image.rootfs", {"org.opencontainers.image.title": "rootfs"})
     ]
     bare = json.loads(skopeo_raw(layout, NAME + "-baremetal-amd64"))
-    assert [layer["annotations"]["org.opencontainers.image.title"] for layer in bare["layers"]] == ["kernel", "initramfs", "rootfs"]
+    assert [layer["annotations"]["org.opencontainers.image.title"] for layer in bare["layers"]] == [
+        "kernel",
+        "initramfs",
+        "rootfs",
+    ]
     config_blob = os.path.join(layout, "blobs", "sha256", bare["config"]["digest"][7:])
     assert json.load(open(config_blob)) == {"commandLine": "console=ttyS0"}
     assert bare["config"]["mediaType"] == "application/vnd.ironcore.image.config.v1+json"
     assert sorted(built["refs"]) == sorted(
-        [NAME] + [NAME + "-" + p for p in ("baremetal", "virtualization")]
+        [NAME]
+        + [NAME + "-" + p for p in ("baremetal", "virtualization")]
         + [NAME + "-%s-%s" % (p, a) for p in ("baremetal", "virtualization") for a in ("amd64", "arm64")]
     )
 
 
 def test_same_inputs_same_digest_in_another_layout(ansible, artifacts, tmp_path):
-    args = {"name": NAME, "artifacts": artifact_list(artifacts), "annotations": {"org.opencontainers.image.version": "1.0"}}
+    args = {
+        "name": NAME,
+        "artifacts": artifact_list(artifacts),
+        "annotations": {"org.opencontainers.image.version": "1.0"},
+    }
     one = ansible.module(MODULE, dict(args, layout=str(tmp_path / "a")))
     copy_dir = tmp_path / "copy"
     shutil.copytree(tmp_path / "in", copy_dir)
@@ -164,17 +178,37 @@ def test_rebuild_uses_digest_cache(ansible, artifacts, tmp_path):
 def bad_cases(paths, tmp_path):
     device = "/dev/null"
     folder = str(tmp_path)
-    amd = {"architecture": "amd64", "kernel": paths[("amd64", "kernel")], "initramfs": paths[("amd64", "initramfs")], "rootfs": paths[("amd64", "rootfs")]}
+    amd = {
+        "architecture": "amd64",
+        "kernel": paths[("amd64", "kernel")],
+        "initramfs": paths[("amd64", "initramfs")],
+        "rootfs": paths[("amd64", "rootfs")],
+    }
     return [
-        ({"artifacts": [dict(amd, rootfs=str(tmp_path / "missing"))]}, "artifacts[0].rootfs: file %s does not exist" % (tmp_path / "missing")),
+        (
+            {"artifacts": [dict(amd, rootfs=str(tmp_path / "missing"))]},
+            "artifacts[0].rootfs: file %s does not exist" % (tmp_path / "missing"),
+        ),
         ({"artifacts": [dict(amd, kernel=folder)]}, "artifacts[0].kernel: %s is a directory" % folder),
         ({"artifacts": [dict(amd, initramfs=device)]}, "artifacts[0].initramfs: /dev/null is not a regular file"),
         ({"artifacts": [dict(amd, architecture="x86")]}, "architecture must be one of: amd64, arm64, got: x86"),
-        ({"platforms": ["cloud"]}, "value of platforms must be one or more of: baremetal, virtualization. Got no match for: cloud"),
+        (
+            {"platforms": ["cloud"]},
+            "value of platforms must be one or more of: baremetal, virtualization. Got no match for: cloud",
+        ),
         ({"artifacts": []}, "artifacts must list at least one architecture"),
         ({"artifacts": [amd, amd]}, "artifacts[1].architecture: amd64 is listed twice"),
         (
-            {"artifacts": [amd, {"architecture": "arm64", "initramfs": paths[("arm64", "initramfs")], "rootfs": paths[("arm64", "rootfs")]}]},
+            {
+                "artifacts": [
+                    amd,
+                    {
+                        "architecture": "arm64",
+                        "initramfs": paths[("arm64", "initramfs")],
+                        "rootfs": paths[("arm64", "rootfs")],
+                    },
+                ]
+            },
             "artifacts[1]: platform baremetal needs kernel for arm64",
         ),
         ({"name": "Not A/Name"}, "name: 'Not A/Name' is not a valid image reference"),
@@ -199,7 +233,9 @@ def test_bad_input_fails_cleanly_and_touches_nothing(ansible, artifacts, tmp_pat
 def test_layout_that_is_a_file_is_refused(ansible, artifacts, tmp_path):
     target = tmp_path / "file"
     target.write_text("keep me")
-    result = ansible.module(MODULE, {"layout": str(target), "name": NAME, "artifacts": artifact_list(artifacts, archs=("amd64",))})
+    result = ansible.module(
+        MODULE, {"layout": str(target), "name": NAME, "artifacts": artifact_list(artifacts, archs=("amd64",))}
+    )
     assert result["failed"] is True and "exists and is not a directory" in result["msg"]
     assert target.read_text() == "keep me"
 

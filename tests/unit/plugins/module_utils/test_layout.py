@@ -98,7 +98,7 @@ def test_lock_serialises_concurrent_writers(tmp_path):
 def test_read_document_checks_digest_and_size(tmp_path):
     store = layout_mod.OciLayout(str(tmp_path / "l"))
     store.ensure()
-    digest, _, _ = store.put_bytes(b"{}")
+    digest = store.put_bytes(b"{}")[0]
     assert store.read_document(digest) == b"{}"
     write_bytes_atomic(store.blob_path(digest), b"[]")
     with pytest.raises(layout_mod.LayoutError, match="does not match"):

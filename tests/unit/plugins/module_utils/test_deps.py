@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.ironcore.image.plugins.module_utils import _deps as deps
+
+
+class ModuleFailed(Exception):
+    pass
+
+
+class RecordingModule:
+    """Stands in for AnsibleModule: fail_json ends the module, as the real one does."""
+
+    def fail_json(self, **result):
+        raise ModuleFailed(result)
+
+
+def test_installed_libraries_pass():
+    deps.require(RecordingModule(), "jsonschema", "requests", "oras")
+
+
+def test_missing_library_fails_with_what_to_install(monkeypatch):
+    monkeypatch.setitem(deps._LIBRARIES, "absent", ("ironcore_image_no_such_module", "no-such-package>=1.0"))
+    with pytest.raises(ModuleFailed) as failure:
+        deps.require(RecordingModule(), "jsonschema", "absent")
+    result = failure.value.args[0]
+    assert "no-such-package>=1.0" in result["msg"]
+    assert "\n" not in result["msg"]
+    assert "ironcore_image_no_such_module" in result["exception"]
+
+
+def test_import_error_names_only_missing_modules():
+    assert deps.import_error("jsonschema") is None
