@@ -178,7 +178,9 @@ def plan_build(params: t.Mapping[str, t.Any], store: bool) -> tuple[BuildPlan, _
         raise BuildError("platforms must name at least one of %s" % ", ".join(PLATFORMS))
     artifacts = parse_artifacts(params["artifacts"], platforms)
     try:
-        extra_names = platform_refs(ref, platforms, [a.architecture for a in artifacts]) if params["platform_tags"] else {}
+        extra_names = (
+            platform_refs(ref, platforms, [a.architecture for a in artifacts]) if params["platform_tags"] else {}
+        )
     except InvalidReference as exc:
         raise BuildError("name: platform tags of %s would be invalid: %s" % (ref, exc)) from None
 

@@ -92,7 +92,10 @@ _DESCRIPTOR_SCHEMA: dict[str, t.Any] = {
     "type": "object",
     "required": ["mediaType", "digest", "size"],
     "properties": {
-        "mediaType": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$"},
+        "mediaType": {
+            "type": "string",
+            "pattern": r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$",
+        },
         "digest": {"type": "string", "pattern": _DIGEST_PATTERN},
         "size": {"type": "integer", "minimum": 0},
         "annotations": {"type": "object", "additionalProperties": {"type": "string"}},

@@ -88,7 +88,7 @@ def layer_role(descriptor: t.Mapping[str, t.Any]) -> str | None:
     if media_type in LEGACY_LAYER_MEDIA_TYPES:
         return LEGACY_LAYER_MEDIA_TYPES[media_type]
     if media_type.startswith(MEDIA_TYPE_PREFIX):
-        role = media_type[len(MEDIA_TYPE_PREFIX):]
+        role = media_type[len(MEDIA_TYPE_PREFIX) :]
         return role if role in ROLES else None
     if media_type == OCI_LAYER_TAR_GZIP:
         title = (descriptor.get("annotations") or {}).get(TITLE_ANNOTATION)
@@ -192,10 +192,12 @@ class ImageReference:
 
     def with_tag_suffix(self, *parts: str) -> ImageReference:
         """`name:tag-part1-part2`, the names platform tags are recorded under."""
-        return self.with_tag("-".join((self.tag or "latest",) + parts))
+        return self.with_tag("-".join((self.tag or "latest", *parts)))
 
 
-def platform_refs(ref: ImageReference, platforms: t.Iterable[str], architectures: t.Iterable[str]) -> dict[str, ImageReference]:
+def platform_refs(
+    ref: ImageReference, platforms: t.Iterable[str], architectures: t.Iterable[str]
+) -> dict[str, ImageReference]:
     """The extra names recorded beside a combined index, keyed by what they hold."""
     refs: dict[str, ImageReference] = {}
     arch_list = list(architectures)

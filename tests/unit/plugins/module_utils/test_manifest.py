@@ -5,13 +5,19 @@ import json
 import pytest
 
 from ansible_collections.ironcore.image.plugins.module_utils import _manifest as manifest
-from ansible_collections.ironcore.image.plugins.module_utils._model import CONFIG_MEDIA_TYPE, OCI_MANIFEST, TITLE_ANNOTATION
+from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    CONFIG_MEDIA_TYPE,
+    OCI_MANIFEST,
+    TITLE_ANNOTATION,
+)
 
 DIGEST = "sha256:" + "0" * 64
 
 
 def layer(role: str) -> dict:
-    return manifest.descriptor("application/vnd.ironcore.image." + role, DIGEST, 1, annotations={TITLE_ANNOTATION: role})
+    return manifest.descriptor(
+        "application/vnd.ironcore.image." + role, DIGEST, 1, annotations={TITLE_ANNOTATION: role}
+    )
 
 
 def config() -> dict:

@@ -53,8 +53,20 @@ def test_platform_tag_too_long_is_refused():
         ({"mediaType": "application/vnd.ironcore.image.rootfs.v1alpha1.rootfs"}, "rootfs"),
         ({"mediaType": "application/vnd.ironcore.image.vmlinuz.v1alpha1.vmlinuz"}, "kernel"),
         ({"mediaType": "application/vnd.ironcore.image.squashfs.v1alpha1.squashfs"}, "squashfs"),
-        ({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "annotations": {model.TITLE_ANNOTATION: "initramfs"}}, "initramfs"),
-        ({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "annotations": {model.TITLE_ANNOTATION: "../etc"}}, None),
+        (
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "annotations": {model.TITLE_ANNOTATION: "initramfs"},
+            },
+            "initramfs",
+        ),
+        (
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "annotations": {model.TITLE_ANNOTATION: "../etc"},
+            },
+            None,
+        ),
         ({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}, None),
         ({"mediaType": "application/vnd.ironcore.image.unknown"}, None),
         ({"mediaType": "application/octet-stream"}, None),
