@@ -10,7 +10,7 @@ DEMO_DIR ?= $(BUILD)/demo
 
 # Debian packages the tests drive for real: registry, OCI client, emulator, sshd, ...
 APT_PACKAGES := docker-registry skopeo qemu-system-x86 qemu-utils openssh-server openssh-client \
-	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync
+	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync shellcheck
 
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_COLLECTIONS_SCAN_SYS_PATH := false
@@ -19,11 +19,16 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps venv collection demo test clean bench-build
+.PHONY: help system-deps venv collection demo test pytest lint sanity docs-lint docs galaxy changelog clean bench-build
 
 help:
-	@echo "make demo   build a sample two-platform image into a local OCI layout and show it"
-	@echo "make test   install everything and run every test"
+	@echo "make demo       build a sample two-platform image into a local OCI layout and show it"
+	@echo "make test       install everything and run every gate below, then every pytest test"
+	@echo "make lint       ruff (lint, format), yamllint, ansible-lint (profile production)"
+	@echo "make docs-lint  antsibull-docs on the plugin docs, antsibull-changelog, reference up to date"
+	@echo "make sanity     ansible-test sanity, every test, no ignore entries"
+	@echo "make galaxy     build the tarball, galaxy-importer, install it, run the demo from it"
+	@echo "make docs       regenerate docs/reference from the modules' and roles' own docs"
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -32,10 +37,10 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+$(BIN)/.installed: requirements.txt requirements-dev.txt requirements-gates.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q -r requirements-dev.txt -r requirements-gates.txt
 	touch $@
 
 venv: $(BIN)/.installed
@@ -50,8 +55,43 @@ demo: system-deps venv collection
 	@echo "--- skopeo inspect --raw oci:$(DEMO_DIR)/layout:demo.example.com/os/sample:1.0"
 	@skopeo inspect --raw oci:$(DEMO_DIR)/layout:demo.example.com/os/sample:1.0 | $(BIN)/python -m json.tool
 
-test: system-deps venv collection
+# The quality gates first (fast ones first), the test suite last so its summary closes the output.
+test: system-deps venv collection lint docs-lint sanity galaxy pytest
+
+pytest: system-deps venv collection
 	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/yamllint -s .
+	$(BIN)/ansible-lint
+
+# ansible-test needs the collection under .../ansible_collections/ironcore/image: the script copies it there.
+sanity: system-deps venv
+	tools/sanity.sh $(BUILD) --python $$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+
+REFERENCE := docs/reference
+REFERENCE_CHECK := $(BUILD)/reference-check
+
+docs-lint: venv collection
+	$(BIN)/antsibull-docs lint-collection-docs --plugin-docs --validate-collection-refs dependent .
+	$(BIN)/antsibull-changelog lint
+	@rm -rf $(REFERENCE_CHECK)
+	$(BIN)/python tools/module_reference.py ironcore.image $(REFERENCE_CHECK)
+	@diff -ru $(REFERENCE) $(REFERENCE_CHECK) || { echo "$(REFERENCE) is out of date: run make docs and commit it" >&2; exit 1; }
+
+docs: venv collection
+	rm -rf $(REFERENCE)
+	$(BIN)/python tools/module_reference.py ironcore.image $(REFERENCE)
+
+galaxy: system-deps venv
+	tools/galaxy.sh $(BUILD)
+
+# Release notes: add a fragment under changelogs/fragments/ with each change; at release time
+# (after bumping galaxy.yml's version) this folds them into changelogs/changelog.yaml and CHANGELOG.md.
+changelog: venv collection
+	$(BIN)/antsibull-changelog release
 
 clean:
 	rm -rf $(BUILD) $(VENV)
