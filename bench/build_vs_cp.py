@@ -69,11 +69,13 @@ def main() -> None:
         total_mib = sum(files.values()) / (1 << 20)
 
         # Warm the page cache once so neither side pays for the first read alone.
-        subprocess.run(["cat"] + list(paths.values()), stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(["cat", *paths.values()], stdout=subprocess.DEVNULL, check=True)
 
         copy_dir = os.path.join(work, "cp")
         os.mkdir(copy_dir)
-        peer_time, _ = timed(["sh", "-c", 'cp "$@" "%s/" && sha256sum "$@" >/dev/null' % copy_dir, "sh"] + list(paths.values()))
+        peer_time, _ = timed(
+            ["sh", "-c", 'cp "$@" "%s/" && sha256sum "$@" >/dev/null' % copy_dir, "sh", *paths.values()]
+        )
         peer_rss = children_peak_rss_mib()
 
         params = {
@@ -91,10 +93,19 @@ def main() -> None:
         rebuild_time, out = timed(child)
         second = json.loads(out)
 
-        print("build benchmark: %.0f MiB of artifacts (rootfs %d MiB + kernel + initramfs), page cache warm" % (total_mib, args.rootfs_mib))
+        print(
+            "build benchmark: %.0f MiB of artifacts (rootfs %d MiB + kernel + initramfs), page cache warm"
+            % (total_mib, args.rootfs_mib)
+        )
         print("cp + sha256sum          : %6.2f s" % peer_time)
-        print("ironcore_image_build    : %6.2f s  peak RSS %.0f MiB  (changed=%s)" % (build_time, first["rss_kib"] / 1024, first["changed"]))
-        print("rebuild, unchanged      : %6.2f s  peak RSS %.0f MiB  (changed=%s)" % (rebuild_time, second["rss_kib"] / 1024, second["changed"]))
+        print(
+            "ironcore_image_build    : %6.2f s  peak RSS %.0f MiB  (changed=%s)"
+            % (build_time, first["rss_kib"] / 1024, first["changed"])
+        )
+        print(
+            "rebuild, unchanged      : %6.2f s  peak RSS %.0f MiB  (changed=%s)"
+            % (rebuild_time, second["rss_kib"] / 1024, second["changed"])
+        )
         print("ratio build / (cp + sha256sum): %.2f  (goal <= 1.10)" % (build_time / peer_time))
         print("ratio rebuild / build         : %.3f" % (rebuild_time / build_time))
         print("peer peak RSS (largest child)  : %.0f MiB" % peer_rss)
