@@ -97,27 +97,22 @@ class Renderer:
     def bullets(self, value: t.Any) -> list[str]:
         return ["- " + self.text(item).replace("\n", "\n  ") for item in as_list(value)]
 
-    def option_rows(self, options: Doc, parents: list[str]) -> t.Iterator[str]:
-        for name in sorted(options):
-            spec = options[name]
-            path = [*parents, name]
-            yield "| %s | %s | %s |" % (
-                self.name_cell("parameter", path, spec),
-                self.type_cell(spec),
-                self.option_cell(spec),
-            )
-            yield from self.option_rows(spec.get("suboptions") or spec.get("options") or {}, path)
+    def option_rows(self, options: Doc) -> t.Iterator[str]:
+        return self._rows("parameter", options, [], self.option_cell, "suboptions", "options")
 
-    def return_rows(self, values: Doc, parents: list[str]) -> t.Iterator[str]:
-        for name in sorted(values):
-            spec = values[name]
+    def return_rows(self, values: Doc) -> t.Iterator[str]:
+        return self._rows("return", values, [], self.return_cell, "contains")
+
+    def _rows(
+        self, kind: str, specs: Doc, parents: list[str], details: t.Callable[[Doc], str], *nested_keys: str
+    ) -> t.Iterator[str]:
+        """One table row per entry, each followed by the rows of its nested entries."""
+        for name in sorted(specs):
+            spec = specs[name]
             path = [*parents, name]
-            yield "| %s | %s | %s |" % (
-                self.name_cell("return", path, spec),
-                self.type_cell(spec),
-                self.return_cell(spec),
-            )
-            yield from self.return_rows(spec.get("contains") or {}, path)
+            yield "| %s | %s | %s |" % (self.name_cell(kind, path, spec), self.type_cell(spec), details(spec))
+            nested = next((spec[key] for key in nested_keys if spec.get(key)), {})
+            yield from self._rows(kind, nested, path, details, *nested_keys)
 
     def name_cell(self, kind: str, path: list[str], spec: Doc) -> str:
         prefix = [self.entrypoint] if self.entrypoint else []
@@ -177,7 +172,7 @@ def table(header: str, rows: t.Iterable[str]) -> list[str]:
 def options_section(renderer: Renderer, options: Doc, title: str = "## Parameters") -> list[str]:
     if not options:
         return []
-    return [title, "", *table("| Parameter | Type | Comments |", renderer.option_rows(options, []))]
+    return [title, "", *table("| Parameter | Type | Comments |", renderer.option_rows(options))]
 
 
 def module_page(fqcn: str, collection: str) -> str:
@@ -209,7 +204,7 @@ def module_page(fqcn: str, collection: str) -> str:
     if entry.get("examples"):
         lines += ["## Examples", "", "```yaml", entry["examples"].strip("\n"), "```", ""]
     if returns:
-        lines += ["## Return values", "", *table("| Key | Type | Description |", renderer.return_rows(returns, []))]
+        lines += ["## Return values", "", *table("| Key | Type | Description |", renderer.return_rows(returns))]
     lines += ["## Authors", "", *("- " + author for author in as_list(doc.get("author")))]
     return "\n".join(lines) + "\n"
 
