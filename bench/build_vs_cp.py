@@ -73,9 +73,8 @@ def main() -> None:
 
         copy_dir = os.path.join(work, "cp")
         os.mkdir(copy_dir)
-        peer_time, _ = timed(
-            ["sh", "-c", 'cp "$@" "%s/" && sha256sum "$@" >/dev/null' % copy_dir, "sh", *paths.values()]
-        )
+        peer_command = ["sh", "-c", 'cp "$@" "%s/" && sha256sum "$@" >/dev/null' % copy_dir, "sh", *paths.values()]
+        peer_time = timed(peer_command)[0]
         peer_rss = children_peak_rss_mib()
 
         params = {

@@ -29,14 +29,20 @@ if grep -qE '^(WARNING|ERROR|CRITICAL)' "$log" || ! grep -q 'Importer processing
 	exit 1
 fi
 
-echo "--- ansible-galaxy collection install into an empty collections path"
-ansible-galaxy collection install --offline -p "$installed" "$tarball"
-
-echo "--- the README demo, from the installed copy"
-# Only the installed copy is on the collections path, and the run starts outside the
-# checkout, so nothing can come from the working tree.
+# From here on only the empty path is configured: the checkout's link in .build/collections
+# must neither count as "already installed" nor serve the demo.
 export ANSIBLE_COLLECTIONS_PATH=$installed
 export ANSIBLE_COLLECTIONS_SCAN_SYS_PATH=false
+
+echo "--- ansible-galaxy collection install into an empty collections path"
+ansible-galaxy collection install --offline -p "$installed" "$tarball"
+listing=$(ansible-galaxy collection list ironcore.image)
+grep -qx "# $installed/ansible_collections" <<<"$listing" || {
+	echo "ironcore.image is not installed under $installed" >&2
+	exit 1
+}
+
+echo "--- the README demo, from the installed copy (run outside the checkout)"
 cd "$demo"
 ansible-playbook -i localhost, -c local ironcore.image.demo -e demo_dir="$demo"
 name=demo.example.com/os/sample:1.0
