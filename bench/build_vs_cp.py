@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Build benchmark: ironcore_image_build vs `cp` + `sha256sum` on the same files.
 
 Run with `make bench-build` (or .venv/bin/python bench/build_vs_cp.py [--rootfs-mib N]).
