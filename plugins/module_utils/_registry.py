@@ -452,6 +452,10 @@ class RegistryClient(_OrasRegistry):
     def blob_url(self, repository: str, digest: str) -> str:
         return self.url(repository, "blobs", digest)
 
+    def wait_before_retry(self, attempt: int) -> None:
+        """Sleep the backoff of the given (0-based) retry, for callers with retry loops of their own."""
+        self._sleep(self._backoff(attempt))
+
     def _backoff(self, attempt: int, response: requests.Response | None = None) -> float:
         retry_after = response.headers.get("Retry-After") if response is not None else None
         if retry_after and retry_after.strip().isdigit():
@@ -786,6 +790,12 @@ class RegistryClient(_OrasRegistry):
         Returns (mounted, upload location). A registry that cannot mount
         answers with an upload session instead, which the caller may use.
         """
+        session = self.open_upload(repository, mount, mount_from, what)
+        return (True, None) if session is None else (False, session.location)
+
+    def open_upload(self, repository: str, mount: str | None = None, mount_from: str | None = None,
+                    what: str | None = None) -> UploadSession | None:
+        """Like start_upload, with the session's chunk minimum; None when the blob was mounted."""
         params = {"mount": mount, "from": mount_from} if mount and mount_from else None
         extra = (repository_scope(mount_from, ("pull",)),) if params and mount_from else ()
         what = what or "starting an upload to %s/%s" % (self.registry, repository)
@@ -795,12 +805,21 @@ class RegistryClient(_OrasRegistry):
         )
         response.close()
         if response.status_code == 201 and params:
-            return True, None
+            return None
         location = response.headers.get("Location")
         if not location:
             raise RegistryError("%s failed: the registry answered without an upload Location" % what,
                                 code="BLOB_UPLOAD_INVALID")
-        return False, self.absolute(location)
+        minimum = response.headers.get("OCI-Chunk-Min-Length", "")
+        return UploadSession(self.absolute(location), int(minimum) if minimum.isdigit() else 0)
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    """Where to send an upload's data, and the smallest PATCH the registry accepts."""
+
+    location: str
+    chunk_min: int = 0
 
 
 def _json_bytes(document: t.Any) -> bytes:
