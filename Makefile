@@ -19,11 +19,12 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps venv collection demo test unit integration lint clean
+.PHONY: help system-deps venv collection demo test unit integration lint clean bench-push
 
 help:
 	@echo "make demo   build a sample two-platform image into a local OCI layout and show it"
 	@echo "make test   install everything and run every test"
+	@echo "make bench-push  time a 1 GiB-rootfs push against skopeo (local TLS registry)"
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -52,6 +53,10 @@ demo: system-deps venv collection
 
 test: system-deps venv collection
 	$(BIN)/pytest
+
+# Not part of `make test`: moves gigabytes. BENCH_ARGS=--size-mib=N for another size.
+bench-push: system-deps venv collection
+	$(BIN)/python bench/push_vs_skopeo.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) $(VENV)

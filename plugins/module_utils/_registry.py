@@ -201,6 +201,16 @@ def repository_scope(repository: str, actions: t.Sequence[str]) -> str:
     return "repository:%s:%s" % (repository, ",".join(actions))
 
 
+def scope_covered(scope: str, held: t.Iterable[str]) -> bool:
+    """Whether a scope we ask for anyway grants everything `scope` asks for."""
+    resource, _, actions = scope.rpartition(":")
+    for candidate in held:
+        held_resource, _, held_actions = candidate.rpartition(":")
+        if held_resource == resource and set(actions.split(",")) <= set(held_actions.split(",")):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class Credentials:
     """What we can present: Basic user:password (base64) and/or a docker identity token."""
@@ -520,10 +530,10 @@ class RegistryClient(_OrasRegistry):
             if response.status_code == 401 and not answered_challenge:
                 answered_challenge = True
                 challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
-                response.close()
                 if self._answer(challenge, scopes, send_headers.get("Authorization"), what):
+                    response.close()
                     continue
-                raise self._auth.no_credentials_error(what)
+                raise self.failure(what, response)
             if response.status_code in RETRY_STATUSES and safe and attempt < self.options.retries:
                 delay = self._backoff(attempt, response)
                 response.close()
@@ -569,7 +579,7 @@ class RegistryClient(_OrasRegistry):
         if challenge.scheme == "bearer" and challenge.realm:
             self._auth.forget_token(scopes)
             wanted = list(scopes)
-            if challenge.scope and challenge.scope not in wanted:
+            if challenge.scope and not scope_covered(challenge.scope, wanted):
                 wanted.append(challenge.scope)
             token, expires_in = self._fetch_token(challenge, wanted, what)
             self._auth.store_token(scopes, token, expires_in)

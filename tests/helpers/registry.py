@@ -175,6 +175,9 @@ class TokenServer:
         self.key_id = libtrust_key_id(self.key.public_key())
         self.requests: list[dict[str, t.Any]] = []
         self.token_lifetime = 300
+        # Tokens still to issue with pull access only, whatever was asked:
+        # lets a test make the registry refuse a cached token.
+        self.pull_only_tokens = 0
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -209,6 +212,9 @@ class TokenServer:
             request.end_headers()
             request.wfile.write(body)
             return
+        if self.pull_only_tokens > 0:
+            self.pull_only_tokens -= 1
+            scopes = [scope.rsplit(":", 1)[0] + ":pull" for scope in scopes]
         body = json.dumps({"token": self.sign(user, scopes), "expires_in": self.token_lifetime}).encode()
         request.send_response(200)
         request.send_header("Content-Type", "application/json")
