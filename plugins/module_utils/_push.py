@@ -20,6 +20,7 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
+from ansible_collections.ironcore.image.plugins.module_utils._manifest import declared_media_type
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
     INDEX_MEDIA_TYPES,
@@ -118,12 +119,7 @@ def _document_media_type(descriptor: t.Mapping[str, t.Any], data: bytes) -> str:
     declared = descriptor.get("mediaType")
     if isinstance(declared, str) and declared:
         return declared
-    try:
-        document = json.loads(data)
-    except ValueError:
-        return ""
-    value = document.get("mediaType") if isinstance(document, dict) else None
-    return value if isinstance(value, str) else ""
+    return declared_media_type(data)
 
 
 class _Planner:
@@ -223,7 +219,7 @@ class _Pusher:
             return found["digest"] if found else None
 
         tags = list(self.plan.tags)
-        return dict(zip(tags, _parallel(self.client.options.concurrency, head, tags), strict=True))
+        return dict(zip(tags, _parallel(self.client.options.concurrency, head, tags)))
 
     def mount_source(self, digest: str, size: int) -> str | None:
         for source in self.mount_from:
@@ -256,7 +252,7 @@ class _Pusher:
         items = sorted(self.plan.blobs.items(), key=lambda item: -item[1])
         outcomes = _parallel(self.client.options.concurrency, self.transfer, items)
         report = BlobReport()
-        for (_, size), outcome in zip(items, outcomes, strict=True):
+        for (_, size), outcome in zip(items, outcomes):
             setattr(report, outcome, getattr(report, outcome) + 1)
             if outcome == "uploaded" and self.check_mode:
                 report.bytes_uploaded += size

@@ -53,7 +53,7 @@ else:
     )
 
 from ansible_collections.ironcore.image.plugins.module_utils._layout import MAX_DOCUMENT_SIZE
-from ansible_collections.ironcore.image.plugins.module_utils._manifest import sha256_digest
+from ansible_collections.ironcore.image.plugins.module_utils._manifest import declared_media_type, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -725,7 +725,7 @@ class RegistryClient(_OrasRegistry):
         if SHA256_DIGEST_RE.match(reference) and digest != reference:
             raise RegistryError("%s failed: the registry sent a document whose digest is %s" % (what, digest),
                                 code="DIGEST_INVALID")
-        media_type = _media_type(response.headers.get("Content-Type")) or _declared_media_type(data)
+        media_type = _media_type(response.headers.get("Content-Type")) or declared_media_type(data)
         return data, media_type, digest
 
     def head_manifest(self, repository: str, reference: str) -> dict[str, t.Any] | None:
@@ -838,15 +838,6 @@ def _json_bytes(document: t.Any) -> bytes:
 
 def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip()
-
-
-def _declared_media_type(data: bytes) -> str:
-    try:
-        document = json.loads(data)
-    except ValueError:
-        return ""
-    value = document.get("mediaType") if isinstance(document, dict) else None
-    return value if isinstance(value, str) else ""
 
 
 def _kind(media_type: str) -> str:
