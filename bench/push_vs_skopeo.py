@@ -45,11 +45,14 @@ MEASURE = (
 def measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
     """(seconds, peak RSS in MiB, stdout) of a command; fails loudly when it fails."""
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True,
-                          env=dict(os.environ, **(env or {})))
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, env=dict(os.environ, **(env or {}))
+    )
     seconds = time.monotonic() - start
     if proc.returncode != 0:
-        raise SystemExit("command failed: %s\n%s\n%s" % (" ".join(command[:3]), proc.stdout[-3000:], proc.stderr[-3000:]))
+        raise SystemExit(
+            "command failed: %s\n%s\n%s" % (" ".join(command[:3]), proc.stdout[-3000:], proc.stderr[-3000:])
+        )
     rss_kib = int(proc.stderr.rsplit("PEAK_RSS_KIB=", 1)[1].split()[0])
     return seconds, rss_kib // 1024, proc.stdout
 
@@ -75,12 +78,29 @@ def build(workdir: str, rootfs_size: int) -> str:
     args = {
         "layout": layout,
         "name": NAME,
-        "artifacts": [{"architecture": "amd64", **{role: os.path.join(inputs, role) for role in ("kernel", "initramfs", "rootfs")}}],
+        "artifacts": [
+            {
+                "architecture": "amd64",
+                **{role: os.path.join(inputs, role) for role in ("kernel", "initramfs", "rootfs")},
+            }
+        ],
     }
     proc = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-c", "local", "-i", "localhost,",
-         "-m", "ironcore.image.ironcore_image_build", "-a", json.dumps(args)],
-        capture_output=True, text=True, env=ansible_env(),
+        [
+            os.path.join(os.path.dirname(sys.executable), "ansible"),
+            "localhost",
+            "-c",
+            "local",
+            "-i",
+            "localhost,",
+            "-m",
+            "ironcore.image.ironcore_image_build",
+            "-a",
+            json.dumps(args),
+        ],
+        capture_output=True,
+        text=True,
+        env=ansible_env(),
     )
     if proc.returncode != 0:
         raise SystemExit("build failed:\n" + proc.stdout[-3000:] + proc.stderr[-3000:])
@@ -89,8 +109,9 @@ def build(workdir: str, rootfs_size: int) -> str:
 
 
 def ansible_env() -> dict[str, str]:
-    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_PYTHON_INTERPRETER=sys.executable,
-                ANSIBLE_NOCOLOR="1")
+    return dict(
+        os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_NOCOLOR="1"
+    )
 
 
 def our_push(workdir: str, args: dict[str, object]) -> tuple[float, int, dict[str, object]]:
@@ -108,9 +129,21 @@ def our_push(workdir: str, args: dict[str, object]) -> tuple[float, int, dict[st
 def our_push_via_ansible(args: dict[str, object]) -> float:
     start = time.monotonic()
     proc = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-c", "local", "-i", "localhost,",
-         "-m", "ironcore.image.ironcore_image_push", "-a", json.dumps(args)],
-        capture_output=True, text=True, env=ansible_env(),
+        [
+            os.path.join(os.path.dirname(sys.executable), "ansible"),
+            "localhost",
+            "-c",
+            "local",
+            "-i",
+            "localhost,",
+            "-m",
+            "ironcore.image.ironcore_image_push",
+            "-a",
+            json.dumps(args),
+        ],
+        capture_output=True,
+        text=True,
+        env=ansible_env(),
     )
     if proc.returncode != 0:
         raise SystemExit("push via ansible failed:\n" + proc.stdout[-2000:])
@@ -141,8 +174,16 @@ def main() -> None:
         warm_cache(layout)
 
         skopeo_seconds, skopeo_rss, _ = measured(
-            ["skopeo", "copy", "--all", "--preserve-digests", "--quiet", *registry.skopeo_flags("dest-"),
-             "oci:%s:%s" % (layout, NAME), "docker://%s/bench/skopeo:1.0" % registry.host]
+            [
+                "skopeo",
+                "copy",
+                "--all",
+                "--preserve-digests",
+                "--quiet",
+                *registry.skopeo_flags("dest-"),
+                "oci:%s:%s" % (layout, NAME),
+                "docker://%s/bench/skopeo:1.0" % registry.host,
+            ]
         )
         warm_cache(layout)
         args = {"layout": layout, "name": NAME, "destination": "%s/bench/ours:1.0" % registry.host}
@@ -154,11 +195,18 @@ def main() -> None:
         blobs = first["blobs"]
         print("registry: docker-registry %s over TLS + htpasswd, image %s" % (registry.host, NAME))
         print("skopeo copy --all --preserve-digests: %6.2f s  peak RSS %4d MiB" % (skopeo_seconds, skopeo_rss))
-        print("ironcore_image_push (module):         %6.2f s  peak RSS %4d MiB  (%d blobs, %d bytes uploaded)"
-              % (ours_seconds, ours_rss, blobs["uploaded"], blobs["bytes_uploaded"]))
-        print("ratio ours/skopeo: time %.2fx, peak RSS %.2fx" % (ours_seconds / skopeo_seconds, ours_rss / max(skopeo_rss, 1)))
-        print("re-push unchanged (module):           %6.2f s  peak RSS %4d MiB  changed=%s bytes uploaded=%d"
-              % (again_seconds, again_rss, again["changed"], again["blobs"]["bytes_uploaded"]))
+        print(
+            "ironcore_image_push (module):         %6.2f s  peak RSS %4d MiB  (%d blobs, %d bytes uploaded)"
+            % (ours_seconds, ours_rss, blobs["uploaded"], blobs["bytes_uploaded"])
+        )
+        print(
+            "ratio ours/skopeo: time %.2fx, peak RSS %.2fx"
+            % (ours_seconds / skopeo_seconds, ours_rss / max(skopeo_rss, 1))
+        )
+        print(
+            "re-push unchanged (module):           %6.2f s  peak RSS %4d MiB  changed=%s bytes uploaded=%d"
+            % (again_seconds, again_rss, again["changed"], again["blobs"]["bytes_uploaded"])
+        )
         print("re-push unchanged (ansible CLI incl. controller start-up): %.2f s" % again_ansible)
     finally:
         if registry is not None:

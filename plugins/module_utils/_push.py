@@ -72,8 +72,12 @@ class BlobReport:
     mounted: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"uploaded": self.uploaded, "bytes_uploaded": self.bytes_uploaded, "skipped": self.skipped,
-                "mounted": self.mounted}
+        return {
+            "uploaded": self.uploaded,
+            "bytes_uploaded": self.bytes_uploaded,
+            "skipped": self.skipped,
+            "mounted": self.mounted,
+        }
 
 
 # ---- planning (layout only) ------------------------------------------------
@@ -100,8 +104,9 @@ def _parse_references(params: t.Mapping[str, t.Any]) -> tuple[ImageReference, Im
     return name, destination
 
 
-def _tag_names(name: ImageReference, destination: ImageReference, layout: OciLayout,
-               platform_tags: bool) -> dict[str, str]:
+def _tag_names(
+    name: ImageReference, destination: ImageReference, layout: OciLayout, platform_tags: bool
+) -> dict[str, str]:
     """Destination tag -> layout name, platform tags first, the main tag last."""
     recorded = layout.refs()
     tags: dict[str, str] = {}
@@ -137,8 +142,10 @@ class _Planner:
         if actual is None:
             raise PushError("blob %s is missing from layout %s" % (digest, self.layout.path))
         if actual != size:
-            raise PushError("blob %s in layout %s is %d bytes, but its descriptor says %d"
-                            % (digest, self.layout.path, actual, size))
+            raise PushError(
+                "blob %s in layout %s is %d bytes, but its descriptor says %d"
+                % (digest, self.layout.path, actual, size)
+            )
         self.plan.blobs[digest] = size
 
     def add_document(self, descriptor: t.Mapping[str, t.Any]) -> Document:
@@ -158,7 +165,7 @@ class _Planner:
             for child in body.get("manifests") or []:
                 self.add_document(child)
         else:
-            for blob in [body.get("config")] + list(body.get("layers") or []):
+            for blob in [body.get("config"), *(body.get("layers") or [])]:
                 if isinstance(blob, dict):
                     self.add_blob(blob)
         document = Document(digest, media_type, data, is_index)
@@ -202,8 +209,9 @@ def _parallel(concurrency: int, function: t.Callable[[t.Any], t.Any], items: t.S
 
 
 class _Pusher:
-    def __init__(self, client: RegistryClient, plan: PushPlan, layout: OciLayout, params: t.Mapping[str, t.Any],
-                 check_mode: bool):
+    def __init__(
+        self, client: RegistryClient, plan: PushPlan, layout: OciLayout, params: t.Mapping[str, t.Any], check_mode: bool
+    ):
         self.client = client
         self.plan = plan
         self.layout = layout
@@ -238,13 +246,23 @@ class _Pusher:
         session = None
         if source:
             session = self.client.open_upload(
-                self.repository, mount=digest, mount_from=source,
+                self.repository,
+                mount=digest,
+                mount_from=source,
                 what="mounting blob %s from %s into %s/%s" % (digest, source, self.client.registry, self.repository),
             )
             if session is None:
                 return "mounted"
-        upload_blob(self.client, self.repository, digest, size, self.layout.blob_path(digest), self.chunk_size,
-                    self.counter, session)
+        upload_blob(
+            self.client,
+            self.repository,
+            digest,
+            size,
+            self.layout.blob_path(digest),
+            self.chunk_size,
+            self.counter,
+            session,
+        )
         return "uploaded"
 
     def push_blobs(self) -> BlobReport:

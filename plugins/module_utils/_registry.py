@@ -153,9 +153,9 @@ def describe_failure(what: str, status: int, body: bytes | str | None, reason: s
     """One RegistryError for a failed answer: what failed, what the registry said, what to do."""
     entries = parse_error_body(body)
     code = entries[0].code if entries else _STATUS_CODES.get(status)
-    said = "; ".join(
-        "%s%s" % (entry.code, (": " + entry.message) if entry.message else "") for entry in entries
-    ) or (reason or "no error details")
+    said = "; ".join("%s%s" % (entry.code, (": " + entry.message) if entry.message else "") for entry in entries) or (
+        reason or "no error details"
+    )
     if len(said) > _REGISTRY_MESSAGE_LIMIT:
         said = said[:_REGISTRY_MESSAGE_LIMIT] + "..."
     advice = ERROR_ADVICE.get(code or "") or _status_advice(status)
@@ -361,8 +361,10 @@ def connection_failure(exc: BaseException, what: str, registry: str, options: Re
             "%s failed: the host name of registry %s does not resolve; check the registry name" % (what, registry),
             code="NAME_RESOLUTION",
         )
-    if any(isinstance(cause, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
-           for cause in causes):
+    if any(
+        isinstance(cause, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
+        for cause in causes
+    ):
         return RegistryError(
             "%s failed: registry %s did not answer within timeout=%ss; retry later or raise timeout"
             % (what, registry, _seconds(options.timeout)),
@@ -378,7 +380,7 @@ def connection_failure(exc: BaseException, what: str, registry: str, options: Re
 
 
 def _seconds(value: float) -> str:
-    return ("%g" % value)
+    return "%g" % value
 
 
 def _exception_summary(causes: list[BaseException]) -> str:
@@ -470,7 +472,7 @@ class RegistryClient(_OrasRegistry):
         retry_after = response.headers.get("Retry-After") if response is not None else None
         if retry_after and retry_after.strip().isdigit():
             return min(float(retry_after), RETRY_AFTER_CAP)
-        delay = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** attempt))
+        delay = min(BACKOFF_CAP, BACKOFF_BASE * (2**attempt))
         return delay * random.uniform(0.8, 1.2)
 
     def request(
@@ -551,7 +553,7 @@ class RegistryClient(_OrasRegistry):
                 body = response.content[:65536]
             else:
                 body = response.raw.read(65536, decode_content=True)
-        except Exception:  # noqa: BLE001  the body only adds detail to an error already decided
+        except Exception:
             body = b""
         finally:
             response.close()
@@ -598,8 +600,13 @@ class RegistryClient(_OrasRegistry):
         if credentials.identity_token:
             # A docker identity token is an OAuth2 refresh token.
             method = "POST"
-            data = {"grant_type": "refresh_token", "refresh_token": credentials.identity_token,
-                    "service": challenge.service or "", "scope": " ".join(scopes), "client_id": "ironcore.image"}
+            data = {
+                "grant_type": "refresh_token",
+                "refresh_token": credentials.identity_token,
+                "service": challenge.service or "",
+                "scope": " ".join(scopes),
+                "client_id": "ironcore.image",
+            }
             params = []
         elif credentials.basic:
             headers["Authorization"] = "Basic " + credentials.basic
@@ -608,8 +615,13 @@ class RegistryClient(_OrasRegistry):
         while True:
             try:
                 response = self._session().request(
-                    method, realm, params=params, data=data, headers=headers,
-                    timeout=(self.options.timeout, self.options.timeout), verify=self.verify,
+                    method,
+                    realm,
+                    params=params,
+                    data=data,
+                    headers=headers,
+                    timeout=(self.options.timeout, self.options.timeout),
+                    verify=self.verify,
                 )
             except requests.exceptions.SSLError as exc:
                 raise connection_failure(exc, what + " (token from %s)" % realm, self.registry, self.options) from None
@@ -658,7 +670,7 @@ class RegistryClient(_OrasRegistry):
         method: str = "GET",
         data: t.Any = None,
         headers: dict[str, str] | None = None,
-        json: t.Any = None,  # noqa: A002  (oras-py's signature)
+        json: t.Any = None,
         stream: bool = False,
     ) -> requests.Response:
         """oras-py's request hook, routed through our auth, timeouts and retries."""
@@ -666,8 +678,15 @@ class RegistryClient(_OrasRegistry):
         repository = match.group("name") if match else None
         body = data if json is None else _json_bytes(json)
         return self.request(
-            method, url, what="%s %s" % (method, url), repository=repository, headers=headers, body=body,
-            ok=range(100, 600), stream=stream, safe=method in ("GET", "HEAD"),
+            method,
+            url,
+            what="%s %s" % (method, url),
+            repository=repository,
+            headers=headers,
+            body=body,
+            ok=range(100, 600),
+            stream=stream,
+            safe=method in ("GET", "HEAD"),
         )
 
     def _check_200_response(self, response: requests.Response) -> None:
@@ -692,8 +711,12 @@ class RegistryClient(_OrasRegistry):
             return header
         # Learn the scheme the registry wants from a harmless read.
         self.request(
-            "GET", self.url(repository, "tags", "list"), what="authenticating to %s" % self.registry,
-            repository=repository, actions=actions, ok=(200, 404),
+            "GET",
+            self.url(repository, "tags", "list"),
+            what="authenticating to %s" % self.registry,
+            repository=repository,
+            actions=actions,
+            ok=(200, 404),
         ).close()
         return self._auth.header_for(scopes)
 
@@ -703,14 +726,19 @@ class RegistryClient(_OrasRegistry):
         """(exact bytes, media type, digest of the bytes) of a manifest or index."""
         what = "reading manifest %s/%s%s%s" % (self.registry, repository, "@" if ":" in reference else ":", reference)
         response = self.request(
-            "GET", self.url(repository, "manifests", reference), what=what, repository=repository,
-            headers={"Accept": ", ".join(accept)}, stream=True,
+            "GET",
+            self.url(repository, "manifests", reference),
+            what=what,
+            repository=repository,
+            headers={"Accept": ", ".join(accept)},
+            stream=True,
         )
         try:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > MAX_DOCUMENT_SIZE:
-                raise RegistryError("%s failed: the document is %s bytes, more than a manifest may be (4 MiB)"
-                                    % (what, declared))
+                raise RegistryError(
+                    "%s failed: the document is %s bytes, more than a manifest may be (4 MiB)" % (what, declared)
+                )
             chunks: list[bytes] = []
             size = 0
             for chunk in BlobStream(response, 0, what, self).iter_chunks(65536):
@@ -723,8 +751,9 @@ class RegistryClient(_OrasRegistry):
         data = b"".join(chunks)
         digest = sha256_digest(data)
         if SHA256_DIGEST_RE.match(reference) and digest != reference:
-            raise RegistryError("%s failed: the registry sent a document whose digest is %s" % (what, digest),
-                                code="DIGEST_INVALID")
+            raise RegistryError(
+                "%s failed: the registry sent a document whose digest is %s" % (what, digest), code="DIGEST_INVALID"
+            )
         media_type = _media_type(response.headers.get("Content-Type")) or declared_media_type(data)
         return data, media_type, digest
 
@@ -732,8 +761,12 @@ class RegistryClient(_OrasRegistry):
         """{digest, mediaType, size} of a tag or digest, or None when the repository lacks it."""
         what = "checking manifest %s/%s %s" % (self.registry, repository, reference)
         response = self.request(
-            "HEAD", self.url(repository, "manifests", reference), what=what, repository=repository,
-            headers={"Accept": ", ".join(ALL_MANIFEST_TYPES)}, ok=(200, 404),
+            "HEAD",
+            self.url(repository, "manifests", reference),
+            what=what,
+            repository=repository,
+            headers={"Accept": ", ".join(ALL_MANIFEST_TYPES)},
+            ok=(200, 404),
         )
         response.close()
         if response.status_code == 404:
@@ -749,8 +782,12 @@ class RegistryClient(_OrasRegistry):
     def head_blob(self, repository: str, digest: str, actions: t.Sequence[str] = ("pull",)) -> int | None:
         """The size of a blob the repository holds, or None when it does not."""
         response = self.request(
-            "HEAD", self.blob_url(repository, digest), what="checking blob %s in %s/%s" % (digest, self.registry, repository),
-            repository=repository, actions=actions, ok=(200, 404),
+            "HEAD",
+            self.blob_url(repository, digest),
+            what="checking blob %s in %s/%s" % (digest, self.registry, repository),
+            repository=repository,
+            actions=actions,
+            ok=(200, 404),
         )
         response.close()
         if response.status_code == 404:
@@ -763,8 +800,13 @@ class RegistryClient(_OrasRegistry):
         what = "downloading blob %s from %s/%s" % (digest, self.registry, repository)
         headers = {"Range": "bytes=%d-" % offset} if offset > 0 else {}
         response = self.request(
-            "GET", self.blob_url(repository, digest), what=what, repository=repository,
-            headers=headers, stream=True, ok=(200, 206),
+            "GET",
+            self.blob_url(repository, digest),
+            what=what,
+            repository=repository,
+            headers=headers,
+            stream=True,
+            ok=(200, 206),
         )
         start = 0
         if response.status_code == 206:
@@ -772,29 +814,42 @@ class RegistryClient(_OrasRegistry):
             match = re.match(r"bytes (\d+)-", content_range)
             if not match or int(match.group(1)) != offset:
                 response.close()
-                raise RegistryError("%s failed: the registry answered Range %d- with %r" % (what, offset, content_range),
-                                    code="RANGE_INVALID", retryable=False)
+                raise RegistryError(
+                    "%s failed: the registry answered Range %d- with %r" % (what, offset, content_range),
+                    code="RANGE_INVALID",
+                    retryable=False,
+                )
             start = offset
         return BlobStream(response, start, what, self)
 
-    def put_manifest(self, repository: str, reference: str, data: bytes, media_type: str,
-                     what: str | None = None) -> str:
+    def put_manifest(
+        self, repository: str, reference: str, data: bytes, media_type: str, what: str | None = None
+    ) -> str:
         """PUT exactly these bytes under a tag or digest; returns their digest."""
         digest = sha256_digest(data)
         what = what or "pushing %s %s to %s/%s" % (_kind(media_type), reference, self.registry, repository)
         response = self.request(
-            "PUT", self.url(repository, "manifests", reference), what=what, repository=repository,
-            actions=("pull", "push"), headers={"Content-Type": media_type}, body=data, ok=(200, 201),
+            "PUT",
+            self.url(repository, "manifests", reference),
+            what=what,
+            repository=repository,
+            actions=("pull", "push"),
+            headers={"Content-Type": media_type},
+            body=data,
+            ok=(200, 201),
         )
         response.close()
         stored = response.headers.get("Docker-Content-Digest")
         if stored and stored != digest:
-            raise RegistryError("%s failed: the registry stored digest %s, not %s (it rewrote the document)"
-                                % (what, stored, digest), code="DIGEST_INVALID")
+            raise RegistryError(
+                "%s failed: the registry stored digest %s, not %s (it rewrote the document)" % (what, stored, digest),
+                code="DIGEST_INVALID",
+            )
         return digest
 
-    def start_upload(self, repository: str, mount: str | None = None, mount_from: str | None = None,
-                     what: str | None = None) -> tuple[bool, str | None]:
+    def start_upload(
+        self, repository: str, mount: str | None = None, mount_from: str | None = None, what: str | None = None
+    ) -> tuple[bool, str | None]:
         """POST an upload session; with mount/mount_from try a cross-repository mount first.
 
         Returns (mounted, upload location). A registry that cannot mount
@@ -803,23 +858,31 @@ class RegistryClient(_OrasRegistry):
         session = self.open_upload(repository, mount, mount_from, what)
         return (True, None) if session is None else (False, session.location)
 
-    def open_upload(self, repository: str, mount: str | None = None, mount_from: str | None = None,
-                    what: str | None = None) -> UploadSession | None:
+    def open_upload(
+        self, repository: str, mount: str | None = None, mount_from: str | None = None, what: str | None = None
+    ) -> UploadSession | None:
         """Like start_upload, with the session's chunk minimum; None when the blob was mounted."""
         params = {"mount": mount, "from": mount_from} if mount and mount_from else None
         extra = (repository_scope(mount_from, ("pull",)),) if params and mount_from else ()
         what = what or "starting an upload to %s/%s" % (self.registry, repository)
         response = self.request(
-            "POST", self.url(repository, "blobs", "uploads/"), what=what, repository=repository,
-            actions=("pull", "push"), extra_scopes=extra, params=params, ok=(201, 202),
+            "POST",
+            self.url(repository, "blobs", "uploads/"),
+            what=what,
+            repository=repository,
+            actions=("pull", "push"),
+            extra_scopes=extra,
+            params=params,
+            ok=(201, 202),
         )
         response.close()
         if response.status_code == 201 and params:
             return None
         location = response.headers.get("Location")
         if not location:
-            raise RegistryError("%s failed: the registry answered without an upload Location" % what,
-                                code="BLOB_UPLOAD_INVALID")
+            raise RegistryError(
+                "%s failed: the registry answered without an upload Location" % what, code="BLOB_UPLOAD_INVALID"
+            )
         minimum = response.headers.get("OCI-Chunk-Min-Length", "")
         return UploadSession(self.absolute(location), int(minimum) if minimum.isdigit() else 0)
 

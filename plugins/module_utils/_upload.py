@@ -104,21 +104,42 @@ def upload_blob(
 
 
 def _upload_monolithic(
-    client: RegistryClient, repository: str, digest: str, size: int, stream: t.BinaryIO,
-    session: UploadSession, counter: ByteCounter, what: str,
+    client: RegistryClient,
+    repository: str,
+    digest: str,
+    size: int,
+    stream: t.BinaryIO,
+    session: UploadSession,
+    counter: ByteCounter,
+    what: str,
 ) -> None:
     def body() -> t.Any:
         return FileSlice(stream, 0, size, counter) if size else b""
 
     client.request(
-        "PUT", session.location, what=what, repository=repository, actions=("pull", "push"),
-        params={"digest": digest}, headers={"Content-Type": OCTET_STREAM}, body=body, ok=(201,), safe=False,
+        "PUT",
+        session.location,
+        what=what,
+        repository=repository,
+        actions=("pull", "push"),
+        params={"digest": digest},
+        headers={"Content-Type": OCTET_STREAM},
+        body=body,
+        ok=(201,),
+        safe=False,
     ).close()
 
 
 def _upload_chunked(
-    client: RegistryClient, repository: str, digest: str, size: int, stream: t.BinaryIO,
-    session: UploadSession, chunk_size: int, counter: ByteCounter, what: str,
+    client: RegistryClient,
+    repository: str,
+    digest: str,
+    size: int,
+    stream: t.BinaryIO,
+    session: UploadSession,
+    chunk_size: int,
+    counter: ByteCounter,
+    what: str,
 ) -> None:
     step = max(chunk_size, session.chunk_min)
     location = session.location
@@ -133,9 +154,15 @@ def _upload_chunked(
 
         try:
             response = client.request(
-                "PATCH", location, what=what, repository=repository, actions=("pull", "push"),
+                "PATCH",
+                location,
+                what=what,
+                repository=repository,
+                actions=("pull", "push"),
                 headers={"Content-Type": OCTET_STREAM, "Content-Range": "%d-%d" % (start, start + length - 1)},
-                body=body, ok=(202,), safe=False,
+                body=body,
+                ok=(202,),
+                safe=False,
             )
         except RegistryError as exc:
             # A PATCH is not blindly resendable: ask what arrived, go on from there.
@@ -155,8 +182,15 @@ def _upload_chunked(
         location = client.absolute(response.headers.get("Location") or location)
         offset = received_bytes(response.headers.get("Range"), start + length)
     client.request(
-        "PUT", location, what=what, repository=repository, actions=("pull", "push"),
-        params={"digest": digest}, headers={"Content-Length": "0"}, ok=(201,), safe=False,
+        "PUT",
+        location,
+        what=what,
+        repository=repository,
+        actions=("pull", "push"),
+        params={"digest": digest},
+        headers={"Content-Length": "0"},
+        ok=(201,),
+        safe=False,
     ).close()
 
 
@@ -173,8 +207,14 @@ def received_bytes(range_header: str | None, default: int) -> int:
 def upload_status(client: RegistryClient, repository: str, location: str, what: str) -> tuple[str, int]:
     """(location, bytes received) of an upload session, asked of the registry."""
     response = client.request(
-        "GET", location, what=what + " (asking the registry how much arrived)", repository=repository,
-        actions=("pull", "push"), ok=(204,),
+        "GET",
+        location,
+        what=what + " (asking the registry how much arrived)",
+        repository=repository,
+        actions=("pull", "push"),
+        ok=(204,),
     )
     response.close()
-    return client.absolute(response.headers.get("Location") or location), received_bytes(response.headers.get("Range"), 0)
+    return client.absolute(response.headers.get("Location") or location), received_bytes(
+        response.headers.get("Range"), 0
+    )

@@ -109,8 +109,9 @@ class TestPki:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+            )
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
@@ -150,7 +151,7 @@ def libtrust_key_id(public_key: t.Any) -> str:
     """The key ID distribution computes for a trusted key (libtrust's format)."""
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     encoded = base64.b32encode(hashlib.sha256(der).digest()[:30]).decode("ascii").rstrip("=")
-    return ":".join(encoded[i:i + 4] for i in range(0, len(encoded), 4))
+    return ":".join(encoded[i : i + 4] for i in range(0, len(encoded), 4))
 
 
 class TokenServer:
@@ -171,7 +172,9 @@ class TokenServer:
             .not_valid_after(now + datetime.timedelta(days=2))
             .sign(self.key, hashes.SHA256())
         )
-        self.root_cert = _write(os.path.join(directory, "token-signer.pem"), cert.public_bytes(serialization.Encoding.PEM))
+        self.root_cert = _write(
+            os.path.join(directory, "token-signer.pem"), cert.public_bytes(serialization.Encoding.PEM)
+        )
         self.key_id = libtrust_key_id(self.key.public_key())
         self.requests: list[dict[str, t.Any]] = []
         self.token_lifetime = 300
@@ -181,7 +184,7 @@ class TokenServer:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+            def do_GET(self) -> None:
                 server.handle(self)
 
             def log_message(self, *args: t.Any) -> None:
@@ -231,8 +234,14 @@ class TokenServer:
         now = int(time.time())
         header = {"typ": "JWT", "alg": "RS256", "kid": self.key_id}
         claims = {
-            "iss": TOKEN_ISSUER, "sub": subject, "aud": TOKEN_SERVICE, "exp": now + self.token_lifetime,
-            "nbf": now - 10, "iat": now, "jti": base64.b16encode(os.urandom(8)).decode(), "access": access,
+            "iss": TOKEN_ISSUER,
+            "sub": subject,
+            "aud": TOKEN_SERVICE,
+            "exp": now + self.token_lifetime,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": base64.b16encode(os.urandom(8)).decode(),
+            "access": access,
         }
         signing_input = "%s.%s" % (_b64url(json.dumps(header).encode()), _b64url(json.dumps(claims).encode()))
         signature = self.key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
@@ -316,7 +325,9 @@ def _config_yaml(port: int, storage: str, tls: TestPki | None, auth: dict[str, t
 def start_registry(name: str, directory: str, tls: bool = False, auth: str | None = None) -> Registry:
     """Start docker-registry: auth None (anonymous), "htpasswd" (bcrypt Basic) or "token"."""
     if shutil.which(REGISTRY_BINARY) is None:
-        raise RuntimeError("%s is not installed: run `make system-deps` (Debian package docker-registry)" % REGISTRY_BINARY)
+        raise RuntimeError(
+            "%s is not installed: run `make system-deps` (Debian package docker-registry)" % REGISTRY_BINARY
+        )
     os.makedirs(directory, exist_ok=True)
     storage = os.path.join(directory, "storage")
     os.makedirs(storage, exist_ok=True)
@@ -342,8 +353,9 @@ def start_registry(name: str, directory: str, tls: bool = False, auth: str | Non
     config = _write(os.path.join(directory, "config.yml"), _config_yaml(port, storage, pki, auth_config).encode())
     log_path = os.path.join(directory, "registry.log")
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([REGISTRY_BINARY, "serve", config], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [REGISTRY_BINARY, "serve", config], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     try:
         wait_for_port(port, process)
     except RuntimeError:
@@ -353,8 +365,17 @@ def start_registry(name: str, directory: str, tls: bool = False, auth: str | Non
     if pki is not None:
         registry_args["ca_cert"] = pki.ca_cert
     registry = Registry(
-        name=name, host="127.0.0.1:%d" % port, storage=storage, registry_args=registry_args, skopeo_args=[],
-        env={}, process=process, log_path=log_path, pki=pki, token_server=token_server, tls=tls,
+        name=name,
+        host="127.0.0.1:%d" % port,
+        storage=storage,
+        registry_args=registry_args,
+        skopeo_args=[],
+        env={},
+        process=process,
+        log_path=log_path,
+        pki=pki,
+        token_server=token_server,
+        tls=tls,
     )
     if auth:
         registry.username, registry.password = USERNAME, PASSWORD
@@ -577,7 +598,7 @@ class FaultProxy:
     def _rewrite_head(head: bytes) -> bytes:
         """One request per upstream connection, so every request passes the fault rules."""
         lines = [line for line in head[:-4].split(b"\r\n") if not line.lower().startswith(b"connection:")]
-        return b"\r\n".join(lines + [b"Connection: close"]) + b"\r\n\r\n"
+        return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n"
 
     @staticmethod
     def _drain(client: socket.socket, rest: bytes, length: int) -> None:
@@ -594,7 +615,10 @@ class FaultProxy:
         body = json.dumps({"errors": [{"code": code, "message": "injected by the test fault proxy"}]}).encode()
         reason = http.server.BaseHTTPRequestHandler.responses.get(status, ("Error",))[0]
         head = "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n" % (
-            status, reason, len(body))
+            status,
+            reason,
+            len(body),
+        )
         if status == 429:
             head += "Retry-After: 1\r\n"
         client.sendall(head.encode("latin-1") + b"\r\n" + body)
@@ -652,6 +676,6 @@ class FaultProxy:
             piece = data[: after - forwarded]
             upstream.sendall(piece)
             forwarded += len(piece)
-            data = data[len(piece):]
+            data = data[len(piece) :]
         _reset(client)
         _reset(upstream)

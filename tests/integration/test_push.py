@@ -8,21 +8,27 @@ import shutil
 import subprocess
 
 import pytest
+from helpers.ansible import task_results
+from helpers.registry import PASSWORD, free_port
 
 from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._registry import RegistryClient
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import registry_options
-from helpers.ansible import task_results
-from helpers.registry import PASSWORD, free_port
 
 BUILD = "ironcore.image.ironcore_image_build"
 PUSH = "ironcore.image.ironcore_image_push"
 NAME = "registry.example.com/os/gardenlinux:1.0"
 ARCHS = ("amd64", "arm64")
 ROLES = ("kernel", "initramfs", "rootfs")
-PLATFORM_TAGS = ["1.0-baremetal-amd64", "1.0-baremetal-arm64", "1.0-virtualization-amd64", "1.0-virtualization-arm64",
-                 "1.0-baremetal", "1.0-virtualization"]
-ALL_TAGS = PLATFORM_TAGS + ["1.0"]
+PLATFORM_TAGS = [
+    "1.0-baremetal-amd64",
+    "1.0-baremetal-arm64",
+    "1.0-virtualization-amd64",
+    "1.0-virtualization-arm64",
+    "1.0-baremetal",
+    "1.0-virtualization",
+]
+ALL_TAGS = [*PLATFORM_TAGS, "1.0"]
 # config (one per architecture: same command line, so one blob) + 3 roles x 2 architectures
 BLOB_COUNT = 1 + len(ROLES) * len(ARCHS)
 
@@ -79,7 +85,9 @@ def skopeo(*args: str, env=None) -> subprocess.CompletedProcess:
 
 
 def remote_raw(target, repository: str, tag: str) -> bytes:
-    proc = skopeo("inspect", "--raw", *target.skopeo_args, "docker://%s/%s:%s" % (target.host, repository, tag), env=target.env)
+    proc = skopeo(
+        "inspect", "--raw", *target.skopeo_args, "docker://%s/%s:%s" % (target.host, repository, tag), env=target.env
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     return proc.stdout
 
@@ -106,16 +114,26 @@ def test_check_push_readback_idempotent(request, ansible, image, tmp_path, fixtu
     pushed = push(ansible, args, diff=True)
     assert pushed["changed"] is True and pushed["tags"] == ALL_TAGS, pushed
     assert pushed["destination"] == "%s/%s:1.0" % (target.host, repository)
-    assert pushed["blobs"] == {"uploaded": BLOB_COUNT, "bytes_uploaded": checked["blobs"]["bytes_uploaded"],
-                               "skipped": 0, "mounted": 0}
+    assert pushed["blobs"] == {
+        "uploaded": BLOB_COUNT,
+        "bytes_uploaded": checked["blobs"]["bytes_uploaded"],
+        "skipped": 0,
+        "mounted": 0,
+    }
     assert pushed["diff"]["after"]["1.0"] == pushed["digest"] and pushed["diff"]["before"]["1.0"] is None
     for tag, data in expected.items():
         assert remote_raw(target, repository, tag) == data, tag
     assert pushed["digest"] == "sha256:" + __import__("hashlib").sha256(expected["1.0"]).hexdigest()
 
     copy = tmp_path / "copy"
-    proc = skopeo("copy", "--all", *target.skopeo_flags("src-"), "docker://%s/%s:1.0" % (target.host, repository),
-                  "oci:%s:copied" % copy, env=target.env)
+    proc = skopeo(
+        "copy",
+        "--all",
+        *target.skopeo_flags("src-"),
+        "docker://%s/%s:1.0" % (target.host, repository),
+        "oci:%s:copied" % copy,
+        env=target.env,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     assert skopeo("inspect", "--raw", "oci:%s:copied" % copy).stdout == expected["1.0"]
     index = json.loads(expected["1.0"])
@@ -163,8 +181,9 @@ def test_faults_are_retried(ansible, image, registry_plain, fault_proxy):
     result = push(ansible, push_args(image, proxy, "push/faults", timeout=2))
     assert result["changed"] is True and result.get("failed") is not True, result
     assert [fault.hits for fault in faults] == [1] * len(faults)
-    assert result["blobs"]["bytes_uploaded"] > sum(os.path.getsize(os.path.join(image, "blobs", "sha256", d[7:]))
-                                                   for d in _layer_digests(image))
+    assert result["blobs"]["bytes_uploaded"] > sum(
+        os.path.getsize(os.path.join(image, "blobs", "sha256", d[7:])) for d in _layer_digests(image)
+    )
     for tag, data in layout_documents(image).items():
         assert remote_raw(registry_plain, "push/faults", tag) == data
 
@@ -229,34 +248,56 @@ def test_errors_are_clear(ansible, image, registry_plain, registry_tls, registry
     """Each failure in one playbook run: wrong credentials, TLS, scheme, refused, names."""
     dead = "127.0.0.1:%d" % free_port()
     cases = {
-        "wrong password (basic)": (push_args(image, registry_tls, "push/e", password="wrong-" + PASSWORD[:4]),
-                                   ["HTTP 401", "UNAUTHORIZED", "check username and password"]),
-        "wrong password (token)": (push_args(image, registry_token, "push/e", password="wrong-" + PASSWORD[:4]),
-                                   ["refused the credentials", "check username and password"]),
-        "no credentials": (dict(push_args(image, registry_tls, "push/e", username=None, password=None),
-                                docker_config=str(tmp_path / "none.json")),
-                           ["requires authentication", "username and password"]),
-        "untrusted certificate": (push_args(image, registry_tls, "push/e", ca_cert=None),
-                                  ["not trusted", "ca_cert", "validate_certs"]),
+        "wrong password (basic)": (
+            push_args(image, registry_tls, "push/e", password="wrong-" + PASSWORD[:4]),
+            ["HTTP 401", "UNAUTHORIZED", "check username and password"],
+        ),
+        "wrong password (token)": (
+            push_args(image, registry_token, "push/e", password="wrong-" + PASSWORD[:4]),
+            ["refused the credentials", "check username and password"],
+        ),
+        "no credentials": (
+            dict(
+                push_args(image, registry_tls, "push/e", username=None, password=None),
+                docker_config=str(tmp_path / "none.json"),
+            ),
+            ["requires authentication", "username and password"],
+        ),
+        "untrusted certificate": (
+            push_args(image, registry_tls, "push/e", ca_cert=None),
+            ["not trusted", "ca_cert", "validate_certs"],
+        ),
         "plain HTTP to TLS": (push_args(image, registry_tls, "push/e", plain_http=True), ["plain_http=false"]),
         "TLS to plain HTTP": (push_args(image, registry_plain, "push/e", plain_http=False), ["plain_http=true"]),
-        "connection refused": (dict(push_args(image, registry_plain, "push/e"), destination=dead + "/push/e", retries=0),
-                               ["refused", dead]),
-        "name not in layout": (dict(push_args(image, registry_plain, "push/e"), name=NAME + "-nope"),
-                               ["is not recorded in layout", NAME]),
-        "no registry in destination": (dict(push_args(image, registry_plain, "push/e"), destination="os/only"),
-                                       ["names no registry host"]),
-        "not a layout": (dict(push_args(image, registry_plain, "push/e"), layout=str(tmp_path)),
-                         ["is not an OCI image layout"]),
-        "invalid repository name": (dict(push_args(image, registry_plain, "push/e"), destination=registry_plain.host + "/Push/E"),
-                                    ["destination", "lower-case"]),
+        "connection refused": (
+            dict(push_args(image, registry_plain, "push/e"), destination=dead + "/push/e", retries=0),
+            ["refused", dead],
+        ),
+        "name not in layout": (
+            dict(push_args(image, registry_plain, "push/e"), name=NAME + "-nope"),
+            ["is not recorded in layout", NAME],
+        ),
+        "no registry in destination": (
+            dict(push_args(image, registry_plain, "push/e"), destination="os/only"),
+            ["names no registry host"],
+        ),
+        "not a layout": (
+            dict(push_args(image, registry_plain, "push/e"), layout=str(tmp_path)),
+            ["is not an OCI image layout"],
+        ),
+        "invalid repository name": (
+            dict(push_args(image, registry_plain, "push/e"), destination=registry_plain.host + "/Push/E"),
+            ["destination", "lower-case"],
+        ),
     }
     tasks = [
         {"name": label, "ironcore.image.ironcore_image_push": args, "ignore_errors": True}
         for label, (args, _) in cases.items()
     ]
     playbook = tmp_path / "errors.yml"
-    playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "connection": "local", "tasks": tasks}]))
+    playbook.write_text(
+        json.dumps([{"hosts": "localhost", "gather_facts": False, "connection": "local", "tasks": tasks}])
+    )
     _, document, stderr = ansible.playbook(str(playbook))
     results = {name: result for name, _, result in task_results(document)}
     assert PASSWORD not in json.dumps(document) and PASSWORD not in stderr

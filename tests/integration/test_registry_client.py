@@ -30,8 +30,16 @@ def digest_of(data: bytes) -> str:
 def put_blob(client: RegistryClient, repository: str, data: bytes) -> str:
     digest = digest_of(data)
     _, location = client.start_upload(repository)
-    client.request("PUT", location, what="test upload", repository=repository, actions=("pull", "push"),
-                   params={"digest": digest}, body=lambda: io.BytesIO(data), ok=(201,)).close()
+    client.request(
+        "PUT",
+        location,
+        what="test upload",
+        repository=repository,
+        actions=("pull", "push"),
+        params={"digest": digest},
+        body=lambda: io.BytesIO(data),
+        ok=(201,),
+    ).close()
     return digest
 
 
@@ -45,17 +53,43 @@ def test_round_trip_index_with_exact_bytes(request, fixture):
     layer_digest = put_blob(client, repository, layer)
     config_digest = put_blob(client, repository, b"{}")
     assert client.head_blob(repository, layer_digest) == len(layer)
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                           "config": {"mediaType": "application/vnd.ironcore.image.config.v1+json", "digest": config_digest, "size": 2},
-                           "layers": [{"mediaType": "application/vnd.ironcore.image.rootfs", "digest": layer_digest, "size": len(layer)}]},
-                          indent=3).encode()  # unusual spacing: the registry must keep our bytes
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.ironcore.image.config.v1+json",
+                "digest": config_digest,
+                "size": 2,
+            },
+            "layers": [
+                {"mediaType": "application/vnd.ironcore.image.rootfs", "digest": layer_digest, "size": len(layer)}
+            ],
+        },
+        indent=3,
+    ).encode()  # unusual spacing: the registry must keep our bytes
     manifest_digest = client.put_manifest(repository, digest_of(manifest), manifest, OCI_MANIFEST)
-    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": manifest_digest, "size": len(manifest),
-         "platform": {"architecture": "amd64", "os": "linux", "variant": "virtualization"}}]}).encode()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": manifest_digest,
+                    "size": len(manifest),
+                    "platform": {"architecture": "amd64", "os": "linux", "variant": "virtualization"},
+                }
+            ],
+        }
+    ).encode()
     assert client.put_manifest(repository, "1.0", index, OCI_INDEX) == digest_of(index)
     assert client.get_manifest(repository, "1.0") == (index, OCI_INDEX, digest_of(index))
-    assert client.head_manifest(repository, "1.0") == {"digest": digest_of(index), "mediaType": OCI_INDEX, "size": len(index)}
+    assert client.head_manifest(repository, "1.0") == {
+        "digest": digest_of(index),
+        "mediaType": OCI_INDEX,
+        "size": len(index),
+    }
     assert client.head_manifest(repository, "2.0") is None
     assert client.list_tags(repository) == ["1.0"]
     with client.open_blob(repository, layer_digest, offset=13) as stream:
@@ -74,7 +108,9 @@ def test_wrong_password_and_no_credentials(request, fixture):
         client_for(target, password="not-the-password").ping()
     assert wrong.value.code == "UNAUTHORIZED" and "check username and password" in str(wrong.value)
     with pytest.raises(RegistryError) as anonymous:
-        client_for(target, username=None, password=None, docker_config="/nonexistent/config.json").head_blob("x/y", digest_of(b""))
+        client_for(target, username=None, password=None, docker_config="/nonexistent/config.json").head_blob(
+            "x/y", digest_of(b"")
+        )
     assert anonymous.value.code == "UNAUTHORIZED" and "requires authentication" in str(anonymous.value)
 
 
@@ -85,7 +121,9 @@ def test_auth_headers_let_a_plain_client_read_a_blob(registry_token):
     digest = put_blob(client, "client/url", b"kernel")
     headers = client_for(registry_token).auth_headers("client/url")
     assert headers["Authorization"].startswith("Bearer ")
-    answer = requests.get(client.blob_url("client/url", digest), headers=headers, verify=registry_token.pki.ca_cert, timeout=30)
+    answer = requests.get(
+        client.blob_url("client/url", digest), headers=headers, verify=registry_token.pki.ca_cert, timeout=30
+    )
     assert answer.status_code == 200 and answer.content == b"kernel"
 
 
