@@ -270,7 +270,7 @@ class _Pusher:
         items = sorted(self.plan.blobs.items(), key=lambda item: -item[1])
         outcomes = _parallel(self.client.options.concurrency, self.transfer, items)
         report = BlobReport()
-        for (_, size), outcome in zip(items, outcomes):
+        for (_digest, size), outcome in zip(items, outcomes):
             setattr(report, outcome, getattr(report, outcome) + 1)
             if outcome == "uploaded" and self.check_mode:
                 report.bytes_uploaded += size

@@ -203,9 +203,9 @@ def repository_scope(repository: str, actions: t.Sequence[str]) -> str:
 
 def scope_covered(scope: str, held: t.Iterable[str]) -> bool:
     """Whether a scope we ask for anyway grants everything `scope` asks for."""
-    resource, _, actions = scope.rpartition(":")
+    resource, _colon, actions = scope.rpartition(":")
     for candidate in held:
-        held_resource, _, held_actions = candidate.rpartition(":")
+        held_resource, _colon, held_actions = candidate.rpartition(":")
         if held_resource == resource and set(actions.split(",")) <= set(held_actions.split(",")):
             return True
     return False

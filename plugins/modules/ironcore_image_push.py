@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright (c) IronCore image collection contributors
-# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0).
+# Compatible with the GNU General Public License version 3, ansible-core's license.
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ description:
     independent of their size.
   - When every tag already points at the image's digest nothing is sent and the result is not changed.
 extends_documentation_fragment:
+  - ironcore.image.attributes
   - ironcore.image.registry
 author:
-  - IronCore image collection maintainers
+  - IronCore image collection maintainers (@ironcore-dev)
 attributes:
   check_mode:
     support: full

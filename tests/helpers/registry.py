@@ -202,7 +202,7 @@ class TokenServer:
         authorization = request.headers.get("Authorization", "")
         user = None
         if authorization.startswith("Basic "):
-            name, _, secret = base64.b64decode(authorization[6:]).decode("utf-8", "replace").partition(":")
+            name, _colon, secret = base64.b64decode(authorization[6:]).decode("utf-8", "replace").partition(":")
             if name == self.username and secret == self.password:
                 user = name
         scopes = [scope for value in query.get("scope", []) for scope in value.split(" ") if scope]
@@ -228,8 +228,8 @@ class TokenServer:
     def sign(self, subject: str, scopes: t.Sequence[str]) -> str:
         access = []
         for scope in scopes:
-            kind, _, rest = scope.partition(":")
-            name, _, actions = rest.rpartition(":")
+            kind, _colon, rest = scope.partition(":")
+            name, _colon, actions = rest.rpartition(":")
             access.append({"type": kind, "name": name, "actions": [a for a in actions.split(",") if a]})
         now = int(time.time())
         header = {"typ": "JWT", "alg": "RS256", "kid": self.key_id}
@@ -477,7 +477,7 @@ def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
         data += chunk
         if len(data) > 1024 * 1024:
             return b"", b""
-    head, _, rest = data.partition(b"\r\n\r\n")
+    head, _blank, rest = data.partition(b"\r\n\r\n")
     return head + b"\r\n\r\n", rest
 
 
@@ -531,7 +531,7 @@ class FaultProxy:
     def _accept_loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                client, _ = self.listener.accept()
+                client, _address = self.listener.accept()
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
@@ -553,12 +553,12 @@ class FaultProxy:
             if not head:
                 client.close()
                 return
-            request_line, _, header_text = head.decode("latin-1").partition("\r\n")
+            request_line, _crlf, header_text = head.decode("latin-1").partition("\r\n")
             method, path = request_line.split(" ")[:2]
             headers = {}
             for line in header_text.split("\r\n"):
                 if ":" in line:
-                    key, _, value = line.partition(":")
+                    key, _colon, value = line.partition(":")
                     headers[key.strip().lower()] = value.strip()
             fault = self._match(method, path)
             with self.lock:

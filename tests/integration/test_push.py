@@ -81,7 +81,9 @@ def push_args(image, target, repository, **extra):
 
 
 def skopeo(*args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(["skopeo", *args], capture_output=True, env=dict(os.environ, **(env or {})), timeout=300)
+    return subprocess.run(
+        ["skopeo", *args], check=False, capture_output=True, env=dict(os.environ, **(env or {})), timeout=300
+    )
 
 
 def remote_raw(target, repository: str, tag: str) -> bytes:
@@ -292,16 +294,16 @@ def test_errors_are_clear(ansible, image, registry_plain, registry_tls, registry
     }
     tasks = [
         {"name": label, "ironcore.image.ironcore_image_push": args, "ignore_errors": True}
-        for label, (args, _) in cases.items()
+        for label, (args, _words) in cases.items()
     ]
     playbook = tmp_path / "errors.yml"
     playbook.write_text(
         json.dumps([{"hosts": "localhost", "gather_facts": False, "connection": "local", "tasks": tasks}])
     )
-    _, document, stderr = ansible.playbook(str(playbook))
-    results = {name: result for name, _, result in task_results(document)}
+    _rc, document, stderr = ansible.playbook(str(playbook))
+    results = {name: result for name, _host, result in task_results(document)}
     assert PASSWORD not in json.dumps(document) and PASSWORD not in stderr
-    for label, (_, words) in cases.items():
+    for label, (_args, words) in cases.items():
         result = results[label]
         assert result.get("failed") is True, (label, result)
         message = result["msg"]

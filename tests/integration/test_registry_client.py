@@ -29,7 +29,7 @@ def digest_of(data: bytes) -> str:
 
 def put_blob(client: RegistryClient, repository: str, data: bytes) -> str:
     digest = digest_of(data)
-    _, location = client.start_upload(repository)
+    _mounted, location = client.start_upload(repository)
     client.request(
         "PUT",
         location,
