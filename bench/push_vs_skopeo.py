@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Push of a 1 GiB-rootfs image: ironcore_image_push against `skopeo copy --all --preserve-digests`.
 
 One run, one local TLS registry with htpasswd auth (the tests' harness), the
