@@ -270,6 +270,7 @@ class _AuthState:
         self.registry = registry
         self.credentials = credentials
         self.lock = threading.Lock()
+        self.token_lock = threading.Lock()
         self.basic_preemptive = False
         self.tokens: dict[tuple[str, ...], tuple[str, float]] = {}
 
@@ -579,12 +580,17 @@ class RegistryClient(_OrasRegistry):
                 self._auth.basic_preemptive = True
             return True
         if challenge.scheme == "bearer" and challenge.realm:
-            self._auth.forget_token(scopes)
-            wanted = list(scopes)
-            if challenge.scope and not scope_covered(challenge.scope, wanted):
-                wanted.append(challenge.scope)
-            token, expires_in = self._fetch_token(challenge, wanted, what)
-            self._auth.store_token(scopes, token, expires_in)
+            # One fetch at a time: threads refused together share the new token.
+            with self._auth.token_lock:
+                current = self._auth.header_for(scopes).get("Authorization", "")
+                if current.startswith("Bearer ") and current != sent:
+                    return True
+                self._auth.forget_token(scopes)
+                wanted = list(scopes)
+                if challenge.scope and not scope_covered(challenge.scope, wanted):
+                    wanted.append(challenge.scope)
+                token, expires_in = self._fetch_token(challenge, wanted, what)
+                self._auth.store_token(scopes, token, expires_in)
             return True
         return False
 
