@@ -89,26 +89,7 @@ def build(workdir: str, rootfs_size: int) -> str:
             }
         ],
     }
-    proc = subprocess.run(
-        [
-            os.path.join(os.path.dirname(sys.executable), "ansible"),
-            "localhost",
-            "-c",
-            "local",
-            "-i",
-            "localhost,",
-            "-m",
-            "ironcore.image.ironcore_image_build",
-            "-a",
-            json.dumps(args),
-        ],
-        capture_output=True,
-        check=False,
-        text=True,
-        env=ansible_env(),
-    )
-    if proc.returncode != 0:
-        raise SystemExit("build failed:\n" + proc.stdout[-3000:] + proc.stderr[-3000:])
+    run_ansible_module("ironcore.image.ironcore_image_build", args)
     shutil.rmtree(inputs)
     return layout
 
@@ -133,27 +114,17 @@ def our_push(workdir: str, args: dict[str, object]) -> tuple[float, int, dict[st
 
 def our_push_via_ansible(args: dict[str, object]) -> float:
     start = time.monotonic()
-    proc = subprocess.run(
-        [
-            os.path.join(os.path.dirname(sys.executable), "ansible"),
-            "localhost",
-            "-c",
-            "local",
-            "-i",
-            "localhost,",
-            "-m",
-            "ironcore.image.ironcore_image_push",
-            "-a",
-            json.dumps(args),
-        ],
-        capture_output=True,
-        check=False,
-        text=True,
-        env=ansible_env(),
-    )
-    if proc.returncode != 0:
-        raise SystemExit("push via ansible failed:\n" + proc.stdout[-2000:])
+    run_ansible_module("ironcore.image.ironcore_image_push", args)
     return time.monotonic() - start
+
+
+def run_ansible_module(name: str, args: dict[str, object]) -> None:
+    """One module through the ansible CLI on localhost, as a playbook task would run it."""
+    command = [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-c", "local"]
+    command += ["-i", "localhost,", "-m", name, "-a", json.dumps(args)]
+    proc = subprocess.run(command, capture_output=True, check=False, text=True, env=ansible_env())
+    if proc.returncode != 0:
+        raise SystemExit("%s failed:\n%s%s" % (name, proc.stdout[-3000:], proc.stderr[-3000:]))
 
 
 def warm_cache(layout: str) -> None:

@@ -726,19 +726,24 @@ class RegistryClient(_OrasRegistry):
         ).close()
         return self._auth.header_for(scopes)
 
+    def _manifest_request(
+        self, method: str, repository: str, reference: str, what: str, accept: t.Sequence[str], **kwargs: t.Any
+    ) -> requests.Response:
+        return self.request(
+            method,
+            self.url(repository, "manifests", reference),
+            what=what,
+            repository=repository,
+            headers={"Accept": ", ".join(accept)},
+            **kwargs,
+        )
+
     def get_manifest(
         self, repository: str, reference: str, accept: t.Sequence[str] = ALL_MANIFEST_TYPES
     ) -> tuple[bytes, str, str]:
         """(exact bytes, media type, digest of the bytes) of a manifest or index."""
         what = "reading manifest %s/%s%s%s" % (self.registry, repository, "@" if ":" in reference else ":", reference)
-        response = self.request(
-            "GET",
-            self.url(repository, "manifests", reference),
-            what=what,
-            repository=repository,
-            headers={"Accept": ", ".join(accept)},
-            stream=True,
-        )
+        response = self._manifest_request("GET", repository, reference, what, accept, stream=True)
         try:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > MAX_DOCUMENT_SIZE:
@@ -766,14 +771,7 @@ class RegistryClient(_OrasRegistry):
     def head_manifest(self, repository: str, reference: str) -> dict[str, t.Any] | None:
         """{digest, mediaType, size} of a tag or digest, or None when the repository lacks it."""
         what = "checking manifest %s/%s %s" % (self.registry, repository, reference)
-        response = self.request(
-            "HEAD",
-            self.url(repository, "manifests", reference),
-            what=what,
-            repository=repository,
-            headers={"Accept": ", ".join(ALL_MANIFEST_TYPES)},
-            ok=(200, 404),
-        )
+        response = self._manifest_request("HEAD", repository, reference, what, ALL_MANIFEST_TYPES, ok=(200, 404))
         response.close()
         if response.status_code == 404:
             return None

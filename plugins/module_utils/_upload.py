@@ -80,118 +80,101 @@ def upload_blob(
     session: UploadSession | None = None,
 ) -> None:
     """Upload the file at `path` as blob `digest`; retried up to the client's `retries`."""
-    counter = counter or ByteCounter()
-    what = "uploading blob %s to %s/%s" % (digest, client.registry, repository)
-    attempt = 0
     with open(path, "rb") as stream:
+        _BlobUpload(client, repository, digest, size, stream, counter or ByteCounter()).run(chunk_size, session)
+
+
+class _BlobUpload:
+    """One blob on its way: the open file, where it goes, and the requests that carry it."""
+
+    def __init__(
+        self, client: RegistryClient, repository: str, digest: str, size: int, stream: t.BinaryIO, counter: ByteCounter
+    ):
+        self.client = client
+        self.repository = repository
+        self.digest = digest
+        self.size = size
+        self.stream = stream
+        self.counter = counter
+        self.what = "uploading blob %s to %s/%s" % (digest, client.registry, repository)
+
+    def run(self, chunk_size: int, session: UploadSession | None) -> None:
+        attempt = 0
         while True:
             try:
-                session = session or client.open_upload(repository, what=what)
-                if chunk_size > 0 and size > 0:
-                    _upload_chunked(client, repository, digest, size, stream, session, chunk_size, counter, what)
+                session = session or self.client.open_upload(self.repository, what=self.what)
+                if chunk_size > 0 and self.size > 0:
+                    self.chunked(session, chunk_size)
                 else:
-                    _upload_monolithic(client, repository, digest, size, stream, session, counter, what)
+                    self.send(session.location, "PUT", (0, self.size), digest=True).close()
                 return
             except RegistryError as exc:
                 session = None
-                if not (exc.retryable or exc.code in _RESTARTABLE_CODES) or attempt >= client.options.retries:
+                if not (exc.retryable or exc.code in _RESTARTABLE_CODES) or attempt >= self.client.options.retries:
                     raise
-                client.wait_before_retry(attempt)
+                self.client.wait_before_retry(attempt)
                 attempt += 1
                 # The answer may have been lost after the registry stored the blob.
-                if client.head_blob(repository, digest, actions=("pull", "push")) == size:
+                if self.client.head_blob(self.repository, self.digest, actions=("pull", "push")) == self.size:
                     return
 
+    def send(
+        self, location: str, method: str, window: tuple[int, int] | None, digest: bool = False, chunk: bool = False
+    ) -> t.Any:
+        """One upload request carrying bytes [start, start+length) of the file, or none.
 
-def _upload_monolithic(
-    client: RegistryClient,
-    repository: str,
-    digest: str,
-    size: int,
-    stream: t.BinaryIO,
-    session: UploadSession,
-    counter: ByteCounter,
-    what: str,
-) -> None:
-    def body() -> t.Any:
-        return FileSlice(stream, 0, size, counter) if size else b""
+        Never resent blindly (safe=False): the caller decides how to go on.
+        """
+        headers = {"Content-Type": OCTET_STREAM} if window is not None else {"Content-Length": "0"}
+        if window is not None and chunk:
+            headers["Content-Range"] = "%d-%d" % (window[0], window[0] + window[1] - 1)
 
-    client.request(
-        "PUT",
-        session.location,
-        what=what,
-        repository=repository,
-        actions=("pull", "push"),
-        params={"digest": digest},
-        headers={"Content-Type": OCTET_STREAM},
-        body=body,
-        ok=(201,),
-        safe=False,
-    ).close()
+        def body() -> t.Any:
+            # A fresh view per send, so a resend after a challenge starts at its beginning.
+            if window is None:
+                return None
+            return FileSlice(self.stream, window[0], window[1], self.counter) if window[1] else b""
 
+        return self.client.request(
+            method,
+            location,
+            what=self.what,
+            repository=self.repository,
+            actions=("pull", "push"),
+            params={"digest": self.digest} if digest else None,
+            headers=headers,
+            body=body,
+            ok=(201,) if digest else (202,),
+            safe=False,
+        )
 
-def _upload_chunked(
-    client: RegistryClient,
-    repository: str,
-    digest: str,
-    size: int,
-    stream: t.BinaryIO,
-    session: UploadSession,
-    chunk_size: int,
-    counter: ByteCounter,
-    what: str,
-) -> None:
-    step = max(chunk_size, session.chunk_min)
-    location = session.location
-    offset = 0
-    resumes = 0
-    while offset < size:
-        length = min(step, size - offset)
-        start = offset
-
-        def body(start: int = start, length: int = length) -> t.Any:
-            return FileSlice(stream, start, length, counter)
-
-        try:
-            response = client.request(
-                "PATCH",
-                location,
-                what=what,
-                repository=repository,
-                actions=("pull", "push"),
-                headers={"Content-Type": OCTET_STREAM, "Content-Range": "%d-%d" % (start, start + length - 1)},
-                body=body,
-                ok=(202,),
-                safe=False,
-            )
-        except RegistryError as exc:
-            # A PATCH is not blindly resendable: ask what arrived, go on from there.
-            if not exc.retryable or resumes >= client.options.retries:
-                raise
-            client.wait_before_retry(resumes)
-            resumes += 1
+    def chunked(self, session: UploadSession, chunk_size: int) -> None:
+        step = max(chunk_size, session.chunk_min)
+        location = session.location
+        offset = 0
+        resumes = 0
+        while offset < self.size:
+            length = min(step, self.size - offset)
             try:
-                location, offset = upload_status(client, repository, location, what)
-            except RegistryError as lost:
-                # The session cannot be resumed (distribution refuses a stale
-                # location): upload_blob starts over with a new one.
-                lost.retryable = True
-                raise lost from None
-            continue
-        response.close()
-        location = client.absolute(response.headers.get("Location") or location)
-        offset = received_bytes(response.headers.get("Range"), start + length)
-    client.request(
-        "PUT",
-        location,
-        what=what,
-        repository=repository,
-        actions=("pull", "push"),
-        params={"digest": digest},
-        headers={"Content-Length": "0"},
-        ok=(201,),
-        safe=False,
-    ).close()
+                response = self.send(location, "PATCH", (offset, length), chunk=True)
+            except RegistryError as exc:
+                # A PATCH is not blindly resendable: ask what arrived, go on from there.
+                if not exc.retryable or resumes >= self.client.options.retries:
+                    raise
+                self.client.wait_before_retry(resumes)
+                resumes += 1
+                try:
+                    location, offset = upload_status(self.client, self.repository, location, self.what)
+                except RegistryError as lost:
+                    # The session cannot be resumed (distribution refuses a stale
+                    # location): run() starts over with a new one.
+                    lost.retryable = True
+                    raise lost from None
+                continue
+            response.close()
+            location = self.client.absolute(response.headers.get("Location") or location)
+            offset = received_bytes(response.headers.get("Range"), offset + length)
+        self.send(location, "PUT", None, digest=True).close()
 
 
 def received_bytes(range_header: str | None, default: int) -> int:
