@@ -19,7 +19,7 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps venv collection demo test pytest lint sanity docs-lint docs galaxy changelog clean bench-build
+.PHONY: help system-deps venv collection demo test pytest lint sanity docs-lint docs galaxy changelog clean bench-build bench-push
 
 help:
 	@echo "make demo       build a sample two-platform image into a local OCI layout and show it"
@@ -29,6 +29,7 @@ help:
 	@echo "make sanity     ansible-test sanity, every test, no ignore entries"
 	@echo "make galaxy     build the tarball, galaxy-importer, install it, run the demo from it"
 	@echo "make docs       regenerate docs/reference from the modules' and roles' own docs"
+	@echo "make bench-build / bench-push   benchmarks against cp + sha256sum / skopeo (not part of make test)"
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -98,3 +99,7 @@ clean:
 
 bench-build: system-deps venv collection
 	$(BIN)/python bench/build_vs_cp.py
+
+# Not part of `make test`: moves gigabytes. BENCH_ARGS=--size-mib=N for another size.
+bench-push: system-deps venv collection
+	$(BIN)/python bench/push_vs_skopeo.py $(BENCH_ARGS)

@@ -1,0 +1,203 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+#
+# Private to the ironcore.image collection: no compatibility promise for
+# anything outside it.
+
+"""Blob uploads: one streaming PUT, or PATCH chunks that follow the registry.
+
+The data is read from the file while it is sent, one block at a time, so
+memory stays flat for any blob size. A failed monolithic upload starts again
+from a fresh session (re-reading the file from its start); a failed PATCH
+asks the registry how much it has and resumes there.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import typing as t
+
+from ansible_collections.ironcore.image.plugins.module_utils._registry import (
+    RegistryClient,
+    RegistryError,
+    UploadSession,
+)
+
+OCTET_STREAM = "application/octet-stream"
+# Codes after which a new upload session may well succeed.
+_RESTARTABLE_CODES = frozenset({"BLOB_UPLOAD_UNKNOWN", "RANGE_INVALID"})
+_RANGE_RE = re.compile(r"(\d+)-(\d+)")
+
+
+class ByteCounter:
+    """Bytes handed to the network, summed across threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def add(self, count: int) -> None:
+        with self._lock:
+            self.value += count
+
+
+class FileSlice:
+    """A window of an open file as a request body: len() for Content-Length, read() in blocks."""
+
+    def __init__(self, stream: t.BinaryIO, start: int, length: int, counter: ByteCounter):
+        stream.seek(start)
+        self._stream = stream
+        self._length = length
+        self._remaining = length
+        self._counter = counter
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, size: int = -1) -> bytes:
+        if self._remaining <= 0:
+            return b""
+        if size is None or size < 0 or size > self._remaining:
+            size = self._remaining
+        data = self._stream.read(size)
+        if not data:
+            # The file shrank under us: fail instead of letting the request hang.
+            raise OSError("the file ended %d bytes early" % self._remaining)
+        self._remaining -= len(data)
+        self._counter.add(len(data))
+        return data
+
+
+def upload_blob(
+    client: RegistryClient,
+    repository: str,
+    digest: str,
+    size: int,
+    path: str,
+    chunk_size: int = 0,
+    counter: ByteCounter | None = None,
+    session: UploadSession | None = None,
+) -> None:
+    """Upload the file at `path` as blob `digest`; retried up to the client's `retries`."""
+    with open(path, "rb") as stream:
+        _BlobUpload(client, repository, digest, size, stream, counter or ByteCounter()).run(chunk_size, session)
+
+
+class _BlobUpload:
+    """One blob on its way: the open file, where it goes, and the requests that carry it."""
+
+    def __init__(
+        self, client: RegistryClient, repository: str, digest: str, size: int, stream: t.BinaryIO, counter: ByteCounter
+    ):
+        self.client = client
+        self.repository = repository
+        self.digest = digest
+        self.size = size
+        self.stream = stream
+        self.counter = counter
+        self.what = "uploading blob %s to %s/%s" % (digest, client.registry, repository)
+
+    def run(self, chunk_size: int, session: UploadSession | None) -> None:
+        attempt = 0
+        while True:
+            try:
+                session = session or self.client.open_upload(self.repository, what=self.what)
+                if chunk_size > 0 and self.size > 0:
+                    self.chunked(session, chunk_size)
+                else:
+                    self.send(session.location, "PUT", (0, self.size), digest=True).close()
+                return
+            except RegistryError as exc:
+                session = None
+                if not (exc.retryable or exc.code in _RESTARTABLE_CODES) or attempt >= self.client.options.retries:
+                    raise
+                self.client.wait_before_retry(attempt)
+                attempt += 1
+                # The answer may have been lost after the registry stored the blob.
+                if self.client.head_blob(self.repository, self.digest, actions=("pull", "push")) == self.size:
+                    return
+
+    def send(
+        self, location: str, method: str, window: tuple[int, int] | None, digest: bool = False, chunk: bool = False
+    ) -> t.Any:
+        """One upload request carrying bytes [start, start+length) of the file, or none.
+
+        Never resent blindly (safe=False): the caller decides how to go on.
+        """
+        headers = {"Content-Type": OCTET_STREAM} if window is not None else {"Content-Length": "0"}
+        if window is not None and chunk:
+            headers["Content-Range"] = "%d-%d" % (window[0], window[0] + window[1] - 1)
+
+        def body() -> t.Any:
+            # A fresh view per send, so a resend after a challenge starts at its beginning.
+            if window is None:
+                return None
+            return FileSlice(self.stream, window[0], window[1], self.counter) if window[1] else b""
+
+        return self.client.request(
+            method,
+            location,
+            what=self.what,
+            repository=self.repository,
+            actions=("pull", "push"),
+            params={"digest": self.digest} if digest else None,
+            headers=headers,
+            body=body,
+            ok=(201,) if digest else (202,),
+            safe=False,
+        )
+
+    def chunked(self, session: UploadSession, chunk_size: int) -> None:
+        step = max(chunk_size, session.chunk_min)
+        location = session.location
+        offset = 0
+        resumes = 0
+        while offset < self.size:
+            length = min(step, self.size - offset)
+            try:
+                response = self.send(location, "PATCH", (offset, length), chunk=True)
+            except RegistryError as exc:
+                # A PATCH is not blindly resendable: ask what arrived, go on from there.
+                if not exc.retryable or resumes >= self.client.options.retries:
+                    raise
+                self.client.wait_before_retry(resumes)
+                resumes += 1
+                try:
+                    location, offset = upload_status(self.client, self.repository, location, self.what)
+                except RegistryError as lost:
+                    # The session cannot be resumed (distribution refuses a stale
+                    # location): run() starts over with a new one.
+                    lost.retryable = True
+                    raise lost from None
+                continue
+            response.close()
+            location = self.client.absolute(response.headers.get("Location") or location)
+            offset = received_bytes(response.headers.get("Range"), offset + length)
+        self.send(location, "PUT", None, digest=True).close()
+
+
+def received_bytes(range_header: str | None, default: int) -> int:
+    """How many bytes an upload holds, from its `Range: 0-<last>` header."""
+    match = _RANGE_RE.search(range_header or "")
+    if not match:
+        return default
+    first, last = int(match.group(1)), int(match.group(2))
+    # distribution answers "0-0" for an empty upload as well as for one byte.
+    return 0 if (first, last) == (0, 0) and default == 0 else last + 1
+
+
+def upload_status(client: RegistryClient, repository: str, location: str, what: str) -> tuple[str, int]:
+    """(location, bytes received) of an upload session, asked of the registry."""
+    response = client.request(
+        "GET",
+        location,
+        what=what + " (asking the registry how much arrived)",
+        repository=repository,
+        actions=("pull", "push"),
+        ok=(204,),
+    )
+    response.close()
+    return client.absolute(response.headers.get("Location") or location), received_bytes(
+        response.headers.get("Range"), 0
+    )
