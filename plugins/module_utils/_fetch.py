@@ -18,7 +18,6 @@ import contextlib
 import fcntl
 import json
 import os
-import platform as host_platform
 import stat
 import typing as t
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -33,12 +32,13 @@ from ansible_collections.ironcore.image.plugins.module_utils._download import (
 from ansible_collections.ironcore.image.plugins.module_utils._io import hash_file, write_bytes_atomic
 from ansible_collections.ironcore.image.plugins.module_utils._layout import file_identity
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json
-from ansible_collections.ironcore.image.plugins.module_utils._model import (
-    ROLES,
-    SHA256_DIGEST_RE,
-    architecture_of_machine,
+from ansible_collections.ironcore.image.plugins.module_utils._model import ROLES, SHA256_DIGEST_RE
+from ansible_collections.ironcore.image.plugins.module_utils._select import (
+    SelectedLayer,
+    SelectionError,
+    node_architecture,
+    select_layers,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer, SelectionError, select_layers
 from ansible_collections.ironcore.image.plugins.module_utils._source import (
     SourceError,
     open_source,
@@ -58,17 +58,6 @@ ApplyAttributes = t.Callable[[str, bool], bool]
 
 class FetchError(Exception):
     """The fetch cannot be done as asked; the message says what to change."""
-
-
-def node_architecture(value: str, machine: str | None = None) -> str:
-    """`auto` means the architecture of the machine this runs on."""
-    if value != "auto":
-        return value
-    machine = machine or host_platform.machine()
-    architecture = architecture_of_machine(machine)
-    if architecture is None:
-        raise FetchError("architecture: auto cannot map machine type %s to amd64 or arm64; set architecture explicitly" % machine)
-    return architecture
 
 
 def check_filenames(filenames: t.Mapping[str, t.Any] | None) -> dict[str, str]:

@@ -21,6 +21,7 @@ Three image shapes are understood, tried in this order:
 from __future__ import annotations
 
 import json
+import platform as host_platform
 import typing as t
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     MANIFEST_MEDIA_TYPES,
     PLATFORMS,
     PROFILES,
+    architecture_of_machine,
     is_packed,
     layer_role,
 )
@@ -56,6 +58,17 @@ class SelectedLayer:
 
     def summary(self) -> dict[str, t.Any]:
         return {"role": self.role, "media_type": self.media_type, "digest": self.digest, "size": self.size, "packed": self.packed}
+
+
+def node_architecture(value: str, machine: str | None = None) -> str:
+    """`auto` means the architecture of the machine this runs on."""
+    if value != "auto":
+        return value
+    machine = machine or host_platform.machine()
+    architecture = architecture_of_machine(machine)
+    if architecture is None:
+        raise SelectionError("architecture: auto cannot map machine type %s to amd64 or arm64; set architecture explicitly" % machine)
+    return architecture
 
 
 def parse_document(data: bytes, what: str) -> Document:

@@ -18,6 +18,7 @@ import tarfile
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.ironcore.image.plugins.module_utils._build import build_image
 from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json, descriptor_for
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -125,6 +126,33 @@ def write_upstream_image(
     document = canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
     written.digest = _record(layout, name, document, OCI_INDEX)
     return written
+
+
+def build_ours(layout: str, name: str, workdir: t.Any, tag: str = "", layer_format: str = "raw") -> dict[tuple[str, str], bytes]:
+    """Build with this collection (its Python entry point: the module itself is tested in test_build)."""
+    files: dict[tuple[str, str], bytes] = {}
+    artifacts = []
+    for arch in ("amd64", "arm64"):
+        item = {"architecture": arch, "cmdline": "console=ttyS0 arch=%s" % arch}
+        for role in ("kernel", "initramfs", "rootfs", "squashfs"):
+            data = content(arch, role, 2500, "ours" + tag)
+            path = os.path.join(str(workdir), "artifacts%s-%s-%s" % (tag, arch, role))
+            with open(path, "wb") as stream:
+                stream.write(data)
+            files[(arch, role)] = data
+            item[role] = path
+        artifacts.append(item)
+    params = {
+        "layout": layout,
+        "name": name,
+        "artifacts": artifacts,
+        "platforms": ["baremetal", "virtualization"],
+        "layer_format": layer_format,
+        "annotations": None,
+        "platform_tags": True,
+    }
+    build_image(params, check_mode=False)
+    return files
 
 
 def write_raw_document(layout_path: str, name: str, data: bytes, media_type: str = OCI_MANIFEST) -> str:

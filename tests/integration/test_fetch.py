@@ -13,8 +13,7 @@ import os
 
 import pytest
 
-from ansible_collections.ironcore.image.plugins.module_utils._build import build_image
-from helpers.images import content, write_raw_document, write_upstream_image
+from helpers.images import build_ours, write_raw_document, write_upstream_image
 from helpers.tasks import run_tasks
 
 MODULE = "ironcore.image.ironcore_image_fetch"
@@ -43,33 +42,6 @@ def files_in(dest) -> dict[str, bytes]:
 
 def everything_in(dest) -> list[str]:
     return sorted(os.listdir(dest)) if os.path.isdir(dest) else []
-
-
-def build_ours(layout: str, name: str, workdir, tag: str = "", layer_format: str = "raw") -> dict[tuple[str, str], bytes]:
-    """Build with this collection (its Python entry point: the module itself is tested in test_build)."""
-    files: dict[tuple[str, str], bytes] = {}
-    artifacts = []
-    for arch in ("amd64", "arm64"):
-        item = {"architecture": arch, "cmdline": "console=ttyS0 arch=%s" % arch}
-        for role in ("kernel", "initramfs", "rootfs", "squashfs"):
-            data = content(arch, role, 2500, "ours" + tag)
-            path = os.path.join(str(workdir), "artifacts%s-%s-%s" % (tag, arch, role))
-            with open(path, "wb") as stream:
-                stream.write(data)
-            files[(arch, role)] = data
-            item[role] = path
-        artifacts.append(item)
-    params = {
-        "layout": layout,
-        "name": name,
-        "artifacts": artifacts,
-        "platforms": ["baremetal", "virtualization"],
-        "layer_format": layer_format,
-        "annotations": None,
-        "platform_tags": True,
-    }
-    build_image(params, check_mode=False)
-    return files
 
 
 @pytest.fixture(scope="module")

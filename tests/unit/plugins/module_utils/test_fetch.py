@@ -37,17 +37,6 @@ def test_filenames_default_to_roles():
     assert names["kernel"] == "vmlinuz" and names["initramfs"] == "initramfs" and names["rootfs"] == ".hidden-but-fine"
 
 
-@pytest.mark.parametrize("machine, arch", [("x86_64", "amd64"), ("aarch64", "arm64"), ("arm64", "arm64")])
-def test_auto_architecture(machine, arch):
-    assert fetch.node_architecture("auto", machine) == arch
-    assert fetch.node_architecture("arm64", machine) == "arm64"
-
-
-def test_auto_architecture_unknown_machine():
-    with pytest.raises(fetch.FetchError, match="cannot map machine type riscv64 to amd64 or arm64; set architecture explicitly"):
-        fetch.node_architecture("auto", "riscv64")
-
-
 def layer(data: bytes, role: str = "rootfs", packed: bool = False) -> SelectedLayer:
     return SelectedLayer(role, "application/vnd.ironcore.image." + role, "sha256:" + hashlib.sha256(data).hexdigest(), len(data), packed)
 

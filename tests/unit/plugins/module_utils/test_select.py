@@ -176,3 +176,14 @@ def test_parse_document():
         select.parse_document(b"{nope", "index")
     with pytest.raises(select.SelectionError, match="is not a JSON object"):
         select.parse_document(b"[]", "manifest")
+
+
+@pytest.mark.parametrize("machine, arch", [("x86_64", "amd64"), ("aarch64", "arm64"), ("arm64", "arm64")])
+def test_auto_architecture(machine, arch):
+    assert select.node_architecture("auto", machine) == arch
+    assert select.node_architecture("arm64", machine) == "arm64"
+
+
+def test_auto_architecture_unknown_machine():
+    with pytest.raises(select.SelectionError, match="cannot map machine type riscv64 to amd64 or arm64; set architecture explicitly"):
+        select.node_architecture("auto", "riscv64")
