@@ -61,7 +61,7 @@ options:
     description: What the node is, which decides the layers it gets.
     type: str
     required: true
-    choices: [virtualization, baremetal]
+    choices: [baremetal, virtualization]
   architecture:
     description:
       - CPU architecture of the node. V(auto) uses the machine this runs on (C(x86_64) is V(amd64), C(aarch64) is V(arm64)).
