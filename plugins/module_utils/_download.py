@@ -181,11 +181,39 @@ def unpack_single_file(blob_path: str, out: t.Any) -> HashingCounter:
     return counter
 
 
-def _attempt(source: Source, layer: SelectedLayer, path: str, partial: str, retries: int, backoff: float, resume: bool, tally: _Tally) -> Delivered:
+class Staged:
+    """A verified layer waiting in dest under a temporary name; commit() puts it in place.
+
+    Every layer of a fetch is staged before any is committed, so a failure in
+    one layer leaves all files as they were.
+    """
+
+    def __init__(self, out: AtomicFile, delivered: Delivered, blob: AtomicFile | None = None):
+        self._out = out
+        self._blob = blob
+        self.delivered = delivered
+
+    def commit(self) -> None:
+        self._out.commit()
+        if self._blob is not None:
+            self._blob.keep_partial = False
+            self._blob.discard()
+        directory, filename = os.path.split(self._out.path)
+        remove_stale_partials(directory, filename)
+
+    def discard(self) -> None:
+        """Keep the verified blob as a partial file: the next run picks it up without a download."""
+        self._out.discard()
+        if self._blob is not None:
+            self._blob.discard()
+
+
+def _attempt(source: Source, layer: SelectedLayer, path: str, partial: str, retries: int, backoff: float, resume: bool, tally: _Tally) -> Staged:
     counter = _resume_point(partial, layer.size) if resume else None
-    with AtomicFile(path, temp_path=partial, append=counter is not None) as out:
-        # Kept unless the bytes turn out wrong, so the next run can resume.
-        out.keep_partial = True
+    out = AtomicFile(path, temp_path=partial, append=counter is not None)
+    # Kept unless the bytes turn out wrong, so the next run can resume.
+    out.keep_partial = True
+    try:
         receiver = _Receiver(source, layer, out, counter or HashingCounter(), retries, backoff, tally)
         try:
             counter = receiver.run()
@@ -194,29 +222,43 @@ def _attempt(source: Source, layer: SelectedLayer, path: str, partial: str, retr
             out.keep_partial = False
             raise
         if not layer.packed:
-            out.commit()
-            return Delivered(layer.digest, layer.size, tally.received)
+            return Staged(out, Delivered(layer.digest, layer.size, tally.received))
         out.file.flush()
+        return _unpack_staged(out, path, partial, tally)
+    except BaseException:
+        out.discard()
+        raise
+
+
+def _unpack_staged(blob: AtomicFile, path: str, partial: str, tally: _Tally) -> Staged:
+    unpacked = AtomicFile(path)
+    try:
+        content = unpack_single_file(partial, unpacked)
+    except BaseException:
+        unpacked.discard()
         # A verified blob that does not unpack will not unpack next time either.
-        out.keep_partial = False
-        with AtomicFile(path) as unpacked:
-            content = unpack_single_file(partial, unpacked)
-            unpacked.commit()
-        return Delivered(content.digest, content.size, tally.received)
+        blob.keep_partial = False
+        raise
+    return Staged(unpacked, Delivered(content.digest, content.size, tally.received), blob)
 
 
-def deliver(source: Source, layer: SelectedLayer, path: str, retries: int, backoff: float = 0.5) -> Delivered:
-    """Bring `layer` to `path`, verified; resume a kept partial file when there is one."""
+def stage(source: Source, layer: SelectedLayer, path: str, retries: int, backoff: float = 0.5) -> Staged:
+    """Download and verify `layer` beside `path`, resuming a kept partial file when there is one."""
     directory, filename = os.path.split(path)
     partial = partial_path(directory, filename, layer.digest)
     resumed = os.path.exists(partial)
     tally = _Tally()
     try:
-        delivered = _attempt(source, layer, path, partial, retries, backoff, True, tally)
+        return _attempt(source, layer, path, partial, retries, backoff, True, tally)
     except _Corrupt:
         if not resumed:
             raise
         # The kept bytes may be what was wrong: one clean attempt from byte 0.
-        delivered = _attempt(source, layer, path, partial, retries, backoff, False, tally)
-    remove_stale_partials(directory, filename)
-    return delivered
+        return _attempt(source, layer, path, partial, retries, backoff, False, tally)
+
+
+def deliver(source: Source, layer: SelectedLayer, path: str, retries: int, backoff: float = 0.5) -> Delivered:
+    """Stage and commit one layer."""
+    staged = stage(source, layer, path, retries, backoff)
+    staged.commit()
+    return staged.delivered

@@ -27,7 +27,8 @@ from ansible_collections.ironcore.image.plugins.module_utils._download import (
     PARTIAL_PREFIX,
     Delivered,
     DeliveryError,
-    deliver,
+    Staged,
+    stage,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._io import hash_file, write_bytes_atomic
 from ansible_collections.ironcore.image.plugins.module_utils._layout import file_identity
@@ -182,28 +183,35 @@ def locked(dest: str) -> t.Iterator[None]:
 
 
 def _deliver_all(source: t.Any, plans: t.Sequence[FilePlan], concurrency: int, retries: int) -> None:
+    """Stage every missing layer in parallel; only when all are verified, rename them into place."""
     pending = [plan for plan in plans if not plan.current]
     if not pending:
         return
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(pending)))) as pool:
-        futures: dict[Future[Delivered], FilePlan] = {pool.submit(deliver, source, plan.layer, plan.path, retries): plan for plan in pending}
-        done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
+        futures: dict[Future[Staged], FilePlan] = {pool.submit(stage, source, plan.layer, plan.path, retries): plan for plan in pending}
+        _, not_done = wait(futures, return_when=FIRST_EXCEPTION)
         for future in not_done:
             future.cancel()
         wait(not_done)
+    staged: list[tuple[FilePlan, Staged]] = []
     failure: BaseException | None = None
     for future, plan in futures.items():
         if future.cancelled():
             continue
         error = future.exception()
-        if error is not None:
-            failure = failure or _as_fetch_error(plan, error)
-            continue
-        plan.delivered = future.result()
-        plan.content_digest = plan.delivered.content_digest
-        plan.changed = True
+        if error is None:
+            staged.append((plan, future.result()))
+        elif failure is None:
+            failure = _as_fetch_error(plan, error)
     if failure is not None:
+        for _, item in staged:
+            item.discard()
         raise failure
+    for plan, item in staged:
+        item.commit()
+        plan.delivered = item.delivered
+        plan.content_digest = item.delivered.content_digest
+        plan.changed = True
 
 
 def _as_fetch_error(plan: FilePlan, error: BaseException) -> BaseException:

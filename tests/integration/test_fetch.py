@@ -91,7 +91,7 @@ def test_every_shape_platform_and_architecture(ansible, images, tmp_path):
     results = run_tasks(ansible, str(tmp_path), tasks)
 
     first, again = results[:4], results[4:8]
-    for (platform, arch), dest, result, rerun in zip(COMBOS, ours_dests, first, again):
+    for (platform, arch), dest, result, rerun in zip(COMBOS, ours_dests, first, again, strict=True):
         assert result["changed"] is True, result
         assert files_in(dest) == expected_files(images[OURS], platform, arch), (platform, arch)
         assert result["digest"] == first[0]["digest"] and result["platform"] == platform and result["architecture"] == arch
@@ -108,7 +108,7 @@ def test_every_shape_platform_and_architecture(ansible, images, tmp_path):
     position = 8
     for name, (_, dests) in shapes.items():
         written = images[name]
-        for (platform, arch), dest, result in zip(COMBOS, dests, results[position:position + 4]):
+        for (platform, arch), dest, result in zip(COMBOS, dests, results[position:position + 4], strict=True):
             assert result["changed"] is True, result
             assert files_in(dest) == upstream_files(written, platform, arch), (name, platform, arch)
             assert result["digest"] == written.digest and result["manifest_digest"] == written.manifests[arch]
@@ -232,14 +232,14 @@ def test_bad_inputs_fail_cleanly_and_touch_nothing(ansible, images, tmp_path):
         ({"dest": str(dest / "rootfs")}, "exists and is not a directory"),
     ]
     results = run_tasks(ansible, str(tmp_path), [(MODULE, dict(good, **override)) for override, _ in cases])
-    for (override, message), result in zip(cases, results):
+    for (override, message), result in zip(cases, results, strict=True):
         assert result.get("failed") is True, (override, result)
         assert message in result["msg"], (message, result["msg"])
         assert "\n" not in result["msg"] and "Traceback" not in result["msg"]
     assert {name: (dest / name).read_bytes() for name in everything_in(dest)} == before
 
 
-def test_corrupt_blob_in_layout_fails_and_old_files_stay(ansible, images, tmp_path):
+def test_corrupt_blob_in_layout_fails_and_every_old_file_stays(ansible, images, tmp_path):
     layout = str(tmp_path / "layout")
     old = write_upstream_image(layout, "registry.example.com/os/c:1", architectures=("amd64",), tag="v1")
     new = write_upstream_image(layout, "registry.example.com/os/c:2", architectures=("amd64",), tag="v2")
@@ -254,5 +254,8 @@ def test_corrupt_blob_in_layout_fails_and_old_files_stay(ansible, images, tmp_pa
     (failed,) = run_tasks(ansible, str(tmp_path), [(MODULE, dict(args, name="registry.example.com/os/c:2"))])
     assert failed["failed"] is True
     assert "rootfs (rootfs): blob %s failed verification" % new.blobs[("amd64", "rootfs")] in failed["msg"], failed["msg"]
-    assert files_in(dest)["rootfs"] == old.files[("amd64", "rootfs")]
-    assert not [name for name in everything_in(dest) if name.endswith(".partial") or name.endswith(".tmp")]
+    # Nothing was replaced, not even the layers that verified: no mix of versions in dest.
+    assert files_in(dest) == {role: old.files[("amd64", role)] for role in ("initramfs", "kernel", "rootfs")}
+    # Verified layers may wait as partial files for the next run; nothing of the corrupt one is left.
+    leftovers = [name for name in everything_in(dest) if name not in ("initramfs", "kernel", "rootfs")]
+    assert not [name for name in leftovers if "rootfs" in name or name.endswith(".tmp")], leftovers
