@@ -23,7 +23,6 @@ import zlib
 from dataclasses import dataclass
 
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
-    CHUNK_SIZE,
     AtomicFile,
     HashingCounter,
     copy_and_hash,
@@ -33,6 +32,9 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import Sele
 from ansible_collections.ironcore.image.plugins.module_utils._source import Source, SourceError
 
 PARTIAL_PREFIX = ".ironcore-fetch."
+# Network read size: a read broken by a reset loses what it had gathered, so
+# it stays small; per-read overhead is still negligible next to hashing.
+DOWNLOAD_CHUNK = 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -97,14 +99,23 @@ class _Receiver:
         self.out.file.truncate()
         self.counter = HashingCounter()
 
+    def _open(self, offset: int) -> t.Any:
+        """Open at `offset`; the source has already retried the request itself, so a failure here is final."""
+        try:
+            return self.source.open_blob(self.layer.digest, offset)
+        except SourceError as exc:
+            if offset > 0:
+                raise DeliveryError("%s; %d of %d bytes are kept, run again to resume" % (exc, offset, self.layer.size)) from None
+            raise DeliveryError(str(exc)) from None
+
     def _append_from(self, offset: int) -> None:
-        stream = self.source.open_blob(self.layer.digest, offset)
+        stream = self._open(offset)
         try:
             if stream.offset != offset:
                 if stream.offset != 0:
                     raise DeliveryError("blob %s: the source answered from byte %d when asked for byte %d" % (self.layer.digest, stream.offset, offset))
                 self._restart()
-            for chunk in stream.iter_chunks(CHUNK_SIZE):
+            for chunk in stream.iter_chunks(DOWNLOAD_CHUNK):
                 if self.counter.size + len(chunk) > self.layer.size:
                     raise _Corrupt(
                         "blob %s is larger than the %d bytes its descriptor says; refusing it" % (self.layer.digest, self.layer.size)
@@ -131,7 +142,10 @@ class _Receiver:
                 # Progress proves the link works: only attempts that gained nothing count.
                 failures = 0 if self.counter.size > before else failures + 1
                 if failures > self.retries:
-                    raise DeliveryError("%s (gave up after %d retries; run again to resume)" % (exc, self.retries)) from None
+                    raise DeliveryError(
+                        "%s; gave up after %d retries, %d of %d bytes are kept: run again to resume"
+                        % (exc, self.retries, self.counter.size, self.layer.size)
+                    ) from None
                 time.sleep(min(self.backoff * (2 ** max(failures - 1, 0)), 10.0))
         return self.counter
 

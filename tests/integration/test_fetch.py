@@ -8,12 +8,16 @@ from real registries (pushed with skopeo) in test_fetch_registry.py.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
+import threading
 
 import pytest
 
-from helpers.images import build_ours, write_raw_document, write_upstream_image
+from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
+from helpers.images import build_ours, skopeo_push, write_raw_document, write_upstream_image
+from helpers.registry import blob_data_path
 from helpers.tasks import run_tasks
 
 MODULE = "ironcore.image.ironcore_image_fetch"
@@ -83,41 +87,38 @@ def matrix_tasks(images, name: str, tmp_path, label: str):
     return tasks, dests
 
 
-def test_every_shape_platform_and_architecture(ansible, images, tmp_path):
-    """Ours (combined index), upstream current, legacy v1alpha1, tar+gzip: each combination gets exactly its files."""
-    ours, ours_dests = matrix_tasks(images, OURS, tmp_path, "ours")
-    shapes = {name: matrix_tasks(images, name, tmp_path, label) for name, label in ((UPSTREAM, "up"), (LEGACY, "legacy"), (PACKED, "packed"))}
-    tasks = ours + ours + [task for name in shapes for task in shapes[name][0]] + shapes[PACKED][0]
-    results = run_tasks(ansible, str(tmp_path), tasks)
+def test_tar_gzip_layers_every_platform_and_architecture(ansible, images, tmp_path):
+    """Layers packed as single-file tar+gzip are unpacked; re-runs know them from the state record.
 
-    first, again = results[:4], results[4:8]
-    for (platform, arch), dest, result, rerun in zip(COMBOS, ours_dests, first, again, strict=True):
+    The raw shapes (ours, upstream, legacy) run the same matrix from a registry below.
+    """
+    tasks, dests = matrix_tasks(images, PACKED, tmp_path, "packed")
+    results = run_tasks(ansible, str(tmp_path), tasks + tasks)
+    written = images[PACKED]
+    for (platform, arch), dest, result in zip(COMBOS, dests, results[:4], strict=True):
+        assert result["changed"] is True, result
+        assert files_in(dest) == upstream_files(written, platform, arch), (platform, arch)
+        assert result["digest"] == written.digest and result["manifest_digest"] == written.manifests[arch]
+        for role, entry in result["files"].items():
+            assert entry["digest"] == written.blobs[(arch, role)] and entry["unpacked"] is True
+            assert entry["media_type"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    assert results[0]["config"] == {}
+    assert [result["changed"] for result in results[4:]] == [False] * 4
+
+
+def test_our_combined_index_from_a_layout(ansible, images, tmp_path):
+    tasks, dests = matrix_tasks(images, OURS, tmp_path, "ours")
+    results = run_tasks(ansible, str(tmp_path), tasks)
+    for (platform, arch), dest, result in zip(COMBOS, dests, results, strict=True):
         assert result["changed"] is True, result
         assert files_in(dest) == expected_files(images[OURS], platform, arch), (platform, arch)
-        assert result["digest"] == first[0]["digest"] and result["platform"] == platform and result["architecture"] == arch
+        assert result["digest"] == results[0]["digest"] and result["platform"] == platform and result["architecture"] == arch
         assert result["config"] == {"commandLine": "console=ttyS0 arch=%s" % arch}
-        assert sorted(result["files"]) == EXPECTED_ROLES[platform]
         for role, entry in result["files"].items():
             assert entry["path"] == os.path.join(dest, role) and entry["digest"] == sha256(images[OURS][(arch, role)])
             assert entry["media_type"] == "application/vnd.ironcore.image." + role and entry["changed"] is True
         assert result["bytes_downloaded"] == sum(len(data) for data in files_in(dest).values())
-        assert rerun["changed"] is False and rerun["bytes_downloaded"] == 0, rerun
-        assert rerun["manifest_digest"] == result["manifest_digest"]
-    assert len({result["manifest_digest"] for result in first}) == 4
-
-    position = 8
-    for name, (_, dests) in shapes.items():
-        written = images[name]
-        for (platform, arch), dest, result in zip(COMBOS, dests, results[position:position + 4], strict=True):
-            assert result["changed"] is True, result
-            assert files_in(dest) == upstream_files(written, platform, arch), (name, platform, arch)
-            assert result["digest"] == written.digest and result["manifest_digest"] == written.manifests[arch]
-            for role, entry in result["files"].items():
-                assert entry["digest"] == written.blobs[(arch, role)] and entry["unpacked"] is (name == PACKED)
-        assert results[position]["config"] == ({} if name == PACKED else {"commandLine": "console=ttyS0"})
-        position += 4
-    # Unpacked files are recognised again from the state record.
-    assert [result["changed"] for result in results[position:]] == [False] * 4
+    assert len({result["manifest_digest"] for result in results}) == 4
 
 
 def test_per_platform_index_plain_manifest_pin_and_digest_reference(ansible, images, tmp_path):
@@ -218,14 +219,9 @@ def test_bad_inputs_fail_cleanly_and_touch_nothing(ansible, images, tmp_path):
     metal_only = "registry.example.com/os/metal-only:1"
     write_upstream_image(layout, metal_only, roles=("initramfs", "kernel", "squashfs"), tag="metal")
     cases = [
-        ({"filenames": {"kernel": "../kernel"}}, "filenames.kernel: '../kernel' is a path; give a plain file name"),
-        ({"filenames": {"kernel": "/boot/vmlinuz"}}, "filenames.kernel: '/boot/vmlinuz' is a path"),
-        ({"filenames": {"kernel": "same", "initramfs": "same"}}, "initramfs and kernel would both be written to same"),
         ({"name": amd64_only, "architecture": "arm64"}, "has no linux/arm64 manifest; it has: linux/amd64"),
-        ({"name": OURS, "architecture": "arm64", "platform": "virtualization", "layers": ["kernel"]}, "the manifest has no kernel layer (it has: rootfs)"),
         ({"name": metal_only}, "has no rootfs layer, which platform baremetal needs (it has: initramfs, kernel, squashfs)"),
         ({"layers": ["uki"]}, "the manifest has no uki layer"),
-        ({"digest": "sha256:" + "0" * 64}, "not the pinned digest sha256:%s; nothing was fetched" % ("0" * 64)),
         ({"name": "registry.example.com/os/huge:1"}, "more than a manifest may be (4 MiB)"),
         ({"name": "registry.example.com/os/absent:1"}, "is not recorded in layout"),
         ({"layout": str(tmp_path / "nowhere")}, "is not an OCI image layout"),
@@ -259,3 +255,233 @@ def test_corrupt_blob_in_layout_fails_and_every_old_file_stays(ansible, images, 
     # Verified layers may wait as partial files for the next run; nothing of the corrupt one is left.
     leftovers = [name for name in everything_in(dest) if name not in ("initramfs", "kernel", "rootfs")]
     assert not [name for name in leftovers if "rootfs" in name or name.endswith(".tmp")], leftovers
+
+
+# ---- from real registries ----------------------------------------------------
+
+RETRIES_FAST = {"retries": 2, "timeout": 5}
+
+
+def repository_of(name: str) -> str:
+    """registry.example.com/os/x:1 -> os/x:1, the path the tests push it under."""
+    return name.split("/", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def pushed(registry_plain, tmp_path_factory):
+    """Ours, upstream and legacy images pushed byte for byte (skopeo --preserve-digests) to the plain registry."""
+    workdir = tmp_path_factory.mktemp("pushed")
+    layout = str(workdir / "layout")
+    images = {
+        OURS: build_ours(layout, OURS, workdir),
+        UPSTREAM: write_upstream_image(layout, UPSTREAM, roles=("rootfs", "initramfs", "kernel", "squashfs")),
+        LEGACY: write_upstream_image(layout, LEGACY, legacy=True, tag="legacy"),
+    }
+    store = OciLayout(layout)
+    for name in images:
+        skopeo_push(layout, name, "%s/%s" % (registry_plain.host, repository_of(name)), registry_plain.skopeo_flags("dest-"))
+    images["digests"] = {name: store.resolve(name)["digest"] for name in images}
+    images["layout"] = layout
+    return images
+
+
+def remote(registry, name: str, **extra):
+    return dict(registry.registry_args, name="%s/%s" % (registry.host, repository_of(name)), **extra)
+
+
+def test_registry_every_shape_platform_and_architecture(ansible, registry_plain, pushed, tmp_path):
+    tasks, dests = [], []
+    for name in (OURS, UPSTREAM, LEGACY):
+        for platform, arch in COMBOS:
+            dest = str(tmp_path / ("%s-%s-%s" % (name.split("/")[-1], platform, arch)))
+            dests.append((name, platform, arch, dest))
+            tasks.append((MODULE, remote(registry_plain, name, platform=platform, architecture=arch, dest=dest)))
+    auto_dest = str(tmp_path / "auto")
+    tasks += tasks[:4] + [(MODULE, remote(registry_plain, UPSTREAM, platform="virtualization", dest=auto_dest))]
+    results = run_tasks(ansible, str(tmp_path), tasks)
+
+    for (name, platform, arch, dest), result in zip(dests, results[:12], strict=True):
+        assert result["changed"] is True, result
+        assert result["digest"] == pushed["digests"][name], "skopeo must have kept the digest"
+        if name == OURS:
+            assert files_in(dest) == expected_files(pushed[OURS], platform, arch), (platform, arch)
+            assert result["config"] == {"commandLine": "console=ttyS0 arch=%s" % arch}
+        else:
+            assert files_in(dest) == upstream_files(pushed[name], platform, arch), (name, platform, arch)
+            assert result["manifest_digest"] == pushed[name].manifests[arch]
+        assert result["bytes_downloaded"] == sum(entry["size"] for entry in result["files"].values())
+    for again in results[12:16]:
+        assert again["changed"] is False and again["bytes_downloaded"] == 0, again
+    auto = results[16]
+    machine = {"x86_64": "amd64", "aarch64": "arm64"}[os.uname().machine]
+    assert auto["architecture"] == machine and files_in(auto_dest) == upstream_files(pushed[UPSTREAM], "virtualization", machine)
+
+
+@pytest.mark.parametrize("fixture", ["registry_tls", "registry_token"])
+def test_tls_and_authenticated_registries(ansible, request, pushed, tmp_path, fixture):
+    registry = request.getfixturevalue(fixture)
+    skopeo_push(pushed["layout"], OURS, "%s/%s" % (registry.host, repository_of(OURS)), registry.skopeo_flags("dest-"))
+    dest = tmp_path / "dest"
+    args = remote(registry, OURS, platform="baremetal", architecture="arm64", dest=str(dest))
+    anonymous = {key: value for key, value in args.items() if key not in ("username", "password")}
+    anonymous.update(docker_config=str(tmp_path / "no-config.json"), dest=str(tmp_path / "anonymous"))
+    fetched, refused = run_tasks(ansible, str(tmp_path), [(MODULE, args), (MODULE, anonymous)])
+    assert fetched["changed"] is True, fetched
+    assert files_in(dest) == expected_files(pushed[OURS], "baremetal", "arm64")
+    assert refused["failed"] is True and "requires authentication" in refused["msg"]
+    assert not os.path.exists(tmp_path / "anonymous")
+    assert registry.password not in json.dumps([fetched, refused])
+
+
+@pytest.fixture(scope="module")
+def faulty(registry_plain, tmp_path_factory):
+    """Images with MiB-sized layers for interruptions, pushed to the plain registry."""
+    workdir = tmp_path_factory.mktemp("faulty")
+    layout = str(workdir / "layout")
+    images = {}
+    for tag in ("1", "2", "3", "4"):
+        name = "registry.example.com/faults/image:" + tag
+        images[tag] = write_upstream_image(layout, name, architectures=("amd64",), size=3 * 1024 * 1024 + 17, tag=tag)
+        skopeo_push(layout, name, "%s/faults/image:%s" % (registry_plain.host, tag), registry_plain.skopeo_flags("dest-"))
+    return images
+
+
+def through(proxy, tag: str, dest, **extra):
+    return dict(proxy.registry_args, name="%s/faults/image:%s" % (proxy.host, tag), platform="virtualization", architecture="amd64", dest=str(dest), **extra)
+
+
+def blob_requests(proxy, digest: str) -> list[str]:
+    return [action for method, path, action in proxy.log if method == "GET" and path.endswith("/blobs/" + digest)]
+
+
+def test_reset_mid_blob_resumes_with_range_within_a_run_and_across_runs(ansible, registry_plain, faulty, fault_proxy, tmp_path):
+    within, across = fault_proxy(registry_plain), fault_proxy(registry_plain)
+    size = len(faulty["1"].files[("amd64", "rootfs")])
+    rootfs_1, rootfs_2 = faulty["1"].blobs[("amd64", "rootfs")], faulty["2"].blobs[("amd64", "rootfs")]
+    within.add("reset_response", method="GET", path="/blobs/" + rootfs_1, after_bytes=2_200_000)
+    # Across runs: a reset, then the registry keeps failing, so the first run gives up with a partial file.
+    across.add("reset_response", method="GET", path="/blobs/" + rootfs_2, after_bytes=1_500_000)
+    across.add("status", method="GET", path="/blobs/" + rootfs_2, status=500, times=-1)
+    first, gave_up = run_tasks(
+        ansible, str(tmp_path), [(MODULE, through(within, "1", tmp_path / "a", **RETRIES_FAST)), (MODULE, through(across, "2", tmp_path / "b", retries=0))]
+    )
+    assert first["changed"] is True and files_in(tmp_path / "a") == {"rootfs": faulty["1"].files[("amd64", "rootfs")]}
+    assert blob_requests(within, rootfs_1) == ["reset_response", "forward"]
+    first_get, second_get = [headers for method, path, headers in within.requests if path.endswith("/blobs/" + rootfs_1)]
+    assert "range" not in first_get
+    resumed_at = int(second_get["range"][len("bytes="):-1])
+    assert second_get["range"] == "bytes=%d-" % resumed_at and 0 < resumed_at < size
+    # Every byte was received once: the second GET asked for the rest only.
+    assert first["bytes_downloaded"] == size
+
+    assert gave_up["failed"] is True and "run again to resume" in gave_up["msg"], gave_up
+    (partial,) = [name for name in everything_in(tmp_path / "b") if name.endswith(".partial")]
+    kept = os.path.getsize(tmp_path / "b" / partial)
+    assert 0 < kept < size and files_in(tmp_path / "b") == {}
+    across.clear()
+    (resumed,) = run_tasks(ansible, str(tmp_path), [(MODULE, through(across, "2", tmp_path / "b"))])
+    assert resumed["changed"] is True and resumed["bytes_downloaded"] == size - kept
+    assert blob_requests(across, rootfs_2) == ["forward"]
+    assert [headers.get("range") for _, path, headers in across.requests if path.endswith("/blobs/" + rootfs_2)] == ["bytes=%d-" % kept]
+    assert files_in(tmp_path / "b") == {"rootfs": faulty["2"].files[("amd64", "rootfs")]}
+    assert everything_in(tmp_path / "b") == [".ironcore-fetch.lock", ".ironcore-fetch.state.json", "rootfs"]
+
+
+def test_corrupted_blob_in_registry_storage(ansible, registry_plain, faulty, tmp_path):
+    dest = tmp_path / "dest"
+    args = dict(registry_plain.registry_args, platform="baremetal", architecture="amd64", dest=str(dest))
+    (first,) = run_tasks(ansible, str(tmp_path), [(MODULE, dict(args, name="%s/faults/image:3" % registry_plain.host))])
+    assert first["changed"] is True
+    before = files_in(dest)
+    rootfs = faulty["4"].blobs[("amd64", "rootfs")]
+    with open(blob_data_path(registry_plain.storage, rootfs), "r+b") as stream:
+        stream.seek(2 * 1024 * 1024)
+        stream.write(b"bit rot")
+    (failed,) = run_tasks(ansible, str(tmp_path), [(MODULE, dict(args, name="%s/faults/image:4" % registry_plain.host))])
+    assert failed["failed"] is True
+    assert "rootfs (rootfs): blob %s failed verification: its content hashes to sha256:" % rootfs in failed["msg"], failed["msg"]
+    assert files_in(dest) == before
+    assert not [name for name in everything_in(dest) if "rootfs" in name and name != "rootfs" or name.endswith(".tmp")]
+
+
+def test_error_answers_and_stalls(ansible, registry_plain, faulty, fault_proxy, tmp_path):
+    transient, persistent, stalled, stalled_once = (fault_proxy(registry_plain) for _ in range(4))
+    rootfs = faulty["1"].blobs[("amd64", "rootfs")]
+    transient.add("status", method="GET", path="/manifests/", status=503, times=1)
+    transient.add("status", method="GET", path="/blobs/" + rootfs, status=429, times=1)
+    transient.add("status", method="GET", path="/blobs/" + rootfs, status=502, times=1)
+    persistent.add("status", method="GET", path="/blobs/" + rootfs, status=500, times=-1)
+    stalled.add("stall", method="GET", path="/blobs/" + rootfs, seconds=20, times=-1)
+    stalled_once.add("stall", method="GET", path="/blobs/" + rootfs, seconds=20, times=1)
+    results = run_tasks(
+        ansible,
+        str(tmp_path),
+        [
+            (MODULE, through(transient, "1", tmp_path / "transient", **RETRIES_FAST)),
+            (MODULE, through(persistent, "1", tmp_path / "persistent", retries=1)),
+            (MODULE, through(stalled, "1", tmp_path / "stalled", retries=1, timeout=1)),
+            (MODULE, through(stalled_once, "1", tmp_path / "stalled-once", retries=1, timeout=1)),
+        ],
+    )
+    ok, failing, timed_out, recovered = results
+    expected = {"rootfs": faulty["1"].files[("amd64", "rootfs")]}
+    assert ok["changed"] is True and files_in(tmp_path / "transient") == expected
+    assert [action for _, _, action in transient.log].count("status") == 3
+    assert failing["failed"] is True and "HTTP 500" in failing["msg"] and "\n" not in failing["msg"], failing["msg"]
+    # retries=1: the first request and one retry, no more.
+    assert blob_requests(persistent, rootfs) == ["status", "status"]
+    assert timed_out["failed"] is True and "did not answer within timeout=1s" in timed_out["msg"], timed_out["msg"]
+    assert recovered["changed"] is True and files_in(tmp_path / "stalled-once") == expected
+    assert files_in(tmp_path / "persistent") == {} and files_in(tmp_path / "stalled") == {}
+
+
+class _OversizedManifests(http.server.BaseHTTPRequestHandler):
+    """Answers every manifest GET with a 5 MiB JSON document: what docker-registry refuses to store."""
+
+    def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+        body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "pad": "x" * (5 * 1024 * 1024)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        if "declared" in self.path:
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for start in range(0, len(body), 65536):
+            piece = body[start:start + 65536]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_bad_inputs_against_a_registry(ansible, registry_plain, pushed, tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OversizedManifests)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    oversized = "127.0.0.1:%d" % server.server_address[1]
+    dest = tmp_path / "dest"
+    try:
+        good = remote(registry_plain, UPSTREAM, platform="baremetal", architecture="amd64", dest=str(dest))
+        cases = [
+            ({"name": "%s/os/absent:1" % registry_plain.host}, "MANIFEST_UNKNOWN"),
+            (remote(registry_plain, LEGACY, layers=["squashfs"]), "the manifest has no squashfs layer (it has: rootfs, initramfs, kernel)"),
+            (remote(registry_plain, OURS, platform="virtualization", layers=["kernel"]), "the manifest has no kernel layer (it has: rootfs)"),
+            ({"digest": pushed["digests"][OURS]}, "not the pinned digest %s; nothing was fetched" % pushed["digests"][OURS]),
+            ({"name": "os/upstream:1.0"}, "names no registry host"),
+            ({"name": "%s/os/huge:declared" % oversized, "plain_http": True}, "more than a manifest may be (4 MiB)"),
+            ({"name": "%s/os/huge:chunked" % oversized, "plain_http": True}, "more than a manifest may be (4 MiB)"),
+            ({"filenames": {"rootfs": "../../etc/rootfs"}}, "is a path; give a plain file name"),
+        ]
+        results = run_tasks(ansible, str(tmp_path), [(MODULE, dict(good, **override)) for override, _ in cases])
+    finally:
+        server.shutdown()
+        server.server_close()
+    for (override, message), result in zip(cases, results, strict=True):
+        assert result.get("failed") is True, (override, result)
+        assert message in result["msg"], (message, result["msg"])
+        assert "\n" not in result["msg"] and "Traceback" not in result["msg"]
+    assert not dest.exists()
