@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
 import urllib.parse
 
 import pytest
 
-from helpers.images import build_ours, write_upstream_image
+from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
+from helpers.images import build_ours, skopeo_push, write_upstream_image
 from helpers.tasks import run_tasks
 
 MODULE = "ironcore.image.ironcore_image_info"
@@ -90,3 +93,56 @@ def test_layout_images_described_and_selected(ansible, images, tmp_path):
     assert no_uki["failed"] is True and "the manifest has no uki layer (it has: rootfs, initramfs, kernel)" in no_uki["msg"]
     assert no_amd64["failed"] is True and "has no linux/amd64 manifest; it has: linux/arm64" in no_amd64["msg"]
     assert layers_alone["failed"] is True and "missing parameter(s) required by 'layers': platform" in layers_alone["msg"]
+
+
+def curl_blob(url: str, headers: dict, ca_cert: str | None, target) -> bytes:
+    """GET a blob the way an HTTP boot server would: a plain client, only the URL and headers info gave."""
+    command = ["curl", "--silent", "--show-error", "--fail", "--location", "--output", str(target)]
+    for key, value in headers.items():
+        command += ["--header", "%s: %s" % (key, value)]
+    if ca_cert:
+        command += ["--cacert", ca_cert]
+    subprocess.run(command + [url], check=True, timeout=60)
+    return target.read_bytes()
+
+
+@pytest.mark.parametrize("fixture", ["registry_plain", "registry_token"])
+def test_registry_image_and_blob_urls_a_plain_client_can_use(ansible, request, images, tmp_path, fixture):
+    registry = request.getfixturevalue(fixture)
+    store = OciLayout(images["layout"])
+    for name in (OURS, UPSTREAM):
+        skopeo_push(images["layout"], name, "%s/%s" % (registry.host, name.split("/", 1)[1]), registry.skopeo_flags("dest-"))
+    args = dict(registry.registry_args, name="%s/os/ours:1.0" % registry.host)
+    upstream_args = dict(registry.registry_args, name="%s/os/upstream:1.0" % registry.host)
+    ours, upstream = run_tasks(
+        ansible,
+        str(tmp_path),
+        [
+            (MODULE, dict(args, platform="baremetal", architecture="amd64", layers=["kernel", "initramfs"])),
+            (MODULE, dict(upstream_args, platform="virtualization", architecture="arm64")),
+        ],
+    )
+    assert ours["changed"] is False and ours["digest"] == store.resolve(OURS)["digest"]
+    assert [(m["architecture"], m["platform"]) for m in ours["manifests"]] == [
+        ("amd64", "baremetal"), ("amd64", "virtualization"), ("arm64", "baremetal"), ("arm64", "virtualization"),
+    ]
+    assert ours["manifests"][0]["config"] == {"commandLine": "console=ttyS0 arch=amd64"}
+    selected = ours["selected"]
+    assert selected["manifest_digest"] == ours["manifests"][0]["digest"]
+    assert [layer["role"] for layer in selected["layers"]] == ["kernel", "initramfs"]
+    scheme = "https" if registry.tls else "http"
+    for layer in selected["layers"]:
+        assert layer["url"] == "%s://%s/v2/os/ours/blobs/%s" % (scheme, registry.host, layer["digest"])
+        if registry.username:
+            assert layer["headers"]["Authorization"].startswith("Bearer ")
+        else:
+            assert layer["headers"] == {}
+        data = curl_blob(layer["url"], layer["headers"], registry.registry_args.get("ca_cert"), tmp_path / layer["role"])
+        assert sha256(data) == layer["digest"] and data == images[OURS][("amd64", layer["role"])]
+
+    assert upstream["digest"] == images[UPSTREAM].digest
+    assert [layer["role"] for layer in upstream["selected"]["layers"]] == ["rootfs"]
+    rootfs = upstream["selected"]["layers"][0]
+    assert curl_blob(rootfs["url"], rootfs["headers"], registry.registry_args.get("ca_cert"), tmp_path / "rootfs") == images[UPSTREAM].files[("arm64", "rootfs")]
+    if registry.password:
+        assert registry.password not in json.dumps([ours, upstream])
