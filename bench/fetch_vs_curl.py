@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) IronCore image collection contributors
 # Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
 """ironcore_image_fetch against curl + sha256sum, in one run against one local registry.
@@ -35,9 +34,10 @@ COLLECTIONS = os.path.join(REPO, ".build", "collections")
 MODULE_FILE = os.path.join(REPO, "plugins", "modules", "ironcore_image_fetch.py")
 sys.path[:0] = [COLLECTIONS, os.path.join(REPO, "tests")]
 
-from ansible_collections.ironcore.image.plugins.module_utils._build import build_image  # noqa: E402
 from helpers.images import skopeo_push  # noqa: E402
 from helpers.registry import start_registry  # noqa: E402
+
+from ansible_collections.ironcore.image.plugins.module_utils._build import build_image  # noqa: E402
 
 MiB = 1024 * 1024
 NAME = "bench.example.com/os/big:1.0"
@@ -46,7 +46,7 @@ SIZES = {"kernel": 16 * MiB, "initramfs": 64 * MiB, "rootfs": 1024 * MiB}
 
 def write_random(path: str, size: int) -> None:
     with open(path, "wb") as stream:
-        for _ in range(size // (4 * MiB)):
+        for _chunk in range(size // (4 * MiB)):
             stream.write(os.urandom(4 * MiB))
         stream.write(os.urandom(size % (4 * MiB)))
 
@@ -56,11 +56,13 @@ def run_measured(command: t.Sequence[str], env: t.Mapping[str, str] | None = Non
     start = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, env=dict(os.environ, **(env or {})))
     stdout = process.stdout.read() if process.stdout else b""
-    _, status, usage = os.wait4(process.pid, 0)
+    status, usage = os.wait4(process.pid, 0)[1:]
     elapsed = time.monotonic() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
-        raise SystemExit("%s failed (%s): %s" % (command[0], process.returncode, stdout.decode(errors="replace")[-2000:]))
+        raise SystemExit(
+            "%s failed (%s): %s" % (command[0], process.returncode, stdout.decode(errors="replace")[-2000:])
+        )
     return elapsed, usage.ru_maxrss / 1024.0, stdout
 
 
@@ -68,8 +70,12 @@ def curl_and_hash(blobs: t.Mapping[str, str], base_url: str, target: str) -> flo
     os.makedirs(target)
     start = time.monotonic()
     for role, digest in blobs.items():
-        subprocess.run(["curl", "--silent", "--fail", "--output", os.path.join(target, role), base_url + digest], check=True)
-    sums = subprocess.run(["sha256sum"] + [os.path.join(target, role) for role in blobs], check=True, capture_output=True, text=True)
+        subprocess.run(
+            ["curl", "--silent", "--fail", "--output", os.path.join(target, role), base_url + digest], check=True
+        )
+    sums = subprocess.run(
+        ["sha256sum"] + [os.path.join(target, role) for role in blobs], check=True, capture_output=True, text=True
+    )
     elapsed = time.monotonic() - start
     got = {os.path.basename(line.split()[1]): "sha256:" + line.split()[0] for line in sums.stdout.splitlines()}
     if got != dict(blobs):
@@ -87,8 +93,10 @@ def fetch_module(args_path: str) -> tuple[float, float, dict[str, t.Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", help="where to put the image, registry and downloads (default: a temporary directory under .build)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
+    parser.add_argument(
+        "--workdir", help="where to put the image, registry and downloads (default: a temporary directory under .build)"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     options = parser.parse_args()
     os.makedirs(os.path.join(REPO, ".build"), exist_ok=True)
@@ -125,7 +133,11 @@ def main() -> None:
             json.dump(
                 {
                     "ANSIBLE_MODULE_ARGS": dict(
-                        registry.registry_args, name=registry.host + "/os/big:1.0", platform="baremetal", architecture="amd64", dest=dest
+                        registry.registry_args,
+                        name=registry.host + "/os/big:1.0",
+                        platform="baremetal",
+                        architecture="amd64",
+                        dest=dest,
                     )
                 },
                 stream,
@@ -146,14 +158,24 @@ def main() -> None:
             raise SystemExit("re-fetch was not a no-op: %s" % again)
 
         curl_best, fetch_best = min(curl_times), min(fetch_times)
-        print("image: baremetal amd64 layers rootfs %d MiB + initramfs %d MiB + kernel %d MiB = %d MiB, registry docker-registry on %s"
-              % (SIZES["rootfs"] // MiB, SIZES["initramfs"] // MiB, SIZES["kernel"] // MiB, total // MiB, registry.host))
-        print("curl GETs + sha256sum:   %6.2f s  (best of %d: %s)" % (curl_best, options.rounds, ", ".join("%.2f" % x for x in curl_times)))
-        print("ironcore_image_fetch:    %6.2f s  (best of %d: %s), peak RSS %.1f MiB"
-              % (fetch_best, options.rounds, ", ".join("%.2f" % x for x in fetch_times), peak_rss))
+        print(
+            "image: baremetal amd64 layers rootfs %d MiB + initramfs %d MiB + kernel %d MiB = %d MiB,"
+            " registry docker-registry on %s"
+            % (SIZES["rootfs"] // MiB, SIZES["initramfs"] // MiB, SIZES["kernel"] // MiB, total // MiB, registry.host)
+        )
+        print(
+            "curl GETs + sha256sum:   %6.2f s  (best of %d: %s)"
+            % (curl_best, options.rounds, ", ".join("%.2f" % x for x in curl_times))
+        )
+        print(
+            "ironcore_image_fetch:    %6.2f s  (best of %d: %s), peak RSS %.1f MiB"
+            % (fetch_best, options.rounds, ", ".join("%.2f" % x for x in fetch_times), peak_rss)
+        )
         print("ratio fetch / curl:      %6.2f    (goal <= 1.15)" % (fetch_best / curl_best))
-        print("re-fetch, unchanged:     %6.2f s  peak RSS %.1f MiB, changed=%s, bytes_downloaded=%d"
-              % (refetch, refetch_rss, again["changed"], again["bytes_downloaded"]))
+        print(
+            "re-fetch, unchanged:     %6.2f s  peak RSS %.1f MiB, changed=%s, bytes_downloaded=%d"
+            % (refetch, refetch_rss, again["changed"], again["bytes_downloaded"])
+        )
     finally:
         if registry is not None:
             registry.stop()

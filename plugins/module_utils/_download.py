@@ -62,10 +62,12 @@ class Delivered:
 
 def partial_path(directory: str, filename: str, digest: str) -> str:
     """Stable per file and blob, so the next run finds what this one left."""
-    return os.path.join(directory, "%s%s.%s%s" % (PARTIAL_PREFIX, filename, digest.split(":", 1)[-1][:16], PARTIAL_SUFFIX))
+    return os.path.join(
+        directory, "%s%s.%s%s" % (PARTIAL_PREFIX, filename, digest.split(":", 1)[-1][:16], PARTIAL_SUFFIX)
+    )
 
 
-def remove_stale_partials(directory: str, filename: str, keep: str | None = None) -> None:
+def remove_stale_partials(directory: str, filename: str) -> None:
     """Partial files of older blobs for this file name will never be resumed."""
     prefix = PARTIAL_PREFIX + filename + "."
     try:
@@ -74,7 +76,7 @@ def remove_stale_partials(directory: str, filename: str, keep: str | None = None
         return
     for name in names:
         path = os.path.join(directory, name)
-        if name.startswith(prefix) and name.endswith(PARTIAL_SUFFIX) and path != keep:
+        if name.startswith(prefix) and name.endswith(PARTIAL_SUFFIX):
             try:
                 os.unlink(path)
             except OSError:
@@ -84,7 +86,16 @@ def remove_stale_partials(directory: str, filename: str, keep: str | None = None
 class _Receiver:
     """Appends a blob's bytes to an open partial file, resuming after interruptions."""
 
-    def __init__(self, source: Source, layer: SelectedLayer, out: AtomicFile, counter: HashingCounter, retries: int, backoff: float, tally: _Tally):
+    def __init__(
+        self,
+        source: Source,
+        layer: SelectedLayer,
+        out: AtomicFile,
+        counter: HashingCounter,
+        retries: int,
+        backoff: float,
+        tally: _Tally,
+    ):
         self.source = source
         self.layer = layer
         self.out = out
@@ -105,7 +116,9 @@ class _Receiver:
             return self.source.open_blob(self.layer.digest, offset)
         except SourceError as exc:
             if offset > 0:
-                raise DeliveryError("%s; %d of %d bytes are kept, run again to resume" % (exc, offset, self.layer.size)) from None
+                raise DeliveryError(
+                    "%s; %d of %d bytes are kept, run again to resume" % (exc, offset, self.layer.size)
+                ) from None
             raise DeliveryError(str(exc)) from None
 
     def _append_from(self, offset: int) -> None:
@@ -113,12 +126,16 @@ class _Receiver:
         try:
             if stream.offset != offset:
                 if stream.offset != 0:
-                    raise DeliveryError("blob %s: the source answered from byte %d when asked for byte %d" % (self.layer.digest, stream.offset, offset))
+                    raise DeliveryError(
+                        "blob %s: the source answered from byte %d when asked for byte %d"
+                        % (self.layer.digest, stream.offset, offset)
+                    )
                 self._restart()
             for chunk in stream.iter_chunks(DOWNLOAD_CHUNK):
                 if self.counter.size + len(chunk) > self.layer.size:
                     raise _Corrupt(
-                        "blob %s is larger than the %d bytes its descriptor says; refusing it" % (self.layer.digest, self.layer.size)
+                        "blob %s is larger than the %d bytes its descriptor says; refusing it"
+                        % (self.layer.digest, self.layer.size)
                     )
                 self.out.write(chunk)
                 self.counter.update(chunk)
@@ -134,7 +151,8 @@ class _Receiver:
                 self._append_from(before)
                 if self.counter.size < self.layer.size:
                     raise SourceError(
-                        "blob %s ended after %d of %d bytes" % (self.layer.digest, self.counter.size, self.layer.size), retryable=True
+                        "blob %s ended after %d of %d bytes" % (self.layer.digest, self.counter.size, self.layer.size),
+                        retryable=True,
                     )
             except SourceError as exc:
                 if not exc.retryable:
@@ -222,7 +240,16 @@ class Staged:
             self._blob.discard()
 
 
-def _attempt(source: Source, layer: SelectedLayer, path: str, partial: str, retries: int, backoff: float, resume: bool, tally: _Tally) -> Staged:
+def _attempt(
+    source: Source,
+    layer: SelectedLayer,
+    path: str,
+    partial: str,
+    retries: int,
+    backoff: float,
+    resume: bool,
+    tally: _Tally,
+) -> Staged:
     counter = _resume_point(partial, layer.size) if resume else None
     out = AtomicFile(path, temp_path=partial, append=counter is not None)
     # Kept unless the bytes turn out wrong, so the next run can resume.

@@ -71,11 +71,15 @@ def check_filenames(filenames: t.Mapping[str, t.Any] | None) -> dict[str, str]:
         if not isinstance(name, str) or not name:
             raise FetchError("%s must be a non-empty file name" % where)
         if os.path.isabs(name) or "/" in name or "\\" in name:
-            raise FetchError("%s: %r is a path; give a plain file name, it is always placed inside dest" % (where, name))
+            raise FetchError(
+                "%s: %r is a path; give a plain file name, it is always placed inside dest" % (where, name)
+            )
         if name in (".", "..") or "\0" in name:
             raise FetchError("%s: %r is not a usable file name" % (where, name))
         if name.startswith(PARTIAL_PREFIX):
-            raise FetchError("%s: names starting with %s are reserved for the fetch's own bookkeeping" % (where, PARTIAL_PREFIX))
+            raise FetchError(
+                "%s: names starting with %s are reserved for the fetch's own bookkeeping" % (where, PARTIAL_PREFIX)
+            )
         if len(name.encode("utf-8")) > MAX_FILENAME_BYTES:
             raise FetchError("%s: file name is longer than %d bytes" % (where, MAX_FILENAME_BYTES))
         chosen[role] = name
@@ -99,7 +103,9 @@ class DeliveryState:
         if not isinstance(document, dict) or document.get("version") != STATE_VERSION:
             return {}
         files = document.get("files")
-        return {name: entry for name, entry in files.items() if isinstance(entry, dict)} if isinstance(files, dict) else {}
+        return (
+            {name: entry for name, entry in files.items() if isinstance(entry, dict)} if isinstance(files, dict) else {}
+        )
 
     def get(self, filename: str) -> dict[str, t.Any] | None:
         return self.files.get(filename)
@@ -157,13 +163,18 @@ def _current_content(path: str, layer: SelectedLayer, entry: dict[str, t.Any] | 
     return expected if hash_file(path)[0] == expected else None
 
 
-def plan_files(layers: t.Sequence[SelectedLayer], dest: str, names: t.Mapping[str, str], state: DeliveryState, verify: bool) -> list[FilePlan]:
+def plan_files(
+    layers: t.Sequence[SelectedLayer], dest: str, names: t.Mapping[str, str], state: DeliveryState, verify: bool
+) -> list[FilePlan]:
     plans: list[FilePlan] = []
     taken: dict[str, str] = {}
     for layer in layers:
         filename = names[layer.role]
         if filename in taken:
-            raise FetchError("filenames: %s and %s would both be written to %s; give them different names" % (taken[filename], layer.role, filename))
+            raise FetchError(
+                "filenames: %s and %s would both be written to %s; give them different names"
+                % (taken[filename], layer.role, filename)
+            )
         taken[filename] = layer.role
         path = os.path.join(dest, filename)
         content = _current_content(path, layer, state.get(filename), verify)
@@ -188,8 +199,10 @@ def _deliver_all(source: t.Any, plans: t.Sequence[FilePlan], concurrency: int, r
     if not pending:
         return
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(pending)))) as pool:
-        futures: dict[Future[Staged], FilePlan] = {pool.submit(stage, source, plan.layer, plan.path, retries): plan for plan in pending}
-        _, not_done = wait(futures, return_when=FIRST_EXCEPTION)
+        futures: dict[Future[Staged], FilePlan] = {
+            pool.submit(stage, source, plan.layer, plan.path, retries): plan for plan in pending
+        }
+        not_done = wait(futures, return_when=FIRST_EXCEPTION).not_done
         for future in not_done:
             future.cancel()
         wait(not_done)
@@ -204,7 +217,7 @@ def _deliver_all(source: t.Any, plans: t.Sequence[FilePlan], concurrency: int, r
         elif failure is None:
             failure = _as_fetch_error(plan, error)
     if failure is not None:
-        for _, item in staged:
+        for _plan, item in staged:
             item.discard()
         raise failure
     for plan, item in staged:
@@ -240,7 +253,9 @@ def _check_pin(params: t.Mapping[str, t.Any], resolved_digest: str, describe: st
     if not SHA256_DIGEST_RE.match(pinned):
         raise FetchError("digest: %r is not a sha256:<64 hex> digest" % pinned)
     if pinned != resolved_digest:
-        raise FetchError("%s resolved to %s, not the pinned digest %s; nothing was fetched" % (describe, resolved_digest, pinned))
+        raise FetchError(
+            "%s resolved to %s, not the pinned digest %s; nothing was fetched" % (describe, resolved_digest, pinned)
+        )
 
 
 def fetch_image(params: t.Mapping[str, t.Any], check_mode: bool, apply_attributes: ApplyAttributes) -> dict[str, t.Any]:
@@ -268,7 +283,9 @@ def _fetch(params: t.Mapping[str, t.Any], check_mode: bool, apply_attributes: Ap
     try:
         layers = select_layers(chosen.document, platform, params.get("layers"), chosen.by_variant)
     except SelectionError as exc:
-        raise FetchError("%s, manifest %s for %s/%s: %s" % (source.describe(), chosen.digest, platform, architecture, exc)) from None
+        raise FetchError(
+            "%s, manifest %s for %s/%s: %s" % (source.describe(), chosen.digest, platform, architecture, exc)
+        ) from None
     config = read_config(source, chosen.document)
 
     result = {
@@ -304,7 +321,11 @@ def _fetch(params: t.Mapping[str, t.Any], check_mode: bool, apply_attributes: Ap
 
 
 def _plan_check_mode(
-    layers: t.Sequence[SelectedLayer], dest: str, names: t.Mapping[str, str], verify: bool, apply_attributes: ApplyAttributes
+    layers: t.Sequence[SelectedLayer],
+    dest: str,
+    names: t.Mapping[str, str],
+    verify: bool,
+    apply_attributes: ApplyAttributes,
 ) -> list[FilePlan]:
     """What a real run would do; reads dest (when there is one) and writes nothing."""
     state = DeliveryState(dest)

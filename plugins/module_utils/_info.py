@@ -39,7 +39,9 @@ class InfoError(Exception):
     """The image cannot be described; the message says why."""
 
 
-def _describe_manifest(source: Source, digest: str, size: int, document: Document, entry: t.Mapping[str, t.Any] | None) -> dict[str, t.Any]:
+def _describe_manifest(
+    source: Source, digest: str, size: int, document: Document, entry: t.Mapping[str, t.Any] | None
+) -> dict[str, t.Any]:
     layers = manifest_layers(document)
     platform = dict(entry.get("platform") or {}) if entry else {}
     variant = platform.get("variant") or (document.get("annotations") or {}).get(PLATFORM_ANNOTATION)
@@ -57,7 +59,9 @@ def _describe_manifest(source: Source, digest: str, size: int, document: Documen
     }
 
 
-def _selected(source: Source, params: t.Mapping[str, t.Any], image: t.Any, documents: t.Mapping[str, Document]) -> dict[str, t.Any]:
+def _selected(
+    source: Source, params: t.Mapping[str, t.Any], image: t.Any, documents: t.Mapping[str, Document]
+) -> dict[str, t.Any]:
     platform = params["platform"]
     architecture = node_architecture(params["architecture"])
     if image.index:

@@ -54,10 +54,22 @@ class SelectedLayer:
 
     @classmethod
     def of(cls, role: str, descriptor: t.Mapping[str, t.Any]) -> SelectedLayer:
-        return cls(role, str(descriptor["mediaType"]), str(descriptor["digest"]), int(descriptor["size"]), is_packed(descriptor))
+        return cls(
+            role,
+            str(descriptor["mediaType"]),
+            str(descriptor["digest"]),
+            int(descriptor["size"]),
+            is_packed(descriptor),
+        )
 
     def summary(self) -> dict[str, t.Any]:
-        return {"role": self.role, "media_type": self.media_type, "digest": self.digest, "size": self.size, "packed": self.packed}
+        return {
+            "role": self.role,
+            "media_type": self.media_type,
+            "digest": self.digest,
+            "size": self.size,
+            "packed": self.packed,
+        }
 
 
 def node_architecture(value: str, machine: str | None = None) -> str:
@@ -67,7 +79,9 @@ def node_architecture(value: str, machine: str | None = None) -> str:
     machine = machine or host_platform.machine()
     architecture = architecture_of_machine(machine)
     if architecture is None:
-        raise SelectionError("architecture: auto cannot map machine type %s to amd64 or arm64; set architecture explicitly" % machine)
+        raise SelectionError(
+            "architecture: auto cannot map machine type %s to amd64 or arm64; set architecture explicitly" % machine
+        )
     return architecture
 
 
@@ -93,7 +107,9 @@ def is_index(document: t.Mapping[str, t.Any], media_type: str | None = None) -> 
         return True
     if isinstance(document.get("layers"), list):
         return False
-    raise SelectionError("document of media type %s is neither an image index nor an image manifest" % (declared or "(none)"))
+    raise SelectionError(
+        "document of media type %s is neither an image index nor an image manifest" % (declared or "(none)")
+    )
 
 
 def _entries(index: t.Mapping[str, t.Any]) -> list[Document]:

@@ -124,7 +124,9 @@ class LayoutSource:
                 entry = names[candidate]
                 digest = entry.get("digest")
                 if not isinstance(digest, str) or not SHA256_DIGEST_RE.match(digest):
-                    raise SourceError("%s is recorded in layout %s without a valid digest" % (candidate, self.layout.path))
+                    raise SourceError(
+                        "%s is recorded in layout %s without a valid digest" % (candidate, self.layout.path)
+                    )
                 data = self._document(digest, self.name)
                 return data, entry.get("mediaType"), digest
         known = sorted(names)
@@ -145,7 +147,9 @@ class LayoutSource:
         except FileNotFoundError:
             raise SourceError("blob %s is missing from layout %s" % (digest, self.layout.path)) from None
         except OSError as exc:
-            raise SourceError("cannot read blob %s in layout %s: %s" % (digest, self.layout.path, exc.strerror)) from None
+            raise SourceError(
+                "cannot read blob %s in layout %s: %s" % (digest, self.layout.path, exc.strerror)
+            ) from None
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
         try:
@@ -189,7 +193,7 @@ class RegistrySource:
         return data, media_type, digest
 
     def manifest(self, digest: str) -> tuple[bytes, str | None]:
-        data, media_type, _ = self._call(lambda: self.client.get_manifest(self.ref.repository, digest))
+        data, media_type, _digest = self._call(lambda: self.client.get_manifest(self.ref.repository, digest))
         return _check_document(data, digest, "manifest"), media_type
 
     def read_small_blob(self, digest: str, size: int) -> bytes:
@@ -207,7 +211,9 @@ class RegistrySource:
         return _check_document(bytes(data), digest, "blob")
 
     def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
-        return _RegistryBlobStream(self._call(lambda: self.client.open_blob(self.ref.repository, digest, offset)), self._call)
+        return _RegistryBlobStream(
+            self._call(lambda: self.client.open_blob(self.ref.repository, digest, offset)), self._call
+        )
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
         url = self._call(lambda: self.client.blob_url(self.ref.repository, digest))

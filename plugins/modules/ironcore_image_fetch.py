@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright (c) IronCore image collection contributors
-# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0).
+# Compatible with the GNU General Public License version 3, ansible-core's license.
 
 from __future__ import annotations
 
@@ -29,12 +30,15 @@ description:
     and, from the partial file it keeps, on the next run.
   - A small state record in O(dest) (C(.ironcore-fetch.state.json)) remembers which blob each file holds, so a
     re-run neither downloads nor re-hashes unchanged files. Files without a record are hashed once.
+  - Besides the layer files, O(dest) holds only the fetch's own bookkeeping, all named C(.ironcore-fetch.*)
+    (the state record, a lock file, and partial files of interrupted transfers).
 author:
-  - IronCore image collection maintainers
+  - IronCore image collection maintainers (@ironcore-dev)
 requirements:
   - requests >= 2.28 (not needed with O(layout))
 extends_documentation_fragment:
   - ansible.builtin.files
+  - ironcore.image.attributes
   - ironcore.image.registry
 attributes:
   check_mode:
@@ -64,7 +68,8 @@ options:
     choices: [baremetal, virtualization]
   architecture:
     description:
-      - CPU architecture of the node. V(auto) uses the machine this runs on (C(x86_64) is V(amd64), C(aarch64) is V(arm64)).
+      - CPU architecture of the node. V(auto) uses the machine this runs on
+        (C(x86_64) is V(amd64), C(aarch64) is V(arm64)).
     type: str
     choices: [amd64, arm64, auto]
     default: auto
@@ -82,8 +87,8 @@ options:
     required: true
   filenames:
     description:
-      - File name inside O(dest) per role, for example C({kernel: vmlinuz, initramfs: initrd}). Roles not
-        listed are stored under the role name.
+      - "File name inside O(dest) per role, for example C({kernel: vmlinuz, initramfs: initrd}). Roles not
+        listed are stored under the role name."
       - Names are plain file names; paths, C(..) and names starting with C(.ironcore-fetch.) are refused.
         Names never come from the image's annotations.
     type: dict
@@ -163,7 +168,7 @@ architecture:
   type: str
   sample: amd64
 config:
-  description: The image config, for example C({"commandLine": "console=ttyS0"}); null when it is not a JSON object.
+  description: 'The image config, for example C({"commandLine": "console=ttyS0"}); null when it is not a JSON object.'
   returned: always
   type: dict
 files:
@@ -220,7 +225,7 @@ def main() -> None:
         name={"type": "str", "required": True},
         layout={"type": "path"},
         platform={"type": "str", "required": True, "choices": list(PLATFORMS)},
-        architecture={"type": "str", "choices": list(ARCHITECTURES) + ["auto"], "default": "auto"},
+        architecture={"type": "str", "choices": [*ARCHITECTURES, "auto"], "default": "auto"},
         layers={"type": "list", "elements": "str", "choices": list(ROLES)},
         dest={"type": "path", "required": True},
         filenames={"type": "dict"},
@@ -237,7 +242,9 @@ def main() -> None:
         require(module, "requests", "oras")
 
     def apply_attributes(path: str, changed: bool) -> bool:
-        return module.set_fs_attributes_if_different(module.load_file_common_arguments(module.params, path=path), changed)
+        return module.set_fs_attributes_if_different(
+            module.load_file_common_arguments(module.params, path=path), changed
+        )
 
     try:
         result = fetch_image(module.params, module.check_mode, apply_attributes)

@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright (c) IronCore image collection contributors
-# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0).
+# Compatible with the GNU General Public License version 3, ansible-core's license.
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ description:
     headers needed to GET it, so an HTTP boot server can stream the layers straight from the registry.
   - Reads only; every manifest is checked against its digest and refused above 4 MiB.
 author:
-  - IronCore image collection maintainers
+  - IronCore image collection maintainers (@ironcore-dev)
 requirements:
   - requests >= 2.28 (not needed with O(layout))
 extends_documentation_fragment:
+  - ironcore.image.attributes
   - ironcore.image.registry
 attributes:
   check_mode:
@@ -75,9 +77,10 @@ EXAMPLES = r"""
     name: registry.example.com/os/gardenlinux:1.0
   register: image
 
-- name: Show platforms and architectures
+- name: Show which platforms each architecture's manifest serves
   ansible.builtin.debug:
-    msg: "{{ image.manifests | map(attribute='architecture') | zip(image.manifests | map(attribute='platforms')) | list }}"
+    msg: "{{ item.architecture }}: {{ item.platforms | join(', ') }}"
+  loop: "{{ image.manifests }}"
 
 - name: Where does an amd64 boot server get kernel and initramfs from?
   ironcore.image.ironcore_image_info:
@@ -139,7 +142,7 @@ manifests:
       type: list
       elements: dict
     config:
-      description: The parsed config, for example C({"commandLine": "console=ttyS0"}).
+      description: 'The parsed config, for example C({"commandLine": "console=ttyS0"}).'
       type: dict
 selected:
   description: The manifest and layers for O(platform) and O(architecture); null without O(platform).
@@ -193,7 +196,7 @@ def main() -> None:
         name={"type": "str", "required": True},
         layout={"type": "path"},
         platform={"type": "str", "choices": list(PLATFORMS)},
-        architecture={"type": "str", "choices": list(ARCHITECTURES) + ["auto"], "default": "auto"},
+        architecture={"type": "str", "choices": [*ARCHITECTURES, "auto"], "default": "auto"},
         layers={"type": "list", "elements": "str", "choices": list(ROLES)},
     )
     module = AnsibleModule(

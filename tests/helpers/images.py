@@ -128,7 +128,9 @@ def write_upstream_image(
     return written
 
 
-def build_ours(layout: str, name: str, workdir: t.Any, tag: str = "", layer_format: str = "raw") -> dict[tuple[str, str], bytes]:
+def build_ours(
+    layout: str, name: str, workdir: t.Any, tag: str = "", layer_format: str = "raw"
+) -> dict[tuple[str, str], bytes]:
     """Build with this collection (its Python entry point: the module itself is tested in test_build)."""
     files: dict[tuple[str, str], bytes] = {}
     artifacts = []
@@ -162,7 +164,9 @@ def write_raw_document(layout_path: str, name: str, data: bytes, media_type: str
     return _record(layout, name, data, media_type)
 
 
-def skopeo_push(layout_path: str, name: str, target: str, skopeo_args: t.Sequence[str] = (), env: t.Mapping[str, str] | None = None) -> None:
+def skopeo_push(
+    layout_path: str, name: str, target: str, skopeo_args: t.Sequence[str] = (), env: t.Mapping[str, str] | None = None
+) -> None:
     """Push every manifest of a layout name to a registry, byte for byte."""
     command = ["skopeo", "copy", "--all", "--preserve-digests", "--quiet", *skopeo_args]
     command += ["oci:%s:%s" % (layout_path, name), "docker://%s" % target]

@@ -33,7 +33,9 @@ def run_tasks(
     with open(path, "w") as stream:
         json.dump([play], stream)
     rc, document, stderr = ansible.playbook(path, check=check, env=env)
-    results = [result for _, _, result in task_results(document)]
+    results = [result for _task, _host, result in task_results(document)]
     if len(results) != len(tasks):
-        raise AssertionError("playbook gave %d results for %d tasks (rc=%s): %s" % (len(results), len(tasks), rc, stderr))
+        raise AssertionError(
+            "playbook gave %d results for %d tasks (rc=%s): %s" % (len(results), len(tasks), rc, stderr)
+        )
     return results

@@ -8,10 +8,10 @@ import subprocess
 import urllib.parse
 
 import pytest
-
-from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
 from helpers.images import build_ours, skopeo_push, write_upstream_image
 from helpers.tasks import run_tasks
+
+from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
 
 MODULE = "ironcore.image.ironcore_image_info"
 OURS = "registry.example.com/os/ours:1.0"
@@ -41,10 +41,25 @@ def test_layout_images_described_and_selected(ansible, images, tmp_path):
     layout = images["layout"]
     tasks = [
         (MODULE, {"layout": layout, "name": OURS, "platform": "baremetal", "architecture": "arm64"}),
-        (MODULE, {"layout": layout, "name": UPSTREAM, "platform": "virtualization", "architecture": "amd64"}, {"check_mode": True}),
+        (
+            MODULE,
+            {"layout": layout, "name": UPSTREAM, "platform": "virtualization", "architecture": "amd64"},
+            {"check_mode": True},
+        ),
         (MODULE, {"layout": layout, "name": LEGACY}),
-        (MODULE, {"layout": layout, "name": OURS + "-virtualization-amd64", "platform": "virtualization", "architecture": "amd64"}),
-        (MODULE, {"layout": layout, "name": UPSTREAM, "platform": "baremetal", "architecture": "arm64", "layers": ["uki"]}),
+        (
+            MODULE,
+            {
+                "layout": layout,
+                "name": OURS + "-virtualization-amd64",
+                "platform": "virtualization",
+                "architecture": "amd64",
+            },
+        ),
+        (
+            MODULE,
+            {"layout": layout, "name": UPSTREAM, "platform": "baremetal", "architecture": "arm64", "layers": ["uki"]},
+        ),
         (MODULE, {"layout": layout, "name": LEGACY, "platform": "baremetal", "architecture": "amd64"}),
         (MODULE, {"layout": layout, "name": UPSTREAM, "layers": ["kernel"]}),
     ]
@@ -90,9 +105,14 @@ def test_layout_images_described_and_selected(ansible, images, tmp_path):
     assert [(m["architecture"], m["platform"]) for m in plain["manifests"]] == [(None, "virtualization")]
     assert plain["selected"]["manifest_digest"] == plain["digest"]
 
-    assert no_uki["failed"] is True and "the manifest has no uki layer (it has: rootfs, initramfs, kernel)" in no_uki["msg"]
+    assert (
+        no_uki["failed"] is True
+        and "the manifest has no uki layer (it has: rootfs, initramfs, kernel)" in no_uki["msg"]
+    )
     assert no_amd64["failed"] is True and "has no linux/amd64 manifest; it has: linux/arm64" in no_amd64["msg"]
-    assert layers_alone["failed"] is True and "missing parameter(s) required by 'layers': platform" in layers_alone["msg"]
+    assert (
+        layers_alone["failed"] is True and "missing parameter(s) required by 'layers': platform" in layers_alone["msg"]
+    )
 
 
 def curl_blob(url: str, headers: dict, ca_cert: str | None, target) -> bytes:
@@ -102,7 +122,7 @@ def curl_blob(url: str, headers: dict, ca_cert: str | None, target) -> bytes:
         command += ["--header", "%s: %s" % (key, value)]
     if ca_cert:
         command += ["--cacert", ca_cert]
-    subprocess.run(command + [url], check=True, timeout=60)
+    subprocess.run([*command, url], check=True, timeout=60)
     return target.read_bytes()
 
 
@@ -111,7 +131,9 @@ def test_registry_image_and_blob_urls_a_plain_client_can_use(ansible, request, i
     registry = request.getfixturevalue(fixture)
     store = OciLayout(images["layout"])
     for name in (OURS, UPSTREAM):
-        skopeo_push(images["layout"], name, "%s/%s" % (registry.host, name.split("/", 1)[1]), registry.skopeo_flags("dest-"))
+        skopeo_push(
+            images["layout"], name, "%s/%s" % (registry.host, name.split("/", 1)[1]), registry.skopeo_flags("dest-")
+        )
     args = dict(registry.registry_args, name="%s/os/ours:1.0" % registry.host)
     upstream_args = dict(registry.registry_args, name="%s/os/upstream:1.0" % registry.host)
     ours, upstream = run_tasks(
@@ -124,7 +146,10 @@ def test_registry_image_and_blob_urls_a_plain_client_can_use(ansible, request, i
     )
     assert ours["changed"] is False and ours["digest"] == store.resolve(OURS)["digest"]
     assert [(m["architecture"], m["platform"]) for m in ours["manifests"]] == [
-        ("amd64", "baremetal"), ("amd64", "virtualization"), ("arm64", "baremetal"), ("arm64", "virtualization"),
+        ("amd64", "baremetal"),
+        ("amd64", "virtualization"),
+        ("arm64", "baremetal"),
+        ("arm64", "virtualization"),
     ]
     assert ours["manifests"][0]["config"] == {"commandLine": "console=ttyS0 arch=amd64"}
     selected = ours["selected"]
@@ -137,12 +162,17 @@ def test_registry_image_and_blob_urls_a_plain_client_can_use(ansible, request, i
             assert layer["headers"]["Authorization"].startswith("Bearer ")
         else:
             assert layer["headers"] == {}
-        data = curl_blob(layer["url"], layer["headers"], registry.registry_args.get("ca_cert"), tmp_path / layer["role"])
+        data = curl_blob(
+            layer["url"], layer["headers"], registry.registry_args.get("ca_cert"), tmp_path / layer["role"]
+        )
         assert sha256(data) == layer["digest"] and data == images[OURS][("amd64", layer["role"])]
 
     assert upstream["digest"] == images[UPSTREAM].digest
     assert [layer["role"] for layer in upstream["selected"]["layers"]] == ["rootfs"]
     rootfs = upstream["selected"]["layers"][0]
-    assert curl_blob(rootfs["url"], rootfs["headers"], registry.registry_args.get("ca_cert"), tmp_path / "rootfs") == images[UPSTREAM].files[("arm64", "rootfs")]
+    assert (
+        curl_blob(rootfs["url"], rootfs["headers"], registry.registry_args.get("ca_cert"), tmp_path / "rootfs")
+        == images[UPSTREAM].files[("arm64", "rootfs")]
+    )
     if registry.password:
         assert registry.password not in json.dumps([ours, upstream])

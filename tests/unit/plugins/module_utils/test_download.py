@@ -6,13 +6,13 @@ import hashlib
 import os
 
 import pytest
+from helpers.images import packed
 
 from ansible_collections.ironcore.image.plugins.module_utils import _download as download
 from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import ImageReference
 from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer
 from ansible_collections.ironcore.image.plugins.module_utils._source import LayoutSource, SourceError
-from helpers.images import packed
 
 DATA = os.urandom(3 * 1024 * 1024 + 123)
 
@@ -20,7 +20,9 @@ DATA = os.urandom(3 * 1024 * 1024 + 123)
 class Interrupting:
     """A layout source whose streams break after `cut` bytes, the first `times` times."""
 
-    def __init__(self, source: LayoutSource, cut: int, times: int = 1, retryable: bool = True, ignore_range: bool = False):
+    def __init__(
+        self, source: LayoutSource, cut: int, times: int = 1, retryable: bool = True, ignore_range: bool = False
+    ):
         self.source = source
         self.cut = cut
         self.times = times
@@ -65,8 +67,10 @@ def store(tmp_path):
 
 
 def layer_for(store: OciLayout, data: bytes, role: str = "rootfs", is_packed: bool = False) -> SelectedLayer:
-    digest, size, _ = store.put_bytes(data)
-    media_type = "application/vnd.oci.image.layer.v1.tar+gzip" if is_packed else "application/vnd.ironcore.image." + role
+    digest, size, _written = store.put_bytes(data)
+    media_type = (
+        "application/vnd.oci.image.layer.v1.tar+gzip" if is_packed else "application/vnd.ironcore.image." + role
+    )
     return SelectedLayer(role, media_type, digest, size, is_packed)
 
 
@@ -109,7 +113,9 @@ def test_gives_up_after_retries_and_keeps_partial_for_next_run(store, tmp_path):
     layer = layer_for(store, DATA)
     (tmp_path / "rootfs").write_bytes(b"old")
     source = Interrupting(source_of(store), cut=0, times=10)
-    with pytest.raises(download.DeliveryError, match="gave up after 2 retries, 0 of %d bytes are kept: run again to resume" % len(DATA)):
+    with pytest.raises(
+        download.DeliveryError, match="gave up after 2 retries, 0 of %d bytes are kept: run again to resume" % len(DATA)
+    ):
         download.deliver(source, layer, str(tmp_path / "rootfs"), retries=2, backoff=0)
     assert source.offsets == [0, 0, 0]
     assert (tmp_path / "rootfs").read_bytes() == b"old"

@@ -38,7 +38,9 @@ def test_filenames_default_to_roles():
 
 
 def layer(data: bytes, role: str = "rootfs", packed: bool = False) -> SelectedLayer:
-    return SelectedLayer(role, "application/vnd.ironcore.image." + role, "sha256:" + hashlib.sha256(data).hexdigest(), len(data), packed)
+    return SelectedLayer(
+        role, "application/vnd.ironcore.image." + role, "sha256:" + hashlib.sha256(data).hexdigest(), len(data), packed
+    )
 
 
 def test_state_record_skips_hashing_until_the_file_changes(tmp_path):
@@ -65,7 +67,9 @@ def test_state_record_skips_hashing_until_the_file_changes(tmp_path):
 def test_packed_file_without_record_is_fetched_again(tmp_path):
     (tmp_path / "kernel").write_bytes(b"kernel")
     state = fetch.DeliveryState(str(tmp_path))
-    (plan,) = fetch.plan_files([layer(b"tar.gz bytes", "kernel", packed=True)], str(tmp_path), {"kernel": "kernel"}, state, verify=False)
+    (plan,) = fetch.plan_files(
+        [layer(b"tar.gz bytes", "kernel", packed=True)], str(tmp_path), {"kernel": "kernel"}, state, verify=False
+    )
     assert plan.current is False
 
 

@@ -27,7 +27,12 @@ def layer(media_type: str, char: str, size: int = 10, **annotations: str) -> dic
 
 
 def manifest(*layers: dict) -> dict:
-    return {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": layer(PREFIX + "config.v1+json", "c"), "layers": list(layers)}
+    return {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": layer(PREFIX + "config.v1+json", "c"),
+        "layers": list(layers),
+    }
 
 
 def entry(char: str, arch: str, variant: str | None = None, os_name: str = "linux") -> dict:
@@ -49,7 +54,10 @@ COMBINED = index(
 )
 UPSTREAM = index(entry("5", "amd64"), entry("6", "arm64"))
 UPSTREAM_MANIFEST = manifest(
-    layer(PREFIX + "rootfs", "a"), layer(PREFIX + "initramfs", "b"), layer(PREFIX + "kernel", "d"), layer(PREFIX + "squashfs", "e")
+    layer(PREFIX + "rootfs", "a"),
+    layer(PREFIX + "initramfs", "b"),
+    layer(PREFIX + "kernel", "d"),
+    layer(PREFIX + "squashfs", "e"),
 )
 LEGACY_MANIFEST = manifest(
     layer(PREFIX + "rootfs.v1alpha1.rootfs", "a"),
@@ -60,7 +68,12 @@ LEGACY_MANIFEST = manifest(
 
 @pytest.mark.parametrize(
     "platform, arch, expected",
-    [("baremetal", "amd64", "1"), ("virtualization", "amd64", "2"), ("baremetal", "arm64", "3"), ("virtualization", "arm64", "4")],
+    [
+        ("baremetal", "amd64", "1"),
+        ("virtualization", "amd64", "2"),
+        ("baremetal", "arm64", "3"),
+        ("virtualization", "arm64", "4"),
+    ],
 )
 def test_combined_index_selects_by_variant(platform, arch, expected):
     chosen, by_variant = select.select_entry(COMBINED, platform, arch)
@@ -74,22 +87,28 @@ def test_upstream_index_selects_by_architecture(platform):
 
 
 def test_non_linux_entries_are_skipped():
-    chosen, _ = select.select_entry(index(entry("7", "amd64", os_name="windows"), entry("8", "amd64")), "baremetal", "amd64")
+    chosen, _by_variant = select.select_entry(
+        index(entry("7", "amd64", os_name="windows"), entry("8", "amd64")), "baremetal", "amd64"
+    )
     assert chosen["digest"] == digest("8")
 
 
 def test_unknown_architecture_lists_what_the_image_has():
     with pytest.raises(select.SelectionError) as error:
-        select.select_entry(index(entry("1", "amd64", "baremetal"), entry("2", "amd64", "virtualization")), "baremetal", "arm64")
+        select.select_entry(
+            index(entry("1", "amd64", "baremetal"), entry("2", "amd64", "virtualization")), "baremetal", "arm64"
+        )
     assert str(error.value) == (
         "the image has no linux/arm64/baremetal manifest; it has: linux/amd64/baremetal, linux/amd64/virtualization"
     )
-    with pytest.raises(select.SelectionError, match="no linux/arm64 manifest; it has: linux/amd64$"):
+    with pytest.raises(select.SelectionError, match=r"no linux/arm64 manifest; it has: linux/amd64$"):
         select.select_entry(index(entry("5", "amd64")), "virtualization", "arm64")
 
 
 def test_missing_platform_in_combined_index():
-    with pytest.raises(select.SelectionError, match="no linux/amd64/baremetal manifest; it has: linux/amd64/virtualization"):
+    with pytest.raises(
+        select.SelectionError, match="no linux/amd64/baremetal manifest; it has: linux/amd64/virtualization"
+    ):
         select.select_entry(index(entry("2", "amd64", "virtualization")), "baremetal", "amd64")
 
 
@@ -121,14 +140,16 @@ def test_variant_manifest_is_taken_as_is():
 
 
 def test_tar_gzip_layer_with_title_is_packed():
-    packed = manifest(layer(OCI_LAYER_TAR_GZIP, "a", **{"org_opencontainers_image_title": "rootfs"}))
+    packed = manifest(layer(OCI_LAYER_TAR_GZIP, "a", org_opencontainers_image_title="rootfs"))
     assert packed["layers"][0]["annotations"] == {TITLE_ANNOTATION: "rootfs"}
     (chosen,) = select.select_layers(packed, "virtualization")
     assert (chosen.role, chosen.packed) == ("rootfs", True)
 
 
 def test_unknown_layers_are_ignored():
-    mixed = manifest(layer("application/octet-stream", "f"), layer(OCI_LAYER_TAR_GZIP, "9"), layer(PREFIX + "rootfs", "a"))
+    mixed = manifest(
+        layer("application/octet-stream", "f"), layer(OCI_LAYER_TAR_GZIP, "9"), layer(PREFIX + "rootfs", "a")
+    )
     assert roles(select.select_layers(mixed, "virtualization")) == ["rootfs"]
 
 
@@ -136,16 +157,22 @@ def test_missing_required_layer_is_named():
     metal_only = manifest(layer(PREFIX + "kernel", "d"), layer(PREFIX + "initramfs", "b"))
     with pytest.raises(select.SelectionError) as error:
         select.select_layers(metal_only, "baremetal")
-    assert str(error.value) == "the manifest has no rootfs layer, which platform baremetal needs (it has: kernel, initramfs)"
+    assert (
+        str(error.value)
+        == "the manifest has no rootfs layer, which platform baremetal needs (it has: kernel, initramfs)"
+    )
     with pytest.raises(select.SelectionError, match="no rootfs layer, which platform virtualization needs"):
         select.select_layers(metal_only, "virtualization")
 
 
 def test_explicit_layers_pick_exactly_those():
-    assert roles(select.select_layers(UPSTREAM_MANIFEST, "baremetal", ["kernel", "initramfs"])) == ["initramfs", "kernel"]
+    assert roles(select.select_layers(UPSTREAM_MANIFEST, "baremetal", ["kernel", "initramfs"])) == [
+        "initramfs",
+        "kernel",
+    ]
     metal_only = manifest(layer(PREFIX + "kernel", "d"), layer(PREFIX + "initramfs", "b"))
     assert roles(select.select_layers(metal_only, "baremetal", ["kernel"])) == ["kernel"]
-    with pytest.raises(select.SelectionError, match="^the manifest has no uki layer \\(it has: kernel, initramfs\\)$"):
+    with pytest.raises(select.SelectionError, match=r"^the manifest has no uki layer \(it has: kernel, initramfs\)$"):
         select.select_layers(metal_only, "baremetal", ["kernel", "uki"])
 
 
@@ -157,7 +184,9 @@ def test_duplicate_roles_are_ambiguous():
 
 def test_platforms_served():
     assert select.platforms_served(select.manifest_layers(UPSTREAM_MANIFEST)) == ["baremetal", "virtualization"]
-    assert select.platforms_served(select.manifest_layers(manifest(layer(PREFIX + "rootfs", "a")))) == ["virtualization"]
+    assert select.platforms_served(select.manifest_layers(manifest(layer(PREFIX + "rootfs", "a")))) == [
+        "virtualization"
+    ]
 
 
 def test_document_kind():
@@ -172,7 +201,7 @@ def test_document_kind():
 
 def test_parse_document():
     assert select.parse_document(json.dumps(UPSTREAM).encode(), "index") == UPSTREAM
-    with pytest.raises(select.SelectionError, match="^index is not valid JSON"):
+    with pytest.raises(select.SelectionError, match=r"^index is not valid JSON"):
         select.parse_document(b"{nope", "index")
     with pytest.raises(select.SelectionError, match="is not a JSON object"):
         select.parse_document(b"[]", "manifest")
@@ -185,5 +214,7 @@ def test_auto_architecture(machine, arch):
 
 
 def test_auto_architecture_unknown_machine():
-    with pytest.raises(select.SelectionError, match="cannot map machine type riscv64 to amd64 or arm64; set architecture explicitly"):
+    with pytest.raises(
+        select.SelectionError, match="cannot map machine type riscv64 to amd64 or arm64; set architecture explicitly"
+    ):
         select.node_architecture("auto", "riscv64")
