@@ -22,10 +22,14 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import CHUNK_SI
 from ansible_collections.ironcore.image.plugins.module_utils._layout import MAX_DOCUMENT_SIZE, LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    ARCHITECTURES,
+    PLATFORMS,
+    ROLES,
     SHA256_DIGEST_RE,
     ImageReference,
     InvalidReference,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_ARGUMENT_SPEC
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     Document,
     SelectionError,
@@ -239,6 +243,19 @@ class _RegistryBlobStream:
 
     def close(self) -> None:
         self._stream.close()
+
+
+def image_argument_spec(platform_required: bool) -> dict[str, dict[str, t.Any]]:
+    """Options of every module that reads an image: the registry ones, then what to read and select."""
+    spec = dict(REGISTRY_ARGUMENT_SPEC)
+    spec.update(
+        name={"type": "str", "required": True},
+        layout={"type": "path"},
+        platform={"type": "str", "required": platform_required, "choices": list(PLATFORMS)},
+        architecture={"type": "str", "choices": [*ARCHITECTURES, "auto"], "default": "auto"},
+        layers={"type": "list", "elements": "str", "choices": list(ROLES)},
+    )
+    return spec
 
 
 def open_source(params: t.Mapping[str, t.Any]) -> Source:

@@ -212,21 +212,13 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
 from ansible_collections.ironcore.image.plugins.module_utils._fetch import FetchError, fetch_image
-from ansible_collections.ironcore.image.plugins.module_utils._model import ARCHITECTURES, PLATFORMS, ROLES
-from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
-    REGISTRY_ARGUMENT_SPEC,
-    REGISTRY_REQUIRED_TOGETHER,
-)
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_REQUIRED_TOGETHER
+from ansible_collections.ironcore.image.plugins.module_utils._source import image_argument_spec
 
 
 def main() -> None:
-    argument_spec = dict(REGISTRY_ARGUMENT_SPEC)
+    argument_spec = image_argument_spec(platform_required=True)
     argument_spec.update(
-        name={"type": "str", "required": True},
-        layout={"type": "path"},
-        platform={"type": "str", "required": True, "choices": list(PLATFORMS)},
-        architecture={"type": "str", "choices": [*ARCHITECTURES, "auto"], "default": "auto"},
-        layers={"type": "list", "elements": "str", "choices": list(ROLES)},
         dest={"type": "path", "required": True},
         filenames={"type": "dict"},
         digest={"type": "str"},

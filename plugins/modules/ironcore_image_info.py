@@ -183,24 +183,13 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
 from ansible_collections.ironcore.image.plugins.module_utils._info import InfoError, image_info
-from ansible_collections.ironcore.image.plugins.module_utils._model import ARCHITECTURES, PLATFORMS, ROLES
-from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
-    REGISTRY_ARGUMENT_SPEC,
-    REGISTRY_REQUIRED_TOGETHER,
-)
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_REQUIRED_TOGETHER
+from ansible_collections.ironcore.image.plugins.module_utils._source import image_argument_spec
 
 
 def main() -> None:
-    argument_spec = dict(REGISTRY_ARGUMENT_SPEC)
-    argument_spec.update(
-        name={"type": "str", "required": True},
-        layout={"type": "path"},
-        platform={"type": "str", "choices": list(PLATFORMS)},
-        architecture={"type": "str", "choices": [*ARCHITECTURES, "auto"], "default": "auto"},
-        layers={"type": "list", "elements": "str", "choices": list(ROLES)},
-    )
     module = AnsibleModule(
-        argument_spec=argument_spec,
+        argument_spec=image_argument_spec(platform_required=False),
         required_together=REGISTRY_REQUIRED_TOGETHER,
         required_by={"layers": "platform"},
         supports_check_mode=True,
