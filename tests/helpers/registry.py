@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import fcntl
 import hashlib
 import http.server
 import ipaddress
@@ -22,6 +23,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import termios
 import threading
 import time
 import typing as t
@@ -468,6 +470,23 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
         view = view[sent:]
 
 
+def _wait_until_sent(sock: socket.socket, limit: float = 10.0) -> None:
+    """Wait until the peer has acknowledged every byte sent, so that `after_bytes` really arrive.
+
+    A reset discards what still sits in the send queue; without this, how much
+    of the answer a slow client gets before the reset would be a matter of luck.
+    """
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            unsent = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return
+        if unsent == 0:
+            return
+        time.sleep(0.01)
+
+
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
     data = b""
     while b"\r\n\r\n" not in data:
@@ -488,6 +507,8 @@ class FaultProxy:
     target: Registry
     faults: list[Fault] = field(default_factory=list)
     log: list[tuple[str, str, str]] = field(default_factory=list)
+    # (method, path, request headers with lower-case names), in the order of `log`.
+    requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -519,6 +540,7 @@ class FaultProxy:
         with self.lock:
             self.faults.clear()
             self.log.clear()
+            self.requests.clear()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -563,6 +585,7 @@ class FaultProxy:
             fault = self._match(method, path)
             with self.lock:
                 self.log.append((method, path, fault.action if fault else "forward"))
+                self.requests.append((method, path, headers))
             if fault is not None and fault.action == "status":
                 self._drain(client, rest, int(headers.get("content-length", "0") or 0))
                 self._answer(client, fault.status)
@@ -654,6 +677,7 @@ class FaultProxy:
                     return
                 if limit is not None and sent_back + len(data) >= limit:
                     _send_all(client, data[: max(limit - sent_back, 0)])
+                    _wait_until_sent(client)
                     _reset(client)
                     _reset(upstream)
                     return
