@@ -59,6 +59,24 @@ def _describe_manifest(
     }
 
 
+def _visible_headers(headers: t.Mapping[str, str], include_credentials: bool | None) -> dict[str, t.Any]:
+    """Headers to print; the credential only when the caller asked for it.
+
+    A Basic header is the password in base64, so by default it is left out and
+    only its scheme is told: results are logged and shown far more often than
+    they are used to fetch.
+    """
+    scheme = None
+    shown = {}
+    for key, value in headers.items():
+        if key.lower() == "authorization":
+            scheme = value.split(" ", 1)[0]
+            if not include_credentials:
+                continue
+        shown[key] = value
+    return {"headers": shown, "auth_scheme": scheme}
+
+
 def _selected(
     source: Source, params: t.Mapping[str, t.Any], image: t.Any, documents: t.Mapping[str, Document]
 ) -> dict[str, t.Any]:
@@ -76,7 +94,7 @@ def _selected(
     described = []
     for layer in layers:
         url, headers = source.blob_location(layer.digest)
-        described.append(dict(layer.summary(), url=url, headers=headers))
+        described.append(dict(layer.summary(), url=url, **_visible_headers(headers, params.get("include_credentials"))))
     return {"platform": platform, "architecture": architecture, "manifest_digest": digest, "layers": described}
 
 

@@ -63,10 +63,17 @@ options:
     type: list
     elements: str
     choices: [kernel, initramfs, rootfs, squashfs, uki, iso]
+  include_credentials:
+    description:
+      - Put the C(Authorization) header (a bearer token, or the basic authentication of O(username) and
+        O(password)) into the C(headers) of RV(selected).
+      - Off by default so that credentials never reach logs; C(auth_scheme) still says which scheme is needed.
+        When you turn it on, use C(no_log) on the task.
+    type: bool
+    default: false
 notes:
-  - The C(headers) in RV(selected) carry the credential needed to read the blob (a bearer token, or the basic
-    authentication of O(username) and O(password)). Use C(no_log) on the task, or do not register the result,
-    when the output is logged.
+  - With O(include_credentials=true) the C(headers) in RV(selected) carry a credential. Use C(no_log) on the
+    task, or do not register the result, when the output is logged.
 seealso:
   - module: ironcore.image.ironcore_image_fetch
 """
@@ -88,6 +95,7 @@ EXAMPLES = r"""
     platform: baremetal
     architecture: amd64
     layers: [kernel, initramfs]
+    include_credentials: true
   register: boot
   no_log: true
 """
@@ -160,8 +168,9 @@ selected:
       type: str
     layers:
       description:
-        - The layers to fetch, each with C(role), C(media_type), C(digest), C(size), C(packed), C(url) and C(headers)
-          (what C(ironcore-image url) prints upstream).
+        - The layers to fetch, each with C(role), C(media_type), C(digest), C(size), C(packed), C(url), C(headers)
+          (what C(ironcore-image url) prints upstream) and C(auth_scheme) (V(Basic), V(Bearer) or V(null)).
+        - C(headers) holds C(Authorization) only with O(include_credentials=true).
       type: list
       elements: dict
   sample:
@@ -177,6 +186,7 @@ selected:
         url: https://registry.example.com/v2/os/gardenlinux/blobs/sha256:5b1d...
         headers:
           Authorization: Bearer eyJ...
+        auth_scheme: Bearer
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -189,7 +199,10 @@ from ansible_collections.ironcore.image.plugins.module_utils._source import imag
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=image_argument_spec(platform_required=False),
+        argument_spec=dict(
+            image_argument_spec(platform_required=False),
+            include_credentials={"type": "bool", "default": False},
+        ),
         required_together=REGISTRY_REQUIRED_TOGETHER,
         required_by={"layers": "platform"},
         supports_check_mode=True,

@@ -140,7 +140,16 @@ def test_registry_image_and_blob_urls_a_plain_client_can_use(ansible, request, i
         ansible,
         str(tmp_path),
         [
-            (MODULE, dict(args, platform="baremetal", architecture="amd64", layers=["kernel", "initramfs"])),
+            (
+                MODULE,
+                dict(
+                    args,
+                    platform="baremetal",
+                    architecture="amd64",
+                    layers=["kernel", "initramfs"],
+                    include_credentials=True,
+                ),
+            ),
             (MODULE, dict(upstream_args, platform="virtualization", architecture="arm64")),
         ],
     )
@@ -170,9 +179,13 @@ def test_registry_image_and_blob_urls_a_plain_client_can_use(ansible, request, i
     assert upstream["digest"] == images[UPSTREAM].digest
     assert [layer["role"] for layer in upstream["selected"]["layers"]] == ["rootfs"]
     rootfs = upstream["selected"]["layers"][0]
-    assert (
-        curl_blob(rootfs["url"], rootfs["headers"], registry.registry_args.get("ca_cert"), tmp_path / "rootfs")
-        == images[UPSTREAM].files[("arm64", "rootfs")]
-    )
+    # Without include_credentials the credential stays out of the result; only its scheme is told.
+    assert "Authorization" not in rootfs["headers"]
+    assert rootfs["auth_scheme"] == ("Bearer" if registry.username else None)
+    if not registry.username:
+        assert (
+            curl_blob(rootfs["url"], rootfs["headers"], registry.registry_args.get("ca_cert"), tmp_path / "rootfs")
+            == images[UPSTREAM].files[("arm64", "rootfs")]
+        )
     if registry.password:
         assert registry.password not in json.dumps([ours, upstream])
