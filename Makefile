@@ -7,10 +7,14 @@ BUILD := $(CURDIR)/.build
 COLLECTIONS := $(BUILD)/collections
 COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/ironcore/image
 DEMO_DIR ?= $(BUILD)/demo
+# Execution environment for AWX: build context (offline) and image.
+EE_CONTEXT ?= $(BUILD)/ee/context
+EE_TAG ?= ironcore-image-ee:latest
+CONTAINER_RUNTIME ?= podman
 
 # Debian packages the tests drive for real: registry, OCI client, emulator, sshd, ...
 APT_PACKAGES := docker-registry skopeo qemu-system-x86 qemu-utils openssh-server openssh-client \
-	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync
+	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync libvirt-clients
 
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_COLLECTIONS_SCAN_SYS_PATH := false
@@ -24,6 +28,7 @@ export PATH := $(BIN):$(PATH)
 help:
 	@echo "make demo   build a sample two-platform image into a local OCI layout and show it"
 	@echo "make test   install everything and run every test"
+	@echo "make ee     build the execution environment image for AWX (make ee-context: only its build context)"
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -32,7 +37,7 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+$(BIN)/.installed: requirements.txt meta/requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt
@@ -49,6 +54,17 @@ demo: system-deps venv collection
 	$(BIN)/ansible-playbook -i localhost, -c local playbooks/demo.yml -e demo_dir=$(DEMO_DIR)
 	@echo "--- skopeo inspect --raw oci:$(DEMO_DIR)/layout:demo.example.com/os/sample:1.0"
 	@skopeo inspect --raw oci:$(DEMO_DIR)/layout:demo.example.com/os/sample:1.0 | $(BIN)/python -m json.tool
+
+# The collection as a tarball of this checkout, then ansible-builder's context (no network needed).
+ee-context: venv collection
+	@rm -rf $(BUILD)/ee/collection
+	$(BIN)/ansible-galaxy collection build --force --output-path $(BUILD)/ee/collection .
+	cp $(BUILD)/ee/collection/ironcore-image-*.tar.gz $(BUILD)/ee/ironcore-image.tar.gz
+	$(BIN)/ansible-builder create --file meta/execution-environment.yml --context $(EE_CONTEXT) \
+		--output-filename Containerfile
+
+ee: ee-context
+	$(CONTAINER_RUNTIME) build --file $(EE_CONTEXT)/Containerfile --tag $(EE_TAG) $(EE_CONTEXT)
 
 test: system-deps venv collection
 	$(BIN)/pytest

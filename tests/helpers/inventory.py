@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import typing as t
 
@@ -58,3 +59,16 @@ def failures_by_host(document: t.Mapping[str, t.Any]) -> dict[str, tuple[str, st
         assert host not in found, "%s failed twice: %s and %s" % (host, found[host], name)
         found[host] = (name, result.get("msg", ""))
     return found
+
+
+def clean_ansible_env(**overrides: str) -> dict[str, str]:
+    """The process environment without ANSIBLE_* settings (as a fresh shell or AWX has), plus overrides."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ANSIBLE_")}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.update(overrides)
+    return env
+
+
+def tool(name: str) -> str:
+    """A command installed next to the interpreter running the tests (the virtualenv's ansible-*)."""
+    return os.path.join(os.path.dirname(sys.executable), name)

@@ -6,6 +6,7 @@ import functools
 import http.server
 import os
 import shutil
+import subprocess
 import threading
 import typing as t
 import uuid
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 from helpers import boot
+from helpers.inventory import clean_ansible_env, tool
 from helpers.sshd import SshServer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -117,3 +119,43 @@ def layout_image(ansible, tmp_path_factory) -> LayoutImage:
         files=files,
         command_line=artifact["cmdline"],
     )
+
+
+@pytest.fixture(scope="session")
+def collection_tarball(tmp_path_factory) -> str:
+    """This checkout as a collection tarball, made by ansible-galaxy (what a release or an EE ships)."""
+    output = tmp_path_factory.mktemp("galaxy-build")
+    proc = subprocess.run(
+        [tool("ansible-galaxy"), "collection", "build", "--output-path", str(output), REPO],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (tarball,) = output.glob("ironcore-image-*.tar.gz")
+    return str(tarball)
+
+
+@pytest.fixture(scope="session")
+def installed_collections(collection_tarball, tmp_path_factory) -> str:
+    """A collections path holding the collection installed from its tarball, not linked to this checkout."""
+    path = tmp_path_factory.mktemp("installed-collections")
+    proc = subprocess.run(
+        [
+            tool("ansible-galaxy"),
+            "collection",
+            "install",
+            "--force",
+            "--collections-path",
+            str(path),
+            collection_tarball,
+        ],
+        # Without the test's ANSIBLE_COLLECTIONS_PATH, which already holds the linked checkout.
+        env=clean_ansible_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.isfile(os.path.join(path, "ansible_collections", "ironcore", "image", "MANIFEST.json"))
+    return str(path)

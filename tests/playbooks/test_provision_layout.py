@@ -9,7 +9,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from helpers.boot import parse_ipxe
 from helpers.inventory import local_host, outcomes, write_inventory
 
@@ -44,7 +43,9 @@ def build(ansible, layout, directory, generation):
         path = directory / ("%s-%d" % (role, generation))
         path.write_bytes(("%s generation %d\n" % (role, generation)).encode() * 300)
         artifact[role] = str(path)
-    result = ansible.module("ironcore.image.ironcore_image_build", {"layout": layout, "name": NAME, "artifacts": [artifact]})
+    result = ansible.module(
+        "ironcore.image.ironcore_image_build", {"layout": layout, "name": NAME, "artifacts": [artifact]}
+    )
     assert result.get("failed") is not True, result
     return result["digest"], artifact
 
@@ -102,9 +103,13 @@ def test_provision_from_layout(ansible, sshd, loop_device, tmp_path):
     assert oct(os.stat(image_dir / "boot.ipxe").st_mode & 0o777) == "0o644"
 
     qcow2 = pool / "vm-disk.qcow2"
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(qcow2)], capture_output=True, check=True).stdout)
+    info = json.loads(
+        subprocess.run(["qemu-img", "info", "--output=json", str(qcow2)], capture_output=True, check=True).stdout
+    )
     assert info["format"] == "qcow2"
-    compare = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", artifact["rootfs"], str(qcow2)], check=False)
+    compare = subprocess.run(
+        ["qemu-img", "compare", "-f", "raw", "-F", "qcow2", artifact["rootfs"], str(qcow2)], check=False
+    )
     assert compare.returncode == 0, "the qcow2 disk does not hold the rootfs"
     changed = {(task, host) for task, host, _ in outcomes(document)["changed"]}
     assert ("Refresh the pool so libvirt sees the new disk image", "hv") in changed
@@ -129,8 +134,12 @@ def test_provision_from_layout(ansible, sshd, loop_device, tmp_path):
     changed = {(task, host) for task, host, _ in outcomes(document)["changed"]}
     assert ("Convert the rootfs with qemu-img", "hv") in changed
     assert (image_dir / "rootfs").read_bytes() == open(new_artifact["rootfs"], "rb").read()
-    assert parse_ipxe((image_dir / "boot.ipxe").read_text()).command_line == "initrd=initramfs console=ttyS0 generation=2"
-    compare = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", new_artifact["rootfs"], str(qcow2)], check=False)
+    assert (
+        parse_ipxe((image_dir / "boot.ipxe").read_text()).command_line == "initrd=initramfs console=ttyS0 generation=2"
+    )
+    compare = subprocess.run(
+        ["qemu-img", "compare", "-f", "raw", "-F", "qcow2", new_artifact["rootfs"], str(qcow2)], check=False
+    )
     assert compare.returncode == 0
     if loop_device:
         assert ("Copy the rootfs onto the device", "pxe") in changed
