@@ -20,3 +20,43 @@ from helpers.ansible import AnsibleRunner  # noqa: E402
 @pytest.fixture(scope="session")
 def ansible() -> AnsibleRunner:
     return AnsibleRunner(collections_path=COLLECTIONS)
+
+
+# ---- real registries (tests/helpers/registry.py) ---------------------------
+
+from helpers.registry import FaultProxy, start_registry  # noqa: E402
+
+
+def _registry_fixture(name: str, tls: bool, auth: str | None):
+    @pytest.fixture(scope="session")
+    def fixture(tmp_path_factory):
+        registry = start_registry(name, str(tmp_path_factory.mktemp("registry-" + name)), tls=tls, auth=auth)
+        try:
+            yield registry
+        finally:
+            registry.stop()
+
+    return fixture
+
+
+# Plain HTTP, anonymous.
+registry_plain = _registry_fixture("plain", tls=False, auth=None)
+# TLS with a test CA (SAN IP:127.0.0.1) and bcrypt htpasswd Basic auth.
+registry_tls = _registry_fixture("tls", tls=True, auth="htpasswd")
+# TLS and `auth: token` with the tests' own token server.
+registry_token = _registry_fixture("token", tls=True, auth="token")
+
+
+@pytest.fixture
+def fault_proxy():
+    """Factory: fault_proxy(registry) -> FaultProxy in front of it; all stopped after the test."""
+    proxies: list[FaultProxy] = []
+
+    def make(target) -> FaultProxy:
+        proxy = FaultProxy(target)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()

@@ -1,0 +1,60 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    # The registry connection options shared by every registry-facing module.
+    DOCUMENTATION = r"""
+options:
+  username:
+    description:
+      - User name for the registry. Takes precedence over credentials found in O(docker_config).
+      - Must be given together with O(password).
+    type: str
+  password:
+    description:
+      - Password or access token for O(username). Never logged nor returned.
+    type: str
+  docker_config:
+    description:
+      - Docker C(config.json) to read credentials from when O(username) is not given, including
+        C(credsStore) and C(credHelpers) credential helpers.
+      - Defaults to C($DOCKER_CONFIG/config.json), else C(~/.docker/config.json). It is only read, never written.
+    type: path
+  validate_certs:
+    description:
+      - Verify the registry's TLS certificate. Set to V(false) only for a registry you trust by other means.
+    type: bool
+    default: true
+  ca_cert:
+    description:
+      - PEM file of the CA (or CAs) that signed the registry's certificate, when it is not in the system trust store.
+    type: path
+  plain_http:
+    description:
+      - Talk plain HTTP instead of HTTPS. HTTP is used only when asked for here; there is never a silent downgrade.
+    type: bool
+    default: false
+  timeout:
+    description:
+      - Seconds to wait for a connection, and for each read or write to make progress, before treating the
+        request as failed (and retrying it).
+    type: float
+    default: 60
+  retries:
+    description:
+      - How many times a failed request is retried on a connection error, a timeout, or a registry answer of
+        429, 500, 502, 503 or 504, with exponential backoff (honouring C(Retry-After)).
+    type: int
+    default: 5
+  concurrency:
+    description:
+      - How many blobs are transferred in parallel.
+    type: int
+    default: 4
+requirements:
+  - oras >= 0.2.43
+  - requests >= 2.28
+"""

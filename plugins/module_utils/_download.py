@@ -1,0 +1,264 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+#
+# Private to the ironcore.image collection: no compatibility promise for
+# anything outside it.
+
+"""Verified, resumable delivery of one layer blob to one file.
+
+The blob streams into a partial file beside the destination, hashed as it
+arrives; only a blob of the right size and digest is renamed into place (or,
+for a tar+gzip layer, unpacked into place). The partial file has a stable
+name, so an interrupted transfer continues with an HTTP Range request, both
+within a run and on the next one.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import time
+import typing as t
+import zlib
+from dataclasses import dataclass
+
+from ansible_collections.ironcore.image.plugins.module_utils._io import (
+    CHUNK_SIZE,
+    AtomicFile,
+    HashingCounter,
+    copy_and_hash,
+    iter_chunks,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer
+from ansible_collections.ironcore.image.plugins.module_utils._source import Source, SourceError
+
+PARTIAL_PREFIX = ".ironcore-fetch."
+PARTIAL_SUFFIX = ".partial"
+
+
+class DeliveryError(Exception):
+    """The layer could not be delivered; the destination file is untouched."""
+
+
+class _Corrupt(DeliveryError):
+    """The received bytes are wrong: the partial file is worthless."""
+
+
+@dataclass
+class _Tally:
+    """Bytes received over every attempt, wasted ones included."""
+
+    received: int = 0
+
+
+@dataclass
+class Delivered:
+    content_digest: str
+    size: int
+    bytes_downloaded: int
+
+
+def partial_path(directory: str, filename: str, digest: str) -> str:
+    """Stable per file and blob, so the next run finds what this one left."""
+    return os.path.join(directory, "%s%s.%s%s" % (PARTIAL_PREFIX, filename, digest.split(":", 1)[-1][:16], PARTIAL_SUFFIX))
+
+
+def remove_stale_partials(directory: str, filename: str, keep: str | None = None) -> None:
+    """Partial files of older blobs for this file name will never be resumed."""
+    prefix = PARTIAL_PREFIX + filename + "."
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        if name.startswith(prefix) and name.endswith(PARTIAL_SUFFIX) and path != keep:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+class _Receiver:
+    """Appends a blob's bytes to an open partial file, resuming after interruptions."""
+
+    def __init__(self, source: Source, layer: SelectedLayer, out: AtomicFile, counter: HashingCounter, retries: int, backoff: float, tally: _Tally):
+        self.source = source
+        self.layer = layer
+        self.out = out
+        self.counter = counter
+        self.retries = retries
+        self.backoff = backoff
+        self.tally = tally
+
+    def _restart(self) -> None:
+        """The server answered the whole blob: drop what we had."""
+        self.out.file.seek(0)
+        self.out.file.truncate()
+        self.counter = HashingCounter()
+
+    def _append_from(self, offset: int) -> None:
+        stream = self.source.open_blob(self.layer.digest, offset)
+        try:
+            if stream.offset != offset:
+                if stream.offset != 0:
+                    raise DeliveryError("blob %s: the source answered from byte %d when asked for byte %d" % (self.layer.digest, stream.offset, offset))
+                self._restart()
+            for chunk in stream.iter_chunks(CHUNK_SIZE):
+                if self.counter.size + len(chunk) > self.layer.size:
+                    raise _Corrupt(
+                        "blob %s is larger than the %d bytes its descriptor says; refusing it" % (self.layer.digest, self.layer.size)
+                    )
+                self.out.write(chunk)
+                self.counter.update(chunk)
+                self.tally.received += len(chunk)
+        finally:
+            stream.close()
+
+    def run(self) -> HashingCounter:
+        failures = 0
+        while self.counter.size < self.layer.size:
+            before = self.counter.size
+            try:
+                self._append_from(before)
+                if self.counter.size < self.layer.size:
+                    raise SourceError(
+                        "blob %s ended after %d of %d bytes" % (self.layer.digest, self.counter.size, self.layer.size), retryable=True
+                    )
+            except SourceError as exc:
+                if not exc.retryable:
+                    raise DeliveryError(str(exc)) from None
+                # Progress proves the link works: only attempts that gained nothing count.
+                failures = 0 if self.counter.size > before else failures + 1
+                if failures > self.retries:
+                    raise DeliveryError("%s (gave up after %d retries; run again to resume)" % (exc, self.retries)) from None
+                time.sleep(min(self.backoff * (2 ** max(failures - 1, 0)), 10.0))
+        return self.counter
+
+
+def _resume_point(partial: str, size: int) -> HashingCounter | None:
+    """Hash what a kept partial file holds, when it can be continued."""
+    try:
+        have = os.path.getsize(partial)
+    except OSError:
+        return None
+    if have == 0 or have > size:
+        return None
+    counter = HashingCounter()
+    with open(partial, "rb") as stream:
+        for chunk in iter_chunks(stream):
+            counter.update(chunk)
+    return counter
+
+
+def _verify(layer: SelectedLayer, counter: HashingCounter) -> None:
+    if counter.size != layer.size:
+        raise _Corrupt("blob %s: received %d bytes, expected %d" % (layer.digest, counter.size, layer.size))
+    if counter.digest != layer.digest:
+        raise _Corrupt(
+            "blob %s failed verification: its content hashes to %s; the source is corrupt, nothing was replaced"
+            % (layer.digest, counter.digest)
+        )
+
+
+def unpack_single_file(blob_path: str, out: t.Any) -> HashingCounter:
+    """Stream the one regular file out of a tar+gzip layer into `out`."""
+    try:
+        with open(blob_path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|gz") as archive:
+            member = archive.next()
+            if member is None:
+                raise DeliveryError("the tar+gzip layer holds no file")
+            if not member.isreg():
+                raise DeliveryError("the tar+gzip layer holds %s, which is not a regular file" % member.name)
+            extracted = archive.extractfile(member)
+            if extracted is None:
+                raise DeliveryError("cannot read %s from the tar+gzip layer" % member.name)
+            counter = copy_and_hash(extracted, out)
+            if archive.next() is not None:
+                raise DeliveryError("the tar+gzip layer holds more than one file; expected exactly one")
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise DeliveryError("the tar+gzip layer cannot be unpacked: %s" % exc) from None
+    return counter
+
+
+class Staged:
+    """A verified layer waiting in dest under a temporary name; commit() puts it in place.
+
+    Every layer of a fetch is staged before any is committed, so a failure in
+    one layer leaves all files as they were.
+    """
+
+    def __init__(self, out: AtomicFile, delivered: Delivered, blob: AtomicFile | None = None):
+        self._out = out
+        self._blob = blob
+        self.delivered = delivered
+
+    def commit(self) -> None:
+        self._out.commit()
+        if self._blob is not None:
+            self._blob.keep_partial = False
+            self._blob.discard()
+        directory, filename = os.path.split(self._out.path)
+        remove_stale_partials(directory, filename)
+
+    def discard(self) -> None:
+        """Keep the verified blob as a partial file: the next run picks it up without a download."""
+        self._out.discard()
+        if self._blob is not None:
+            self._blob.discard()
+
+
+def _attempt(source: Source, layer: SelectedLayer, path: str, partial: str, retries: int, backoff: float, resume: bool, tally: _Tally) -> Staged:
+    counter = _resume_point(partial, layer.size) if resume else None
+    out = AtomicFile(path, temp_path=partial, append=counter is not None)
+    # Kept unless the bytes turn out wrong, so the next run can resume.
+    out.keep_partial = True
+    try:
+        receiver = _Receiver(source, layer, out, counter or HashingCounter(), retries, backoff, tally)
+        try:
+            counter = receiver.run()
+            _verify(layer, counter)
+        except _Corrupt:
+            out.keep_partial = False
+            raise
+        if not layer.packed:
+            return Staged(out, Delivered(layer.digest, layer.size, tally.received))
+        out.file.flush()
+        return _unpack_staged(out, path, partial, tally)
+    except BaseException:
+        out.discard()
+        raise
+
+
+def _unpack_staged(blob: AtomicFile, path: str, partial: str, tally: _Tally) -> Staged:
+    unpacked = AtomicFile(path)
+    try:
+        content = unpack_single_file(partial, unpacked)
+    except BaseException:
+        unpacked.discard()
+        # A verified blob that does not unpack will not unpack next time either.
+        blob.keep_partial = False
+        raise
+    return Staged(unpacked, Delivered(content.digest, content.size, tally.received), blob)
+
+
+def stage(source: Source, layer: SelectedLayer, path: str, retries: int, backoff: float = 0.5) -> Staged:
+    """Download and verify `layer` beside `path`, resuming a kept partial file when there is one."""
+    directory, filename = os.path.split(path)
+    partial = partial_path(directory, filename, layer.digest)
+    resumed = os.path.exists(partial)
+    tally = _Tally()
+    try:
+        return _attempt(source, layer, path, partial, retries, backoff, True, tally)
+    except _Corrupt:
+        if not resumed:
+            raise
+        # The kept bytes may be what was wrong: one clean attempt from byte 0.
+        return _attempt(source, layer, path, partial, retries, backoff, False, tally)
+
+
+def deliver(source: Source, layer: SelectedLayer, path: str, retries: int, backoff: float = 0.5) -> Delivered:
+    """Stage and commit one layer."""
+    staged = stage(source, layer, path, retries, backoff)
+    staged.commit()
+    return staged.delivered

@@ -1,0 +1,314 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+#
+# Private to the ironcore.image collection: no compatibility promise for
+# anything outside it.
+
+"""Fetch the layers a node needs into a directory: plan, then deliver.
+
+Everything that can be refused (names, platform, missing layers, a pinned
+digest that does not match) is refused before the first byte is written.
+A small state record in the destination remembers which blob each file
+holds, so the common re-run neither downloads nor re-hashes anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import stat
+import typing as t
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from ansible_collections.ironcore.image.plugins.module_utils._download import (
+    PARTIAL_PREFIX,
+    Delivered,
+    DeliveryError,
+    Staged,
+    stage,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._io import hash_file, write_bytes_atomic
+from ansible_collections.ironcore.image.plugins.module_utils._layout import file_identity
+from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json
+from ansible_collections.ironcore.image.plugins.module_utils._model import ROLES, SHA256_DIGEST_RE
+from ansible_collections.ironcore.image.plugins.module_utils._select import (
+    SelectedLayer,
+    SelectionError,
+    node_architecture,
+    select_layers,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._source import (
+    SourceError,
+    open_source,
+    read_config,
+    resolve_image,
+    select_manifest,
+)
+
+STATE_FILE = PARTIAL_PREFIX + "state.json"
+LOCK_FILE = PARTIAL_PREFIX + "lock"
+STATE_VERSION = 1
+MAX_FILENAME_BYTES = 200
+
+# Applies owner/group/mode to a delivered file; returns the new changed flag.
+ApplyAttributes = t.Callable[[str, bool], bool]
+
+
+class FetchError(Exception):
+    """The fetch cannot be done as asked; the message says what to change."""
+
+
+def check_filenames(filenames: t.Mapping[str, t.Any] | None) -> dict[str, str]:
+    """role -> file name, every name a plain name inside dest."""
+    chosen = {role: role for role in ROLES}
+    for role, name in (filenames or {}).items():
+        if role not in ROLES:
+            raise FetchError("filenames: %s is not a layer role; expected one of %s" % (role, ", ".join(ROLES)))
+        where = "filenames.%s" % role
+        if not isinstance(name, str) or not name:
+            raise FetchError("%s must be a non-empty file name" % where)
+        if os.path.isabs(name) or "/" in name or "\\" in name:
+            raise FetchError("%s: %r is a path; give a plain file name, it is always placed inside dest" % (where, name))
+        if name in (".", "..") or "\0" in name:
+            raise FetchError("%s: %r is not a usable file name" % (where, name))
+        if name.startswith(PARTIAL_PREFIX):
+            raise FetchError("%s: names starting with %s are reserved for the fetch's own bookkeeping" % (where, PARTIAL_PREFIX))
+        if len(name.encode("utf-8")) > MAX_FILENAME_BYTES:
+            raise FetchError("%s: file name is longer than %d bytes" % (where, MAX_FILENAME_BYTES))
+        chosen[role] = name
+    return chosen
+
+
+class DeliveryState:
+    """Which blob each file in dest was last delivered from, and the file's identity then."""
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, STATE_FILE)
+        self.files: dict[str, dict[str, t.Any]] = self._load()
+        self.dirty = False
+
+    def _load(self) -> dict[str, dict[str, t.Any]]:
+        try:
+            with open(self.path, "rb") as stream:
+                document = json.load(stream)
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(document, dict) or document.get("version") != STATE_VERSION:
+            return {}
+        files = document.get("files")
+        return {name: entry for name, entry in files.items() if isinstance(entry, dict)} if isinstance(files, dict) else {}
+
+    def get(self, filename: str) -> dict[str, t.Any] | None:
+        return self.files.get(filename)
+
+    def record(self, filename: str, layer: SelectedLayer, content_digest: str, path: str) -> None:
+        entry = {"digest": layer.digest, "content_digest": content_digest, "identity": file_identity(path)}
+        if self.files.get(filename) != entry:
+            self.files[filename] = entry
+            self.dirty = True
+
+    def save(self) -> None:
+        if self.dirty:
+            write_bytes_atomic(self.path, canonical_json({"version": STATE_VERSION, "files": self.files}))
+            self.dirty = False
+
+
+@dataclass
+class FilePlan:
+    layer: SelectedLayer
+    filename: str
+    path: str
+    current: bool
+    content_digest: str | None = None
+    changed: bool = False
+    delivered: Delivered | None = None
+
+
+def _regular_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _current_content(path: str, layer: SelectedLayer, entry: dict[str, t.Any] | None, verify: bool) -> str | None:
+    """The digest of the file's content when it already holds `layer`, else None.
+
+    A state entry for this blob whose file identity still matches is trusted
+    without reading the file, unless `verify` asks for a re-hash.
+    """
+    if not _regular_file(path):
+        return None
+    recorded = entry is not None and entry.get("digest") == layer.digest
+    if recorded and not verify and entry.get("identity") == file_identity(path):
+        return str(entry.get("content_digest"))
+    if layer.packed:
+        # Only the record knows what the unpacked file must hash to.
+        if not recorded or not entry.get("content_digest"):
+            return None
+        expected = str(entry["content_digest"])
+    else:
+        if os.path.getsize(path) != layer.size:
+            return None
+        expected = layer.digest
+    return expected if hash_file(path)[0] == expected else None
+
+
+def plan_files(layers: t.Sequence[SelectedLayer], dest: str, names: t.Mapping[str, str], state: DeliveryState, verify: bool) -> list[FilePlan]:
+    plans: list[FilePlan] = []
+    taken: dict[str, str] = {}
+    for layer in layers:
+        filename = names[layer.role]
+        if filename in taken:
+            raise FetchError("filenames: %s and %s would both be written to %s; give them different names" % (taken[filename], layer.role, filename))
+        taken[filename] = layer.role
+        path = os.path.join(dest, filename)
+        content = _current_content(path, layer, state.get(filename), verify)
+        plans.append(FilePlan(layer, filename, path, current=content is not None, content_digest=content))
+    return plans
+
+
+@contextlib.contextmanager
+def locked(dest: str) -> t.Iterator[None]:
+    """One fetch at a time per destination: they would share partial files and the state record."""
+    with open(os.path.join(dest, LOCK_FILE), "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _deliver_all(source: t.Any, plans: t.Sequence[FilePlan], concurrency: int, retries: int) -> None:
+    """Stage every missing layer in parallel; only when all are verified, rename them into place."""
+    pending = [plan for plan in plans if not plan.current]
+    if not pending:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(pending)))) as pool:
+        futures: dict[Future[Staged], FilePlan] = {pool.submit(stage, source, plan.layer, plan.path, retries): plan for plan in pending}
+        _, not_done = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in not_done:
+            future.cancel()
+        wait(not_done)
+    staged: list[tuple[FilePlan, Staged]] = []
+    failure: BaseException | None = None
+    for future, plan in futures.items():
+        if future.cancelled():
+            continue
+        error = future.exception()
+        if error is None:
+            staged.append((plan, future.result()))
+        elif failure is None:
+            failure = _as_fetch_error(plan, error)
+    if failure is not None:
+        for _, item in staged:
+            item.discard()
+        raise failure
+    for plan, item in staged:
+        item.commit()
+        plan.delivered = item.delivered
+        plan.content_digest = item.delivered.content_digest
+        plan.changed = True
+
+
+def _as_fetch_error(plan: FilePlan, error: BaseException) -> BaseException:
+    if isinstance(error, (DeliveryError, SourceError)):
+        return FetchError("%s (%s): %s" % (plan.layer.role, plan.filename, error))
+    if isinstance(error, OSError):
+        return FetchError("%s: writing %s failed: %s" % (plan.layer.role, plan.path, error.strerror or error))
+    return error
+
+
+def _file_result(plan: FilePlan) -> dict[str, t.Any]:
+    return {
+        "path": plan.path,
+        "digest": plan.layer.digest,
+        "media_type": plan.layer.media_type,
+        "size": plan.layer.size,
+        "unpacked": plan.layer.packed,
+        "changed": plan.changed,
+    }
+
+
+def _check_pin(params: t.Mapping[str, t.Any], resolved_digest: str, describe: str) -> None:
+    pinned = params.get("digest")
+    if not pinned:
+        return
+    if not SHA256_DIGEST_RE.match(pinned):
+        raise FetchError("digest: %r is not a sha256:<64 hex> digest" % pinned)
+    if pinned != resolved_digest:
+        raise FetchError("%s resolved to %s, not the pinned digest %s; nothing was fetched" % (describe, resolved_digest, pinned))
+
+
+def fetch_image(params: t.Mapping[str, t.Any], check_mode: bool, apply_attributes: ApplyAttributes) -> dict[str, t.Any]:
+    """Resolve, select, deliver; the module's one call."""
+    try:
+        return _fetch(params, check_mode, apply_attributes)
+    except (SourceError, SelectionError, DeliveryError) as exc:
+        raise FetchError(str(exc)) from None
+    except OSError as exc:
+        raise FetchError("dest %s: %s" % (params["dest"], exc.strerror or exc)) from None
+
+
+def _fetch(params: t.Mapping[str, t.Any], check_mode: bool, apply_attributes: ApplyAttributes) -> dict[str, t.Any]:
+    names = check_filenames(params.get("filenames"))
+    architecture = node_architecture(params["architecture"])
+    platform = params["platform"]
+    dest = os.path.abspath(params["dest"])
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise FetchError("dest %s exists and is not a directory" % dest)
+
+    source = open_source(params)
+    image = resolve_image(source)
+    _check_pin(params, image.digest, source.describe())
+    chosen = select_manifest(source, image, platform, architecture)
+    try:
+        layers = select_layers(chosen.document, platform, params.get("layers"), chosen.by_variant)
+    except SelectionError as exc:
+        raise FetchError("%s, manifest %s for %s/%s: %s" % (source.describe(), chosen.digest, platform, architecture, exc)) from None
+    config = read_config(source, chosen.document)
+
+    result = {
+        "changed": False,
+        "name": str(source.ref),
+        "digest": image.digest,
+        "manifest_digest": chosen.digest,
+        "platform": platform,
+        "architecture": architecture,
+        "config": config,
+        "bytes_downloaded": 0,
+    }
+    if check_mode:
+        plans = _plan_check_mode(layers, dest, names, params["verify"], apply_attributes)
+    else:
+        os.makedirs(dest, exist_ok=True)
+        with locked(dest):
+            state = DeliveryState(dest)
+            plans = plan_files(layers, dest, names, state, params["verify"])
+            try:
+                _deliver_all(source, plans, int(params.get("concurrency") or 1), int(params.get("retries") or 0))
+            finally:
+                # Whatever did arrive is recorded, so the next run need not hash it again.
+                for plan in plans:
+                    if plan.content_digest and _regular_file(plan.path):
+                        plan.changed = apply_attributes(plan.path, plan.changed)
+                        state.record(plan.filename, plan.layer, plan.content_digest, plan.path)
+                state.save()
+        result["bytes_downloaded"] = sum(plan.delivered.bytes_downloaded for plan in plans if plan.delivered)
+    result["files"] = {plan.layer.role: _file_result(plan) for plan in plans}
+    result["changed"] = any(plan.changed for plan in plans)
+    return result
+
+
+def _plan_check_mode(
+    layers: t.Sequence[SelectedLayer], dest: str, names: t.Mapping[str, str], verify: bool, apply_attributes: ApplyAttributes
+) -> list[FilePlan]:
+    """What a real run would do; reads dest (when there is one) and writes nothing."""
+    state = DeliveryState(dest)
+    plans = plan_files(layers, dest, names, state, verify)
+    for plan in plans:
+        plan.changed = apply_attributes(plan.path, False) if plan.current else True
+    return plans

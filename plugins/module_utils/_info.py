@@ -1,0 +1,106 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+#
+# Private to the ironcore.image collection: no compatibility promise for
+# anything outside it.
+
+"""Describe an image without writing anything: index, manifests, layers, configs.
+
+For a chosen platform and architecture it also says where each layer blob
+can be fetched and with which headers, so an HTTP boot server can stream the
+layers straight from the registry.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from ansible_collections.ironcore.image.plugins.module_utils._model import PLATFORM_ANNOTATION
+from ansible_collections.ironcore.image.plugins.module_utils._select import (
+    Document,
+    SelectionError,
+    manifest_layers,
+    node_architecture,
+    platforms_served,
+    select_entry,
+    select_layers,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._source import (
+    Source,
+    SourceError,
+    child_manifest,
+    open_source,
+    read_config,
+    resolve_image,
+)
+
+
+class InfoError(Exception):
+    """The image cannot be described; the message says why."""
+
+
+def _describe_manifest(source: Source, digest: str, size: int, document: Document, entry: t.Mapping[str, t.Any] | None) -> dict[str, t.Any]:
+    layers = manifest_layers(document)
+    platform = dict(entry.get("platform") or {}) if entry else {}
+    variant = platform.get("variant") or (document.get("annotations") or {}).get(PLATFORM_ANNOTATION)
+    return {
+        "digest": digest,
+        "size": size,
+        "media_type": document.get("mediaType") or (entry or {}).get("mediaType"),
+        "os": platform.get("os"),
+        "architecture": platform.get("architecture"),
+        "platform": variant,
+        # What the manifest can serve: its variant, or every platform whose required layers it has.
+        "platforms": [variant] if variant else platforms_served(layers),
+        "layers": [layer.summary() for layer in layers],
+        "config": read_config(source, document),
+    }
+
+
+def _selected(source: Source, params: t.Mapping[str, t.Any], image: t.Any, documents: t.Mapping[str, Document]) -> dict[str, t.Any]:
+    platform = params["platform"]
+    architecture = node_architecture(params["architecture"])
+    if image.index:
+        try:
+            entry, by_variant = select_entry(image.document, platform, architecture)
+        except SelectionError as exc:
+            raise SelectionError("%s: %s" % (source.describe(), exc)) from None
+        digest = str(entry["digest"])
+    else:
+        digest, by_variant = image.digest, False
+    layers = select_layers(documents[digest], platform, params.get("layers"), by_variant)
+    described = []
+    for layer in layers:
+        url, headers = source.blob_location(layer.digest)
+        described.append(dict(layer.summary(), url=url, headers=headers))
+    return {"platform": platform, "architecture": architecture, "manifest_digest": digest, "layers": described}
+
+
+def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """The module's one call."""
+    try:
+        source = open_source(params)
+        image = resolve_image(source)
+        documents: dict[str, Document] = {}
+        manifests = []
+        if image.index:
+            for entry in image.document.get("manifests") or []:
+                digest = str(entry.get("digest"))
+                documents[digest] = child_manifest(source, entry)
+                manifests.append(_describe_manifest(source, digest, int(entry["size"]), documents[digest], entry))
+        else:
+            documents[image.digest] = image.document
+            manifests.append(_describe_manifest(source, image.digest, len(image.data), image.document, None))
+        return {
+            "changed": False,
+            "name": str(source.ref),
+            "digest": image.digest,
+            "media_type": image.document.get("mediaType") or image.media_type,
+            "index": image.document if image.index else None,
+            "manifests": manifests,
+            "selected": _selected(source, params, image, documents) if params.get("platform") else None,
+        }
+    except (SourceError, SelectionError) as exc:
+        raise InfoError(str(exc)) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InfoError("the image index is malformed: %s" % exc) from None

@@ -1,0 +1,93 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+#
+# Private to the ironcore.image collection: no compatibility promise for
+# anything outside it.
+
+"""The registry connection options every registry-facing module shares.
+
+Declared once here (argument spec) and documented once in the
+`ironcore.image.registry` doc fragment; modules merge the spec into their own.
+"""
+
+from __future__ import annotations
+
+import os
+import typing as t
+from dataclasses import dataclass
+
+REGISTRY_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
+    "username": {"type": "str"},
+    "password": {"type": "str", "no_log": True},
+    "docker_config": {"type": "path"},
+    "validate_certs": {"type": "bool", "default": True},
+    "ca_cert": {"type": "path"},
+    "plain_http": {"type": "bool", "default": False},
+    "timeout": {"type": "float", "default": 60.0},
+    "retries": {"type": "int", "default": 5},
+    "concurrency": {"type": "int", "default": 4},
+}
+
+# For AnsibleModule(required_together=...): a user without a password (or the
+# reverse) is always a mistake.
+REGISTRY_REQUIRED_TOGETHER: list[list[str]] = [["username", "password"]]
+
+
+class InvalidRegistryOptions(ValueError):
+    """An option value outside what the client can work with."""
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    username: str | None = None
+    password: str | None = None
+    docker_config: str | None = None
+    validate_certs: bool = True
+    ca_cert: str | None = None
+    plain_http: bool = False
+    timeout: float = 60.0
+    retries: int = 5
+    concurrency: int = 4
+
+    def __repr__(self) -> str:
+        # Never let the password reach a log line or a traceback.
+        return "RegistryOptions(username=%r, password=%s, plain_http=%r, validate_certs=%r, ca_cert=%r)" % (
+            self.username,
+            "<hidden>" if self.password else None,
+            self.plain_http,
+            self.validate_certs,
+            self.ca_cert,
+        )
+
+
+def default_docker_config() -> str:
+    """Where docker itself looks: $DOCKER_CONFIG/config.json, else ~/.docker/config.json."""
+    directory = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    return os.path.join(directory, "config.json")
+
+
+def registry_options(params: t.Mapping[str, t.Any]) -> RegistryOptions:
+    """The shared options out of a module's params, checked and with defaults filled in."""
+    timeout = float(params.get("timeout") if params.get("timeout") is not None else 60.0)
+    retries = int(params.get("retries") if params.get("retries") is not None else 5)
+    concurrency = int(params.get("concurrency") if params.get("concurrency") is not None else 4)
+    if timeout <= 0:
+        raise InvalidRegistryOptions("timeout must be a positive number of seconds, got %s" % timeout)
+    if retries < 0:
+        raise InvalidRegistryOptions("retries must be 0 or more, got %d" % retries)
+    if concurrency < 1:
+        raise InvalidRegistryOptions("concurrency must be 1 or more, got %d" % concurrency)
+    ca_cert = params.get("ca_cert") or None
+    if ca_cert and not os.path.isfile(ca_cert):
+        raise InvalidRegistryOptions("ca_cert: %s is not a readable file" % ca_cert)
+    return RegistryOptions(
+        username=params.get("username") or None,
+        password=params.get("password") or None,
+        docker_config=params.get("docker_config") or default_docker_config(),
+        validate_certs=params.get("validate_certs", True) is not False,
+        ca_cert=ca_cert,
+        plain_http=bool(params.get("plain_http")),
+        timeout=timeout,
+        retries=retries,
+        concurrency=concurrency,
+    )

@@ -1,0 +1,307 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+#
+# Private to the ironcore.image collection: no compatibility promise for
+# anything outside it.
+
+"""Where an image is read from: a local OCI layout or a registry.
+
+Both sources answer the same few questions (what does a name resolve to,
+give me this manifest, stream this blob from an offset), so fetch and info
+neither know nor care which one they talk to. Every document handed out has
+been checked against its digest and the 4 MiB cap.
+"""
+
+from __future__ import annotations
+
+import os
+import typing as t
+from dataclasses import dataclass
+
+from ansible_collections.ironcore.image.plugins.module_utils._io import CHUNK_SIZE, iter_chunks
+from ansible_collections.ironcore.image.plugins.module_utils._layout import MAX_DOCUMENT_SIZE, LayoutError, OciLayout
+from ansible_collections.ironcore.image.plugins.module_utils._manifest import sha256_digest
+from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    SHA256_DIGEST_RE,
+    ImageReference,
+    InvalidReference,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._select import (
+    Document,
+    SelectionError,
+    is_index,
+    parse_document,
+    select_entry,
+)
+
+
+class SourceError(Exception):
+    """Reading from the source failed; `retryable` says whether trying again may help."""
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class BlobStream(t.Protocol):
+    """A blob body from some offset on (the registry client's BlobStream has this shape)."""
+
+    offset: int
+
+    def iter_chunks(self, size: int) -> t.Iterator[t.Any]: ...
+
+    def close(self) -> None: ...
+
+
+class Source(t.Protocol):
+    ref: ImageReference
+
+    def describe(self) -> str: ...
+
+    def resolve(self) -> tuple[bytes, str | None, str]: ...
+
+    def manifest(self, digest: str) -> tuple[bytes, str | None]: ...
+
+    def read_small_blob(self, digest: str, size: int) -> bytes: ...
+
+    def open_blob(self, digest: str, offset: int = 0) -> BlobStream: ...
+
+    def blob_location(self, digest: str) -> tuple[str, dict[str, str]]: ...
+
+
+def _check_document(data: bytes, digest: str, what: str) -> bytes:
+    if len(data) > MAX_DOCUMENT_SIZE:
+        raise SourceError("%s %s is larger than 4 MiB; refusing it" % (what, digest))
+    if sha256_digest(data) != digest:
+        raise SourceError("%s %s does not match its digest; the source is corrupt" % (what, digest))
+    return data
+
+
+class _FileBlobStream:
+    def __init__(self, path: str, offset: int):
+        self._file = open(path, "rb")
+        size = os.fstat(self._file.fileno()).st_size
+        # Like a registry that ignores Range: past the end, start again at 0.
+        self.offset = offset if 0 <= offset <= size else 0
+        self._file.seek(self.offset)
+
+    def iter_chunks(self, size: int) -> t.Iterator[t.Any]:
+        return iter_chunks(self._file, size)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class LayoutSource:
+    """An image in a local OCI image layout (as written by ironcore_image_build or skopeo)."""
+
+    def __init__(self, path: str, ref: ImageReference, name: str):
+        self.layout = OciLayout(path)
+        self.ref = ref
+        self.name = name
+        if not self.layout.exists():
+            raise SourceError("layout: %s is not an OCI image layout (no oci-layout file)" % self.layout.path)
+
+    def describe(self) -> str:
+        return "%s in layout %s" % (self.name, self.layout.path)
+
+    def _document(self, digest: str, what: str) -> bytes:
+        try:
+            return self.layout.read_document(digest)
+        except LayoutError as exc:
+            raise SourceError("%s: %s" % (what, exc)) from None
+
+    def resolve(self) -> tuple[bytes, str | None, str]:
+        if self.ref.digest:
+            return self._document(self.ref.digest, self.name), None, self.ref.digest
+        try:
+            names = self.layout.refs()
+        except LayoutError as exc:
+            raise SourceError(str(exc)) from None
+        # Names as given, as this collection records them, or a bare tag as `skopeo copy oci:DIR:TAG` does.
+        for candidate in (self.name, str(self.ref), self.ref.tag):
+            if candidate in names:
+                entry = names[candidate]
+                digest = entry.get("digest")
+                if not isinstance(digest, str) or not SHA256_DIGEST_RE.match(digest):
+                    raise SourceError("%s is recorded in layout %s without a valid digest" % (candidate, self.layout.path))
+                data = self._document(digest, self.name)
+                return data, entry.get("mediaType"), digest
+        known = sorted(names)
+        hint = (", ".join(known[:10]) + (" ..." if len(known) > 10 else "")) if known else "none"
+        raise SourceError("%s is not recorded in layout %s (names there: %s)" % (self.name, self.layout.path, hint))
+
+    def manifest(self, digest: str) -> tuple[bytes, str | None]:
+        return self._document(digest, "manifest"), None
+
+    def read_small_blob(self, digest: str, size: int) -> bytes:
+        return self._document(digest, "blob")
+
+    def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
+        try:
+            return _FileBlobStream(self.layout.blob_path(digest), offset)
+        except LayoutError as exc:
+            raise SourceError(str(exc)) from None
+        except FileNotFoundError:
+            raise SourceError("blob %s is missing from layout %s" % (digest, self.layout.path)) from None
+        except OSError as exc:
+            raise SourceError("cannot read blob %s in layout %s: %s" % (digest, self.layout.path, exc.strerror)) from None
+
+    def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
+        try:
+            return "file://" + self.layout.blob_path(digest), {}
+        except LayoutError as exc:
+            raise SourceError(str(exc)) from None
+
+
+class RegistrySource:
+    """An image in an OCI registry, through the collection's registry client."""
+
+    def __init__(self, ref: ImageReference, params: t.Mapping[str, t.Any]):
+        # Imported here so that reading a local layout needs no HTTP library.
+        from ansible_collections.ironcore.image.plugins.module_utils._registry import RegistryClient, RegistryError
+        from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
+            InvalidRegistryOptions,
+            registry_options,
+        )
+
+        if not ref.registry:
+            raise SourceError("name: %s names no registry host; write it as host[:port]/repository[:tag]" % ref)
+        try:
+            options = registry_options(params)
+        except InvalidRegistryOptions as exc:
+            raise SourceError(str(exc)) from None
+        self.ref = ref
+        self._error_type = RegistryError
+        self.client = RegistryClient(ref.registry, options)
+
+    def describe(self) -> str:
+        return str(self.ref)
+
+    def _call(self, action: t.Callable[[], t.Any]) -> t.Any:
+        try:
+            return action()
+        except self._error_type as exc:
+            raise SourceError(str(exc), retryable=bool(getattr(exc, "retryable", False))) from None
+
+    def resolve(self) -> tuple[bytes, str | None, str]:
+        data, media_type, digest = self._call(lambda: self.client.get_manifest(self.ref.repository, self.ref.reference))
+        return data, media_type, digest
+
+    def manifest(self, digest: str) -> tuple[bytes, str | None]:
+        data, media_type, _ = self._call(lambda: self.client.get_manifest(self.ref.repository, digest))
+        return _check_document(data, digest, "manifest"), media_type
+
+    def read_small_blob(self, digest: str, size: int) -> bytes:
+        if size > MAX_DOCUMENT_SIZE:
+            raise SourceError("blob %s is %d bytes, more than a config may be (4 MiB); refusing it" % (digest, size))
+        stream = self.open_blob(digest)
+        try:
+            data = bytearray()
+            for chunk in stream.iter_chunks(CHUNK_SIZE):
+                data += chunk
+                if len(data) > MAX_DOCUMENT_SIZE:
+                    break
+        finally:
+            stream.close()
+        return _check_document(bytes(data), digest, "blob")
+
+    def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
+        return _RegistryBlobStream(self._call(lambda: self.client.open_blob(self.ref.repository, digest, offset)), self._call)
+
+    def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
+        url = self._call(lambda: self.client.blob_url(self.ref.repository, digest))
+        headers = self._call(lambda: self.client.auth_headers(self.ref.repository))
+        return url, dict(headers)
+
+
+class _RegistryBlobStream:
+    """The client's stream, with its errors turned into SourceError as they surface."""
+
+    def __init__(self, stream: t.Any, call: t.Callable[[t.Callable[[], t.Any]], t.Any]):
+        self._stream = stream
+        self._call = call
+        self.offset = stream.offset
+
+    def iter_chunks(self, size: int) -> t.Iterator[t.Any]:
+        chunks = self._stream.iter_chunks(size)
+        while True:
+            chunk = self._call(lambda: next(chunks, None))
+            if chunk is None:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def open_source(params: t.Mapping[str, t.Any]) -> Source:
+    """The source the module parameters name: `layout` when given, else the registry of `name`."""
+    try:
+        ref = ImageReference.parse(params["name"])
+    except InvalidReference as exc:
+        raise SourceError("name: %s" % exc) from None
+    if params.get("layout"):
+        return LayoutSource(params["layout"], ref, params["name"])
+    return RegistrySource(ref, params)
+
+
+@dataclass
+class ResolvedImage:
+    """What a name resolved to: the document, its digest, and whether it is an index."""
+
+    data: bytes
+    media_type: str | None
+    digest: str
+    document: Document
+    index: bool
+
+
+@dataclass
+class SelectedManifest:
+    digest: str
+    document: Document
+    by_variant: bool
+
+
+def resolve_image(source: Source) -> ResolvedImage:
+    data, media_type, digest = source.resolve()
+    document = parse_document(data, "%s (%s)" % (source.describe(), digest))
+    return ResolvedImage(data, media_type, digest, document, is_index(document, media_type))
+
+
+def child_manifest(source: Source, entry: t.Mapping[str, t.Any]) -> Document:
+    """The manifest an index entry points at, checked against the entry."""
+    digest, size = str(entry["digest"]), int(entry["size"])
+    if size > MAX_DOCUMENT_SIZE:
+        raise SourceError("manifest %s is %d bytes, more than a manifest may be (4 MiB); refusing it" % (digest, size))
+    data, media_type = source.manifest(digest)
+    if len(data) != size:
+        raise SourceError("manifest %s is %d bytes, but the index says %d" % (digest, len(data), size))
+    document = parse_document(data, "manifest %s" % digest)
+    if is_index(document, media_type or entry.get("mediaType")):
+        raise SourceError("index entry %s points at another index; nested indexes are not supported" % digest)
+    return document
+
+
+def select_manifest(source: Source, image: ResolvedImage, platform: str, architecture: str) -> SelectedManifest:
+    """Rules 1 and 2 for an index (fetching the chosen manifest), rule 3 for a plain manifest."""
+    if not image.index:
+        return SelectedManifest(image.digest, image.document, False)
+    try:
+        entry, by_variant = select_entry(image.document, platform, architecture)
+    except SelectionError as exc:
+        raise SourceError("%s: %s" % (source.describe(), exc)) from None
+    return SelectedManifest(str(entry["digest"]), child_manifest(source, entry), by_variant)
+
+
+def read_config(source: Source, manifest: t.Mapping[str, t.Any]) -> Document | None:
+    """The parsed image config (e.g. `commandLine`), or None when there is no JSON object config."""
+    config = manifest.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("digest"), str):
+        return None
+    data = source.read_small_blob(config["digest"], int(config.get("size") or 0))
+    try:
+        return parse_document(data, "config")
+    except SelectionError:
+        return None

@@ -1,0 +1,250 @@
+#!/usr/bin/python
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: ironcore_image_fetch
+short_description: Fetch the layers of an IronCore OS image a node needs, verified, into a directory
+version_added: 0.1.0
+description:
+  - Resolves O(name) in a registry (or in a local OCI image layout with O(layout)), picks the manifest for
+    the node's O(platform) and O(architecture), and delivers the layers that platform needs as files in O(dest).
+  - "Selection, in order: an index whose entries carry C(platform.variant) V(baremetal)/V(virtualization)
+    (the combined index M(ironcore.image.ironcore_image_build) writes) gives the entry of that variant, used as
+    it is; an index without such variants (images made by upstream C(ironcore-image), or a per-platform index)
+    gives the C(linux) entry of the architecture, from which the platform's layers are taken (V(virtualization):
+    C(rootfs); V(baremetal): C(kernel), C(initramfs), C(rootfs) and any C(squashfs), C(uki), C(iso)); a plain
+    manifest is used as it is, its layers taken the same way."
+  - Layers are recognised by media type, C(application/vnd.ironcore.image.<role>), the legacy v1alpha1 types
+    (C(rootfs.v1alpha1.rootfs), C(initramfs.v1alpha1.initramfs), C(vmlinuz.v1alpha1.vmlinuz),
+    C(squashfs.v1alpha1.squashfs)), and C(application/vnd.oci.image.layer.v1.tar+gzip) layers whose
+    C(org.opencontainers.image.title) annotation names a role; those are unpacked to their single file.
+  - Each blob streams into a partial file in O(dest), is hashed as it arrives, checked for size and digest,
+    synced to disk and only then renamed into place. A mismatch fails the task and leaves any existing file
+    as it was.
+  - An interrupted transfer continues from where it stopped with an HTTP C(Range) request, both within a run
+    and, from the partial file it keeps, on the next run.
+  - A small state record in O(dest) (C(.ironcore-fetch.state.json)) remembers which blob each file holds, so a
+    re-run neither downloads nor re-hashes unchanged files. Files without a record are hashed once.
+author:
+  - IronCore image collection maintainers
+requirements:
+  - requests >= 2.28 (not needed with O(layout))
+extends_documentation_fragment:
+  - ansible.builtin.files
+  - ironcore.image.registry
+attributes:
+  check_mode:
+    support: full
+    details: Resolves the image and reports which files would change; writes nothing, not even O(dest).
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details: Files that already hold the right layer are left alone and the task reports RV(ignore:changed=false).
+options:
+  name:
+    description:
+      - Image reference, with a tag or an C(@sha256:) digest, for example V(registry.example.com/os/gardenlinux:1.0).
+      - Without O(layout) it must start with the registry host (and port).
+    type: str
+    required: true
+  layout:
+    description:
+      - Read the image from this local OCI image layout directory instead of a registry.
+      - O(name) is looked up as given, as M(ironcore.image.ironcore_image_build) records it, and as its bare tag.
+    type: path
+  platform:
+    description: What the node is, which decides the layers it gets.
+    type: str
+    required: true
+    choices: [baremetal, virtualization]
+  architecture:
+    description:
+      - CPU architecture of the node. V(auto) uses the machine this runs on (C(x86_64) is V(amd64), C(aarch64) is V(arm64)).
+    type: str
+    choices: [amd64, arm64, auto]
+    default: auto
+  layers:
+    description:
+      - Only these layers; each must be in the selected manifest.
+      - By default every layer the platform needs (for a combined index, every layer of the platform's manifest).
+    type: list
+    elements: str
+    choices: [kernel, initramfs, rootfs, squashfs, uki, iso]
+  dest:
+    description:
+      - Directory to put the files in. Created when missing. Nothing is ever written outside it.
+    type: path
+    required: true
+  filenames:
+    description:
+      - File name inside O(dest) per role, for example C({kernel: vmlinuz, initramfs: initrd}). Roles not
+        listed are stored under the role name.
+      - Names are plain file names; paths, C(..) and names starting with C(.ironcore-fetch.) are refused.
+        Names never come from the image's annotations.
+    type: dict
+  digest:
+    description:
+      - Expected digest of what O(name) resolves to (the index, or the manifest for a plain manifest).
+        The task fails before fetching anything when it differs.
+    type: str
+  verify:
+    description:
+      - Re-hash files already present instead of trusting the state record.
+    type: bool
+    default: false
+notes:
+  - O(concurrency) layers are downloaded in parallel; O(timeout) and O(retries) also apply to interrupted transfers,
+    which are resumed from the last byte received.
+  - Manifests, indexes and configs larger than 4 MiB are refused.
+seealso:
+  - module: ironcore.image.ironcore_image_info
+  - module: ironcore.image.ironcore_image_build
+"""
+
+EXAMPLES = r"""
+- name: Put kernel, initramfs and rootfs on a boot server
+  ironcore.image.ironcore_image_fetch:
+    name: registry.example.com/os/gardenlinux:1.0
+    platform: baremetal
+    architecture: amd64
+    dest: /srv/boot/gardenlinux-1.0/amd64
+    filenames:
+      kernel: vmlinuz
+      initramfs: initrd
+      rootfs: root.img
+    mode: "0644"
+  register: boot_files
+
+- name: Put the rootfs of the hypervisor's own architecture on it, pinned to a digest
+  ironcore.image.ironcore_image_fetch:
+    name: registry.example.com/os/gardenlinux:1.0
+    digest: sha256:0f3c1d2e4b5a69788796a5b4c3d2e1f00f3c1d2e4b5a69788796a5b4c3d2e1f0
+    platform: virtualization
+    dest: /var/lib/images/gardenlinux-1.0
+
+- name: Only the kernel, from a local OCI layout
+  ironcore.image.ironcore_image_fetch:
+    layout: /var/lib/ironcore/layout
+    name: registry.example.com/os/gardenlinux:1.0
+    platform: baremetal
+    architecture: arm64
+    layers: [kernel]
+    dest: /srv/boot/arm64
+"""
+
+RETURN = r"""
+name:
+  description: The image as it was read.
+  returned: always
+  type: str
+  sample: registry.example.com/os/gardenlinux:1.0
+digest:
+  description: Digest of what O(name) resolved to.
+  returned: always
+  type: str
+  sample: sha256:0f3c1d2e4b5a69788796a5b4c3d2e1f00f3c1d2e4b5a69788796a5b4c3d2e1f0
+manifest_digest:
+  description: Digest of the manifest selected for the platform and architecture.
+  returned: always
+  type: str
+platform:
+  description: The platform the layers were selected for.
+  returned: always
+  type: str
+  sample: baremetal
+architecture:
+  description: The architecture the layers were selected for (V(auto) resolved).
+  returned: always
+  type: str
+  sample: amd64
+config:
+  description: The image config, for example C({"commandLine": "console=ttyS0"}); null when it is not a JSON object.
+  returned: always
+  type: dict
+files:
+  description: One entry per delivered layer, keyed by role.
+  returned: always
+  type: dict
+  contains:
+    path:
+      description: Absolute path of the file.
+      type: str
+    digest:
+      description: Digest of the layer blob the file comes from.
+      type: str
+    media_type:
+      description: Media type of the layer.
+      type: str
+    size:
+      description: Size of the layer blob in bytes.
+      type: int
+    unpacked:
+      description: Whether the file was unpacked from a tar+gzip layer.
+      type: bool
+    changed:
+      description: Whether this file was (or, in check mode, would be) written or had its attributes changed.
+      type: bool
+  sample:
+    kernel:
+      path: /srv/boot/amd64/vmlinuz
+      digest: sha256:5b1d...
+      media_type: application/vnd.ironcore.image.kernel
+      size: 12582912
+      unpacked: false
+      changed: true
+bytes_downloaded:
+  description: Bytes received from the source in this run (0 in check mode).
+  returned: always
+  type: int
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ironcore.image.plugins.module_utils._deps import require
+from ansible_collections.ironcore.image.plugins.module_utils._fetch import FetchError, fetch_image
+from ansible_collections.ironcore.image.plugins.module_utils._model import ARCHITECTURES, PLATFORMS, ROLES
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
+    REGISTRY_ARGUMENT_SPEC,
+    REGISTRY_REQUIRED_TOGETHER,
+)
+
+
+def main() -> None:
+    argument_spec = dict(REGISTRY_ARGUMENT_SPEC)
+    argument_spec.update(
+        name={"type": "str", "required": True},
+        layout={"type": "path"},
+        platform={"type": "str", "required": True, "choices": list(PLATFORMS)},
+        architecture={"type": "str", "choices": list(ARCHITECTURES) + ["auto"], "default": "auto"},
+        layers={"type": "list", "elements": "str", "choices": list(ROLES)},
+        dest={"type": "path", "required": True},
+        filenames={"type": "dict"},
+        digest={"type": "str"},
+        verify={"type": "bool", "default": False},
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        required_together=REGISTRY_REQUIRED_TOGETHER,
+        add_file_common_args=True,
+        supports_check_mode=True,
+    )
+    if not module.params["layout"]:
+        require(module, "requests", "oras")
+
+    def apply_attributes(path: str, changed: bool) -> bool:
+        return module.set_fs_attributes_if_different(module.load_file_common_arguments(module.params, path=path), changed)
+
+    try:
+        result = fetch_image(module.params, module.check_mode, apply_attributes)
+    except FetchError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+#!/usr/bin/python
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: ironcore_image_info
+short_description: Describe an IronCore OS image in a registry or a local OCI layout
+version_added: 0.1.0
+description:
+  - Resolves O(name) in a registry (or in a local OCI image layout with O(layout)) and returns the index, every
+    platform and architecture it holds with the manifest digest, the layers (role, media type, digest, size) and
+    the config.
+  - With O(platform), also selects the manifest for O(platform) and O(architecture) the way
+    M(ironcore.image.ironcore_image_fetch) does, and returns for each of its layers the blob URL and the HTTP
+    headers needed to GET it, so an HTTP boot server can stream the layers straight from the registry.
+  - Reads only; every manifest is checked against its digest and refused above 4 MiB.
+author:
+  - IronCore image collection maintainers
+requirements:
+  - requests >= 2.28 (not needed with O(layout))
+extends_documentation_fragment:
+  - ironcore.image.registry
+attributes:
+  check_mode:
+    support: full
+    details: The module never changes anything, so check mode behaves the same.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details: Always reports RV(ignore:changed=false).
+options:
+  name:
+    description:
+      - Image reference, with a tag or an C(@sha256:) digest, for example V(registry.example.com/os/gardenlinux:1.0).
+      - Without O(layout) it must start with the registry host (and port).
+    type: str
+    required: true
+  layout:
+    description:
+      - Read the image from this local OCI image layout directory instead of a registry. Blob URLs are then
+        C(file://) URLs with no headers.
+    type: path
+  platform:
+    description:
+      - Select the manifest for this platform and return blob URLs and headers for its layers in RV(selected).
+    type: str
+    choices: [baremetal, virtualization]
+  architecture:
+    description:
+      - CPU architecture to select with O(platform). V(auto) uses the machine this runs on.
+    type: str
+    choices: [amd64, arm64, auto]
+    default: auto
+  layers:
+    description:
+      - With O(platform), only these layers; each must be in the selected manifest.
+    type: list
+    elements: str
+    choices: [kernel, initramfs, rootfs, squashfs, uki, iso]
+notes:
+  - The C(headers) in RV(selected) carry the credential needed to read the blob (a bearer token, or the basic
+    authentication of O(username) and O(password)). Use C(no_log) on the task, or do not register the result,
+    when the output is logged.
+seealso:
+  - module: ironcore.image.ironcore_image_fetch
+"""
+
+EXAMPLES = r"""
+- name: What does the image hold?
+  ironcore.image.ironcore_image_info:
+    name: registry.example.com/os/gardenlinux:1.0
+  register: image
+
+- name: Show platforms and architectures
+  ansible.builtin.debug:
+    msg: "{{ image.manifests | map(attribute='architecture') | zip(image.manifests | map(attribute='platforms')) | list }}"
+
+- name: Where does an amd64 boot server get kernel and initramfs from?
+  ironcore.image.ironcore_image_info:
+    name: registry.example.com/os/gardenlinux:1.0
+    platform: baremetal
+    architecture: amd64
+    layers: [kernel, initramfs]
+  register: boot
+  no_log: true
+"""
+
+RETURN = r"""
+name:
+  description: The image reference as it was read.
+  returned: always
+  type: str
+digest:
+  description: Digest of what O(name) resolved to.
+  returned: always
+  type: str
+media_type:
+  description: Media type of what O(name) resolved to (an image index or an image manifest).
+  returned: always
+  type: str
+index:
+  description: The image index as stored, or null when O(name) is a plain manifest.
+  returned: always
+  type: dict
+manifests:
+  description: Every manifest, in index order (one entry for a plain manifest).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    digest:
+      description: Manifest digest.
+      type: str
+    size:
+      description: Manifest size in bytes.
+      type: int
+    media_type:
+      description: Manifest media type.
+      type: str
+    os:
+      description: C(platform.os) of the index entry; null for a plain manifest.
+      type: str
+    architecture:
+      description: C(platform.architecture) of the index entry; null for a plain manifest.
+      type: str
+    platform:
+      description: C(platform.variant) of the entry (or the manifest's platform annotation), null when there is none.
+      type: str
+    platforms:
+      description: The platforms this manifest can serve.
+      type: list
+      elements: str
+    layers:
+      description: The IronCore layers, each with C(role), C(media_type), C(digest), C(size) and C(packed).
+      type: list
+      elements: dict
+    config:
+      description: The parsed config, for example C({"commandLine": "console=ttyS0"}).
+      type: dict
+selected:
+  description: The manifest and layers for O(platform) and O(architecture); null without O(platform).
+  returned: always
+  type: dict
+  contains:
+    platform:
+      description: The platform asked for.
+      type: str
+    architecture:
+      description: The architecture asked for (V(auto) resolved).
+      type: str
+    manifest_digest:
+      description: Digest of the selected manifest.
+      type: str
+    layers:
+      description:
+        - The layers to fetch, each with C(role), C(media_type), C(digest), C(size), C(packed), C(url) and C(headers)
+          (what C(ironcore-image url) prints upstream).
+      type: list
+      elements: dict
+  sample:
+    platform: baremetal
+    architecture: amd64
+    manifest_digest: sha256:4c1e...
+    layers:
+      - role: kernel
+        media_type: application/vnd.ironcore.image.kernel
+        digest: sha256:5b1d...
+        size: 12582912
+        packed: false
+        url: https://registry.example.com/v2/os/gardenlinux/blobs/sha256:5b1d...
+        headers:
+          Authorization: Bearer eyJ...
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ironcore.image.plugins.module_utils._deps import require
+from ansible_collections.ironcore.image.plugins.module_utils._info import InfoError, image_info
+from ansible_collections.ironcore.image.plugins.module_utils._model import ARCHITECTURES, PLATFORMS, ROLES
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
+    REGISTRY_ARGUMENT_SPEC,
+    REGISTRY_REQUIRED_TOGETHER,
+)
+
+
+def main() -> None:
+    argument_spec = dict(REGISTRY_ARGUMENT_SPEC)
+    argument_spec.update(
+        name={"type": "str", "required": True},
+        layout={"type": "path"},
+        platform={"type": "str", "choices": list(PLATFORMS)},
+        architecture={"type": "str", "choices": list(ARCHITECTURES) + ["auto"], "default": "auto"},
+        layers={"type": "list", "elements": "str", "choices": list(ROLES)},
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        required_together=REGISTRY_REQUIRED_TOGETHER,
+        required_by={"layers": "platform"},
+        supports_check_mode=True,
+    )
+    if not module.params["layout"]:
+        require(module, "requests", "oras")
+    try:
+        result = image_info(module.params)
+    except InfoError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

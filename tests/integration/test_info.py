@@ -1,0 +1,92 @@
+"""ironcore_image_info driven through the real ansible CLI, against local layouts and real registries."""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.parse
+
+import pytest
+
+from helpers.images import build_ours, write_upstream_image
+from helpers.tasks import run_tasks
+
+MODULE = "ironcore.image.ironcore_image_info"
+OURS = "registry.example.com/os/ours:1.0"
+UPSTREAM = "registry.example.com/os/upstream:1.0"
+LEGACY = "registry.example.com/os/legacy:0.9"
+
+pytestmark = pytest.mark.integration
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("info")
+    layout = str(workdir / "layout")
+    return {
+        "layout": layout,
+        OURS: build_ours(layout, OURS, workdir),
+        UPSTREAM: write_upstream_image(layout, UPSTREAM, architectures=("amd64", "arm64")),
+        LEGACY: write_upstream_image(layout, LEGACY, architectures=("arm64",), legacy=True, tag="legacy"),
+    }
+
+
+def test_layout_images_described_and_selected(ansible, images, tmp_path):
+    layout = images["layout"]
+    tasks = [
+        (MODULE, {"layout": layout, "name": OURS, "platform": "baremetal", "architecture": "arm64"}),
+        (MODULE, {"layout": layout, "name": UPSTREAM, "platform": "virtualization", "architecture": "amd64"}, {"check_mode": True}),
+        (MODULE, {"layout": layout, "name": LEGACY}),
+        (MODULE, {"layout": layout, "name": OURS + "-virtualization-amd64", "platform": "virtualization", "architecture": "amd64"}),
+        (MODULE, {"layout": layout, "name": UPSTREAM, "platform": "baremetal", "architecture": "arm64", "layers": ["uki"]}),
+        (MODULE, {"layout": layout, "name": LEGACY, "platform": "baremetal", "architecture": "amd64"}),
+        (MODULE, {"layout": layout, "name": UPSTREAM, "layers": ["kernel"]}),
+    ]
+    ours, upstream, legacy, plain, no_uki, no_amd64, layers_alone = run_tasks(ansible, str(tmp_path), tasks)
+
+    assert ours["changed"] is False and ours["name"] == OURS
+    assert ours["media_type"] == "application/vnd.oci.image.index.v1+json" and len(ours["index"]["manifests"]) == 4
+    assert [(m["architecture"], m["platform"], m["platforms"]) for m in ours["manifests"]] == [
+        ("amd64", "baremetal", ["baremetal"]),
+        ("amd64", "virtualization", ["virtualization"]),
+        ("arm64", "baremetal", ["baremetal"]),
+        ("arm64", "virtualization", ["virtualization"]),
+    ]
+    assert [layer["role"] for layer in ours["manifests"][0]["layers"]] == ["kernel", "initramfs", "rootfs", "squashfs"]
+    assert ours["manifests"][2]["config"] == {"commandLine": "console=ttyS0 arch=arm64"}
+    selected = ours["selected"]
+    assert selected["platform"] == "baremetal" and selected["architecture"] == "arm64"
+    assert selected["manifest_digest"] == ours["manifests"][2]["digest"]
+    for layer in selected["layers"]:
+        # The URL leads to the very blob: read it and hash it.
+        with open(urllib.parse.urlparse(layer["url"]).path, "rb") as stream:
+            data = stream.read()
+        assert sha256(data) == layer["digest"] and data == images[OURS][("arm64", layer["role"])]
+        assert layer["headers"] == {}
+
+    assert upstream["changed"] is False
+    assert [(m["architecture"], m["platform"], m["platforms"]) for m in upstream["manifests"]] == [
+        ("amd64", None, ["baremetal", "virtualization"]),
+        ("arm64", None, ["baremetal", "virtualization"]),
+    ]
+    assert [layer["role"] for layer in upstream["selected"]["layers"]] == ["rootfs"]
+    assert upstream["selected"]["layers"][0]["digest"] == images[UPSTREAM].blobs[("amd64", "rootfs")]
+
+    assert legacy["selected"] is None
+    (manifest,) = legacy["manifests"]
+    assert [(layer["role"], layer["media_type"]) for layer in manifest["layers"]] == [
+        ("rootfs", "application/vnd.ironcore.image.rootfs.v1alpha1.rootfs"),
+        ("initramfs", "application/vnd.ironcore.image.initramfs.v1alpha1.initramfs"),
+        ("kernel", "application/vnd.ironcore.image.vmlinuz.v1alpha1.vmlinuz"),
+    ]
+
+    assert plain["index"] is None and plain["media_type"] == "application/vnd.oci.image.manifest.v1+json"
+    assert [(m["architecture"], m["platform"]) for m in plain["manifests"]] == [(None, "virtualization")]
+    assert plain["selected"]["manifest_digest"] == plain["digest"]
+
+    assert no_uki["failed"] is True and "the manifest has no uki layer (it has: rootfs, initramfs, kernel)" in no_uki["msg"]
+    assert no_amd64["failed"] is True and "has no linux/amd64 manifest; it has: linux/arm64" in no_amd64["msg"]
+    assert layers_alone["failed"] is True and "missing parameter(s) required by 'layers': platform" in layers_alone["msg"]

@@ -1,0 +1,195 @@
+"""Delivery of one layer from a real local OCI layout, with interruptions injected at the stream."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from ansible_collections.ironcore.image.plugins.module_utils import _download as download
+from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
+from ansible_collections.ironcore.image.plugins.module_utils._model import ImageReference
+from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer
+from ansible_collections.ironcore.image.plugins.module_utils._source import LayoutSource, SourceError
+from helpers.images import packed
+
+DATA = os.urandom(3 * 1024 * 1024 + 123)
+
+
+class Interrupting:
+    """A layout source whose streams break after `cut` bytes, the first `times` times."""
+
+    def __init__(self, source: LayoutSource, cut: int, times: int = 1, retryable: bool = True, ignore_range: bool = False):
+        self.source = source
+        self.cut = cut
+        self.times = times
+        self.retryable = retryable
+        self.ignore_range = ignore_range
+        self.offsets: list[int] = []
+
+    def open_blob(self, digest: str, offset: int = 0):
+        self.offsets.append(offset)
+        stream = self.source.open_blob(digest, 0 if self.ignore_range else offset)
+        if self.times <= 0:
+            return stream
+        self.times -= 1
+        return _Breaking(stream, self.cut, self.retryable)
+
+
+class _Breaking:
+    def __init__(self, stream, cut: int, retryable: bool):
+        self._stream = stream
+        self.offset = stream.offset
+        self._cut = cut
+        self._retryable = retryable
+
+    def iter_chunks(self, size: int):
+        sent = 0
+        for chunk in self._stream.iter_chunks(min(size, 65536)):
+            if sent + len(chunk) > self._cut:
+                yield bytes(chunk[: self._cut - sent])
+                raise SourceError("connection reset by peer", retryable=self._retryable)
+            sent += len(chunk)
+            yield chunk
+
+    def close(self):
+        self._stream.close()
+
+
+@pytest.fixture
+def store(tmp_path):
+    layout = OciLayout(str(tmp_path / "layout"))
+    layout.ensure()
+    return layout
+
+
+def layer_for(store: OciLayout, data: bytes, role: str = "rootfs", is_packed: bool = False) -> SelectedLayer:
+    digest, size, _ = store.put_bytes(data)
+    media_type = "application/vnd.oci.image.layer.v1.tar+gzip" if is_packed else "application/vnd.ironcore.image." + role
+    return SelectedLayer(role, media_type, digest, size, is_packed)
+
+
+def source_of(store: OciLayout) -> LayoutSource:
+    return LayoutSource(store.path, ImageReference.parse("r.io/x:1"), "r.io/x:1")
+
+
+def dest_names(dest) -> list[str]:
+    return sorted(os.listdir(dest))
+
+
+def test_raw_layer_delivered_and_verified(store, tmp_path):
+    layer = layer_for(store, DATA)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    result = download.deliver(source_of(store), layer, str(dest / "rootfs"), retries=0)
+    assert (dest / "rootfs").read_bytes() == DATA
+    assert (result.content_digest, result.size, result.bytes_downloaded) == (layer.digest, len(DATA), len(DATA))
+    assert dest_names(dest) == ["rootfs"]
+
+
+def test_interrupted_stream_resumes_with_offset(store, tmp_path):
+    layer = layer_for(store, DATA)
+    source = Interrupting(source_of(store), cut=1_000_000, times=2)
+    result = download.deliver(source, layer, str(tmp_path / "rootfs"), retries=1, backoff=0)
+    assert (tmp_path / "rootfs").read_bytes() == DATA
+    assert source.offsets == [0, 1_000_000, 2_000_000]
+    assert result.bytes_downloaded == len(DATA)
+
+
+def test_source_that_ignores_range_restarts_cleanly(store, tmp_path):
+    layer = layer_for(store, DATA)
+    source = Interrupting(source_of(store), cut=500_000, ignore_range=True)
+    result = download.deliver(source, layer, str(tmp_path / "rootfs"), retries=1, backoff=0)
+    assert (tmp_path / "rootfs").read_bytes() == DATA
+    assert result.bytes_downloaded == len(DATA) + 500_000
+
+
+def test_gives_up_after_retries_and_keeps_partial_for_next_run(store, tmp_path):
+    layer = layer_for(store, DATA)
+    (tmp_path / "rootfs").write_bytes(b"old")
+    source = Interrupting(source_of(store), cut=0, times=10)
+    with pytest.raises(download.DeliveryError, match="gave up after 2 retries; run again to resume"):
+        download.deliver(source, layer, str(tmp_path / "rootfs"), retries=2, backoff=0)
+    assert source.offsets == [0, 0, 0]
+    assert (tmp_path / "rootfs").read_bytes() == b"old"
+
+    # Next run: a partial of 1 MB is kept and continued from there.
+    source = Interrupting(source_of(store), cut=1_000_000, times=1, retryable=False)
+    with pytest.raises(download.DeliveryError, match="connection reset"):
+        download.deliver(source, layer, str(tmp_path / "rootfs"), retries=2, backoff=0)
+    partial = download.partial_path(str(tmp_path), "rootfs", layer.digest)
+    assert os.path.getsize(partial) == 1_000_000
+    source = Interrupting(source_of(store), cut=0, times=0)
+    result = download.deliver(source, layer, str(tmp_path / "rootfs"), retries=0)
+    assert source.offsets == [1_000_000]
+    assert result.bytes_downloaded == len(DATA) - 1_000_000
+    assert (tmp_path / "rootfs").read_bytes() == DATA
+    assert dest_names(tmp_path) == ["layout", "rootfs"]
+
+
+def test_wrong_kept_partial_is_replaced_by_a_clean_download(store, tmp_path):
+    layer = layer_for(store, DATA)
+    partial = download.partial_path(str(tmp_path), "rootfs", layer.digest)
+    with open(partial, "wb") as stream:
+        stream.write(b"x" * 1000)
+    result = download.deliver(source_of(store), layer, str(tmp_path / "rootfs"), retries=0)
+    assert (tmp_path / "rootfs").read_bytes() == DATA and result.bytes_downloaded == len(DATA) + len(DATA) - 1000
+    assert not os.path.exists(partial)
+
+
+def test_corrupt_blob_fails_and_leaves_the_old_file(store, tmp_path):
+    layer = layer_for(store, DATA)
+    with open(store.blob_path(layer.digest), "r+b") as blob:
+        blob.seek(1000)
+        blob.write(b"CORRUPT")
+    (tmp_path / "rootfs").write_bytes(b"old")
+    with pytest.raises(download.DeliveryError, match="failed verification: its content hashes to sha256:"):
+        download.deliver(source_of(store), layer, str(tmp_path / "rootfs"), retries=0)
+    assert (tmp_path / "rootfs").read_bytes() == b"old"
+    assert dest_names(tmp_path) == ["layout", "rootfs"]
+
+
+def test_longer_blob_than_descriptor_is_refused(store, tmp_path):
+    layer = layer_for(store, DATA)
+    with open(store.blob_path(layer.digest), "ab") as blob:
+        blob.write(b"tail")
+    with pytest.raises(download.DeliveryError, match="larger than the %d bytes its descriptor says" % len(DATA)):
+        download.deliver(source_of(store), layer, str(tmp_path / "rootfs"), retries=0)
+    assert dest_names(tmp_path) == ["layout"]
+
+
+def test_packed_layer_is_unpacked_to_its_file(store, tmp_path):
+    layer = layer_for(store, packed("kernel", b"kernel bytes" * 1000), role="kernel", is_packed=True)
+    result = download.deliver(source_of(store), layer, str(tmp_path / "vmlinuz"), retries=0)
+    assert (tmp_path / "vmlinuz").read_bytes() == b"kernel bytes" * 1000
+    assert result.content_digest == "sha256:" + hashlib.sha256(b"kernel bytes" * 1000).hexdigest()
+    assert dest_names(tmp_path) == ["layout", "vmlinuz"]
+
+
+def test_packed_layer_with_two_files_is_refused(store, tmp_path):
+    import gzip
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as archive:
+        for name in ("a", "b"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            archive.addfile(info, io.BytesIO(b"x"))
+    layer = layer_for(store, gzip.compress(raw.getvalue()), role="kernel", is_packed=True)
+    with pytest.raises(download.DeliveryError, match="more than one file"):
+        download.deliver(source_of(store), layer, str(tmp_path / "kernel"), retries=0)
+    assert dest_names(tmp_path) == ["layout"]
+
+
+def test_stale_partials_of_other_blobs_are_removed(store, tmp_path):
+    layer = layer_for(store, DATA)
+    stale = download.partial_path(str(tmp_path), "rootfs", "sha256:" + "0" * 64)
+    other = download.partial_path(str(tmp_path), "kernel", "sha256:" + "0" * 64)
+    for path in (stale, other):
+        with open(path, "wb") as stream:
+            stream.write(b"old")
+    download.deliver(source_of(store), layer, str(tmp_path / "rootfs"), retries=0)
+    assert not os.path.exists(stale) and os.path.exists(other)

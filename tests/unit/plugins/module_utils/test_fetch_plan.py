@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from ansible_collections.ironcore.image.plugins.module_utils import _fetch as fetch
+from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer
+
+
+@pytest.mark.parametrize(
+    "filenames, message",
+    [
+        ({"kernel": "../kernel"}, "filenames.kernel: '../kernel' is a path; give a plain file name"),
+        ({"kernel": "/boot/vmlinuz"}, "filenames.kernel: '/boot/vmlinuz' is a path"),
+        ({"rootfs": "sub/rootfs"}, "filenames.rootfs: 'sub/rootfs' is a path"),
+        ({"rootfs": "sub\\rootfs"}, "filenames.rootfs: 'sub\\\\rootfs' is a path"),
+        ({"rootfs": ".."}, "filenames.rootfs: '..' is not a usable file name"),
+        ({"rootfs": "."}, "filenames.rootfs: '.' is not a usable file name"),
+        ({"rootfs": "a\0b"}, "is not a usable file name"),
+        ({"rootfs": ""}, "filenames.rootfs must be a non-empty file name"),
+        ({"rootfs": 5}, "filenames.rootfs must be a non-empty file name"),
+        ({"rootfs": ".ironcore-fetch.state.json"}, "reserved for the fetch's own bookkeeping"),
+        ({"rootfs": "x" * 201}, "longer than 200 bytes"),
+        ({"firmware": "fw"}, "filenames: firmware is not a layer role; expected one of kernel, initramfs, rootfs"),
+    ],
+)
+def test_bad_filenames_are_refused(filenames, message):
+    with pytest.raises(fetch.FetchError) as error:
+        fetch.check_filenames(filenames)
+    assert message in str(error.value)
+
+
+def test_filenames_default_to_roles():
+    names = fetch.check_filenames({"kernel": "vmlinuz", "rootfs": ".hidden-but-fine"})
+    assert names["kernel"] == "vmlinuz" and names["initramfs"] == "initramfs" and names["rootfs"] == ".hidden-but-fine"
+
+
+def layer(data: bytes, role: str = "rootfs", packed: bool = False) -> SelectedLayer:
+    return SelectedLayer(role, "application/vnd.ironcore.image." + role, "sha256:" + hashlib.sha256(data).hexdigest(), len(data), packed)
+
+
+def test_state_record_skips_hashing_until_the_file_changes(tmp_path):
+    data = b"rootfs bytes"
+    (tmp_path / "rootfs").write_bytes(data)
+    state = fetch.DeliveryState(str(tmp_path))
+    wanted = layer(data)
+    (plan,) = fetch.plan_files([wanted], str(tmp_path), {"rootfs": "rootfs"}, state, verify=False)
+    assert plan.current is True  # hashed once: no record yet
+    state.record("rootfs", wanted, wanted.digest, plan.path)
+    state.save()
+
+    reloaded = fetch.DeliveryState(str(tmp_path))
+    assert reloaded.get("rootfs")["digest"] == wanted.digest
+    # Same size and mtime but other bytes: trusted without verify, caught with it.
+    stat = os.stat(tmp_path / "rootfs")
+    (tmp_path / "rootfs").write_bytes(b"ROOTFS bytes")
+    os.utime(tmp_path / "rootfs", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    (trusted,) = fetch.plan_files([wanted], str(tmp_path), {"rootfs": "rootfs"}, reloaded, verify=False)
+    (verified,) = fetch.plan_files([wanted], str(tmp_path), {"rootfs": "rootfs"}, reloaded, verify=True)
+    assert trusted.current is True and verified.current is False
+
+
+def test_packed_file_without_record_is_fetched_again(tmp_path):
+    (tmp_path / "kernel").write_bytes(b"kernel")
+    state = fetch.DeliveryState(str(tmp_path))
+    (plan,) = fetch.plan_files([layer(b"tar.gz bytes", "kernel", packed=True)], str(tmp_path), {"kernel": "kernel"}, state, verify=False)
+    assert plan.current is False
+
+
+def test_unreadable_state_record_is_ignored(tmp_path):
+    (tmp_path / fetch.STATE_FILE).write_text("{not json")
+    assert fetch.DeliveryState(str(tmp_path)).files == {}
+    (tmp_path / fetch.STATE_FILE).write_text('{"version": 99, "files": {"rootfs": {}}}')
+    assert fetch.DeliveryState(str(tmp_path)).files == {}

@@ -1,0 +1,170 @@
+"""Pure parts of the registry client: error bodies, challenges, options, credentials."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import ssl
+import stat
+
+import pytest
+import requests
+
+from ansible_collections.ironcore.image.plugins.module_utils import _registry as registry
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
+    InvalidRegistryOptions,
+    RegistryOptions,
+    default_docker_config,
+    registry_options,
+)
+
+
+def test_parse_error_body_reads_every_entry():
+    body = json.dumps(
+        {"errors": [{"code": "manifest_blob_unknown", "message": "blob unknown to registry", "detail": "sha256:ab"},
+                    {"code": "DENIED", "message": "requested access to the resource is denied"}]}
+    ).encode()
+    assert registry.parse_error_body(body) == [
+        registry.OciErrorEntry("MANIFEST_BLOB_UNKNOWN", "blob unknown to registry"),
+        registry.OciErrorEntry("DENIED", "requested access to the resource is denied"),
+    ]
+
+
+@pytest.mark.parametrize("body", [b"", None, b"<html>Bad Gateway</html>", b"[]", b'{"errors": "x"}', b'{"errors":[{"message":"no code"}]}', b"\xff\xfe"])
+def test_parse_error_body_tolerates_non_oci_bodies(body):
+    assert registry.parse_error_body(body) == []
+
+
+def test_describe_failure_is_one_line_with_code_and_advice():
+    body = b'{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown\\nto registry"}]}'
+    error = registry.describe_failure("pushing index 1.0 to r/os/x", 400, body)
+    assert error.status == 400 and error.code == "MANIFEST_BLOB_UNKNOWN" and not error.retryable
+    assert "\n" not in str(error)
+    assert str(error).startswith("pushing index 1.0 to r/os/x failed: registry answered HTTP 400 (MANIFEST_BLOB_UNKNOWN: blob unknown to registry)")
+    assert "push those first" in str(error)
+
+
+@pytest.mark.parametrize(
+    "status, body, code, retryable, advice",
+    [
+        (401, b"", "UNAUTHORIZED", False, "check username and password"),
+        (403, b"forbidden", "DENIED", False, "not allowed"),
+        (429, b"", "TOOMANYREQUESTS", True, "lower concurrency"),
+        (503, b"<html>down</html>", None, True, "retry later"),
+        (404, b'{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}', "NAME_UNKNOWN", False, "does not exist"),
+        (400, b'{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid"}]}', "MANIFEST_INVALID", False, "media types"),
+        (400, b'{"errors":[{"code":"NAME_INVALID","message":"invalid repository name"}]}', "NAME_INVALID", False, "lower-case"),
+        (400, b'{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"}]}', "DIGEST_INVALID", False, "corrupt"),
+        (404, b'{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"blob upload unknown to registry"}]}', "BLOB_UPLOAD_UNKNOWN", False, "again"),
+    ],
+)
+def test_describe_failure_codes(status, body, code, retryable, advice):
+    error = registry.describe_failure("doing it", status, body, "Reason")
+    assert (error.code, error.retryable) == (code, retryable)
+    assert advice in str(error)
+
+
+def test_describe_failure_truncates_long_registry_messages():
+    body = json.dumps({"errors": [{"code": "UNKNOWN", "message": "x" * 5000}]}).encode()
+    assert len(str(registry.describe_failure("doing it", 500, body))) < 500
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        ('Basic realm="ironcore-test"', registry.Challenge("basic", realm="ironcore-test")),
+        (
+            'Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:os/x:pull,push"',
+            registry.Challenge("bearer", "https://auth.example.com/token", "registry.example.com", "repository:os/x:pull,push"),
+        ),
+        ('bearer realm="https://a/t",error="invalid_token"', registry.Challenge("bearer", "https://a/t")),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_challenge(header, expected):
+    assert registry.parse_challenge(header) == expected
+
+
+def test_repository_scope():
+    assert registry.repository_scope("os/x", ("pull", "push")) == "repository:os/x:pull,push"
+
+
+def test_registry_options_defaults_and_checks(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "dc"))
+    options = registry_options({})
+    assert options == RegistryOptions(docker_config=str(tmp_path / "dc" / "config.json"))
+    assert default_docker_config() == str(tmp_path / "dc" / "config.json")
+    monkeypatch.delenv("DOCKER_CONFIG")
+    assert default_docker_config() == os.path.join(os.path.expanduser("~"), ".docker", "config.json")
+    for bad in ({"timeout": 0}, {"retries": -1}, {"concurrency": 0}, {"ca_cert": str(tmp_path / "missing.pem")}):
+        with pytest.raises(InvalidRegistryOptions):
+            registry_options(bad)
+
+
+def test_options_repr_hides_the_password():
+    assert "hunter2" not in repr(RegistryOptions(username="u", password="hunter2"))
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_credentials_explicit_beat_docker_config(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"auths": {"r.example:5000": {"auth": _b64("cfg:cfgpw")}}}))
+    explicit = registry.load_credentials("r.example:5000", RegistryOptions(username="u", password="p", docker_config=str(config)))
+    assert explicit.basic == _b64("u:p")
+    from_config = registry.load_credentials("r.example:5000", RegistryOptions(docker_config=str(config)))
+    assert from_config.basic == _b64("cfg:cfgpw")
+    other = registry.load_credentials("other.example", RegistryOptions(docker_config=str(config)))
+    assert other.basic is None
+    assert registry.load_credentials("r.example:5000", RegistryOptions(docker_config=str(tmp_path / "none.json"))).basic is None
+    assert "cfgpw" not in repr(from_config)
+
+
+def test_credentials_from_a_credential_helper(tmp_path, monkeypatch):
+    helper = tmp_path / "bin" / "docker-credential-ironcoretest"
+    helper.parent.mkdir()
+    helper.write_text('#!/bin/sh\nread host\necho "{\\"Username\\":\\"helper-user\\",\\"Secret\\":\\"helper-secret-for-$host\\"}"\n')
+    helper.chmod(helper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", str(helper.parent) + os.pathsep + os.environ["PATH"])
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"credHelpers": {"127.0.0.1:5000": "ironcoretest"}}))
+    creds = registry.load_credentials("127.0.0.1:5000", RegistryOptions(docker_config=str(config)))
+    assert creds.basic == _b64("helper-user:helper-secret-for-127.0.0.1:5000")
+    config.write_text(json.dumps({"credsStore": "ironcoretest"}))
+    creds = registry.load_credentials("reg.example", RegistryOptions(docker_config=str(config)))
+    assert creds.basic == _b64("helper-user:helper-secret-for-reg.example")
+
+
+def test_broken_docker_config_is_a_clear_error(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text("{not json")
+    with pytest.raises(registry.RegistryError, match="docker_config .* cannot be read"):
+        registry.load_credentials("r", RegistryOptions(docker_config=str(config)))
+
+
+def _wrapped(inner: BaseException) -> requests.exceptions.ConnectionError:
+    """How requests wraps a low-level error: ConnectionError(MaxRetryError(reason=inner))."""
+    import urllib3.exceptions
+
+    return requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(None, "/v2/", reason=inner))
+
+
+@pytest.mark.parametrize(
+    "exc, code, words",
+    [
+        (_wrapped(ConnectionRefusedError(111, "Connection refused")), "CONNECTION_REFUSED", "refused"),
+        (_wrapped(socket.gaierror(-2, "Name or service not known")), "NAME_RESOLUTION", "does not resolve"),
+        (requests.exceptions.ReadTimeout("read timed out"), "TIMEOUT", "timeout=60s"),
+        (_wrapped(ssl.SSLCertVerificationError(1, "certificate verify failed")), "CERTIFICATE_UNTRUSTED", "ca_cert"),
+        (_wrapped(ConnectionResetError(104, "Connection reset by peer")), "CONNECTION_FAILED", "Connection reset by peer"),
+    ],
+)
+def test_connection_failures_are_classified(exc, code, words):
+    error = registry.connection_failure(exc, "checking blob", "127.0.0.1:5000", RegistryOptions())
+    assert error.code == code and words in str(error)
+    assert str(error).startswith("checking blob failed: ")
