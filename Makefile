@@ -23,12 +23,13 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps venv collection demo test clean bench-build
+.PHONY: help system-deps venv collection demo ee-context ee test clean bench-build bench-push
 
 help:
 	@echo "make demo   build a sample two-platform image into a local OCI layout and show it"
 	@echo "make test   install everything and run every test"
 	@echo "make ee     build the execution environment image for AWX (make ee-context: only its build context)"
+	@echo "make bench-push  time a 1 GiB-rootfs push against skopeo (local TLS registry)"
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -68,6 +69,10 @@ ee: ee-context
 
 test: system-deps venv collection
 	$(BIN)/pytest
+
+# Not part of `make test`: moves gigabytes. BENCH_ARGS=--size-mib=N for another size.
+bench-push: system-deps venv collection
+	$(BIN)/python bench/push_vs_skopeo.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) $(VENV)

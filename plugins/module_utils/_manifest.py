@@ -44,6 +44,16 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def declared_media_type(data: bytes) -> str:
+    """The `mediaType` a manifest or index declares in its own JSON ("" when none or not JSON)."""
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return ""
+    value = document.get("mediaType") if isinstance(document, dict) else None
+    return value if isinstance(value, str) else ""
+
+
 def descriptor(media_type: str, data_digest: str, size: int, **extra: t.Any) -> Descriptor:
     result: Descriptor = {"mediaType": media_type, "digest": data_digest, "size": size}
     result.update({key: value for key, value in extra.items() if value})

@@ -53,7 +53,7 @@ else:
     )
 
 from ansible_collections.ironcore.image.plugins.module_utils._layout import MAX_DOCUMENT_SIZE
-from ansible_collections.ironcore.image.plugins.module_utils._manifest import sha256_digest
+from ansible_collections.ironcore.image.plugins.module_utils._manifest import declared_media_type, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -199,6 +199,16 @@ def parse_challenge(header: str | None) -> Challenge | None:
 
 def repository_scope(repository: str, actions: t.Sequence[str]) -> str:
     return "repository:%s:%s" % (repository, ",".join(actions))
+
+
+def scope_covered(scope: str, held: t.Iterable[str]) -> bool:
+    """Whether a scope we ask for anyway grants everything `scope` asks for."""
+    resource, _, actions = scope.rpartition(":")
+    for candidate in held:
+        held_resource, _, held_actions = candidate.rpartition(":")
+        if held_resource == resource and set(actions.split(",")) <= set(held_actions.split(",")):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -452,6 +462,10 @@ class RegistryClient(_OrasRegistry):
     def blob_url(self, repository: str, digest: str) -> str:
         return self.url(repository, "blobs", digest)
 
+    def wait_before_retry(self, attempt: int) -> None:
+        """Sleep the backoff of the given (0-based) retry, for callers with retry loops of their own."""
+        self._sleep(self._backoff(attempt))
+
     def _backoff(self, attempt: int, response: requests.Response | None = None) -> float:
         retry_after = response.headers.get("Retry-After") if response is not None else None
         if retry_after and retry_after.strip().isdigit():
@@ -516,10 +530,10 @@ class RegistryClient(_OrasRegistry):
             if response.status_code == 401 and not answered_challenge:
                 answered_challenge = True
                 challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
-                response.close()
                 if self._answer(challenge, scopes, send_headers.get("Authorization"), what):
+                    response.close()
                     continue
-                raise self._auth.no_credentials_error(what)
+                raise self.failure(what, response)
             if response.status_code in RETRY_STATUSES and safe and attempt < self.options.retries:
                 delay = self._backoff(attempt, response)
                 response.close()
@@ -565,7 +579,7 @@ class RegistryClient(_OrasRegistry):
         if challenge.scheme == "bearer" and challenge.realm:
             self._auth.forget_token(scopes)
             wanted = list(scopes)
-            if challenge.scope and challenge.scope not in wanted:
+            if challenge.scope and not scope_covered(challenge.scope, wanted):
                 wanted.append(challenge.scope)
             token, expires_in = self._fetch_token(challenge, wanted, what)
             self._auth.store_token(scopes, token, expires_in)
@@ -711,7 +725,7 @@ class RegistryClient(_OrasRegistry):
         if SHA256_DIGEST_RE.match(reference) and digest != reference:
             raise RegistryError("%s failed: the registry sent a document whose digest is %s" % (what, digest),
                                 code="DIGEST_INVALID")
-        media_type = _media_type(response.headers.get("Content-Type")) or _declared_media_type(data)
+        media_type = _media_type(response.headers.get("Content-Type")) or declared_media_type(data)
         return data, media_type, digest
 
     def head_manifest(self, repository: str, reference: str) -> dict[str, t.Any] | None:
@@ -786,6 +800,12 @@ class RegistryClient(_OrasRegistry):
         Returns (mounted, upload location). A registry that cannot mount
         answers with an upload session instead, which the caller may use.
         """
+        session = self.open_upload(repository, mount, mount_from, what)
+        return (True, None) if session is None else (False, session.location)
+
+    def open_upload(self, repository: str, mount: str | None = None, mount_from: str | None = None,
+                    what: str | None = None) -> UploadSession | None:
+        """Like start_upload, with the session's chunk minimum; None when the blob was mounted."""
         params = {"mount": mount, "from": mount_from} if mount and mount_from else None
         extra = (repository_scope(mount_from, ("pull",)),) if params and mount_from else ()
         what = what or "starting an upload to %s/%s" % (self.registry, repository)
@@ -795,12 +815,21 @@ class RegistryClient(_OrasRegistry):
         )
         response.close()
         if response.status_code == 201 and params:
-            return True, None
+            return None
         location = response.headers.get("Location")
         if not location:
             raise RegistryError("%s failed: the registry answered without an upload Location" % what,
                                 code="BLOB_UPLOAD_INVALID")
-        return False, self.absolute(location)
+        minimum = response.headers.get("OCI-Chunk-Min-Length", "")
+        return UploadSession(self.absolute(location), int(minimum) if minimum.isdigit() else 0)
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    """Where to send an upload's data, and the smallest PATCH the registry accepts."""
+
+    location: str
+    chunk_min: int = 0
 
 
 def _json_bytes(document: t.Any) -> bytes:
@@ -809,15 +838,6 @@ def _json_bytes(document: t.Any) -> bytes:
 
 def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip()
-
-
-def _declared_media_type(data: bytes) -> str:
-    try:
-        document = json.loads(data)
-    except ValueError:
-        return ""
-    value = document.get("mediaType") if isinstance(document, dict) else None
-    return value if isinstance(value, str) else ""
 
 
 def _kind(media_type: str) -> str:

@@ -175,6 +175,9 @@ class TokenServer:
         self.key_id = libtrust_key_id(self.key.public_key())
         self.requests: list[dict[str, t.Any]] = []
         self.token_lifetime = 300
+        # Tokens still to issue with pull access only, whatever was asked:
+        # lets a test make the registry refuse a cached token.
+        self.pull_only_tokens = 0
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -209,6 +212,9 @@ class TokenServer:
             request.end_headers()
             request.wfile.write(body)
             return
+        if self.pull_only_tokens > 0:
+            self.pull_only_tokens -= 1
+            scopes = [scope.rsplit(":", 1)[0] + ":pull" for scope in scopes]
         body = json.dumps({"token": self.sign(user, scopes), "expires_in": self.token_lifetime}).encode()
         request.send_response(200)
         request.send_header("Content-Type", "application/json")
@@ -422,6 +428,25 @@ def _reset(sock: socket.socket) -> None:
         pass
 
 
+def _receive(sock: socket.socket) -> bytes | None:
+    """What a non-blocking socket has (b"" at EOF), or None when nothing yet."""
+    try:
+        return sock.recv(1024 * 1024)
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+        return None
+
+
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            select.select([], [sock], [], 0.5)
+            continue
+        view = view[sent:]
+
+
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
     data = b""
     while b"\r\n\r\n" not in data:
@@ -576,34 +601,44 @@ class FaultProxy:
 
     @staticmethod
     def _relay(client: socket.socket, upstream: socket.socket, first: bytes, limit: int | None) -> None:
-        """Copy both ways in one thread (a reset must not race a blocked reader)."""
+        """Copy both ways in one thread, so a reset never races a reader blocked in another.
+
+        Non-blocking: with TLS, a readable socket may hold only a session
+        ticket, and a blocking read would then stall the other direction.
+        """
         if first:
             upstream.sendall(first)
+        for sock in (client, upstream):
+            sock.setblocking(False)
         client_open = True
         sent_back = 0
-        while True:
-            ready = [sock for sock in (client, upstream) if isinstance(sock, ssl.SSLSocket) and sock.pending()]
-            if not ready:
-                ready, _, _ = select.select([client, upstream] if client_open else [upstream], [], [], 120)
-                if not ready:
-                    return
-            for sock in ready:
-                data = sock.recv(1024 * 1024)
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < 120:
+            moved = False
+            for sock in (client, upstream) if client_open else (upstream,):
+                data = _receive(sock)
+                if data is None:
+                    continue
+                moved = True
                 if sock is client:
                     if data:
-                        upstream.sendall(data)
+                        _send_all(upstream, data)
                     else:
                         client_open = False
                     continue
                 if not data:
                     return
                 if limit is not None and sent_back + len(data) >= limit:
-                    client.sendall(data[: max(limit - sent_back, 0)])
+                    _send_all(client, data[: max(limit - sent_back, 0)])
                     _reset(client)
                     _reset(upstream)
                     return
-                client.sendall(data)
+                _send_all(client, data)
                 sent_back += len(data)
+            if moved:
+                idle_since = time.monotonic()
+            else:
+                select.select([client, upstream] if client_open else [upstream], [], [], 0.5)
 
     @staticmethod
     def _forward_then_reset(client: socket.socket, upstream: socket.socket, rest: bytes, after: int) -> None:

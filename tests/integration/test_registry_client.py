@@ -131,3 +131,16 @@ def test_connection_refused_and_untrusted_certificate(registry_tls):
         client_for(registry_tls, plain_http=True).ping()
     assert "plain_http=false" in str(scheme.value)
     client_for(registry_tls, ca_cert=None, validate_certs=False).ping()
+
+
+def test_a_refused_token_is_fetched_again(registry_token):
+    client = client_for(registry_token)
+    repository = "client/refresh"
+    token_server = registry_token.token_server
+    token_server.pull_only_tokens = 1
+    before = len(token_server.requests)
+    # Cached for "pull,push" but granting pull only: the HEAD passes, the POST gets 401.
+    assert client.head_blob(repository, digest_of(b"absent"), actions=("pull", "push")) is None
+    put_blob(client, repository, b"after a refresh")
+    asked = token_server.requests[before:]
+    assert [request["scopes"] for request in asked] == [["repository:client/refresh:pull,push"]] * 2

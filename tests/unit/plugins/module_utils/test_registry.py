@@ -168,3 +168,11 @@ def test_connection_failures_are_classified(exc, code, words):
     error = registry.connection_failure(exc, "checking blob", "127.0.0.1:5000", RegistryOptions())
     assert error.code == code and words in str(error)
     assert str(error).startswith("checking blob failed: ")
+
+
+def test_scope_covered():
+    held = ["repository:os/x:pull,push"]
+    assert registry.scope_covered("repository:os/x:pull", held)
+    assert registry.scope_covered("repository:os/x:push,pull", held)
+    assert not registry.scope_covered("repository:os/y:pull", held)
+    assert not registry.scope_covered("repository:os/x:delete", held)
