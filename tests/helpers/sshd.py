@@ -9,19 +9,14 @@ from __future__ import annotations
 import getpass
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
 import typing as t
 
+from helpers.registry import free_port
+
 SSHD = "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _keygen(path: str, comment: str) -> None:
