@@ -50,7 +50,12 @@ def test_local_example_from_the_checkout_as_documented(tmp_path):
     first = run_playbook([*inventory, "playbooks/provision.yml", *overrides], cwd=REPO)
     assert {host for _, host, _ in outcomes(first)["changed"]} == {"pxe-server", "hypervisor"}
     image_dir = tmp_path / "boot" / "sample-1.0"
-    assert sorted(n for n in os.listdir(image_dir) if not n.startswith(".")) == ["boot.ipxe", "initramfs", "kernel", "rootfs"]
+    assert sorted(n for n in os.listdir(image_dir) if not n.startswith(".")) == [
+        "boot.ipxe",
+        "initramfs",
+        "kernel",
+        "rootfs",
+    ]
     assert (image_dir / "kernel").read_bytes() == (demo / "artifacts" / "amd64" / "vmlinuz").read_bytes()
     assert (
         "kernel http://localhost:8080/sample-1.0/kernel initrd=initramfs console=ttyS0\n"
