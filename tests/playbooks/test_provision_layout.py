@@ -107,7 +107,9 @@ def test_provision_from_layout(ansible, sshd, loop_device, tmp_path):
     )
     assert info["format"] == "qcow2"
     compare = subprocess.run(
-        ["qemu-img", "compare", "-f", "raw", "-F", "qcow2", artifact["rootfs"], str(qcow2)], check=False
+        ["qemu-img", "compare", "-f", "raw", "-F", "qcow2", artifact["rootfs"], str(qcow2)],
+        capture_output=True,
+        check=False,
     )
     assert compare.returncode == 0, "the qcow2 disk does not hold the rootfs"
     changed = {(task, host) for task, host, _ in outcomes(document)["changed"]}
@@ -137,7 +139,9 @@ def test_provision_from_layout(ansible, sshd, loop_device, tmp_path):
         parse_ipxe((image_dir / "boot.ipxe").read_text()).command_line == "initrd=initramfs console=ttyS0 generation=2"
     )
     compare = subprocess.run(
-        ["qemu-img", "compare", "-f", "raw", "-F", "qcow2", new_artifact["rootfs"], str(qcow2)], check=False
+        ["qemu-img", "compare", "-f", "raw", "-F", "qcow2", new_artifact["rootfs"], str(qcow2)],
+        capture_output=True,
+        check=False,
     )
     assert compare.returncode == 0
     if loop_device:
