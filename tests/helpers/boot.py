@@ -7,7 +7,8 @@
   marker proves both that the initramfs ran and that the command line reached the kernel.
 - `make_rootfs()` / `read_ext4_file()`: an ext4 image made with `mke2fs -d`, read back with `debugfs`.
 - `boot_ipxe()`: qemu (TCG) network-boots through its own iPXE firmware from a `boot.ipxe` URL, the way a
-  bare-metal node PXE-boots; `boot_kernel()`: qemu boots a kernel + initramfs with a given command line.
+  bare-metal node PXE-boots: iPXE fetches the kernel and initramfs at the script's URLs and boots the kernel
+  with the script's command line.
 """
 
 from __future__ import annotations
@@ -218,16 +219,6 @@ def _run_qemu(arguments: list[str], timeout: float, workdir: str) -> BootResult:
     if output:
         console += "\n[qemu] " + output.decode(errors="replace")
     return BootResult(console=console, returncode=returncode, seconds=seconds)
-
-
-def boot_kernel(
-    kernel: str, initramfs: str, command_line: str, timeout: float = 600, workdir: str | None = None
-) -> BootResult:
-    """Boot kernel + initramfs directly with `command_line`; no network, no disk."""
-    with tempfile.TemporaryDirectory() as scratch:
-        return _run_qemu(
-            ["-kernel", kernel, "-initrd", initramfs, "-append", command_line], timeout, workdir or scratch
-        )
 
 
 def boot_ipxe(script_url: str, timeout: float = 600, workdir: str | None = None) -> BootResult:
