@@ -7,10 +7,14 @@ BUILD := $(CURDIR)/.build
 COLLECTIONS := $(BUILD)/collections
 COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/ironcore/image
 DEMO_DIR ?= $(BUILD)/demo
+# Execution environment for AWX: build context (offline) and image.
+EE_CONTEXT ?= $(BUILD)/ee/context
+EE_TAG ?= ironcore-image-ee:latest
+CONTAINER_RUNTIME ?= podman
 
 # Debian packages the tests drive for real: registry, OCI client, emulator, sshd, ...
 APT_PACKAGES := docker-registry skopeo qemu-system-x86 qemu-utils openssh-server openssh-client \
-	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync shellcheck
+	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync shellcheck libvirt-clients
 
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_COLLECTIONS_SCAN_SYS_PATH := false
@@ -19,7 +23,7 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps venv collection demo test pytest lint sanity docs-lint docs galaxy changelog clean bench-build bench-push
+.PHONY: help system-deps venv collection demo test pytest lint sanity docs-lint docs galaxy changelog clean bench-build bench-push ee-context ee
 
 help:
 	@echo "make demo       build a sample two-platform image into a local OCI layout and show it"
@@ -29,6 +33,7 @@ help:
 	@echo "make sanity     ansible-test sanity, every test, no ignore entries"
 	@echo "make galaxy     build the tarball, galaxy-importer, install it, run the demo from it"
 	@echo "make docs       regenerate docs/reference from the modules' and roles' own docs"
+	@echo "make ee         build the execution environment image for AWX (make ee-context: only its build context)"
 	@echo "make bench-build / bench-push   benchmarks against cp + sha256sum / skopeo (not part of make test)"
 
 system-deps:
@@ -38,7 +43,7 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt requirements-gates.txt
+$(BIN)/.installed: requirements.txt meta/requirements.txt requirements-dev.txt requirements-gates.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt -r requirements-gates.txt
@@ -55,6 +60,17 @@ demo: system-deps venv collection
 	$(BIN)/ansible-playbook -i localhost, -c local playbooks/demo.yml -e demo_dir=$(DEMO_DIR)
 	@echo "--- skopeo inspect --raw oci:$(DEMO_DIR)/layout:demo.example.com/os/sample:1.0"
 	@skopeo inspect --raw oci:$(DEMO_DIR)/layout:demo.example.com/os/sample:1.0 | $(BIN)/python -m json.tool
+
+# The collection as a tarball of this checkout, then ansible-builder's context (no network needed).
+ee-context: venv collection
+	@rm -rf $(BUILD)/ee/collection
+	$(BIN)/ansible-galaxy collection build --force --output-path $(BUILD)/ee/collection .
+	cp $(BUILD)/ee/collection/ironcore-image-*.tar.gz $(BUILD)/ee/ironcore-image.tar.gz
+	$(BIN)/ansible-builder create --file meta/execution-environment.yml --context $(EE_CONTEXT) \
+		--output-filename Containerfile
+
+ee: ee-context
+	$(CONTAINER_RUNTIME) build --file $(EE_CONTEXT)/Containerfile --tag $(EE_TAG) $(EE_CONTEXT)
 
 # The quality gates first (fast ones first), the test suite last so its summary closes the output.
 test: system-deps venv collection lint docs-lint sanity galaxy pytest
