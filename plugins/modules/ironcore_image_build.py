@@ -106,6 +106,9 @@ options:
     description: Also record the per-platform and per-platform-per-architecture names.
     type: bool
     default: true
+seealso:
+  - module: ironcore.image.ironcore_image_push
+  - module: ironcore.image.ironcore_image_fetch
 notes:
   - The layout can be read by any OCI tool, for example C(skopeo inspect --raw oci:LAYOUT:NAME).
 """

@@ -109,6 +109,7 @@ notes:
 seealso:
   - module: ironcore.image.ironcore_image_info
   - module: ironcore.image.ironcore_image_build
+  - module: ironcore.image.ironcore_image_push
 """
 
 EXAMPLES = r"""

@@ -77,6 +77,7 @@ notes:
     returned.
 seealso:
   - module: ironcore.image.ironcore_image_build
+  - module: ironcore.image.ironcore_image_fetch
 """
 
 EXAMPLES = r"""
