@@ -23,7 +23,7 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps venv collection demo test pytest lint sanity docs-lint docs galaxy changelog clean bench-build bench-push ee-context ee
+.PHONY: help system-deps venv collection demo test pytest lint sanity docs-lint docs galaxy changelog clean bench-build bench-push bench-fetch ee-context ee
 
 help:
 	@echo "make demo       build a sample two-platform image into a local OCI layout and show it"
@@ -34,13 +34,17 @@ help:
 	@echo "make galaxy     build the tarball, galaxy-importer, install it, run the demo from it"
 	@echo "make docs       regenerate docs/reference from the modules' and roles' own docs"
 	@echo "make ee         build the execution environment image for AWX (make ee-context: only its build context)"
-	@echo "make bench-build / bench-push   benchmarks against cp + sha256sum / skopeo (not part of make test)"
+	@echo "make bench-build / bench-push / bench-fetch   against cp + sha256sum / skopeo / curl + sha256sum (not in make test)"
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi; \
+	if ! ls /var/lib/apt/lists/ 2>/dev/null | grep -q '_Packages'; then \
+		echo "apt has no package lists (the boot test downloads a kernel package): apt-get update"; \
+		apt-get update -qq; \
 	fi
 
 $(BIN)/.installed: requirements.txt meta/requirements.txt requirements-dev.txt requirements-gates.txt
@@ -119,3 +123,6 @@ bench-build: system-deps venv collection
 # Not part of `make test`: moves gigabytes. BENCH_ARGS=--size-mib=N for another size.
 bench-push: system-deps venv collection
 	$(BIN)/python bench/push_vs_skopeo.py $(BENCH_ARGS)
+
+bench-fetch: system-deps venv collection
+	$(BIN)/python bench/fetch_vs_curl.py $(BENCH_ARGS)

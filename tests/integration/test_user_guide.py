@@ -1,0 +1,70 @@
+"""The plays of docs/user-guide.md, run as written against the real registries."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+
+import pytest
+from helpers.ansible import task_results
+
+pytestmark = pytest.mark.integration
+
+GUIDE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs", "user-guide.md"
+)
+BLOCK = re.compile(r"<!-- guide-test: (?P<name>[\w-]+) -->\s*```yaml\n(?P<body>.*?)```", re.S)
+
+
+def guide_plays() -> dict[str, str]:
+    with open(GUIDE, encoding="utf-8") as stream:
+        return {match.group("name"): match.group("body") for match in BLOCK.finditer(stream.read())}
+
+
+def test_guide_has_the_tested_plays():
+    assert sorted(guide_plays()) == ["build", "pin", "push-basic", "push-docker-config", "push-plain", "push-token"]
+
+
+def test_user_guide_plays_work_as_written(ansible, registry_tls, registry_token, registry_plain, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    for name in ("vmlinuz", "initrd", "rootfs.raw"):
+        (artifacts / name).write_bytes(name.encode() * 4096)
+    docker_config = tmp_path / "docker" / "config.json"
+    docker_config.parent.mkdir()
+    token_auth = base64.b64encode(("%s:%s" % (registry_token.username, registry_token.password)).encode()).decode()
+    docker_config.write_text(json.dumps({"auths": {registry_token.host: {"auth": token_auth}}}))
+    variables = {
+        "layout": str(tmp_path / "layout"),
+        "artifacts": str(artifacts),
+        "registry": registry_tls.host,
+        "registry_username": registry_tls.username,
+        "registry_password": registry_tls.password,
+        "registry_ca_cert": registry_tls.registry_args["ca_cert"],
+        "token_registry": registry_token.host,
+        "token_registry_username": registry_token.username,
+        "token_registry_password": registry_token.password,
+        "plain_registry": registry_plain.host,
+        "docker_config": str(docker_config),
+        "boot_dir": str(tmp_path / "boot"),
+    }
+    (tmp_path / "boot").mkdir()
+    plays = guide_plays()
+    digests = set()
+    for name in ("build", "push-basic", "push-token", "push-docker-config", "push-plain", "pin"):
+        playbook = tmp_path / ("%s.yml" % name)
+        playbook.write_text(plays[name])
+        rc, document, stderr = ansible.playbook(str(playbook), extra_vars=variables)
+        results = task_results(document)
+        assert rc == 0, (name, stderr, document)
+        assert results and not any(result.get("failed") for _, _, result in results), (name, results)
+        for _, _, result in results:
+            if result.get("digest"):
+                digests.add(result["digest"])
+        assert registry_tls.password not in json.dumps(document) + stderr
+    # Every push and the pinned fetch saw the one image the build made.
+    assert len(digests) == 1, digests
+    assert sorted(os.listdir(tmp_path / "boot"))[-3:] == ["initramfs", "kernel", "rootfs"]
+    assert (tmp_path / "boot" / "kernel").read_bytes() == b"vmlinuz" * 4096
