@@ -46,6 +46,7 @@ def test_user_guide_plays_work_as_written(ansible, registry_tls, registry_token,
         "token_registry": registry_token.host,
         "token_registry_username": registry_token.username,
         "token_registry_password": registry_token.password,
+        "token_registry_ca_cert": registry_token.registry_args["ca_cert"],
         "plain_registry": registry_plain.host,
         "docker_config": str(docker_config),
         "boot_dir": str(tmp_path / "boot"),
@@ -58,7 +59,7 @@ def test_user_guide_plays_work_as_written(ansible, registry_tls, registry_token,
         playbook.write_text(plays[name])
         rc, document, stderr = ansible.playbook(str(playbook), extra_vars=variables)
         results = task_results(document)
-        assert rc == 0, (name, stderr, document)
+        assert rc == 0, (name, stderr, [result.get("msg") for _, _, result in results])
         assert results and not any(result.get("failed") for _, _, result in results), (name, results)
         for _, _, result in results:
             if result.get("digest"):
