@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import warnings
 
 import pytest
 from helpers.boot import parse_ipxe
@@ -25,11 +26,18 @@ def loop_device(tmp_path):
     """A real block device (loop) backed by a 1 MiB file, or None where loop devices cannot be made."""
     backing = tmp_path / "disk.img"
     backing.write_bytes(b"\0" * (1 << 20))
-    if shutil.which("losetup") is None:
-        yield None
-        return
-    proc = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
+    proc = None
+    if shutil.which("losetup") is not None:
+        proc = subprocess.run(
+            ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True, check=False
+        )
+    if proc is None or proc.returncode != 0:
+        # CI runs as root where loop devices work: there the device write must be proven, not skipped.
+        if os.environ.get("CI"):
+            pytest.fail(
+                "cannot create a loop device for the rootfs device write: %s" % (proc.stderr if proc else "no losetup")
+            )
+        warnings.warn("no loop device here: the rootfs device write is not exercised", stacklevel=2)
         yield None
         return
     device = proc.stdout.strip()
