@@ -122,6 +122,8 @@ class _BlobDigests:
         self.layout = layout
         self.cache = layout.load_digest_cache() if layout.exists() else {}
         self.cache_dirty = False
+        # True once a layer blob was (or, in check mode, would be) added to the store.
+        self.blobs_added = False
 
     @staticmethod
     def key(path: str, packed_as: str | None) -> str:
@@ -145,9 +147,11 @@ class _BlobDigests:
             return hit
         identity = file_identity(path)
         if store:
-            digest, size = self.layout.import_file(path, packed_as)
+            digest, size, written = self.layout.import_file(path, packed_as)
         else:
             digest, size = digest_of_file(path, packed_as)
+            written = not self.layout.has_blob(digest, size)
+        self.blobs_added = self.blobs_added or written
         # Only trust the result if the file did not change while being read.
         if file_identity(path) == identity:
             self.remember(path, packed_as, digest, size, identity)
@@ -248,23 +252,31 @@ def _ref_digests(refs: t.Mapping[str, t.Mapping[str, t.Any]], names: t.Iterable[
     return {name: (refs[name]["digest"] if name in refs else None) for name in names}
 
 
+def _moved_refs(plan: BuildPlan, after: t.Mapping[str, str]) -> tuple[dict[str, str | None], set[str]]:
+    """What each name points at now, and which names the build moves."""
+    before = _ref_digests(plan.layout.refs() if plan.layout.exists() else {}, after)
+    return before, {name for name in after if before[name] != after[name]}
+
+
 def build_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.Any]:
     """Build (or, in check mode, only compute) the image; the module's one call."""
     try:
         plan, digests = plan_build(params, store=not check_mode)
-        before = _ref_digests(plan.layout.refs() if plan.layout.exists() else {}, plan.refs)
         after = {name: target["digest"] for name, target in plan.refs.items()}
-        moved = {name for name in after if before[name] != after[name]}
         blobs_missing = [digest for digest in plan.blobs if not plan.layout.has_blob(digest)]
-        changed = bool(moved) or (bool(blobs_missing) and not check_mode)
-        if not check_mode:
+        if check_mode:
+            before, moved = _moved_refs(plan, after)
+        else:
             for data in plan.blobs.values():
                 plan.layout.put_bytes(data)
-            if moved:
-                with plan.layout.locked():
+            # Decided under the lock: a concurrent build may have moved a name meanwhile.
+            with plan.layout.locked():
+                before, moved = _moved_refs(plan, after)
+                if moved:
                     plan.layout.set_refs({name: plan.refs[name] for name in sorted(moved)})
             if digests.cache_dirty:
                 digests.layout.save_digest_cache(digests.cache)
+        changed = bool(moved) or bool(blobs_missing) or digests.blobs_added
     except (LayoutError, InvalidDocument) as exc:
         raise BuildError(str(exc)) from None
     except OSError as exc:

@@ -110,19 +110,21 @@ class OciLayout:
         write_bytes_atomic(self.blob_path(digest), data)
         return digest, len(data), True
 
-    def import_file(self, source: str, packed_as: str | None = None) -> tuple[str, int]:
+    def import_file(self, source: str, packed_as: str | None = None) -> tuple[str, int, bool]:
         """Copy a file into the blob store, hashing while copying (one read).
 
         With packed_as, the blob is a reproducible tar+gzip holding the file
-        under that name instead of the raw file.
+        under that name instead of the raw file. Returns (digest, size, written):
+        written is False when the store already held the blob.
         """
         staging = os.path.join(self.path, "blobs", "sha256", "import")
         with AtomicFile(staging) as out:
             counter = _write_packed(source, packed_as, out) if packed_as else _write_raw(source, out)
             final = self.blob_path(counter.digest)
-            if not self.has_blob(counter.digest, counter.size):
+            written = not self.has_blob(counter.digest, counter.size)
+            if written:
                 out.commit(final)
-        return counter.digest, counter.size
+        return counter.digest, counter.size, written
 
     def open_blob(self, digest: str) -> t.BinaryIO:
         try:

@@ -256,3 +256,17 @@ def test_concurrent_builds_into_one_layout_keep_every_name(ansible, artifacts, t
     for job, result in zip(jobs, results):
         assert set(result["refs"]) <= names
         assert json.loads(skopeo_raw(layout, job["name"]))["manifests"][0]["digest"] == result["manifests"][0]["digest"]
+
+
+def test_rebuild_restores_a_missing_layer_blob_and_says_so(ansible, artifacts, tmp_path):
+    layout = tmp_path / "l"
+    args = {"layout": str(layout), "name": NAME, "artifacts": artifact_list(artifacts, archs=("amd64",))}
+    built = ansible.module(MODULE, args)
+    rootfs = next(layer for layer in built["manifests"][0]["layers"] if layer["title"] == "rootfs")
+    blob = layout / "blobs" / "sha256" / rootfs["digest"][7:]
+    blob.unlink()
+    assert ansible.module(MODULE, args, check=True)["changed"] is True
+    assert not blob.exists()
+    assert ansible.module(MODULE, args)["changed"] is True
+    assert blob.read_bytes() == open(artifacts[("amd64", "rootfs")], "rb").read()
+    assert ansible.module(MODULE, args)["changed"] is False

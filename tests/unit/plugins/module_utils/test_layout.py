@@ -39,7 +39,9 @@ def test_import_file_hashes_while_copying(tmp_path):
     source.write_bytes(data)
     store = layout_mod.OciLayout(str(tmp_path / "l"))
     store.ensure()
-    digest, size = store.import_file(str(source))
+    digest, size, written = store.import_file(str(source))
+    assert written is True
+    assert store.import_file(str(source))[2] is False
     assert digest == "sha256:" + hashlib.sha256(data).hexdigest() and size == len(data)
     assert open(store.blob_path(digest), "rb").read() == data
     assert sorted(os.listdir(tmp_path / "l" / "blobs" / "sha256")) == [digest[7:]]
@@ -51,7 +53,7 @@ def test_packed_layer_is_reproducible_single_file_tar(tmp_path):
     source.write_bytes(b"kernel bytes")
     store = layout_mod.OciLayout(str(tmp_path / "l"))
     store.ensure()
-    digest, size = store.import_file(str(source), packed_as="kernel")
+    digest, size, _written = store.import_file(str(source), packed_as="kernel")
     os.utime(source, (1, 1))
     assert layout_mod.digest_of_file(str(source), packed_as="kernel") == (digest, size)
     blob = open(store.blob_path(digest), "rb").read()
