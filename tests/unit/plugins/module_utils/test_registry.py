@@ -235,3 +235,36 @@ def test_scope_covered():
     assert registry.scope_covered("repository:os/x:push,pull", held)
     assert not registry.scope_covered("repository:os/y:pull", held)
     assert not registry.scope_covered("repository:os/x:delete", held)
+
+
+@pytest.mark.parametrize(
+    "url, same",
+    [
+        ("https://r.example:5000/v2/os/x/blobs/uploads/abc?_state=s", True),
+        ("HTTPS://R.example:5000/v2/", True),
+        ("https://r.example:5001/v2/os/x/blobs/uploads/abc", False),
+        ("http://r.example:5000/v2/os/x/blobs/uploads/abc", False),
+        ("https://blobs.example:5000/signed?X-Amz-Signature=s", False),
+        ("https://r.example.evil:5000/v2/", False),
+        ("/v2/os/x/blobs/uploads/abc", False),
+        ("ftp://r.example:5000/v2/", False),
+        ("https://r.example:notaport/v2/", False),
+    ],
+)
+def test_credentials_only_for_the_registry_origin(url, same):
+    assert registry.same_origin(url, "https://r.example:5000") is same
+
+
+@pytest.mark.parametrize(
+    "url, base, same",
+    [
+        ("https://r.example:443/v2/", "https://r.example", True),
+        ("https://r.example/v2/", "https://r.example", True),
+        ("http://r.example:80/v2/", "http://r.example", True),
+        ("http://r.example/v2/", "https://r.example", False),
+        ("https://r.example:80/v2/", "http://r.example", False),
+        ("http://[::1]:5000/v2/", "http://[::1]:5000", True),
+    ],
+)
+def test_same_origin_fills_in_default_ports(url, base, same):
+    assert registry.same_origin(url, base) is same
