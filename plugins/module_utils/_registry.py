@@ -12,10 +12,10 @@ as they are. Everything oras-py does unsafely for multi-GiB OS images is done
 here instead: every request has a timeout; safe requests are retried with
 backoff on 429/5xx and connection errors; Basic credentials are sent up front
 once a Basic challenge was seen; Bearer tokens are kept per scope and fetched
-again on 401; credentials go only to the registry's own scheme, host and
-port, never to a Location elsewhere; bodies are streamed from file objects;
-documents are PUT as the exact bytes given. The client knows nothing of images
-or platforms.
+again on 401; credentials go only to the registry's own scheme, host and port
+and to an HTTPS token server, never to a Location elsewhere; bodies are
+streamed from file objects; documents are PUT as the exact bytes given. The
+client knows nothing of images or platforms.
 """
 
 from __future__ import annotations
@@ -228,6 +228,24 @@ def _origin_text(url: str) -> str:
         return "an address that is not http(s)"
     scheme, host, port = origin
     return "%s://%s:%d" % (scheme, "[%s]" % host if ":" in host else host, port)
+
+
+def check_token_realm(realm: str, plain_http: bool, registry: str, what: str) -> None:
+    """Refuse a token realm our credentials must not go to: plain HTTP unless the registry is plain HTTP too."""
+    origin = origin_of(realm)
+    if origin is None:
+        raise RegistryError(
+            "%s failed: registry %s names %r as its token server, which is not an http(s) URL; check the registry's"
+            " token auth configuration" % (what, registry, realm),
+            code="TOKEN_REALM_INVALID",
+        )
+    if origin[0] == "http" and not plain_http:
+        raise RegistryError(
+            "%s failed: registry %s asks for credentials over plain HTTP at %s; refusing to send them unencrypted;"
+            " configure its token server (realm) for HTTPS; plain_http=true allows this only for a registry"
+            " served over plain HTTP" % (what, registry, realm),
+            code="INSECURE_TOKEN_REALM",
+        )
 
 
 def repository_scope(repository: str, actions: t.Sequence[str]) -> str:
@@ -645,6 +663,7 @@ class RegistryClient(_OrasRegistry):
 
     def _fetch_token(self, challenge: Challenge, scopes: t.Sequence[str], what: str) -> tuple[str, float]:
         """A bearer token from the challenge's realm for these scopes (docker token protocol)."""
+        check_token_realm(str(challenge.realm), self.options.plain_http, self.registry, what)
         credentials = self._auth.credentials
         params: list[tuple[str, str]] = []
         if challenge.service:
