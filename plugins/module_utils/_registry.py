@@ -12,8 +12,10 @@ as they are. Everything oras-py does unsafely for multi-GiB OS images is done
 here instead: every request has a timeout; safe requests are retried with
 backoff on 429/5xx and connection errors; Basic credentials are sent up front
 once a Basic challenge was seen; Bearer tokens are kept per scope and fetched
-again on 401; bodies are streamed from file objects; documents are PUT as the
-exact bytes given. The client knows nothing of images or platforms.
+again on 401; credentials go only to the registry's own scheme, host and port
+and to an HTTPS token server, never to a Location elsewhere; bodies are
+streamed from file objects; documents are PUT as the exact bytes given. The
+client knows nothing of images or platforms.
 """
 
 from __future__ import annotations
@@ -195,6 +197,55 @@ def parse_challenge(header: str | None) -> Challenge | None:
     scheme = header.strip().split(None, 1)[0].rstrip(",").lower()
     parsed = oras.auth.utils.parse_auth_header(header)
     return Challenge(scheme=scheme, realm=parsed.realm, service=parsed.service, scope=parsed.scope)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an absolute http(s) URL, default ports filled in; None for anything else."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+def same_origin(url: str, base_url: str) -> bool:
+    """Whether `url` has the scheme, host and port of `base_url`: only then may it see our credentials."""
+    origin = origin_of(url)
+    return origin is not None and origin == origin_of(base_url)
+
+
+def _origin_text(url: str) -> str:
+    """scheme://host:port of a URL, without the path and query (a pre-signed URL's query is a secret)."""
+    origin = origin_of(url)
+    if origin is None:
+        return "an address that is not http(s)"
+    scheme, host, port = origin
+    return "%s://%s:%d" % (scheme, "[%s]" % host if ":" in host else host, port)
+
+
+def check_token_realm(realm: str, plain_http: bool, registry: str, what: str) -> None:
+    """Refuse a token realm our credentials must not go to: plain HTTP unless the registry is plain HTTP too."""
+    origin = origin_of(realm)
+    if origin is None:
+        raise RegistryError(
+            "%s failed: registry %s names %r as its token server, which is not an http(s) URL; check the registry's"
+            " token auth configuration" % (what, registry, realm),
+            code="TOKEN_REALM_INVALID",
+        )
+    if origin[0] == "http" and not plain_http:
+        raise RegistryError(
+            "%s failed: registry %s asks for credentials over plain HTTP at %s; refusing to send them unencrypted;"
+            " configure its token server (realm) for HTTPS; plain_http=true allows this only for a registry"
+            " served over plain HTTP" % (what, registry, realm),
+            code="INSECURE_TOKEN_REALM",
+        )
 
 
 def repository_scope(repository: str, actions: t.Sequence[str]) -> str:
@@ -503,11 +554,15 @@ class RegistryClient(_OrasRegistry):
         scopes: tuple[str, ...] = tuple(
             sorted(set(([repository_scope(repository, actions)] if repository else []) + list(extra_scopes)))
         )
+        # Locations the registry sends (uploads, redirects to blob storage)
+        # may name another host or plain http://: those never see credentials.
+        with_credentials = same_origin(url, self.base_url)
         attempt = 0
         answered_challenge = False
         while True:
             send_headers = dict(headers or {})
-            send_headers.update(self._auth.header_for(scopes))
+            if with_credentials:
+                send_headers.update(self._auth.header_for(scopes))
             try:
                 response = self._session().request(
                     method,
@@ -530,7 +585,10 @@ class RegistryClient(_OrasRegistry):
                     attempt += 1
                     continue
                 raise error from None
-            if response.status_code == 401 and not answered_challenge:
+            if response.status_code == 401 and not with_credentials and 401 not in ok:
+                response.close()
+                raise self._credentials_withheld(what, url)
+            if response.status_code == 401 and not answered_challenge and with_credentials:
                 answered_challenge = True
                 challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
                 if self._answer(challenge, scopes, send_headers.get("Authorization"), what):
@@ -546,6 +604,15 @@ class RegistryClient(_OrasRegistry):
             if response.status_code in ok:
                 return response
             raise self.failure(what, response)
+
+    def _credentials_withheld(self, what: str, url: str) -> RegistryError:
+        return RegistryError(
+            "%s failed: %s asks for credentials, but credentials for registry %s go only to %s; the registry"
+            " (or a proxy in front of it) must send clients to its own address or to pre-signed URLs"
+            % (what, _origin_text(url), self.registry, _origin_text(self.base_url)),
+            status=401,
+            code="UNAUTHORIZED",
+        )
 
     def failure(self, what: str, response: requests.Response) -> RegistryError:
         """The RegistryError for an unexpected answer (reads at most 64 KiB of its body)."""
@@ -596,6 +663,7 @@ class RegistryClient(_OrasRegistry):
 
     def _fetch_token(self, challenge: Challenge, scopes: t.Sequence[str], what: str) -> tuple[str, float]:
         """A bearer token from the challenge's realm for these scopes (docker token protocol)."""
+        check_token_realm(str(challenge.realm), self.options.plain_http, self.registry, what)
         credentials = self._auth.credentials
         params: list[tuple[str, str]] = []
         if challenge.service:

@@ -182,3 +182,35 @@ def test_a_refused_token_is_fetched_again(registry_token):
     put_blob(client, repository, b"after a refresh")
     asked = token_server.requests[before:]
     assert [request["scopes"] for request in asked] == [["repository:client/refresh:pull,push"]] * 2
+
+
+@pytest.mark.parametrize("fixture", ["registry_tls", "registry_token"])
+def test_a_location_on_another_port_gets_no_credentials(request, fixture, fault_proxy):
+    target = request.getfixturevalue(fixture)
+    # The proxy forwards to the same registry, so only the withheld credentials make it fail.
+    elsewhere = fault_proxy(target)
+    client = client_for(target)
+    repository = "client/elsewhere"
+    data = b"initramfs"
+
+    def finish(location: str):
+        return client.request(
+            "PUT",
+            location,
+            what="test upload",
+            repository=repository,
+            actions=("pull", "push"),
+            params={"digest": digest_of(data)},
+            body=lambda: io.BytesIO(data),
+            ok=(201,),
+        )
+
+    session = client.open_upload(repository)
+    assert session is not None and target.host in session.location
+    with pytest.raises(RegistryError) as withheld:
+        finish(session.location.replace(target.host, elsewhere.host, 1))
+    assert withheld.value.code == "UNAUTHORIZED"
+    assert "go only to https://%s" % target.host in str(withheld.value)
+    assert elsewhere.requests and all("authorization" not in headers for _m, _p, headers in elsewhere.requests)
+    finish(session.location).close()
+    assert client.head_blob(repository, digest_of(data)) == len(data)

@@ -235,3 +235,63 @@ def test_scope_covered():
     assert registry.scope_covered("repository:os/x:push,pull", held)
     assert not registry.scope_covered("repository:os/y:pull", held)
     assert not registry.scope_covered("repository:os/x:delete", held)
+
+
+@pytest.mark.parametrize(
+    "url, same",
+    [
+        ("https://r.example:5000/v2/os/x/blobs/uploads/abc?_state=s", True),
+        ("HTTPS://R.example:5000/v2/", True),
+        ("https://r.example:5001/v2/os/x/blobs/uploads/abc", False),
+        ("http://r.example:5000/v2/os/x/blobs/uploads/abc", False),
+        ("https://blobs.example:5000/signed?X-Amz-Signature=s", False),
+        ("https://r.example.evil:5000/v2/", False),
+        ("/v2/os/x/blobs/uploads/abc", False),
+        ("ftp://r.example:5000/v2/", False),
+        ("https://r.example:notaport/v2/", False),
+    ],
+)
+def test_credentials_only_for_the_registry_origin(url, same):
+    assert registry.same_origin(url, "https://r.example:5000") is same
+
+
+@pytest.mark.parametrize(
+    "url, base, same",
+    [
+        ("https://r.example:443/v2/", "https://r.example", True),
+        ("https://r.example/v2/", "https://r.example", True),
+        ("http://r.example:80/v2/", "http://r.example", True),
+        ("http://r.example/v2/", "https://r.example", False),
+        ("https://r.example:80/v2/", "http://r.example", False),
+        ("http://[::1]:5000/v2/", "http://[::1]:5000", True),
+    ],
+)
+def test_same_origin_fills_in_default_ports(url, base, same):
+    assert registry.same_origin(url, base) is same
+
+
+def _challenge(realm: str) -> registry.Challenge:
+    return registry.Challenge(scheme="bearer", realm=realm, service="registry")
+
+
+def test_plain_http_token_realm_is_refused_before_credentials_are_sent():
+    # Port 1 on loopback: without the refusal the token request would be tried there.
+    client = registry.RegistryClient(
+        "r.example:5000", RegistryOptions(username="u", password="hunter2", retries=0, timeout=5)
+    )
+    with pytest.raises(registry.RegistryError) as refused:
+        client._fetch_token(_challenge("http://127.0.0.1:1/token"), ["repository:os/x:pull"], "reading os/x")
+    message = str(refused.value)
+    assert refused.value.code == "INSECURE_TOKEN_REALM"
+    assert message.startswith("reading os/x failed: registry r.example:5000 asks for credentials over plain HTTP")
+    assert "http://127.0.0.1:1/token" in message and "HTTPS" in message and "\n" not in message
+    assert "hunter2" not in message
+
+
+def test_token_realm_checks():
+    registry.check_token_realm("https://auth.example/token", False, "r.example", "x")
+    registry.check_token_realm("http://127.0.0.1:5001/token", True, "127.0.0.1:5000", "x")
+    with pytest.raises(registry.RegistryError, match=r"plain HTTP at http://auth\.example/token"):
+        registry.check_token_realm("http://auth.example/token", False, "r.example", "x")
+    with pytest.raises(registry.RegistryError, match="not an http"):
+        registry.check_token_realm("/token", False, "r.example", "x")
