@@ -208,7 +208,8 @@ def test_chunked_upload_resumes_where_the_registry_says(ansible, image, registry
     assert result["changed"] is True and result.get("failed") is not True, result
     patches = [entry for entry in proxy.log if entry[0] == "PATCH"]
     status_queries = [entry for entry in proxy.log if entry[0] == "GET" and "/blobs/uploads/" in entry[1]]
-    assert len(patches) > BLOB_COUNT and len(status_queries) == 2
+    # One status query per injected fault at least; a loaded machine may add a retry, never remove one.
+    assert len(patches) > BLOB_COUNT and len(status_queries) >= 2, proxy.log
     for tag, data in layout_documents(image).items():
         assert remote_raw(registry_tls, "push/chunked", tag) == data
 
