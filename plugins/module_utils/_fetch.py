@@ -42,6 +42,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import (
 )
 from ansible_collections.ironcore.image.plugins.module_utils._source import (
     SourceError,
+    one_line,
     open_source,
     read_config,
     resolve_image,
@@ -228,11 +229,14 @@ def _deliver_all(source: t.Any, plans: t.Sequence[FilePlan], concurrency: int, r
 
 
 def _as_fetch_error(plan: FilePlan, error: BaseException) -> BaseException:
+    if not isinstance(error, Exception):
+        # KeyboardInterrupt and the like end the run as they are.
+        return error
     if isinstance(error, (DeliveryError, SourceError)):
         return FetchError("%s (%s): %s" % (plan.layer.role, plan.filename, error))
     if isinstance(error, OSError):
         return FetchError("%s: writing %s failed: %s" % (plan.layer.role, plan.path, error.strerror or error))
-    return error
+    return FetchError("%s (%s): %s" % (plan.layer.role, plan.filename, one_line(error)))
 
 
 def _file_result(plan: FilePlan) -> dict[str, t.Any]:
@@ -266,6 +270,8 @@ def fetch_image(params: t.Mapping[str, t.Any], check_mode: bool, apply_attribute
         raise FetchError(str(exc)) from None
     except OSError as exc:
         raise FetchError("dest %s: %s" % (params["dest"], exc.strerror or exc)) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FetchError("the image is malformed: %s" % one_line(exc)) from None
 
 
 def _fetch(params: t.Mapping[str, t.Any], check_mode: bool, apply_attributes: ApplyAttributes) -> dict[str, t.Any]:
