@@ -226,6 +226,9 @@ def _deliver_all(source: t.Any, plans: t.Sequence[FilePlan], concurrency: int, r
         plan.delivered = item.delivered
         plan.content_digest = item.delivered.content_digest
         plan.changed = True
+    # Only now: until every file is in place, a sweep could reach a partial another one still needs.
+    for _plan, item in staged:
+        item.sweep()
 
 
 def _as_fetch_error(plan: FilePlan, error: BaseException) -> BaseException:
