@@ -229,8 +229,10 @@ class Staged:
         self._blob = blob
         self.delivered = delivered
 
-    def commit(self) -> None:
-        """Put the file in place; call sweep() once every layer of the fetch is committed."""
+    def commit(self, mode: int | None = None) -> None:
+        """Put the file in place, with `mode` already set when given; then, after every layer, sweep()."""
+        if mode is not None:
+            self._out.mode = mode
         self._out.commit()
         if self._blob is not None:
             self._blob.keep_partial = False

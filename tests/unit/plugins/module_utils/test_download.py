@@ -231,3 +231,39 @@ def test_committing_one_file_keeps_the_staged_partial_of_a_longer_name(store, tm
     assert (dest / "vmlinuz").read_bytes() == b"kernel " * 1000
     assert (dest / "vmlinuz.initrd").read_bytes() == b"initrd " * 1000
     assert dest_names(dest) == ["vmlinuz", "vmlinuz.initrd"]
+
+
+def test_requested_mode_is_set_before_the_rename(store, tmp_path, monkeypatch):
+    """A file fetched with mode 0600 (a VM disk) is never visible under its name with a wider mode."""
+    raw = layer_for(store, b"disk " * 1000, "rootfs")
+    kernel = b"kernel " * 1000
+    tar_gzip = layer_for(store, packed("kernel", kernel), "kernel", is_packed=True)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    modes_at_rename = {}
+    replace = os.replace
+
+    def recording_replace(source, target):
+        modes_at_rename[os.path.basename(target)] = os.stat(source).st_mode & 0o777
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    old_umask = os.umask(0o022)
+    try:
+        plans = [
+            fetch.FilePlan(raw, "disk.raw", str(dest / "disk.raw"), current=False),
+            fetch.FilePlan(tar_gzip, "vmlinuz", str(dest / "vmlinuz"), current=False),
+        ]
+        fetch._deliver_all(source_of(store), plans, concurrency=1, retries=0, mode=fetch.numeric_mode("0600"))
+    finally:
+        os.umask(old_umask)
+    assert modes_at_rename == {"disk.raw": 0o600, "vmlinuz": 0o600}
+    assert (dest / "vmlinuz").read_bytes() == kernel
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [("0600", 0o600), ("644", 0o644), (0o640, 0o640), ("u=rw,g=r", None), (None, None), ("0o600", None)],
+)
+def test_numeric_mode(mode, expected):
+    assert fetch.numeric_mode(mode) == expected
