@@ -182,3 +182,13 @@ def test_a_refused_token_is_fetched_again(registry_token):
     put_blob(client, repository, b"after a refresh")
     asked = token_server.requests[before:]
     assert [request["scopes"] for request in asked] == [["repository:client/refresh:pull,push"]] * 2
+
+
+def test_an_oversized_token_answer_is_refused(registry_token):
+    token_server = registry_token.token_server
+    token_server.oversized_answers = 1
+    with pytest.raises(RegistryError) as refused:
+        client_for(registry_token).head_blob("client/oversized", digest_of(b"absent"))
+    assert "answered with more than 1 MiB; refusing it" in str(refused.value)
+    assert token_server.oversized_answers == 0
+    assert client_for(registry_token).head_blob("client/oversized", digest_of(b"absent")) is None
