@@ -16,6 +16,7 @@ within a run and on the next one.
 from __future__ import annotations
 
 import os
+import re
 import tarfile
 import time
 import typing as t
@@ -68,17 +69,20 @@ def partial_path(directory: str, filename: str, digest: str) -> str:
 
 
 def remove_stale_partials(directory: str, filename: str) -> None:
-    """Partial files of older blobs for this file name will never be resumed."""
-    prefix = PARTIAL_PREFIX + filename + "."
+    """Partial files of older blobs for this file name will never be resumed.
+
+    Matched exactly as partial_path() names them: a prefix match would take
+    the partials of `rootfs.raw` for those of `rootfs`.
+    """
+    pattern = re.compile(re.escape(PARTIAL_PREFIX + filename) + r"\.[0-9a-f]{16}" + re.escape(PARTIAL_SUFFIX))
     try:
         names = os.listdir(directory)
     except OSError:
         return
     for name in names:
-        path = os.path.join(directory, name)
-        if name.startswith(prefix) and name.endswith(PARTIAL_SUFFIX):
+        if pattern.fullmatch(name):
             try:
-                os.unlink(path)
+                os.unlink(os.path.join(directory, name))
             except OSError:
                 pass
 
@@ -225,11 +229,17 @@ class Staged:
         self._blob = blob
         self.delivered = delivered
 
-    def commit(self) -> None:
+    def commit(self, mode: int | None = None) -> None:
+        """Put the file in place, with `mode` already set when given; then, after every layer, sweep()."""
+        if mode is not None:
+            self._out.mode = mode
         self._out.commit()
         if self._blob is not None:
             self._blob.keep_partial = False
             self._blob.discard()
+
+    def sweep(self) -> None:
+        """Remove partial files of other blobs for this file name, which no run will resume."""
         directory, filename = os.path.split(self._out.path)
         remove_stale_partials(directory, filename)
 
@@ -302,4 +312,5 @@ def deliver(source: Source, layer: SelectedLayer, path: str, retries: int, backo
     """Stage and commit one layer."""
     staged = stage(source, layer, path, retries, backoff)
     staged.commit()
+    staged.sweep()
     return staged.delivered

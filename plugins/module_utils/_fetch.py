@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import stat
 import typing as t
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -42,6 +43,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import (
 )
 from ansible_collections.ironcore.image.plugins.module_utils._source import (
     SourceError,
+    one_line,
     open_source,
     read_config,
     resolve_image,
@@ -193,8 +195,27 @@ def locked(dest: str) -> t.Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def _deliver_all(source: t.Any, plans: t.Sequence[FilePlan], concurrency: int, retries: int) -> None:
-    """Stage every missing layer in parallel; only when all are verified, rename them into place."""
+def numeric_mode(mode: t.Any) -> int | None:
+    """The file mode an octal `mode` option asks for; None for none or a symbolic one.
+
+    A symbolic mode (u+x) is relative to the mode the file already has, so it
+    is left to the module's file attributes after the rename.
+    """
+    if isinstance(mode, int) and not isinstance(mode, bool) and 0 <= mode <= 0o7777:
+        return mode
+    if isinstance(mode, str) and re.fullmatch(r"[0-7]{1,4}", mode):
+        return int(mode, 8)
+    return None
+
+
+def _deliver_all(
+    source: t.Any, plans: t.Sequence[FilePlan], concurrency: int, retries: int, mode: int | None = None
+) -> None:
+    """Stage every missing layer in parallel; only when all are verified, rename them into place.
+
+    Staged files are private (0600) and get `mode` before the rename, so a
+    file asked to be 0600 is never readable by others, not even briefly.
+    """
     pending = [plan for plan in plans if not plan.current]
     if not pending:
         return
@@ -221,18 +242,24 @@ def _deliver_all(source: t.Any, plans: t.Sequence[FilePlan], concurrency: int, r
             item.discard()
         raise failure
     for plan, item in staged:
-        item.commit()
+        item.commit(mode)
         plan.delivered = item.delivered
         plan.content_digest = item.delivered.content_digest
         plan.changed = True
+    # Only now: until every file is in place, a sweep could reach a partial another one still needs.
+    for _plan, item in staged:
+        item.sweep()
 
 
 def _as_fetch_error(plan: FilePlan, error: BaseException) -> BaseException:
+    if not isinstance(error, Exception):
+        # KeyboardInterrupt and the like end the run as they are.
+        return error
     if isinstance(error, (DeliveryError, SourceError)):
         return FetchError("%s (%s): %s" % (plan.layer.role, plan.filename, error))
     if isinstance(error, OSError):
         return FetchError("%s: writing %s failed: %s" % (plan.layer.role, plan.path, error.strerror or error))
-    return error
+    return FetchError("%s (%s): %s" % (plan.layer.role, plan.filename, one_line(error)))
 
 
 def _file_result(plan: FilePlan) -> dict[str, t.Any]:
@@ -266,6 +293,8 @@ def fetch_image(params: t.Mapping[str, t.Any], check_mode: bool, apply_attribute
         raise FetchError(str(exc)) from None
     except OSError as exc:
         raise FetchError("dest %s: %s" % (params["dest"], exc.strerror or exc)) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FetchError("the image is malformed: %s" % one_line(exc)) from None
 
 
 def _fetch(params: t.Mapping[str, t.Any], check_mode: bool, apply_attributes: ApplyAttributes) -> dict[str, t.Any]:
@@ -306,7 +335,13 @@ def _fetch(params: t.Mapping[str, t.Any], check_mode: bool, apply_attributes: Ap
             state = DeliveryState(dest)
             plans = plan_files(layers, dest, names, state, params["verify"])
             try:
-                _deliver_all(source, plans, int(params.get("concurrency") or 1), int(params.get("retries") or 0))
+                _deliver_all(
+                    source,
+                    plans,
+                    int(params.get("concurrency") or 1),
+                    int(params.get("retries") or 0),
+                    numeric_mode(params.get("mode")),
+                )
             finally:
                 # Whatever did arrive is recorded, so the next run need not hash it again.
                 for plan in plans:

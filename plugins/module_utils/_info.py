@@ -29,6 +29,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._source import (
     Source,
     SourceError,
     child_manifest,
+    one_line,
     open_source,
     read_config,
     resolve_image,
@@ -125,4 +126,4 @@ def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
     except (SourceError, SelectionError) as exc:
         raise InfoError(str(exc)) from None
     except (KeyError, TypeError, ValueError) as exc:
-        raise InfoError("the image index is malformed: %s" % exc) from None
+        raise InfoError("the image is malformed: %s" % one_line(exc)) from None

@@ -54,8 +54,17 @@ class AtomicFile:
             fd, temp_path = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=directory)
             self.file: t.BinaryIO = os.fdopen(fd, "wb")
         else:
-            # A caller-chosen temporary name lets a download resume it later.
-            self.file = open(temp_path, "ab" if append else "wb")
+            # A caller-chosen temporary name lets a download resume it later. Like
+            # mkstemp, private until commit: the file may become a VM disk with mode 0600.
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+            fd = os.open(temp_path, flags, 0o600)
+            try:
+                # A partial kept by an older run may have been created with a wider mode.
+                os.fchmod(fd, 0o600)
+                self.file = os.fdopen(fd, "ab" if append else "wb")
+            except BaseException:
+                os.close(fd)
+                raise
         self.temp_path = temp_path
         self.keep_partial = False
         self._done = False

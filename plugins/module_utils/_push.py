@@ -35,6 +35,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._registry_args impo
     InvalidRegistryOptions,
     registry_options,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._source import one_line
 from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter, upload_blob
 
 
@@ -188,6 +189,14 @@ def plan_push(params: t.Mapping[str, t.Any]) -> PushPlan:
         raise PushError(str(exc)) from None
     except OSError as exc:
         raise PushError("reading layout %s failed: %s" % (params["layout"], exc)) from None
+    except InvalidReference as exc:
+        # Only the platform tags (tag-platform-architecture) can outgrow a valid destination tag.
+        raise PushError(
+            "destination: a platform tag of %s is too long: %s; give a shorter tag or set platform_tags=false"
+            % (destination, exc)
+        ) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PushError("layout %s holds a malformed document: %s" % (params["layout"], one_line(exc))) from None
     return plan
 
 

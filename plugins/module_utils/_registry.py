@@ -73,6 +73,8 @@ RETRY_AFTER_CAP = 30.0
 # http.client sends request bodies in 8 KiB writes by default; 1 MiB writes
 # cut the syscall count of a multi-GiB upload by two orders of magnitude.
 SEND_BLOCK_SIZE = 1024 * 1024
+# A token answer is a few KiB; the cap keeps a broken or hostile server from filling memory.
+MAX_TOKEN_RESPONSE = 1024 * 1024
 # Refresh a token this long before the registry would reject it.
 TOKEN_EXPIRY_MARGIN = 10.0
 _REGISTRY_MESSAGE_LIMIT = 300
@@ -696,6 +698,8 @@ class RegistryClient(_OrasRegistry):
                     headers=headers,
                     timeout=(self.options.timeout, self.options.timeout),
                     verify=self.verify,
+                    # Read below with a cap: a token answer is small, whatever the server sends.
+                    stream=True,
                 )
             except requests.exceptions.SSLError as exc:
                 raise connection_failure(exc, what + " (token from %s)" % realm, self.registry, self.options) from None
@@ -707,6 +711,7 @@ class RegistryClient(_OrasRegistry):
                     continue
                 raise error from None
             if response.status_code in RETRY_STATUSES and attempt < self.options.retries:
+                response.close()
                 self._sleep(self._backoff(attempt, response))
                 attempt += 1
                 continue
@@ -723,10 +728,7 @@ class RegistryClient(_OrasRegistry):
             )
         if response.status_code != 200:
             raise self.failure("%s (token from %s)" % (what, realm), response)
-        try:
-            document = response.json()
-        except ValueError:
-            document = {}
+        document = self._token_document(response, what, realm)
         token = document.get("token") or document.get("access_token") if isinstance(document, dict) else None
         if not isinstance(token, str) or not token:
             raise RegistryError("%s failed: the token server %s answered without a token" % (what, realm))
@@ -735,6 +737,25 @@ class RegistryClient(_OrasRegistry):
         except (TypeError, ValueError):
             expires_in = 60.0
         return token, expires_in
+
+    def _token_document(self, response: requests.Response, what: str, realm: str) -> t.Any:
+        """The token server's JSON answer, read up to MAX_TOKEN_RESPONSE bytes ({} when it is not JSON)."""
+        body = bytearray()
+        try:
+            for chunk in response.iter_content(65536):
+                body += chunk
+                if len(body) > MAX_TOKEN_RESPONSE:
+                    raise RegistryError(
+                        "%s failed: the token server %s answered with more than 1 MiB; refusing it" % (what, realm)
+                    )
+        except requests.exceptions.RequestException as exc:
+            raise connection_failure(exc, what + " (token from %s)" % realm, self.registry, self.options) from None
+        finally:
+            response.close()
+        try:
+            return json.loads(bytes(body))
+        except ValueError:
+            return {}
 
     # ---- oras-py integration -----------------------------------------------
 

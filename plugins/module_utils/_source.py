@@ -47,6 +47,12 @@ class SourceError(Exception):
         self.retryable = retryable
 
 
+def one_line(error: BaseException) -> str:
+    """An unexpected error (a malformed descriptor, say) as one line: its type, and its text if any."""
+    text = " ".join(str(error).split())
+    return "%s: %s" % (type(error).__name__, text) if text else type(error).__name__
+
+
 class BlobStream(t.Protocol):
     """A blob body from some offset on (the registry client's BlobStream has this shape)."""
 
@@ -181,7 +187,11 @@ class RegistrySource:
             raise SourceError(str(exc)) from None
         self.ref = ref
         self._error_type = RegistryError
-        self.client = RegistryClient(ref.registry, options)
+        try:
+            # Reads docker_config (and runs credential helpers) already.
+            self.client = RegistryClient(ref.registry, options)
+        except RegistryError as exc:
+            raise SourceError(str(exc)) from None
 
     def describe(self) -> str:
         return str(self.ref)
@@ -323,7 +333,10 @@ def read_config(source: Source, manifest: t.Mapping[str, t.Any]) -> Document | N
     config = manifest.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("digest"), str):
         return None
-    data = source.read_small_blob(config["digest"], int(config.get("size") or 0))
+    size = config.get("size") or 0
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise SourceError("the config descriptor of %s has no valid size (%r)" % (source.describe(), size))
+    data = source.read_small_blob(config["digest"], size)
     try:
         return parse_document(data, "config")
     except SelectionError:

@@ -183,6 +183,8 @@ class TokenServer:
         # Tokens still to issue with pull access only, whatever was asked:
         # lets a test make the registry refuse a cached token.
         self.pull_only_tokens = 0
+        # Answers still to pad beyond what a client should read (2 MiB of JSON).
+        self.oversized_answers = 0
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -220,7 +222,11 @@ class TokenServer:
         if self.pull_only_tokens > 0:
             self.pull_only_tokens -= 1
             scopes = [scope.rsplit(":", 1)[0] + ":pull" for scope in scopes]
-        body = json.dumps({"token": self.sign(user, scopes), "expires_in": self.token_lifetime}).encode()
+        answer = {"token": self.sign(user, scopes), "expires_in": self.token_lifetime}
+        if self.oversized_answers > 0:
+            self.oversized_answers -= 1
+            answer["padding"] = "x" * (2 * 1024 * 1024)
+        body = json.dumps(answer).encode()
         request.send_response(200)
         request.send_header("Content-Type", "application/json")
         request.send_header("Content-Length", str(len(body)))

@@ -623,3 +623,46 @@ def test_bad_inputs_against_a_registry(ansible, registry_plain, pushed, tmp_path
         assert message in result["msg"], (message, result["msg"])
         assert "\n" not in result["msg"] and "Traceback" not in result["msg"]
     assert not dest.exists()
+
+
+def test_unusable_docker_config_and_malformed_config_size_fail_in_one_line(ansible, images, tmp_path):
+    """Errors raised while opening the source or reading descriptors are module failures, not tracebacks."""
+    broken = tmp_path / "config.json"
+    broken.write_text("{bad")
+    dest = tmp_path / "dest"
+    # The registry is never contacted: the client cannot even be built.
+    remote_args = {
+        "name": "127.0.0.1:9/os/any:1",
+        "plain_http": True,
+        "docker_config": str(broken),
+        "platform": "virtualization",
+        "architecture": "amd64",
+    }
+    config_size = "registry.example.com/os/config-size:1"
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.ironcore.image.config.v1+json", "digest": sha256(b"{}"), "size": "x"},
+        "layers": [{"mediaType": "application/vnd.ironcore.image.rootfs", "digest": sha256(b"r"), "size": 1}],
+    }
+    write_raw_document(images["layout"], config_size, json.dumps(manifest).encode())
+    layout_args = {
+        "layout": images["layout"],
+        "name": config_size,
+        "platform": "virtualization",
+        "architecture": "amd64",
+    }
+    cases = [
+        ((MODULE, dict(remote_args, dest=str(dest))), "docker_config %s cannot be read" % broken),
+        (("ironcore.image.ironcore_image_info", remote_args), "docker_config %s cannot be read" % broken),
+        ((MODULE, dict(layout_args, dest=str(dest))), "the config descriptor of %s" % config_size),
+        (("ironcore.image.ironcore_image_info", layout_args), "the config descriptor of %s" % config_size),
+    ]
+    results = run_tasks(ansible, str(tmp_path), [task for task, _message in cases])
+    for (task, message), result in zip(cases, results, strict=True):
+        assert result.get("failed") is True, (task, result)
+        # An uncaught exception also fails the task, but its msg says "Task failed: Module failed: ...".
+        assert result["msg"].startswith(message), (message, result["msg"])
+        assert "module_stderr" not in result, result
+        assert "\n" not in result["msg"] and "Traceback" not in result["msg"]
+    assert not dest.exists()

@@ -292,6 +292,10 @@ def test_errors_are_clear(ansible, image, registry_plain, registry_tls, registry
             dict(push_args(image, registry_plain, "push/e"), destination=registry_plain.host + "/Push/E"),
             ["destination", "lower-case"],
         ),
+        "platform tags longer than a tag may be": (
+            dict(push_args(image, registry_plain, "push/e"), destination=registry_plain.host + "/push/e:" + "t" * 120),
+            ["destination: a platform tag of", "at most 128 characters", "platform_tags=false"],
+        ),
     }
     tasks = [
         {"name": label, "ironcore.image.ironcore_image_push": args, "ignore_errors": True}
@@ -309,5 +313,7 @@ def test_errors_are_clear(ansible, image, registry_plain, registry_tls, registry
         assert result.get("failed") is True, (label, result)
         message = result["msg"]
         assert "\n" not in message and "Traceback" not in message, (label, message)
+        # An uncaught exception fails the task too, with "Task failed: Module failed: ..." as msg.
+        assert not message.startswith("Task failed"), (label, message)
         for word in words:
             assert word in message, (label, message)

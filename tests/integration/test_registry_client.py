@@ -214,3 +214,13 @@ def test_a_location_on_another_port_gets_no_credentials(request, fixture, fault_
     assert elsewhere.requests and all("authorization" not in headers for _m, _p, headers in elsewhere.requests)
     finish(session.location).close()
     assert client.head_blob(repository, digest_of(data)) == len(data)
+
+
+def test_an_oversized_token_answer_is_refused(registry_token):
+    token_server = registry_token.token_server
+    token_server.oversized_answers = 1
+    with pytest.raises(RegistryError) as refused:
+        client_for(registry_token).head_blob("client/oversized", digest_of(b"absent"))
+    assert "answered with more than 1 MiB; refusing it" in str(refused.value)
+    assert token_server.oversized_answers == 0
+    assert client_for(registry_token).head_blob("client/oversized", digest_of(b"absent")) is None

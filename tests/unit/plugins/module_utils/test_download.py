@@ -9,6 +9,7 @@ import pytest
 from helpers.images import packed
 
 from ansible_collections.ironcore.image.plugins.module_utils import _download as download
+from ansible_collections.ironcore.image.plugins.module_utils import _fetch as fetch
 from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import ImageReference
 from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer
@@ -199,3 +200,70 @@ def test_stale_partials_of_other_blobs_are_removed(store, tmp_path):
             stream.write(b"old")
     download.deliver(source_of(store), layer, str(tmp_path / "rootfs"), retries=0)
     assert not os.path.exists(stale) and os.path.exists(other)
+
+
+@pytest.mark.parametrize("filename, other", [("rootfs", "rootfs.raw"), ("gardenlinux-1.0", "gardenlinux-1.0.1.raw")])
+def test_stale_partials_of_longer_file_names_are_left_alone(store, tmp_path, filename, other):
+    layer = layer_for(store, b"short layer")
+    stale = download.partial_path(str(tmp_path), filename, "sha256:" + "1" * 64)
+    others = [download.partial_path(str(tmp_path), other, "sha256:" + digit * 64) for digit in "0a"]
+    for path in (stale, *others):
+        with open(path, "wb") as stream:
+            stream.write(b"old")
+    download.deliver(source_of(store), layer, str(tmp_path / filename), retries=0)
+    assert not os.path.exists(stale)
+    assert all(os.path.exists(path) for path in others)
+
+
+def test_committing_one_file_keeps_the_staged_partial_of_a_longer_name(store, tmp_path):
+    """kernel -> vmlinuz and initramfs -> vmlinuz.initrd, staged together and committed in turn."""
+    kernel, initramfs = layer_for(store, b"kernel " * 1000, "kernel"), layer_for(store, b"initrd " * 1000, "initramfs")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    stale = download.partial_path(str(dest), "vmlinuz", "sha256:" + "1" * 64)
+    with open(stale, "wb") as stream:
+        stream.write(b"old")
+    plans = [
+        fetch.FilePlan(kernel, "vmlinuz", str(dest / "vmlinuz"), current=False),
+        fetch.FilePlan(initramfs, "vmlinuz.initrd", str(dest / "vmlinuz.initrd"), current=False),
+    ]
+    fetch._deliver_all(source_of(store), plans, concurrency=2, retries=0)
+    assert (dest / "vmlinuz").read_bytes() == b"kernel " * 1000
+    assert (dest / "vmlinuz.initrd").read_bytes() == b"initrd " * 1000
+    assert dest_names(dest) == ["vmlinuz", "vmlinuz.initrd"]
+
+
+def test_requested_mode_is_set_before_the_rename(store, tmp_path, monkeypatch):
+    """A file fetched with mode 0600 (a VM disk) is never visible under its name with a wider mode."""
+    raw = layer_for(store, b"disk " * 1000, "rootfs")
+    kernel = b"kernel " * 1000
+    tar_gzip = layer_for(store, packed("kernel", kernel), "kernel", is_packed=True)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    modes_at_rename = {}
+    replace = os.replace
+
+    def recording_replace(source, target):
+        modes_at_rename[os.path.basename(target)] = os.stat(source).st_mode & 0o777
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    old_umask = os.umask(0o022)
+    try:
+        plans = [
+            fetch.FilePlan(raw, "disk.raw", str(dest / "disk.raw"), current=False),
+            fetch.FilePlan(tar_gzip, "vmlinuz", str(dest / "vmlinuz"), current=False),
+        ]
+        fetch._deliver_all(source_of(store), plans, concurrency=1, retries=0, mode=fetch.numeric_mode("0600"))
+    finally:
+        os.umask(old_umask)
+    assert modes_at_rename == {"disk.raw": 0o600, "vmlinuz": 0o600}
+    assert (dest / "vmlinuz").read_bytes() == kernel
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [("0600", 0o600), ("644", 0o644), (0o640, 0o640), ("u=rw,g=r", None), (None, None), ("0o600", None)],
+)
+def test_numeric_mode(mode, expected):
+    assert fetch.numeric_mode(mode) == expected

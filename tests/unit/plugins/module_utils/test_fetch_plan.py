@@ -78,3 +78,18 @@ def test_unreadable_state_record_is_ignored(tmp_path):
     assert fetch.DeliveryState(str(tmp_path)).files == {}
     (tmp_path / fetch.STATE_FILE).write_text('{"version": 99, "files": {"rootfs": {}}}')
     assert fetch.DeliveryState(str(tmp_path)).files == {}
+
+
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (ValueError("invalid literal for int() with base 10: 'x'\nmore"), "ValueError: invalid literal for int()"),
+        (KeyError("size"), "KeyError: 'size'"),
+        (RuntimeError(), "RuntimeError"),
+    ],
+)
+def test_unexpected_staging_errors_become_one_line_fetch_errors(tmp_path, error, message):
+    plan = fetch.FilePlan(layer(b"data"), "disk.raw", str(tmp_path / "disk.raw"), current=False)
+    wrapped = fetch._as_fetch_error(plan, error)
+    assert isinstance(wrapped, fetch.FetchError)
+    assert str(wrapped).startswith("rootfs (disk.raw): " + message) and "\n" not in str(wrapped)

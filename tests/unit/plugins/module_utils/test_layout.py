@@ -117,3 +117,22 @@ def test_atomic_file_leaves_old_content_on_failure(tmp_path):
             raise RuntimeError("interrupted")
     assert target.read_bytes() == b"old"
     assert os.listdir(target.parent) == ["kernel"]
+
+
+@pytest.mark.parametrize("append", [False, True])
+def test_caller_named_temporary_file_is_private_until_commit(tmp_path, append):
+    partial = tmp_path / ".disk.partial"
+    partial.write_bytes(b"kept by an older run")
+    partial.chmod(0o644)
+    old_umask = os.umask(0o022)
+    try:
+        out = AtomicFile(str(tmp_path / "disk.raw"), temp_path=str(partial), append=append)
+        out.write(b"more")
+        out.file.flush()
+        assert os.stat(partial).st_mode & 0o777 == 0o600
+        out.commit()
+    finally:
+        os.umask(old_umask)
+    # Without a requested mode a new file still gets the umask-derived one at commit.
+    assert os.stat(tmp_path / "disk.raw").st_mode & 0o777 == 0o644
+    assert (tmp_path / "disk.raw").read_bytes() == (b"kept by an older run" if append else b"") + b"more"
