@@ -54,7 +54,7 @@ class BootSetupError(RuntimeError):
 
 
 def _run(command: list[str], **kwargs: t.Any) -> subprocess.CompletedProcess:
-    proc = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    proc = subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)
     if proc.returncode != 0:
         raise BootSetupError("%s failed (rc=%d): %s" % (shlex.join(command), proc.returncode, proc.stderr.strip()))
     return proc
@@ -137,6 +137,7 @@ def _cpio(staging: str, members: list[str]) -> bytes:
         input=("\n".join(members) + "\n").encode(),
         cwd=staging,
         capture_output=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise BootSetupError("cpio failed: %s" % proc.stderr.decode(errors="replace").strip())
@@ -157,7 +158,7 @@ def make_rootfs(path: str, files: t.Mapping[str, bytes], size: str = "8M", label
 
 def read_ext4_file(image: str, path: str) -> bytes:
     """Content of `path` inside the ext4 file system in `image` (raw), read with debugfs."""
-    proc = subprocess.run(["debugfs", "-R", "cat %s" % path, image], capture_output=True)
+    proc = subprocess.run(["debugfs", "-R", "cat %s" % path, image], capture_output=True, check=False)
     if proc.returncode != 0 or b"File not found" in proc.stderr:
         raise AssertionError(
             "debugfs could not read %s from %s: %s" % (path, image, proc.stderr.decode(errors="replace"))
@@ -205,11 +206,11 @@ def _run_qemu(arguments: list[str], timeout: float, workdir: str) -> BootResult:
     started = time.monotonic()
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        output, _ = proc.communicate(timeout=timeout)
+        output, _errors = proc.communicate(timeout=timeout)
         returncode: int | None = proc.returncode
     except subprocess.TimeoutExpired:
         proc.kill()
-        output, _ = proc.communicate()
+        output, _errors = proc.communicate()
         returncode = None
     seconds = time.monotonic() - started
     console = ""

@@ -88,7 +88,7 @@ class SshServer:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError("sshd exited (rc=%s): %s" % (self.process.returncode, self.read_log()))
-            proc = subprocess.run(self.ssh_command("true"), capture_output=True, timeout=30)
+            proc = subprocess.run(self.ssh_command("true"), capture_output=True, timeout=30, check=False)
             if proc.returncode == 0:
                 return
             time.sleep(0.2)
@@ -154,6 +154,7 @@ class SshServer:
             ],
             capture_output=True,
             timeout=30,
+            check=False,
         )
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

@@ -59,9 +59,9 @@ def test_user_guide_plays_work_as_written(ansible, registry_tls, registry_token,
         playbook.write_text(plays[name])
         rc, document, stderr = ansible.playbook(str(playbook), extra_vars=variables)
         results = task_results(document)
-        assert rc == 0, (name, stderr, [result.get("msg") for _, _, result in results])
-        assert results and not any(result.get("failed") for _, _, result in results), (name, results)
-        for _, _, result in results:
+        assert rc == 0, (name, stderr, [result.get("msg") for _task, _host, result in results])
+        assert results and not any(result.get("failed") for _task, _host, result in results), (name, results)
+        for _task, _host, result in results:
             if result.get("digest"):
                 digests.add(result["digest"])
         assert registry_tls.password not in json.dumps(document) + stderr

@@ -95,7 +95,7 @@ def test_provision_bad_hypervisor_input(ansible, layout_image, tmp_path):
             }
         },
     )
-    rc, document, _ = ansible.playbook(PROVISION, inventory=inventory)
+    rc, document, _stderr = ansible.playbook(PROVISION, inventory=inventory)
     assert rc != 0
     failures = failures_by_host(document)
     assert "value of provision_disk_format must be one of: raw, qcow2, got: vmdk" in failures["bad-format"][1]
@@ -112,9 +112,11 @@ def test_provision_unknown_platform(ansible, layout_image, tmp_path):
         {"provision_name": layout_image.name, "provision_layout": layout_image.layout},
     )
     # Extra vars beat the platform the playbook sets for the group.
-    rc, document, _ = ansible.playbook(PROVISION, inventory=inventory, extra_vars={"provision_platform": "cloud"})
+    rc, document, _stderr = ansible.playbook(PROVISION, inventory=inventory, extra_vars={"provision_platform": "cloud"})
     assert rc != 0
-    ((_, text),) = failures_by_host(document).values()
+    failures = list(failures_by_host(document).values())
+    assert len(failures) == 1, failures
+    text = failures[0][1]
     assert "value of provision_platform must be one of: baremetal, virtualization, got: cloud" in text
     assert_nothing_changed(document, str(boot_dir))
 
@@ -153,7 +155,7 @@ def test_build_missing_artifacts_listed_in_one_message(ansible, tmp_path):
             }
         },
     )
-    rc, document, _ = ansible.playbook(BUILD, inventory=inventory)
+    rc, document, _stderr = ansible.playbook(BUILD, inventory=inventory)
     assert rc != 0
     failures = failures_by_host(document)
     assert failures["missing-files"] == (

@@ -75,8 +75,8 @@ def test_built_pushed_provisioned_image_boots(
 
     rc, built, stderr = ansible.playbook(BUILD, inventory=inventory)
     assert rc == 0, (built, stderr)
-    (build_result,) = [r for task, _, r in outcomes(built)["changed"] if task == "Build the image into the layout"]
-    (push_result,) = [r for task, _, r in outcomes(built)["changed"] if task == "Push the image to the registry"]
+    (build_result,) = [r for task, _host, r in outcomes(built)["changed"] if task == "Build the image into the layout"]
+    (push_result,) = [r for task, _host, r in outcomes(built)["changed"] if task == "Push the image to the registry"]
     digest = build_result["digest"]
     assert push_result["digest"] == digest
     # An independent client reads the pushed index back, byte for byte.

@@ -48,7 +48,7 @@ def test_local_example_from_the_checkout_as_documented(tmp_path):
 
     run_playbook([*inventory, "playbooks/build.yml", *overrides], cwd=REPO)
     first = run_playbook([*inventory, "playbooks/provision.yml", *overrides], cwd=REPO)
-    assert {host for _, host, _ in outcomes(first)["changed"]} == {"pxe-server", "hypervisor"}
+    assert {host for _task, host, _result in outcomes(first)["changed"]} == {"pxe-server", "hypervisor"}
     image_dir = tmp_path / "boot" / "sample-1.0"
     assert sorted(n for n in os.listdir(image_dir) if not n.startswith(".")) == [
         "boot.ipxe",
@@ -95,9 +95,9 @@ def test_installed_collection_playbooks_by_name(installed_collections, tmp_path)
     env = {"ANSIBLE_COLLECTIONS_PATH": installed_collections, "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false"}
     built = run_playbook(["-i", inventory, "ironcore.image.build"], cwd=str(tmp_path), **env)
     # Nothing else could have provided the roles: no ansible.cfg here, one path on ANSIBLE_COLLECTIONS_PATH.
-    assert [host for task, host, _ in outcomes(built)["changed"] if task == "Build the image into the layout"] == [
-        "builder"
-    ]
+    assert [
+        host for task, host, _result in outcomes(built)["changed"] if task == "Build the image into the layout"
+    ] == ["builder"]
     run_playbook(["-i", inventory, "ironcore.image.provision"], cwd=str(tmp_path), **env)
     assert (tmp_path / "pool" / "by-name-3.raw").read_bytes() == rootfs.read_bytes()
 

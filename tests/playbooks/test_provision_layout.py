@@ -94,7 +94,7 @@ def test_provision_from_layout(ansible, sshd, loop_device, tmp_path):
     assert rc == 0, (document, stderr)
     assert sshd.commands_run() > commands_before, "the baremetal node was not reached over SSH"
     assert not boot_dir.exists() and not pool.exists() and not cache.exists()
-    assert {task for task, _, _ in outcomes(document)["changed"]} >= {"Fetch the image's files"}
+    assert {task for task, _host, _result in outcomes(document)["changed"]} >= {"Fetch the image's files"}
 
     rc, document, stderr = ansible.playbook(PROVISION, inventory=inventory)
     assert rc == 0, (document, stderr)
@@ -120,7 +120,7 @@ def test_provision_from_layout(ansible, sshd, loop_device, tmp_path):
         check=False,
     )
     assert compare.returncode == 0, "the qcow2 disk does not hold the rootfs"
-    changed = {(task, host) for task, host, _ in outcomes(document)["changed"]}
+    changed = {(task, host) for task, host, _result in outcomes(document)["changed"]}
     assert ("Refresh the pool so libvirt sees the new disk image", "hv") in changed
     rootfs_size = os.path.getsize(artifact["rootfs"])
     if loop_device:
@@ -130,7 +130,7 @@ def test_provision_from_layout(ansible, sshd, loop_device, tmp_path):
     rc, document, stderr = ansible.playbook(PROVISION, inventory=inventory)
     assert rc == 0, (document, stderr)
     assert outcomes(document)["changed"] == [], outcomes(document)["changed"]
-    skipped = {(task, host) for task, host, _ in outcomes(document)["skipped"]}
+    skipped = {(task, host) for task, host, _result in outcomes(document)["skipped"]}
     assert ("Convert the rootfs with qemu-img", "hv") in skipped
     if loop_device:
         assert ("Copy the rootfs onto the device", "pxe") in skipped
@@ -140,7 +140,7 @@ def test_provision_from_layout(ansible, sshd, loop_device, tmp_path):
     assert new_digest != digest
     rc, document, stderr = ansible.playbook(PROVISION, inventory=inventory)
     assert rc == 0, (document, stderr)
-    changed = {(task, host) for task, host, _ in outcomes(document)["changed"]}
+    changed = {(task, host) for task, host, _result in outcomes(document)["changed"]}
     assert ("Convert the rootfs with qemu-img", "hv") in changed
     assert (image_dir / "rootfs").read_bytes() == open(new_artifact["rootfs"], "rb").read()
     assert (
