@@ -19,6 +19,7 @@ import os
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient, RegistryError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import declared_media_type
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -30,7 +31,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     InvalidReference,
     platform_refs,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._registry import RegistryClient, RegistryError
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
     InvalidRegistryOptions,
     registry_options,

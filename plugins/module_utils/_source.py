@@ -173,7 +173,7 @@ class RegistrySource:
 
     def __init__(self, ref: ImageReference, params: t.Mapping[str, t.Any]):
         # Imported here so that reading a local layout needs no HTTP library.
-        from ansible_collections.ironcore.image.plugins.module_utils._registry import RegistryClient, RegistryError
+        from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient, RegistryError
         from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
             InvalidRegistryOptions,
             registry_options,
