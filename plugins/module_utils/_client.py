@@ -668,7 +668,7 @@ class RegistryClient:
             return "the registry does not know repository %s" % repository
         if not tags:
             return "repository %s has no tags" % repository
-        shown = ", ".join(tags[:TAG_HINT_COUNT])
+        shown = ", ".join(sorted(tags)[:TAG_HINT_COUNT])
         return "repository %s has tags: %s%s" % (repository, shown, ", ..." if len(tags) > TAG_HINT_COUNT else "")
 
     def head_manifest(self, repository: str, reference: str) -> dict[str, t.Any] | None:

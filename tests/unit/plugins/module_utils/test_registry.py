@@ -297,3 +297,76 @@ def test_token_realm_checks():
         auth.check_token_realm("http://auth.example/token", False, "r.example", "x")
     with pytest.raises(errors.RegistryError, match="not an http"):
         auth.check_token_realm("/token", False, "r.example", "x")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"credsStore": "x/pwn"},
+        {"credHelpers": {"r.example": "x/pwn"}},
+        {"credHelpers": {"other.example": "../x/pwn"}},
+        {"credsStore": "-x"},
+        {"credsStore": ["x"]},
+    ],
+)
+def test_credential_helpers_that_are_not_plain_names_never_run(tmp_path, monkeypatch, config):
+    # What `credsStore: "x/pwn"` used to run: ./docker-credential-x/pwn from the working directory.
+    marker = tmp_path / "ran"
+    for name in ("docker-credential-x/pwn", "docker-credential--x"):
+        planted = tmp_path / name
+        planted.parent.mkdir(parents=True, exist_ok=True)
+        planted.write_text("#!/bin/sh\ntouch %s\necho '{\"Username\":\"u\",\"Secret\":\"s\"}'\n" % marker)
+        planted.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path) + os.pathsep + os.environ["PATH"])
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(errors.RegistryError) as refused:
+        auth.load_credentials("r.example", RegistryOptions(docker_config=str(path)))
+    assert refused.value.code == "CREDENTIAL_HELPER_INVALID" and refused.value.option == "docker_config"
+    assert "not a plain program name" in str(refused.value) and "\n" not in str(refused.value)
+    assert not marker.exists()
+
+
+def test_a_missing_docker_config_given_by_the_user_is_named(tmp_path):
+    missing = str(tmp_path / "nope" / "config.json")
+    given = auth.load_credentials("r.example", RegistryOptions(docker_config=missing, docker_config_given=True))
+    assert not given.present and given.missing == "docker_config %s does not exist" % missing
+    error = auth.no_credentials_error("reading r.example/os/x:1", "r.example", given)
+    assert str(error) == (
+        "reading r.example/os/x:1 failed: registry r.example requires authentication; docker_config %s does not"
+        " exist; give username and password, or credentials for it in docker_config" % missing
+    )
+    # The default location may well be absent: that says nothing.
+    default = auth.load_credentials("r.example", RegistryOptions(docker_config=missing))
+    assert default.missing is None
+    assert registry_options({"docker_config": missing}).docker_config_given is True
+    assert registry_options({}).docker_config_given is False
+
+
+def test_a_credential_helper_not_on_path_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"credsStore": "desktop", "auths": {"inline.example": {"auth": _b64("a:b")}}}))
+    creds = auth.load_credentials("r.example", RegistryOptions(docker_config=str(path)))
+    assert not creds.present
+    message = str(auth.no_credentials_error("pushing", "r.example", creds))
+    assert "docker-credential-desktop not found on PATH" in message and "install it" in message
+    # Inline credentials for the host answer before the helper would be asked.
+    assert auth.load_credentials("inline.example", RegistryOptions(docker_config=str(path))).basic == _b64("a:b")
+
+
+@pytest.mark.parametrize("text", ["https://r.example/os/x:1", "http://127.0.0.1:5000/os/x", "HTTPS://r.example/os/x"])
+def test_a_scheme_in_a_reference_is_refused_with_advice(text):
+    from ansible_collections.ironcore.image.plugins.module_utils._model import ImageReference, InvalidReference
+
+    with pytest.raises(InvalidReference) as refused:
+        ImageReference.parse(text)
+    assert "drop the scheme" in str(refused.value) and "HTTPS is the default" in str(refused.value)
+    assert repr(text.partition("://")[2]) in str(refused.value)
+
+
+def test_image_error_carries_retryable_and_option():
+    error = errors.RegistryError("a\nb", status=503, code="UNAVAILABLE", retryable=True, option="timeout")
+    assert isinstance(error, errors.ImageError)
+    assert (str(error), error.retryable, error.option, error.status) == ("a b", True, "timeout", 503)
