@@ -315,7 +315,7 @@ def test_credential_helpers_that_are_not_plain_names_never_run(tmp_path, monkeyp
     for name in ("docker-credential-x/pwn", "docker-credential--x"):
         planted = tmp_path / name
         planted.parent.mkdir(parents=True, exist_ok=True)
-        planted.write_text("#!/bin/sh\ntouch %s\necho '{\"Username\":\"u\",\"Secret\":\"s\"}'\n" % marker)
+        planted.write_text('#!/bin/sh\ntouch %s\necho \'{"Username":"u","Secret":"s"}\'\n' % marker)
         planted.chmod(0o755)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path) + os.pathsep + os.environ["PATH"])
