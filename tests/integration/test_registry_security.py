@@ -292,3 +292,54 @@ def test_missing_credentials_say_why(registry_tls, tmp_path, monkeypatch):
     with pytest.raises(RegistryError) as helper:
         client_for(registry_tls, username=None, password=None, docker_config=str(config)).ping()
     assert "docker-credential-desktop not found on PATH" in str(helper.value)
+
+
+def test_fetch_through_a_redirecting_registry(ansible, registry_tls, fault_proxy, scripted, tmp_path):
+    """The module's view: S3-style redirects work, a storage host that asks for credentials gets none."""
+    from helpers.images import build_ours, skopeo_push
+    from helpers.tasks import run_tasks
+
+    layout = str(tmp_path / "layout")
+    files = build_ours(layout, "os/redirected:1.0", tmp_path)
+    repository = "security/redirected"
+    skopeo_push(
+        layout, "os/redirected:1.0", "%s/%s:1.0" % (registry_tls.host, repository), registry_tls.skopeo_flags("dest-")
+    )
+    realm = scripted(lambda request: (200, {}, b'{"token": "stolen"}'), registry_tls.pki)
+
+    def serve(request):
+        digest = request.path.rsplit("/", 1)[1]
+        with open(blob_data_path(registry_tls.storage, digest), "rb") as stream:
+            return 200, {"Content-Type": "application/octet-stream"}, stream.read()
+
+    signed = scripted(serve, registry_tls.pki)
+    challenging = scripted(
+        lambda request: (401, {"Www-Authenticate": 'Bearer realm="%s/token"' % realm.base_url}, b""), registry_tls.pki
+    )
+    proxies = []
+    for storage in (signed, challenging):
+        proxy = fault_proxy(registry_tls)
+        proxy.add("redirect", method="GET", path="/blobs/sha256:", location=storage.base_url, times=-1)
+        proxies.append(proxy)
+    tasks = [
+        (
+            "ironcore.image.ironcore_image_fetch",
+            dict(
+                registry_tls.registry_args,
+                name="%s/%s:1.0" % (proxy.host, repository),
+                platform="baremetal",
+                architecture="arm64",
+                dest=str(tmp_path / name),
+                retries=0,
+            ),
+        )
+        for proxy, name in zip(proxies, ("signed", "challenging"))
+    ]
+    fetched, refused = run_tasks(ansible, str(tmp_path), tasks)
+    assert fetched["changed"] is True and fetched.get("failed") is not True, fetched
+    assert (tmp_path / "signed" / "rootfs").read_bytes() == files[("arm64", "rootfs")]
+    assert refused["failed"] is True and "\n" not in refused["msg"]
+    assert "%s asks for credentials" % challenging.base_url in refused["msg"], refused["msg"]
+    assert signed.requests and challenging.requests and realm.requests == []
+    assert not leaked(signed.requests) and not leaked(challenging.requests)
+    assert PASSWORD not in json.dumps([fetched, refused])
