@@ -22,6 +22,10 @@ options:
       - Docker C(config.json) to read credentials from when O(username) is not given, including
         C(credsStore) and C(credHelpers) credential helpers.
       - Defaults to C($DOCKER_CONFIG/config.json), else C(~/.docker/config.json). It is only read, never written.
+      - When the registry asks for credentials and there are none, the error says why (a O(docker_config)
+        given here that does not exist, a C(docker-credential-*) helper that is not on C(PATH)).
+      - Credential helper names must be plain program names (letters, digits, C(.), C(_), C(-)); a
+        config naming anything else, such as a path, is refused.
     type: path
   validate_certs:
     description:
@@ -41,14 +45,17 @@ options:
     description:
       - Seconds to wait for a connection, and for each read or write to make progress, before treating the
         request as failed (and retrying it).
+      - With the defaults of O(timeout) and O(retries), a registry that accepts connections but never
+        answers fails within about two minutes.
     type: float
-    default: 60
+    default: 20
   retries:
     description:
       - How many times a failed request is retried on a connection error, a timeout, or a registry answer of
         429, 500, 502, 503 or 504, with exponential backoff (honouring C(Retry-After)).
+      - Each retry is reported as a warning naming the operation, the attempt and the reason.
     type: int
-    default: 5
+    default: 4
   concurrency:
     description:
       - How many blobs are transferred in parallel.

@@ -285,10 +285,15 @@ def _check_pin(params: t.Mapping[str, t.Any], resolved_digest: str, describe: st
         )
 
 
-def fetch_image(params: t.Mapping[str, t.Any], check_mode: bool, apply_attributes: ApplyAttributes) -> dict[str, t.Any]:
-    """Resolve, select, deliver; the module's one call."""
+def fetch_image(
+    params: t.Mapping[str, t.Any],
+    check_mode: bool,
+    apply_attributes: ApplyAttributes,
+    on_retry: t.Callable[[str], None] | None = None,
+) -> dict[str, t.Any]:
+    """Resolve, select, deliver; the module's one call (`on_retry` is told of every retried request)."""
     try:
-        return _fetch(params, check_mode, apply_attributes)
+        return _fetch(params, check_mode, apply_attributes, on_retry)
     except (SourceError, SelectionError, DeliveryError) as exc:
         raise FetchError(str(exc)) from None
     except OSError as exc:
@@ -297,7 +302,12 @@ def fetch_image(params: t.Mapping[str, t.Any], check_mode: bool, apply_attribute
         raise FetchError("the image is malformed: %s" % one_line(exc)) from None
 
 
-def _fetch(params: t.Mapping[str, t.Any], check_mode: bool, apply_attributes: ApplyAttributes) -> dict[str, t.Any]:
+def _fetch(
+    params: t.Mapping[str, t.Any],
+    check_mode: bool,
+    apply_attributes: ApplyAttributes,
+    on_retry: t.Callable[[str], None] | None,
+) -> dict[str, t.Any]:
     names = check_filenames(params.get("filenames"))
     architecture = node_architecture(params["architecture"])
     platform = params["platform"]
@@ -305,7 +315,7 @@ def _fetch(params: t.Mapping[str, t.Any], check_mode: bool, apply_attributes: Ap
     if os.path.exists(dest) and not os.path.isdir(dest):
         raise FetchError("dest %s exists and is not a directory" % dest)
 
-    source = open_source(params)
+    source = open_source(params, on_retry)
     image = resolve_image(source)
     _check_pin(params, image.digest, source.describe())
     chosen = select_manifest(source, image, platform, architecture)
@@ -352,6 +362,8 @@ def _fetch(params: t.Mapping[str, t.Any], check_mode: bool, apply_attributes: Ap
         result["bytes_downloaded"] = sum(plan.delivered.bytes_downloaded for plan in plans if plan.delivered)
     result["files"] = {plan.layer.role: _file_result(plan) for plan in plans}
     result["changed"] = any(plan.changed for plan in plans)
+    # A layout source has no requests to retry.
+    result["retries"] = int(getattr(source, "retries", 0))
     return result
 
 

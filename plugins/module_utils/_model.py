@@ -146,6 +146,11 @@ class ImageReference:
     def parse(cls, text: str, default_tag: str | None = "latest") -> ImageReference:
         if not isinstance(text, str) or not text:
             raise InvalidReference("an image reference must be a non-empty string")
+        scheme, separator, rest = text.partition("://")
+        if separator and scheme.lower() in ("http", "https"):
+            raise InvalidReference(
+                "%r: drop the scheme and write %r; HTTPS is the default (plain_http=true for plain HTTP)" % (text, rest)
+            )
         match = _REFERENCE_RE.match(text)
         if not match:
             raise InvalidReference(

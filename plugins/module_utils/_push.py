@@ -19,6 +19,7 @@ import os
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient, RegistryError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import declared_media_type
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -30,7 +31,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     InvalidReference,
     platform_refs,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._registry import RegistryClient, RegistryError
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
     InvalidRegistryOptions,
     registry_options,
@@ -303,8 +303,13 @@ class _Pusher:
         self.client.put_manifest(self.repository, reference, document.data, document.media_type, what=what)
 
 
-def push_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.Any]:
-    """The module's one call: plan from the layout, compare with the registry, send what differs."""
+def push_image(
+    params: t.Mapping[str, t.Any], check_mode: bool, on_retry: t.Callable[[str], None] | None = None
+) -> dict[str, t.Any]:
+    """The module's one call: plan from the layout, compare with the registry, send what differs.
+
+    `on_retry` is told of every retried request (the module passes module.warn).
+    """
     plan = plan_push(params)
     try:
         options = registry_options(params)
@@ -315,7 +320,7 @@ def push_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.A
     destination = plan.destination
     main = plan.tags[str(destination.tag)]
     try:
-        client = RegistryClient(destination.registry, options)
+        client = RegistryClient(destination.registry, options, on_retry)
         client.ping()
         pusher = _Pusher(client, plan, OciLayout(params["layout"]), params, check_mode)
         before = pusher.remote_tags()
@@ -333,6 +338,7 @@ def push_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.A
         "digest": main.digest,
         "tags": moved,
         "blobs": report.as_dict(),
+        "retries": client.retries,
         "diff": {
             "before": {tag: before[tag] for tag in moved},
             "after": {tag: plan.tags[tag].digest for tag in moved},

@@ -23,8 +23,8 @@ REGISTRY_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
     "validate_certs": {"type": "bool", "default": True},
     "ca_cert": {"type": "path"},
     "plain_http": {"type": "bool", "default": False},
-    "timeout": {"type": "float", "default": 60.0},
-    "retries": {"type": "int", "default": 5},
+    "timeout": {"type": "float", "default": 20.0},
+    "retries": {"type": "int", "default": 4},
     "concurrency": {"type": "int", "default": 4},
 }
 
@@ -45,9 +45,11 @@ class RegistryOptions:
     validate_certs: bool = True
     ca_cert: str | None = None
     plain_http: bool = False
-    timeout: float = 60.0
-    retries: int = 5
+    timeout: float = 20.0
+    retries: int = 4
     concurrency: int = 4
+    # Whether the user named docker_config (rather than the default location).
+    docker_config_given: bool = False
 
     def __repr__(self) -> str:
         # Never let the password reach a log line or a traceback.
@@ -68,8 +70,8 @@ def default_docker_config() -> str:
 
 def registry_options(params: t.Mapping[str, t.Any]) -> RegistryOptions:
     """The shared options out of a module's params, checked and with defaults filled in."""
-    timeout = float(params.get("timeout") if params.get("timeout") is not None else 60.0)
-    retries = int(params.get("retries") if params.get("retries") is not None else 5)
+    timeout = float(params.get("timeout") if params.get("timeout") is not None else 20.0)
+    retries = int(params.get("retries") if params.get("retries") is not None else 4)
     concurrency = int(params.get("concurrency") if params.get("concurrency") is not None else 4)
     if timeout <= 0:
         raise InvalidRegistryOptions("timeout must be a positive number of seconds, got %s" % timeout)
@@ -84,6 +86,7 @@ def registry_options(params: t.Mapping[str, t.Any]) -> RegistryOptions:
         username=params.get("username") or None,
         password=params.get("password") or None,
         docker_config=params.get("docker_config") or default_docker_config(),
+        docker_config_given=bool(params.get("docker_config")),
         validate_certs=params.get("validate_certs", True) is not False,
         ca_cert=ca_cert,
         plain_http=bool(params.get("plain_http")),

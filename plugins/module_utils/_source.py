@@ -171,9 +171,14 @@ class LayoutSource:
 class RegistrySource:
     """An image in an OCI registry, through the collection's registry client."""
 
-    def __init__(self, ref: ImageReference, params: t.Mapping[str, t.Any]):
+    def __init__(
+        self,
+        ref: ImageReference,
+        params: t.Mapping[str, t.Any],
+        on_retry: t.Callable[[str], None] | None = None,
+    ):
         # Imported here so that reading a local layout needs no HTTP library.
-        from ansible_collections.ironcore.image.plugins.module_utils._registry import RegistryClient, RegistryError
+        from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient, RegistryError
         from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
             InvalidRegistryOptions,
             registry_options,
@@ -189,12 +194,17 @@ class RegistrySource:
         self._error_type = RegistryError
         try:
             # Reads docker_config (and runs credential helpers) already.
-            self.client = RegistryClient(ref.registry, options)
+            self.client = RegistryClient(ref.registry, options, on_retry)
         except RegistryError as exc:
             raise SourceError(str(exc)) from None
 
     def describe(self) -> str:
         return str(self.ref)
+
+    @property
+    def retries(self) -> int:
+        """How many requests the client retried so far."""
+        return int(self.client.retries)
 
     def _call(self, action: t.Callable[[], t.Any]) -> t.Any:
         try:
@@ -268,15 +278,18 @@ def image_argument_spec(platform_required: bool) -> dict[str, dict[str, t.Any]]:
     return spec
 
 
-def open_source(params: t.Mapping[str, t.Any]) -> Source:
-    """The source the module parameters name: `layout` when given, else the registry of `name`."""
+def open_source(params: t.Mapping[str, t.Any], on_retry: t.Callable[[str], None] | None = None) -> Source:
+    """The source the module parameters name: `layout` when given, else the registry of `name`.
+
+    `on_retry` is told of every retried registry request (modules pass module.warn).
+    """
     try:
         ref = ImageReference.parse(params["name"])
     except InvalidReference as exc:
         raise SourceError("name: %s" % exc) from None
     if params.get("layout"):
         return LayoutSource(params["layout"], ref, params["name"])
-    return RegistrySource(ref, params)
+    return RegistrySource(ref, params, on_retry)
 
 
 @dataclass

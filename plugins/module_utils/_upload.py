@@ -18,7 +18,7 @@ import re
 import threading
 import typing as t
 
-from ansible_collections.ironcore.image.plugins.module_utils._registry import (
+from ansible_collections.ironcore.image.plugins.module_utils._client import (
     RegistryClient,
     RegistryError,
     UploadSession,
@@ -112,7 +112,7 @@ class _BlobUpload:
                 session = None
                 if not (exc.retryable or exc.code in _RESTARTABLE_CODES) or attempt >= self.client.options.retries:
                     raise
-                self.client.wait_before_retry(attempt)
+                self.client.wait_before_retry(attempt, self.what, _reason(exc))
                 attempt += 1
                 # The answer may have been lost after the registry stored the blob.
                 if self.client.head_blob(self.repository, self.digest, actions=("pull", "push")) == self.size:
@@ -161,7 +161,7 @@ class _BlobUpload:
                 # A PATCH is not blindly resendable: ask what arrived, go on from there.
                 if not exc.retryable or resumes >= self.client.options.retries:
                     raise
-                self.client.wait_before_retry(resumes)
+                self.client.wait_before_retry(resumes, self.what, _reason(exc))
                 resumes += 1
                 try:
                     location, offset = upload_status(self.client, self.repository, location, self.what)
@@ -175,6 +175,12 @@ class _BlobUpload:
             location = self.client.absolute(response.headers.get("Location") or location)
             offset = received_bytes(response.headers.get("Range"), offset + length)
         self.send(location, "PUT", None, digest=True).close()
+
+
+def _reason(error: RegistryError) -> str:
+    """Why a request failed, without the "<what> failed: " its message starts with."""
+    text = str(error)
+    return text.partition(" failed: ")[2] or text
 
 
 def received_bytes(range_header: str | None, default: int) -> int:

@@ -207,6 +207,14 @@ bytes_downloaded:
   description: Bytes received from the source in this run (0 in check mode).
   returned: always
   type: int
+retries:
+  description:
+    - How many registry requests were retried (after a connection error, a timeout or an answer of 429 or 5xx).
+    - Always 0 with O(layout).
+    - Each retry is also reported as a warning naming the operation, the attempt and the reason.
+  returned: always
+  type: int
+  sample: 0
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -240,7 +248,7 @@ def main() -> None:
         )
 
     try:
-        result = fetch_image(module.params, module.check_mode, apply_attributes)
+        result = fetch_image(module.params, module.check_mode, apply_attributes, module.warn)
     except FetchError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)

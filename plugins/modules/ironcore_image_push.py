@@ -134,6 +134,13 @@ blobs:
     mounted:
       description: Blobs mounted from a repository of O(mount_from).
       type: int
+retries:
+  description:
+    - How many registry requests were retried (after a connection error, a timeout or an answer of 429 or 5xx).
+    - Each retry is also reported as a warning naming the operation, the attempt and the reason.
+  returned: always
+  type: int
+  sample: 0
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -161,7 +168,7 @@ def main() -> None:
     )
     require(module, "requests", "oras")
     try:
-        result = push_image(module.params, module.check_mode)
+        result = push_image(module.params, module.check_mode, module.warn)
     except PushError as exc:
         module.fail_json(msg=str(exc))
     if not module._diff:

@@ -400,17 +400,18 @@ def blob_data_path(storage: str, digest: str) -> str:
 
 # ---- fault proxy ----------------------------------------------------------
 
-FAULT_ACTIONS = ("status", "reset", "stall", "reset_response")
+FAULT_ACTIONS = ("status", "reset", "stall", "reset_response", "redirect")
 
 
 @dataclass
 class Fault:
-    """Break matching requests: answer `status`, reset, stall, or reset the response midway.
+    """Break matching requests: answer `status`, reset, stall, reset the response midway, or redirect.
 
     `reset` forwards `after_bytes` of the request body, then resets both
     connections; `reset_response` forwards the request and `after_bytes` of
     the answer, then resets. `times` matching requests are broken (-1: all),
-    after letting `skip` matching requests through.
+    after letting `skip` matching requests through. `redirect` answers
+    `status` (307 unless given otherwise) with `Location: <location><path>`.
     """
 
     action: str
@@ -421,6 +422,7 @@ class Fault:
     skip: int = 0
     after_bytes: int = 0
     seconds: float = 60.0
+    location: str = ""
     hits: int = 0
     seen: int = 0
 
@@ -597,6 +599,17 @@ class FaultProxy:
                 self._answer(client, fault.status)
                 client.close()
                 return
+            if fault is not None and fault.action == "redirect":
+                self._drain(client, rest, int(headers.get("content-length", "0") or 0))
+                status = fault.status if fault.status in (301, 302, 303, 307, 308) else 307
+                client.sendall(
+                    (
+                        "HTTP/1.1 %d Redirect\r\nLocation: %s%s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        % (status, fault.location, path)
+                    ).encode("latin-1")
+                )
+                client.close()
+                return
             if fault is not None and fault.action == "stall":
                 self.stopping.wait(fault.seconds)
                 _reset(client)
@@ -709,3 +722,105 @@ class FaultProxy:
             data = data[len(piece) :]
         _reset(client)
         _reset(upstream)
+
+
+# ---- scripted servers -------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    """One request a ScriptedServer received (header names lower-case)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+Answer = t.Tuple[int, t.Dict[str, str], t.Union[bytes, t.Iterable[bytes]]]
+
+
+def endless(block: bytes = b"x" * 65536, limit: int = 1024 * 1024 * 1024) -> t.Iterator[bytes]:
+    """A body that does not end for any sane client (stops at `limit` so a broken client cannot hang a test)."""
+    sent = 0
+    while sent < limit:
+        yield block
+        sent += len(block)
+
+
+class ScriptedServer:
+    """A small hostile (or helpful) HTTP(S) server on 127.0.0.1: `answer(request)` decides, every request is kept.
+
+    An iterable body is sent without Content-Length until it ends or the
+    client goes away; `sent` counts the body bytes written.
+    """
+
+    def __init__(self, answer: t.Callable[[Recorded], Answer], pki: TestPki | None = None):
+        self.answer = answer
+        self.requests: list[Recorded] = []
+        self.sent = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def handle_one_request(self) -> None:
+                try:
+                    super().handle_one_request()
+                except (ConnectionError, ssl.SSLError, TimeoutError):
+                    self.close_connection = True
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                request = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                server.requests.append(request)
+                status, headers, payload = server.answer(request)
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                if isinstance(payload, bytes):
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
+                        server.sent += len(payload)
+                    return
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                for block in payload:
+                    self.wfile.write(block)
+                    server.sent += len(block)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+            def log_message(self, *args: t.Any) -> None:
+                pass
+
+        self.port = free_port()
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd.daemon_threads = True
+        if pki is not None:
+            self.httpd.socket = pki.server_context().wrap_socket(self.httpd.socket, server_side=True)
+        self.host = "127.0.0.1:%d" % self.port
+        self.base_url = "%s://%s" % ("https" if pki is not None else "http", self.host)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class BlackHole:
+    """A TCP listener that completes connections (the kernel's backlog) and never answers."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.host = "127.0.0.1:%d" % self.listener.getsockname()[1]
+
+    def stop(self) -> None:
+        self.listener.close()

@@ -11,8 +11,8 @@ import pytest
 from helpers.ansible import task_results
 from helpers.registry import PASSWORD, free_port
 
+from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
 from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
-from ansible_collections.ironcore.image.plugins.module_utils._registry import RegistryClient
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import registry_options
 
 BUILD = "ironcore.image.ironcore_image_build"

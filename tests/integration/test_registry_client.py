@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient, RegistryError
 from ansible_collections.ironcore.image.plugins.module_utils._model import OCI_INDEX, OCI_MANIFEST
-from ansible_collections.ironcore.image.plugins.module_utils._registry import RegistryClient, RegistryError
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import registry_options
 
 pytestmark = pytest.mark.integration
@@ -29,10 +29,11 @@ def digest_of(data: bytes) -> str:
 
 def put_blob(client: RegistryClient, repository: str, data: bytes) -> str:
     digest = digest_of(data)
-    _mounted, location = client.start_upload(repository)
+    session = client.open_upload(repository)
+    assert session is not None
     client.request(
         "PUT",
-        location,
+        session.location,
         what="test upload",
         repository=repository,
         actions=("pull", "push"),
@@ -92,9 +93,10 @@ def test_round_trip_index_with_exact_bytes(request, fixture):
     }
     assert client.head_manifest(repository, "2.0") is None
     assert client.list_tags(repository) == ["1.0"]
+    assert client.list_tags("client/never-pushed") is None
     with client.open_blob(repository, layer_digest, offset=13) as stream:
         assert stream.offset == 13 and b"".join(stream.iter_chunks(4096)) == layer[13:]
-    assert client.start_upload("client/mounted", mount=layer_digest, mount_from=repository) == (True, None)
+    assert client.open_upload("client/mounted", mount=layer_digest, mount_from=repository) is None
     assert client.head_blob("client/mounted", layer_digest) == len(layer)
     with pytest.raises(RegistryError) as missing:
         client.get_manifest(repository, "nope")
