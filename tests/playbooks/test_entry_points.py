@@ -72,9 +72,18 @@ def test_local_example_from_the_checkout_as_documented(tmp_path):
 
 
 def test_local_example_paths_are_printed_without_dot_dot():
+    message = json.dumps({"msg": "{{ example_artifacts_dir }} {{ example_output_dir }}"})
     proc = subprocess.run(
-        [tool("ansible"), "-i", "docs/examples/local/hosts.yml", "build-host", "-m", "ansible.builtin.debug"]
-        + ["-a", json.dumps({"msg": "{{ example_artifacts_dir }} {{ example_output_dir }}"})],
+        [
+            tool("ansible"),
+            "-i",
+            "docs/examples/local/hosts.yml",
+            "build-host",
+            "-m",
+            "ansible.builtin.debug",
+            "-a",
+            message,
+        ],
         cwd=REPO,
         env=clean_ansible_env(),
         capture_output=True,
