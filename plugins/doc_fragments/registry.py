@@ -49,12 +49,18 @@ options:
         429, 500, 502, 503 or 504, with exponential backoff (honouring C(Retry-After)).
     type: int
     default: 5
+requirements:
+  - oras >= 0.2.43
+  - requests >= 2.28
+"""
+
+    # For the modules that move blobs (push, fetch), not for those that only describe an image (info):
+    # extends_documentation_fragment: ironcore.image.registry.transfer
+    TRANSFER = r"""
+options:
   concurrency:
     description:
       - How many blobs are transferred in parallel.
     type: int
     default: 4
-requirements:
-  - oras >= 0.2.43
-  - requests >= 2.28
 """
