@@ -4,11 +4,13 @@ the virtualenv's Python, against a real registry."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
 import pytest
-from helpers.inventory import outcomes, write_inventory
+from helpers.ansible import TESTS
+from helpers.inventory import clean_ansible_env, local_host, outcomes, tool, write_inventory
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +95,34 @@ def test_prepared_node_runs_the_modules_from_its_virtualenv(ansible, registry_pl
     for role, content in contents.items():
         path = boot_dir / SLUG / role
         assert path.read_bytes() == content, role
+
+
+def test_installed_collection_reads_its_own_requirements(installed_collections, tmp_path):
+    """From a tarball install, by name, outside any checkout: the role finds meta/requirements.txt."""
+    venv = tmp_path / "venv"
+    inventory = write_inventory(
+        str(tmp_path / "hosts.yml"),
+        {"hypervisors": {"hv": local_host(node_venv=str(venv), prepare_python_interpreter="/usr/bin/python3")}},
+    )
+    env = clean_ansible_env(
+        ANSIBLE_COLLECTIONS_PATH=installed_collections,
+        ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
+        ANSIBLE_STDOUT_CALLBACK="results_json",
+        ANSIBLE_CALLBACK_PLUGINS=os.path.join(TESTS, "callback_plugins"),
+    )
+    proc = subprocess.run(
+        [tool("ansible-playbook"), "-i", inventory, "ironcore.image.prepare", "--check"],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    (said,) = [
+        r for task, _host, r in outcomes(json.loads(proc.stdout))["ok"] if task == "Say which interpreter to use"
+    ]
+    with open(os.path.join(REPO, "meta", "requirements.txt")) as stream:
+        wanted = [line.split("#")[0].strip() for line in stream if line.split("#")[0].strip()]
+    assert said["msg"] == "ansible_python_interpreter: %s/bin/python (with %s)" % (venv, ", ".join(wanted))
+    assert not venv.exists()
