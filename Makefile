@@ -76,7 +76,7 @@ $(DEMO_BIN)/.installed: requirements.txt meta/requirements.txt requirements-dev.
 	$(DEMO_BIN)/pip install -q -r requirements.txt "$$(grep -m1 '^ansible-core' requirements-dev.txt)"
 	touch $@
 
-demo-venv: $(DEMO_BIN)/.installed
+demo-venv: demo-deps $(DEMO_BIN)/.installed
 
 # Ansible and the unit tests find the collection through this link.
 collection:
