@@ -13,8 +13,14 @@ EE_TAG ?= ironcore-image-ee:latest
 CONTAINER_RUNTIME ?= podman
 
 # Debian packages the tests drive for real: registry, OCI client, emulator, sshd, ...
-APT_PACKAGES := docker-registry skopeo qemu-system-x86 qemu-utils openssh-server openssh-client \
+# (docker-registry's package also starts a registry service on :5000 where systemd runs.)
+APT_PACKAGES := python3-venv docker-registry skopeo qemu-system-x86 qemu-utils openssh-server openssh-client \
 	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync shellcheck libvirt-clients
+# What `make demo` needs and nothing more: no service is started, no port opened.
+DEMO_APT_PACKAGES := python3-venv skopeo
+# The demo's own light virtualenv: ansible-core and the modules' requirements, no test or lint tools.
+DEMO_VENV ?= $(BUILD)/demo-venv
+DEMO_BIN := $(DEMO_VENV)/bin
 
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_COLLECTIONS_SCAN_SYS_PATH := false
@@ -23,10 +29,10 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps venv collection demo test pytest lint sanity docs-lint docs galaxy changelog clean bench-build bench-push bench-fetch ee-context ee
+.PHONY: help system-deps demo-deps venv demo-venv collection demo test pytest lint sanity docs-lint docs galaxy changelog clean bench-build bench-push bench-fetch ee-context ee
 
 help:
-	@echo "make demo       build a sample two-platform image into a local OCI layout and show it"
+	@echo "make demo       build a sample two-platform image into a local OCI layout and show it (light install)"
 	@echo "make test       install everything and run every gate below, then every pytest test"
 	@echo "make lint       ruff (lint, format), yamllint, ansible-lint (profile production)"
 	@echo "make docs-lint  antsibull-docs on the plugin docs, antsibull-changelog, reference up to date"
@@ -36,16 +42,24 @@ help:
 	@echo "make ee         build the execution environment image for AWX (make ee-context: only its build context)"
 	@echo "make bench-build / bench-push / bench-fetch   against cp + sha256sum / skopeo / curl + sha256sum (not in make test)"
 
-system-deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+# $(call apt_install,PACKAGES): install those of PACKAGES that dpkg does not have.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	fi; \
-	if ! ls /var/lib/apt/lists/ 2>/dev/null | grep -q '_Packages'; then \
+	fi
+endef
+
+system-deps:
+	$(call apt_install,$(APT_PACKAGES))
+	@if ! ls /var/lib/apt/lists/ 2>/dev/null | grep -q '_Packages'; then \
 		echo "apt has no package lists (the boot test downloads a kernel package): apt-get update"; \
 		apt-get update -qq; \
 	fi
+
+demo-deps:
+	$(call apt_install,$(DEMO_APT_PACKAGES))
 
 $(BIN)/.installed: requirements.txt meta/requirements.txt requirements-dev.txt requirements-gates.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,15 +69,26 @@ $(BIN)/.installed: requirements.txt meta/requirements.txt requirements-dev.txt r
 
 venv: $(BIN)/.installed
 
+# ansible-core at the version requirements-dev.txt asks for (one place for it), and the modules' requirements.
+$(DEMO_BIN)/.installed: requirements.txt meta/requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_BIN)/pip install -q --upgrade pip
+	$(DEMO_BIN)/pip install -q -r requirements.txt "$$(grep -m1 '^ansible-core' requirements-dev.txt)"
+	touch $@
+
+demo-venv: demo-deps $(DEMO_BIN)/.installed
+
 # Ansible and the unit tests find the collection through this link.
 collection:
 	@mkdir -p $(dir $(COLLECTION_LINK))
 	@ln -sfn $(CURDIR) $(COLLECTION_LINK)
 
-demo: system-deps venv collection
-	$(BIN)/ansible-playbook -i localhost, -c local playbooks/demo.yml -e demo_dir=$(DEMO_DIR)
+# The demo runs from its own light virtualenv, whatever the full one holds.
+demo: export ANSIBLE_PYTHON_INTERPRETER := $(DEMO_BIN)/python
+demo: demo-deps demo-venv collection
+	$(DEMO_BIN)/ansible-playbook -i localhost, -c local playbooks/demo.yml -e demo_dir=$(DEMO_DIR)
 	@echo "--- skopeo inspect --raw oci:$(DEMO_DIR)/layout:demo.example.com/os/sample:1.0"
-	@skopeo inspect --raw oci:$(DEMO_DIR)/layout:demo.example.com/os/sample:1.0 | $(BIN)/python -m json.tool
+	@skopeo inspect --raw oci:$(DEMO_DIR)/layout:demo.example.com/os/sample:1.0 | $(DEMO_BIN)/python -m json.tool
 
 # The collection as a tarball of this checkout, then ansible-builder's context (no network needed).
 ee-context: venv collection

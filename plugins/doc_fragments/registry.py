@@ -56,12 +56,18 @@ options:
       - Each retry is reported as a warning naming the operation, the attempt and the reason.
     type: int
     default: 4
+requirements:
+  - oras >= 0.2.43
+  - requests >= 2.28
+"""
+
+    # For the modules that move blobs (push, fetch), not for those that only describe an image (info):
+    # extends_documentation_fragment: ironcore.image.registry.transfer
+    TRANSFER = r"""
+options:
   concurrency:
     description:
       - How many blobs are transferred in parallel.
     type: int
     default: 4
-requirements:
-  - oras >= 0.2.43
-  - requests >= 2.28
 """

@@ -6,17 +6,17 @@
 
 """Third-party imports, guarded in one place.
 
-Modules call require() right after creating AnsibleModule, so a missing
-library is one clear failure that says what to install.
+Modules call require() right after creating AnsibleModule, so missing
+libraries are one clear failure that names all of them and says where to
+get them.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 import traceback
 import typing as t
-
-from ansible.module_utils.basic import missing_required_lib
 
 # Library name -> (module to import, requirement to install when it is missing).
 _LIBRARIES = {
@@ -36,9 +36,21 @@ def import_error(library: str) -> str | None:
     return None
 
 
+def missing_message(requirements: t.Sequence[str], interpreter: str) -> str:
+    """One line: every missing requirement, the interpreter that lacks them, and how to get them."""
+    return (
+        "%s cannot import %s: install them for that Python, for example into a virtualenv made by the "
+        "ironcore.image.node role (playbooks/prepare.yml), and set ansible_python_interpreter to its "
+        "bin/python" % (interpreter, ", ".join(requirements))
+    )
+
+
 def require(module: t.Any, *libraries: str) -> None:
-    """Fail the module cleanly when a library it needs is missing."""
-    for library in libraries:
-        error = import_error(library)
-        if error is not None:
-            module.fail_json(msg=missing_required_lib(_LIBRARIES[library][1]), exception=error)
+    """Fail the module cleanly, once, naming every library it needs that is missing."""
+    errors = {library: import_error(library) for library in libraries}
+    missing = [library for library, error in errors.items() if error is not None]
+    if missing:
+        module.fail_json(
+            msg=missing_message([_LIBRARIES[library][1] for library in missing], sys.executable),
+            exception="\n".join(errors[library] or "" for library in missing),
+        )

@@ -34,12 +34,11 @@ description:
     (the state record, a lock file, and partial files of interrupted transfers).
 author:
   - IronCore image collection maintainers (@ironcore-dev)
-requirements:
-  - requests >= 2.28 (not needed with O(layout))
 extends_documentation_fragment:
   - ansible.builtin.files
   - ironcore.image.attributes
   - ironcore.image.registry
+  - ironcore.image.registry.transfer
 attributes:
   check_mode:
     support: full
@@ -103,6 +102,8 @@ options:
     type: bool
     default: false
 notes:
+  - With O(layout) the module reads the image from disk and needs neither of the requirements C(oras) and
+    C(requests).
   - O(concurrency) layers are downloaded in parallel; O(timeout) and O(retries) also apply to interrupted transfers,
     which are resumed from the last byte received.
   - Manifests, indexes and configs larger than 4 MiB are refused.

@@ -20,8 +20,6 @@ description:
   - Reads only; every manifest is checked against its digest and refused above 4 MiB.
 author:
   - IronCore image collection maintainers (@ironcore-dev)
-requirements:
-  - requests >= 2.28 (not needed with O(layout))
 extends_documentation_fragment:
   - ironcore.image.attributes
   - ironcore.image.registry
@@ -72,6 +70,8 @@ options:
     type: bool
     default: false
 notes:
+  - With O(layout) the module reads the image from disk and needs neither of the requirements C(oras) and
+    C(requests).
   - With O(include_credentials=true) the C(headers) in RV(selected) carry a credential. Use C(no_log) on the
     task, or do not register the result, when the output is logged.
 seealso:
@@ -197,12 +197,16 @@ from ansible_collections.ironcore.image.plugins.module_utils._registry_args impo
 from ansible_collections.ironcore.image.plugins.module_utils._source import image_argument_spec
 
 
+def argument_spec() -> dict:
+    spec = dict(image_argument_spec(platform_required=False), include_credentials={"type": "bool", "default": False})
+    # Info transfers no blob, so the shared registry options' concurrency means nothing here.
+    del spec["concurrency"]
+    return spec
+
+
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
-            image_argument_spec(platform_required=False),
-            include_credentials={"type": "bool", "default": False},
-        ),
+        argument_spec=argument_spec(),
         required_together=REGISTRY_REQUIRED_TOGETHER,
         required_by={"layers": "platform"},
         supports_check_mode=True,

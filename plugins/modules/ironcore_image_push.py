@@ -23,6 +23,7 @@ description:
 extends_documentation_fragment:
   - ironcore.image.attributes
   - ironcore.image.registry
+  - ironcore.image.registry.transfer
 author:
   - IronCore image collection maintainers (@ironcore-dev)
 attributes:

@@ -128,6 +128,15 @@ def test_runner_runs_build_and_provision_like_awx(installed_collections, tmp_pat
         "provision_registry_username": "puller",
         "provision_registry_password": SECRET,
     }
+    # The credential type's other fields as AWX renders them when left empty: strings, never absent.
+    for role in ("build", "provision"):
+        extravars.update(
+            {
+                "%s_registry_ca_cert" % role: "",
+                "%s_registry_docker_config" % role: "",
+                "%s_registry_plain_http" % role: "False",
+            }
+        )
     (private / "env" / "extravars").write_text(yaml.safe_dump(extravars))
     (private / "env" / "envvars").write_text(
         yaml.safe_dump(
@@ -219,6 +228,23 @@ def test_credential_type_injects_the_registry_variables_of_both_roles():
         option = role_options(role)[variable]
         # The password reaches the roles only through options they never print.
         assert option.get("no_log", False) == ("password" in template), variable
-    assert set(injected) == {
-        "%s_registry_%s" % (role, field) for role in ("build", "provision") for field in ("username", "password")
+    fields = {field["id"]: field for field in credential_type["inputs"]["fields"]}
+    assert set(fields) == {"username", "password", "ca_cert", "plain_http", "docker_config"}
+    # Each field reaches the role variable of the same name in both roles, and nothing else is injected.
+    assert injected == {
+        "%s_registry_%s" % (role, field): "{{ %s }}" % field for role in ("build", "provision") for field in fields
     }
+    # A boolean field feeds a bool option, the file fields path options (on the hosts), the rest strings.
+    option_types = {
+        "username": "str",
+        "password": "str",
+        "ca_cert": "path",
+        "plain_http": "bool",
+        "docker_config": "path",
+    }
+    assert {field: fields[field]["type"] == "boolean" for field in fields} == {
+        field: kind == "bool" for field, kind in option_types.items()
+    }
+    for variable in injected:
+        role, field = variable.split("_registry_")
+        assert role_options(role)[variable]["type"] == option_types[field], variable

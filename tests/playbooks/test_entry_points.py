@@ -71,6 +71,30 @@ def test_local_example_from_the_checkout_as_documented(tmp_path):
     assert outcomes(again)["changed"] == []
 
 
+def test_local_example_paths_are_printed_without_dot_dot():
+    message = json.dumps({"msg": "{{ example_artifacts_dir }} {{ example_output_dir }}"})
+    proc = subprocess.run(
+        [
+            tool("ansible"),
+            "-i",
+            "docs/examples/local/hosts.yml",
+            "build-host",
+            "-m",
+            "ansible.builtin.debug",
+            "-a",
+            message,
+        ],
+        cwd=REPO,
+        env=clean_ansible_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    expected = "%s/.build/demo/artifacts %s/.build/example" % (REPO, REPO)
+    assert '"msg": "%s"' % expected in proc.stdout, proc.stdout
+
+
 def test_installed_collection_playbooks_by_name(installed_collections, tmp_path):
     rootfs = tmp_path / "rootfs.raw"
     rootfs.write_bytes(b"root file system of the by-name test\n" * 100)

@@ -32,3 +32,24 @@ def test_missing_library_fails_with_what_to_install(monkeypatch):
 
 def test_import_error_names_only_missing_modules():
     assert deps.import_error("jsonschema") is None
+
+
+def test_every_missing_library_is_named_in_one_line_with_where_to_get_it(monkeypatch):
+    monkeypatch.setitem(deps._LIBRARIES, "absent", ("ironcore_image_no_such_module", "no-such-package>=1.0"))
+    monkeypatch.setitem(deps._LIBRARIES, "gone", ("ironcore_image_gone_module", "gone-package>=2"))
+    with pytest.raises(ModuleFailed) as failure:
+        deps.require(RecordingModule(), "absent", "jsonschema", "gone")
+    result = failure.value.args[0]
+    assert "\n" not in result["msg"]
+    assert "no-such-package>=1.0, gone-package>=2" in result["msg"]
+    assert "jsonschema" not in result["msg"]
+    assert "ironcore.image.node" in result["msg"]
+    assert "ansible_python_interpreter" in result["msg"]
+    # Both import failures are kept for -vvv.
+    assert "ironcore_image_no_such_module" in result["exception"]
+    assert "ironcore_image_gone_module" in result["exception"]
+
+
+def test_message_names_the_interpreter_that_lacks_them():
+    message = deps.missing_message(["oras>=0.2.43", "requests>=2.28"], "/usr/bin/python3")
+    assert message.startswith("/usr/bin/python3 cannot import oras>=0.2.43, requests>=2.28:")
