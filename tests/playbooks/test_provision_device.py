@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import typing as t
 
@@ -169,3 +170,28 @@ def test_a_regular_file_as_the_device_is_refused_untouched(ansible, packed_image
     }
     assert not_a_device.read_bytes() == b"keep me\n" * 1000
     assert not (tmp_path / "boot").exists()
+
+
+def test_device_node_swapped_before_the_write_is_refused(ansible, packed_image, loop_devices, tmp_path):
+    """Between the checks and dd, the node is replaced by one for another device: neither device is written."""
+    layout, _rootfs, _blob_size = packed_image
+    checked_content, other_content = os.urandom(1024 * 1024), os.urandom(1024 * 1024)
+    checked, other = loop_devices(checked_content), loop_devices(other_content)
+    node = tmp_path / "rootfs-node"
+    os.mknod(node, stat.S_IFBLK | 0o600, os.stat(checked).st_rdev)
+    other_rdev = os.stat(other).st_rdev
+    env = {
+        "ANSIBLE_CALLBACKS_ENABLED": "swap_device",
+        "IRONCORE_TEST_SWAP_TASK": "Look at the device again right before the write",
+        "IRONCORE_TEST_SWAP_DEVICE": "%s:%d:%d" % (node, os.major(other_rdev), os.minor(other_rdev)),
+    }
+    rc, document, _stderr = ansible.playbook(PROVISION, inventory=inventory_for(tmp_path, layout, str(node)), env=env)
+    assert rc != 0
+    failures = failures_by_host(document)
+    assert failures["pxe"][0] == "Check that the device is still the one that was checked", failures
+    assert failures["pxe"][1].startswith(
+        "provision_rootfs_device: %s is no longer the device that was checked (block special file %x:%x, now "
+        % (node, os.major(os.stat(checked).st_rdev), os.minor(os.stat(checked).st_rdev))
+    ), failures
+    assert failures["pxe"][1].endswith("); nothing was written")
+    assert read(checked) == checked_content and read(other) == other_content
