@@ -25,8 +25,10 @@ from ansible_collections.ironcore.image.plugins.module_utils._layout import (
 )
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import (
     InvalidDocument,
+    UnsafeCommandLine,
     build_index,
     build_manifest,
+    check_command_line,
     config_document,
     descriptor,
     descriptor_for,
@@ -107,8 +109,17 @@ def parse_artifacts(artifacts: t.Any, platforms: t.Sequence[str]) -> list[Artifa
                     "%s: platform %s needs %s for %s, which the artifacts lack"
                     % (where, platform, " and ".join(missing), arch)
                 )
-        result.append(ArtifactSet(arch, files, item.get("cmdline") or None, position))
+        result.append(ArtifactSet(arch, files, _command_line(where, item.get("cmdline")), position))
     return result
+
+
+def _command_line(where: str, cmdline: str | None) -> str | None:
+    if not cmdline:
+        return None
+    try:
+        return check_command_line(cmdline) or None
+    except UnsafeCommandLine as exc:
+        raise BuildError("%s.cmdline: %s; remove it from the command line" % (where, exc)) from None
 
 
 def _ordered_platforms(platforms: t.Sequence[str]) -> list[str]:

@@ -15,9 +15,9 @@ within a run and on the next one.
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
-import tarfile
 import time
 import typing as t
 import zlib
@@ -26,17 +26,29 @@ from dataclasses import dataclass
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     AtomicFile,
     HashingCounter,
-    copy_and_hash,
     iter_chunks,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer
 from ansible_collections.ironcore.image.plugins.module_utils._source import Source, SourceError
+from ansible_collections.ironcore.image.plugins.module_utils._tar import (
+    TarError,
+    check_end,
+    padded,
+    read_exact,
+    read_member,
+)
 
 PARTIAL_PREFIX = ".ironcore-fetch."
 # Network read size: a read broken by a reset loses what it had gathered, so
 # it stays small; per-read overhead is still negligible next to hashing.
 DOWNLOAD_CHUNK = 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
+# Default bound on what a tar+gzip layer may unpack to, as a multiple of its blob. Deflate itself
+# cannot exceed about 1032:1, and a raw disk image that is mostly unwritten (zeros) comes close to
+# that, so a lower multiple would refuse real disk images; twice it refuses only what deflate cannot
+# make (sparse members, made-up size fields), and the cap bounds the rest.
+UNPACKED_SIZE_MULTIPLE = 2048
+UNPACKED_SIZE_CAP = 64 * 1024**3
 
 
 class DeliveryError(Exception):
@@ -197,24 +209,126 @@ def _verify(layer: SelectedLayer, counter: HashingCounter) -> None:
         )
 
 
-def unpack_single_file(blob_path: str, out: t.Any) -> HashingCounter:
-    """Stream the one regular file out of a tar+gzip layer into `out`."""
+def default_max_unpacked_size(blob_size: int) -> int:
+    """What a tar+gzip layer of `blob_size` bytes may unpack to when `max_unpacked_size` is not given."""
+    return min(blob_size * UNPACKED_SIZE_MULTIPLE, UNPACKED_SIZE_CAP)
+
+
+def _check_room(size: int, max_size: int | None, directory: str | None) -> None:
+    """Refuse a member before its first byte is written: over the bound, or more than dest can hold."""
+    if max_size is not None and size > max_size:
+        raise DeliveryError(
+            "the tar+gzip layer unpacks to %d bytes, more than max_unpacked_size (%d bytes); "
+            "raise max_unpacked_size if the image is trusted" % (size, max_size)
+        )
+    if directory is not None:
+        stats = os.statvfs(directory)
+        free = stats.f_bavail * stats.f_frsize
+        if size > free:
+            raise DeliveryError(
+                "the tar+gzip layer unpacks to %d bytes but %s has %d bytes free; free %d bytes and run again"
+                % (size, directory, free, size - free)
+            )
+
+
+def _copy_exact(stream: t.Any, size: int, out: t.Any) -> HashingCounter:
+    counter = HashingCounter()
+    while counter.size < size:
+        chunk = stream.read(min(DOWNLOAD_CHUNK * 4, size - counter.size))
+        if not chunk:
+            raise DeliveryError(
+                "the tar+gzip layer ends after %d of the %d bytes its file declares" % (counter.size, size)
+            )
+        out.write(chunk)
+        counter.update(chunk)
+    return counter
+
+
+def unpack_stream(
+    raw: t.Any, out: t.Any, max_size: int | None = None, free_space_in: str | None = None
+) -> HashingCounter:
+    """Stream the one regular file out of a tar+gzip stream into `out`; memory stays bounded.
+
+    The member's declared size is checked against `max_size` and the free
+    space in `free_space_in` before anything is written.
+    """
     try:
-        with open(blob_path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|gz") as archive:
-            member = archive.next()
-            if member is None:
-                raise DeliveryError("the tar+gzip layer holds no file")
-            if not member.isreg():
-                raise DeliveryError("the tar+gzip layer holds %s, which is not a regular file" % member.name)
-            extracted = archive.extractfile(member)
-            if extracted is None:
-                raise DeliveryError("cannot read %s from the tar+gzip layer" % member.name)
-            counter = copy_and_hash(extracted, out)
-            if archive.next() is not None:
-                raise DeliveryError("the tar+gzip layer holds more than one file; expected exactly one")
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+            member = read_member(stream)
+            _check_room(member.size, max_size, free_space_in)
+            counter = _copy_exact(stream, member.size, out)
+            read_exact(stream, padded(member.size) - member.size, "the padding of %s" % member.name)
+            check_end(stream)
+    except TarError as exc:
+        raise DeliveryError(str(exc)) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DeliveryError("the tar+gzip layer cannot be unpacked: %s" % exc) from None
     return counter
+
+
+def unpack_single_file(blob_path: str, out: t.Any, max_size: int | None = None) -> HashingCounter:
+    """Stream the one regular file out of a tar+gzip layer file into `out`, an AtomicFile (or any writer)."""
+    directory = os.path.dirname(out.path) if isinstance(out, AtomicFile) else None
+    with open(blob_path, "rb") as raw:
+        return unpack_stream(raw, out, max_size, directory)
+
+
+class _Discard:
+    """A writer that keeps nothing: for hashing what a layer unpacks to."""
+
+    def write(self, data: t.Any) -> int:
+        return len(data)
+
+
+class _BlobReader:
+    """A source's blob stream as a file object, hashed and bounded by the descriptor's size as it is read."""
+
+    def __init__(self, stream: t.Any, layer: SelectedLayer):
+        self._chunks = iter(stream.iter_chunks(DOWNLOAD_CHUNK))
+        self._buffer = memoryview(b"")
+        self._layer = layer
+        self.counter = HashingCounter()
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._buffer:
+            chunk = next(self._chunks, b"")
+            if self.counter.size + len(chunk) > self._layer.size:
+                raise _Corrupt(
+                    "blob %s is larger than the %d bytes its descriptor says; refusing it"
+                    % (self._layer.digest, self._layer.size)
+                )
+            self.counter.update(chunk)
+            self._buffer = memoryview(bytes(chunk))
+        if size < 0:
+            size = len(self._buffer)
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return bytes(data)
+
+    def drain(self) -> None:
+        while self.read(DOWNLOAD_CHUNK):
+            pass
+
+
+def derive_content_digest(source: Source, layer: SelectedLayer, max_size: int | None) -> str:
+    """What a packed layer unpacks to, from the blob itself: read again, verified, nothing written.
+
+    With verify, this is what an unpacked file is checked against, so that a
+    forged or stale state record cannot vouch for a file.
+    """
+    try:
+        stream = source.open_blob(layer.digest, 0)
+    except SourceError as exc:
+        raise DeliveryError(str(exc)) from None
+    try:
+        reader = _BlobReader(stream, layer)
+        content = unpack_stream(reader, _Discard(), max_size)
+        reader.drain()
+    except SourceError as exc:
+        raise DeliveryError(str(exc)) from None
+    finally:
+        stream.close()
+    _verify(layer, reader.counter)
+    return content.digest
 
 
 class Staged:
@@ -259,6 +373,7 @@ def _attempt(
     backoff: float,
     resume: bool,
     tally: _Tally,
+    max_unpacked_size: int | None = None,
 ) -> Staged:
     counter = _resume_point(partial, layer.size) if resume else None
     out = AtomicFile(path, temp_path=partial, append=counter is not None)
@@ -275,16 +390,16 @@ def _attempt(
         if not layer.packed:
             return Staged(out, Delivered(layer.digest, layer.size, tally.received))
         out.file.flush()
-        return _unpack_staged(out, path, partial, tally)
+        return _unpack_staged(out, path, partial, tally, max_unpacked_size)
     except BaseException:
         out.discard()
         raise
 
 
-def _unpack_staged(blob: AtomicFile, path: str, partial: str, tally: _Tally) -> Staged:
+def _unpack_staged(blob: AtomicFile, path: str, partial: str, tally: _Tally, max_size: int | None) -> Staged:
     unpacked = AtomicFile(path)
     try:
-        content = unpack_single_file(partial, unpacked)
+        content = unpack_single_file(partial, unpacked, max_size)
     except BaseException:
         unpacked.discard()
         # A verified blob that does not unpack will not unpack next time either.
@@ -293,19 +408,29 @@ def _unpack_staged(blob: AtomicFile, path: str, partial: str, tally: _Tally) -> 
     return Staged(unpacked, Delivered(content.digest, content.size, tally.received), blob)
 
 
-def stage(source: Source, layer: SelectedLayer, path: str, retries: int, backoff: float = 0.5) -> Staged:
-    """Download and verify `layer` beside `path`, resuming a kept partial file when there is one."""
+def stage(
+    source: Source,
+    layer: SelectedLayer,
+    path: str,
+    retries: int,
+    backoff: float = 0.5,
+    max_unpacked_size: int | None = None,
+) -> Staged:
+    """Download and verify `layer` beside `path`, resuming a kept partial file when there is one.
+
+    A tar+gzip layer may unpack to at most `max_unpacked_size` bytes (None: no bound but free space).
+    """
     directory, filename = os.path.split(path)
     partial = partial_path(directory, filename, layer.digest)
     resumed = os.path.exists(partial)
     tally = _Tally()
     try:
-        return _attempt(source, layer, path, partial, retries, backoff, True, tally)
+        return _attempt(source, layer, path, partial, retries, backoff, True, tally, max_unpacked_size)
     except _Corrupt:
         if not resumed:
             raise
         # The kept bytes may be what was wrong: one clean attempt from byte 0.
-        return _attempt(source, layer, path, partial, retries, backoff, False, tally)
+        return _attempt(source, layer, path, partial, retries, backoff, False, tally, max_unpacked_size)
 
 
 def deliver(source: Source, layer: SelectedLayer, path: str, retries: int, backoff: float = 0.5) -> Delivered:

@@ -29,6 +29,8 @@ from ansible_collections.ironcore.image.plugins.module_utils._download import (
     Delivered,
     DeliveryError,
     Staged,
+    default_max_unpacked_size,
+    derive_content_digest,
     stage,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._io import hash_file, write_bytes_atomic
@@ -113,7 +115,12 @@ class DeliveryState:
         return self.files.get(filename)
 
     def record(self, filename: str, layer: SelectedLayer, content_digest: str, path: str) -> None:
-        entry = {"digest": layer.digest, "content_digest": content_digest, "identity": file_identity(path)}
+        entry = {
+            "digest": layer.digest,
+            "content_digest": content_digest,
+            "content_size": os.path.getsize(path),
+            "identity": file_identity(path),
+        }
         if self.files.get(filename) != entry:
             self.files[filename] = entry
             self.dirty = True
@@ -133,6 +140,12 @@ class FilePlan:
     content_digest: str | None = None
     changed: bool = False
     delivered: Delivered | None = None
+    # Size of the file as delivered; None while unknown (a packed layer neither in dest nor in the record).
+    content_size: int | None = None
+
+
+# Re-derives what a packed layer unpacks to from its blob (verify); None where no source is at hand.
+DeriveContent = t.Optional[t.Callable[[SelectedLayer], str]]
 
 
 def _regular_file(path: str) -> bool:
@@ -142,11 +155,15 @@ def _regular_file(path: str) -> bool:
         return False
 
 
-def _current_content(path: str, layer: SelectedLayer, entry: dict[str, t.Any] | None, verify: bool) -> str | None:
+def _current_content(
+    path: str, layer: SelectedLayer, entry: dict[str, t.Any] | None, verify: bool, derive: DeriveContent = None
+) -> str | None:
     """The digest of the file's content when it already holds `layer`, else None.
 
     A state entry for this blob whose file identity still matches is trusted
-    without reading the file, unless `verify` asks for a re-hash.
+    without reading the file, unless `verify` asks for a re-hash. With
+    `verify`, a packed layer's file is checked against what its blob unpacks
+    to (`derive`), never against the record's own word.
     """
     if not _regular_file(path):
         return None
@@ -154,10 +171,13 @@ def _current_content(path: str, layer: SelectedLayer, entry: dict[str, t.Any] | 
     if recorded and not verify and entry.get("identity") == file_identity(path):
         return str(entry.get("content_digest"))
     if layer.packed:
-        # Only the record knows what the unpacked file must hash to.
-        if not recorded or not entry.get("content_digest"):
+        if verify and derive is not None:
+            expected = derive(layer)
+        elif not recorded or not entry.get("content_digest"):
+            # Only the record (or the blob, with verify) knows what the unpacked file must hash to.
             return None
-        expected = str(entry["content_digest"])
+        else:
+            expected = str(entry["content_digest"])
     else:
         if os.path.getsize(path) != layer.size:
             return None
@@ -165,8 +185,24 @@ def _current_content(path: str, layer: SelectedLayer, entry: dict[str, t.Any] | 
     return expected if hash_file(path)[0] == expected else None
 
 
+def _known_content_size(path: str, layer: SelectedLayer, entry: dict[str, t.Any] | None, current: bool) -> int | None:
+    """The delivered file's size, before delivery: raw is the blob; packed is the file there or the record's."""
+    if not layer.packed:
+        return layer.size
+    if current:
+        return os.path.getsize(path)
+    if entry is not None and entry.get("digest") == layer.digest and isinstance(entry.get("content_size"), int):
+        return int(entry["content_size"])
+    return None
+
+
 def plan_files(
-    layers: t.Sequence[SelectedLayer], dest: str, names: t.Mapping[str, str], state: DeliveryState, verify: bool
+    layers: t.Sequence[SelectedLayer],
+    dest: str,
+    names: t.Mapping[str, str],
+    state: DeliveryState,
+    verify: bool,
+    derive: DeriveContent = None,
 ) -> list[FilePlan]:
     plans: list[FilePlan] = []
     taken: dict[str, str] = {}
@@ -179,8 +215,19 @@ def plan_files(
             )
         taken[filename] = layer.role
         path = os.path.join(dest, filename)
-        content = _current_content(path, layer, state.get(filename), verify)
-        plans.append(FilePlan(layer, filename, path, current=content is not None, content_digest=content))
+        entry = state.get(filename)
+        content = _current_content(path, layer, entry, verify, derive)
+        current = content is not None
+        plans.append(
+            FilePlan(
+                layer,
+                filename,
+                path,
+                current=current,
+                content_digest=content,
+                content_size=_known_content_size(path, layer, entry, current),
+            )
+        )
     return plans
 
 
@@ -208,8 +255,23 @@ def numeric_mode(mode: t.Any) -> int | None:
     return None
 
 
+def unpacked_limit(params: t.Mapping[str, t.Any], layer: SelectedLayer) -> int:
+    """max_unpacked_size as given, else a multiple of the layer's blob size (see _download)."""
+    given = params.get("max_unpacked_size")
+    if given is None:
+        return default_max_unpacked_size(layer.size)
+    if not isinstance(given, int) or isinstance(given, bool) or given < 0:
+        raise FetchError("max_unpacked_size: %r is not a number of bytes" % (given,))
+    return given
+
+
 def _deliver_all(
-    source: t.Any, plans: t.Sequence[FilePlan], concurrency: int, retries: int, mode: int | None = None
+    source: t.Any,
+    plans: t.Sequence[FilePlan],
+    concurrency: int,
+    retries: int,
+    mode: int | None = None,
+    limit: t.Callable[[SelectedLayer], int | None] = lambda _layer: None,
 ) -> None:
     """Stage every missing layer in parallel; only when all are verified, rename them into place.
 
@@ -221,7 +283,8 @@ def _deliver_all(
         return
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(pending)))) as pool:
         futures: dict[Future[Staged], FilePlan] = {
-            pool.submit(stage, source, plan.layer, plan.path, retries): plan for plan in pending
+            pool.submit(stage, source, plan.layer, plan.path, retries, max_unpacked_size=limit(plan.layer)): plan
+            for plan in pending
         }
         not_done = wait(futures, return_when=FIRST_EXCEPTION).not_done
         for future in not_done:
@@ -245,6 +308,7 @@ def _deliver_all(
         item.commit(mode)
         plan.delivered = item.delivered
         plan.content_digest = item.delivered.content_digest
+        plan.content_size = item.delivered.size
         plan.changed = True
     # Only now: until every file is in place, a sweep could reach a partial another one still needs.
     for _plan, item in staged:
@@ -268,6 +332,7 @@ def _file_result(plan: FilePlan) -> dict[str, t.Any]:
         "digest": plan.layer.digest,
         "media_type": plan.layer.media_type,
         "size": plan.layer.size,
+        "content_size": plan.content_size,
         "unpacked": plan.layer.packed,
         "changed": plan.changed,
     }
@@ -337,13 +402,23 @@ def _fetch(
         "config": config,
         "bytes_downloaded": 0,
     }
+
+    def limit(layer: SelectedLayer) -> int:
+        return unpacked_limit(params, layer)
+
+    def derive(layer: SelectedLayer) -> str:
+        try:
+            return derive_content_digest(source, layer, limit(layer))
+        except DeliveryError as exc:
+            raise FetchError("%s: verify could not re-read its blob: %s" % (layer.role, exc)) from None
+
     if check_mode:
-        plans = _plan_check_mode(layers, dest, names, params["verify"], apply_attributes)
+        plans = _plan_check_mode(layers, dest, names, params["verify"], apply_attributes, derive)
     else:
         os.makedirs(dest, exist_ok=True)
         with locked(dest):
             state = DeliveryState(dest)
-            plans = plan_files(layers, dest, names, state, params["verify"])
+            plans = plan_files(layers, dest, names, state, params["verify"], derive)
             try:
                 _deliver_all(
                     source,
@@ -351,6 +426,7 @@ def _fetch(
                     int(params.get("concurrency") or 1),
                     int(params.get("retries") or 0),
                     numeric_mode(params.get("mode")),
+                    limit,
                 )
             finally:
                 # Whatever did arrive is recorded, so the next run need not hash it again.
@@ -373,10 +449,11 @@ def _plan_check_mode(
     names: t.Mapping[str, str],
     verify: bool,
     apply_attributes: ApplyAttributes,
+    derive: DeriveContent = None,
 ) -> list[FilePlan]:
     """What a real run would do; reads dest (when there is one) and writes nothing."""
     state = DeliveryState(dest)
-    plans = plan_files(layers, dest, names, state, verify)
+    plans = plan_files(layers, dest, names, state, verify, derive)
     for plan in plans:
         plan.changed = apply_attributes(plan.path, False) if plan.current else True
     return plans

@@ -64,6 +64,47 @@ def descriptor_for(media_type: str, data: bytes, **extra: t.Any) -> Descriptor:
     return descriptor(media_type, sha256_digest(data), len(data), **extra)
 
 
+class UnsafeCommandLine(ValueError):
+    """A kernel command line that would do more than pass arguments once pasted into boot.ipxe."""
+
+
+# iPXE runs the kernel line as a command: these tokens end it and start another.
+_IPXE_COMMAND_SEPARATORS = (";", "&&", "||")
+
+
+def check_command_line(cmdline: str) -> str:
+    """The kernel command line, safe to paste into an iPXE `kernel` line; else UnsafeCommandLine.
+
+    The provision role writes the image's `commandLine` into boot.ipxe, where
+    iPXE, not the kernel, reads it first. Refused, with the offending token
+    named:
+      - control characters (newline, tab, carriage return, DEL and the rest of
+        C0 and C1): a newline starts a new iPXE command (`chain`, `imgfetch`);
+      - `$` anywhere: iPXE expands `${...}` settings, and the text must reach
+        the kernel as written;
+      - a token (split at spaces) that is exactly `;`, `&&` or `||`: iPXE
+        separates commands there even on one line;
+      - a token starting with `#`: iPXE drops it and the rest of the line as a
+        comment.
+    Trailing newlines, which images built by older tools carry, are trimmed,
+    not refused. Returns the command line to store.
+    """
+    trimmed = cmdline.rstrip("\r\n")
+    for token in trimmed.split(" "):
+        bad = next((char for char in token if ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F), None)
+        if bad is not None:
+            raise UnsafeCommandLine(
+                "%r holds the control character %r; iPXE would read it as a new line" % (token, bad)
+            )
+        if "$" in token:
+            raise UnsafeCommandLine("%r holds '$', which iPXE expands as a setting" % token)
+        if token in _IPXE_COMMAND_SEPARATORS:
+            raise UnsafeCommandLine("%r would end iPXE's kernel command and start another" % token)
+        if token.startswith("#"):
+            raise UnsafeCommandLine("%r starts with '#', which iPXE takes for a comment to the end of the line" % token)
+    return trimmed
+
+
 def config_document(cmdline: str | None) -> bytes:
     return canonical_json({"commandLine": cmdline} if cmdline else {})
 

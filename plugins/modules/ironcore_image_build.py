@@ -81,7 +81,10 @@ options:
         description: Path of an ISO image; added to V(baremetal) manifests only.
         type: path
       cmdline:
-        description: Kernel command line, stored in the image config as C(commandLine).
+        description:
+          - Kernel command line, stored in the image config as C(commandLine).
+          - It ends up on the C(kernel) line of an iPXE script, so control characters (newlines included), C($),
+            a token C(;), C(&&) or C(||), and a token starting with C(#) are refused; a trailing newline is trimmed.
         type: str
   platforms:
     description:

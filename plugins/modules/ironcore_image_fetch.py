@@ -99,14 +99,27 @@ options:
   verify:
     description:
       - Re-hash files already present instead of trusting the state record.
+      - A file unpacked from a tar+gzip layer is checked against what the layer's blob unpacks to, so the blob is
+        read again (and verified by digest); the state record's own word is never taken for it.
     type: bool
     default: false
+  max_unpacked_size:
+    description:
+      - Most bytes the single file of a tar+gzip layer may unpack to. A layer declaring more is refused before
+        anything is written, as is one that needs more than the free space in O(dest).
+      - By default 2048 times the layer's blob size, at most 64 GiB (68719476736). Deflate cannot compress more
+        than about 1032 to 1, so this passes even a raw disk image that is almost all zeros, and refuses what only
+        a crafted archive (a sparse member, a forged size field) can declare.
+      - Raw layers are bounded by their descriptor's size and are not affected.
+    type: int
 notes:
   - With O(layout) the module reads the image from disk and needs neither of the requirements C(oras) and
     C(requests).
   - O(concurrency) layers are downloaded in parallel; O(timeout) and O(retries) also apply to interrupted transfers,
     which are resumed from the last byte received.
   - Manifests, indexes and configs larger than 4 MiB are refused.
+  - A tar+gzip layer must hold exactly one regular file. Links, devices, directories, sparse members, names that
+    leave their directory, a second member, and more than 1 MiB of headers before the file are refused.
 seealso:
   - module: ironcore.image.ironcore_image_info
   - module: ironcore.image.ironcore_image_build
@@ -188,7 +201,13 @@ files:
       description: Media type of the layer.
       type: str
     size:
-      description: Size of the layer blob in bytes.
+      description: Size of the layer blob in bytes (for a tar+gzip layer, the compressed size).
+      type: int
+    content_size:
+      description:
+        - Size in bytes of the file as delivered in O(dest); for a tar+gzip layer, what it unpacks to.
+        - Equal to RV(files.size) for raw layers. In check mode, null for a tar+gzip layer whose file is neither
+          in O(dest) nor known from the state record.
       type: int
     unpacked:
       description: Whether the file was unpacked from a tar+gzip layer.
@@ -202,6 +221,7 @@ files:
       digest: sha256:5b1d...
       media_type: application/vnd.ironcore.image.kernel
       size: 12582912
+      content_size: 12582912
       unpacked: false
       changed: true
 bytes_downloaded:
@@ -233,6 +253,7 @@ def main() -> None:
         filenames={"type": "dict"},
         digest={"type": "str"},
         verify={"type": "bool", "default": False},
+        max_unpacked_size={"type": "int"},
     )
     module = AnsibleModule(
         argument_spec=argument_spec,

