@@ -139,6 +139,12 @@ def platform_of_tag(tag: str | None) -> str | None:
     return canonical_platform(match.group("platform")) if match else None
 
 
+def architecture_of_tag(tag: str | None) -> str | None:
+    """The architecture a platform tag names (`1.0-kvm-arm64` -> arm64), else None."""
+    match = _TAG_SUFFIX_RE.search(tag or "")
+    return match.group("arch") if match else None
+
+
 def layer_role(descriptor: t.Mapping[str, t.Any]) -> str | None:
     """The role of a layer descriptor, or None when it is not an IronCore layer."""
     media_type = str(descriptor.get("mediaType", ""))

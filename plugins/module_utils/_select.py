@@ -34,6 +34,7 @@ import typing as t
 from dataclasses import dataclass
 
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    ARCHITECTURE_ANNOTATION,
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
     PLATFORM_ANNOTATION,
@@ -41,6 +42,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     PROFILES,
     VARIANT_ANNOTATION,
     architecture_of_machine,
+    architecture_of_tag,
     canonical_platform,
     is_current_media_type,
     is_packed,
@@ -242,8 +244,19 @@ def select_entry(
     raise SelectionError("the image has no linux/%s manifest; it has: %s" % (architecture, available(index)))
 
 
-def check_manifest_serves(manifest: t.Mapping[str, t.Any], platform: str, tag: str | None = None) -> Decision:
-    """A plain manifest (no index) must serve the platform, decided by rules 3 to 5."""
+def check_manifest_serves(
+    manifest: t.Mapping[str, t.Any], platform: str, tag: str | None = None, architecture: str | None = None
+) -> Decision:
+    """A plain manifest (no index) must serve the platform, decided by rules 3 to 5, and
+    must not say (by its `architecture` annotation or its tag) it is for another architecture."""
+    platform = canonical_platform(platform) or platform
+    annotations = manifest.get("annotations")
+    declared = annotations.get(ARCHITECTURE_ANNOTATION) if isinstance(annotations, dict) else None
+    declared = declared or architecture_of_tag(tag)
+    if architecture and declared and declared != architecture:
+        raise SelectionError(
+            "the image has nothing for linux/%s: it is a single manifest for linux/%s" % (architecture, declared)
+        )
     decision = decide_platform(None, manifest, tag)
     if not decision.serves(platform):
         raise SelectionError(

@@ -339,7 +339,7 @@ def select_manifest(
 
     try:
         if not image.index:
-            decision = check_manifest_serves(image.document, platform, source.ref.tag)
+            decision = check_manifest_serves(image.document, platform, source.ref.tag, architecture)
             return SelectedManifest(image.digest, image.document, decision.rule)
         entry, decision = select_entry(image.document, platform, architecture, source.ref.tag, load)
     except SelectionError as exc:

@@ -391,3 +391,15 @@ def test_command_line_is_trimmed_and_extra_keys_kept():
     assert select.normalise_config(config) == {"commandLine": "console=ttyS0 quiet", "os-release": "x", "arch": "amd64"}
     assert select.normalise_config({"os-release": "x"}) == {"os-release": "x"}
     assert select.normalise_config(None) is None
+
+
+def test_single_manifest_for_another_architecture_is_refused():
+    arm = dict(UPSTREAM_MANIFEST, annotations={"architecture": "arm64", "variant": "metal"})
+    assert select.check_manifest_serves(arm, "baremetal", None, "arm64").rule == "manifest_annotation"
+    with pytest.raises(select.SelectionError) as error:
+        select.check_manifest_serves(arm, "baremetal", None, "amd64")
+    assert str(error.value) == "the image has nothing for linux/amd64: it is a single manifest for linux/arm64"
+    with pytest.raises(select.SelectionError, match=r"single manifest for linux/amd64$"):
+        select.check_manifest_serves(UPSTREAM_MANIFEST, "kvm", "1.0-kvm-amd64", "arm64")
+    # Without any word on it, a single manifest serves any architecture (older images).
+    assert select.check_manifest_serves(LEGACY_MANIFEST, "baremetal", "0.9", "arm64").rule == "layers"
