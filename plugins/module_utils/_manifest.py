@@ -21,6 +21,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
     CONFIG_MEDIA_TYPE,
     OCI_INDEX,
+    OCI_LAYER_TAR_GZIP,
     OCI_MANIFEST,
     PLATFORM_ANNOTATION,
     PLATFORMS,
@@ -28,6 +29,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     SPEC_VARIANTS,
     TITLE_ANNOTATION,
     VARIANT_ANNOTATION,
+    layer_media_type,
     layer_role,
 )
 
@@ -216,6 +218,14 @@ def validate_manifest(document: t.Mapping[str, t.Any]) -> None:
     titles = [layer["annotations"][TITLE_ANNOTATION] for layer in document["layers"]]
     if roles != titles:
         raise InvalidDocument("manifest layer titles %s do not match their media types %s" % (titles, roles))
+    # Only the current types: ceph-provider refuses disk.img and io.gardenlinux.*, boot-operator v1alpha1.
+    foreign = [
+        layer["mediaType"]
+        for layer in document["layers"]
+        if layer["mediaType"] not in (OCI_LAYER_TAR_GZIP, layer_media_type(str(layer_role(layer))))
+    ]
+    if foreign:
+        raise InvalidDocument("manifest must not use the media type %s; it is read, never written" % foreign[0])
     missing = [role for role in profile.required if role not in roles]
     if missing:
         raise InvalidDocument("%s manifest lacks the %s layer" % (platform, ", ".join(missing)))

@@ -133,3 +133,27 @@ def test_index_rules(entries, message):
 def test_index_annotations_must_be_strings():
     with pytest.raises(manifest.InvalidDocument, match="annotations"):
         manifest.build_index([entry("amd64", None)], {"n": 1})
+
+
+@pytest.mark.parametrize(
+    "media_type",
+    [
+        "application/vnd.ironcore.image.disk.img",
+        "application/vnd.ironcore.image.rootfs.v1alpha1.rootfs",
+        "application/io.gardenlinux.squashfs",
+    ],
+)
+def test_read_only_media_types_are_never_written(media_type):
+    role = "squashfs" if "squashfs" in media_type else "rootfs"
+    foreign = manifest.descriptor(media_type, DIGEST, 1, annotations={TITLE_ANNOTATION: role})
+    with pytest.raises(manifest.InvalidDocument, match="read, never written"):
+        manifest.build_manifest(
+            "virtualization" if role == "rootfs" else "baremetal",
+            "amd64",
+            "t",
+            config(),
+            [
+                *([layer("kernel"), layer("initramfs")] if role == "squashfs" else []),
+                foreign,
+            ],
+        )
