@@ -32,6 +32,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._manifest import (
     config_document,
     descriptor,
     descriptor_for,
+    manifest_title,
     platform_entry,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -44,8 +45,10 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     TITLE_ANNOTATION,
     ImageReference,
     InvalidReference,
+    canonical_platform,
     layer_media_type,
     platform_refs,
+    platform_tag_words,
 )
 
 
@@ -108,6 +111,12 @@ def parse_artifacts(artifacts: t.Any, platforms: t.Sequence[str]) -> list[Artifa
                 raise BuildError(
                     "%s: platform %s needs %s for %s, which the artifacts lack"
                     % (where, platform, " and ".join(missing), arch)
+                )
+            live_root = PROFILES[platform].live_root
+            if live_root and not any(role in files for role in live_root):
+                raise BuildError(
+                    "%s: platform %s needs a root for %s: give a %s, which the artifacts lack"
+                    % (where, platform, arch, " or a ".join(live_root))
                 )
         result.append(ArtifactSet(arch, files, _command_line(where, item.get("cmdline")), position))
     return result
@@ -185,16 +194,19 @@ def plan_build(params: t.Mapping[str, t.Any], store: bool) -> tuple[BuildPlan, _
         layout.check_usable()
     except LayoutError as exc:
         raise BuildError("layout: %s" % exc) from None
-    unknown = [platform for platform in params["platforms"] if platform not in PROFILES]
+    unknown = [platform for platform in params["platforms"] if canonical_platform(platform) is None]
     if unknown:
         raise BuildError("platforms: unknown platform %s; expected %s" % (unknown[0], ", ".join(PLATFORMS)))
-    platforms = _ordered_platforms(params["platforms"])
+    platforms = _ordered_platforms([canonical_platform(platform) for platform in params["platforms"]])
     if not platforms:
         raise BuildError("platforms must name at least one of %s" % ", ".join(PLATFORMS))
     artifacts = parse_artifacts(params["artifacts"], platforms)
+    aliases = bool(params.get("platform_tag_aliases", True))
     try:
         extra_names = (
-            platform_refs(ref, platforms, [a.architecture for a in artifacts]) if params["platform_tags"] else {}
+            platform_refs(ref, platforms, [a.architecture for a in artifacts], aliases)
+            if params["platform_tags"]
+            else {}
         )
     except InvalidReference as exc:
         raise BuildError("name: platform tags of %s would be invalid: %s" % (ref, exc)) from None
@@ -220,7 +232,13 @@ def plan_build(params: t.Mapping[str, t.Any], store: bool) -> tuple[BuildPlan, _
         for platform in platforms:
             profile = PROFILES[platform]
             manifest_layers = [layers[role] for role in profile.roles if role in layers]
-            manifest = build_manifest(platform, descriptor_for(CONFIG_MEDIA_TYPE, config), manifest_layers)
+            manifest = build_manifest(
+                platform,
+                artifact.architecture,
+                manifest_title(ref.repository, platform, artifact.architecture),
+                descriptor_for(CONFIG_MEDIA_TYPE, config),
+                manifest_layers,
+            )
             manifest_desc = descriptor_for(OCI_MANIFEST, manifest)
             plan.blobs[manifest_desc["digest"]] = manifest
             plan.manifests.append(
@@ -235,7 +253,8 @@ def plan_build(params: t.Mapping[str, t.Any], store: bool) -> tuple[BuildPlan, _
             combined.append(platform_entry(manifest_desc, artifact.architecture, platform))
             by_platform[platform].append(platform_entry(manifest_desc, artifact.architecture, None))
             if params["platform_tags"]:
-                plan.refs[str(extra_names["%s/%s" % (platform, artifact.architecture)])] = manifest_desc
+                for word in platform_tag_words(platform, aliases):
+                    plan.refs[str(extra_names["%s/%s" % (word, artifact.architecture)])] = manifest_desc
 
     index = build_index(combined, params.get("annotations"))
     plan.blobs[descriptor_for(OCI_INDEX, index)["digest"]] = index
@@ -246,7 +265,8 @@ def plan_build(params: t.Mapping[str, t.Any], store: bool) -> tuple[BuildPlan, _
             platform_index = build_index(by_platform[platform])
             platform_desc = descriptor_for(OCI_INDEX, platform_index)
             plan.blobs[platform_desc["digest"]] = platform_index
-            plan.refs[str(extra_names[platform])] = platform_desc
+            for word in platform_tag_words(platform, aliases):
+                plan.refs[str(extra_names[word])] = platform_desc
     return plan, digests
 
 

@@ -36,7 +36,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._download import (
 from ansible_collections.ironcore.image.plugins.module_utils._io import hash_file, write_bytes_atomic
 from ansible_collections.ironcore.image.plugins.module_utils._layout import file_identity
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json
-from ansible_collections.ironcore.image.plugins.module_utils._model import ROLES, SHA256_DIGEST_RE
+from ansible_collections.ironcore.image.plugins.module_utils._model import ROLES, SHA256_DIGEST_RE, canonical_platform
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     SelectedLayer,
     SelectionError,
@@ -375,7 +375,7 @@ def _fetch(
 ) -> dict[str, t.Any]:
     names = check_filenames(params.get("filenames"))
     architecture = node_architecture(params["architecture"])
-    platform = params["platform"]
+    platform = canonical_platform(params["platform"]) or params["platform"]
     dest = os.path.abspath(params["dest"])
     if os.path.exists(dest) and not os.path.isdir(dest):
         raise FetchError("dest %s exists and is not a directory" % dest)
@@ -385,7 +385,7 @@ def _fetch(
     _check_pin(params, image.digest, source.describe())
     chosen = select_manifest(source, image, platform, architecture)
     try:
-        layers = select_layers(chosen.document, platform, params.get("layers"), chosen.by_variant)
+        layers = select_layers(chosen.document, platform, params.get("layers"))
     except SelectionError as exc:
         raise FetchError(
             "%s, manifest %s for %s/%s: %s" % (source.describe(), chosen.digest, platform, architecture, exc)

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import typing as t
 
-from ansible_collections.ironcore.image.plugins.module_utils._model import PLATFORM_ANNOTATION
+from ansible_collections.ironcore.image.plugins.module_utils._model import canonical_platform
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     Document,
     SelectionError,
+    decide_platform,
     manifest_layers,
     node_architecture,
-    platforms_served,
-    select_entry,
     select_layers,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._source import (
@@ -33,6 +32,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._source import (
     open_source,
     read_config,
     resolve_image,
+    select_manifest,
 )
 
 
@@ -45,16 +45,17 @@ def _describe_manifest(
 ) -> dict[str, t.Any]:
     layers = manifest_layers(document)
     platform = dict(entry.get("platform") or {}) if entry else {}
-    variant = platform.get("variant") or (document.get("annotations") or {}).get(PLATFORM_ANNOTATION)
+    decision = decide_platform(entry, document, source.ref.tag)
     return {
         "digest": digest,
         "size": size,
         "media_type": document.get("mediaType") or (entry or {}).get("mediaType"),
         "os": platform.get("os"),
         "architecture": platform.get("architecture"),
-        "platform": variant,
-        # What the manifest can serve: its variant, or every platform whose required layers it has.
-        "platforms": [variant] if variant else platforms_served(layers),
+        # The one platform it serves; null when its layers serve both or none.
+        "platform": decision.platforms[0] if len(decision.platforms) == 1 else None,
+        "platforms": list(decision.platforms),
+        "decided_by": decision.rule,
         "layers": [layer.summary() for layer in layers],
         "config": read_config(source, document),
     }
@@ -81,22 +82,22 @@ def _visible_headers(headers: t.Mapping[str, str], include_credentials: bool | N
 def _selected(
     source: Source, params: t.Mapping[str, t.Any], image: t.Any, documents: t.Mapping[str, Document]
 ) -> dict[str, t.Any]:
-    platform = params["platform"]
+    platform = canonical_platform(params["platform"]) or params["platform"]
     architecture = node_architecture(params["architecture"])
-    if image.index:
-        try:
-            entry, by_variant = select_entry(image.document, platform, architecture)
-        except SelectionError as exc:
-            raise SelectionError("%s: %s" % (source.describe(), exc)) from None
-        digest = str(entry["digest"])
-    else:
-        digest, by_variant = image.digest, False
-    layers = select_layers(documents[digest], platform, params.get("layers"), by_variant)
+    chosen = select_manifest(source, image, platform, architecture, dict(documents))
+    digest = chosen.digest
+    layers = select_layers(chosen.document, platform, params.get("layers"))
     described = []
     for layer in layers:
         url, headers = source.blob_location(layer.digest)
         described.append(dict(layer.summary(), url=url, **_visible_headers(headers, params.get("include_credentials"))))
-    return {"platform": platform, "architecture": architecture, "manifest_digest": digest, "layers": described}
+    return {
+        "platform": platform,
+        "architecture": architecture,
+        "manifest_digest": digest,
+        "decided_by": chosen.decided_by,
+        "layers": described,
+    }
 
 
 def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:

@@ -17,14 +17,19 @@ import json
 import typing as t
 
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    ARCHITECTURE_ANNOTATION,
     ARCHITECTURES,
     CONFIG_MEDIA_TYPE,
     OCI_INDEX,
+    OCI_LAYER_TAR_GZIP,
     OCI_MANIFEST,
     PLATFORM_ANNOTATION,
     PLATFORMS,
     PROFILES,
+    SPEC_VARIANTS,
     TITLE_ANNOTATION,
+    VARIANT_ANNOTATION,
+    layer_media_type,
     layer_role,
 )
 
@@ -109,13 +114,29 @@ def config_document(cmdline: str | None) -> bytes:
     return canonical_json({"commandLine": cmdline} if cmdline else {})
 
 
-def build_manifest(platform: str, config: Descriptor, layers: t.Sequence[Descriptor]) -> bytes:
+def platform_annotations(platform: str, architecture: str) -> dict[str, str]:
+    """The spec's `variant` and `architecture` annotations: what a reader that ignores
+    `platform.variant` looks at to tell a metal entry from a virtualization one."""
+    return {VARIANT_ANNOTATION: SPEC_VARIANTS[platform], ARCHITECTURE_ANNOTATION: architecture}
+
+
+def manifest_title(repository: str, platform: str, architecture: str) -> str:
+    """`<image>-<variant>-<arch>`: the image's last path component, not its tag,
+    so one build's manifests keep their digests under any tag."""
+    return "%s-%s-%s" % (repository.rsplit("/", 1)[-1], SPEC_VARIANTS[platform], architecture)
+
+
+def build_manifest(
+    platform: str, architecture: str, title: str, config: Descriptor, layers: t.Sequence[Descriptor]
+) -> bytes:
+    annotations = platform_annotations(platform, architecture)
+    annotations.update({PLATFORM_ANNOTATION: platform, TITLE_ANNOTATION: title})
     document = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": config,
         "layers": list(layers),
-        "annotations": {PLATFORM_ANNOTATION: platform},
+        "annotations": annotations,
     }
     validate_manifest(document)
     return canonical_json(document)
@@ -130,10 +151,12 @@ def build_index(entries: t.Sequence[Descriptor], annotations: t.Mapping[str, str
 
 
 def platform_entry(manifest: Descriptor, architecture: str, variant: str | None) -> Descriptor:
+    """An index entry; with a variant (the combined index) also the spec's annotations."""
     platform = {"architecture": architecture, "os": "linux"}
-    if variant:
-        platform["variant"] = variant
-    return dict(manifest, platform=platform)
+    if not variant:
+        return dict(manifest, platform=platform)
+    platform["variant"] = variant
+    return dict(manifest, platform=platform, annotations=platform_annotations(variant, architecture))
 
 
 # JSON Schemas of the documents this collection writes: the OCI shape plus the
@@ -181,8 +204,14 @@ MANIFEST_SCHEMA: dict[str, t.Any] = {
         },
         "annotations": {
             "type": "object",
-            "required": [PLATFORM_ANNOTATION],
-            "properties": {PLATFORM_ANNOTATION: {"enum": list(PLATFORMS)}},
+            "required": [PLATFORM_ANNOTATION, VARIANT_ANNOTATION, ARCHITECTURE_ANNOTATION, TITLE_ANNOTATION],
+            "properties": {
+                PLATFORM_ANNOTATION: {"enum": list(PLATFORMS)},
+                VARIANT_ANNOTATION: {"enum": sorted(set(SPEC_VARIANTS.values()))},
+                ARCHITECTURE_ANNOTATION: {"enum": list(ARCHITECTURES)},
+                TITLE_ANNOTATION: {"type": "string", "minLength": 1},
+            },
+            "additionalProperties": {"type": "string"},
         },
     },
 }
@@ -220,14 +249,31 @@ def validate_manifest(document: t.Mapping[str, t.Any]) -> None:
     """OCI shape, then the platform profile: required roles, order, nothing extra."""
     _schema_check(document, MANIFEST_SCHEMA, "manifest")
     platform = document["annotations"][PLATFORM_ANNOTATION]
+    if document["annotations"][VARIANT_ANNOTATION] != SPEC_VARIANTS[platform]:
+        raise InvalidDocument(
+            "%s manifest must carry variant %s, not %s"
+            % (platform, SPEC_VARIANTS[platform], document["annotations"][VARIANT_ANNOTATION])
+        )
     profile = PROFILES[platform]
     roles = [layer_role(layer) for layer in document["layers"]]
     titles = [layer["annotations"][TITLE_ANNOTATION] for layer in document["layers"]]
     if roles != titles:
         raise InvalidDocument("manifest layer titles %s do not match their media types %s" % (titles, roles))
+    # Only the current types: ceph-provider refuses disk.img and io.gardenlinux.*, boot-operator v1alpha1.
+    foreign = [
+        layer["mediaType"]
+        for layer in document["layers"]
+        if layer["mediaType"] not in (OCI_LAYER_TAR_GZIP, layer_media_type(str(layer_role(layer))))
+    ]
+    if foreign:
+        raise InvalidDocument("manifest must not use the media type %s; it is read, never written" % foreign[0])
     missing = [role for role in profile.required if role not in roles]
     if missing:
         raise InvalidDocument("%s manifest lacks the %s layer" % (platform, ", ".join(missing)))
+    if profile.live_root and not any(role in roles for role in profile.live_root):
+        raise InvalidDocument(
+            "%s manifest lacks a root: it needs a %s layer" % (platform, " or a ".join(profile.live_root))
+        )
     extra = [role for role in roles if role not in profile.roles]
     if extra:
         raise InvalidDocument("%s manifest must not carry %s" % (platform, ", ".join(str(r) for r in extra)))
@@ -242,6 +288,11 @@ def validate_index(document: t.Mapping[str, t.Any]) -> None:
     seen: list[tuple[str, str]] = []
     for entry in document["manifests"]:
         key = (entry["platform"]["architecture"], entry["platform"].get("variant", ""))
+        if key[1] and entry.get("annotations") != platform_annotations(key[1], key[0]):
+            raise InvalidDocument(
+                "index entry %s must carry the annotations %s"
+                % ("/".join(key), canonical_json(platform_annotations(key[1], key[0])).decode())
+            )
         if key in seen:
             raise InvalidDocument("index lists %s twice" % "/".join(part for part in key if part))
         seen.append(key)

@@ -23,6 +23,16 @@ ARCHITECTURES: tuple[str, ...] = ("amd64", "arm64")
 # baremetal manifest carries every layer any consumer looks for.
 PLATFORMS: tuple[str, ...] = ("baremetal", "virtualization")
 
+# The IronCore ecosystem names the same two platforms three ways: the published
+# spec says metal/virtualization, os-images tags say metal/kvm, this collection
+# says baremetal/virtualization. Every input that names a platform takes all.
+PLATFORM_SYNONYMS: dict[str, str] = {"metal": "baremetal", "kvm": "virtualization"}
+PLATFORM_CHOICES: tuple[str, ...] = PLATFORMS + tuple(PLATFORM_SYNONYMS)
+# What the spec's `variant` annotation says for each platform.
+SPEC_VARIANTS: dict[str, str] = {"baremetal": "metal", "virtualization": "virtualization"}
+# The os-images tag word for each platform (`<tag>-metal`, `<tag>-kvm`).
+TAG_ALIASES: dict[str, str] = {"baremetal": "metal", "virtualization": "kvm"}
+
 ROLES: tuple[str, ...] = ("kernel", "initramfs", "rootfs", "squashfs", "uki", "iso")
 OPTIONAL_ROLES: tuple[str, ...] = ("squashfs", "uki", "iso")
 
@@ -44,6 +54,9 @@ CONFIG_MEDIA_TYPES = (CONFIG_MEDIA_TYPE, LEGACY_CONFIG_MEDIA_TYPE)
 TITLE_ANNOTATION = "org.opencontainers.image.title"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 PLATFORM_ANNOTATION = "io.ironcore.image.platform"
+# The published spec's manifest annotations (also written on our index entries).
+VARIANT_ANNOTATION = "variant"
+ARCHITECTURE_ANNOTATION = "architecture"
 
 # Media types written by older ironcore-image releases; read, never written.
 LEGACY_LAYER_MEDIA_TYPES: dict[str, str] = {
@@ -51,6 +64,14 @@ LEGACY_LAYER_MEDIA_TYPES: dict[str, str] = {
     MEDIA_TYPE_PREFIX + "initramfs.v1alpha1.initramfs": "initramfs",
     MEDIA_TYPE_PREFIX + "vmlinuz.v1alpha1.vmlinuz": "kernel",
     MEDIA_TYPE_PREFIX + "squashfs.v1alpha1.squashfs": "squashfs",
+}
+# Layer media types other producers write, and the role each one plays; read, never written.
+DISK_IMAGE_MEDIA_TYPE = MEDIA_TYPE_PREFIX + "disk.img"
+FOREIGN_LAYER_MEDIA_TYPES: dict[str, str] = {
+    DISK_IMAGE_MEDIA_TYPE: "rootfs",
+    "application/io.gardenlinux.kernel": "kernel",
+    "application/io.gardenlinux.initrd": "initramfs",
+    "application/io.gardenlinux.squashfs": "squashfs",
 }
 
 
@@ -63,23 +84,65 @@ def layer_media_type(role: str, layer_format: str = "raw") -> str:
 
 @dataclass(frozen=True)
 class PlatformProfile:
-    """What one kind of machine needs from an image."""
+    """What one kind of machine needs from an image.
+
+    `required` is what a node cannot boot without; `live_root` lists the
+    roles of which a built image must carry at least one (the root file
+    system the node runs from); `roles` is every role the platform takes, in
+    the order manifests list them.
+    """
 
     name: str
     required: tuple[str, ...]
-    optional: tuple[str, ...]
+    roles: tuple[str, ...]
+    live_root: tuple[str, ...] = ()
 
     @property
-    def roles(self) -> tuple[str, ...]:
-        return self.required + self.optional
+    def optional(self) -> tuple[str, ...]:
+        return tuple(role for role in self.roles if role not in self.required)
 
 
 PROFILES: dict[str, PlatformProfile] = {
-    "baremetal": PlatformProfile("baremetal", ("kernel", "initramfs", "rootfs"), OPTIONAL_ROLES),
+    # Bare metal boots kernel + initramfs; the root is a rootfs written to disk
+    # or a squashfs served live (Garden Linux PXE). squashfs comes before rootfs:
+    # libvirt-provider takes the first entry of an architecture (this one) and
+    # lets the later of the two become the VM disk, which must be the rootfs.
+    "baremetal": PlatformProfile(
+        "baremetal",
+        ("kernel", "initramfs"),
+        ("kernel", "initramfs", "squashfs", "rootfs", "uki", "iso"),
+        ("rootfs", "squashfs"),
+    ),
     # A squashfs beside the rootfs makes libvirt-provider pick the squashfs as
     # the VM disk, so virtualization manifests carry the rootfs alone.
-    "virtualization": PlatformProfile("virtualization", ("rootfs",), ()),
+    "virtualization": PlatformProfile("virtualization", ("rootfs",), ("rootfs",)),
 }
+
+
+def canonical_platform(name: t.Any) -> str | None:
+    """`baremetal`/`virtualization` for any of the ecosystem's names, None for anything else."""
+    if not isinstance(name, str):
+        return None
+    word = name.strip().lower()
+    word = PLATFORM_SYNONYMS.get(word, word)
+    return word if word in PLATFORMS else None
+
+
+_TAG_SUFFIX_RE = re.compile(
+    r"-(?P<platform>%s)(?:-(?P<arch>%s))?$" % ("|".join(PLATFORM_CHOICES), "|".join(ARCHITECTURES))
+)
+
+
+def platform_of_tag(tag: str | None) -> str | None:
+    """The platform a tag names by its suffix (`1.0-metal`, `1.0-kvm-arm64`, ...), else None."""
+    match = _TAG_SUFFIX_RE.search(tag or "")
+    return canonical_platform(match.group("platform")) if match else None
+
+
+def architecture_of_tag(tag: str | None) -> str | None:
+    """The architecture a platform tag names (`1.0-kvm-arm64` -> arm64), else None."""
+    match = _TAG_SUFFIX_RE.search(tag or "")
+    return match.group("arch") if match else None
 
 
 def layer_role(descriptor: t.Mapping[str, t.Any]) -> str | None:
@@ -87,6 +150,8 @@ def layer_role(descriptor: t.Mapping[str, t.Any]) -> str | None:
     media_type = str(descriptor.get("mediaType", ""))
     if media_type in LEGACY_LAYER_MEDIA_TYPES:
         return LEGACY_LAYER_MEDIA_TYPES[media_type]
+    if media_type in FOREIGN_LAYER_MEDIA_TYPES:
+        return FOREIGN_LAYER_MEDIA_TYPES[media_type]
     if media_type.startswith(MEDIA_TYPE_PREFIX):
         role = media_type[len(MEDIA_TYPE_PREFIX) :]
         return role if role in ROLES else None
@@ -94,6 +159,16 @@ def layer_role(descriptor: t.Mapping[str, t.Any]) -> str | None:
         title = (descriptor.get("annotations") or {}).get(TITLE_ANNOTATION)
         return title if title in ROLES else None
     return None
+
+
+def is_current_media_type(descriptor: t.Mapping[str, t.Any]) -> bool:
+    """True for the media types this collection writes (preferred over legacy and foreign ones)."""
+    media_type = descriptor.get("mediaType")
+    return media_type == OCI_LAYER_TAR_GZIP or (
+        isinstance(media_type, str)
+        and media_type.startswith(MEDIA_TYPE_PREFIX)
+        and media_type[len(MEDIA_TYPE_PREFIX) :] in ROLES
+    )
 
 
 def is_packed(descriptor: t.Mapping[str, t.Any]) -> bool:
@@ -200,14 +275,25 @@ class ImageReference:
         return self.with_tag("-".join((self.tag or "latest", *parts)))
 
 
+def platform_tag_words(platform: str, aliases: bool) -> tuple[str, ...]:
+    """The words platform tags use for a platform: its name, then its os-images alias."""
+    return (platform, TAG_ALIASES[platform]) if aliases else (platform,)
+
+
 def platform_refs(
-    ref: ImageReference, platforms: t.Iterable[str], architectures: t.Iterable[str]
+    ref: ImageReference, platforms: t.Iterable[str], architectures: t.Iterable[str], aliases: bool = False
 ) -> dict[str, ImageReference]:
-    """The extra names recorded beside a combined index, keyed by what they hold."""
+    """The extra names recorded beside a combined index.
+
+    Keyed by the tag suffix parts joined with "/" (`baremetal`, `baremetal/amd64`,
+    and with `aliases` also `metal`, `metal/amd64`, `kvm`, `kvm/amd64`); an
+    alias names the same document as the platform's own name.
+    """
     refs: dict[str, ImageReference] = {}
     arch_list = list(architectures)
     for platform in platforms:
-        refs[platform] = ref.with_tag_suffix(platform)
-        for arch in arch_list:
-            refs["%s/%s" % (platform, arch)] = ref.with_tag_suffix(platform, arch)
+        for word in platform_tag_words(platform, aliases):
+            refs[word] = ref.with_tag_suffix(word)
+            for arch in arch_list:
+                refs["%s/%s" % (word, arch)] = ref.with_tag_suffix(word, arch)
     return refs

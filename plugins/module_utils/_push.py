@@ -106,13 +106,13 @@ def _parse_references(params: t.Mapping[str, t.Any]) -> tuple[ImageReference, Im
 
 
 def _tag_names(
-    name: ImageReference, destination: ImageReference, layout: OciLayout, platform_tags: bool
+    name: ImageReference, destination: ImageReference, layout: OciLayout, platform_tags: bool, aliases: bool = True
 ) -> dict[str, str]:
-    """Destination tag -> layout name, platform tags first, the main tag last."""
+    """Destination tag -> layout name, platform tags (and their aliases) first, the main tag last."""
     recorded = layout.refs()
     tags: dict[str, str] = {}
     if platform_tags:
-        extra = platform_refs(name, PLATFORMS, ARCHITECTURES)
+        extra = platform_refs(name, PLATFORMS, ARCHITECTURES, aliases)
         # Per-architecture manifests, then per-platform indexes: children before parents.
         for key in sorted(extra, key=lambda key: (-key.count("/"), key)):
             if str(extra[key]) in recorded:
@@ -183,7 +183,9 @@ def plan_push(params: t.Mapping[str, t.Any]) -> PushPlan:
         layout.require()
         plan = PushPlan(destination=destination)
         planner = _Planner(layout, plan)
-        for tag, layout_name in _tag_names(name, destination, layout, params.get("platform_tags", True)).items():
+        for tag, layout_name in _tag_names(
+            name, destination, layout, params.get("platform_tags", True), params.get("platform_tag_aliases", True)
+        ).items():
             plan.tags[tag] = planner.add_document(layout.resolve(layout_name))
     except LayoutError as exc:
         raise PushError(str(exc)) from None

@@ -23,7 +23,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._layout import MAX_
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
-    PLATFORMS,
+    PLATFORM_CHOICES,
     ROLES,
     SHA256_DIGEST_RE,
     ImageReference,
@@ -33,7 +33,9 @@ from ansible_collections.ironcore.image.plugins.module_utils._registry_args impo
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     Document,
     SelectionError,
+    check_manifest_serves,
     is_index,
+    normalise_config,
     parse_document,
     select_entry,
 )
@@ -271,7 +273,7 @@ def image_argument_spec(platform_required: bool) -> dict[str, dict[str, t.Any]]:
     spec.update(
         name={"type": "str", "required": True},
         layout={"type": "path"},
-        platform={"type": "str", "required": platform_required, "choices": list(PLATFORMS)},
+        platform={"type": "str", "required": platform_required, "choices": list(PLATFORM_CHOICES)},
         architecture={"type": "str", "choices": [*ARCHITECTURES, "auto"], "default": "auto"},
         layers={"type": "list", "elements": "str", "choices": list(ROLES)},
     )
@@ -307,7 +309,8 @@ class ResolvedImage:
 class SelectedManifest:
     digest: str
     document: Document
-    by_variant: bool
+    # Which of _select.RULES decided that this manifest serves the platform.
+    decided_by: str
 
 
 def resolve_image(source: Source) -> ResolvedImage:
@@ -330,15 +333,31 @@ def child_manifest(source: Source, entry: t.Mapping[str, t.Any]) -> Document:
     return document
 
 
-def select_manifest(source: Source, image: ResolvedImage, platform: str, architecture: str) -> SelectedManifest:
-    """Rules 1 and 2 for an index (fetching the chosen manifest), rule 3 for a plain manifest."""
-    if not image.index:
-        return SelectedManifest(image.digest, image.document, False)
+def select_manifest(
+    source: Source,
+    image: ResolvedImage,
+    platform: str,
+    architecture: str,
+    loaded: dict[str, Document] | None = None,
+) -> SelectedManifest:
+    """The manifest for the node by _select's rules; an index entry's manifest is read
+    only when the entry itself does not decide. `loaded` caches manifests by digest."""
+    cache = {} if loaded is None else loaded
+
+    def load(entry: t.Mapping[str, t.Any]) -> Document:
+        digest = str(entry["digest"])
+        if digest not in cache:
+            cache[digest] = child_manifest(source, entry)
+        return cache[digest]
+
     try:
-        entry, by_variant = select_entry(image.document, platform, architecture)
+        if not image.index:
+            decision = check_manifest_serves(image.document, platform, source.ref.tag, architecture)
+            return SelectedManifest(image.digest, image.document, decision.rule)
+        entry, decision = select_entry(image.document, platform, architecture, source.ref.tag, load)
     except SelectionError as exc:
         raise SourceError("%s: %s" % (source.describe(), exc)) from None
-    return SelectedManifest(str(entry["digest"]), child_manifest(source, entry), by_variant)
+    return SelectedManifest(str(entry["digest"]), load(entry), decision.rule)
 
 
 def read_config(source: Source, manifest: t.Mapping[str, t.Any]) -> Document | None:
@@ -351,6 +370,6 @@ def read_config(source: Source, manifest: t.Mapping[str, t.Any]) -> Document | N
         raise SourceError("the config descriptor of %s has no valid size (%r)" % (source.describe(), size))
     data = source.read_small_blob(config["digest"], size)
     try:
-        return parse_document(data, "config")
+        return normalise_config(parse_document(data, "config"))
     except SelectionError:
         return None

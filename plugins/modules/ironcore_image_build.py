@@ -15,8 +15,17 @@ description:
     of one or more CPU architectures into a local OCI image layout directory, with no registry involved.
   - Records a combined index under O(name) with one manifest per architecture and platform
     (C(platform.variant) V(baremetal) or V(virtualization)), baremetal first within each architecture.
+    Its entries also carry the published spec's C(variant) (V(metal) or V(virtualization)) and C(architecture)
+    annotations.
+  - Every manifest carries the spec's annotations C(variant) (V(metal) for baremetal, V(virtualization)),
+    C(architecture) and C(org.opencontainers.image.title) (C(<image>-<variant>-<arch>), the last path
+    component of O(name) without its tag), plus C(io.ironcore.image.platform).
   - With O(platform_tags=true) it also records C(<tag>-<platform>) (an index without variants, the shape
-    today's IronCore consumers accept) and C(<tag>-<platform>-<arch>) (the manifest itself).
+    today's IronCore consumers accept) and C(<tag>-<platform>-<arch>) (the manifest itself); with
+    O(platform_tag_aliases=true) also the os-images names C(<tag>-metal), C(<tag>-kvm), C(<tag>-metal-<arch>)
+    and C(<tag>-kvm-<arch>) for the same documents.
+  - A baremetal manifest lists its layers in the order kernel, initramfs, squashfs, rootfs, uki, iso;
+    squashfs comes before rootfs so that consumers which let the later of the two become a VM disk take the rootfs.
   - Each artifact is read once, hashed while it is copied into the blob store; a digest cache keyed on the
     file's device, inode, size and modification time lets a rebuild skip unchanged files entirely.
   - Every document is validated against the collection's JSON Schema before it is recorded; every file is
@@ -69,10 +78,14 @@ options:
         description: Path of the initramfs. Needed by the V(baremetal) platform.
         type: path
       rootfs:
-        description: Path of the root file system as a raw disk image. Needed by every platform.
+        description:
+          - Path of the root file system as a raw disk image. Needed by the V(virtualization) platform.
+          - V(baremetal) needs this or O(artifacts[].squashfs) as its root.
         type: path
       squashfs:
-        description: Path of a squashfs image; added to V(baremetal) manifests only.
+        description:
+          - Path of a squashfs image; added to V(baremetal) manifests only.
+          - Without O(artifacts[].rootfs) it is the baremetal node's live root (the Garden Linux PXE layout).
         type: path
       uki:
         description: Path of a unified kernel image; added to V(baremetal) manifests only.
@@ -89,9 +102,10 @@ options:
   platforms:
     description:
       - Platforms to build manifests for. Order does not matter; baremetal is always listed first.
+      - V(metal) is a synonym of V(baremetal) and V(kvm) one of V(virtualization).
     type: list
     elements: str
-    choices: [virtualization, baremetal]
+    choices: [virtualization, baremetal, metal, kvm]
     default: [virtualization, baremetal]
   layer_format:
     description:
@@ -109,6 +123,14 @@ options:
     description: Also record the per-platform and per-platform-per-architecture names.
     type: bool
     default: true
+  platform_tag_aliases:
+    description:
+      - With O(platform_tags=true), also record C(<tag>-metal), C(<tag>-kvm), C(<tag>-metal-<arch>) and
+        C(<tag>-kvm-<arch>), the names IronCore's os-images publishes, pointing at the same digests as
+        C(<tag>-baremetal), C(<tag>-virtualization) and their per-architecture names. No blob is added.
+    type: bool
+    default: true
+    version_added: 0.2.0
 seealso:
   - module: ironcore.image.ironcore_image_push
   - module: ironcore.image.ironcore_image_fetch
@@ -194,7 +216,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._deps import requir
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
     LAYER_FORMATS,
-    PLATFORMS,
+    PLATFORM_CHOICES,
     ROLES,
 )
 
@@ -211,12 +233,13 @@ def main() -> None:
             "platforms": {
                 "type": "list",
                 "elements": "str",
-                "choices": list(PLATFORMS),
+                "choices": list(PLATFORM_CHOICES),
                 "default": ["virtualization", "baremetal"],
             },
             "layer_format": {"type": "str", "choices": list(LAYER_FORMATS), "default": "raw"},
             "annotations": {"type": "dict"},
             "platform_tags": {"type": "bool", "default": True},
+            "platform_tag_aliases": {"type": "bool", "default": True},
         },
         supports_check_mode=True,
     )

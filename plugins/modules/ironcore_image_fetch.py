@@ -13,16 +13,23 @@ version_added: 0.1.0
 description:
   - Resolves O(name) in a registry (or in a local OCI image layout with O(layout)), picks the manifest for
     the node's O(platform) and O(architecture), and delivers the layers that platform needs as files in O(dest).
-  - "Selection, in order: an index whose entries carry C(platform.variant) V(baremetal)/V(virtualization)
-    (the combined index M(ironcore.image.ironcore_image_build) writes) gives the entry of that variant, used as
-    it is; an index without such variants (images made by upstream C(ironcore-image), or a per-platform index)
-    gives the C(linux) entry of the architecture, from which the platform's layers are taken (V(virtualization):
-    C(rootfs); V(baremetal): C(kernel), C(initramfs), C(rootfs) and any C(squashfs), C(uki), C(iso)); a plain
-    manifest is used as it is, its layers taken the same way."
+  - "Selection: the C(linux) entries of the O(architecture) are taken in index order, and the first that serves
+    O(platform) wins. What an entry (or a plain manifest) serves is decided by the first of these that says
+    anything: 1. C(platform.variant) (the combined index M(ironcore.image.ironcore_image_build) writes);
+    2. the entry's C(variant) annotation; 3. the manifest's C(variant) annotation (the published IronCore spec:
+    V(metal) or V(virtualization)) or its C(io.ironcore.image.platform) annotation; 4. the suffix of the tag
+    asked for, C(-baremetal), C(-metal), C(-virtualization) or C(-kvm), optionally followed by C(-<arch>)
+    (the os-images per-platform tags); 5. the layers: a disk serves V(virtualization), a kernel and an
+    initramfs serve V(baremetal). Manifests are only read for this when rules 1 and 2 say nothing."
+  - "Layers delivered: V(virtualization) gets the C(rootfs); V(baremetal) gets C(kernel) and C(initramfs)
+    (required) and whichever of C(rootfs), C(squashfs), C(uki) and C(iso) the manifest has."
   - Layers are recognised by media type, C(application/vnd.ironcore.image.<role>), the legacy v1alpha1 types
     (C(rootfs.v1alpha1.rootfs), C(initramfs.v1alpha1.initramfs), C(vmlinuz.v1alpha1.vmlinuz),
-    C(squashfs.v1alpha1.squashfs)), and C(application/vnd.oci.image.layer.v1.tar+gzip) layers whose
-    C(org.opencontainers.image.title) annotation names a role; those are unpacked to their single file.
+    C(squashfs.v1alpha1.squashfs)), the spec's C(application/vnd.ironcore.image.disk.img) (as C(rootfs)),
+    Garden Linux's C(application/io.gardenlinux.kernel), C(.initrd) (as C(initramfs)) and C(.squashfs), and
+    C(application/vnd.oci.image.layer.v1.tar+gzip) layers whose C(org.opencontainers.image.title) annotation
+    names a role; those are unpacked to their single file. Other layers are skipped. Where a current and a
+    legacy type give the same role, the current one is used.
   - Each blob streams into a partial file in O(dest), is hashed as it arrives, checked for size and digest,
     synced to disk and only then renamed into place. A mismatch fails the task and leaves any existing file
     as it was.
@@ -61,10 +68,12 @@ options:
       - O(name) is looked up as given, as M(ironcore.image.ironcore_image_build) records it, and as its bare tag.
     type: path
   platform:
-    description: What the node is, which decides the layers it gets.
+    description:
+      - What the node is, which decides the manifest and the layers it gets.
+      - V(metal) is a synonym of V(baremetal) and V(kvm) one of V(virtualization).
     type: str
     required: true
-    choices: [baremetal, virtualization]
+    choices: [baremetal, virtualization, metal, kvm]
   architecture:
     description:
       - CPU architecture of the node. V(auto) uses the machine this runs on
@@ -75,7 +84,7 @@ options:
   layers:
     description:
       - Only these layers; each must be in the selected manifest.
-      - By default every layer the platform needs (for a combined index, every layer of the platform's manifest).
+      - By default every layer the platform takes that the selected manifest has.
     type: list
     elements: str
     choices: [kernel, initramfs, rootfs, squashfs, uki, iso]

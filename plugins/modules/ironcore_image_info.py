@@ -17,6 +17,8 @@ description:
   - With O(platform), also selects the manifest for O(platform) and O(architecture) the way
     M(ironcore.image.ironcore_image_fetch) does, and returns for each of its layers the blob URL and the HTTP
     headers needed to GET it, so an HTTP boot server can stream the layers straight from the registry.
+  - For every manifest it reports the platform it serves and which rule decided it (RV(manifests[].decided_by)),
+    by the order of evidence M(ironcore.image.ironcore_image_fetch) describes.
   - Reads only; every manifest is checked against its digest and refused above 4 MiB.
 author:
   - IronCore image collection maintainers (@ironcore-dev)
@@ -47,8 +49,9 @@ options:
   platform:
     description:
       - Select the manifest for this platform and return blob URLs and headers for its layers in RV(selected).
+      - V(metal) is a synonym of V(baremetal) and V(kvm) one of V(virtualization).
     type: str
-    choices: [baremetal, virtualization]
+    choices: [baremetal, virtualization, metal, kvm]
   architecture:
     description:
       - CPU architecture to select with O(platform). V(auto) uses the machine this runs on.
@@ -139,12 +142,24 @@ manifests:
       description: C(platform.architecture) of the index entry; null for a plain manifest.
       type: str
     platform:
-      description: C(platform.variant) of the entry (or the manifest's platform annotation), null when there is none.
+      description:
+        - The one platform this manifest serves (V(baremetal) or V(virtualization), whatever name the image uses);
+          null when its layers serve both or neither.
       type: str
     platforms:
-      description: The platforms this manifest can serve.
+      description: The platforms this manifest serves; empty when it serves none.
       type: list
       elements: str
+    decided_by:
+      description:
+        - Which evidence decided RV(manifests[].platforms), the first of these that says anything.
+        - V(platform_variant), the entry's C(platform.variant); V(descriptor_annotation), the entry's C(variant)
+          annotation; V(manifest_annotation), the manifest's C(variant) (or C(io.ironcore.image.platform))
+          annotation; V(tag_suffix), the tag of O(name) ends in C(-metal), C(-kvm), C(-baremetal) or
+          C(-virtualization) (optionally C(-<arch>)); V(layers), the layers it has.
+      type: str
+      choices: [platform_variant, descriptor_annotation, manifest_annotation, tag_suffix, layers]
+      version_added: 0.2.0
     layers:
       description: The IronCore layers, each with C(role), C(media_type), C(digest), C(size) and C(packed).
       type: list
@@ -158,7 +173,7 @@ selected:
   type: dict
   contains:
     platform:
-      description: The platform asked for.
+      description: The platform asked for (V(metal) and V(kvm) given as V(baremetal) and V(virtualization)).
       type: str
     architecture:
       description: The architecture asked for (V(auto) resolved).
@@ -166,6 +181,12 @@ selected:
     manifest_digest:
       description: Digest of the selected manifest.
       type: str
+    decided_by:
+      description:
+        - Which evidence decided that the selected manifest serves O(platform), as in RV(manifests[].decided_by).
+      type: str
+      choices: [platform_variant, descriptor_annotation, manifest_annotation, tag_suffix, layers]
+      version_added: 0.2.0
     layers:
       description:
         - The layers to fetch, each with C(role), C(media_type), C(digest), C(size), C(packed), C(url), C(headers)
@@ -177,6 +198,7 @@ selected:
     platform: baremetal
     architecture: amd64
     manifest_digest: sha256:4c1e...
+    decided_by: platform_variant
     layers:
       - role: kernel
         media_type: application/vnd.ironcore.image.kernel

@@ -59,6 +59,15 @@ options:
         suffixes of the destination tag.
     type: bool
     default: true
+  platform_tag_aliases:
+    description:
+      - With O(platform_tags=true), also push the os-images names C(<tag>-metal), C(<tag>-kvm),
+        C(<tag>-metal-<arch>) and C(<tag>-kvm-<arch>) that the build recorded (its O(platform_tags=true) and
+        O(ironcore.image.ironcore_image_build#module:platform_tag_aliases=true)). They point at the same
+        digests as the C(-baremetal) and C(-virtualization) names, so no blob is sent twice.
+    type: bool
+    default: true
+    version_added: 0.2.0
   chunk_size:
     description:
       - V(0) sends each blob in one streaming C(PUT).
@@ -161,6 +170,7 @@ def main() -> None:
         name={"type": "str", "required": True},
         destination={"type": "str"},
         platform_tags={"type": "bool", "default": True},
+        platform_tag_aliases={"type": "bool", "default": True},
         chunk_size={"type": "int", "default": 0},
         mount_from={"type": "list", "elements": "str", "default": []},
     )

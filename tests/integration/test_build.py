@@ -91,7 +91,18 @@ def test_build_check_real_idempotent(ansible, artifacts, tmp_path):
     ]
 
     manifest = json.loads(skopeo_raw(layout, NAME + "-virtualization-arm64"))
-    assert manifest["annotations"] == {"io.ironcore.image.platform": "virtualization"}
+    assert manifest["annotations"] == {
+        "io.ironcore.image.platform": "virtualization",
+        "variant": "virtualization",
+        "architecture": "arm64",
+        "org.opencontainers.image.title": "gardenlinux-virtualization-arm64",
+    }
+    assert [m["annotations"] for m in index["manifests"]] == [
+        {"variant": "metal", "architecture": "amd64"},
+        {"variant": "virtualization", "architecture": "amd64"},
+        {"variant": "metal", "architecture": "arm64"},
+        {"variant": "virtualization", "architecture": "arm64"},
+    ]
     assert [(layer["mediaType"], layer["annotations"]) for layer in manifest["layers"]] == [
         ("application/vnd.ironcore.image.rootfs", {"org.opencontainers.image.title": "rootfs"})
     ]
@@ -104,11 +115,13 @@ def test_build_check_real_idempotent(ansible, artifacts, tmp_path):
     config_blob = os.path.join(layout, "blobs", "sha256", bare["config"]["digest"][7:])
     assert json.load(open(config_blob)) == {"commandLine": "console=ttyS0"}
     assert bare["config"]["mediaType"] == "application/vnd.ironcore.image.config.v1+json"
+    words = ("baremetal", "virtualization", "metal", "kvm")
     assert sorted(built["refs"]) == sorted(
-        [NAME]
-        + [NAME + "-" + p for p in ("baremetal", "virtualization")]
-        + [NAME + "-%s-%s" % (p, a) for p in ("baremetal", "virtualization") for a in ("amd64", "arm64")]
+        [NAME] + [NAME + "-" + p for p in words] + [NAME + "-%s-%s" % (p, a) for p in words for a in ("amd64", "arm64")]
     )
+    # The os-images aliases name the very same documents.
+    assert skopeo_raw(layout, NAME + "-metal") == skopeo_raw(layout, NAME + "-baremetal")
+    assert skopeo_raw(layout, NAME + "-kvm-arm64") == skopeo_raw(layout, NAME + "-virtualization-arm64")
 
 
 def test_same_inputs_same_digest_in_another_layout(ansible, artifacts, tmp_path):
@@ -160,7 +173,8 @@ def test_squashfs_goes_to_baremetal_only(ansible, artifacts, tmp_path):
     }
     result = ansible.module(MODULE, args)
     titles = {m["platform"]: [layer["title"] for layer in m["layers"]] for m in result["manifests"]}
-    assert titles == {"baremetal": ["kernel", "initramfs", "rootfs", "squashfs"], "virtualization": ["rootfs"]}
+    # squashfs before rootfs: libvirt-provider lets the later of the two become the VM disk.
+    assert titles == {"baremetal": ["kernel", "initramfs", "squashfs", "rootfs"], "virtualization": ["rootfs"]}
 
 
 def test_rebuild_uses_digest_cache(ansible, artifacts, tmp_path):
@@ -194,7 +208,7 @@ def bad_cases(paths, tmp_path):
         ({"artifacts": [dict(amd, architecture="x86")]}, "architecture must be one of: amd64, arm64, got: x86"),
         (
             {"platforms": ["cloud"]},
-            "value of platforms must be one or more of: baremetal, virtualization. Got no match for: cloud",
+            "value of platforms must be one or more of: baremetal, virtualization, metal, kvm. Got no match for: cloud",
         ),
         ({"artifacts": []}, "artifacts must list at least one architecture"),
         ({"artifacts": [amd, amd]}, "artifacts[1].architecture: amd64 is listed twice"),

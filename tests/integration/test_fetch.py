@@ -150,7 +150,7 @@ def test_per_platform_index_plain_manifest_pin_and_digest_reference(ansible, ima
             MODULE,
             {
                 "layout": layout,
-                "name": OURS + "-baremetal-amd64",
+                "name": OURS + "-kvm-amd64",
                 "platform": "virtualization",
                 "architecture": "amd64",
                 "dest": dests["plain"],
@@ -182,7 +182,7 @@ def test_per_platform_index_plain_manifest_pin_and_digest_reference(ansible, ima
     assert per_platform["changed"] is True and files_in(dests["per-platform"]) == expected_files(
         images[OURS], "baremetal", "arm64"
     )
-    # A baremetal manifest serves a hypervisor too: it takes the rootfs from it.
+    # The os-images alias of the per-architecture virtualization manifest.
     assert plain["changed"] is True and files_in(dests["plain"]) == {"rootfs": images[OURS][("amd64", "rootfs")]}
     assert plain["digest"] == plain["manifest_digest"]
     assert pinned["changed"] is True and pinned["digest"] == written.digest
@@ -309,10 +309,21 @@ def test_bad_inputs_fail_cleanly_and_touch_nothing(ansible, images, tmp_path):
     cases = [
         ({"name": amd64_only, "architecture": "arm64"}, "has no linux/arm64 manifest; it has: linux/amd64"),
         (
-            {"name": metal_only},
-            "has no rootfs layer, which platform baremetal needs (it has: initramfs, kernel, squashfs)",
+            {"name": metal_only, "platform": "virtualization"},
+            "the image has nothing for virtualization on linux/amd64; its linux/amd64 entries serve"
+            " linux/amd64: baremetal (by layers)",
         ),
-        ({"name": vm_only}, "has no linux/amd64/baremetal manifest; it has: linux/amd64/virtualization"),
+        (
+            {"name": vm_only},
+            "the image has nothing for baremetal on linux/amd64; its linux/amd64 entries serve"
+            " linux/amd64/virtualization: virtualization (by platform variant)",
+        ),
+        # Our baremetal manifest says so in its annotations, rootfs or not: not for a hypervisor.
+        (
+            {"name": OURS + "-baremetal-amd64", "platform": "virtualization"},
+            "the image has nothing for virtualization: it is a single manifest that serves baremetal"
+            " (by manifest annotation)",
+        ),
         ({"layers": ["uki"]}, "the manifest has no uki layer"),
         ({"name": "registry.example.com/os/huge:1"}, "more than a manifest may be (4 MiB)"),
         ({"name": "registry.example.com/os/absent:1"}, "is not recorded in layout"),

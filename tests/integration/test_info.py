@@ -67,17 +67,18 @@ def test_layout_images_described_and_selected(ansible, images, tmp_path):
 
     assert ours["changed"] is False and ours["name"] == OURS
     assert ours["media_type"] == "application/vnd.oci.image.index.v1+json" and len(ours["index"]["manifests"]) == 4
-    assert [(m["architecture"], m["platform"], m["platforms"]) for m in ours["manifests"]] == [
-        ("amd64", "baremetal", ["baremetal"]),
-        ("amd64", "virtualization", ["virtualization"]),
-        ("arm64", "baremetal", ["baremetal"]),
-        ("arm64", "virtualization", ["virtualization"]),
+    assert [(m["architecture"], m["platform"], m["platforms"], m["decided_by"]) for m in ours["manifests"]] == [
+        ("amd64", "baremetal", ["baremetal"], "platform_variant"),
+        ("amd64", "virtualization", ["virtualization"], "platform_variant"),
+        ("arm64", "baremetal", ["baremetal"], "platform_variant"),
+        ("arm64", "virtualization", ["virtualization"], "platform_variant"),
     ]
-    assert [layer["role"] for layer in ours["manifests"][0]["layers"]] == ["kernel", "initramfs", "rootfs", "squashfs"]
+    assert [layer["role"] for layer in ours["manifests"][0]["layers"]] == ["kernel", "initramfs", "squashfs", "rootfs"]
     assert ours["manifests"][2]["config"] == {"commandLine": "console=ttyS0 arch=arm64"}
     selected = ours["selected"]
     assert selected["platform"] == "baremetal" and selected["architecture"] == "arm64"
     assert selected["manifest_digest"] == ours["manifests"][2]["digest"]
+    assert selected["decided_by"] == "platform_variant"
     for layer in selected["layers"]:
         # The URL leads to the very blob: read it and hash it.
         with open(urllib.parse.urlparse(layer["url"]).path, "rb") as stream:
@@ -86,9 +87,9 @@ def test_layout_images_described_and_selected(ansible, images, tmp_path):
         assert layer["headers"] == {}
 
     assert upstream["changed"] is False
-    assert [(m["architecture"], m["platform"], m["platforms"]) for m in upstream["manifests"]] == [
-        ("amd64", None, ["baremetal", "virtualization"]),
-        ("arm64", None, ["baremetal", "virtualization"]),
+    assert [(m["architecture"], m["platform"], m["platforms"], m["decided_by"]) for m in upstream["manifests"]] == [
+        ("amd64", None, ["baremetal", "virtualization"], "layers"),
+        ("arm64", None, ["baremetal", "virtualization"], "layers"),
     ]
     assert [layer["role"] for layer in upstream["selected"]["layers"]] == ["rootfs"]
     assert upstream["selected"]["layers"][0]["digest"] == images[UPSTREAM].blobs[("amd64", "rootfs")]
@@ -102,7 +103,9 @@ def test_layout_images_described_and_selected(ansible, images, tmp_path):
     ]
 
     assert plain["index"] is None and plain["media_type"] == "application/vnd.oci.image.manifest.v1+json"
-    assert [(m["architecture"], m["platform"]) for m in plain["manifests"]] == [(None, "virtualization")]
+    assert [(m["architecture"], m["platform"], m["decided_by"]) for m in plain["manifests"]] == [
+        (None, "virtualization", "manifest_annotation")
+    ]
     assert plain["selected"]["manifest_digest"] == plain["digest"]
 
     assert (

@@ -20,12 +20,19 @@ PUSH = "ironcore.image.ironcore_image_push"
 NAME = "registry.example.com/os/gardenlinux:1.0"
 ARCHS = ("amd64", "arm64")
 ROLES = ("kernel", "initramfs", "rootfs")
+# Per-architecture manifests, then per-platform indexes; each with its os-images alias (metal, kvm).
 PLATFORM_TAGS = [
     "1.0-baremetal-amd64",
     "1.0-baremetal-arm64",
+    "1.0-kvm-amd64",
+    "1.0-kvm-arm64",
+    "1.0-metal-amd64",
+    "1.0-metal-arm64",
     "1.0-virtualization-amd64",
     "1.0-virtualization-arm64",
     "1.0-baremetal",
+    "1.0-kvm",
+    "1.0-metal",
     "1.0-virtualization",
 ]
 ALL_TAGS = [*PLATFORM_TAGS, "1.0"]
@@ -193,7 +200,7 @@ def test_faults_are_retried(ansible, image, registry_plain, fault_proxy):
 def _layer_digests(layout: str) -> set[str]:
     store = OciLayout(layout)
     digests = set()
-    for tag in PLATFORM_TAGS[:4]:
+    for tag in PLATFORM_TAGS[:8]:
         manifest = json.loads(store.read_document(store.refs()[NAME[:-4] + ":" + tag]["digest"]))
         digests.update(layer["digest"] for layer in manifest["layers"])
         digests.add(manifest["config"]["digest"])

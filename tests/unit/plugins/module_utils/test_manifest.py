@@ -33,33 +33,65 @@ def test_config_document():
     assert manifest.config_document(None) == b"{}"
 
 
+def build(platform: str, roles: list[str], arch: str = "amd64") -> bytes:
+    return manifest.build_manifest(platform, arch, "os-%s-%s" % (platform, arch), config(), [layer(r) for r in roles])
+
+
 def test_baremetal_manifest_in_order():
-    data = manifest.build_manifest("baremetal", config(), [layer("kernel"), layer("initramfs"), layer("rootfs")])
+    data = build("baremetal", ["kernel", "initramfs", "squashfs", "rootfs"])
     document = json.loads(data)
     assert document["mediaType"] == OCI_MANIFEST
-    assert [entry["annotations"][TITLE_ANNOTATION] for entry in document["layers"]] == ["kernel", "initramfs", "rootfs"]
+    assert [entry["annotations"][TITLE_ANNOTATION] for entry in document["layers"]] == [
+        "kernel",
+        "initramfs",
+        "squashfs",
+        "rootfs",
+    ]
+    assert document["annotations"] == {
+        "variant": "metal",
+        "architecture": "amd64",
+        TITLE_ANNOTATION: "os-baremetal-amd64",
+        "io.ironcore.image.platform": "baremetal",
+    }
     assert manifest.canonical_json(document) == data
+
+
+def test_spec_annotations_on_virtualization_manifest():
+    document = json.loads(build("virtualization", ["rootfs"], "arm64"))
+    assert document["annotations"]["variant"] == "virtualization"
+    assert document["annotations"]["architecture"] == "arm64"
+
+
+def test_manifest_title_is_the_image_without_its_tag():
+    assert manifest.manifest_title("os/gardenlinux", "baremetal", "arm64") == "gardenlinux-metal-arm64"
+    assert manifest.manifest_title("x", "virtualization", "amd64") == "x-virtualization-amd64"
+
+
+def test_squashfs_may_be_the_baremetal_root():
+    assert json.loads(build("baremetal", ["kernel", "initramfs", "squashfs"]))["layers"][2]["digest"] == DIGEST
 
 
 @pytest.mark.parametrize(
     "platform, roles, message",
     [
         ("baremetal", ["initramfs", "rootfs"], "lacks the kernel"),
+        ("baremetal", ["kernel", "initramfs"], "needs a rootfs or a squashfs layer"),
         ("baremetal", ["initramfs", "kernel", "rootfs"], "must be ordered"),
+        ("baremetal", ["kernel", "initramfs", "rootfs", "squashfs"], "must be ordered"),
         ("virtualization", ["rootfs", "squashfs"], "must not carry squashfs"),
         ("virtualization", [], "invalid"),
     ],
 )
 def test_manifest_profile_rules(platform, roles, message):
     with pytest.raises(manifest.InvalidDocument, match=message):
-        manifest.build_manifest(platform, config(), [layer(role) for role in roles])
+        build(platform, roles)
 
 
 def test_manifest_title_must_match_media_type():
     bad = layer("kernel")
     bad["annotations"][TITLE_ANNOTATION] = "rootfs"
     with pytest.raises(manifest.InvalidDocument, match="titles"):
-        manifest.build_manifest("virtualization", config(), [bad])
+        manifest.build_manifest("virtualization", "amd64", "t", config(), [bad])
 
 
 def entry(arch: str, variant: str | None) -> dict:
@@ -69,6 +101,19 @@ def entry(arch: str, variant: str | None) -> dict:
 def test_index_accepts_baremetal_first():
     data = manifest.build_index([entry("amd64", "baremetal"), entry("amd64", "virtualization")], {"a": "b"})
     assert json.loads(data)["annotations"] == {"a": "b"}
+
+
+def test_combined_index_entries_carry_the_spec_annotations():
+    assert entry("arm64", "baremetal")["annotations"] == {"variant": "metal", "architecture": "arm64"}
+    assert entry("amd64", "virtualization")["platform"] == {
+        "architecture": "amd64",
+        "os": "linux",
+        "variant": "virtualization",
+    }
+    assert "annotations" not in entry("amd64", None)
+    stripped = dict(entry("amd64", "baremetal"), annotations={"variant": "baremetal", "architecture": "amd64"})
+    with pytest.raises(manifest.InvalidDocument, match="must carry the annotations"):
+        manifest.build_index([stripped])
 
 
 @pytest.mark.parametrize(
@@ -129,3 +174,27 @@ def test_command_lines_iPXE_would_run_are_refused(cmdline, token, reason):
     assert "\n" not in message
     assert message.startswith(token)
     assert reason in message
+
+
+@pytest.mark.parametrize(
+    "media_type",
+    [
+        "application/vnd.ironcore.image.disk.img",
+        "application/vnd.ironcore.image.rootfs.v1alpha1.rootfs",
+        "application/io.gardenlinux.squashfs",
+    ],
+)
+def test_read_only_media_types_are_never_written(media_type):
+    role = "squashfs" if "squashfs" in media_type else "rootfs"
+    foreign = manifest.descriptor(media_type, DIGEST, 1, annotations={TITLE_ANNOTATION: role})
+    with pytest.raises(manifest.InvalidDocument, match="read, never written"):
+        manifest.build_manifest(
+            "virtualization" if role == "rootfs" else "baremetal",
+            "amd64",
+            "t",
+            config(),
+            [
+                *([layer("kernel"), layer("initramfs")] if role == "squashfs" else []),
+                foreign,
+            ],
+        )

@@ -40,6 +40,53 @@ def test_platform_refs_suffix_the_tag():
     }
 
 
+def test_platform_refs_with_aliases_add_the_os_images_words():
+    ref = model.ImageReference.parse("r.io/os/x:1.0")
+    refs = model.platform_refs(ref, ["baremetal", "virtualization"], ["arm64"], aliases=True)
+    assert {key: value.tag for key, value in refs.items()} == {
+        "baremetal": "1.0-baremetal",
+        "baremetal/arm64": "1.0-baremetal-arm64",
+        "metal": "1.0-metal",
+        "metal/arm64": "1.0-metal-arm64",
+        "virtualization": "1.0-virtualization",
+        "virtualization/arm64": "1.0-virtualization-arm64",
+        "kvm": "1.0-kvm",
+        "kvm/arm64": "1.0-kvm-arm64",
+    }
+
+
+@pytest.mark.parametrize(
+    "name, platform",
+    [
+        ("baremetal", "baremetal"),
+        ("metal", "baremetal"),
+        ("kvm", "virtualization"),
+        ("Virtualization", "virtualization"),
+        ("v8", None),
+        (None, None),
+    ],
+)
+def test_canonical_platform(name, platform):
+    assert model.canonical_platform(name) == platform
+
+
+@pytest.mark.parametrize(
+    "tag, platform",
+    [
+        ("1.0-metal", "baremetal"),
+        ("1.0-kvm-amd64", "virtualization"),
+        ("1.0-baremetal-arm64", "baremetal"),
+        ("1.0-virtualization", "virtualization"),
+        ("1.0-metal-s390x", None),
+        ("metal-1.0", None),
+        ("1.0-gardenmetal", None),
+        (None, None),
+    ],
+)
+def test_platform_of_tag(tag, platform):
+    assert model.platform_of_tag(tag) == platform
+
+
 def test_platform_tag_too_long_is_refused():
     ref = model.ImageReference.parse("r.io/x:" + "t" * 120)
     with pytest.raises(model.InvalidReference):
@@ -69,6 +116,10 @@ def test_platform_tag_too_long_is_refused():
         ),
         ({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}, None),
         ({"mediaType": "application/vnd.ironcore.image.unknown"}, None),
+        ({"mediaType": "application/vnd.ironcore.image.disk.img"}, "rootfs"),
+        ({"mediaType": "application/io.gardenlinux.kernel"}, "kernel"),
+        ({"mediaType": "application/io.gardenlinux.initrd"}, "initramfs"),
+        ({"mediaType": "application/io.gardenlinux.squashfs"}, "squashfs"),
         ({"mediaType": "application/octet-stream"}, None),
     ],
 )
@@ -78,7 +129,10 @@ def test_layer_role(descriptor, role):
 
 def test_profiles_order_and_content():
     assert model.PLATFORMS[0] == "baremetal"
-    assert model.PROFILES["baremetal"].roles == ("kernel", "initramfs", "rootfs", "squashfs", "uki", "iso")
+    # squashfs before rootfs: libvirt-provider lets the later one become the VM disk.
+    assert model.PROFILES["baremetal"].roles == ("kernel", "initramfs", "squashfs", "rootfs", "uki", "iso")
+    assert model.PROFILES["baremetal"].required == ("kernel", "initramfs")
+    assert model.PROFILES["baremetal"].live_root == ("rootfs", "squashfs")
     assert model.PROFILES["virtualization"].roles == ("rootfs",)
 
 

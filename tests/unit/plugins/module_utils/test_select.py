@@ -76,18 +76,27 @@ LEGACY_MANIFEST = manifest(
     ],
 )
 def test_combined_index_selects_by_variant(platform, arch, expected):
-    chosen, by_variant = select.select_entry(COMBINED, platform, arch)
-    assert chosen["digest"] == digest(expected) and by_variant is True
+    chosen, decision = select.select_entry(COMBINED, platform, arch)
+    assert chosen["digest"] == digest(expected) and decision == select.Decision((platform,), "platform_variant")
+
+
+@pytest.mark.parametrize("platform, synonym", [("baremetal", "metal"), ("virtualization", "kvm")])
+def test_synonyms_select_like_the_platform_name(platform, synonym):
+    assert select.select_entry(COMBINED, synonym, "amd64") == select.select_entry(COMBINED, platform, "amd64")
+    assert roles(select.select_layers(UPSTREAM_MANIFEST, synonym)) == roles(
+        select.select_layers(UPSTREAM_MANIFEST, platform)
+    )
 
 
 @pytest.mark.parametrize("platform", ["baremetal", "virtualization"])
-def test_upstream_index_selects_by_architecture(platform):
-    chosen, by_variant = select.select_entry(UPSTREAM, platform, "arm64")
-    assert chosen["digest"] == digest("6") and by_variant is False
+def test_upstream_index_selects_by_architecture_then_layers(platform):
+    chosen, decision = select.select_entry(UPSTREAM, platform, "arm64", load=lambda entry: UPSTREAM_MANIFEST)
+    assert chosen["digest"] == digest("6")
+    assert decision == select.Decision(("baremetal", "virtualization"), "layers")
 
 
 def test_non_linux_entries_are_skipped():
-    chosen, _by_variant = select.select_entry(
+    chosen, _decision = select.select_entry(
         index(entry("7", "amd64", os_name="windows"), entry("8", "amd64")), "baremetal", "amd64"
     )
     assert chosen["digest"] == digest("8")
@@ -99,17 +108,19 @@ def test_unknown_architecture_lists_what_the_image_has():
             index(entry("1", "amd64", "baremetal"), entry("2", "amd64", "virtualization")), "baremetal", "arm64"
         )
     assert str(error.value) == (
-        "the image has no linux/arm64/baremetal manifest; it has: linux/amd64/baremetal, linux/amd64/virtualization"
+        "the image has no linux/arm64 manifest; it has: linux/amd64/baremetal, linux/amd64/virtualization"
     )
     with pytest.raises(select.SelectionError, match=r"no linux/arm64 manifest; it has: linux/amd64$"):
         select.select_entry(index(entry("5", "amd64")), "virtualization", "arm64")
 
 
 def test_missing_platform_in_combined_index():
-    with pytest.raises(
-        select.SelectionError, match="no linux/amd64/baremetal manifest; it has: linux/amd64/virtualization"
-    ):
+    with pytest.raises(select.SelectionError) as error:
         select.select_entry(index(entry("2", "amd64", "virtualization")), "baremetal", "amd64")
+    assert str(error.value) == (
+        "the image has nothing for baremetal on linux/amd64; its linux/amd64 entries serve"
+        " linux/amd64/virtualization: virtualization (by platform variant)"
+    )
 
 
 def test_entry_without_digest_is_refused():
@@ -133,10 +144,12 @@ def test_legacy_media_types_are_recognised():
     assert chosen[2].media_type == PREFIX + "vmlinuz.v1alpha1.vmlinuz" and chosen[2].digest == digest("d")
 
 
-def test_variant_manifest_is_taken_as_is():
-    ours = manifest(layer(PREFIX + "rootfs", "a"), layer(PREFIX + "squashfs", "e"))
-    assert roles(select.select_layers(ours, "virtualization", by_variant=True)) == ["rootfs", "squashfs"]
-    assert roles(select.select_layers(ours, "virtualization", by_variant=False)) == ["rootfs"]
+def test_layers_outside_the_platform_profile_are_left_out():
+    spec_virtualization = manifest(
+        layer(PREFIX + "disk.img", "a"), layer(PREFIX + "kernel", "d"), layer(PREFIX + "squashfs", "e")
+    )
+    (disk,) = select.select_layers(spec_virtualization, "virtualization")
+    assert (disk.role, disk.media_type, disk.digest) == ("rootfs", PREFIX + "disk.img", digest("a"))
 
 
 def test_tar_gzip_layer_with_title_is_packed():
@@ -155,11 +168,13 @@ def test_unknown_layers_are_ignored():
 
 def test_missing_required_layer_is_named():
     metal_only = manifest(layer(PREFIX + "kernel", "d"), layer(PREFIX + "initramfs", "b"))
+    assert roles(select.select_layers(metal_only, "baremetal")) == ["kernel", "initramfs"]
+    disk_only = manifest(layer(PREFIX + "rootfs", "a"))
     with pytest.raises(select.SelectionError) as error:
-        select.select_layers(metal_only, "baremetal")
+        select.select_layers(disk_only, "baremetal")
     assert (
         str(error.value)
-        == "the manifest has no rootfs layer, which platform baremetal needs (it has: kernel, initramfs)"
+        == "the manifest has no kernel and initramfs layer, which platform baremetal needs (it has: rootfs)"
     )
     with pytest.raises(select.SelectionError, match="no rootfs layer, which platform virtualization needs"):
         select.select_layers(metal_only, "virtualization")
@@ -177,9 +192,20 @@ def test_explicit_layers_pick_exactly_those():
 
 
 def test_duplicate_roles_are_ambiguous():
-    twice = manifest(layer(PREFIX + "rootfs", "a"), layer(PREFIX + "rootfs.v1alpha1.rootfs", "b"))
+    twice = manifest(layer(PREFIX + "rootfs", "a"), layer(PREFIX + "rootfs", "b"))
     with pytest.raises(select.SelectionError, match="more than one rootfs layer"):
         select.select_layers(twice, "virtualization")
+    legacy_twice = manifest(layer(PREFIX + "rootfs.v1alpha1.rootfs", "a"), layer(PREFIX + "disk.img", "b"))
+    with pytest.raises(select.SelectionError, match="more than one rootfs layer"):
+        select.select_layers(legacy_twice, "virtualization")
+
+
+@pytest.mark.parametrize("order", [("a", "b"), ("b", "a")])
+def test_current_media_type_wins_over_legacy(order):
+    types = {"a": PREFIX + "rootfs", "b": PREFIX + "rootfs.v1alpha1.rootfs"}
+    both = manifest(*(layer(types[char], char) for char in order))
+    (chosen,) = select.select_layers(both, "virtualization")
+    assert chosen.digest == digest("a")
 
 
 def test_platforms_served():
@@ -218,3 +244,162 @@ def test_auto_architecture_unknown_machine():
         select.SelectionError, match="cannot map machine type riscv64 to amd64 or arm64; set architecture explicitly"
     ):
         select.node_architecture("auto", "riscv64")
+
+
+GARDENLINUX_MANIFEST = manifest(
+    layer("application/io.gardenlinux.kernel", "d"),
+    layer("application/io.gardenlinux.initrd", "b"),
+    layer("application/io.gardenlinux.squashfs", "e"),
+)
+
+
+def test_gardenlinux_layers_serve_baremetal():
+    chosen = select.select_layers(GARDENLINUX_MANIFEST, "baremetal")
+    assert roles(chosen) == ["kernel", "initramfs", "squashfs"]
+    assert select.platforms_served(select.manifest_layers(GARDENLINUX_MANIFEST)) == ["baremetal"]
+
+
+def annotated(document: dict, **annotations: str) -> dict:
+    return dict(document, annotations=annotations)
+
+
+def with_annotations(descriptor: dict, **annotations: str) -> dict:
+    return dict(descriptor, annotations=annotations)
+
+
+@pytest.mark.parametrize(
+    "entry_, manifest_, tag, expected",
+    [
+        # 1: platform.variant, over everything else.
+        (
+            entry("1", "amd64", "kvm"),
+            annotated(UPSTREAM_MANIFEST, variant="metal"),
+            "1-metal",
+            (("virtualization",), "platform_variant"),
+        ),
+        # A variant that is no platform (arm64 "v8") says nothing.
+        (
+            with_annotations(entry("1", "arm64", "v8"), variant="metal"),
+            UPSTREAM_MANIFEST,
+            None,
+            (("baremetal",), "descriptor_annotation"),
+        ),
+        # 2: the descriptor's variant annotation.
+        (
+            with_annotations(entry("1", "amd64"), variant="virtualization"),
+            annotated(UPSTREAM_MANIFEST, variant="metal"),
+            None,
+            (("virtualization",), "descriptor_annotation"),
+        ),
+        # Garden Linux's descriptor annotations name no variant.
+        (
+            with_annotations(entry("1", "amd64"), cname="metal_pxe-amd64-1", architecture="amd64"),
+            GARDENLINUX_MANIFEST,
+            None,
+            (("baremetal",), "layers"),
+        ),
+        # 3: the manifest's variant annotation, and our own platform annotation.
+        (
+            entry("1", "amd64"),
+            annotated(UPSTREAM_MANIFEST, variant="metal"),
+            "1-kvm",
+            (("baremetal",), "manifest_annotation"),
+        ),
+        (
+            None,
+            annotated(UPSTREAM_MANIFEST, **{"io.ironcore.image.platform": "virtualization"}),
+            None,
+            (("virtualization",), "manifest_annotation"),
+        ),
+        # 4: the tag suffix, with or without an architecture.
+        (entry("1", "amd64"), UPSTREAM_MANIFEST, "1.0-kvm", (("virtualization",), "tag_suffix")),
+        (None, UPSTREAM_MANIFEST, "1.0-metal-arm64", (("baremetal",), "tag_suffix")),
+        (None, UPSTREAM_MANIFEST, "1.0-baremetal", (("baremetal",), "tag_suffix")),
+        (None, UPSTREAM_MANIFEST, "1.0-virtualization-amd64", (("virtualization",), "tag_suffix")),
+        # Not a suffix: the word in the middle of the tag.
+        (None, manifest(layer(PREFIX + "rootfs", "a")), "kvm-1.0", (("virtualization",), "layers")),
+        # 5: the layers.
+        (None, LEGACY_MANIFEST, "0.9", (("baremetal", "virtualization"), "layers")),
+        (None, manifest(layer("application/octet-stream", "f")), None, ((), "layers")),
+    ],
+)
+def test_decide_platform_takes_the_first_rule_that_says_something(entry_, manifest_, tag, expected):
+    assert select.decide_platform(entry_, manifest_, tag) == select.Decision(*expected)
+
+
+def test_several_entries_per_architecture_are_told_apart_by_their_manifests():
+    manifests = {
+        digest("1"): annotated(
+            manifest(layer(PREFIX + "disk.img", "a"), layer(PREFIX + "kernel", "d")), variant="virtualization"
+        ),
+        digest("2"): annotated(
+            manifest(layer(PREFIX + "kernel", "d"), layer(PREFIX + "initramfs", "b")), variant="metal"
+        ),
+    }
+    spec = index(entry("1", "amd64"), entry("2", "amd64"))
+    asked = []
+
+    def load(entry_):
+        asked.append(entry_["digest"])
+        return manifests[entry_["digest"]]
+
+    chosen, decision = select.select_entry(spec, "baremetal", "amd64", load=load)
+    assert chosen["digest"] == digest("2") and decision.rule == "manifest_annotation"
+    assert asked == [digest("1"), digest("2")]
+    chosen, decision = select.select_entry(spec, "virtualization", "amd64", load=load)
+    assert chosen["digest"] == digest("1")
+
+
+def test_entries_decided_by_their_descriptor_are_not_loaded():
+    def load(entry_):
+        raise AssertionError("manifest %s was read" % entry_["digest"])
+
+    chosen, _decision = select.select_entry(COMBINED, "virtualization", "arm64", load=load)
+    assert chosen["digest"] == digest("4")
+
+
+def test_first_serving_entry_wins_when_rules_cannot_tell():
+    both = index(entry("5", "amd64"), entry("6", "amd64"))
+    chosen, decision = select.select_entry(both, "virtualization", "amd64", load=lambda entry_: UPSTREAM_MANIFEST)
+    assert chosen["digest"] == digest("5") and decision.rule == "layers"
+
+
+def test_nothing_for_the_node_lists_what_the_entries_serve():
+    kvm = index(entry("5", "amd64"), entry("6", "arm64"))
+    with pytest.raises(select.SelectionError) as error:
+        select.select_entry(
+            kvm, "metal", "arm64", tag="1.0-kvm", load=lambda entry_: manifest(layer(PREFIX + "rootfs", "a"))
+        )
+    assert str(error.value) == (
+        "the image has nothing for baremetal on linux/arm64; its linux/arm64 entries serve"
+        " linux/arm64: virtualization (by tag suffix)"
+    )
+
+
+def test_single_manifest_must_serve_the_platform():
+    assert select.check_manifest_serves(LEGACY_MANIFEST, "virtualization").rule == "layers"
+    with pytest.raises(select.SelectionError) as error:
+        select.check_manifest_serves(manifest(layer(PREFIX + "rootfs", "a")), "baremetal", "1.0")
+    assert str(error.value) == (
+        "the image has nothing for baremetal: it is a single manifest that serves virtualization (by layers);"
+        " it has: rootfs"
+    )
+
+
+def test_command_line_is_trimmed_and_extra_keys_kept():
+    config = {"commandLine": "console=ttyS0 quiet\n", "os-release": "x", "arch": "amd64"}
+    assert select.normalise_config(config) == {"commandLine": "console=ttyS0 quiet", "os-release": "x", "arch": "amd64"}
+    assert select.normalise_config({"os-release": "x"}) == {"os-release": "x"}
+    assert select.normalise_config(None) is None
+
+
+def test_single_manifest_for_another_architecture_is_refused():
+    arm = dict(UPSTREAM_MANIFEST, annotations={"architecture": "arm64", "variant": "metal"})
+    assert select.check_manifest_serves(arm, "baremetal", None, "arm64").rule == "manifest_annotation"
+    with pytest.raises(select.SelectionError) as error:
+        select.check_manifest_serves(arm, "baremetal", None, "amd64")
+    assert str(error.value) == "the image has nothing for linux/amd64: it is a single manifest for linux/arm64"
+    with pytest.raises(select.SelectionError, match=r"single manifest for linux/amd64$"):
+        select.check_manifest_serves(UPSTREAM_MANIFEST, "kvm", "1.0-kvm-amd64", "arm64")
+    # Without any word on it, a single manifest serves any architecture (older images).
+    assert select.check_manifest_serves(LEGACY_MANIFEST, "baremetal", "0.9", "arm64").rule == "layers"
