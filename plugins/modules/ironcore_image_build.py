@@ -106,6 +106,15 @@ options:
     description: Also record the per-platform and per-platform-per-architecture names.
     type: bool
     default: true
+  allow_shared_dest:
+    description:
+      - Build into a O(layout) directory that other users can write to (writable by its group or others without
+        the sticky bit, or owned by another user than root or the one running the module).
+      - By default such a layout is refused, since whoever can write there could plant links or swap files where the
+        module writes blobs and C(index.json), as root on a build host.
+      - Set it only when everyone who can write to the directory is trusted.
+    type: bool
+    default: false
 seealso:
   - module: ironcore.image.ironcore_image_push
   - module: ironcore.image.ironcore_image_fetch
@@ -214,6 +223,7 @@ def main() -> None:
             "layer_format": {"type": "str", "choices": list(LAYER_FORMATS), "default": "raw"},
             "annotations": {"type": "dict"},
             "platform_tags": {"type": "bool", "default": True},
+            "allow_shared_dest": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
