@@ -231,7 +231,8 @@ def locked(state_dir: str) -> t.Iterator[None]:
     """One fetch at a time per destination: they would share partial files and the state record."""
     directory = open_directory(state_dir)
     try:
-        lock = open_private(LOCK_FILE, directory)
+        # Only flocked, never written: another user's lock file in a shared directory is fine.
+        lock = open_private(LOCK_FILE, directory, require_owner=False)
     finally:
         os.close(directory)
     try:

@@ -82,23 +82,24 @@ def shared_directory_reason(path: str) -> str | None:
     return None
 
 
-def _check_private(fd: int, name: str) -> os.stat_result:
+def _check_private(fd: int, name: str, require_owner: bool = True) -> os.stat_result:
     """The open file must be a regular file of ours with no other name (a hard link would let us write elsewhere)."""
     status = os.fstat(fd)
     if not stat.S_ISREG(status.st_mode):
         raise UnsafeFileError("%s is not a regular file; refusing to use it" % name)
     if status.st_nlink != 1:
         raise UnsafeFileError("%s has %d hard links; refusing to write to it" % (name, status.st_nlink))
-    if status.st_uid != os.geteuid():
+    if require_owner and status.st_uid != os.geteuid():
         raise UnsafeFileError("%s is owned by uid %d, not by us; refusing to use it" % (name, status.st_uid))
     return status
 
 
-def open_private(name: str, dir_fd: int, exclusive: bool = False) -> int:
+def open_private(name: str, dir_fd: int, exclusive: bool = False, require_owner: bool = True) -> int:
     """Open (creating it 0600 when missing) a file of ours inside `dir_fd`, read-write, never through a link.
 
     With `exclusive`, the file must not exist yet. A file that does exist is
-    used only when it is a regular file we own with a single link.
+    used only when it is a regular file with a single link, which we own
+    unless `require_owner` is False (a lock file, which is never written).
     """
     flags = os.O_RDWR | _SAFE_FLAGS
     try:
@@ -113,7 +114,7 @@ def open_private(name: str, dir_fd: int, exclusive: bool = False) -> int:
                 raise UnsafeFileError("%s is a symbolic link; refusing to follow it" % name) from exc
             raise
     try:
-        _check_private(fd, name)
+        _check_private(fd, name, require_owner)
     except BaseException:
         os.close(fd)
         raise

@@ -92,7 +92,8 @@ class OciLayout:
         """Serialise read-modify-write of index.json across processes."""
         directory = open_directory(self.path)
         try:
-            lock = open_private(LOCK_FILE, directory)
+            # Only flocked, never written: another user's lock file in a shared directory is fine.
+            lock = open_private(LOCK_FILE, directory, require_owner=False)
         finally:
             os.close(directory)
         try:
