@@ -67,7 +67,8 @@ def open_directory(path: str, follow_symlinks: bool = True) -> int:
     try:
         return os.open(path, flags)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        # Linux says ENOTDIR, not ELOOP, for a symlink opened with O_DIRECTORY | O_NOFOLLOW.
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
             raise UnsafeFileError("%s is a symbolic link, not a directory; refusing to use it" % path) from exc
         raise
 
@@ -262,9 +263,10 @@ class AtomicFile:
         self._close_directories()
 
     def _close_directories(self) -> None:
-        for fd in {self._dir_fd, self._temp_dir_fd}:
-            if fd >= 0:
-                os.close(fd)
+        if self._temp_dir_fd not in (-1, self._dir_fd):
+            os.close(self._temp_dir_fd)
+        if self._dir_fd != -1:
+            os.close(self._dir_fd)
         self._dir_fd = self._temp_dir_fd = -1
 
     def __exit__(self, *exc_info: t.Any) -> None:

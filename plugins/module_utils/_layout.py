@@ -21,7 +21,7 @@ import os
 import tarfile
 import typing as t
 
-from ansible_collections.ironcore.image.plugins.module_utils._io import (  # noqa: F401 (MAX_DOCUMENT_SIZE: re-exported)
+from ansible_collections.ironcore.image.plugins.module_utils._io import (
     MAX_DOCUMENT_SIZE,
     AtomicFile,
     HashingCounter,
@@ -144,7 +144,7 @@ class OciLayout:
     def read_document(self, digest: str) -> bytes:
         """A manifest, index or config blob, refused when implausibly large."""
         try:
-            data = read_bounded(self.blob_path(digest))
+            data = read_bounded(self.blob_path(digest), MAX_DOCUMENT_SIZE)
         except FileNotFoundError:
             raise LayoutError("blob %s is missing from layout %s" % (digest, self.path)) from None
         except TooLargeError:
@@ -159,7 +159,7 @@ class OciLayout:
 
     def read_index(self) -> dict[str, t.Any]:
         try:
-            document = parse_json(read_bounded(self.index_path))
+            document = parse_json(read_bounded(self.index_path, MAX_DOCUMENT_SIZE))
         except FileNotFoundError:
             return _empty_index()
         except OSError as exc:
