@@ -238,12 +238,16 @@ class AtomicFile:
         self._close_directories()
 
     def _inherited_mode(self, name: str) -> int:
-        """The mode of the file being replaced; for a new one (or a link), the usual umask-derived mode."""
+        """The mode of the file of ours being replaced; otherwise (none, a link, someone else's) the umask-derived one.
+
+        A file planted by another user must not hand its mode (0777, setuid)
+        to the file we put in its place.
+        """
         try:
             existing = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             existing = None
-        if existing is not None and stat.S_ISREG(existing.st_mode):
+        if existing is not None and stat.S_ISREG(existing.st_mode) and existing.st_uid == os.geteuid():
             return existing.st_mode & 0o7777
         umask = os.umask(0)
         os.umask(umask)

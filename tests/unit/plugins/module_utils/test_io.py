@@ -50,6 +50,24 @@ def test_final_name_that_is_a_symlink_is_replaced_and_its_target_keeps_its_mode(
     assert untouched(victim)
 
 
+def test_a_planted_file_does_not_hand_its_mode_to_the_file_that_replaces_it(tmp_path):
+    planted = tmp_path / "kernel"
+    planted.write_bytes(b"theirs")
+    os.chown(planted, NOBODY, NOBODY)
+    os.chmod(planted, 0o4777)
+    ours = tmp_path / "initrd"
+    ours.write_bytes(b"ours")
+    os.chmod(ours, 0o640)
+    old_umask = os.umask(0o022)
+    try:
+        io.write_bytes_atomic(str(planted), b"kernel")
+        io.write_bytes_atomic(str(ours), b"initrd")
+    finally:
+        os.umask(old_umask)
+    assert os.stat(planted).st_mode & 0o7777 == 0o644 and os.stat(planted).st_uid == os.geteuid()
+    assert os.stat(ours).st_mode & 0o7777 == 0o640
+
+
 def test_temporary_file_in_another_directory_is_renamed_into_place(tmp_path):
     private = tmp_path / "state"
     private.mkdir(mode=0o700)
