@@ -41,6 +41,14 @@ def test_baremetal_manifest_in_order():
     assert manifest.canonical_json(document) == data
 
 
+@pytest.mark.parametrize("field", ["digest", "mediaType"])
+def test_descriptor_with_a_trailing_newline_is_invalid(field):
+    rootfs = layer("rootfs")
+    rootfs[field] += "\n"
+    with pytest.raises(manifest.InvalidDocument, match="invalid"):
+        manifest.build_manifest("virtualization", config(), [rootfs])
+
+
 @pytest.mark.parametrize(
     "platform, roles, message",
     [
