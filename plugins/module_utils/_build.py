@@ -17,6 +17,7 @@ import stat
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.ironcore.image.plugins.module_utils._io import shared_directory_reason
 from ansible_collections.ironcore.image.plugins.module_utils._layout import (
     LayoutError,
     OciLayout,
@@ -42,6 +43,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     PLATFORMS,
     PROFILES,
     ROLES,
+    SHA256_DIGEST_RE,
     TITLE_ANNOTATION,
     ImageReference,
     InvalidReference,
@@ -150,12 +152,16 @@ class _BlobDigests:
         return "%s|%s" % (os.path.realpath(path), packed_as or "raw")
 
     def cached(self, path: str, packed_as: str | None) -> tuple[str, int] | None:
+        """A remembered digest, trusted only while the file's identity (ctime included) is unchanged."""
         entry = self.cache.get(self.key(path, packed_as))
-        if not entry or entry.get("identity") != file_identity(path):
+        if not isinstance(entry, dict) or entry.get("identity") != file_identity(path):
             return None
-        if not self.layout.has_blob(entry["digest"], entry["size"]):
+        digest, size = entry.get("digest"), entry.get("size")
+        if not isinstance(digest, str) or not isinstance(size, int) or not SHA256_DIGEST_RE.fullmatch(digest):
             return None
-        return entry["digest"], entry["size"]
+        if not self.layout.has_blob(digest, size):
+            return None
+        return digest, size
 
     def remember(self, path: str, packed_as: str | None, digest: str, size: int, identity: list[int]) -> None:
         self.cache[self.key(path, packed_as)] = {"identity": identity, "digest": digest, "size": size}
@@ -178,6 +184,18 @@ class _BlobDigests:
         return digest, size
 
 
+def _refuse_shared_layout(layout: OciLayout, allow_shared: bool) -> None:
+    """Someone else who can write to the layout could plant links where blobs and index.json are written."""
+    if allow_shared or not os.path.isdir(layout.path):
+        return
+    reason = shared_directory_reason(layout.path)
+    if reason:
+        raise BuildError(
+            "layout %s may be written by other users (%s); make it writable only by its owner,"
+            " or set allow_shared_dest: true if everyone who can write there is trusted" % (layout.path, reason)
+        )
+
+
 def plan_build(params: t.Mapping[str, t.Any], store: bool) -> tuple[BuildPlan, _BlobDigests]:
     """Validate, hash (and with store=True import) the artifacts, assemble every document."""
     try:
@@ -194,6 +212,8 @@ def plan_build(params: t.Mapping[str, t.Any], store: bool) -> tuple[BuildPlan, _
         layout.check_usable()
     except LayoutError as exc:
         raise BuildError("layout: %s" % exc) from None
+    allow_shared = bool(params.get("allow_shared_dest"))
+    _refuse_shared_layout(layout, allow_shared)
     unknown = [platform for platform in params["platforms"] if canonical_platform(platform) is None]
     if unknown:
         raise BuildError("platforms: unknown platform %s; expected %s" % (unknown[0], ", ".join(PLATFORMS)))
@@ -213,6 +233,7 @@ def plan_build(params: t.Mapping[str, t.Any], store: bool) -> tuple[BuildPlan, _
 
     if store:
         layout.ensure()
+        _refuse_shared_layout(layout, allow_shared)
     digests = _BlobDigests(layout)
     plan = BuildPlan(ref=ref, layout=layout)
     packed = params["layer_format"] == "tar+gzip"

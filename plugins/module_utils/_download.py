@@ -184,18 +184,20 @@ class _Receiver:
         return self.counter
 
 
-def _resume_point(partial: str, size: int) -> HashingCounter | None:
-    """Hash what a kept partial file holds, when it can be continued."""
-    try:
-        have = os.path.getsize(partial)
-    except OSError:
-        return None
+def _resume_point(out: AtomicFile, size: int) -> HashingCounter | None:
+    """Hash what the kept partial file just opened holds, when it can be continued; else empty it.
+
+    Read through the descriptor the download appends to, so what is hashed is
+    the very file that is continued.
+    """
+    have = out.file.seek(0, os.SEEK_END)
+    out.file.seek(0)
     if have == 0 or have > size:
+        out.file.truncate()
         return None
     counter = HashingCounter()
-    with open(partial, "rb") as stream:
-        for chunk in iter_chunks(stream):
-            counter.update(chunk)
+    for chunk in iter_chunks(out.file):
+        counter.update(chunk)
     return counter
 
 
@@ -354,8 +356,8 @@ class Staged:
 
     def sweep(self) -> None:
         """Remove partial files of other blobs for this file name, which no run will resume."""
-        directory, filename = os.path.split(self._out.path)
-        remove_stale_partials(directory, filename)
+        partial = (self._blob or self._out).temp_path
+        remove_stale_partials(os.path.dirname(partial), os.path.basename(self._out.path))
 
     def discard(self) -> None:
         """Keep the verified blob as a partial file: the next run picks it up without a download."""
@@ -375,11 +377,11 @@ def _attempt(
     tally: _Tally,
     max_unpacked_size: int | None = None,
 ) -> Staged:
-    counter = _resume_point(partial, layer.size) if resume else None
-    out = AtomicFile(path, temp_path=partial, append=counter is not None)
+    out = AtomicFile(path, temp_path=partial, append=resume)
     # Kept unless the bytes turn out wrong, so the next run can resume.
     out.keep_partial = True
     try:
+        counter = _resume_point(out, layer.size) if resume else None
         receiver = _Receiver(source, layer, out, counter or HashingCounter(), retries, backoff, tally)
         try:
             counter = receiver.run()
@@ -415,14 +417,17 @@ def stage(
     retries: int,
     backoff: float = 0.5,
     max_unpacked_size: int | None = None,
+    partial_dir: str | None = None,
 ) -> Staged:
-    """Download and verify `layer` beside `path`, resuming a kept partial file when there is one.
+    """Download and verify `layer` for `path`, resuming a kept partial file when there is one.
 
     A tar+gzip layer may unpack to at most `max_unpacked_size` bytes (None: no bound but free space).
+    The partial file sits in `partial_dir` (by default beside `path`), which
+    must be on the same filesystem as `path` for the final rename.
     """
     directory, filename = os.path.split(path)
-    partial = partial_path(directory, filename, layer.digest)
-    resumed = os.path.exists(partial)
+    partial = partial_path(partial_dir or directory, filename, layer.digest)
+    resumed = os.path.lexists(partial)
     tally = _Tally()
     try:
         return _attempt(source, layer, path, partial, retries, backoff, True, tally, max_unpacked_size)

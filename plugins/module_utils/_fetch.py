@@ -8,15 +8,19 @@
 
 Everything that can be refused (names, platform, missing layers, a pinned
 digest that does not match) is refused before the first byte is written.
-A small state record in the destination remembers which blob each file
-holds, so the common re-run neither downloads nor re-hashes anything.
+A small state record remembers which blob each file holds, so the common
+re-run neither downloads nor re-hashes anything. It, the lock and the
+partial files live in a private state directory (by default dest/.ironcore,
+0700), not among the files a boot or web server serves; and everything in
+it is opened without following links, so a user who can write to dest
+cannot turn our writes against other files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
-import json
 import os
 import re
 import stat
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 
 from ansible_collections.ironcore.image.plugins.module_utils._download import (
     PARTIAL_PREFIX,
+    PARTIAL_SUFFIX,
     Delivered,
     DeliveryError,
     Staged,
@@ -33,8 +38,17 @@ from ansible_collections.ironcore.image.plugins.module_utils._download import (
     derive_content_digest,
     stage,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._io import hash_file, write_bytes_atomic
-from ansible_collections.ironcore.image.plugins.module_utils._layout import file_identity
+from ansible_collections.ironcore.image.plugins.module_utils._io import (
+    UnsafeFileError,
+    hash_stream,
+    open_directory,
+    open_private,
+    parse_json,
+    read_bounded,
+    shared_directory_reason,
+    write_bytes_atomic,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._layout import stat_identity
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json
 from ansible_collections.ironcore.image.plugins.module_utils._model import ROLES, SHA256_DIGEST_RE, canonical_platform
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
@@ -54,7 +68,14 @@ from ansible_collections.ironcore.image.plugins.module_utils._source import (
 
 STATE_FILE = PARTIAL_PREFIX + "state.json"
 LOCK_FILE = PARTIAL_PREFIX + "lock"
-STATE_VERSION = 1
+# Version 2: identities carry the ctime too; a version 1 record is not trusted (every file is hashed once).
+STATE_VERSION = 2
+# The default state directory, inside dest: hidden, and private to us.
+STATE_SUBDIR = ".ironcore"
+# What older versions left in dest itself.
+_OLD_BOOKKEEPING = re.compile(
+    r"%s(?:state\.json|lock|.+\.[0-9a-f]{16}%s)" % (re.escape(PARTIAL_PREFIX), re.escape(PARTIAL_SUFFIX))
+)
 MAX_FILENAME_BYTES = 200
 
 # Applies owner/group/mode to a delivered file; returns the new changed flag.
@@ -99,9 +120,9 @@ class DeliveryState:
         self.dirty = False
 
     def _load(self) -> dict[str, dict[str, t.Any]]:
+        """The record may only ever make us hash more: one that is not plainly ours is ignored."""
         try:
-            with open(self.path, "rb") as stream:
-                document = json.load(stream)
+            document = parse_json(read_bounded(self.path, follow_symlinks=False, private=True))
         except (OSError, ValueError):
             return {}
         if not isinstance(document, dict) or document.get("version") != STATE_VERSION:
@@ -115,11 +136,12 @@ class DeliveryState:
         return self.files.get(filename)
 
     def record(self, filename: str, layer: SelectedLayer, content_digest: str, path: str) -> None:
+        status = os.lstat(path)
         entry = {
             "digest": layer.digest,
             "content_digest": content_digest,
-            "content_size": os.path.getsize(path),
-            "identity": file_identity(path),
+            "content_size": status.st_size,
+            "identity": stat_identity(status),
         }
         if self.files.get(filename) != entry:
             self.files[filename] = entry
@@ -155,34 +177,55 @@ def _regular_file(path: str) -> bool:
         return False
 
 
+def _open_existing(path: str) -> t.BinaryIO | None:
+    """The file at `path` opened for reading when it is a regular file itself (not a link, not a FIFO), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+    stream = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        stream.close()
+        return None
+    return stream
+
+
 def _current_content(
     path: str, layer: SelectedLayer, entry: dict[str, t.Any] | None, verify: bool, derive: DeriveContent = None
 ) -> str | None:
     """The digest of the file's content when it already holds `layer`, else None.
 
     A state entry for this blob whose file identity still matches is trusted
-    without reading the file, unless `verify` asks for a re-hash. With
+    without reading the file, unless `verify` asks for a re-hash. Identity and
+    content come from the one descriptor, so both describe the same file. With
     `verify`, a packed layer's file is checked against what its blob unpacks
     to (`derive`), never against the record's own word.
     """
-    if not _regular_file(path):
+    stream = _open_existing(path)
+    if stream is None:
         return None
-    recorded = entry is not None and entry.get("digest") == layer.digest
-    if recorded and not verify and entry.get("identity") == file_identity(path):
-        return str(entry.get("content_digest"))
-    if layer.packed:
-        if verify and derive is not None:
-            expected = derive(layer)
-        elif not recorded or not entry.get("content_digest"):
-            # Only the record (or the blob, with verify) knows what the unpacked file must hash to.
-            return None
+    with stream:
+        status = os.fstat(stream.fileno())
+        recorded = entry is not None and entry.get("digest") == layer.digest
+        if recorded and not verify and entry.get("identity") == stat_identity(status):
+            return str(entry.get("content_digest"))
+        if layer.packed:
+            if verify and derive is not None:
+                expected = derive(layer)
+            elif not recorded or not entry.get("content_digest"):
+                # Only the record (or the blob, with verify) knows what the unpacked file must hash to.
+                return None
+            else:
+                expected = str(entry["content_digest"])
         else:
-            expected = str(entry["content_digest"])
-    else:
-        if os.path.getsize(path) != layer.size:
-            return None
-        expected = layer.digest
-    return expected if hash_file(path)[0] == expected else None
+            if status.st_size != layer.size:
+                return None
+            expected = layer.digest
+        return expected if hash_stream(stream)[0] == expected else None
 
 
 def _known_content_size(path: str, layer: SelectedLayer, entry: dict[str, t.Any] | None, current: bool) -> int | None:
@@ -232,14 +275,97 @@ def plan_files(
 
 
 @contextlib.contextmanager
-def locked(dest: str) -> t.Iterator[None]:
+def locked(state_dir: str) -> t.Iterator[None]:
     """One fetch at a time per destination: they would share partial files and the state record."""
-    with open(os.path.join(dest, LOCK_FILE), "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    directory = open_directory(state_dir)
+    try:
+        # Only flocked, never written: another user's lock file in a shared directory is fine.
+        lock = open_private(LOCK_FILE, directory, require_owner=False)
+    finally:
+        os.close(directory)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)
+
+
+@dataclass
+class Bookkeeping:
+    """Where the fetch keeps its state record and lock, and where partial files wait."""
+
+    state_dir: str
+    partial_dir: str
+
+
+def refuse_shared(path: str, option: str, allow_shared: bool) -> None:
+    """A directory someone else can write to lets them plant links where we write; refuse it unless allowed."""
+    if allow_shared:
+        return
+    reason = shared_directory_reason(path)
+    if reason:
+        raise FetchError(
+            "%s %s may be written by other users (%s); make it writable only by its owner,"
+            " or set allow_shared_dest: true if everyone who can write there is trusted" % (option, path, reason)
+        )
+
+
+def _private_directory(path: str) -> None:
+    """Create `path` 0700, or make sure an existing one is a real directory of ours and 0700."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    fd = open_directory(path, follow_symlinks=False)
+    try:
+        status = os.fstat(fd)
+        if status.st_uid != os.geteuid():
+            raise UnsafeFileError(
+                "%s is owned by uid %d, not by us; refusing to keep state in it" % (path, status.st_uid)
+            )
+        if status.st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def state_directory(dest: str, state_dir: str | None) -> str:
+    if not state_dir:
+        return os.path.join(dest, STATE_SUBDIR)
+    state_dir = os.path.abspath(state_dir)
+    if state_dir == dest:
+        raise FetchError("state_dir must not be dest itself; leave it unset to keep state in %s" % STATE_SUBDIR)
+    return state_dir
+
+
+def prepare_bookkeeping(dest: str, state_dir: str | None, allow_shared: bool) -> Bookkeeping:
+    """Create the state directory, and the hidden partial directory in dest when partials cannot live there."""
+    chosen = state_directory(dest, state_dir)
+    if not state_dir:
+        _private_directory(chosen)
+        return Bookkeeping(chosen, chosen)
+    os.makedirs(chosen, mode=0o700, exist_ok=True)
+    refuse_shared(chosen, "state_dir", allow_shared)
+    if os.stat(chosen).st_dev == os.stat(dest).st_dev:
+        return Bookkeeping(chosen, chosen)
+    # The final rename cannot cross filesystems: partial files stay on dest's.
+    private = os.path.join(dest, STATE_SUBDIR)
+    _private_directory(private)
+    return Bookkeeping(chosen, private)
+
+
+def remove_old_bookkeeping(dest: str) -> None:
+    """Drop the state record, lock and partials that earlier versions kept in dest; links are removed, not followed."""
+    directory = open_directory(dest)
+    try:
+        for name in os.listdir(directory):
+            if not _OLD_BOOKKEEPING.fullmatch(name):
+                continue
+            with contextlib.suppress(OSError):
+                if not stat.S_ISDIR(os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode):
+                    os.unlink(name, dir_fd=directory)
+    finally:
+        os.close(directory)
 
 
 def numeric_mode(mode: t.Any) -> int | None:
@@ -272,6 +398,7 @@ def _deliver_all(
     retries: int,
     mode: int | None = None,
     limit: t.Callable[[SelectedLayer], int | None] = lambda _layer: None,
+    partial_dir: str | None = None,
 ) -> None:
     """Stage every missing layer in parallel; only when all are verified, rename them into place.
 
@@ -283,7 +410,15 @@ def _deliver_all(
         return
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(pending)))) as pool:
         futures: dict[Future[Staged], FilePlan] = {
-            pool.submit(stage, source, plan.layer, plan.path, retries, max_unpacked_size=limit(plan.layer)): plan
+            pool.submit(
+                stage,
+                source,
+                plan.layer,
+                plan.path,
+                retries,
+                max_unpacked_size=limit(plan.layer),
+                partial_dir=partial_dir,
+            ): plan
             for plan in pending
         }
         not_done = wait(futures, return_when=FIRST_EXCEPTION).not_done
@@ -342,7 +477,7 @@ def _check_pin(params: t.Mapping[str, t.Any], resolved_digest: str, describe: st
     pinned = params.get("digest")
     if not pinned:
         return
-    if not SHA256_DIGEST_RE.match(pinned):
+    if not SHA256_DIGEST_RE.fullmatch(pinned):
         raise FetchError("digest: %r is not a sha256:<64 hex> digest" % pinned)
     if pinned != resolved_digest:
         raise FetchError(
@@ -379,6 +514,12 @@ def _fetch(
     dest = os.path.abspath(params["dest"])
     if os.path.exists(dest) and not os.path.isdir(dest):
         raise FetchError("dest %s exists and is not a directory" % dest)
+    allow_shared = bool(params.get("allow_shared_dest"))
+    state_directory(dest, params.get("state_dir"))
+    if os.path.isdir(dest):
+        refuse_shared(dest, "dest", allow_shared)
+    if params.get("layout") and os.path.isdir(params["layout"]):
+        refuse_shared(os.path.abspath(params["layout"]), "layout", allow_shared)
 
     source = open_source(params, on_retry)
     image = resolve_image(source)
@@ -413,11 +554,22 @@ def _fetch(
             raise FetchError("%s: verify could not re-read its blob: %s" % (layer.role, exc)) from None
 
     if check_mode:
-        plans = _plan_check_mode(layers, dest, names, params["verify"], apply_attributes, derive)
+        plans = _plan_check_mode(
+            layers,
+            dest,
+            state_directory(dest, params.get("state_dir")),
+            names,
+            params["verify"],
+            apply_attributes,
+            derive,
+        )
     else:
         os.makedirs(dest, exist_ok=True)
-        with locked(dest):
-            state = DeliveryState(dest)
+        refuse_shared(dest, "dest", allow_shared)
+        bookkeeping = prepare_bookkeeping(dest, params.get("state_dir"), allow_shared)
+        with locked(bookkeeping.state_dir):
+            remove_old_bookkeeping(dest)
+            state = DeliveryState(bookkeeping.state_dir)
             plans = plan_files(layers, dest, names, state, params["verify"], derive)
             try:
                 _deliver_all(
@@ -427,6 +579,7 @@ def _fetch(
                     int(params.get("retries") or 0),
                     numeric_mode(params.get("mode")),
                     limit,
+                    bookkeeping.partial_dir,
                 )
             finally:
                 # Whatever did arrive is recorded, so the next run need not hash it again.
@@ -446,13 +599,14 @@ def _fetch(
 def _plan_check_mode(
     layers: t.Sequence[SelectedLayer],
     dest: str,
+    state_dir: str,
     names: t.Mapping[str, str],
     verify: bool,
     apply_attributes: ApplyAttributes,
     derive: DeriveContent = None,
 ) -> list[FilePlan]:
     """What a real run would do; reads dest (when there is one) and writes nothing."""
-    state = DeliveryState(dest)
+    state = DeliveryState(state_dir)
     plans = plan_files(layers, dest, names, state, verify, derive)
     for plan in plans:
         plan.changed = apply_attributes(plan.path, False) if plan.current else True

@@ -14,14 +14,37 @@ one, never a half-written one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
-import tempfile
+import secrets
+import stat
 import typing as t
 
 # Large enough that per-call overhead vanishes next to hashing; small enough
 # that memory stays flat whatever the blob size.
 CHUNK_SIZE = 4 * 1024 * 1024
+# The most a manifest, index, config or bookkeeping document may be: read in
+# whole, so it is capped wherever such a document is read.
+MAX_DOCUMENT_SIZE = 4 * 1024 * 1024
+# The most entries an index may list; each is a manifest to read and describe.
+MAX_INDEX_ENTRIES = 1024
+
+# Every file we create or reuse is opened through these: never through a symlink,
+# never inherited by a child process, and without blocking on a planted FIFO.
+_SAFE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+class UnsafeFileError(OSError):
+    """A file or directory we were about to use is not what it must be (a symlink, a hard link, someone else's)."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.EPERM, message)
+
+
+class TooLargeError(UnsafeFileError):
+    """A file that is read whole is larger than its cap."""
 
 
 def fsync_directory(path: str) -> None:
@@ -38,33 +61,147 @@ def fsync_directory(path: str) -> None:
         os.close(fd)
 
 
+def open_directory(path: str, follow_symlinks: bool = True) -> int:
+    """A descriptor of a directory, so that what is done inside it stays inside it even if its path is swapped."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        return os.open(path, flags)
+    except OSError as exc:
+        # Linux says ENOTDIR, not ELOOP, for a symlink opened with O_DIRECTORY | O_NOFOLLOW.
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
+            raise UnsafeFileError("%s is a symbolic link, not a directory; refusing to use it" % path) from exc
+        raise
+
+
+def shared_directory_reason(path: str) -> str | None:
+    """Why another user could plant or swap files in `path`, or None when only we (or root) can."""
+    status = os.stat(path)
+    if status.st_uid not in (0, os.geteuid()):
+        return "it is owned by uid %d" % status.st_uid
+    if status.st_mode & 0o022 and not status.st_mode & stat.S_ISVTX:
+        return "it is writable by its group or others (mode %04o)" % (status.st_mode & 0o7777)
+    return None
+
+
+def _check_private(fd: int, name: str, require_owner: bool = True) -> os.stat_result:
+    """The open file must be a regular file of ours with no other name (a hard link would let us write elsewhere)."""
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+        raise UnsafeFileError("%s is not a regular file; refusing to use it" % name)
+    if status.st_nlink != 1:
+        raise UnsafeFileError("%s has %d hard links; refusing to write to it" % (name, status.st_nlink))
+    if require_owner and status.st_uid != os.geteuid():
+        raise UnsafeFileError("%s is owned by uid %d, not by us; refusing to use it" % (name, status.st_uid))
+    return status
+
+
+def open_private(name: str, dir_fd: int, exclusive: bool = False, require_owner: bool = True) -> int:
+    """Open (creating it 0600 when missing) a file of ours inside `dir_fd`, read-write, never through a link.
+
+    With `exclusive`, the file must not exist yet. A file that does exist is
+    used only when it is a regular file with a single link, which we own
+    unless `require_owner` is False (a lock file, which is never written).
+    """
+    flags = os.O_RDWR | _SAFE_FLAGS
+    try:
+        fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
+    except FileExistsError:
+        if exclusive:
+            raise
+        try:
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeFileError("%s is a symbolic link; refusing to follow it" % name) from exc
+            raise
+    try:
+        _check_private(fd, name, require_owner)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_bounded(
+    path: str, limit: int = MAX_DOCUMENT_SIZE, follow_symlinks: bool = True, private: bool = False
+) -> bytes:
+    """A small regular file read whole, refused when larger than `limit` (whatever its size looks like).
+
+    `private` also requires that it is ours and not writable by others, for a
+    record whose content we rely on.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFileError("%s is a symbolic link; refusing to follow it" % path) from exc
+        raise
+    with os.fdopen(fd, "rb") as stream:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise UnsafeFileError("%s is not a regular file; refusing to read it" % path)
+        if private and (status.st_uid != os.geteuid() or status.st_mode & 0o022):
+            raise UnsafeFileError("%s is not ours alone to write; refusing to trust it" % path)
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise TooLargeError("%s is larger than %d bytes; refusing to read it" % (path, limit))
+    return data
+
+
+def parse_json(data: bytes | str) -> t.Any:
+    """json.loads, with a document nested too deeply for the parser reported as a ValueError, not a traceback."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("the JSON document is nested too deeply") from None
+
+
 class AtomicFile:
     """A file written beside its destination and renamed over it on commit.
 
     Used as a context manager; leaving the block without commit() (an
     exception, a digest mismatch) removes the temporary file, so the
     destination keeps whatever it held before.
+
+    Both directories are opened once and everything after works relative to
+    those descriptors, and the temporary file is opened without following
+    links: someone who can write to the directory can neither redirect our
+    writes, nor have us chmod or truncate another file.
     """
 
     def __init__(self, path: str, mode: int | None = None, temp_path: str | None = None, append: bool = False):
-        self.path = path
+        self.path = os.path.abspath(path)
         self.mode = mode
-        directory = os.path.dirname(os.path.abspath(path))
-        if temp_path is None:
-            fd, temp_path = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=directory)
-            self.file: t.BinaryIO = os.fdopen(fd, "wb")
-        else:
-            # A caller-chosen temporary name lets a download resume it later. Like
-            # mkstemp, private until commit: the file may become a VM disk with mode 0600.
-            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-            fd = os.open(temp_path, flags, 0o600)
+        self._dir_fd = open_directory(os.path.dirname(self.path))
+        self._temp_dir_fd = self._dir_fd
+        try:
+            if temp_path is None:
+                temp_path = os.path.join(
+                    os.path.dirname(self.path), ".%s.%s.tmp" % (os.path.basename(self.path), secrets.token_hex(8))
+                )
+                fd = open_private(os.path.basename(temp_path), self._dir_fd, exclusive=True)
+            else:
+                # A caller-chosen temporary name lets a download resume it later; it may
+                # sit in another directory of the same filesystem (a private one).
+                temp_path = os.path.abspath(temp_path)
+                if os.path.dirname(temp_path) != os.path.dirname(self.path):
+                    self._temp_dir_fd = open_directory(os.path.dirname(temp_path))
+                fd = open_private(os.path.basename(temp_path), self._temp_dir_fd)
             try:
-                # A partial kept by an older run may have been created with a wider mode.
+                # Private until commit, like mkstemp: the file may become a VM disk with mode 0600,
+                # and a partial kept by an older run may have been created with a wider mode.
                 os.fchmod(fd, 0o600)
-                self.file = os.fdopen(fd, "ab" if append else "wb")
+                if not append:
+                    os.ftruncate(fd, 0)
+                self.file: t.BinaryIO = os.fdopen(fd, "r+b")
             except BaseException:
                 os.close(fd)
                 raise
+            self.file.seek(0, os.SEEK_END)
+        except BaseException:
+            self._close_directories()
+            raise
         self.temp_path = temp_path
         self.keep_partial = False
         self._done = False
@@ -80,25 +217,41 @@ class AtomicFile:
 
         `path` names the destination when it was only known once the data
         was seen (a blob named by its digest); it must be in the same
-        directory as the temporary file.
+        directory as the first one.
         """
         if path is not None:
+            path = os.path.abspath(path)
+            if os.path.dirname(path) != os.path.dirname(self.path):
+                raise ValueError("%s is not in the directory of %s" % (path, self.path))
             self.path = path
+        name = os.path.basename(self.path)
         self.file.flush()
+        os.fchmod(self.file.fileno(), self.mode if self.mode is not None else self._inherited_mode(name))
         os.fsync(self.file.fileno())
         self.file.close()
-        if self.mode is not None:
-            os.chmod(self.temp_path, self.mode)
-        elif not os.path.exists(self.path):
-            # mkstemp creates 0600; a new file gets the usual umask-derived mode.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.temp_path, 0o666 & ~umask)
-        else:
-            os.chmod(self.temp_path, os.stat(self.path).st_mode & 0o7777)
-        os.replace(self.temp_path, self.path)
-        fsync_directory(os.path.dirname(os.path.abspath(self.path)))
+        os.rename(os.path.basename(self.temp_path), name, src_dir_fd=self._temp_dir_fd, dst_dir_fd=self._dir_fd)
+        try:
+            os.fsync(self._dir_fd)
+        except OSError:
+            pass
         self._done = True
+        self._close_directories()
+
+    def _inherited_mode(self, name: str) -> int:
+        """The mode of the file of ours being replaced; otherwise (none, a link, someone else's) the umask-derived one.
+
+        A file planted by another user must not hand its mode (0777, setuid)
+        to the file we put in its place.
+        """
+        try:
+            existing = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None and stat.S_ISREG(existing.st_mode) and existing.st_uid == os.geteuid():
+            return existing.st_mode & 0o7777
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
     def discard(self) -> None:
         if self._done:
@@ -108,9 +261,17 @@ class AtomicFile:
             self.file.close()
         if not self.keep_partial:
             try:
-                os.unlink(self.temp_path)
+                os.unlink(os.path.basename(self.temp_path), dir_fd=self._temp_dir_fd)
             except FileNotFoundError:
                 pass
+        self._close_directories()
+
+    def _close_directories(self) -> None:
+        if self._temp_dir_fd not in (-1, self._dir_fd):
+            os.close(self._temp_dir_fd)
+        if self._dir_fd != -1:
+            os.close(self._dir_fd)
+        self._dir_fd = self._temp_dir_fd = -1
 
     def __exit__(self, *exc_info: t.Any) -> None:
         self.discard()
@@ -159,10 +320,15 @@ def iter_chunks(stream: t.BinaryIO, chunk_size: int = CHUNK_SIZE) -> t.Iterator[
 
 def hash_file(path: str) -> tuple[str, int]:
     """The sha256 digest and size of a file, read once in chunks."""
-    counter = HashingCounter()
     with open(path, "rb") as stream:
-        for chunk in iter_chunks(stream):
-            counter.update(chunk)
+        return hash_stream(stream)
+
+
+def hash_stream(stream: t.BinaryIO) -> tuple[str, int]:
+    """The sha256 digest and size of what is left in an open stream."""
+    counter = HashingCounter()
+    for chunk in iter_chunks(stream):
+        counter.update(chunk)
     return counter.digest, counter.size
 
 

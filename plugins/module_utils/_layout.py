@@ -17,16 +17,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gzip
-import json
 import os
 import tarfile
 import typing as t
 
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
+    MAX_DOCUMENT_SIZE,
     AtomicFile,
     HashingCounter,
+    TooLargeError,
     copy_and_hash,
     hash_file,
+    open_directory,
+    open_private,
+    parse_json,
+    read_bounded,
     write_bytes_atomic,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json, sha256_digest
@@ -37,7 +42,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
 )
 
 LAYOUT_VERSION_DOC = b'{"imageLayoutVersion":"1.0.0"}'
-MAX_DOCUMENT_SIZE = 4 * 1024 * 1024
 DIGEST_CACHE_FILE = "ironcore-digest-cache.json"
 LOCK_FILE = ".ironcore.lock"
 
@@ -57,7 +61,7 @@ class OciLayout:
         return os.path.join(self.path, "index.json")
 
     def blob_path(self, digest: str) -> str:
-        if not SHA256_DIGEST_RE.match(digest):
+        if not SHA256_DIGEST_RE.fullmatch(digest):
             raise LayoutError("refusing blob digest %r: only sha256:<64 hex> is accepted" % digest)
         return os.path.join(self.path, "blobs", "sha256", digest.split(":", 1)[1])
 
@@ -86,12 +90,17 @@ class OciLayout:
     @contextlib.contextmanager
     def locked(self) -> t.Iterator[None]:
         """Serialise read-modify-write of index.json across processes."""
-        with open(os.path.join(self.path, LOCK_FILE), "a+b") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        directory = open_directory(self.path)
+        try:
+            # Only flocked, never written: another user's lock file in a shared directory is fine.
+            lock = open_private(LOCK_FILE, directory, require_owner=False)
+        finally:
+            os.close(directory)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(lock)
 
     # ---- blobs -----------------------------------------------------------
 
@@ -134,15 +143,14 @@ class OciLayout:
 
     def read_document(self, digest: str) -> bytes:
         """A manifest, index or config blob, refused when implausibly large."""
-        path = self.blob_path(digest)
         try:
-            size = os.path.getsize(path)
+            data = read_bounded(self.blob_path(digest), MAX_DOCUMENT_SIZE)
         except FileNotFoundError:
             raise LayoutError("blob %s is missing from layout %s" % (digest, self.path)) from None
-        if size > MAX_DOCUMENT_SIZE:
-            raise LayoutError("blob %s is %d bytes, more than a manifest may be (4 MiB)" % (digest, size))
-        with open(path, "rb") as stream:
-            data = stream.read()
+        except TooLargeError:
+            raise LayoutError("blob %s is more than a manifest may be (4 MiB); refusing it" % digest) from None
+        except OSError as exc:
+            raise LayoutError("blob %s in layout %s: %s" % (digest, self.path, exc.strerror)) from None
         if sha256_digest(data) != digest:
             raise LayoutError("blob %s in layout %s does not match its digest" % (digest, self.path))
         return data
@@ -151,10 +159,11 @@ class OciLayout:
 
     def read_index(self) -> dict[str, t.Any]:
         try:
-            with open(self.index_path, "rb") as stream:
-                document = json.load(stream)
+            document = parse_json(read_bounded(self.index_path, MAX_DOCUMENT_SIZE))
         except FileNotFoundError:
             return _empty_index()
+        except OSError as exc:
+            raise LayoutError("%s: %s" % (self.index_path, exc.strerror)) from None
         except ValueError as exc:
             raise LayoutError("%s is not valid JSON: %s" % (self.index_path, exc)) from None
         if not isinstance(document, dict) or not isinstance(document.get("manifests", []), list):
@@ -197,12 +206,14 @@ class OciLayout:
     # ---- digest cache ----------------------------------------------------
 
     def load_digest_cache(self) -> dict[str, t.Any]:
+        """The cache may only ever make a build hash more: anything that is not plainly ours is ignored."""
         try:
-            with open(os.path.join(self.path, DIGEST_CACHE_FILE), "rb") as stream:
-                cache = json.load(stream)
-            return cache if isinstance(cache, dict) else {}
+            cache = parse_json(
+                read_bounded(os.path.join(self.path, DIGEST_CACHE_FILE), follow_symlinks=False, private=True)
+            )
         except (OSError, ValueError):
             return {}
+        return cache if isinstance(cache, dict) else {}
 
     def save_digest_cache(self, cache: t.Mapping[str, t.Any]) -> None:
         write_bytes_atomic(os.path.join(self.path, DIGEST_CACHE_FILE), canonical_json(cache))
@@ -214,8 +225,12 @@ def _empty_index() -> dict[str, t.Any]:
 
 def file_identity(path: str) -> list[int]:
     """What must all stay equal for a cached digest of the file to be trusted."""
-    stat = os.stat(path)
-    return [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns]
+    return stat_identity(os.stat(path))
+
+
+def stat_identity(status: os.stat_result) -> list[int]:
+    """Device, inode, size, mtime and ctime: an in-place rewrite that restores the mtime still moves the ctime."""
+    return [status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
 
 
 def _write_raw(source: str, out: t.Any) -> HashingCounter:

@@ -161,14 +161,17 @@ def platform_entry(manifest: Descriptor, architecture: str, variant: str | None)
 
 # JSON Schemas of the documents this collection writes: the OCI shape plus the
 # IronCore rules. Validation runs before anything is recorded.
-_DIGEST_PATTERN = "^sha256:[0-9a-f]{64}$"
+# A pattern is searched, and `$` would also accept a trailing newline: `(?![\s\S])` is the end of
+# the string in both Python's and ECMA-262's dialects.
+_END = r"(?![\s\S])"
+_DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}" + _END
 _DESCRIPTOR_SCHEMA: dict[str, t.Any] = {
     "type": "object",
     "required": ["mediaType", "digest", "size"],
     "properties": {
         "mediaType": {
             "type": "string",
-            "pattern": r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$",
+            "pattern": r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*" + _END,
         },
         "digest": {"type": "string", "pattern": _DIGEST_PATTERN},
         "size": {"type": "integer", "minimum": 0},

@@ -199,13 +199,14 @@ _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = r"(?:%s(?:\.%s)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?" % (_DOMAIN_COMPONENT, _DOMAIN_COMPONENT)
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,}"
+# Used with fullmatch, and anchored with \Z besides: `$` would also accept a trailing newline.
 _REFERENCE_RE = re.compile(
-    r"^(?:(?P<domain>%s)/)?(?P<path>%s(?:/%s)*)(?::(?P<tag>%s))?(?:@(?P<digest>%s))?$"
+    r"(?:(?P<domain>%s)/)?(?P<path>%s(?:/%s)*)(?::(?P<tag>%s))?(?:@(?P<digest>%s))?\Z"
     % (_DOMAIN, _PATH_COMPONENT, _PATH_COMPONENT, _TAG, _DIGEST)
 )
-_PATH_RE = re.compile(r"^%s(?:/%s)*$" % (_PATH_COMPONENT, _PATH_COMPONENT))
-TAG_RE = re.compile(r"^%s$" % _TAG)
-SHA256_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_PATH_RE = re.compile(r"%s(?:/%s)*\Z" % (_PATH_COMPONENT, _PATH_COMPONENT))
+TAG_RE = re.compile(r"%s\Z" % _TAG)
+SHA256_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ class ImageReference:
             raise InvalidReference(
                 "%r: drop the scheme and write %r; HTTPS is the default (plain_http=true for plain HTTP)" % (text, rest)
             )
-        match = _REFERENCE_RE.match(text)
+        match = _REFERENCE_RE.fullmatch(text)
         if not match:
             raise InvalidReference(
                 "%r is not a valid image reference (expected [registry/]repository[:tag][@sha256:...],"
@@ -237,10 +238,10 @@ class ImageReference:
         if domain and not ("." in domain or ":" in domain or domain == "localhost" or domain.startswith("[")):
             path = domain + "/" + path
             domain = None
-            if not _PATH_RE.match(path):
+            if not _PATH_RE.fullmatch(path):
                 raise InvalidReference("%r is not a valid image reference: the repository must be lower-case" % text)
         digest = match.group("digest")
-        if digest and not SHA256_DIGEST_RE.match(digest):
+        if digest and not SHA256_DIGEST_RE.fullmatch(digest):
             raise InvalidReference("%r: only sha256 digests are supported" % text)
         tag = match.group("tag")
         if tag is None and digest is None:
@@ -266,7 +267,7 @@ class ImageReference:
         return text
 
     def with_tag(self, tag: str) -> ImageReference:
-        if not TAG_RE.match(tag):
+        if not TAG_RE.fullmatch(tag):
             raise InvalidReference("tag %r is not valid (at most 128 characters of [A-Za-z0-9_.-])" % tag)
         return ImageReference(self.registry, self.repository, tag, None)
 

@@ -109,6 +109,8 @@ def parse_document(data: bytes, what: str) -> Document:
         document = json.loads(data)
     except ValueError as exc:
         raise SelectionError("%s is not valid JSON: %s" % (what, exc)) from None
+    except RecursionError:
+        raise SelectionError("%s is nested too deeply to be a manifest or index" % what) from None
     if not isinstance(document, dict):
         raise SelectionError("%s is not a JSON object" % what)
     return document

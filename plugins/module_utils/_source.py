@@ -18,8 +18,13 @@ import os
 import typing as t
 from dataclasses import dataclass
 
-from ansible_collections.ironcore.image.plugins.module_utils._io import CHUNK_SIZE, iter_chunks
-from ansible_collections.ironcore.image.plugins.module_utils._layout import MAX_DOCUMENT_SIZE, LayoutError, OciLayout
+from ansible_collections.ironcore.image.plugins.module_utils._io import (
+    CHUNK_SIZE,
+    MAX_DOCUMENT_SIZE,
+    MAX_INDEX_ENTRIES,
+    iter_chunks,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
@@ -135,7 +140,7 @@ class LayoutSource:
             if candidate in names:
                 entry = names[candidate]
                 digest = entry.get("digest")
-                if not isinstance(digest, str) or not SHA256_DIGEST_RE.match(digest):
+                if not isinstance(digest, str) or not SHA256_DIGEST_RE.fullmatch(digest):
                     raise SourceError(
                         "%s is recorded in layout %s without a valid digest" % (candidate, self.layout.path)
                     )
@@ -316,7 +321,15 @@ class SelectedManifest:
 def resolve_image(source: Source) -> ResolvedImage:
     data, media_type, digest = source.resolve()
     document = parse_document(data, "%s (%s)" % (source.describe(), digest))
-    return ResolvedImage(data, media_type, digest, document, is_index(document, media_type))
+    index = is_index(document, media_type)
+    entries = document.get("manifests")
+    # Each entry is a manifest to read and keep: a 4 MiB index could name some 20,000.
+    if index and isinstance(entries, list) and len(entries) > MAX_INDEX_ENTRIES:
+        raise SourceError(
+            "%s (%s) lists %d manifests, more than the %d an image index may have here; refusing it"
+            % (source.describe(), digest, len(entries), MAX_INDEX_ENTRIES)
+        )
+    return ResolvedImage(data, media_type, digest, document, index)
 
 
 def child_manifest(source: Source, entry: t.Mapping[str, t.Any]) -> Document:

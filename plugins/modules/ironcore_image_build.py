@@ -131,6 +131,15 @@ options:
     type: bool
     default: true
     version_added: 0.2.0
+  allow_shared_dest:
+    description:
+      - Build into a O(layout) directory that other users can write to (writable by its group or others without
+        the sticky bit, or owned by another user than root or the one running the module).
+      - By default such a layout is refused, since whoever can write there could plant links or swap files where the
+        module writes blobs and C(index.json), as root on a build host.
+      - Set it only when everyone who can write to the directory is trusted.
+    type: bool
+    default: false
 seealso:
   - module: ironcore.image.ironcore_image_push
   - module: ironcore.image.ironcore_image_fetch
@@ -240,6 +249,7 @@ def main() -> None:
             "annotations": {"type": "dict"},
             "platform_tags": {"type": "bool", "default": True},
             "platform_tag_aliases": {"type": "bool", "default": True},
+            "allow_shared_dest": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )

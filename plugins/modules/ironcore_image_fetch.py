@@ -30,15 +30,21 @@ description:
     C(application/vnd.oci.image.layer.v1.tar+gzip) layers whose C(org.opencontainers.image.title) annotation
     names a role; those are unpacked to their single file. Other layers are skipped. Where a current and a
     legacy type give the same role, the current one is used.
-  - Each blob streams into a partial file in O(dest), is hashed as it arrives, checked for size and digest,
-    synced to disk and only then renamed into place. A mismatch fails the task and leaves any existing file
-    as it was.
+  - Each blob streams into a partial file in the state directory (see O(state_dir)), is hashed as it arrives,
+    checked for size and digest, synced to disk and only then renamed into place in O(dest). A mismatch fails the
+    task and leaves any existing file as it was.
   - An interrupted transfer continues from where it stopped with an HTTP C(Range) request, both within a run
     and, from the partial file it keeps, on the next run.
-  - A small state record in O(dest) (C(.ironcore-fetch.state.json)) remembers which blob each file holds, so a
-    re-run neither downloads nor re-hashes unchanged files. Files without a record are hashed once.
-  - Besides the layer files, O(dest) holds only the fetch's own bookkeeping, all named C(.ironcore-fetch.*)
-    (the state record, a lock file, and partial files of interrupted transfers).
+  - A small state record in the state directory (C(.ironcore-fetch.state.json)) remembers which blob each file
+    holds, with the file's device, inode, size, mtime and ctime, so a re-run neither downloads nor re-hashes
+    unchanged files. Files without a matching record are hashed once. The record is only ever used to skip a hash
+    when it is a regular file owned by the user running the module and writable by no one else.
+  - Besides the layer files, O(dest) holds only the hidden state directory C(.ironcore) (unless O(state_dir)
+    puts it elsewhere). Files that earlier versions kept in O(dest) itself (C(.ironcore-fetch.state.json),
+    C(.ironcore-fetch.lock), C(.ironcore-fetch.*.partial)) are removed, never followed.
+  - Every file the module creates or reuses is opened without following symbolic links and checked to be a
+    regular file of its own with a single link, so a user who can write to O(dest) cannot make it write, chmod
+    or truncate another file.
 author:
   - IronCore image collection maintainers (@ironcore-dev)
 extends_documentation_fragment:
@@ -121,6 +127,28 @@ options:
         a crafted archive (a sparse member, a forged size field) can declare.
       - Raw layers are bounded by their descriptor's size and are not affected.
     type: int
+  state_dir:
+    description:
+      - Directory for the state record, the lock and partial files of interrupted transfers. Created (mode 0700)
+        when missing.
+      - By default the hidden subdirectory C(.ironcore) of O(dest), created with mode 0700 so that a web server
+        serving O(dest) cannot read it. To keep it out of what is served entirely (an HTTP server that lists
+        hidden files, a libvirt C(dir) pool that would see it as a volume), name a directory outside O(dest),
+        for example V(/var/lib/ironcore/fetch/boot-amd64); use one per O(dest).
+      - Partial files must be on the file system of O(dest) for the final rename; when O(state_dir) is on
+        another one, they are kept in C(.ironcore) inside O(dest) instead.
+      - Must not be O(dest) itself.
+    type: path
+  allow_shared_dest:
+    description:
+      - Write into a O(dest) (and read a O(layout), and keep state in a O(state_dir)) that other users can write
+        to (writable by its group or others without the sticky bit, or owned by another user than root or the one
+        running the module).
+      - By default such a directory is refused, since whoever can write there could plant links or swap files
+        where the module, often root, writes.
+      - Set it only when everyone who can write to the directory is trusted.
+    type: bool
+    default: false
 notes:
   - With O(layout) the module reads the image from disk and needs neither of the requirements C(oras) and
     C(requests).
@@ -263,6 +291,8 @@ def main() -> None:
         digest={"type": "str"},
         verify={"type": "bool", "default": False},
         max_unpacked_size={"type": "int"},
+        state_dir={"type": "path"},
+        allow_shared_dest={"type": "bool", "default": False},
     )
     module = AnsibleModule(
         argument_spec=argument_spec,

@@ -39,7 +39,7 @@ def files_in(dest) -> dict[str, bytes]:
     """What a consumer sees in dest: everything but the fetch's own bookkeeping."""
     found = {}
     for name in sorted(os.listdir(dest)) if os.path.isdir(dest) else []:
-        if not name.startswith(".ironcore-fetch."):
+        if name != ".ironcore":
             with open(os.path.join(dest, name), "rb") as stream:
                 found[name] = stream.read()
     return found
@@ -47,6 +47,23 @@ def files_in(dest) -> dict[str, bytes]:
 
 def everything_in(dest) -> list[str]:
     return sorted(os.listdir(dest)) if os.path.isdir(dest) else []
+
+
+def tree_of(dest) -> dict[str, bytes]:
+    """Every file under dest, the fetch's own state directory included, by relative path."""
+    found = {}
+    for directory, _dirs, names in os.walk(dest):
+        for name in names:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as stream:
+                found[os.path.relpath(path, dest)] = stream.read()
+    return found
+
+
+def leftovers_in(dest, delivered) -> list[str]:
+    """Names in dest and its state directory besides the delivered files and the bookkeeping that always stays."""
+    kept = {".ironcore", ".ironcore/.ironcore-fetch.lock", ".ironcore/.ironcore-fetch.state.json", *delivered}
+    return sorted(name for name in [*tree_of(dest), *everything_in(dest)] if name not in kept)
 
 
 @pytest.fixture(scope="module")
@@ -241,11 +258,22 @@ def test_verify_rehashes_what_the_state_record_trusts(ansible, images, tmp_path)
     rootfs = dest / "rootfs"
     (first,) = run_tasks(ansible, str(tmp_path), [(MODULE, args)])
     assert first["changed"] is True
-    # Same size and mtime, different bytes: only a re-hash can tell.
-    stat = os.stat(rootfs)
+    # Different bytes whose identity the record matches (root rewrote the record to say so): only a re-hash can tell.
     with open(rootfs, "r+b") as stream:
         stream.write(b"X")
-    os.utime(rootfs, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    record = dest / ".ironcore" / ".ironcore-fetch.state.json"
+    state = json.loads(record.read_bytes())
+    status = os.stat(rootfs)
+    state["files"]["rootfs"]["identity"] = [
+        status.st_dev,
+        status.st_ino,
+        status.st_size,
+        status.st_mtime_ns,
+        status.st_ctime_ns,
+    ]
+    with open(record, "r+") as stream:
+        stream.truncate()
+        stream.write(json.dumps(state))
     trusted, verified, settled = run_tasks(
         ansible, str(tmp_path), [(MODULE, args), (MODULE, dict(args, verify=True)), (MODULE, dict(args, verify=True))]
     )
@@ -283,7 +311,7 @@ def test_bad_inputs_fail_cleanly_and_touch_nothing(ansible, images, tmp_path):
     good = {"layout": layout, "name": UPSTREAM, "platform": "baremetal", "architecture": "amd64", "dest": str(dest)}
     (first,) = run_tasks(ansible, str(tmp_path), [(MODULE, good)])
     assert first["changed"] is True
-    before = {name: (dest / name).read_bytes() for name in everything_in(dest)}
+    before = tree_of(dest)
 
     big = json.dumps({"schemaVersion": 2, "layers": [], "padding": "x" * (4 * 1024 * 1024)}).encode()
     write_raw_document(layout, "registry.example.com/os/huge:1", big)
@@ -335,7 +363,7 @@ def test_bad_inputs_fail_cleanly_and_touch_nothing(ansible, images, tmp_path):
         assert result.get("failed") is True, (override, result)
         assert message in result["msg"], (message, result["msg"])
         assert "\n" not in result["msg"] and "Traceback" not in result["msg"]
-    assert {name: (dest / name).read_bytes() for name in everything_in(dest)} == before
+    assert tree_of(dest) == before
 
 
 def test_corrupt_blob_in_layout_fails_and_every_old_file_stays(ansible, images, tmp_path):
@@ -358,7 +386,7 @@ def test_corrupt_blob_in_layout_fails_and_every_old_file_stays(ansible, images, 
     # Nothing was replaced, not even the layers that verified: no mix of versions in dest.
     assert files_in(dest) == {role: old.files[("amd64", role)] for role in ("initramfs", "kernel", "rootfs")}
     # Verified layers may wait as partial files for the next run; nothing of the corrupt one is left.
-    leftovers = [name for name in everything_in(dest) if name not in ("initramfs", "kernel", "rootfs")]
+    leftovers = leftovers_in(dest, ("initramfs", "kernel", "rootfs"))
     assert not [name for name in leftovers if "rootfs" in name or name.endswith(".tmp")], leftovers
 
 
@@ -502,8 +530,8 @@ def test_reset_mid_blob_resumes_with_range_within_a_run_and_across_runs(
     assert first["bytes_downloaded"] == size
 
     assert gave_up["failed"] is True and "run again to resume" in gave_up["msg"], gave_up
-    (partial,) = [name for name in everything_in(tmp_path / "b") if name.endswith(".partial")]
-    kept = os.path.getsize(tmp_path / "b" / partial)
+    (partial,) = [name for name in everything_in(tmp_path / "b" / ".ironcore") if name.endswith(".partial")]
+    kept = os.path.getsize(tmp_path / "b" / ".ironcore" / partial)
     assert 0 < kept < size and files_in(tmp_path / "b") == {}
     across.clear()
     (resumed,) = run_tasks(ansible, str(tmp_path), [(MODULE, through(across, "2", tmp_path / "b"))])
@@ -513,7 +541,8 @@ def test_reset_mid_blob_resumes_with_range_within_a_run_and_across_runs(
         headers.get("range") for _method, path, headers in across.requests if path.endswith("/blobs/" + rootfs_2)
     ] == ["bytes=%d-" % kept]
     assert files_in(tmp_path / "b") == {"rootfs": faulty["2"].files[("amd64", "rootfs")]}
-    assert everything_in(tmp_path / "b") == [".ironcore-fetch.lock", ".ironcore-fetch.state.json", "rootfs"]
+    assert everything_in(tmp_path / "b") == [".ironcore", "rootfs"]
+    assert everything_in(tmp_path / "b" / ".ironcore") == [".ironcore-fetch.lock", ".ironcore-fetch.state.json"]
 
 
 def test_corrupted_blob_in_registry_storage(ansible, registry_plain, faulty, tmp_path):
@@ -534,7 +563,7 @@ def test_corrupted_blob_in_registry_storage(ansible, registry_plain, faulty, tmp
         failed["msg"]
     )
     assert files_in(dest) == before
-    leftovers = [name for name in everything_in(dest) if name not in ("initramfs", "kernel", "rootfs")]
+    leftovers = leftovers_in(dest, ("initramfs", "kernel", "rootfs"))
     assert not [name for name in leftovers if "rootfs" in name or name.endswith(".tmp")], leftovers
 
 

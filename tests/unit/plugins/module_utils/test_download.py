@@ -241,13 +241,14 @@ def test_requested_mode_is_set_before_the_rename(store, tmp_path, monkeypatch):
     dest = tmp_path / "dest"
     dest.mkdir()
     modes_at_rename = {}
-    replace = os.replace
+    rename = os.rename
 
-    def recording_replace(source, target):
-        modes_at_rename[os.path.basename(target)] = os.stat(source).st_mode & 0o777
-        replace(source, target)
+    def recording_rename(source, target, *, src_dir_fd=None, dst_dir_fd=None):
+        status = os.stat(source, dir_fd=src_dir_fd, follow_symlinks=False)
+        modes_at_rename[os.path.basename(target)] = status.st_mode & 0o777
+        rename(source, target, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
-    monkeypatch.setattr(os, "replace", recording_replace)
+    monkeypatch.setattr(os, "rename", recording_rename)
     old_umask = os.umask(0o022)
     try:
         plans = [

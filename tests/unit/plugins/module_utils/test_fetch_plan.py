@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import pytest
@@ -55,13 +56,50 @@ def test_state_record_skips_hashing_until_the_file_changes(tmp_path):
 
     reloaded = fetch.DeliveryState(str(tmp_path))
     assert reloaded.get("rootfs")["digest"] == wanted.digest
-    # Same size and mtime but other bytes: trusted without verify, caught with it.
-    stat = os.stat(tmp_path / "rootfs")
-    (tmp_path / "rootfs").write_bytes(b"ROOTFS bytes")
-    os.utime(tmp_path / "rootfs", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # Unchanged: the record is trusted, the file not read (the recorded content digest comes back as it is).
+    reloaded.files["rootfs"]["content_digest"] = "sha256:" + "a" * 64
     (trusted,) = fetch.plan_files([wanted], str(tmp_path), {"rootfs": "rootfs"}, reloaded, verify=False)
     (verified,) = fetch.plan_files([wanted], str(tmp_path), {"rootfs": "rootfs"}, reloaded, verify=True)
-    assert trusted.current is True and verified.current is False
+    assert trusted.content_digest == "sha256:" + "a" * 64 and verified.content_digest == wanted.digest
+    # Same size and mtime but other bytes, written in place: the ctime moved, so it is hashed and caught.
+    stat = os.stat(tmp_path / "rootfs")
+    with open(tmp_path / "rootfs", "r+b") as stream:
+        stream.write(b"ROOTFS bytes")
+    os.utime(tmp_path / "rootfs", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(tmp_path / "rootfs").st_ino == stat.st_ino
+    (rewritten,) = fetch.plan_files([wanted], str(tmp_path), {"rootfs": "rootfs"}, reloaded, verify=False)
+    assert rewritten.current is False
+
+
+def test_state_record_of_an_older_version_is_not_trusted(tmp_path):
+    data = b"rootfs bytes"
+    (tmp_path / "rootfs").write_bytes(data)
+    status = os.stat(tmp_path / "rootfs")
+    old_identity = [status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns]
+    entry = {"digest": layer(data).digest, "content_digest": "sha256:" + "a" * 64, "identity": old_identity}
+    (tmp_path / fetch.STATE_FILE).write_text(json.dumps({"version": 1, "files": {"rootfs": entry}}))
+    assert fetch.DeliveryState(str(tmp_path)).files == {}
+
+
+@pytest.mark.parametrize("kind", ["symlink", "group-writable", "other owner", "too large", "deeply nested"])
+def test_state_record_that_is_not_plainly_ours_is_ignored(tmp_path, kind):
+    good = json.dumps({"version": fetch.STATE_VERSION, "files": {"rootfs": {"digest": "x"}}})
+    record = tmp_path / fetch.STATE_FILE
+    if kind == "symlink":
+        (tmp_path / "elsewhere.json").write_text(good)
+        record.symlink_to(tmp_path / "elsewhere.json")
+    else:
+        record.write_text(good)
+        assert fetch.DeliveryState(str(tmp_path)).files != {}
+    if kind == "group-writable":
+        record.chmod(0o664)
+    elif kind == "other owner":
+        os.chown(record, 65534, 65534)
+    elif kind == "too large":
+        record.write_text(good[:-1] + " " * (4 * 1024 * 1024) + "}")
+    elif kind == "deeply nested":
+        record.write_text("[" * 100000 + "]" * 100000)
+    assert fetch.DeliveryState(str(tmp_path)).files == {}
 
 
 def test_packed_file_without_record_is_fetched_again(tmp_path):

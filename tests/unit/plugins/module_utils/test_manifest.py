@@ -71,6 +71,14 @@ def test_squashfs_may_be_the_baremetal_root():
     assert json.loads(build("baremetal", ["kernel", "initramfs", "squashfs"]))["layers"][2]["digest"] == DIGEST
 
 
+@pytest.mark.parametrize("field", ["digest", "mediaType"])
+def test_descriptor_with_a_trailing_newline_is_invalid(field):
+    rootfs = layer("rootfs")
+    rootfs[field] += "\n"
+    with pytest.raises(manifest.InvalidDocument, match="invalid"):
+        manifest.build_manifest("virtualization", "amd64", "t", config(), [rootfs])
+
+
 @pytest.mark.parametrize(
     "platform, roles, message",
     [

@@ -139,3 +139,30 @@ def test_profiles_order_and_content():
 @pytest.mark.parametrize("machine, arch", [("x86_64", "amd64"), ("aarch64", "arm64"), ("riscv64", None)])
 def test_architecture_of_machine(machine, arch):
     assert model.architecture_of_machine(machine) == arch
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "r.io/a:1.0\n",
+        "r.io/a@sha256:" + "a" * 64 + "\n",
+        "a/b\n",
+        "OS/img\n:1",
+        "r.io/a:1.0\nr.io/b:2.0",
+    ],
+)
+def test_parse_reference_rejects_a_trailing_newline(text):
+    with pytest.raises(model.InvalidReference):
+        model.ImageReference.parse(text)
+
+
+@pytest.mark.parametrize("pattern", [model.SHA256_DIGEST_RE, model.TAG_RE])
+def test_patterns_refuse_a_trailing_newline_even_with_match(pattern):
+    good = "sha256:" + "a" * 64 if pattern is model.SHA256_DIGEST_RE else "v1.0"
+    assert pattern.fullmatch(good) and pattern.match(good)
+    assert not pattern.fullmatch(good + "\n") and not pattern.match(good + "\n")
+
+
+def test_with_tag_refuses_a_trailing_newline():
+    with pytest.raises(model.InvalidReference):
+        model.ImageReference.parse("r.io/a:1.0").with_tag("1.0\n")

@@ -1,0 +1,160 @@
+"""The safe-write and bounded-read helpers, against real files, links and directories."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.ironcore.image.plugins.module_utils import _io as io
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def victim(tmp_path):
+    path = tmp_path / "victim"
+    path.write_bytes(b"must stay")
+    os.chmod(path, 0o640)
+    return path
+
+
+def untouched(victim) -> bool:
+    return victim.read_bytes() == b"must stay" and os.stat(victim).st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hard link", "fifo", "other owner"])
+@pytest.mark.parametrize("append", [False, True])
+def test_caller_named_temporary_file_that_is_not_plainly_ours_is_refused(tmp_path, victim, plant, append):
+    partial = tmp_path / ".disk.partial"
+    if plant == "symlink":
+        partial.symlink_to(victim)
+    elif plant == "hard link":
+        os.link(victim, partial)
+    elif plant == "fifo":
+        os.mkfifo(partial)
+    else:
+        partial.write_bytes(b"theirs")
+        os.chown(partial, NOBODY, NOBODY)
+    with pytest.raises(io.UnsafeFileError, match="refusing"):
+        io.AtomicFile(str(tmp_path / "disk.raw"), temp_path=str(partial), append=append)
+    assert untouched(victim)
+    assert not (tmp_path / "disk.raw").exists()
+
+
+def test_final_name_that_is_a_symlink_is_replaced_and_its_target_keeps_its_mode(tmp_path, victim):
+    target = tmp_path / "kernel"
+    target.symlink_to(victim)
+    io.write_bytes_atomic(str(target), b"new kernel")
+    assert not target.is_symlink() and target.read_bytes() == b"new kernel"
+    assert untouched(victim)
+
+
+def test_a_planted_file_does_not_hand_its_mode_to_the_file_that_replaces_it(tmp_path):
+    planted = tmp_path / "kernel"
+    planted.write_bytes(b"theirs")
+    os.chown(planted, NOBODY, NOBODY)
+    os.chmod(planted, 0o4777)
+    ours = tmp_path / "initrd"
+    ours.write_bytes(b"ours")
+    os.chmod(ours, 0o640)
+    old_umask = os.umask(0o022)
+    try:
+        io.write_bytes_atomic(str(planted), b"kernel")
+        io.write_bytes_atomic(str(ours), b"initrd")
+    finally:
+        os.umask(old_umask)
+    assert os.stat(planted).st_mode & 0o7777 == 0o644 and os.stat(planted).st_uid == os.geteuid()
+    assert os.stat(ours).st_mode & 0o7777 == 0o640
+
+
+def test_temporary_file_in_another_directory_is_renamed_into_place(tmp_path):
+    private = tmp_path / "state"
+    private.mkdir(mode=0o700)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    out = io.AtomicFile(str(dest / "rootfs"), temp_path=str(private / "rootfs.partial"))
+    out.write(b"rootfs")
+    out.commit()
+    assert (dest / "rootfs").read_bytes() == b"rootfs"
+    assert os.listdir(private) == [] and os.listdir(dest) == ["rootfs"]
+
+
+def test_swapping_the_directory_for_a_symlink_after_opening_does_not_redirect_the_write(tmp_path):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = io.AtomicFile(str(dest / "kernel"))
+    out.write(b"kernel")
+    os.rename(dest, tmp_path / "moved")
+    os.symlink(elsewhere, dest)
+    out.commit()
+    assert os.listdir(elsewhere) == []
+    assert (tmp_path / "moved" / "kernel").read_bytes() == b"kernel"
+
+
+def test_open_private_creates_exclusively_and_reopens_only_our_own_file(tmp_path):
+    directory = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = io.open_private("lock", directory)
+        os.close(fd)
+        assert os.stat(tmp_path / "lock").st_mode & 0o777 == 0o600
+        with pytest.raises(FileExistsError):
+            io.open_private("lock", directory, exclusive=True)
+        os.close(io.open_private("lock", directory))
+        os.chown(tmp_path / "lock", NOBODY, NOBODY)
+        with pytest.raises(io.UnsafeFileError, match="owned by uid"):
+            io.open_private("lock", directory)
+        os.close(io.open_private("lock", directory, require_owner=False))
+    finally:
+        os.close(directory)
+
+
+def test_read_bounded_refuses_devices_and_what_is_over_the_cap(tmp_path):
+    link = tmp_path / "manifest"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(io.UnsafeFileError, match="not a regular file"):
+        io.read_bounded(str(link))
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 101)
+    with pytest.raises(io.TooLargeError):
+        io.read_bounded(str(big), limit=100)
+    assert io.read_bounded(str(big), limit=101) == b"x" * 101
+
+
+def test_read_bounded_private_wants_a_file_of_ours_that_only_we_can_write(tmp_path):
+    record = tmp_path / "state.json"
+    record.write_bytes(b"{}")
+    os.chmod(record, 0o644)
+    assert io.read_bounded(str(record), follow_symlinks=False, private=True) == b"{}"
+    link = tmp_path / "link.json"
+    link.symlink_to(record)
+    with pytest.raises(io.UnsafeFileError, match="symbolic link"):
+        io.read_bounded(str(link), follow_symlinks=False, private=True)
+    os.chmod(record, 0o646)
+    with pytest.raises(io.UnsafeFileError, match="not ours alone"):
+        io.read_bounded(str(record), private=True)
+    os.chmod(record, 0o644)
+    os.chown(record, NOBODY, NOBODY)
+    with pytest.raises(io.UnsafeFileError, match="not ours alone"):
+        io.read_bounded(str(record), private=True)
+
+
+def test_parse_json_reports_deep_nesting_as_a_value_error():
+    with pytest.raises(ValueError, match="nested too deeply"):
+        io.parse_json(b"[" * 100000 + b"]" * 100000)
+    assert io.parse_json(b'{"a": [1]}') == {"a": [1]}
+
+
+@pytest.mark.parametrize(
+    "mode, owner, shared",
+    [(0o755, None, False), (0o1777, None, False), (0o775, None, True), (0o757, None, True), (0o755, NOBODY, True)],
+)
+def test_shared_directory_reason(tmp_path, mode, owner, shared):
+    directory = tmp_path / "d"
+    directory.mkdir()
+    os.chmod(directory, mode)
+    if owner is not None:
+        os.chown(directory, owner, owner)
+    assert (io.shared_directory_reason(str(directory)) is not None) is shared
