@@ -44,7 +44,8 @@ def sha256(data: bytes) -> str:
 def files_in(dest: str) -> dict[str, bytes]:
     found = {}
     for name in sorted(os.listdir(dest)) if os.path.isdir(dest) else []:
-        if not name.startswith(".ironcore-fetch."):
+        # The fetch's own bookkeeping lives in the hidden state directory.
+        if name != ".ironcore":
             with open(os.path.join(dest, name), "rb") as stream:
                 found[name] = stream.read()
     return found
