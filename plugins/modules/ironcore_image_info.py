@@ -17,6 +17,8 @@ description:
   - With O(platform), also selects the manifest for O(platform) and O(architecture) the way
     M(ironcore.image.ironcore_image_fetch) does, and returns for each of its layers the blob URL and the HTTP
     headers needed to GET it, so an HTTP boot server can stream the layers straight from the registry.
+  - With O(layout) and no O(name), lists every name the layout records in RV(images) instead, each with its
+    digest, the platforms and architectures it serves and the bytes of all the blobs it reaches.
   - Reads only; every manifest is checked against its digest and refused above 4 MiB.
 author:
   - IronCore image collection maintainers (@ironcore-dev)
@@ -39,8 +41,8 @@ options:
     description:
       - Image reference, with a tag or an C(@sha256:) digest, for example V(registry.example.com/os/gardenlinux:1.0).
       - Without O(layout) it must start with the registry host (and port).
+      - Required unless O(layout) is given; without it the layout's names are listed in RV(images).
     type: str
-    required: true
   layout:
     description:
       - Read the image from this local OCI image layout directory instead of a registry. Blob URLs are then
@@ -49,6 +51,7 @@ options:
   platform:
     description:
       - Select the manifest for this platform and return blob URLs and headers for its layers in RV(selected).
+      - Needs O(name).
     type: str
     choices: [baremetal, virtualization]
   architecture:
@@ -76,6 +79,9 @@ notes:
     task, or do not register the result, when the output is logged.
 seealso:
   - module: ironcore.image.ironcore_image_fetch
+  - module: ironcore.image.ironcore_image_tag
+  - module: ironcore.image.ironcore_image_remove
+  - module: ironcore.image.ironcore_image_prune
 """
 
 EXAMPLES = r"""
@@ -98,28 +104,33 @@ EXAMPLES = r"""
     include_credentials: true
   register: boot
   no_log: true
+
+- name: Which images does the layout hold, and how big is each?
+  ironcore.image.ironcore_image_info:
+    layout: /var/lib/ironcore/layout
+  register: listing
 """
 
 RETURN = r"""
 name:
   description: The image reference as it was read.
-  returned: always
+  returned: when O(name) is given
   type: str
 digest:
   description: Digest of what O(name) resolved to.
-  returned: always
+  returned: when O(name) is given
   type: str
 media_type:
   description: Media type of what O(name) resolved to (an image index or an image manifest).
-  returned: always
+  returned: when O(name) is given
   type: str
 index:
   description: The image index as stored, or null when O(name) is a plain manifest.
-  returned: always
+  returned: when O(name) is given
   type: dict
 manifests:
   description: Every manifest, in index order (one entry for a plain manifest).
-  returned: always
+  returned: when O(name) is given
   type: list
   elements: dict
   contains:
@@ -154,7 +165,7 @@ manifests:
       type: dict
 selected:
   description: The manifest and layers for O(platform) and O(architecture); null without O(platform).
-  returned: always
+  returned: when O(name) is given
   type: dict
   contains:
     platform:
@@ -187,30 +198,60 @@ selected:
         headers:
           Authorization: Bearer eyJ...
         auth_scheme: Bearer
+images:
+  description: With O(layout) and no O(name), every name the layout records, sorted by name.
+  returned: when O(name) is not given
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The name as C(index.json) records it.
+      type: str
+    digest:
+      description: Digest of what the name points at.
+      type: str
+    platforms:
+      description:
+        - Each C(platform) and C(architecture) pair the image serves (C(architecture) is null when the layout does
+          not say, for a plain manifest no index of the layout lists).
+      type: list
+      elements: dict
+    size:
+      description: Bytes of every blob the name reaches (index, manifests, configs, layers), each blob counted once.
+      type: int
+  sample:
+    - name: registry.example.com/os/gardenlinux:1.0
+      digest: sha256:0f3c...
+      platforms:
+        - platform: baremetal
+          architecture: amd64
+        - platform: virtualization
+          architecture: amd64
+      size: 1073751234
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
-from ansible_collections.ironcore.image.plugins.module_utils._info import InfoError, image_info
+from ansible_collections.ironcore.image.plugins.module_utils._info import InfoError, image_info, layout_images
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_REQUIRED_TOGETHER
 from ansible_collections.ironcore.image.plugins.module_utils._source import image_argument_spec
 
 
 def main() -> None:
+    spec = image_argument_spec(platform_required=False)
+    spec["name"] = dict(spec["name"], required=False)
     module = AnsibleModule(
-        argument_spec=dict(
-            image_argument_spec(platform_required=False),
-            include_credentials={"type": "bool", "default": False},
-        ),
+        argument_spec=dict(spec, include_credentials={"type": "bool", "default": False}),
         required_together=REGISTRY_REQUIRED_TOGETHER,
-        required_by={"layers": "platform"},
+        required_by={"layers": "platform", "platform": "name"},
+        required_one_of=[("name", "layout")],
         supports_check_mode=True,
     )
     if not module.params["layout"]:
         require(module, "requests", "oras")
     try:
-        result = image_info(module.params)
+        result = image_info(module.params) if module.params["name"] else layout_images(module.params)
     except InfoError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)
