@@ -285,7 +285,7 @@ def build_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.
                     before, moved = _moved_refs(plan, after)
                     if moved:
                         plan.layout.set_refs({name: plan.refs[name] for name in sorted(moved)})
-        if digests.cache_dirty:
+        if digests.cache_dirty and not check_mode:
             digests.layout.save_digest_cache(digests.cache)
         changed = bool(moved) or bool(blobs_missing) or digests.blobs_added
     except (LayoutError, InvalidDocument) as exc:

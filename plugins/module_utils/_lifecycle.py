@@ -338,8 +338,9 @@ def prune_layout(params: t.Mapping[str, t.Any], check_mode: bool, now: float | N
             for digest, stat in sorted(layout.stored_blobs()):
                 if digest in reached:
                     continue
-                # A blob another tool wrote (or renamed into place) lately may still be on its way to a name.
-                if max(stat.st_mtime, stat.st_ctime) > cutoff:
+                # A blob another tool wrote lately may still be on its way to a name. Only the
+                # modification time: a writer sets it when it writes the bytes, and it can be set back.
+                if stat.st_mtime > cutoff:
                     kept_young += 1
                     continue
                 if check_mode or layout.remove_blob(digest):

@@ -42,7 +42,7 @@ options:
     required: true
   grace_period:
     description:
-      - Seconds. An unreachable blob whose modification or change time is more recent than this is kept, and counted
+      - Seconds. An unreachable blob whose modification time is more recent than this is kept, and counted
         in RV(blobs_kept_young).
       - It protects blobs that a writer which does not take the layout's blob lock has stored and not yet named.
         The default of one hour is well above the time such a writer needs between its first blob and its name
