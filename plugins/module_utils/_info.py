@@ -13,6 +13,7 @@ layers straight from the registry.
 
 from __future__ import annotations
 
+import functools
 import os
 import typing as t
 
@@ -185,10 +186,9 @@ def layout_images(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
         layout.require()
         refs = layout.refs()
         walk = BlobWalk(layout)
-        tops = {
-            name: _named(name, lambda entry=entry: walk.document(str(entry.get("digest"))))
-            for name, entry in refs.items()
-        }
+        tops = {}
+        for name, entry in refs.items():
+            tops[name] = _named(name, functools.partial(walk.document, str(entry.get("digest"))))
         # A per-architecture name is a bare manifest: its architecture is what an index of the layout says it is.
         architectures: dict[str, str] = {}
         for document in tops.values():
@@ -196,13 +196,10 @@ def layout_images(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
                 platform = child.get("platform") if isinstance(child, dict) else None
                 if isinstance(platform, dict) and platform.get("architecture"):
                     architectures.setdefault(str(child.get("digest")), str(platform["architecture"]))
-        images = [
-            dict(
-                {"name": name},
-                **_named(name, lambda name=name: _describe_name(walk, refs[name], tops[name], architectures)),
-            )
-            for name in sorted(refs)
-        ]
+        images = []
+        for name in sorted(refs):
+            describe = functools.partial(_describe_name, walk, refs[name], tops[name], architectures)
+            images.append(dict({"name": name}, **_named(name, describe)))
     except LayoutError as exc:
         raise InfoError(str(exc)) from None
     except (KeyError, TypeError, ValueError) as exc:

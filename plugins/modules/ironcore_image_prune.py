@@ -19,8 +19,8 @@ description:
     prune. Names cannot change while a prune runs.
   - Writers that do not take the lock (C(skopeo copy) into the layout, older releases of this collection) are
     covered by O(grace_period) instead; see there.
-  - Refuses to delete anything when a name reaches a document that is missing or damaged, and says which name:
-    what such a document would reach cannot be known.
+  - Refuses to delete anything when a name reaches a document that is missing or damaged, and says which name,
+    because what such a document would reach cannot be known.
 author:
   - IronCore image collection maintainers (@ironcore-dev)
 extends_documentation_fragment:

@@ -15,7 +15,7 @@ description:
     C(docker tag) does for a local image. No blob is copied or written; only C(index.json) changes.
   - With O(platform_tags=true), the platform names of O(name) follow, for example C(1.0-baremetal) and
     C(1.0-virtualization-amd64) give C(1.1-baremetal) and C(1.1-virtualization-amd64) for the tag C(1.1). Which
-    ones there are is read off the layout: every C(<tag>-<suffix>) name that points at one of the image's
+    ones there are is read off the layout, as every C(<tag>-<suffix>) name that points at one of the image's
     manifests, or at an index made only of them, so aliases follow too and other images (C(1.0-rc1)) never do.
   - A name that already points at another digest is left alone and the task fails, unless O(force=true).
   - Decided and written under the layout's lock, so concurrent builds, tags and removes cannot lose names.
