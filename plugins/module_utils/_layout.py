@@ -240,7 +240,11 @@ class OciLayout:
 
     @contextlib.contextmanager
     def pruning(self) -> t.Iterator[None]:
-        """Exclusive against every writer in adding_blobs(), then against name changes."""
+        """Exclusive against every writer in adding_blobs(), then against name changes.
+
+        The blob lock first, then the index lock: the order a build takes them
+        in, so a build and a prune cannot wait for each other.
+        """
         with _flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_EX), self.locked():
             yield
 
@@ -248,7 +252,8 @@ class OciLayout:
         """(digest, stat) of every regular file in blobs/sha256 named like a digest."""
         directory = os.path.join(self.path, "blobs", "sha256")
         try:
-            entries = list(os.scandir(directory))
+            with os.scandir(directory) as listing:
+                entries = list(listing)
         except FileNotFoundError:
             return
         for entry in entries:
