@@ -12,6 +12,7 @@ the layout exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import typing as t
@@ -196,8 +197,15 @@ def _refuse_shared_layout(layout: OciLayout, allow_shared: bool) -> None:
         )
 
 
-def plan_build(params: t.Mapping[str, t.Any], store: bool) -> tuple[BuildPlan, _BlobDigests]:
-    """Validate, hash (and with store=True import) the artifacts, assemble every document."""
+def plan_build(
+    params: t.Mapping[str, t.Any], store: bool, in_flight: contextlib.ExitStack | None = None
+) -> tuple[BuildPlan, _BlobDigests]:
+    """Validate, hash (and with store=True import) the artifacts, assemble every document.
+
+    With store=True and in_flight given, the layout's blob lock is entered on
+    it before the first blob is looked at: the caller keeps it until the
+    names are recorded, so a prune cannot take a blob in between.
+    """
     try:
         ref = ImageReference.parse(params["name"])
     except InvalidReference as exc:
@@ -234,6 +242,8 @@ def plan_build(params: t.Mapping[str, t.Any], store: bool) -> tuple[BuildPlan, _
     if store:
         layout.ensure()
         _refuse_shared_layout(layout, allow_shared)
+        if in_flight is not None:
+            in_flight.enter_context(layout.adding_blobs())
     digests = _BlobDigests(layout)
     plan = BuildPlan(ref=ref, layout=layout)
     packed = params["layer_format"] == "tar+gzip"
@@ -313,21 +323,22 @@ def _moved_refs(plan: BuildPlan, after: t.Mapping[str, str]) -> tuple[dict[str, 
 def build_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.Any]:
     """Build (or, in check mode, only compute) the image; the module's one call."""
     try:
-        plan, digests = plan_build(params, store=not check_mode)
-        after = {name: target["digest"] for name, target in plan.refs.items()}
-        blobs_missing = [digest for digest in plan.blobs if not plan.layout.has_blob(digest)]
-        if check_mode:
-            before, moved = _moved_refs(plan, after)
-        else:
-            for data in plan.blobs.values():
-                plan.layout.put_bytes(data)
-            # Decided under the lock: a concurrent build may have moved a name meanwhile.
-            with plan.layout.locked():
+        with contextlib.ExitStack() as in_flight:
+            plan, digests = plan_build(params, store=not check_mode, in_flight=in_flight)
+            after = {name: target["digest"] for name, target in plan.refs.items()}
+            blobs_missing = [digest for digest in plan.blobs if not plan.layout.has_blob(digest)]
+            if check_mode:
                 before, moved = _moved_refs(plan, after)
-                if moved:
-                    plan.layout.set_refs({name: plan.refs[name] for name in sorted(moved)})
-            if digests.cache_dirty:
-                digests.layout.save_digest_cache(digests.cache)
+            else:
+                for data in plan.blobs.values():
+                    plan.layout.put_bytes(data)
+                # Decided under the lock: a concurrent build may have moved a name meanwhile.
+                with plan.layout.locked():
+                    before, moved = _moved_refs(plan, after)
+                    if moved:
+                        plan.layout.set_refs({name: plan.refs[name] for name in sorted(moved)})
+        if digests.cache_dirty and not check_mode:
+            digests.layout.save_digest_cache(digests.cache)
         changed = bool(moved) or bool(blobs_missing) or digests.blobs_added
     except (LayoutError, InvalidDocument) as exc:
         raise BuildError(str(exc)) from None

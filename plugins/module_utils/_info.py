@@ -13,13 +13,17 @@ layers straight from the registry.
 
 from __future__ import annotations
 
+import functools
+import os
 import typing as t
 
+from ansible_collections.ironcore.image.plugins.module_utils._layout import BlobWalk, LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import canonical_platform
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     Document,
     SelectionError,
     decide_platform,
+    is_index,
     manifest_layers,
     node_architecture,
     select_layers,
@@ -128,3 +132,76 @@ def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
         raise InfoError(str(exc)) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise InfoError("the image is malformed: %s" % one_line(exc)) from None
+
+
+def _platform_pairs(
+    walk: BlobWalk, digest: str, entry: t.Mapping[str, t.Any], architectures: t.Mapping[str, str]
+) -> list[dict[str, t.Any]]:
+    """(platform, architecture) pairs one manifest serves, decided by the rules fetch uses."""
+    document = walk.document(digest)
+    platform = entry.get("platform") if isinstance(entry.get("platform"), dict) else {}
+    served = decide_platform(entry, document).platforms
+    architecture = platform.get("architecture") or architectures.get(digest)
+    return [{"platform": name, "architecture": architecture} for name in served]
+
+
+def _manifests_of(entry: t.Mapping[str, t.Any], document: Document) -> list[tuple[t.Mapping[str, t.Any], str]]:
+    """(index entry, digest) of every manifest a name holds: an index's entries, or the manifest itself."""
+    if is_index(document, entry.get("mediaType")):
+        children = document.get("manifests") or []
+        return [(child, str(child.get("digest"))) for child in children if isinstance(child, dict)]
+    return [({}, str(entry.get("digest")))]
+
+
+def _named(name: str, action: t.Callable[[], t.Any]) -> t.Any:
+    """Run action; a damaged image fails the listing with its name in the message."""
+    try:
+        return action()
+    except (LayoutError, SelectionError) as exc:
+        raise InfoError("%s: %s" % (name, exc)) from None
+
+
+def _describe_name(
+    walk: BlobWalk, entry: t.Mapping[str, t.Any], document: Document, architectures: t.Mapping[str, str]
+) -> dict[str, t.Any]:
+    pairs: list[dict[str, t.Any]] = []
+    for child, child_digest in _manifests_of(entry, document):
+        # A nested index is not an image this collection reads; it serves no platform here.
+        if is_index(walk.document(child_digest), child.get("mediaType")):
+            continue
+        for pair in _platform_pairs(walk, child_digest, child, architectures):
+            if pair not in pairs:
+                pairs.append(pair)
+    # Each blob once: the rootfs both platforms share is stored, and counted, once.
+    return {"digest": str(entry.get("digest")), "platforms": pairs, "size": sum(walk.reach(entry).values())}
+
+
+def layout_images(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """Every name of a layout with its digest, platforms and size: info with `layout` and no `name`."""
+    layout = OciLayout(params["layout"])
+    if not os.path.isdir(layout.path):
+        what = "exists and is not a directory" if os.path.lexists(layout.path) else "does not exist"
+        raise InfoError("layout: %s %s" % (layout.path, what))
+    try:
+        layout.require()
+        refs = layout.refs()
+        walk = BlobWalk(layout)
+        tops = {}
+        for name, entry in refs.items():
+            tops[name] = _named(name, functools.partial(walk.document, str(entry.get("digest"))))
+        # A per-architecture name is a bare manifest: its architecture is what an index of the layout says it is.
+        architectures: dict[str, str] = {}
+        for document in tops.values():
+            for child in document.get("manifests") or []:
+                platform = child.get("platform") if isinstance(child, dict) else None
+                if isinstance(platform, dict) and platform.get("architecture"):
+                    architectures.setdefault(str(child.get("digest")), str(platform["architecture"]))
+        images = []
+        for name in sorted(refs):
+            describe = functools.partial(_describe_name, walk, refs[name], tops[name], architectures)
+            images.append(dict({"name": name}, **_named(name, describe)))
+    except LayoutError as exc:
+        raise InfoError(str(exc)) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InfoError("layout %s is malformed: %s" % (layout.path, one_line(exc))) from None
+    return {"changed": False, "images": images}

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import gzip
 import os
+import re
 import tarfile
 import typing as t
 
@@ -44,6 +45,12 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
 LAYOUT_VERSION_DOC = b'{"imageLayoutVersion":"1.0.0"}'
 DIGEST_CACHE_FILE = "ironcore-digest-cache.json"
 LOCK_FILE = ".ironcore.lock"
+# Shared by writers between storing blobs and naming them, exclusive for a prune.
+BLOBS_LOCK_FILE = ".ironcore.blobs.lock"
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+# Where a document lists the descriptors of other documents, and of plain blobs.
+_DOCUMENT_KEYS = ("manifests", "subject")
+_BLOB_KEYS = ("config", "layers", "blobs")
 
 
 class LayoutError(Exception):
@@ -218,6 +225,64 @@ class OciLayout:
     def save_digest_cache(self, cache: t.Mapping[str, t.Any]) -> None:
         write_bytes_atomic(os.path.join(self.path, DIGEST_CACHE_FILE), canonical_json(cache))
 
+    # ---- lifecycle: removing names, pruning blobs ------------------------
+
+    def drop_refs(self, names: t.Iterable[str]) -> None:
+        """Remove these names from index.json; caller holds the lock. Blobs stay."""
+        gone = set(names)
+        index = self.read_index()
+        index["manifests"] = [
+            entry
+            for entry in index["manifests"]
+            if (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION) not in gone
+        ]
+        write_bytes_atomic(self.index_path, canonical_json(index))
+
+    @contextlib.contextmanager
+    def adding_blobs(self) -> t.Iterator[None]:
+        """Held, shared, by a writer from its first blob check to its last name.
+
+        Many writers hold it at once; a prune takes it exclusively, so no blob
+        that a writer has stored (or found already stored) and not yet named
+        can be taken from under it.
+        """
+        with _flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_SH):
+            yield
+
+    @contextlib.contextmanager
+    def pruning(self) -> t.Iterator[None]:
+        """Exclusive against every writer in adding_blobs(), then against name changes.
+
+        The blob lock first, then the index lock: the order a build takes them
+        in, so a build and a prune cannot wait for each other.
+        """
+        with _flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_EX), self.locked():
+            yield
+
+    def stored_blobs(self) -> t.Iterator[tuple[str, os.stat_result]]:
+        """(digest, stat) of every regular file in blobs/sha256 named like a digest."""
+        directory = os.path.join(self.path, "blobs", "sha256")
+        try:
+            with os.scandir(directory) as listing:
+                entries = list(listing)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            # Temporary files of writers start with '.', so they never match.
+            if _HEX64_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
+                try:
+                    yield "sha256:" + entry.name, entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+
+    def remove_blob(self, digest: str) -> bool:
+        """Delete one blob; False when it was already gone."""
+        try:
+            os.unlink(self.blob_path(digest))
+        except FileNotFoundError:
+            return False
+        return True
+
 
 def _empty_index() -> dict[str, t.Any]:
     return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
@@ -280,3 +345,82 @@ def digest_of_file(source: str, packed_as: str | None = None) -> tuple[str, int]
 
     counter = _write_packed(source, packed_as, _Null())
     return counter.digest, counter.size
+
+
+@contextlib.contextmanager
+def _flocked(path: str, operation: int) -> t.Iterator[None]:
+    # Opened like the index lock: never through a link someone planted at the lock's name.
+    directory = open_directory(os.path.dirname(path) or ".")
+    try:
+        lock = open_private(os.path.basename(path), directory, require_owner=False)
+    finally:
+        os.close(directory)
+    try:
+        fcntl.flock(lock, operation)
+        yield
+    finally:
+        os.close(lock)
+
+
+class BlobWalk:
+    """Which blobs a name reaches: documents are read (once per walk), other blobs only counted.
+
+    An index reaches its manifests (and a manifest or index its `subject`); a
+    manifest reaches its config, layers and blobs. Sizes come from the
+    descriptors, and from the bytes themselves for the documents read.
+    """
+
+    def __init__(self, layout: OciLayout):
+        self.layout = layout
+        self._documents: dict[str, dict[str, t.Any]] = {}
+
+    def document(self, digest: str) -> dict[str, t.Any]:
+        """A parsed document of the layout (checked against its digest and the 4 MiB cap)."""
+        if digest not in self._documents:
+            data = self.layout.read_document(digest)
+            try:
+                parsed = parse_json(data)
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise LayoutError("blob %s in layout %s is not a JSON document" % (digest, self.layout.path))
+            self._documents[digest] = parsed
+        return self._documents[digest]
+
+    def reach(self, descriptor: t.Mapping[str, t.Any]) -> dict[str, int]:
+        """digest -> size of every blob reached from a document's descriptor, itself included."""
+        reached: dict[str, int] = {}
+        pending = [descriptor]
+        while pending:
+            current = pending.pop()
+            digest = _descriptor_digest(current, self.layout)
+            if digest in reached:
+                continue
+            reached[digest] = _size(current)
+            document = self.document(digest)
+            for key in _DOCUMENT_KEYS:
+                pending.extend(_descriptors(document.get(key)))
+            for key in _BLOB_KEYS:
+                for blob in _descriptors(document.get(key)):
+                    reached.setdefault(_descriptor_digest(blob, self.layout), _size(blob))
+        return reached
+
+
+def _descriptors(value: t.Any) -> list[t.Mapping[str, t.Any]]:
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return [item for item in value if isinstance(item, dict)]
+    return []
+
+
+def _descriptor_digest(descriptor: t.Mapping[str, t.Any], layout: OciLayout) -> str:
+    digest = descriptor.get("digest")
+    if not isinstance(digest, str) or not SHA256_DIGEST_RE.match(digest):
+        raise LayoutError("layout %s holds a descriptor without a sha256 digest (%r)" % (layout.path, digest))
+    return digest
+
+
+def _size(descriptor: t.Mapping[str, t.Any]) -> int:
+    size = descriptor.get("size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0

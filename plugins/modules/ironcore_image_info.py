@@ -19,6 +19,8 @@ description:
     headers needed to GET it, so an HTTP boot server can stream the layers straight from the registry.
   - For every manifest it reports the platform it serves and which rule decided it (RV(manifests[].decided_by)),
     by the order of evidence M(ironcore.image.ironcore_image_fetch) describes.
+  - With O(layout) and no O(name), lists every name the layout records in RV(images) instead, each with its
+    digest, the platforms and architectures it serves and the bytes of all the blobs it reaches.
   - Reads only; every manifest is checked against its digest and refused above 4 MiB.
 author:
   - IronCore image collection maintainers (@ironcore-dev)
@@ -39,8 +41,8 @@ options:
     description:
       - Image reference, with a tag or an C(@sha256:) digest, for example V(registry.example.com/os/gardenlinux:1.0).
       - Without O(layout) it must start with the registry host (and port).
+      - Required unless O(layout) is given; without it the layout's names are listed in RV(images).
     type: str
-    required: true
   layout:
     description:
       - Read the image from this local OCI image layout directory instead of a registry. Blob URLs are then
@@ -50,6 +52,7 @@ options:
     description:
       - Select the manifest for this platform and return blob URLs and headers for its layers in RV(selected).
       - V(metal) is a synonym of V(baremetal) and V(kvm) one of V(virtualization).
+      - Needs O(name).
     type: str
     choices: [baremetal, virtualization, metal, kvm]
   architecture:
@@ -79,6 +82,9 @@ notes:
     task, or do not register the result, when the output is logged.
 seealso:
   - module: ironcore.image.ironcore_image_fetch
+  - module: ironcore.image.ironcore_image_tag
+  - module: ironcore.image.ironcore_image_remove
+  - module: ironcore.image.ironcore_image_prune
 """
 
 EXAMPLES = r"""
@@ -101,28 +107,33 @@ EXAMPLES = r"""
     include_credentials: true
   register: boot
   no_log: true
+
+- name: Which images does the layout hold, and how big is each?
+  ironcore.image.ironcore_image_info:
+    layout: /var/lib/ironcore/layout
+  register: listing
 """
 
 RETURN = r"""
 name:
   description: The image reference as it was read.
-  returned: always
+  returned: when O(name) is given
   type: str
 digest:
   description: Digest of what O(name) resolved to.
-  returned: always
+  returned: when O(name) is given
   type: str
 media_type:
   description: Media type of what O(name) resolved to (an image index or an image manifest).
-  returned: always
+  returned: when O(name) is given
   type: str
 index:
   description: The image index as stored, or null when O(name) is a plain manifest.
-  returned: always
+  returned: when O(name) is given
   type: dict
 manifests:
   description: Every manifest, in index order (one entry for a plain manifest).
-  returned: always
+  returned: when O(name) is given
   type: list
   elements: dict
   contains:
@@ -169,7 +180,7 @@ manifests:
       type: dict
 selected:
   description: The manifest and layers for O(platform) and O(architecture); null without O(platform).
-  returned: always
+  returned: when O(name) is given
   type: dict
   contains:
     platform:
@@ -209,18 +220,50 @@ selected:
         headers:
           Authorization: Bearer eyJ...
         auth_scheme: Bearer
+images:
+  description: With O(layout) and no O(name), every name the layout records, sorted by name.
+  returned: when O(name) is not given
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The name as C(index.json) records it.
+      type: str
+    digest:
+      description: Digest of what the name points at.
+      type: str
+    platforms:
+      description:
+        - Each C(platform) and C(architecture) pair the image serves (C(architecture) is null when the layout does
+          not say, for a plain manifest no index of the layout lists).
+      type: list
+      elements: dict
+    size:
+      description: Bytes of every blob the name reaches (index, manifests, configs, layers), each blob counted once.
+      type: int
+  sample:
+    - name: registry.example.com/os/gardenlinux:1.0
+      digest: sha256:0f3c...
+      platforms:
+        - platform: baremetal
+          architecture: amd64
+        - platform: virtualization
+          architecture: amd64
+      size: 1073751234
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
-from ansible_collections.ironcore.image.plugins.module_utils._info import InfoError, image_info
+from ansible_collections.ironcore.image.plugins.module_utils._info import InfoError, image_info, layout_images
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_REQUIRED_TOGETHER
 from ansible_collections.ironcore.image.plugins.module_utils._source import image_argument_spec
 
 
 def argument_spec() -> dict:
     spec = dict(image_argument_spec(platform_required=False), include_credentials={"type": "bool", "default": False})
+    # Without a name, info lists the layout's images.
+    spec["name"] = dict(spec["name"], required=False)
     # Info transfers no blob, so the shared registry options' concurrency means nothing here.
     del spec["concurrency"]
     return spec
@@ -230,13 +273,14 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(),
         required_together=REGISTRY_REQUIRED_TOGETHER,
-        required_by={"layers": "platform"},
+        required_by={"layers": "platform", "platform": "name"},
+        required_one_of=[("name", "layout")],
         supports_check_mode=True,
     )
     if not module.params["layout"]:
         require(module, "requests", "oras")
     try:
-        result = image_info(module.params)
+        result = image_info(module.params) if module.params["name"] else layout_images(module.params)
     except InfoError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)

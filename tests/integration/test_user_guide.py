@@ -37,7 +37,15 @@ def guide_shell_blocks() -> dict[str, str]:
 
 
 def test_guide_has_the_tested_plays():
-    assert sorted(guide_plays()) == ["build", "pin", "push-basic", "push-docker-config", "push-plain", "push-token"]
+    assert sorted(guide_plays()) == [
+        "build",
+        "lifecycle",
+        "pin",
+        "push-basic",
+        "push-docker-config",
+        "push-plain",
+        "push-token",
+    ]
 
 
 def test_user_guide_plays_work_as_written(ansible, registry_tls, registry_token, registry_plain, tmp_path):
@@ -67,7 +75,7 @@ def test_user_guide_plays_work_as_written(ansible, registry_tls, registry_token,
     (tmp_path / "boot").mkdir()
     plays = guide_plays()
     digests = set()
-    for name in ("build", "push-basic", "push-token", "push-docker-config", "push-plain", "pin"):
+    for name in ("build", "push-basic", "push-token", "push-docker-config", "push-plain", "pin", "lifecycle"):
         playbook = tmp_path / ("%s.yml" % name)
         playbook.write_text(plays[name])
         rc, document, stderr = ansible.playbook(str(playbook), extra_vars=variables)
@@ -82,6 +90,11 @@ def test_user_guide_plays_work_as_written(ansible, registry_tls, registry_token,
     assert len(digests) == 1, digests
     assert sorted(os.listdir(tmp_path / "boot"))[-3:] == ["initramfs", "kernel", "rootfs"]
     assert (tmp_path / "boot" / "kernel").read_bytes() == b"vmlinuz" * 4096
+    # The lifecycle play moved 1.0 to stable (with its platform names) and freed nothing.
+    with open(tmp_path / "layout" / "index.json", "rb") as stream:
+        names = {entry["annotations"]["org.opencontainers.image.ref.name"] for entry in json.load(stream)["manifests"]}
+    assert "%s/os/gardenlinux:stable-baremetal-amd64" % registry_tls.host in names
+    assert not any(name.startswith("%s/os/gardenlinux:1.0" % registry_tls.host) for name in names)
 
 
 def test_first_real_push_commands_work_as_written(tmp_path):

@@ -1,0 +1,368 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+#
+# Private to the ironcore.image collection: no compatibility promise for
+# anything outside it.
+
+"""An image's life in a layout after the build: more names, fewer names, and freeing blobs.
+
+Names change only under the layout's index lock, and every decision is
+taken under it, so concurrent builds, tags and removes see one order of
+events. A prune also takes the blob lock exclusively, which waits for
+every build that has stored blobs and not yet named them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import typing as t
+from dataclasses import dataclass, field
+
+from ansible_collections.ironcore.image.plugins.module_utils._layout import BlobWalk, LayoutError, OciLayout
+from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    REF_NAME_ANNOTATION,
+    TAG_RE,
+    ImageReference,
+    InvalidReference,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._select import decide_without_manifest
+
+# Results stay readable: a prune of thousands of blobs lists the first ones only.
+MAX_LISTED_DIGESTS = 100
+
+
+class LifecycleError(Exception):
+    """Bad input or an unusable layout; one line that says what to do."""
+
+
+def open_layout(path: str) -> OciLayout:
+    """The layout at path, or a one-line reason why there is none."""
+    layout = OciLayout(path)
+    if not os.path.lexists(layout.path):
+        raise LifecycleError("layout: %s does not exist" % layout.path)
+    if not os.path.isdir(layout.path):
+        raise LifecycleError("layout: %s exists and is not a directory" % layout.path)
+    if not layout.exists():
+        raise LifecycleError("layout: %s is not an OCI image layout (no oci-layout file)" % layout.path)
+    return layout
+
+
+# ---- names -----------------------------------------------------------------
+
+
+def recorded_name(refs: t.Mapping[str, t.Any], text: str) -> str | None:
+    """The name as index.json records it: as given, or in its normalised form (`:latest` added)."""
+    if text in refs:
+        return text
+    try:
+        normalised = str(ImageReference.parse(text))
+    except InvalidReference:
+        return None
+    return normalised if normalised in refs else None
+
+
+def split_name(name: str) -> tuple[str, str] | None:
+    """(repository, tag) of a recorded name; repository '' for a bare tag (as `skopeo copy oci:DIR:TAG` writes)."""
+    if TAG_RE.match(name):
+        return "", name
+    try:
+        ref = ImageReference.parse(name, default_tag=None)
+    except InvalidReference:
+        return None
+    if ref.digest or not ref.tag:
+        return None
+    return ref.name, ref.tag
+
+
+def join_name(repository: str, tag: str) -> str:
+    return "%s:%s" % (repository, tag) if repository else tag
+
+
+def _index_entries(walk: BlobWalk, digest: str) -> list[t.Mapping[str, t.Any]] | None:
+    """The entries of the index at digest, or None when it is no readable index."""
+    try:
+        document = walk.document(digest)
+    except LayoutError:
+        return None
+    entries = document.get("manifests")
+    if not isinstance(entries, list):
+        return None
+    return [entry for entry in entries if isinstance(entry, dict)]
+
+
+def platform_names(walk: BlobWalk, refs: t.Mapping[str, t.Mapping[str, t.Any]], name: str) -> dict[str, str]:
+    """suffix -> recorded name of every `<tag>-<suffix>` name that holds a part of the image `name` holds.
+
+    The suffixes are read off the layout, not from a fixed list: whatever
+    platform names (and aliases) the build recorded follow. A name counts only
+    by what it points at: one of the image's manifests, or an index without
+    platform variants made of the image's manifests alone (a per-platform
+    index). So `1.0-rc1`, another image, is never taken for a platform name of `1.0`.
+    """
+    split = split_name(name)
+    if split is None:
+        return {}
+    repository, tag = split
+    target = str(refs[name].get("digest"))
+    parts = {str(entry.get("digest")) for entry in _index_entries(walk, target) or []}
+    if not parts:
+        return {}
+    found = {}
+    for other, entry in refs.items():
+        other_split = split_name(other)
+        if other == name or other_split is None or other_split[0] != repository:
+            continue
+        if not other_split[1].startswith(tag + "-") or other_split[1] == tag + "-":
+            continue
+        digest = str(entry.get("digest"))
+        if digest == target:
+            continue
+        if digest in parts or _is_part_index(walk, digest, parts):
+            found[other_split[1][len(tag) + 1 :]] = other
+    return found
+
+
+def _is_part_index(walk: BlobWalk, digest: str, parts: set[str]) -> bool:
+    entries = _index_entries(walk, digest)
+    if not entries or any(_by_platform_variant(entry) for entry in entries):
+        return False
+    return all(str(entry.get("digest")) in parts for entry in entries)
+
+
+def _by_platform_variant(entry: t.Mapping[str, t.Any]) -> bool:
+    """A combined index names each entry's platform in `platform.variant`; a per-platform index does not."""
+    decision = decide_without_manifest(entry)
+    return decision is not None and decision.rule == "platform_variant"
+
+
+def _layout_error(exc: LayoutError) -> LifecycleError:
+    return LifecycleError(str(exc))
+
+
+@contextlib.contextmanager
+def _names_locked(layout: OciLayout, check_mode: bool) -> t.Iterator[None]:
+    """The index lock, except in check mode, where even the lock file must not be created."""
+    if check_mode:
+        yield
+    else:
+        with layout.locked():
+            yield
+
+
+# ---- tag -------------------------------------------------------------------
+
+
+@dataclass
+class NamePlan:
+    """Names to point at descriptors, and what each pointed at before (None: new)."""
+
+    wanted: dict[str, t.Mapping[str, t.Any]] = field(default_factory=dict)
+    before: dict[str, str | None] = field(default_factory=dict)
+
+    def want(self, name: str, target: t.Mapping[str, t.Any], why: str) -> None:
+        earlier = self.wanted.get(name)
+        if earlier is not None and earlier.get("digest") != target.get("digest"):
+            raise LifecycleError(
+                "%s: %s would point at both %s and %s; drop one of the tags"
+                % (why, name, earlier.get("digest"), target.get("digest"))
+            )
+        self.wanted[name] = target
+
+
+def new_name(text: t.Any, repository: str | None, where: str) -> tuple[str, str]:
+    """(repository, tag) of a new name: a bare tag stays in `repository`, anything else is a full reference."""
+    if not isinstance(text, str) or not text:
+        raise LifecycleError("%s must be a tag or an image reference, got %r" % (where, text))
+    if TAG_RE.match(text):
+        if repository is None:
+            raise LifecycleError(
+                "%s: %s is a bare tag, but name is no repository:tag to put it beside; give a full reference"
+                % (where, text)
+            )
+        return repository, text
+    try:
+        ref = ImageReference.parse(text)
+    except InvalidReference as exc:
+        raise LifecycleError("%s: neither a tag nor a valid reference: %s" % (where, exc)) from None
+    if ref.digest:
+        raise LifecycleError("%s: %s names a digest; a name needs a tag" % (where, text))
+    return ref.name, str(ref.tag)
+
+
+def _suffixed(repository: str, tag: str, suffix: str, where: str) -> str:
+    full = "%s-%s" % (tag, suffix)
+    if not TAG_RE.match(full):
+        raise LifecycleError("%s: the platform name %s would be no valid tag (over 128 characters?)" % (where, full))
+    return join_name(repository, full)
+
+
+def plan_tag(layout: OciLayout, params: t.Mapping[str, t.Any]) -> tuple[str, t.Mapping[str, t.Any], NamePlan]:
+    """What the tags add, decided from the index as it is now; raises before anything changes."""
+    refs = layout.refs()
+    source = recorded_name(refs, params["name"])
+    if source is None:
+        layout.resolve(params["name"])  # raises, naming the names that are there
+        raise LifecycleError("name: %s is not recorded in layout %s" % (params["name"], layout.path))
+    target = refs[source]
+    split = split_name(source)
+    walk = BlobWalk(layout)
+    platforms = platform_names(walk, refs, source) if params["platform_tags"] else {}
+    plan = NamePlan()
+    for position, text in enumerate(params["tags"] or []):
+        where = "tags[%d]" % position
+        repository, tag = new_name(text, split[0] if split else None, where)
+        plan.want(join_name(repository, tag), target, where)
+        for suffix, existing in sorted(platforms.items()):
+            plan.want(_suffixed(repository, tag, suffix, where), refs[existing], where)
+    for name, wanted in list(plan.wanted.items()):
+        current = refs.get(name)
+        if current is None:
+            plan.before[name] = None
+        elif current.get("digest") == wanted.get("digest"):
+            del plan.wanted[name]
+        elif not params["force"]:
+            raise LifecycleError(
+                "tags: %s already points at %s, not at %s; set force=true to move it"
+                % (name, current.get("digest"), wanted.get("digest"))
+            )
+        else:
+            plan.before[name] = str(current.get("digest"))
+    return source, target, plan
+
+
+def tag_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.Any]:
+    """The tag module's one call."""
+    if not params["tags"]:
+        raise LifecycleError("tags must list at least one new name")
+    layout = open_layout(params["layout"])
+    try:
+        with _names_locked(layout, check_mode):
+            source, target, plan = plan_tag(layout, params)
+            if plan.wanted and not check_mode:
+                layout.set_refs(plan.wanted)
+    except LayoutError as exc:
+        raise _layout_error(exc) from None
+    except OSError as exc:
+        raise LifecycleError("writing %s failed: %s" % (layout.index_path, exc.strerror or exc)) from None
+    names = sorted(plan.wanted)
+    return {
+        "changed": bool(names),
+        "name": source,
+        "digest": target.get("digest"),
+        "names": names,
+        "diff": {
+            "before": {name: plan.before[name] for name in names},
+            "after": {name: plan.wanted[name].get("digest") for name in names},
+        },
+    }
+
+
+# ---- remove ----------------------------------------------------------------
+
+
+def plan_remove(layout: OciLayout, names: t.Sequence[str], platform_tags: bool) -> dict[str, str]:
+    """recorded name -> digest of every name that goes; names not there are skipped."""
+    refs = layout.refs()
+    walk = BlobWalk(layout)
+    going: dict[str, str] = {}
+    for text in names:
+        name = recorded_name(refs, text) if isinstance(text, str) else None
+        if name is None:
+            continue
+        going[name] = str(refs[name].get("digest"))
+        if platform_tags:
+            for other in platform_names(walk, refs, name).values():
+                going[other] = str(refs[other].get("digest"))
+    return going
+
+
+def remove_names(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.Any]:
+    """The remove module's one call."""
+    layout = open_layout(params["layout"])
+    try:
+        with _names_locked(layout, check_mode):
+            going = plan_remove(layout, params["names"] or [], params["platform_tags"])
+            if going and not check_mode:
+                layout.drop_refs(going)
+    except LayoutError as exc:
+        raise _layout_error(exc) from None
+    except OSError as exc:
+        raise LifecycleError("writing %s failed: %s" % (layout.index_path, exc.strerror or exc)) from None
+    removed = sorted(going)
+    return {
+        "changed": bool(removed),
+        "removed": removed,
+        "diff": {"before": {name: going[name] for name in removed}, "after": {}},
+    }
+
+
+# ---- prune -----------------------------------------------------------------
+
+
+def reachable_blobs(layout: OciLayout) -> set[str]:
+    """Every blob that an entry of index.json reaches, named or not (the OCI roots)."""
+    walk = BlobWalk(layout)
+    reached: set[str] = set()
+    for position, entry in enumerate(layout.read_index()["manifests"]):
+        if not isinstance(entry, dict):
+            continue
+        label = (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION) or ("index.json entry %d" % position)
+        try:
+            reached.update(walk.reach(entry))
+        except LayoutError as exc:
+            raise LifecycleError(
+                "%s: %s; nothing was pruned: rebuild the image or remove the name first" % (label, exc)
+            ) from None
+    return reached
+
+
+@contextlib.contextmanager
+def _prune_locked(layout: OciLayout, check_mode: bool) -> t.Iterator[None]:
+    if check_mode:
+        yield
+    else:
+        with layout.pruning():
+            yield
+
+
+def prune_layout(params: t.Mapping[str, t.Any], check_mode: bool, now: float | None = None) -> dict[str, t.Any]:
+    """The prune module's one call: delete (or in check mode list) every blob no name reaches."""
+    grace = params["grace_period"]
+    if grace < 0:
+        raise LifecycleError("grace_period must be 0 or more seconds, got %d" % grace)
+    layout = open_layout(params["layout"])
+    removed: list[str] = []
+    freed = 0
+    kept_young = 0
+    try:
+        with _prune_locked(layout, check_mode):
+            reached = reachable_blobs(layout)
+            # Taken under the lock: the clock that counts is the one when nothing can start naming.
+            cutoff = (time.time() if now is None else now) - grace
+            for digest, stat in sorted(layout.stored_blobs()):
+                if digest in reached:
+                    continue
+                # A blob another tool wrote lately may still be on its way to a name. Only the
+                # modification time: a writer sets it when it writes the bytes, and it can be set back.
+                if stat.st_mtime > cutoff:
+                    kept_young += 1
+                    continue
+                if check_mode or layout.remove_blob(digest):
+                    removed.append(digest)
+                    freed += stat.st_size
+    except LayoutError as exc:
+        raise _layout_error(exc) from None
+    except OSError as exc:
+        raise LifecycleError("pruning layout %s failed: %s" % (layout.path, exc.strerror or exc)) from None
+    listed = removed[:MAX_LISTED_DIGESTS]
+    return {
+        "changed": bool(removed),
+        "blobs_removed": len(removed),
+        "bytes_freed": freed,
+        "digests": listed,
+        "digests_truncated": len(removed) > len(listed),
+        "blobs_kept_young": kept_young,
+        "diff": {"before": {"blobs": listed}, "after": {"blobs": []}},
+    }

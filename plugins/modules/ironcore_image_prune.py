@@ -1,0 +1,130 @@
+#!/usr/bin/python
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0).
+# Compatible with the GNU General Public License version 3, ansible-core's license.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: ironcore_image_prune
+short_description: Delete the blobs of an OCI image layout that no name reaches
+version_added: 0.2.0
+description:
+  - Walks every entry of the layout's C(index.json) (named or not) through its indexes and manifests to the
+    configs and layers, and deletes every blob under C(blobs/sha256) that none of them reaches.
+  - Safe beside M(ironcore.image.ironcore_image_build) runs into the same layout. A build holds the layout's blob
+    lock (shared) from the first blob it looks at until its names are recorded; a prune takes that lock
+    exclusively, so it waits for running builds to name their blobs, and builds that start meanwhile wait for the
+    prune. Names cannot change while a prune runs.
+  - Writers that do not take the lock (C(skopeo copy) into the layout, older releases of this collection) are
+    covered by O(grace_period) instead; see there.
+  - Refuses to delete anything when a name reaches a document that is missing or damaged, and says which name,
+    because what such a document would reach cannot be known.
+author:
+  - IronCore image collection maintainers (@ironcore-dev)
+extends_documentation_fragment:
+  - ironcore.image.attributes
+attributes:
+  check_mode:
+    support: full
+    details: Reports what would be deleted (RV(blobs_removed), RV(bytes_freed), RV(digests)); takes no lock.
+  diff_mode:
+    support: full
+    details: Lists the blobs deleted (capped like RV(digests)).
+  idempotent:
+    support: full
+    details: Once the unreachable blobs are gone, a second run reports RV(ignore:changed=false).
+options:
+  layout:
+    description: Path of the OCI image layout directory.
+    type: path
+    required: true
+  grace_period:
+    description:
+      - Seconds. An unreachable blob whose modification time is more recent than this is kept, and counted
+        in RV(blobs_kept_young).
+      - It protects blobs that a writer which does not take the layout's blob lock has stored and not yet named.
+        The default of one hour is well above the time such a writer needs between its first blob and its name
+        for an IronCore image of a few GiB (minutes, even when pulled over a slow link), and keeping a blob one
+        prune longer costs only disk space.
+      - V(0) relies on the lock alone; use it when only this collection writes into the layout.
+      - A writer without the lock that finds an old blob already stored reuses it without touching it, so no
+        grace period covers it; do not prune while such a tool writes into the layout.
+    type: int
+    default: 3600
+seealso:
+  - module: ironcore.image.ironcore_image_remove
+  - module: ironcore.image.ironcore_image_tag
+  - module: ironcore.image.ironcore_image_build
+  - module: ironcore.image.ironcore_image_info
+"""
+
+EXAMPLES = r"""
+- name: What would a prune free?
+  ironcore.image.ironcore_image_prune:
+    layout: /var/lib/ironcore/layout
+  check_mode: true
+  register: would
+
+- name: Free the blobs of removed images; only this collection writes here
+  ironcore.image.ironcore_image_prune:
+    layout: /var/lib/ironcore/layout
+    grace_period: 0
+  register: pruned
+
+- name: Report
+  ansible.builtin.debug:
+    msg: "{{ pruned.blobs_removed }} blobs, {{ pruned.bytes_freed }} bytes freed"
+"""
+
+RETURN = r"""
+blobs_removed:
+  description: How many blobs were deleted (in check mode, would be).
+  returned: always
+  type: int
+  sample: 7
+bytes_freed:
+  description: Their size in bytes.
+  returned: always
+  type: int
+  sample: 1073741824
+digests:
+  description: The digests of the deleted blobs, sorted, at most the first 100.
+  returned: always
+  type: list
+  elements: str
+digests_truncated:
+  description: True when more blobs were deleted than RV(digests) lists.
+  returned: always
+  type: bool
+blobs_kept_young:
+  description: Unreachable blobs kept because they are younger than O(grace_period).
+  returned: always
+  type: int
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import LifecycleError, prune_layout
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "layout": {"type": "path", "required": True},
+            "grace_period": {"type": "int", "default": 3600},
+        },
+        supports_check_mode=True,
+    )
+    try:
+        result = prune_layout(module.params, module.check_mode)
+    except LifecycleError as exc:
+        module.fail_json(msg=str(exc))
+    if not module._diff:
+        result.pop("diff")
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

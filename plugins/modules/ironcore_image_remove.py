@@ -1,0 +1,102 @@
+#!/usr/bin/python
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0).
+# Compatible with the GNU General Public License version 3, ansible-core's license.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: ironcore_image_remove
+short_description: Remove names of IronCore OS images from an OCI image layout
+version_added: 0.2.0
+description:
+  - Removes each name of O(names) from the C(index.json) of a local OCI image layout.
+  - With O(platform_tags=true) the platform names of each (C(<tag>-<platform>) and C(<tag>-<platform>-<arch>), and
+    any other C(<tag>-<suffix>) name holding one of the image's manifests or an index made only of them) go too.
+  - Blobs stay where they are, so the image can still be named again; M(ironcore.image.ironcore_image_prune)
+    frees the ones no name reaches any more.
+  - A name the layout does not record is skipped; it is not an error.
+author:
+  - IronCore image collection maintainers (@ironcore-dev)
+extends_documentation_fragment:
+  - ironcore.image.attributes
+attributes:
+  check_mode:
+    support: full
+    details: Reports the names that would go; writes nothing.
+  diff_mode:
+    support: full
+    details: Shows each removed name with the digest it pointed at.
+  idempotent:
+    support: full
+    details: Once the names are gone, a second run reports RV(ignore:changed=false).
+options:
+  layout:
+    description: Path of the OCI image layout directory.
+    type: path
+    required: true
+  names:
+    description:
+      - The names to remove, as recorded or in their normalised form (V(registry.example.com/os/gardenlinux)
+        means V(registry.example.com/os/gardenlinux:latest)).
+    type: list
+    elements: str
+    required: true
+  platform_tags:
+    description: Also remove the platform names of each name.
+    type: bool
+    default: true
+seealso:
+  - module: ironcore.image.ironcore_image_prune
+  - module: ironcore.image.ironcore_image_tag
+  - module: ironcore.image.ironcore_image_info
+"""
+
+EXAMPLES = r"""
+- name: Forget an old build and free its blobs
+  block:
+    - name: Remove the name and its platform names
+      ironcore.image.ironcore_image_remove:
+        layout: /var/lib/ironcore/layout
+        names: [registry.example.com/os/gardenlinux:0.9]
+
+    - name: Delete the blobs no name reaches
+      ironcore.image.ironcore_image_prune:
+        layout: /var/lib/ironcore/layout
+"""
+
+RETURN = r"""
+removed:
+  description: The names removed by this run, platform names included, sorted; empty when none was there.
+  returned: always
+  type: list
+  elements: str
+  sample: [registry.example.com/os/gardenlinux:0.9, registry.example.com/os/gardenlinux:0.9-baremetal]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import LifecycleError, remove_names
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "layout": {"type": "path", "required": True},
+            "names": {"type": "list", "elements": "str", "required": True},
+            "platform_tags": {"type": "bool", "default": True},
+        },
+        supports_check_mode=True,
+    )
+    try:
+        result = remove_names(module.params, module.check_mode)
+    except LifecycleError as exc:
+        module.fail_json(msg=str(exc))
+    if not module._diff:
+        result.pop("diff")
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
