@@ -34,6 +34,13 @@ PLATFORM_SUFFIXES = [
     "virtualization",
     "virtualization-amd64",
     "virtualization-arm64",
+    # The os-images names a build records beside them (platform_tag_aliases).
+    "metal",
+    "metal-amd64",
+    "metal-arm64",
+    "kvm",
+    "kvm-amd64",
+    "kvm-arm64",
 ]
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -153,21 +160,21 @@ def test_tag_adds_names_and_their_platform_names(ansible, layout, tmp_path):
 
 def test_tag_follows_what_the_layout_has_not_a_fixed_list(ansible, layout, tmp_path):
     names = index_names(layout)
-    # An alias the layout has for the per-platform index, a manifest name dropped, another image beside it.
+    # A name of the layout's own for the per-platform index, a manifest name dropped, another image beside it.
     with open(os.path.join(layout, "index.json"), "rb") as stream:
         index = json.load(stream)
     alias = dict(next(e for e in index["manifests"] if e["annotations"][REF_NAME] == NAME + "-baremetal"))
-    alias["annotations"] = {REF_NAME: NAME + "-metal"}
+    alias["annotations"] = {REF_NAME: NAME + "-pxe"}
     index["manifests"] = [e for e in index["manifests"] if e["annotations"][REF_NAME] != NAME + "-virtualization-arm64"]
     index["manifests"].append(alias)
     with open(os.path.join(layout, "index.json"), "w") as stream:
         json.dump(index, stream)
     write_upstream_image(layout, NAME + "-rc1", tag="rc1")
     result = ansible.module(TAG, {"layout": layout, "name": NAME, "tags": ["2.0"]})
-    suffixes = [s for s in PLATFORM_SUFFIXES if s != "virtualization-arm64"] + ["metal"]
+    suffixes = [s for s in PLATFORM_SUFFIXES if s != "virtualization-arm64"] + ["pxe"]
     base = "registry.example.com/os/gardenlinux:2.0"
     assert result["names"] == sorted([base] + ["%s-%s" % (base, s) for s in suffixes])
-    assert index_names(layout)[base + "-metal"] == names[NAME + "-baremetal"]
+    assert index_names(layout)[base + "-pxe"] == names[NAME + "-baremetal"]
 
     plain = ansible.module(TAG, {"layout": layout, "name": NAME, "tags": ["3.0"], "platform_tags": False})
     assert plain["names"] == ["registry.example.com/os/gardenlinux:3.0"]
@@ -272,7 +279,8 @@ def test_prune_refuses_when_a_name_reaches_a_missing_document(ansible, layout, t
     before = snapshot(layout)
     result = ansible.module(PRUNE, {"layout": layout, "grace_period": 0})
     assert result["failed"] is True and "\n" not in result["msg"]
-    assert result["msg"].startswith(NAME + "-virtualization")
+    # The first name (in index order) that reaches the lost manifest.
+    assert result["msg"].startswith((NAME + "-virtualization", NAME + "-kvm"))
     assert manifest in result["msg"] and "nothing was pruned" in result["msg"]
     assert snapshot(layout) == before
 
