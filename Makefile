@@ -13,7 +13,7 @@ EE_TAG ?= ironcore-image-ee:latest
 CONTAINER_RUNTIME ?= podman
 
 # Debian packages the tests drive for real: registry, OCI client, emulator, sshd, ...
-APT_PACKAGES := docker-registry skopeo qemu-system-x86 qemu-utils openssh-server openssh-client \
+APT_PACKAGES := docker-registry skopeo qemu-system-x86 qemu-system-arm qemu-utils openssh-server openssh-client \
 	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync shellcheck libvirt-clients
 
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
