@@ -10,14 +10,13 @@ import subprocess
 
 import pytest
 from helpers import boot
-from helpers.inventory import local_host, outcomes, write_inventory
+from helpers.inventory import local_host, outcomes, provision_slug, write_inventory
 
 pytestmark = pytest.mark.integration
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(REPO, "playbooks", "build.yml")
 PROVISION = os.path.join(REPO, "playbooks", "provision.yml")
-SLUG = "boot-proof-1.0"  # the default subdirectory and disk name for .../boot-proof:1.0
 
 
 def registry_vars(prefix, registry):
@@ -42,6 +41,7 @@ def test_built_pushed_provisioned_image_boots(
     ansible, registry_tls, sshd, boot_artifacts, http_server, tmp_path, record_property
 ):
     name = "%s/ironcore/boot-proof:1.0" % registry_tls.host
+    slug = provision_slug(name)  # the default subdirectory and disk name
     boot_dir, pool = tmp_path / "boot", tmp_path / "pool"
     boot_dir.mkdir()
     # The PXE boot server's web server; the guest reaches the host's 127.0.0.1 as 10.0.2.2.
@@ -97,18 +97,18 @@ def test_built_pushed_provisioned_image_boots(
     assert outcomes(again)["changed"] == [], outcomes(again)["changed"]
 
     # The hypervisor's disk is the ext4 rootfs, files and all.
-    disk = str(pool / ("%s.raw" % SLUG))
+    disk = str(pool / ("%s.raw" % slug))
     assert boot.read_ext4_file(disk, "/marker") == boot_artifacts.rootfs_marker
 
     # The bare-metal node: iPXE fetches boot.ipxe, then the kernel and initramfs at the URLs it names, and
     # boots the kernel with the command line it carries. The marker needs both the initramfs and that line.
-    script = boot.parse_ipxe((boot_dir / SLUG / "boot.ipxe").read_text())
+    script = boot.parse_ipxe((boot_dir / slug / "boot.ipxe").read_text())
     assert script.command_line == "initrd=initramfs " + boot_artifacts.command_line
-    result = boot.boot_ipxe(boot_url + SLUG + "/boot.ipxe", timeout=900)
+    result = boot.boot_ipxe(boot_url + slug + "/boot.ipxe", timeout=900)
     record_property("boot_seconds", round(result.seconds, 1))
     print("qemu (TCG) iPXE boot to the marker took %.1f s" % result.seconds)
     assert result.markers() == [boot_artifacts.marker], result.tail()
     (server,) = http_server.servers
-    assert ["/%s/boot.ipxe" % SLUG, "/%s/kernel" % SLUG, "/%s/initramfs" % SLUG] == [
-        path for path in server.requests if path.startswith("/" + SLUG)
+    assert ["/%s/boot.ipxe" % slug, "/%s/kernel" % slug, "/%s/initramfs" % slug] == [
+        path for path in server.requests if path.startswith("/" + slug)
     ]

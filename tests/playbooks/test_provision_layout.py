@@ -11,14 +11,14 @@ import warnings
 
 import pytest
 from helpers.boot import parse_ipxe
-from helpers.inventory import local_host, outcomes, write_inventory
+from helpers.inventory import local_host, outcomes, provision_slug, write_inventory
 
 pytestmark = pytest.mark.integration
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROVISION = os.path.join(REPO, "playbooks", "provision.yml")
 NAME = "registry.example.com/os/layout-provision:2.0"
-SLUG = "layout-provision-2.0"
+SLUG = provision_slug(NAME)
 
 
 @pytest.fixture
