@@ -111,8 +111,16 @@ def test_runner_runs_build_and_provision_like_awx(installed_collections, tmp_pat
         str(private / "inventory" / "hosts.yml"),
         {
             "build_hosts": {"builder": local_host()},
-            "baremetal": {"pxe": local_host(provision_boot_dir=str(tmp_path / "boot"))},
-            "hypervisors": {"hv": local_host(provision_pool_dir=str(tmp_path / "pool"))},
+            "baremetal": {
+                "pxe": local_host(
+                    provision_boot_dir=str(tmp_path / "boot"), provision_cache_dir=str(tmp_path / "cache-pxe")
+                )
+            },
+            "hypervisors": {
+                "hv": local_host(
+                    provision_pool_dir=str(tmp_path / "pool"), provision_cache_dir=str(tmp_path / "cache-hv")
+                )
+            },
         },
     )
     # Survey answers and injected credentials arrive as extra vars.

@@ -67,8 +67,17 @@ def test_built_pushed_provisioned_image_boots(
                     **registry_vars("build_", registry_tls),
                 )
             },
-            "baremetal": {"pxe": dict(sshd.host_vars(), provision_boot_dir=str(boot_dir), provision_boot_url=boot_url)},
-            "hypervisors": {"hv": local_host(provision_pool_dir=str(pool))},
+            "baremetal": {
+                "pxe": dict(
+                    sshd.host_vars(),
+                    provision_boot_dir=str(boot_dir),
+                    provision_boot_url=boot_url,
+                    provision_cache_dir=str(tmp_path / "cache-pxe"),
+                )
+            },
+            "hypervisors": {
+                "hv": local_host(provision_pool_dir=str(pool), provision_cache_dir=str(tmp_path / "cache-hv"))
+            },
         },
         dict(provision_name=name, **registry_vars("provision_", registry_tls)),
     )
@@ -149,6 +158,7 @@ def test_arm64_image_built_provisioned_boots(ansible, registry_tls, boot_artifac
             "baremetal": {
                 "pxe": local_host(
                     provision_boot_dir=str(boot_dir),
+                    provision_cache_dir=str(tmp_path / "cache"),
                     provision_boot_url="http://pxe.example.com/boot",
                     provision_architecture="arm64",
                     provision_kernel_args="%s=%s" % (boot.MARKER_PARAMETER, marker),

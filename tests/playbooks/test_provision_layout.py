@@ -67,7 +67,12 @@ def test_provision_from_layout(ansible, sshd, loop_device, tmp_path):
     layout = str(tmp_path / "layout")
     digest, artifact = build(ansible, layout, tmp_path, 1)
     boot_dir, pool, cache = tmp_path / "boot", tmp_path / "pool", tmp_path / "cache"
-    pxe = dict(sshd.host_vars(), provision_boot_dir=str(boot_dir), provision_boot_url="http://pxe.example.com/boot/")
+    pxe = dict(
+        sshd.host_vars(),
+        provision_boot_dir=str(boot_dir),
+        provision_boot_url="http://pxe.example.com/boot/",
+        provision_cache_dir=str(tmp_path / "cache-pxe"),
+    )
     if loop_device:
         pxe.update(provision_rootfs_device=loop_device, provision_rootfs_device_confirm=True)
     inventory = write_inventory(

@@ -108,6 +108,7 @@ def test_live_root_kernel_args_synonyms_and_two_registries(ansible, tmp_path):
     node = {
         "provision_layout": layout,
         "provision_boot_dir": str(boot_dir),
+        "provision_cache_dir": str(tmp_path / "cache"),
         "provision_boot_url": BOOT_URL + "/",
         "provision_platform": "metal",
         "provision_kernel_args": "gl.live=1 gl.url={{ provision_file_urls.squashfs }}",
@@ -188,11 +189,14 @@ def test_pool_refresh_is_retried_until_it_succeeds(ansible, layout_image, tmp_pa
     # libvirt's test driver answers: the refresh the disk still needs happens now, and only once.
     rc, document, stderr = ansible.playbook(PROVISION, inventory=inventory("test:///default"))
     assert rc == 0, (document, stderr)
-    assert [task for task, _host, _result in outcomes(document)["changed"]] == [
+    changed = [task for task, _host, _result in outcomes(document)["changed"]]
+    assert changed[:3] == [
         "Refresh the pool so libvirt sees the new disk image",
         "Prepare the cache directory for the pool record",
         "Remember that the pool was refreshed for this disk image",
     ]
+    # The disk itself was delivered by the first run; what follows is retention's first record of it.
+    assert changed[3:] == ["Prepare the directory of delivery records", "Record the versions delivered here"]
     rc, document, stderr = ansible.playbook(PROVISION, inventory=inventory("test:///default"))
     assert rc == 0, (document, stderr)
     assert outcomes(document)["changed"] == []
@@ -239,3 +243,115 @@ def test_errors_name_the_roles_variables(ansible, registry_plain, layout_image, 
         assert "set %s: true" % variable in message, message
         assert "plain_http=" not in message and " plain_http" not in message, message
         assert "\n" not in message
+
+
+LIBVIRT_NODE = """<node>
+  <domain type="test">
+    <name>busy</name>
+    <memory>65536</memory>
+    <os><type>hvm</type></os>
+    <devices>
+      <disk type="file" device="disk"><source file="%s"/><target dev="vda"/></disk>
+    </devices>
+  </domain>
+</node>
+"""
+
+
+def test_retention_keeps_versions_and_spares_disks_in_use(ansible, tmp_path):
+    layout = str(tmp_path / "layout")
+    names = ["registry.example.com/os/retained:%d" % release for release in (1, 2, 3)]
+    slugs = [provision_slug(name) for name in names]
+    for name in names:
+        write_upstream_image(layout, name, architectures=("amd64",), tag=name)
+    busy_pool = tmp_path / "busy-pool"
+    # libvirt's test driver with a running domain whose disk is release 1's qcow2 disk.
+    node_xml = tmp_path / "libvirt-node.xml"
+    node_xml.write_text(LIBVIRT_NODE % (busy_pool / ("%s.qcow2" % slugs[0])))
+    inventory = write_inventory(
+        str(tmp_path / "hosts.yml"),
+        {
+            "baremetal": {
+                "pxe": local_host(
+                    provision_boot_dir=str(tmp_path / "boot"),
+                    provision_boot_url=BOOT_URL,
+                    provision_cache_dir=str(tmp_path / "pxe-cache"),
+                )
+            },
+            "hypervisors": {
+                "hv-raw": local_host(
+                    provision_pool_dir=str(tmp_path / "raw-pool"),
+                    provision_cache_dir=str(tmp_path / "raw-cache"),
+                    # Its one running domain uses none of these disks.
+                    provision_libvirt_uri="test:///default",
+                ),
+                "hv-busy": local_host(
+                    provision_pool_dir=str(busy_pool),
+                    provision_cache_dir=str(tmp_path / "busy-cache"),
+                    provision_disk_format="qcow2",
+                    provision_keep_raw=False,
+                    provision_libvirt_uri="test://%s" % node_xml,
+                ),
+            },
+        },
+        {"provision_layout": layout},
+    )
+
+    def delivered():
+        return {
+            "pxe": sorted(os.listdir(tmp_path / "boot")),
+            "hv-raw": sorted(n for n in os.listdir(tmp_path / "raw-pool") if not n.startswith(".")),
+            "hv-busy": sorted(n for n in os.listdir(busy_pool) if not n.startswith(".")),
+            "busy-cache": sorted(n for n in os.listdir(tmp_path / "busy-cache") if n != "delivered"),
+        }
+
+    def provision(name, check=False):
+        rc, document, stderr = ansible.playbook(
+            PROVISION, inventory=inventory, extra_vars={"provision_name": name}, check=check
+        )
+        assert rc == 0, (name, check, failures_by_host(document), stderr)
+        return document
+
+    provision(names[0])
+    provision(names[1])
+    two = delivered()
+    assert two["pxe"] == sorted(slugs[:2])
+
+    # Check mode tells what it would remove and removes nothing.
+    document = provision(names[2], check=True)
+    assert delivered() == two
+    removals = {
+        host for task, host, _r in outcomes(document)["changed"] if task == "Remove the files of older versions"
+    }
+    assert removals == {"pxe", "hv-raw"}
+
+    provision(names[2])
+    assert delivered() == {
+        "pxe": sorted(slugs[1:]),
+        "hv-raw": sorted("%s.raw" % slug for slug in slugs[1:]),
+        # Release 1's disk is attached to a running domain: it stays, and so does its cache.
+        "hv-busy": sorted("%s.qcow2" % slug for slug in slugs),
+        "busy-cache": sorted(slugs),
+    }
+    # provision_keep_raw: false: the qcow2 disks' raw rootfs is not kept.
+    for slug in slugs:
+        assert not (tmp_path / "busy-cache" / slug / "rootfs").exists()
+
+    document = provision(names[2])
+    assert outcomes(document)["changed"] == [], outcomes(document)["changed"]
+    assert "Fetch the image's files" in {task for task, host, _r in outcomes(document)["skipped"] if host == "hv-busy"}
+
+    # libvirt does not answer: no disk is known to be unused, so none is removed.
+    rc, document, stderr = ansible.playbook(
+        PROVISION,
+        inventory=inventory,
+        extra_vars={
+            "provision_name": names[2],
+            "provision_keep_versions": 1,
+            "provision_libvirt_uri": "qemu:///system?socket=%s" % (tmp_path / "no-libvirtd.sock"),
+        },
+    )
+    assert rc == 0, (failures_by_host(document), stderr)
+    after = delivered()
+    assert after["pxe"] == [slugs[2]]
+    assert after["hv-raw"] == sorted("%s.raw" % slug for slug in slugs[1:])
