@@ -115,6 +115,9 @@ def test_provision_from_layout(ansible, sshd, loop_device, tmp_path):
     assert oct(os.stat(image_dir / "boot.ipxe").st_mode & 0o777) == "0o644"
 
     qcow2 = pool / "vm-disk.qcow2"
+    # Converted in a private directory that is gone afterwards; only the owner may read the disk.
+    assert sorted(os.listdir(pool)) == ["vm-disk.qcow2"]
+    assert oct(os.stat(qcow2).st_mode & 0o777) == "0o600"
     info = json.loads(
         subprocess.run(["qemu-img", "info", "--output=json", str(qcow2)], capture_output=True, check=True).stdout
     )
