@@ -1,11 +1,17 @@
 """Real boot artifacts made at test time, and qemu to prove that what a node received boots.
 
 - `debian_kernel()`: the kernel of the Debian release this machine runs, from its `linux-image-*`
-  package (`apt-get download`, `dpkg-deb -x`), cached under `.build/boot/<package>_<version>/`.
+  package (`apt-get download`, `dpkg-deb -x`), cached under `.build/boot/<package>_<version>/`; for
+  another architecture (`architecture="arm64"`) apt reads that architecture's package lists from a private
+  directory, so the machine's apt configuration stays as it is.
+- `debian_busybox()`: busybox-static's binary for an architecture, fetched the same way (the machine's own
+  `/bin/busybox` for its own architecture).
 - `make_initramfs()`: a gzip'd newc cpio holding busybox-static and an `/init` that prints
   `MARKER_PREFIX <value of ironcore.marker= on the kernel command line>` and powers off, so the
   marker proves both that the initramfs ran and that the command line reached the kernel.
 - `make_rootfs()` / `read_ext4_file()`: an ext4 image made with `mke2fs -d`, read back with `debugfs`.
+- `boot_kernel()`: qemu-system-aarch64 (`-M virt -cpu cortex-a57`) boots a kernel and initramfs directly
+  with a given command line, the way firmware hands them over on an arm64 node.
 - `boot_ipxe()`: qemu (TCG) network-boots through its own iPXE firmware from a `boot.ipxe` URL, the way a
   bare-metal node PXE-boots: iPXE fetches the kernel and initramfs at the script's URLs and boots the kernel
   with the script's command line.
@@ -60,9 +66,46 @@ def _run(command: list[str], **kwargs: t.Any) -> subprocess.CompletedProcess:
     return proc
 
 
-def resolve_kernel_package(meta_package: str = KERNEL_META_PACKAGE) -> tuple[str, str]:
+def native_architecture() -> str:
+    """The Debian architecture of this machine (amd64, arm64, ...)."""
+    return _run(["dpkg", "--print-architecture"]).stdout.strip()
+
+
+def apt_options(architecture: str | None, cache_dir: str = CACHE_DIR) -> list[str]:
+    """apt-get/apt-cache options that look at `architecture`'s packages; none for this machine's own.
+
+    Package lists and downloads of a foreign architecture live in a private directory under `cache_dir`:
+    the machine's apt configuration and its package lists stay untouched.
+    """
+    if architecture is None or architecture == native_architecture():
+        return []
+    private = _private_apt_dir(architecture, cache_dir)
+    for sub in ("lists/partial", "cache/archives/partial"):
+        os.makedirs(os.path.join(private, sub), exist_ok=True)
+    return [
+        "-o", "APT::Architecture=%s" % architecture,
+        "-o", "APT::Architectures=%s" % architecture,
+        "-o", "Dir::State::Lists=%s" % os.path.join(private, "lists"),
+        "-o", "Dir::Cache=%s" % os.path.join(private, "cache"),
+    ]  # fmt: skip
+
+
+def _private_apt_dir(architecture: str, cache_dir: str) -> str:
+    return os.path.join(cache_dir, "apt-%s" % architecture)
+
+
+def update_foreign_lists(architecture: str, options: list[str], cache_dir: str = CACHE_DIR) -> None:
+    """Fill the private package lists of a foreign architecture once (apt-get update while they are empty)."""
+    if not glob.glob(os.path.join(_private_apt_dir(architecture, cache_dir), "lists", "*_Packages*")):
+        _run(["apt-get", *options, "-q", "update"])
+
+
+def resolve_kernel_package(
+    meta_package: str = KERNEL_META_PACKAGE, options: list[str] | None = None
+) -> tuple[str, str]:
     """(package, version) of the versioned linux-image package the meta package depends on."""
-    depends = _run(["apt-cache", "depends", "--no-recommends", "--no-suggests", meta_package]).stdout
+    options = options or []
+    depends = _run(["apt-cache", *options, "depends", "--no-recommends", "--no-suggests", meta_package]).stdout
     packages = [
         line.split(":", 1)[1].strip()
         for line in depends.splitlines()
@@ -70,41 +113,93 @@ def resolve_kernel_package(meta_package: str = KERNEL_META_PACKAGE) -> tuple[str
     ]
     if not packages:
         raise BootSetupError("apt knows no kernel package behind %s; run apt-get update" % meta_package)
-    show = _run(["apt-cache", "show", "--no-all-versions", packages[0]]).stdout
+    return packages[0], _candidate_version(packages[0], options)
+
+
+def _candidate_version(package: str, options: list[str]) -> str:
+    show = _run(["apt-cache", *options, "show", "--no-all-versions", package]).stdout
     versions = [line.split(":", 1)[1].strip() for line in show.splitlines() if line.startswith("Version:")]
     if not versions:
-        raise BootSetupError("apt has no candidate version of %s; run apt-get update" % packages[0])
-    return packages[0], versions[0]
+        raise BootSetupError("apt has no candidate version of %s; run apt-get update" % package)
+    return versions[0]
 
 
-def debian_kernel(cache_dir: str = CACHE_DIR, meta_package: str = KERNEL_META_PACKAGE) -> str:
-    """Path of a cached vmlinuz from Debian's kernel package, downloading and unpacking it once."""
+def _unpack_one(package: str, version: str, options: list[str], member_glob: str, target: str, cache_dir: str) -> str:
+    """Download one .deb, unpack it and move the single file matching `member_glob` to `target`."""
+    with tempfile.TemporaryDirectory(dir=cache_dir) as work:
+        _run(["apt-get", *options, "download", "-q", "%s=%s" % (package, version)], cwd=work)
+        debs = glob.glob(os.path.join(work, "*.deb"))
+        if len(debs) != 1:
+            raise BootSetupError("apt-get download %s left %d .deb files" % (package, len(debs)))
+        unpacked = os.path.join(work, "root")
+        _run(["dpkg-deb", "-x", debs[0], unpacked])
+        found = glob.glob(os.path.join(unpacked, member_glob))
+        if len(found) != 1:
+            raise BootSetupError("%s holds %d files matching /%s, expected one" % (debs[0], len(found), member_glob))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        _gunzip_if_compressed(found[0])
+        # Same file system as the target: the rename makes the cache entry appear complete or not at all.
+        os.replace(found[0], target)
+    return target
+
+
+def _gunzip_if_compressed(path: str) -> None:
+    """Decompress a gzip'd kernel in place: qemu's -kernel wants the plain arm64 Image."""
+    with open(path, "rb") as stream:
+        if stream.read(2) != b"\x1f\x8b":
+            return
+    with gzip.open(path, "rb") as source, open(path + ".plain", "wb") as plain:
+        shutil.copyfileobj(source, plain)
+    os.replace(path + ".plain", path)
+
+
+def debian_kernel(
+    cache_dir: str = CACHE_DIR, meta_package: str = KERNEL_META_PACKAGE, architecture: str | None = None
+) -> str:
+    """Path of a cached kernel from Debian's kernel package, downloading and unpacking it once.
+
+    With `architecture` (say arm64) on a machine of another one, the kernel package of that architecture
+    (`meta_package` defaults to linux-image-cloud-<architecture>) is fetched through private package lists.
+    """
     os.makedirs(cache_dir, exist_ok=True)
+    options = apt_options(architecture, cache_dir)
+    if architecture is not None and meta_package == KERNEL_META_PACKAGE:
+        meta_package = "linux-image-cloud-%s" % architecture
+    pattern = os.path.join(cache_dir, "linux-image-*-%s_*" % (architecture or native_architecture()), "vmlinuz")
     try:
-        package, version = resolve_kernel_package(meta_package)
+        if architecture is not None and options:
+            update_foreign_lists(architecture, options, cache_dir)
+        package, version = resolve_kernel_package(meta_package, options)
     except BootSetupError:
         # Offline or without package lists: any kernel cached earlier is just as real.
-        cached = sorted(glob.glob(os.path.join(cache_dir, "*", "vmlinuz")))
+        cached = sorted(glob.glob(pattern))
         if cached:
             return cached[-1]
         raise
     target = os.path.join(cache_dir, "%s_%s" % (package, version), "vmlinuz")
     if os.path.isfile(target):
         return target
-    with tempfile.TemporaryDirectory(dir=cache_dir) as work:
-        _run(["apt-get", "download", "-q", "%s=%s" % (package, version)], cwd=work)
-        debs = glob.glob(os.path.join(work, "*.deb"))
-        if len(debs) != 1:
-            raise BootSetupError("apt-get download %s left %d .deb files" % (package, len(debs)))
-        unpacked = os.path.join(work, "root")
-        _run(["dpkg-deb", "-x", debs[0], unpacked])
-        kernels = glob.glob(os.path.join(unpacked, "boot", "vmlinuz-*"))
-        if len(kernels) != 1:
-            raise BootSetupError("%s holds %d kernels under /boot, expected one" % (debs[0], len(kernels)))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        # Same file system as the target: the rename makes the cache entry appear complete or not at all.
-        os.replace(kernels[0], target)
-    return target
+    return _unpack_one(package, version, options, "boot/vmlinuz-*", target, cache_dir)
+
+
+def debian_busybox(architecture: str, cache_dir: str = CACHE_DIR) -> str:
+    """busybox-static's binary for `architecture`: this machine's own, or fetched once and cached."""
+    options = apt_options(architecture, cache_dir)
+    if not options:
+        return BUSYBOX
+    pattern = os.path.join(cache_dir, "busybox-static_*_%s" % architecture, "busybox")
+    try:
+        update_foreign_lists(architecture, options, cache_dir)
+        version = _candidate_version("busybox-static", options)
+    except BootSetupError:
+        cached = sorted(glob.glob(pattern))
+        if cached:
+            return cached[-1]
+        raise
+    target = os.path.join(cache_dir, "busybox-static_%s_%s" % (version.replace(":", "_"), architecture), "busybox")
+    if os.path.isfile(target):
+        return target
+    return _unpack_one("busybox-static", version, options, "bin/busybox", target, cache_dir)
 
 
 def make_initramfs(path: str, busybox: str = BUSYBOX) -> str:
@@ -186,8 +281,7 @@ class BootResult:
 
 
 # fmt: off
-QEMU_BASE = [
-    "qemu-system-x86_64",
+QEMU_COMMON = [
     "-accel", "tcg",  # software emulation: works on CI machines without /dev/kvm
     "-m", "256",
     "-smp", "1",
@@ -198,11 +292,18 @@ QEMU_BASE = [
     "-monitor", "none",
 ]
 # fmt: on
+QEMU_SYSTEMS = {
+    "amd64": ["qemu-system-x86_64"],
+    # The machine and CPU an arm64 node's firmware would hand the kernel to; ttyAMA0 is its serial port.
+    "arm64": ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57"],
+}
 
 
-def _run_qemu(arguments: list[str], timeout: float, workdir: str) -> BootResult:
+def _run_qemu(arguments: list[str], timeout: float, workdir: str, architecture: str = "amd64") -> BootResult:
     console_path = os.path.join(workdir, "console.log")
-    command = [*QEMU_BASE, "-serial", "file:%s" % console_path, *arguments]
+    command = [*QEMU_SYSTEMS[architecture], *QEMU_COMMON, "-serial", "file:%s" % console_path, *arguments]
+    if shutil.which(command[0]) is None:
+        raise BootSetupError("%s is missing; install the qemu-system package for %s" % (command[0], architecture))
     started = time.monotonic()
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -220,6 +321,20 @@ def _run_qemu(arguments: list[str], timeout: float, workdir: str) -> BootResult:
     if output:
         console += "\n[qemu] " + output.decode(errors="replace")
     return BootResult(console=console, returncode=returncode, seconds=seconds)
+
+
+def boot_kernel(
+    kernel: str,
+    initramfs: str,
+    command_line: str,
+    architecture: str = "arm64",
+    timeout: float = 600,
+    workdir: str | None = None,
+) -> BootResult:
+    """Boot `kernel` with `initramfs` and `command_line` directly (qemu -kernel/-initrd/-append)."""
+    arguments = ["-kernel", kernel, "-initrd", initramfs, "-append", command_line]
+    with tempfile.TemporaryDirectory() as scratch:
+        return _run_qemu(arguments, timeout, workdir or scratch, architecture)
 
 
 def boot_ipxe(script_url: str, timeout: float = 600, workdir: str | None = None) -> BootResult:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import sys
 import typing as t
 
@@ -72,3 +74,17 @@ def clean_ansible_env(**overrides: str) -> dict[str, str]:
 def tool(name: str) -> str:
     """A command installed next to the interpreter running the tests (the virtualenv's ansible-*)."""
     return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def provision_slug(name: str) -> str:
+    """The provision role's default boot subdirectory and disk name for an image reference.
+
+    Worked out independently of the role: last path element with ':' and '@' as '-', then '-' and the first
+    8 hex digits of the SHA-256 of the repository (the reference without tag or digest).
+    """
+    repository = name.split("@", 1)[0]
+    last = repository.rsplit("/", 1)[-1]
+    if ":" in last:
+        repository = repository[: len(repository) - len(last)] + last.split(":", 1)[0]
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", re.sub(r"[:@]", "-", name.split("/")[-1]))
+    return "%s-%s" % (readable, hashlib.sha256(repository.encode()).hexdigest()[:8])

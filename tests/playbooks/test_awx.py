@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import yaml
-from helpers.inventory import clean_ansible_env, local_host, tool, write_inventory
+from helpers.inventory import clean_ansible_env, local_host, provision_slug, tool, write_inventory
 
 pytestmark = pytest.mark.integration
 
@@ -111,8 +111,16 @@ def test_runner_runs_build_and_provision_like_awx(installed_collections, tmp_pat
         str(private / "inventory" / "hosts.yml"),
         {
             "build_hosts": {"builder": local_host()},
-            "baremetal": {"pxe": local_host(provision_boot_dir=str(tmp_path / "boot"))},
-            "hypervisors": {"hv": local_host(provision_pool_dir=str(tmp_path / "pool"))},
+            "baremetal": {
+                "pxe": local_host(
+                    provision_boot_dir=str(tmp_path / "boot"), provision_cache_dir=str(tmp_path / "cache-pxe")
+                )
+            },
+            "hypervisors": {
+                "hv": local_host(
+                    provision_pool_dir=str(tmp_path / "pool"), provision_cache_dir=str(tmp_path / "cache-hv")
+                )
+            },
         },
     )
     # Survey answers and injected credentials arrive as extra vars.
@@ -180,7 +188,7 @@ def test_runner_runs_build_and_provision_like_awx(installed_collections, tmp_pat
     assert sorted(fetched) == ["hv", "pxe"]
     assert all(event["event_data"]["res"]["digest"] == digest for event in fetched.values())
     assert [event for event in provision_events if event["event"] == "runner_on_failed"] == []
-    assert (tmp_path / "pool" / "awx-1.0.raw").read_bytes() == (artifacts / "rootfs").read_bytes()
+    assert (tmp_path / "pool" / ("%s.raw" % provision_slug(name))).read_bytes() == (artifacts / "rootfs").read_bytes()
 
     # Credentials never reach the job output or the events AWX stores.
     for path in glob.glob(os.path.join(private, "artifacts", "**", "*"), recursive=True):

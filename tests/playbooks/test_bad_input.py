@@ -58,9 +58,9 @@ def test_provision_bad_input_fails_per_host_before_changing_anything(ansible, la
 
     assert "missing required arguments: provision_name" in message("no-name")
     assert "no-such-layout" in message("no-layout")
-    assert failures["no-layout"][0] == "Resolve the image for this node (reads only)"
+    assert failures["no-layout"][0] == "Stop when the image cannot be resolved"
     assert "9.9" in message("no-reference")
-    assert failures["no-reference"][0] == "Resolve the image for this node (reads only)"
+    assert failures["no-reference"][0] == "Stop when the image cannot be resolved"
     assert message("unconfirmed-device") == (
         "provision_rootfs_device=/dev/loop7 would be overwritten: set provision_rootfs_device_confirm: true to allow it"
     )
@@ -117,7 +117,7 @@ def test_provision_unknown_platform(ansible, layout_image, tmp_path):
     failures = list(failures_by_host(document).values())
     assert len(failures) == 1, failures
     text = failures[0][1]
-    assert "value of provision_platform must be one of: baremetal, virtualization, got: cloud" in text
+    assert "value of provision_platform must be one of: baremetal, virtualization, metal, kvm, got: cloud" in text
     assert_nothing_changed(document, str(boot_dir))
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 from helpers.ansible import TESTS
-from helpers.inventory import clean_ansible_env, local_host, outcomes, tool, write_inventory
+from helpers.inventory import clean_ansible_env, local_host, outcomes, provision_slug, tool, write_inventory
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,8 @@ def test_local_example_from_the_checkout_as_documented(tmp_path):
     run_playbook([*inventory, "playbooks/build.yml", *overrides], cwd=REPO)
     first = run_playbook([*inventory, "playbooks/provision.yml", *overrides], cwd=REPO)
     assert {host for _task, host, _result in outcomes(first)["changed"]} == {"pxe-server", "hypervisor"}
-    image_dir = tmp_path / "boot" / "sample-1.0"
+    slug = provision_slug("demo.example.com/os/sample:1.0")
+    image_dir = tmp_path / "boot" / slug
     assert sorted(n for n in os.listdir(image_dir) if not n.startswith(".")) == [
         "boot.ipxe",
         "initramfs",
@@ -58,10 +59,10 @@ def test_local_example_from_the_checkout_as_documented(tmp_path):
     ]
     assert (image_dir / "kernel").read_bytes() == (demo / "artifacts" / "amd64" / "vmlinuz").read_bytes()
     assert (
-        "kernel http://localhost:8080/sample-1.0/kernel initrd=initramfs console=ttyS0\n"
+        "kernel http://localhost:8080/%s/kernel initrd=initramfs console=ttyS0\n" % slug
         in (image_dir / "boot.ipxe").read_text()
     )
-    disk = tmp_path / "images" / "sample-1.0.qcow2"
+    disk = tmp_path / "images" / ("%s.qcow2" % slug)
     info = json.loads(
         subprocess.run(["qemu-img", "info", "--output=json", str(disk)], capture_output=True, check=True).stdout
     )
@@ -104,7 +105,9 @@ def test_installed_collection_playbooks_by_name(installed_collections, tmp_path)
         str(tmp_path / "hosts.yml"),
         {
             "build_hosts": {"builder": local_host()},
-            "hypervisors": {"hv": local_host(provision_pool_dir=str(tmp_path / "pool"))},
+            "hypervisors": {
+                "hv": local_host(provision_pool_dir=str(tmp_path / "pool"), provision_cache_dir=str(tmp_path / "cache"))
+            },
         },
         {
             "build_name": name,
@@ -123,7 +126,7 @@ def test_installed_collection_playbooks_by_name(installed_collections, tmp_path)
         host for task, host, _result in outcomes(built)["changed"] if task == "Build the image into the layout"
     ] == ["builder"]
     run_playbook(["-i", inventory, "ironcore.image.provision"], cwd=str(tmp_path), **env)
-    assert (tmp_path / "pool" / "by-name-3.raw").read_bytes() == rootfs.read_bytes()
+    assert (tmp_path / "pool" / ("%s.raw" % provision_slug(name))).read_bytes() == rootfs.read_bytes()
 
 
 def argument_spec(role):

@@ -11,14 +11,14 @@ import warnings
 
 import pytest
 from helpers.boot import parse_ipxe
-from helpers.inventory import local_host, outcomes, write_inventory
+from helpers.inventory import local_host, outcomes, provision_slug, write_inventory
 
 pytestmark = pytest.mark.integration
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROVISION = os.path.join(REPO, "playbooks", "provision.yml")
 NAME = "registry.example.com/os/layout-provision:2.0"
-SLUG = "layout-provision-2.0"
+SLUG = provision_slug(NAME)
 
 
 @pytest.fixture
@@ -67,7 +67,12 @@ def test_provision_from_layout(ansible, sshd, loop_device, tmp_path):
     layout = str(tmp_path / "layout")
     digest, artifact = build(ansible, layout, tmp_path, 1)
     boot_dir, pool, cache = tmp_path / "boot", tmp_path / "pool", tmp_path / "cache"
-    pxe = dict(sshd.host_vars(), provision_boot_dir=str(boot_dir), provision_boot_url="http://pxe.example.com/boot/")
+    pxe = dict(
+        sshd.host_vars(),
+        provision_boot_dir=str(boot_dir),
+        provision_boot_url="http://pxe.example.com/boot/",
+        provision_cache_dir=str(tmp_path / "cache-pxe"),
+    )
     if loop_device:
         pxe.update(provision_rootfs_device=loop_device, provision_rootfs_device_confirm=True)
     inventory = write_inventory(
@@ -110,6 +115,9 @@ def test_provision_from_layout(ansible, sshd, loop_device, tmp_path):
     assert oct(os.stat(image_dir / "boot.ipxe").st_mode & 0o777) == "0o644"
 
     qcow2 = pool / "vm-disk.qcow2"
+    # Converted in a private directory that is gone afterwards; only the owner may read the disk.
+    assert sorted(os.listdir(pool)) == ["vm-disk.qcow2"]
+    assert oct(os.stat(qcow2).st_mode & 0o777) == "0o600"
     info = json.loads(
         subprocess.run(["qemu-img", "info", "--output=json", str(qcow2)], capture_output=True, check=True).stdout
     )
