@@ -10,14 +10,13 @@ import subprocess
 
 import pytest
 from helpers.ansible import TESTS
-from helpers.inventory import clean_ansible_env, local_host, outcomes, tool, write_inventory
+from helpers.inventory import clean_ansible_env, local_host, outcomes, provision_slug, tool, write_inventory
 
 pytestmark = pytest.mark.integration
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PREPARE = os.path.join(REPO, "playbooks", "prepare.yml")
 PROVISION = os.path.join(REPO, "playbooks", "provision.yml")
-SLUG = "prepared-1.0"
 
 
 def build_and_push(ansible, registry, directory):
@@ -59,7 +58,12 @@ def test_prepared_node_runs_the_modules_from_its_virtualenv(ansible, registry_pl
     inventory = write_inventory(
         str(tmp_path / "hosts.yml"),
         {"baremetal": {"node": node}},
-        {"provision_name": name, "provision_registry_plain_http": True},
+        {
+            "provision_name": name,
+            "provision_registry_plain_http": True,
+            # The role's record of delivered versions stays in the test's own directory.
+            "provision_cache_dir": str(tmp_path / "cache"),
+        },
     )
 
     rc, checked, stderr = ansible.playbook(PREPARE, inventory=inventory, check=True)
@@ -93,7 +97,7 @@ def test_prepared_node_runs_the_modules_from_its_virtualenv(ansible, registry_pl
     fetched = [r for task, _host, r in outcomes(provisioned)["changed"] if task == "Fetch the image's files"]
     assert len(fetched) == 1, outcomes(provisioned)
     for role, content in contents.items():
-        path = boot_dir / SLUG / role
+        path = boot_dir / provision_slug(name) / role
         assert path.read_bytes() == content, role
 
 
