@@ -273,6 +273,36 @@ def build_args(layout: str, files: t.Mapping[str, str], name: str = NAME, **extr
     return args
 
 
+def built_layout(ansible: Ansible, workdir: str, size_mib: int) -> tuple[str, ImageFiles, dict[str, t.Any]]:
+    """An amd64 image of both platforms in a layout (its inputs removed again), and the build's result."""
+    inputs = os.path.join(workdir, "in")
+    layout = os.path.join(workdir, "layout")
+    _measured, result = ansible.module(
+        "ironcore.image.ironcore_image_build", build_args(layout, artifacts(inputs, size_mib))
+    )
+    remove(inputs)
+    image = image_files(layout)
+    warm(image.all_paths())
+    return layout, image, result
+
+
+def layers(built: t.Mapping[str, t.Any], platform: str, architecture: str = "amd64") -> dict[str, str]:
+    """title -> digest of the layers a node of this platform gets, from the build's result."""
+    for manifest in built["manifests"]:
+        if manifest["platform"] == platform and manifest["architecture"] == architecture:
+            return {layer["title"]: layer["digest"] for layer in manifest["layers"]}
+    raise BenchError("the build made no %s %s manifest" % (platform, architecture))
+
+
+def published(ansible: Ansible, workdir: str, size_mib: int, target: Registry, repository: str) -> dict[str, t.Any]:
+    """The image built and copied into a registry by skopeo (not by the module under test)."""
+    layout, _image, built = built_layout(ansible, workdir, size_mib)
+    skopeo(
+        *target.skopeo_flags("dest-"), "oci:%s:%s" % (layout, NAME), "docker://%s/%s:1.0" % (target.host, repository)
+    )
+    return built
+
+
 @dataclass
 class Document:
     digest: str

@@ -15,19 +15,8 @@ import _common as c
 MODULE = "ironcore.image.ironcore_image_push"
 
 
-def built_layout(ansible: c.Ansible, workdir: str, size_mib: int) -> tuple[str, c.ImageFiles]:
-    """An amd64 image of both platforms in a layout, its inputs removed again."""
-    inputs = os.path.join(workdir, "in")
-    layout = os.path.join(workdir, "layout")
-    ansible.module("ironcore.image.ironcore_image_build", c.build_args(layout, c.artifacts(inputs, size_mib)))
-    c.remove(inputs)
-    image = c.image_files(layout)
-    c.warm(image.all_paths())
-    return layout, image
-
-
 def bench(ansible: c.Ansible, ping: c.Run, workdir: str, size_mib: int, rounds: int, peer: bool = True) -> c.Result:
-    layout, image = built_layout(ansible, workdir, size_mib)
+    layout, image, _built = c.built_layout(ansible, workdir, size_mib)
     registries: dict[int, c.Registry] = {}
 
     def target(round_number: int) -> c.Registry:
