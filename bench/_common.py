@@ -24,7 +24,7 @@ COLLECTIONS = os.path.join(BUILD, "collections")
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 from helpers.ansible import AnsibleRunner  # noqa: E402
-from helpers.registry import Registry, start_registry  # noqa: E402
+from helpers.registry import PASSWORD, Registry, start_registry  # noqa: E402
 
 MiB = 1024 * 1024
 CHUNK = 4 * MiB
@@ -91,7 +91,8 @@ def run(command: t.Sequence[str], env: t.Mapping[str, str] | None = None) -> Run
     status, output, rss_mib = _spawn(command, dict(os.environ, **(env or {})), subprocess.STDOUT)
     seconds = time.monotonic() - start
     if status != 0:
-        raise BenchError("%s exited with %d: %s" % (" ".join(command[:4]), status, output[-2000:]))
+        what = " ".join(command)[:200].replace(PASSWORD, "***")
+        raise BenchError("%s... exited with %d: %s" % (what, status, output[-2000:].replace(PASSWORD, "***")))
     return Run(seconds, rss_mib, output)
 
 
@@ -388,6 +389,12 @@ def curl(target: Registry, *args: str) -> Run:
 
 def curl_get(target: Registry, repository: str, digest: str, dest: str) -> Run:
     return curl(target, "--output", dest, url(target, "%s/blobs/%s" % (repository, digest)))
+
+
+def curl_get_document(target: Registry, repository: str, document: Document, dest: str) -> Run:
+    # Registries keep manifests apart from blobs: they are read by digest from /manifests/.
+    address = url(target, "%s/manifests/%s" % (repository, document.digest))
+    return curl(target, "-H", "Accept: " + document.media_type, "--output", dest, address)
 
 
 def curl_upload_session(target: Registry, repository: str) -> tuple[Run, str]:
