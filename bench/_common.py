@@ -47,15 +47,30 @@ class BenchError(SystemExit):
 
 @dataclass
 class Run:
-    """One timed process tree: wall seconds and the peak RSS of its largest process."""
+    """One timed process tree: wall seconds and the peak RSS of its largest process.
+
+    For a module run through ansible, also the peak RSS of the module's own process (the controller's
+    is usually the larger one, and would hide the module's).
+    """
 
     seconds: float
     rss_mib: float
     stdout: str = ""
+    module_rss_mib: float | None = None
 
     def __add__(self, other: Run) -> Run:
         # Steps run one after another: times add up, memory peaks do not.
-        return Run(self.seconds + other.seconds, max(self.rss_mib, other.rss_mib), self.stdout + other.stdout)
+        return Run(
+            self.seconds + other.seconds,
+            max(self.rss_mib, other.rss_mib),
+            self.stdout + other.stdout,
+            _largest([self.module_rss_mib, other.module_rss_mib]),
+        )
+
+
+def _largest(values: t.Iterable[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return max(known) if known else None
 
 
 NOTHING = Run(0.0, 0.0)
@@ -100,7 +115,7 @@ def timed(steps: t.Callable[[], Run]) -> Run:
     """Wall time of a series of steps (including the Python between them), peak RSS of the largest."""
     start = time.monotonic()
     result = steps()
-    return Run(time.monotonic() - start, result.rss_mib, result.stdout)
+    return Run(time.monotonic() - start, result.rss_mib, result.stdout, result.module_rss_mib)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -114,12 +129,28 @@ def cpu_seconds(pid: int) -> float:
 # ---- ansible --------------------------------------------------------------
 
 
+# The modules' interpreter, wrapped so each module process reports its own peak RSS to the file the
+# benchmark names in BENCH_MODULE_RSS (ansible passes its environment on to local modules).
+INTERPRETER = """#!/bin/sh
+if [ -n "$BENCH_MODULE_RSS" ] && [ -x %(time)s ]; then
+    exec %(time)s -a -o "$BENCH_MODULE_RSS" -f %%M %(python)s "$@"
+fi
+exec %(python)s "$@"
+"""
+
+
 class Ansible:
     """Modules through the real ansible CLI, timed, with their JSON result."""
 
     def __init__(self) -> None:
         self.env = AnsibleRunner(COLLECTIONS).env
         self.bin = os.path.dirname(sys.executable)
+        wrapper = os.path.join(BUILD, "bench", "python-measured")
+        os.makedirs(os.path.dirname(wrapper), exist_ok=True)
+        with open(wrapper, "w", encoding="utf-8") as stream:
+            stream.write(INTERPRETER % {"time": TIME, "python": sys.executable})
+        os.chmod(wrapper, 0o755)
+        self.env["ANSIBLE_PYTHON_INTERPRETER"] = wrapper
 
     def module(self, name: str, args: t.Mapping[str, t.Any], check: bool = False) -> tuple[Run, dict[str, t.Any]]:
         command = [os.path.join(self.bin, "ansible"), "localhost", "-c", "local", "-i", "localhost,"]
@@ -169,10 +200,13 @@ class Ansible:
     def _run(self, command: list[str], what: str) -> Run:
         # The JSON callback writes to stdout; stderr (warnings) is kept apart so it cannot break the JSON.
         start = time.monotonic()
-        with tempfile.TemporaryFile() as errors:
-            status, output, rss_mib = _spawn(command, self.env, errors)
+        with tempfile.TemporaryFile() as errors, tempfile.NamedTemporaryFile(prefix="module-rss-") as module_rss:
+            status, output, rss_mib = _spawn(command, dict(self.env, BENCH_MODULE_RSS=module_rss.name), errors)
             errors.seek(0)
             error_text = errors.read().decode("utf-8", "replace")
+            # One line per module process (a playbook runs several); other lines are time's own remarks.
+            lines = module_rss.read().decode("ascii", "replace").split("\n")
+        module_kib = [int(line) for line in lines if line.strip().isdigit()]
         seconds = time.monotonic() - start
         try:
             json.loads(output)
@@ -180,7 +214,7 @@ class Ansible:
             raise BenchError(
                 "%s printed no JSON (rc=%d): %s %s" % (what, status, output[-1500:], error_text[-1500:])
             ) from None
-        return Run(seconds, rss_mib, output)
+        return Run(seconds, rss_mib, output, max(module_kib) / 1024.0 if module_kib else None)
 
 
 # ---- rounds ---------------------------------------------------------------
@@ -201,12 +235,20 @@ def rounds(contenders: t.Mapping[str, Contender], count: int) -> dict[str, Run]:
         for name in order:
             measured = contenders[name](number)
             seen[name].append(measured)
-            print("  round %d  %-6s %7.2f s  %6.1f MiB" % (number + 1, name, measured.seconds, measured.rss_mib))
+            module = "" if measured.module_rss_mib is None else "  (module %.1f MiB)" % measured.module_rss_mib
+            print(
+                "  round %d  %-6s %7.2f s  %6.1f MiB%s" % (number + 1, name, measured.seconds, measured.rss_mib, module)
+            )
     return {name: median(runs) for name, runs in seen.items()}
 
 
 def median(runs: t.Sequence[Run]) -> Run:
-    return Run(statistics.median(r.seconds for r in runs), max(r.rss_mib for r in runs))
+    """The median time; the largest peak RSS (memory is judged by its worst case)."""
+    return Run(
+        statistics.median(r.seconds for r in runs),
+        max(r.rss_mib for r in runs),
+        module_rss_mib=_largest(r.module_rss_mib for r in runs),
+    )
 
 
 # ---- files ----------------------------------------------------------------
@@ -471,7 +513,8 @@ COLUMNS = [
     "ours/limit (goal)",
     "ours/peer (goal)",
     "peak RSS MiB ours / peer / limit",
-    "ours RSS - ping MiB",
+    "module peak RSS MiB",
+    "ours - ping peak RSS MiB (all / module)",
     "no-op re-run s",
     "re-run - ping s",
 ]
@@ -488,7 +531,13 @@ def _ratio(top: Run | None, bottom: Run | None, goal: float) -> str:
     return "%.2f (<= %.2f)%s" % (ratio, goal, "" if ratio <= goal else " over")
 
 
+def mib_or_dash(value: float | None) -> str:
+    return "-" if value is None else "%.0f" % value
+
+
 def result_row(result: Result) -> list[str]:
+    ours_module, ping_module = (result.ours.module_rss_mib if result.ours else None), result.ping.module_rss_mib
+    module_delta = "-" if ours_module is None or ping_module is None else "%+.1f" % (ours_module - ping_module)
     rss = " / ".join("-" if r is None else "%.0f" % r.rss_mib for r in (result.ours, result.peer, result.limit))
     return [
         result.benchmark,
@@ -499,7 +548,8 @@ def result_row(result: Result) -> list[str]:
         _ratio(result.ours, result.limit, result.goal_limit),
         _ratio(result.ours, result.peer, result.goal_peer),
         rss,
-        "-" if result.ours is None else "%+.1f" % (result.ours.rss_mib - result.ping.rss_mib),
+        mib_or_dash(result.ours.module_rss_mib if result.ours else None),
+        "-" if result.ours is None else "%+.1f / %s" % (result.ours.rss_mib - result.ping.rss_mib, module_delta),
         _seconds(result.noop),
         "-" if result.noop is None else "%+.2f" % (result.noop.seconds - result.ping.seconds),
     ]
@@ -538,8 +588,8 @@ def summary(results: t.Sequence[Result], heading: str = "") -> str:
         heading or "# ironcore.image benchmarks",
         "",
         "Machine: " + machine() + ".",
-        "`ansible localhost -m ping`: %.2f s, peak RSS %.0f MiB (the floor of every module call)."
-        % (ping.seconds, ping.rss_mib),
+        "`ansible localhost -m ping`: %.2f s, peak RSS %.0f MiB, its module process %s MiB (the floor of every task)."
+        % (ping.seconds, ping.rss_mib, mib_or_dash(ping.module_rss_mib)),
         "",
         table(COLUMNS, (result_row(result) for result in results)),
         "",

@@ -44,8 +44,10 @@ def by_size(ansible: c.Ansible, ping: c.Run, workdir: str, sizes: t.Sequence[int
             assert result.ours is not None
             ratio = result.ours.seconds / result.limit.seconds
             rows.append([name, str(size), "%.2f" % result.ours.seconds, "%.2f" % result.limit.seconds])
-            rows[-1] += ["%.2f" % ratio, "%.0f" % result.ours.rss_mib, "%.0f" % result.limit.rss_mib]
-    columns = ["step", "rootfs MiB", "ours s", "limit s", "ours/limit", "ours peak RSS MiB", "limit peak RSS MiB"]
+            rows[-1] += ["%.2f" % ratio, "%.0f" % result.ours.rss_mib, c.mib_or_dash(result.ours.module_rss_mib)]
+            rows[-1].append("%.0f" % result.limit.rss_mib)
+    columns = ["step", "rootfs MiB", "ours s", "limit s", "ours/limit", "ours peak RSS MiB", "module peak RSS MiB"]
+    columns.append("limit peak RSS MiB")
     return "## (a) rootfs size\n\n" + c.table(columns, rows)
 
 
@@ -96,8 +98,8 @@ def by_manifests(ansible: c.Ansible, ping: c.Run, workdir: str, size_mib: int, c
         rows.append(
             [str(manifests), str(len(images)), "%.0f" % unique, "%.2f" % built.seconds, "%.2f" % pushed.seconds]
         )
-        rows[-1] += ["%.0f" % built.rss_mib, "%.0f" % pushed.rss_mib]
-    columns = ["manifests", "images", "unique MiB", "build s", "push s", "build peak RSS MiB", "push peak RSS MiB"]
+        rows[-1] += [c.mib_or_dash(built.module_rss_mib), c.mib_or_dash(pushed.module_rss_mib)]
+    columns = ["manifests", "images", "unique MiB", "build s", "push s", "build module RSS MiB", "push module RSS MiB"]
     note = (
         "Build and push are one ansible-playbook run each per row (one controller start-up, ping %.2f s)."
         % ping.seconds
@@ -122,10 +124,10 @@ def by_nodes(ansible: c.Ansible, workdir: str, size_mib: int, counts: t.Sequence
             for dest in dests:
                 c.remove(dest)
             rows.append([str(count), "%.2f" % times[len(times) // 2], "%.2f" % times[-1], "%.2f" % wall.seconds])
-            rows[-1] += ["%.2f" % registry_cpu, "%.0f" % wall.rss_mib]
+            rows[-1] += ["%.2f" % registry_cpu, c.mib_or_dash(wall.module_rss_mib)]
     finally:
         registry.stop()
-    columns = ["nodes", "per node median s", "per node max s", "all done s", "registry CPU s", "peak RSS MiB"]
+    columns = ["nodes", "per node median s", "per node max s", "all done s", "registry CPU s", "module peak RSS MiB"]
     return "## (c) nodes fetching at once\n\n" + c.table(columns, rows)
 
 
@@ -133,7 +135,8 @@ def _all(pool: t.Any, ansible: c.Ansible, registry: c.Registry, dests: t.Sequenc
     """Every node's fetch at once; stdout carries each node's seconds, one a line."""
     futures = [pool.submit(ansible.module, fetch.MODULE, fetch.fetch_args(registry, dest)) for dest in dests]
     runs = [future.result()[0] for future in futures]
-    return c.Run(0.0, max(run.rss_mib for run in runs), "\n".join("%.3f" % run.seconds for run in runs))
+    seconds = "\n".join("%.3f" % run.seconds for run in runs)
+    return c.Run(0.0, max(run.rss_mib for run in runs), seconds, c.median(runs).module_rss_mib)
 
 
 def main() -> None:
