@@ -29,7 +29,7 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps demo-deps venv demo-venv collection demo test pytest lint sanity docs-lint docs galaxy changelog clean bench-build bench-push bench-fetch ee-context ee
+.PHONY: help system-deps demo-deps venv demo-venv collection demo test pytest lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile ee-context ee
 
 help:
 	@echo "make demo       build a sample two-platform image into a local OCI layout and show it (light install)"
@@ -40,7 +40,8 @@ help:
 	@echo "make galaxy     build the tarball, galaxy-importer, install it, run the demo from it"
 	@echo "make docs       regenerate docs/reference from the modules' and roles' own docs"
 	@echo "make ee         build the execution environment image for AWX (make ee-context: only its build context)"
-	@echo "make bench-build / bench-push / bench-fetch   against cp + sha256sum / skopeo / curl + sha256sum (not in make test)"
+	@echo "make bench      every benchmark against its peer tool and its limit, table in .build/bench/report.md (not in make test)"
+	@echo "make bench-build / bench-push / bench-fetch / bench-copy / bench-scale / bench-profile   one of them (docs/performance.md)"
 
 # $(call apt_install,PACKAGES): install those of PACKAGES that dpkg does not have.
 define apt_install
@@ -142,12 +143,26 @@ changelog: venv collection
 clean:
 	rm -rf $(BUILD) $(VENV)
 
-bench-build: system-deps venv collection
-	$(BIN)/python bench/build_vs_cp.py
+# Not part of `make test`: the defaults move gigabytes. BENCH_ARGS="--size-mib=64 --rounds=1" to try them small.
+bench: system-deps venv collection
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
-# Not part of `make test`: moves gigabytes. BENCH_ARGS=--size-mib=N for another size.
+bench-build: system-deps venv collection
+	$(BIN)/python bench/build.py $(BENCH_ARGS)
+
 bench-push: system-deps venv collection
-	$(BIN)/python bench/push_vs_skopeo.py $(BENCH_ARGS)
+	$(BIN)/python bench/push.py $(BENCH_ARGS)
 
 bench-fetch: system-deps venv collection
-	$(BIN)/python bench/fetch_vs_curl.py $(BENCH_ARGS)
+	$(BIN)/python bench/fetch.py $(BENCH_ARGS)
+
+bench-copy: system-deps venv collection
+	$(BIN)/python bench/copy_image.py $(BENCH_ARGS)
+
+# BENCH_ARGS="--sizes-mib=32,64 --size-mib=32 --nodes=1,4" to try it small.
+bench-scale: system-deps venv collection
+	$(BIN)/python bench/scale.py $(BENCH_ARGS)
+
+# BENCH_ARGS="push --size-mib=64": one module call under cProfile, strace -c and py-spy (when installed).
+bench-profile: system-deps venv collection
+	$(BIN)/python bench/profile_module.py $(BENCH_ARGS)
