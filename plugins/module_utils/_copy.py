@@ -119,8 +119,11 @@ def moved_names(plan: CopyPlan, current: t.Mapping[str, str | None]) -> list[str
 
 
 def refuse_moves(plan: CopyPlan, current: t.Mapping[str, str | None], where: str) -> None:
-    """overwrite=false: a name that points at another digest stays, and the copy is refused."""
-    for root in plan.roots:
+    """overwrite=false: a name that points at another digest stays, and the copy is refused.
+
+    The main name is told first: it is the one the user named.
+    """
+    for root in [plan.main, *plan.roots[:-1]]:
         now = current.get(root.name)
         if now is not None and now != root.document.digest:
             raise CopyError(
