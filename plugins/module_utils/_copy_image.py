@@ -64,13 +64,13 @@ def _parse_sides(params: t.Mapping[str, t.Any]) -> tuple[Side, Side]:
     try:
         source_ref = ImageReference.parse(source_params["name"])
     except InvalidReference as exc:
-        raise CopyImageError("source.name: %s" % exc) from None
+        raise CopyImageError("source.name: %s" % exc) from exc
     try:
         destination_ref = ImageReference.parse(
             destination_params.get("name") or source_params["name"], default_tag=None
         )
     except InvalidReference as exc:
-        raise CopyImageError("destination.name: %s" % exc) from None
+        raise CopyImageError("destination.name: %s" % exc) from exc
     if destination_ref.digest:
         raise CopyImageError(
             "destination.name %s names a digest; give a tag (or none to use the tag of source.name)" % destination_ref
@@ -104,7 +104,7 @@ def _open_store(side: Side, params: t.Mapping[str, t.Any], on_retry: t.Callable[
     try:
         options = registry_options(merged)
     except InvalidRegistryOptions as exc:
-        raise CopyImageError("%s: %s" % (side.label, exc)) from None
+        raise CopyImageError("%s: %s" % (side.label, exc)) from exc
     return RegistryStore(RegistryClient(side.ref.registry, options, on_retry), side.ref.repository)
 
 
@@ -130,7 +130,7 @@ def copy_image(
     try:
         options = registry_options(params)
     except InvalidRegistryOptions as exc:
-        raise CopyImageError(str(exc)) from None
+        raise CopyImageError(str(exc)) from exc
     source_store = _open_store(source, params, on_retry)
     destination_store = _open_store(destination, params, on_retry)
     if destination.layout:
@@ -143,7 +143,7 @@ def copy_image(
         raise CopyImageError(
             "destination.name: a platform tag of %s is too long: %s; give a shorter tag or set platform_tags=false"
             % (destination.ref, exc)
-        ) from None
+        ) from exc
     plan = plan_copy(source_store, pairs)
     result = copy(
         source_store,

@@ -46,11 +46,11 @@ def _parse_references(params: t.Mapping[str, t.Any]) -> tuple[ImageReference, Im
     try:
         name = ImageReference.parse(params["name"])
     except InvalidReference as exc:
-        raise PushError("name: %s" % exc) from None
+        raise PushError("name: %s" % exc) from exc
     try:
         destination = ImageReference.parse(params.get("destination") or params["name"], default_tag=None)
     except InvalidReference as exc:
-        raise PushError("destination: %s" % exc) from None
+        raise PushError("destination: %s" % exc) from exc
     if not destination.registry:
         raise PushError(
             "destination %s names no registry host; give one, for example registry.example.com/%s"
@@ -88,19 +88,19 @@ def plan_push(params: t.Mapping[str, t.Any]) -> tuple[ImageReference, CopyPlan]:
         tags = _tag_names(name, destination, layout, params.get("platform_tags", True))
         plan = plan_copy(LayoutStore(params["layout"]), [(layout_name, tag) for tag, layout_name in tags.items()])
     except LayoutError as exc:
-        raise PushError(str(exc)) from None
+        raise PushError(str(exc)) from exc
     except ImageError as exc:
-        raise PushError(str(exc)) from None
+        raise PushError(str(exc)) from exc
     except OSError as exc:
-        raise PushError("reading layout %s failed: %s" % (params["layout"], exc)) from None
+        raise PushError("reading layout %s failed: %s" % (params["layout"], exc)) from exc
     except InvalidReference as exc:
         # Only the platform tags (tag-platform-architecture) can outgrow a valid destination tag.
         raise PushError(
             "destination: a platform tag of %s is too long: %s; give a shorter tag or set platform_tags=false"
             % (destination, exc)
-        ) from None
+        ) from exc
     except (KeyError, TypeError, ValueError) as exc:
-        raise PushError("layout %s holds a malformed document: %s" % (params["layout"], one_line(exc))) from None
+        raise PushError("layout %s holds a malformed document: %s" % (params["layout"], one_line(exc))) from exc
     return destination, plan
 
 
@@ -125,7 +125,7 @@ def push_image(
     try:
         options = registry_options(params)
     except InvalidRegistryOptions as exc:
-        raise PushError(str(exc)) from None
+        raise PushError(str(exc)) from exc
     if params.get("chunk_size") is not None and int(params["chunk_size"]) < 0:
         raise PushError("chunk_size must be 0 (one streaming PUT per blob) or a positive number of bytes")
     try:
@@ -142,7 +142,7 @@ def push_image(
             mount_from=mount_sources(name, destination, params.get("mount_from") or []),
         )
     except ImageError as exc:
-        raise PushError(str(exc)) from None
+        raise PushError(str(exc)) from exc
     return {
         "changed": result.changed,
         "destination": str(destination),

@@ -146,7 +146,7 @@ class LayoutStore:
         try:
             self.layout.require()
         except LayoutError as exc:
-            raise StoreError(str(exc)) from None
+            raise StoreError(str(exc)) from exc
 
     def _refs(self) -> dict[str, dict[str, t.Any]]:
         if not self.layout.exists():
@@ -154,7 +154,7 @@ class LayoutStore:
         try:
             return self.layout.refs()
         except LayoutError as exc:
-            raise StoreError(str(exc)) from None
+            raise StoreError(str(exc)) from exc
 
     def current_name(self, name: str) -> dict[str, t.Any] | None:
         """The descriptor a name is recorded with: as given, as a normalised reference, or as a bare tag."""
@@ -184,18 +184,18 @@ class LayoutStore:
         try:
             return self.layout.read_document(digest)
         except LayoutError as exc:
-            raise StoreError(str(exc)) from None
+            raise StoreError(str(exc)) from exc
         except OSError as exc:
-            raise StoreError("reading %s failed: %s" % (self.describe(), exc.strerror or exc)) from None
+            raise StoreError("reading %s failed: %s" % (self.describe(), exc.strerror or exc)) from exc
 
     def check_blob(self, digest: str, size: int) -> None:
         """Before anything is sent: the blob is there with the size its descriptor says."""
         try:
             actual = os.path.getsize(self.layout.blob_path(digest))
         except LayoutError as exc:
-            raise StoreError(str(exc)) from None
-        except FileNotFoundError:
-            raise StoreError("blob %s is missing from layout %s" % (digest, self.layout.path)) from None
+            raise StoreError(str(exc)) from exc
+        except FileNotFoundError as exc:
+            raise StoreError("blob %s is missing from layout %s" % (digest, self.layout.path)) from exc
         if actual != size:
             raise StoreError(
                 "blob %s in layout %s is %d bytes, but its descriptor says %d"
@@ -206,9 +206,9 @@ class LayoutStore:
         try:
             return _FileBlobStream(self.layout.blob_path(digest), offset)
         except LayoutError as exc:
-            raise StoreError(str(exc)) from None
-        except FileNotFoundError:
-            raise StoreError("blob %s is missing from layout %s" % (digest, self.layout.path)) from None
+            raise StoreError(str(exc)) from exc
+        except FileNotFoundError as exc:
+            raise StoreError("blob %s is missing from layout %s" % (digest, self.layout.path)) from exc
 
     def local_blob_path(self, digest: str) -> str | None:
         return self.layout.blob_path(digest)
@@ -223,13 +223,13 @@ class LayoutStore:
         try:
             self.layout.check_usable()
         except LayoutError as exc:
-            raise StoreError("destination: %s" % exc) from None
+            raise StoreError("destination: %s" % exc) from exc
 
     def prepare(self) -> None:
         try:
             self.layout.ensure()
         except LayoutError as exc:
-            raise StoreError("destination: %s" % exc) from None
+            raise StoreError("destination: %s" % exc) from exc
 
     def has_blob(self, digest: str, size: int) -> bool:
         return self.layout.has_blob(digest, size)

@@ -96,27 +96,23 @@ class _Walker:
         self.read = read
         self.where = where
         self.graph = Graph()
-        # Documents being visited: a cycle would otherwise recurse for ever.
-        self.open: set[str] = set()
 
     def document(self, descriptor: Descriptor, what: str) -> Document:
         digest, size = check_descriptor(descriptor, what)
         if digest in self.graph.by_digest:
             return self.graph.by_digest[digest]
-        if digest in self.open:
-            raise WalkError("document %s in %s names itself through its children" % (digest, self.where))
         if size > MAX_DOCUMENT_SIZE:
             raise WalkError("document %s in %s is %d bytes, more than 4 MiB; refusing it" % (digest, self.where, size))
         data = check_document(self.read(digest, size), digest, size, self.where)
         try:
             body = json.loads(data)
-        except ValueError:
-            raise WalkError("document %s in %s is not JSON" % (digest, self.where)) from None
+        except ValueError as exc:
+            raise WalkError("document %s in %s is not JSON" % (digest, self.where)) from exc
         if not isinstance(body, dict):
             raise WalkError("document %s in %s is not a JSON object" % (digest, self.where))
         media_type = _media_type(descriptor, data)
         is_index = _is_index(media_type, body)
-        self.open.add(digest)
+        # No cycle is possible: a document would have to contain its own digest.
         if is_index:
             for child in _entries(body, "manifests", digest, self.where):
                 self.document(child, "an entry of index %s" % digest)
@@ -124,7 +120,6 @@ class _Walker:
             config = body.get("config")
             for blob in ([config] if config is not None else []) + _entries(body, "layers", digest, self.where):
                 self.blob(blob, "a blob of manifest %s" % digest)
-        self.open.discard(digest)
         document = Document(digest, media_type, data, is_index)
         self.graph.by_digest[digest] = document
         self.graph.documents.append(document)

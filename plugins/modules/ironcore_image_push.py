@@ -164,6 +164,8 @@ bytes_per_second:
   sample: 83886080
 """
 
+import traceback
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
@@ -192,7 +194,7 @@ def main() -> None:
     try:
         result = push_image(module.params, module.check_mode, module.warn)
     except PushError as exc:
-        module.fail_json(msg=str(exc))
+        module.fail_json(msg=str(exc), exception=traceback.format_exc())
     if not module._diff:
         result.pop("diff")
     module.exit_json(**result)

@@ -369,3 +369,58 @@ def test_bad_input_is_refused_in_one_line(ansible, image, published, registry_pl
     # Nothing changed: the file is still the file, no destination layout was created.
     assert a_file.read_text() == "not a layout"
     assert not [path for path in tmp_path.iterdir() if path.name.startswith("l")]
+
+
+def test_a_refused_mount_falls_back_to_upload(ansible, published, registry_plain, fault_proxy):
+    proxy = fault_proxy(registry_plain)
+    proxy.add("status", method="POST", path="mount=", status=403, times=-1)
+    args = {"source": side(proxy, "copy/dev:1.0"), "destination": side(proxy, "copy/refused")}
+    result = run(ansible, args)
+    assert result["changed"] is True, result
+    assert result["blobs"]["mounted"] == 0 and result["blobs"]["copied"] == BLOB_COUNT, result
+    assert len([entry for entry in proxy.log if entry[2] == "status"]) == BLOB_COUNT
+    for suffix in ALL_SUFFIXES:
+        assert remote_raw(registry_plain, "copy/refused:1.0" + suffix) == remote_raw(
+            registry_plain, "copy/dev:1.0" + suffix
+        )
+
+
+def test_push_mounts_from_the_repository_of_name_on_the_same_registry(ansible, registry_plain, tmp_path):
+    name = registry_plain.host + "/copy/named:1.0"
+    layout = build(ansible, tmp_path, name=name)
+    first = ansible.module(PUSH, dict(registry_plain.registry_args, layout=layout, name=name))
+    assert first["changed"] is True and first["blobs"]["uploaded"] == BLOB_COUNT, first
+    stable = ansible.module(
+        PUSH,
+        dict(registry_plain.registry_args, layout=layout, name=name, destination=registry_plain.host + "/copy/stable"),
+    )
+    assert stable["changed"] is True, stable
+    assert stable["blobs"] == {"uploaded": 0, "bytes_uploaded": 0, "skipped": 0, "mounted": BLOB_COUNT}
+    assert stable["elapsed"] > 0 and stable["bytes_per_second"] == 0
+    assert remote_raw(registry_plain, "copy/stable:1.0") == remote_raw(registry_plain, "copy/named:1.0")
+
+    # overwrite=false on push: the tag points at this image already, so nothing moves and nothing fails.
+    again = ansible.module(
+        PUSH,
+        dict(
+            registry_plain.registry_args,
+            layout=layout,
+            name=name,
+            destination=registry_plain.host + "/copy/stable",
+            overwrite=False,
+        ),
+    )
+    assert again["changed"] is False and again.get("failed") is not True, again
+    other = build(ansible, tmp_path / "other", name=name, seed=b"other")
+    refused = ansible.module(
+        PUSH,
+        dict(
+            registry_plain.registry_args,
+            layout=other,
+            name=name,
+            destination=registry_plain.host + "/copy/stable",
+            overwrite=False,
+        ),
+    )
+    assert refused["failed"] is True and first["digest"] in refused["msg"] and "overwrite" in refused["msg"], refused
+    assert remote_digest(registry_plain, "copy/stable", "1.0") == first["digest"]
