@@ -18,6 +18,7 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
 from ansible_collections.ironcore.image.plugins.module_utils._copy import copy, plan_copy
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -96,9 +97,6 @@ def _parse_sides(params: t.Mapping[str, t.Any]) -> tuple[Side, Side]:
 def _open_store(side: Side, params: t.Mapping[str, t.Any], on_retry: t.Callable[[str], None] | None) -> t.Any:
     if side.layout:
         return LayoutStore(side.layout)
-    # Imported here so that a layout-to-layout copy needs no HTTP library.
-    from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
-
     merged = dict(params[side.label], timeout=params.get("timeout"), retries=params.get("retries"))
     merged["concurrency"] = params.get("concurrency")
     try:

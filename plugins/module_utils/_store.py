@@ -386,7 +386,7 @@ class RegistryStore:
         self._sessions: dict[str, UploadSession] = {}
 
     @property
-    def retries(self) -> int:  # type: ignore[override]
+    def retries(self) -> int:
         return int(self.client.retries)
 
     def describe(self) -> str:
