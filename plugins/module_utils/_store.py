@@ -57,6 +57,10 @@ class StoreError(ImageError):
     """A store cannot do what was asked; one line."""
 
 
+class _Corrupt(StoreError):
+    """The bytes received are not the blob: the partial file is worthless."""
+
+
 class ImageSource(t.Protocol):
     """Where an image is read from."""
 
@@ -249,15 +253,32 @@ class LayoutStore:
     def put_blob(self, source: ImageSource, digest: str, size: int, counter: ByteCounter, retries: int) -> None:
         """Stream the blob into its partial file, hashing; verify, fsync, rename. Resumes a kept partial."""
         partial = self.partial_path(digest)
-        received = _resume_point(partial, size)
-        with AtomicFile(self.layout.blob_path(digest), temp_path=partial, append=received is not None) as out:
+        resumed = _resume_point(partial, size)
+        try:
+            self._receive(source, digest, size, counter, retries, partial, resumed)
+        except _Corrupt:
+            if resumed is None:
+                raise
+            # The kept bytes may be what was wrong: one clean attempt from byte 0.
+            self._receive(source, digest, size, counter, retries, partial, None)
+
+    def _receive(
+        self,
+        source: ImageSource,
+        digest: str,
+        size: int,
+        counter: ByteCounter,
+        retries: int,
+        partial: str,
+        resumed: HashingCounter | None,
+    ) -> None:
+        with AtomicFile(self.layout.blob_path(digest), temp_path=partial, append=resumed is not None) as out:
             # Kept on an interruption, so that the next attempt (or run) continues with Range.
             out.keep_partial = True
-            receiver = _Receiver(source, digest, size, out, received or HashingCounter(), counter)
-            hashed = receiver.run(retries)
+            hashed = _Receiver(source, digest, size, out, resumed or HashingCounter(), counter).run(retries)
             if hashed.size != size or hashed.digest != digest:
                 out.keep_partial = False
-                raise StoreError(
+                raise _Corrupt(
                     "blob %s from %s hashes to %s (%d bytes); the source is corrupt, nothing was stored"
                     % (digest, source.describe(), hashed.digest, hashed.size)
                 )
@@ -336,7 +357,7 @@ class _Receiver:
             for chunk in stream.iter_chunks(RECEIVE_CHUNK):
                 if self.hashed.size + len(chunk) > self.size:
                     self.out.keep_partial = False
-                    raise StoreError(
+                    raise _Corrupt(
                         "%s failed: the blob is larger than the %d bytes its descriptor says" % (self.what, self.size)
                     )
                 self.out.write(chunk)

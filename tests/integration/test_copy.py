@@ -424,3 +424,21 @@ def test_push_mounts_from_the_repository_of_name_on_the_same_registry(ansible, r
     )
     assert refused["failed"] is True and first["digest"] in refused["msg"] and "overwrite" in refused["msg"], refused
     assert remote_digest(registry_plain, "copy/stable", "1.0") == first["digest"]
+
+
+def test_token_registry_to_basic_registry(ansible, image, registry_token, registry_tls):
+    pushed = ansible.module(
+        PUSH, dict(registry_token.registry_args, layout=image, name=NAME, destination=registry_token.host + "/copy/t")
+    )
+    assert pushed["changed"] is True, pushed
+    args = {"source": side(registry_token, "copy/t:1.0"), "destination": side(registry_tls, "copy/from-token")}
+    would = run(ansible, args, check=True)
+    assert would["changed"] is True and remote_digest(registry_tls, "copy/from-token", "1.0") is None, would
+    copied = run(ansible, args)
+    assert copied["changed"] is True and copied["digest"] == pushed["digest"], copied
+    assert copied["blobs"]["copied"] == BLOB_COUNT and copied["blobs"]["bytes"] == sum(reachable_blobs(image).values())
+    for suffix in ALL_SUFFIXES:
+        assert remote_raw(registry_tls, "copy/from-token:1.0" + suffix) == remote_raw(
+            registry_token, "copy/t:1.0" + suffix
+        )
+    assert run(ansible, args)["changed"] is False

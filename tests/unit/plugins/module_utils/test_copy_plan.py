@@ -194,3 +194,27 @@ def test_stream_slice_fails_when_the_source_ends_early():
         while True:
             received += len(body.read(30))
     assert received == 20
+
+
+@pytest.mark.parametrize("kept", ["prefix", "garbage", "too long"])
+def test_layout_put_blob_resumes_a_kept_partial_and_recovers_from_a_bad_one(source, tmp_path, kept):
+    plan = engine.plan_copy(source, pairs([NAME]))
+    digest, size = engine.blob_order(plan.graph.blobs)[0]
+    with open(source.layout.blob_path(digest), "rb") as stream:
+        data = stream.read()
+    destination = LayoutStore(str(tmp_path / "destination"))
+    destination.prepare()
+    partial = destination.partial_path(digest)
+    half = size // 2
+    content = {"prefix": data[:half], "garbage": bytes(half), "too long": data + b"x"}[kept]
+    with open(partial, "wb") as stream:
+        stream.write(content)
+
+    counter = ByteCounter()
+    destination.put_blob(source, digest, size, counter, retries=0)
+
+    with open(destination.layout.blob_path(digest), "rb") as stream:
+        assert stream.read() == data
+    assert not os.path.exists(partial)
+    # A good prefix is continued; bad kept bytes cost one clean transfer from byte 0.
+    assert counter.value == {"prefix": size - half, "garbage": (size - half) + size, "too long": size}[kept]
