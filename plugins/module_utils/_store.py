@@ -115,7 +115,7 @@ class ImageDestination(t.Protocol):
 
 
 class _FileBlobStream:
-    """A layout blob from an offset; read() too, so uploads can send straight from the file."""
+    """A layout blob streamed from an offset (uploads from a layout send straight from the file instead)."""
 
     def __init__(self, path: str, offset: int):
         self._file = open(path, "rb")
