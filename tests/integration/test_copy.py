@@ -157,6 +157,19 @@ def test_pull_into_layout_then_layout_to_layout_and_back(ansible, image, publish
     assert again["changed"] is False and again["names"] == [], again
     assert again["blobs"] == {"copied": 0, "bytes": 0, "skipped": BLOB_COUNT, "mounted": 0}
 
+    # Pinned by digest: the image alone, under the tag the destination names (no platform names to follow).
+    pinned = str(tmp_path / "pinned")
+    by_digest = run(
+        ansible,
+        {
+            "source": side(registry_plain, "copy/dev@" + published),
+            "destination": {"layout": pinned, "name": "example.com/os/pinned:7"},
+        },
+    )
+    assert by_digest["changed"] is True and by_digest["names"] == ["example.com/os/pinned:7"], by_digest
+    assert list(OciLayout(pinned).refs()) == ["example.com/os/pinned:7"]
+    assert layout_raw(pinned, "example.com/os/pinned:7") == remote_raw(registry_plain, "copy/dev:1.0")
+
     # layout -> layout, under another name
     second = str(tmp_path / "second")
     local = run(
