@@ -147,7 +147,9 @@ def test_pull_into_layout_then_layout_to_layout_and_back(ansible, image, publish
     assert copied["names"] == [local_name + suffix for suffix in ALL_SUFFIXES]
     assert copied["blobs"]["copied"] == BLOB_COUNT and copied["blobs"]["bytes"] == checked["blobs"]["bytes"]
     assert copied["diff"]["after"][local_name] == published and copied["diff"]["before"][local_name] is None
-    assert copied["elapsed"] > 0 and copied["bytes_per_second"] > 0 and copied["retries"] == 0
+    # Rates are not asserted (they depend on the machine), only that they are reported and consistent.
+    assert isinstance(copied["elapsed"], float) and isinstance(copied["retries"], int)
+    assert copied["bytes_per_second"] > 0 or copied["elapsed"] == 0
     for suffix in ALL_SUFFIXES:
         assert layout_raw(pulled, local_name + suffix) == remote_raw(registry_plain, "copy/dev:1.0" + suffix), suffix
     assert layout_blobs_verified(pulled) >= {digest[7:] for digest in reachable_blobs(image)}
@@ -232,7 +234,9 @@ def test_promote_mounts_and_overwrite_false_refuses(ansible, image, published, r
     assert promoted["blobs"] == {"copied": 0, "bytes": 0, "skipped": 0, "mounted": BLOB_COUNT}
     # What the registry was asked: mounts from the source repository, and not one byte of blob upload.
     mounts = [path for method, path, _action in proxy.log if method == "POST" and "mount=" in path]
-    assert len(mounts) == BLOB_COUNT and all("from=copy%2Fdev" in path for path in mounts), proxy.log
+    mounted = {path.split("mount=", 1)[1].split("&", 1)[0].replace("%3A", ":") for path in mounts}
+    assert mounted == set(reachable_blobs(image)), proxy.log
+    assert all("from=copy%2Fdev" in path for path in mounts), proxy.log
     assert not [entry for entry in proxy.log if entry[0] in ("PUT", "PATCH") and "/blobs/uploads/" in entry[1]]
     for suffix in ALL_SUFFIXES:
         assert remote_raw(registry_plain, "copy/prod:1.0" + suffix) == remote_raw(
@@ -409,7 +413,7 @@ def test_push_mounts_from_the_repository_of_name_on_the_same_registry(ansible, r
     )
     assert stable["changed"] is True, stable
     assert stable["blobs"] == {"uploaded": 0, "bytes_uploaded": 0, "skipped": 0, "mounted": BLOB_COUNT}
-    assert stable["elapsed"] > 0 and stable["bytes_per_second"] == 0
+    assert isinstance(stable["elapsed"], float) and stable["bytes_per_second"] == 0
     assert remote_raw(registry_plain, "copy/stable:1.0") == remote_raw(registry_plain, "copy/named:1.0")
 
     # overwrite=false on push: the tag points at this image already, so nothing moves and nothing fails.
