@@ -71,3 +71,96 @@ options:
     type: int
     default: 4
 """
+
+    # ironcore.image.registry.endpoints: the `source` and `destination` of a copy,
+    # each a registry or a layout with its own connection options (one sub-spec,
+    # shared by the YAML anchor), plus the transfer options. ansible-test reads
+    # fragments as literal strings, so the connection options' text is written
+    # here a second time, as sub-options; validate-modules checks both against
+    # the argument specs of _registry_args.py.
+    ENDPOINTS = r"""
+options:
+  source:
+    description:
+      - Where the image is copied from, a registry or (with O(source.layout)) an OCI image layout.
+    type: dict
+    required: true
+    suboptions: &endpoint
+      name:
+        description:
+          - The image reference, C([host[:port]/]repository[:tag][@digest]).
+          - For a registry it starts with the registry host (and port) and names the repository; for a layout,
+            it is the name the image is recorded under (as given, as its normalised reference, or as a bare tag).
+          - Required for O(source). For O(destination) it defaults to the source's name, and without a tag the
+            source's tag is used; a destination digest is refused.
+        type: str
+      layout:
+        description:
+          - Path of an OCI image layout directory to read from (O(source)) or to write to (O(destination))
+            instead of a registry. A destination layout is created when it does not exist.
+        type: path
+      username:
+        description:
+          - User name for this side's registry. Takes precedence over credentials found in C(docker_config).
+          - Must be given together with C(password).
+        type: str
+      password:
+        description:
+          - Password or access token for C(username). Never logged nor returned.
+        type: str
+      docker_config:
+        description:
+          - Docker C(config.json) to read this side's credentials from when C(username) is not given, including
+            C(credsStore) and C(credHelpers) credential helpers.
+          - Defaults to C($DOCKER_CONFIG/config.json), else C(~/.docker/config.json). It is only read, never
+            written.
+          - Credential helper names must be plain program names (letters, digits, C(.), C(_), C(-)); a
+            config naming anything else, such as a path, is refused.
+        type: path
+      validate_certs:
+        description:
+          - Verify this side's registry TLS certificate. Set to V(false) only for a registry you trust by other
+            means.
+        type: bool
+        default: true
+      ca_cert:
+        description:
+          - PEM file of the CA (or CAs) that signed this side's registry certificate, when it is not in the system
+            trust store.
+        type: path
+      plain_http:
+        description:
+          - Talk plain HTTP to this side's registry instead of HTTPS. HTTP is used only when asked for here;
+            there is never a silent downgrade.
+        type: bool
+        default: false
+  destination:
+    description:
+      - Where the image is copied to, a registry or (with O(destination.layout)) an OCI image layout.
+    type: dict
+    required: true
+    suboptions: *endpoint
+  timeout:
+    description:
+      - Seconds to wait for a connection, and for each read or write to make progress, before treating the
+        request as failed (and retrying it). Applies to both sides.
+    type: float
+    default: 20
+  retries:
+    description:
+      - How many times a failed request is retried on a connection error, a timeout, or a registry answer of
+        429, 500, 502, 503 or 504, with exponential backoff (honouring C(Retry-After)).
+      - An interrupted blob download into a layout continues where it stopped; only attempts that gained no
+        bytes count against O(retries).
+      - Each retry is reported as a warning naming the operation, the attempt and the reason.
+    type: int
+    default: 4
+  concurrency:
+    description:
+      - How many blobs are transferred in parallel.
+    type: int
+    default: 4
+requirements:
+  - oras >= 0.2.43 (not needed when both sides are layouts)
+  - requests >= 2.28 (not needed when both sides are layouts)
+"""

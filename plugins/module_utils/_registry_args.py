@@ -16,21 +16,48 @@ import os
 import typing as t
 from dataclasses import dataclass
 
-REGISTRY_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
+# Who we are and how we reach one registry.
+CONNECTION_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
     "username": {"type": "str"},
     "password": {"type": "str", "no_log": True},
     "docker_config": {"type": "path"},
     "validate_certs": {"type": "bool", "default": True},
     "ca_cert": {"type": "path"},
     "plain_http": {"type": "bool", "default": False},
+}
+
+# How requests and blob transfers behave, whatever the registry.
+TRANSFER_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
     "timeout": {"type": "float", "default": 20.0},
     "retries": {"type": "int", "default": 4},
     "concurrency": {"type": "int", "default": 4},
 }
 
+REGISTRY_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {**CONNECTION_ARGUMENT_SPEC, **TRANSFER_ARGUMENT_SPEC}
+
 # For AnsibleModule(required_together=...): a user without a password (or the
 # reverse) is always a mistake.
 REGISTRY_REQUIRED_TOGETHER: list[list[str]] = [["username", "password"]]
+
+# One side of a copy (its `source` or its `destination`): an image name, a
+# layout or a registry, and that side's own connection options, so the two
+# sides can carry different credentials. Documented in the
+# `ironcore.image.registry.endpoints` fragment.
+IMAGE_ENDPOINT_SPEC: dict[str, dict[str, t.Any]] = {
+    "name": {"type": "str"},
+    "layout": {"type": "path"},
+    **CONNECTION_ARGUMENT_SPEC,
+}
+
+
+def endpoint_option(required: bool = True) -> dict[str, t.Any]:
+    """The argument spec of a `source`/`destination` dict option."""
+    return {
+        "type": "dict",
+        "required": required,
+        "options": IMAGE_ENDPOINT_SPEC,
+        "required_together": REGISTRY_REQUIRED_TOGETHER,
+    }
 
 
 class InvalidRegistryOptions(ValueError):

@@ -69,6 +69,68 @@ class FileSlice:
         return data
 
 
+class BlobStream(t.Protocol):
+    """A blob body from some offset on (the registry client's BlobStream, a layout's file stream)."""
+
+    offset: int
+
+    def iter_chunks(self, size: int) -> t.Iterator[t.Any]: ...
+
+    def close(self) -> None: ...
+
+
+class StreamSlice:
+    """Bytes [start, start+length) of a blob read from a stream, as a request body.
+
+    The stream is opened at `start` by the caller; a source that ignored the
+    offset (answered from byte 0) is skipped forward here.
+    """
+
+    def __init__(self, stream: BlobStream, start: int, length: int, counter: ByteCounter):
+        self._stream = stream
+        self._chunks = stream.iter_chunks(SLICE_READ_SIZE)
+        self._skip = start - stream.offset
+        self._length = length
+        self._remaining = length
+        self._buffer = memoryview(b"")
+        self._counter = counter
+        if self._skip < 0:
+            raise OSError("the source answered from byte %d when asked for byte %d" % (stream.offset, start))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _fill(self) -> None:
+        while not self._buffer or self._skip:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                raise OSError("the source blob ended %d bytes early" % self._remaining)
+            view = memoryview(chunk)
+            dropped = min(self._skip, len(view))
+            self._skip -= dropped
+            self._buffer = view[dropped:]
+
+    def read(self, size: int = -1) -> bytes:
+        if self._remaining <= 0:
+            return b""
+        self._fill()
+        if size is None or size < 0 or size > self._remaining:
+            size = self._remaining
+        data = bytes(self._buffer[:size])
+        self._buffer = self._buffer[len(data) :]
+        self._remaining -= len(data)
+        self._counter.add(len(data))
+        return data
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+# A body is opened per request: (start, length) -> an object with len() and read().
+OpenBody = t.Callable[[int, int], t.Any]
+SLICE_READ_SIZE = 1024 * 1024
+
+
 def upload_blob(
     client: RegistryClient,
     repository: str,
@@ -80,22 +142,63 @@ def upload_blob(
     session: UploadSession | None = None,
 ) -> None:
     """Upload the file at `path` as blob `digest`; retried up to the client's `retries`."""
+    counter = counter or ByteCounter()
     with open(path, "rb") as stream:
-        _BlobUpload(client, repository, digest, size, stream, counter or ByteCounter()).run(chunk_size, session)
+        upload_from(
+            client,
+            repository,
+            digest,
+            size,
+            lambda start, length: FileSlice(stream, start, length, counter),
+            chunk_size,
+            session,
+        )
+
+
+def upload_stream(
+    client: RegistryClient,
+    repository: str,
+    digest: str,
+    size: int,
+    open_at: t.Callable[[int], BlobStream],
+    counter: ByteCounter,
+    session: UploadSession | None = None,
+) -> None:
+    """Upload a blob read from a stream that `open_at(offset)` opens (another registry, say)."""
+    upload_from(
+        client,
+        repository,
+        digest,
+        size,
+        lambda start, length: StreamSlice(open_at(start), start, length, counter),
+        0,
+        session,
+    )
+
+
+def upload_from(
+    client: RegistryClient,
+    repository: str,
+    digest: str,
+    size: int,
+    open_body: OpenBody,
+    chunk_size: int = 0,
+    session: UploadSession | None = None,
+) -> None:
+    """Upload blob `digest`, each request's body opened by `open_body(start, length)`."""
+    _BlobUpload(client, repository, digest, size, open_body).run(chunk_size, session)
 
 
 class _BlobUpload:
-    """One blob on its way: the open file, where it goes, and the requests that carry it."""
+    """One blob on its way: where its bytes come from, where they go, and the requests that carry them."""
 
-    def __init__(
-        self, client: RegistryClient, repository: str, digest: str, size: int, stream: t.BinaryIO, counter: ByteCounter
-    ):
+    def __init__(self, client: RegistryClient, repository: str, digest: str, size: int, open_body: OpenBody):
         self.client = client
         self.repository = repository
         self.digest = digest
         self.size = size
-        self.stream = stream
-        self.counter = counter
+        self.open_body = open_body
+        self.opened: list[t.Any] = []
         self.what = "uploading blob %s to %s/%s" % (digest, client.registry, repository)
 
     def run(self, chunk_size: int, session: UploadSession | None) -> None:
@@ -133,20 +236,34 @@ class _BlobUpload:
             # A fresh view per send, so a resend after a challenge starts at its beginning.
             if window is None:
                 return None
-            return FileSlice(self.stream, window[0], window[1], self.counter) if window[1] else b""
+            if not window[1]:
+                return b""
+            opened = self.open_body(window[0], window[1])
+            self.opened.append(opened)
+            return opened
 
-        return self.client.request(
-            method,
-            location,
-            what=self.what,
-            repository=self.repository,
-            actions=("pull", "push"),
-            params={"digest": self.digest} if digest else None,
-            headers=headers,
-            body=body,
-            ok=(201,) if digest else (202,),
-            safe=False,
-        )
+        try:
+            return self.client.request(
+                method,
+                location,
+                what=self.what,
+                repository=self.repository,
+                actions=("pull", "push"),
+                params={"digest": self.digest} if digest else None,
+                headers=headers,
+                body=body,
+                ok=(201,) if digest else (202,),
+                safe=False,
+            )
+        finally:
+            self._close_bodies()
+
+    def _close_bodies(self) -> None:
+        """Close the streams the bodies of the last request opened (a file slice has nothing to close)."""
+        while self.opened:
+            close = getattr(self.opened.pop(), "close", None)
+            if close is not None:
+                close()
 
     def chunked(self, session: UploadSession, chunk_size: int) -> None:
         step = max(chunk_size, session.chunk_min)

@@ -16,10 +16,13 @@ description:
   - Order is blobs, then child manifests, then indexes, then the tags with the main tag last; a failure leaves
     every tag where it was. Manifests and indexes are sent as the exact bytes of the layout, so the digest at the
     registry is the layout's.
-  - Blobs the repository already has are skipped after a C(HEAD); blobs found in a repository of O(mount_from)
-    are mounted instead of uploaded. The rest are streamed from disk, O(concurrency) at a time, with memory use
-    independent of their size.
+  - Blobs the repository already has are skipped after a C(HEAD). Blobs found in another repository of the
+    destination registry are mounted instead of uploaded, from the repository of O(name) when O(name) is on
+    the destination registry, then from the repositories of O(mount_from); a registry that refuses the mount gets
+    the blob uploaded. The rest are streamed from disk, O(concurrency) at a time, with memory use independent
+    of their size.
   - When every tag already points at the image's digest nothing is sent and the result is not changed.
+  - The push is a copy from the layout to the registry by the same engine as M(ironcore.image.ironcore_image_copy).
 extends_documentation_fragment:
   - ironcore.image.attributes
   - ironcore.image.registry
@@ -82,12 +85,20 @@ options:
     type: list
     elements: str
     default: []
+  overwrite:
+    description:
+      - With V(false), a tag that already points at a different digest is not moved; the push fails, naming the
+        digest the tag points at now, and changes nothing.
+      - With V(true), tags are moved to the image.
+    type: bool
+    default: true
 notes:
   - Credentials come from O(username)/O(password), else from O(docker_config); the password is never logged or
     returned.
 seealso:
   - module: ironcore.image.ironcore_image_build
   - module: ironcore.image.ironcore_image_fetch
+  - module: ironcore.image.ironcore_image_copy
 """
 
 EXAMPLES = r"""
@@ -151,7 +162,19 @@ retries:
   returned: always
   type: int
   sample: 0
+elapsed:
+  description: Seconds the transfer took, from the first tag comparison to the last tag set.
+  returned: always
+  type: float
+  sample: 12.5
+bytes_per_second:
+  description: RV(blobs.bytes_uploaded) divided by RV(elapsed); V(0) when nothing was sent.
+  returned: always
+  type: int
+  sample: 83886080
 """
+
+import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -173,6 +196,7 @@ def main() -> None:
         platform_tag_aliases={"type": "bool", "default": True},
         chunk_size={"type": "int", "default": 0},
         mount_from={"type": "list", "elements": "str", "default": []},
+        overwrite={"type": "bool", "default": True},
     )
     module = AnsibleModule(
         argument_spec=argument_spec, required_together=REGISTRY_REQUIRED_TOGETHER, supports_check_mode=True
@@ -181,7 +205,7 @@ def main() -> None:
     try:
         result = push_image(module.params, module.check_mode, module.warn)
     except PushError as exc:
-        module.fail_json(msg=str(exc))
+        module.fail_json(msg=str(exc), exception=traceback.format_exc())
     if not module._diff:
         result.pop("diff")
     module.exit_json(**result)

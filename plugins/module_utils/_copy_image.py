@@ -1,0 +1,168 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+#
+# Private to the ironcore.image collection: no compatibility promise for
+# anything outside it.
+
+"""ironcore_image_copy's one call: open both sides, name what to copy, run the engine.
+
+Each side is a layout or one repository of a registry, with its own
+credentials. The names are the source's main name and, with platform_tags,
+the `<tag>-<platform>[-<arch>]` names that exist at the source, mapped onto
+the destination's tag the same way. Everything that can be refused is
+refused before the first write.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass
+
+from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
+from ansible_collections.ironcore.image.plugins.module_utils._copy import copy, plan_copy
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    ARCHITECTURES,
+    PLATFORMS,
+    ImageReference,
+    InvalidReference,
+    platform_refs,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
+    InvalidRegistryOptions,
+    registry_options,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
+
+
+class CopyImageError(ImageError):
+    """The copy cannot be done as asked; one line."""
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of the copy: its reference, and whether it is a layout (else a registry)."""
+
+    label: str
+    ref: ImageReference
+    layout: str | None
+
+    def name_for(self, ref: ImageReference) -> str:
+        """What the store calls the image at `ref`: the full reference in a layout, the tag or digest in a registry."""
+        return str(ref) if self.layout else ref.reference
+
+    def reference_text(self, name: str) -> str:
+        """A name as the results show it."""
+        if self.layout:
+            return name
+        return "%s%s%s" % (self.ref.name, "@" if name.startswith("sha256:") else ":", name)
+
+
+def _parse_sides(params: t.Mapping[str, t.Any]) -> tuple[Side, Side]:
+    source_params, destination_params = params["source"], params["destination"]
+    if not source_params.get("name"):
+        raise CopyImageError("source.name is required: the image to copy, for example registry.example.com/os/dev:1.0")
+    try:
+        source_ref = ImageReference.parse(source_params["name"])
+    except InvalidReference as exc:
+        raise CopyImageError("source.name: %s" % exc) from exc
+    try:
+        destination_ref = ImageReference.parse(
+            destination_params.get("name") or source_params["name"], default_tag=None
+        )
+    except InvalidReference as exc:
+        raise CopyImageError("destination.name: %s" % exc) from exc
+    if destination_ref.digest:
+        raise CopyImageError(
+            "destination.name %s names a digest; give a tag (or none to use the tag of source.name)" % destination_ref
+        )
+    if destination_ref.tag is None:
+        if source_ref.tag is None:
+            raise CopyImageError(
+                "destination.name %s has no tag and source.name %s has none to lend it; give destination.name a tag"
+                % (destination_ref, source_ref)
+            )
+        destination_ref = destination_ref.with_tag(source_ref.tag)
+    source = Side("source", source_ref, source_params.get("layout"))
+    destination = Side("destination", destination_ref, destination_params.get("layout"))
+    for side in (source, destination):
+        if not side.layout and not side.ref.registry:
+            raise CopyImageError(
+                "%s.name %s names no registry host; write it as host[:port]/repository[:tag], or give %s.layout"
+                % (side.label, side.ref, side.label)
+            )
+    return source, destination
+
+
+def _open_store(side: Side, params: t.Mapping[str, t.Any], on_retry: t.Callable[[str], None] | None) -> t.Any:
+    if side.layout:
+        return LayoutStore(side.layout)
+    merged = dict(params[side.label], timeout=params.get("timeout"), retries=params.get("retries"))
+    merged["concurrency"] = params.get("concurrency")
+    try:
+        options = registry_options(merged)
+    except InvalidRegistryOptions as exc:
+        raise CopyImageError("%s: %s" % (side.label, exc)) from exc
+    return RegistryStore(RegistryClient(side.ref.registry, options, on_retry), side.ref.repository)
+
+
+def copy_names(source: Side, destination: Side, source_store: t.Any, platform_tags: bool) -> list[tuple[str, str]]:
+    """(source name, destination name) pairs: the platform names the source has, children first; the main name last."""
+    pairs: list[tuple[str, str]] = []
+    if platform_tags and source.ref.tag and not source.ref.digest:
+        # The os-images alias names too: each is copied when the source has it.
+        extra = platform_refs(source.ref, PLATFORMS, ARCHITECTURES, aliases=True)
+        # Per-architecture manifests, then per-platform indexes: children before parents.
+        for key in sorted(extra, key=lambda key: (-key.count("/"), key)):
+            name = source.name_for(extra[key])
+            if source_store.current_name(name) is not None:
+                pairs.append((name, destination.name_for(destination.ref.with_tag_suffix(*key.split("/")))))
+    pairs.append((source.name_for(source.ref), destination.name_for(destination.ref)))
+    return pairs
+
+
+def copy_image(
+    params: t.Mapping[str, t.Any], check_mode: bool, on_retry: t.Callable[[str], None] | None = None
+) -> dict[str, t.Any]:
+    """The module's one call."""
+    source, destination = _parse_sides(params)
+    try:
+        options = registry_options(params)
+    except InvalidRegistryOptions as exc:
+        raise CopyImageError(str(exc)) from exc
+    source_store = _open_store(source, params, on_retry)
+    destination_store = _open_store(destination, params, on_retry)
+    if destination.layout:
+        destination_store.check_writable()
+    if source.layout:
+        source_store.require()
+    try:
+        pairs = copy_names(source, destination, source_store, params.get("platform_tags", True))
+    except InvalidReference as exc:
+        raise CopyImageError(
+            "destination.name: a platform tag of %s is too long: %s; give a shorter tag or set platform_tags=false"
+            % (destination.ref, exc)
+        ) from exc
+    plan = plan_copy(source_store, pairs)
+    result = copy(
+        source_store,
+        destination_store,
+        plan,
+        concurrency=options.concurrency,
+        retries=options.retries,
+        check_mode=check_mode,
+        overwrite=params.get("overwrite", True) is not False,
+    )
+    return {
+        "changed": result.changed,
+        "digest": result.digest,
+        "names": [destination.reference_text(name) for name in result.moved],
+        "blobs": result.blobs.as_dict(),
+        "retries": source_store.retries + destination_store.retries,
+        "elapsed": round(result.elapsed, 3),
+        "bytes_per_second": result.bytes_per_second,
+        "diff": {
+            "before": {destination.reference_text(name): digest for name, digest in result.before.items()},
+            "after": {destination.reference_text(name): digest for name, digest in result.after.items()},
+        },
+    }

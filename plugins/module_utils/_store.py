@@ -1,0 +1,502 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+#
+# Private to the ironcore.image collection: no compatibility promise for
+# anything outside it.
+
+"""Image stores: where the copy engine reads an image from and writes it to.
+
+An `ImageSource` resolves a name to a root descriptor, hands out documents
+by digest and opens blob streams at an offset. An `ImageDestination` says
+whether it has a blob, takes a blob from a source (resuming where it can),
+mounts one from another repository of the same registry, stores documents
+as their exact bytes and points names at them. Both sides of a copy are
+therefore siblings: `LayoutStore` (an OCI image layout) and `RegistryStore`
+(one repository of a registry, through `_client.py` and `_upload.py`) each
+implement both. Names are what the store calls them: a tag in a registry
+repository, the `org.opencontainers.image.ref.name` in a layout.
+
+Document checks (digest, size, 4 MiB) belong to `_walk.py`, which reads
+every document through `read_document`; the stores only refuse what they
+cannot even read.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import typing as t
+
+from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient, UploadSession
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, RegistryError
+from ansible_collections.ironcore.image.plugins.module_utils._io import AtomicFile, HashingCounter, iter_chunks
+from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
+from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    REF_NAME_ANNOTATION,
+    SHA256_DIGEST_RE,
+    ImageReference,
+    InvalidReference,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._upload import (
+    BlobStream,
+    ByteCounter,
+    upload_blob,
+    upload_stream,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._walk import Document
+
+# Network read size while receiving a blob: a read broken by a reset loses
+# what it gathered, so it stays small; the per-read cost is still small next to hashing.
+RECEIVE_CHUNK = 64 * 1024
+PARTIAL_SUFFIX = ".partial"
+# Pause between attempts of a layout's own resume loop when the source has no backoff of its own.
+LOCAL_BACKOFF = 0.2
+
+
+class StoreError(ImageError):
+    """A store cannot do what was asked; one line."""
+
+
+class _Corrupt(StoreError):
+    """The bytes received are not the blob: the partial file is worthless."""
+
+
+class ImageSource(t.Protocol):
+    """Where an image is read from."""
+
+    registry: str | None
+    repository: str | None
+    retries: int
+
+    def describe(self) -> str: ...
+
+    def resolve(self, name: str) -> dict[str, t.Any]: ...
+
+    def current_name(self, name: str) -> dict[str, t.Any] | None: ...
+
+    def read_document(self, digest: str, size: int) -> bytes: ...
+
+    def check_blob(self, digest: str, size: int) -> None: ...
+
+    def open_blob(self, digest: str, offset: int = 0) -> BlobStream: ...
+
+    def local_blob_path(self, digest: str) -> str | None: ...
+
+    def retry_pause(self, attempt: int, what: str, reason: str) -> None: ...
+
+
+class ImageDestination(t.Protocol):
+    """Where an image is written to."""
+
+    registry: str | None
+    repository: str | None
+    retries: int
+
+    def describe(self) -> str: ...
+
+    def prepare(self) -> None: ...
+
+    def has_blob(self, digest: str, size: int) -> bool: ...
+
+    def can_mount(self, digest: str, size: int, from_repository: str) -> bool: ...
+
+    def mount_blob(self, digest: str, from_repository: str) -> bool: ...
+
+    def put_blob(self, source: ImageSource, digest: str, size: int, counter: ByteCounter, retries: int) -> None: ...
+
+    def put_document(self, document: Document) -> None: ...
+
+    def current_name(self, name: str) -> dict[str, t.Any] | None: ...
+
+    def set_name(self, name: str, descriptor: t.Mapping[str, t.Any], document: Document) -> None: ...
+
+
+# ---- an OCI image layout ------------------------------------------------------
+
+
+class _FileBlobStream:
+    """A layout blob streamed from an offset (uploads from a layout send straight from the file instead)."""
+
+    def __init__(self, path: str, offset: int):
+        self._file = open(path, "rb")
+        size = os.fstat(self._file.fileno()).st_size
+        # Like a registry that ignores Range: past the end, start again at 0.
+        self.offset = offset if 0 <= offset <= size else 0
+        self._file.seek(self.offset)
+
+    def iter_chunks(self, size: int) -> t.Iterator[t.Any]:
+        return iter_chunks(self._file, size)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class LayoutStore:
+    """An OCI image layout as a source and as a destination."""
+
+    registry: str | None = None
+    repository: str | None = None
+    retries = 0
+
+    def __init__(self, path: str):
+        self.layout = OciLayout(path)
+
+    def describe(self) -> str:
+        return "layout %s" % self.layout.path
+
+    # ---- reading --------------------------------------------------------
+
+    def require(self) -> None:
+        try:
+            self.layout.require()
+        except LayoutError as exc:
+            raise StoreError(str(exc)) from exc
+
+    def _refs(self) -> dict[str, dict[str, t.Any]]:
+        if not self.layout.exists():
+            return {}
+        try:
+            return self.layout.refs()
+        except LayoutError as exc:
+            raise StoreError(str(exc)) from exc
+
+    def current_name(self, name: str) -> dict[str, t.Any] | None:
+        """The descriptor a name is recorded with: as given, as a normalised reference, or as a bare tag."""
+        refs = self._refs()
+        for candidate in _layout_name_candidates(name):
+            if candidate in refs:
+                entry = refs[candidate]
+                if not isinstance(entry.get("digest"), str) or not SHA256_DIGEST_RE.match(entry["digest"]):
+                    raise StoreError("%s is recorded in %s without a valid digest" % (candidate, self.describe()))
+                descriptor = {key: value for key, value in entry.items() if key != "annotations"}
+                annotations = {k: v for k, v in (entry.get("annotations") or {}).items() if k != REF_NAME_ANNOTATION}
+                if annotations:
+                    descriptor["annotations"] = annotations
+                return descriptor
+        return None
+
+    def resolve(self, name: str) -> dict[str, t.Any]:
+        self.require()
+        found = self.current_name(name)
+        if found is None:
+            known = sorted(self._refs())
+            hint = (", ".join(known[:10]) + (" ..." if len(known) > 10 else "")) if known else "none"
+            raise StoreError("%s is not recorded in layout %s (names there: %s)" % (name, self.layout.path, hint))
+        return found
+
+    def read_document(self, digest: str, size: int) -> bytes:
+        try:
+            return self.layout.read_document(digest)
+        except LayoutError as exc:
+            raise StoreError(str(exc)) from exc
+        except OSError as exc:
+            raise StoreError("reading %s failed: %s" % (self.describe(), exc.strerror or exc)) from exc
+
+    def check_blob(self, digest: str, size: int) -> None:
+        """Before anything is sent: the blob is there with the size its descriptor says."""
+        try:
+            actual = os.path.getsize(self.layout.blob_path(digest))
+        except LayoutError as exc:
+            raise StoreError(str(exc)) from exc
+        except FileNotFoundError as exc:
+            raise StoreError("blob %s is missing from layout %s" % (digest, self.layout.path)) from exc
+        if actual != size:
+            raise StoreError(
+                "blob %s in layout %s is %d bytes, but its descriptor says %d"
+                % (digest, self.layout.path, actual, size)
+            )
+
+    def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
+        try:
+            return _FileBlobStream(self.layout.blob_path(digest), offset)
+        except LayoutError as exc:
+            raise StoreError(str(exc)) from exc
+        except FileNotFoundError as exc:
+            raise StoreError("blob %s is missing from layout %s" % (digest, self.layout.path)) from exc
+
+    def local_blob_path(self, digest: str) -> str | None:
+        return self.layout.blob_path(digest)
+
+    def retry_pause(self, attempt: int, what: str, reason: str) -> None:
+        time.sleep(LOCAL_BACKOFF)
+
+    # ---- writing --------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Refuse, before anything is written, a path that cannot hold a layout (a file, say)."""
+        try:
+            self.layout.check_usable()
+        except LayoutError as exc:
+            raise StoreError("destination: %s" % exc) from exc
+
+    def prepare(self) -> None:
+        try:
+            self.layout.ensure()
+        except LayoutError as exc:
+            raise StoreError("destination: %s" % exc) from exc
+
+    def has_blob(self, digest: str, size: int) -> bool:
+        return self.layout.has_blob(digest, size)
+
+    def can_mount(self, digest: str, size: int, from_repository: str) -> bool:
+        return False
+
+    def mount_blob(self, digest: str, from_repository: str) -> bool:
+        return False
+
+    def partial_path(self, digest: str) -> str:
+        """Stable per blob, so an interrupted copy finds what the last one received."""
+        blob = self.layout.blob_path(digest)
+        directory, name = os.path.split(blob)
+        return os.path.join(directory, "." + name + PARTIAL_SUFFIX)
+
+    def put_blob(self, source: ImageSource, digest: str, size: int, counter: ByteCounter, retries: int) -> None:
+        """Stream the blob into its partial file, hashing; verify, fsync, rename. Resumes a kept partial."""
+        partial = self.partial_path(digest)
+        resumed = _resume_point(partial, size)
+        try:
+            self._receive(source, digest, size, counter, retries, partial, resumed)
+        except _Corrupt:
+            if resumed is None:
+                raise
+            # The kept bytes may be what was wrong: one clean attempt from byte 0.
+            self._receive(source, digest, size, counter, retries, partial, None)
+
+    def _receive(
+        self,
+        source: ImageSource,
+        digest: str,
+        size: int,
+        counter: ByteCounter,
+        retries: int,
+        partial: str,
+        resumed: HashingCounter | None,
+    ) -> None:
+        with AtomicFile(self.layout.blob_path(digest), temp_path=partial, append=resumed is not None) as out:
+            # Kept on an interruption, so that the next attempt (or run) continues with Range.
+            out.keep_partial = True
+            hashed = _Receiver(source, digest, size, out, resumed or HashingCounter(), counter).run(retries)
+            if hashed.size != size or hashed.digest != digest:
+                out.keep_partial = False
+                raise _Corrupt(
+                    "blob %s from %s hashes to %s (%d bytes); the source is corrupt, nothing was stored"
+                    % (digest, source.describe(), hashed.digest, hashed.size)
+                )
+            out.commit()
+
+    def put_document(self, document: Document) -> None:
+        self.layout.put_bytes(document.data)
+
+    def set_name(self, name: str, descriptor: t.Mapping[str, t.Any], document: Document) -> None:
+        self.layout.put_bytes(document.data)
+        with self.layout.locked():
+            self.layout.set_refs({name: descriptor})
+
+
+def _layout_name_candidates(name: str) -> list[str]:
+    candidates = [name]
+    try:
+        ref = ImageReference.parse(name)
+    except InvalidReference:
+        return candidates
+    # As this collection records names, or a bare tag as `skopeo copy oci:DIR:TAG` does.
+    for candidate in (str(ref), ref.tag):
+        if candidate and candidate not in candidates:
+            candidates.append(candidate)
+    return candidates
+
+
+def _resume_point(partial: str, size: int) -> HashingCounter | None:
+    """The hash state of a kept partial file that can be continued, or None."""
+    try:
+        have = os.path.getsize(partial)
+    except OSError:
+        return None
+    if have == 0 or have > size:
+        return None
+    counter = HashingCounter()
+    with open(partial, "rb") as stream:
+        for chunk in iter_chunks(stream):
+            counter.update(chunk)
+    return counter
+
+
+class _Receiver:
+    """Appends a blob's bytes to an open partial file, continuing with Range after interruptions."""
+
+    def __init__(
+        self,
+        source: ImageSource,
+        digest: str,
+        size: int,
+        out: AtomicFile,
+        hashed: HashingCounter,
+        counter: ByteCounter,
+    ):
+        self.source = source
+        self.digest = digest
+        self.size = size
+        self.out = out
+        self.hashed = hashed
+        self.counter = counter
+        self.what = "copying blob %s from %s" % (digest, source.describe())
+
+    def append_from(self, offset: int) -> None:
+        stream = self.source.open_blob(self.digest, offset)
+        try:
+            if stream.offset != offset:
+                if stream.offset != 0:
+                    raise StoreError(
+                        "%s failed: the source answered from byte %d when asked for byte %d"
+                        % (self.what, stream.offset, offset)
+                    )
+                # The source sent the whole blob: start over.
+                self.out.file.seek(0)
+                self.out.file.truncate()
+                self.hashed = HashingCounter()
+            for chunk in stream.iter_chunks(RECEIVE_CHUNK):
+                if self.hashed.size + len(chunk) > self.size:
+                    self.out.keep_partial = False
+                    raise _Corrupt(
+                        "%s failed: the blob is larger than the %d bytes its descriptor says" % (self.what, self.size)
+                    )
+                self.out.write(chunk)
+                self.hashed.update(chunk)
+                self.counter.add(len(chunk))
+        finally:
+            stream.close()
+
+    def run(self, retries: int) -> HashingCounter:
+        failures = 0
+        while self.hashed.size < self.size:
+            before = self.hashed.size
+            try:
+                self.append_from(before)
+                if self.hashed.size < self.size:
+                    raise StoreError(
+                        "%s failed: the blob ended after %d of %d bytes" % (self.what, self.hashed.size, self.size),
+                        retryable=True,
+                    )
+            except ImageError as exc:
+                if not exc.retryable:
+                    raise
+                # Progress proves the link works: only attempts that gained nothing count.
+                failures = 0 if self.hashed.size > before else failures + 1
+                if failures > retries:
+                    raise StoreError(
+                        "%s; %d of %d bytes are kept: run again to resume" % (exc, self.hashed.size, self.size)
+                    ) from exc
+                self.source.retry_pause(failures, self.what, "%d of %d bytes received" % (self.hashed.size, self.size))
+        return self.hashed
+
+
+# ---- a registry repository -------------------------------------------------------
+
+
+class RegistryStore:
+    """One repository of a registry as a source and as a destination."""
+
+    def __init__(self, client: RegistryClient, repository: str, chunk_size: int = 0):
+        self.client = client
+        self.registry: str | None = client.registry
+        self.repository: str | None = repository
+        self.chunk_size = chunk_size
+        # Root documents read by resolve(), so that the walk does not GET them again.
+        self._resolved: dict[str, bytes] = {}
+        # Upload sessions a refused mount answered with, used by the upload that follows.
+        self._sessions: dict[str, UploadSession] = {}
+
+    @property
+    def retries(self) -> int:
+        return int(self.client.retries)
+
+    def describe(self) -> str:
+        return "%s/%s" % (self.client.registry, self.repository)
+
+    # ---- reading --------------------------------------------------------
+
+    def resolve(self, name: str) -> dict[str, t.Any]:
+        data, media_type, digest = self.client.get_manifest(str(self.repository), name)
+        self._resolved[digest] = data
+        return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+    def current_name(self, name: str) -> dict[str, t.Any] | None:
+        found = self.client.head_manifest(str(self.repository), name)
+        if found is None:
+            return None
+        return {"mediaType": found["mediaType"], "digest": found["digest"], "size": found["size"]}
+
+    def read_document(self, digest: str, size: int) -> bytes:
+        cached = self._resolved.pop(digest, None)
+        if cached is not None:
+            return cached
+        data, _media_type, _digest = self.client.get_manifest(str(self.repository), digest)
+        return data
+
+    def check_blob(self, digest: str, size: int) -> None:
+        """Nothing to check up front: the bytes are verified as they arrive."""
+
+    def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
+        return self.client.open_blob(str(self.repository), digest, offset)
+
+    def local_blob_path(self, digest: str) -> str | None:
+        return None
+
+    def retry_pause(self, attempt: int, what: str, reason: str) -> None:
+        # `attempt` counts from 1 here; the client's backoff from 0.
+        self.client.wait_before_retry(max(attempt - 1, 0), what, reason)
+
+    # ---- writing --------------------------------------------------------
+
+    def prepare(self) -> None:
+        """A repository needs no preparation: it exists once something is pushed to it."""
+
+    def has_blob(self, digest: str, size: int) -> bool:
+        return self.client.head_blob(str(self.repository), digest, actions=("pull", "push")) == size
+
+    def can_mount(self, digest: str, size: int, from_repository: str) -> bool:
+        if from_repository == self.repository:
+            return False
+        try:
+            return self.client.head_blob(from_repository, digest) == size
+        except RegistryError as exc:
+            # No read access to the other repository: then there is nothing to mount from.
+            if exc.status in (401, 403, 404):
+                return False
+            raise
+
+    def mount_blob(self, digest: str, from_repository: str) -> bool:
+        """Cross-repository mount; False (and the session kept for the upload) when the registry refuses."""
+        what = "mounting blob %s from %s into %s" % (digest, from_repository, self.describe())
+        try:
+            session = self.client.open_upload(str(self.repository), mount=digest, mount_from=from_repository, what=what)
+        except RegistryError as exc:
+            if exc.status in (401, 403, 404):
+                return False
+            raise
+        if session is None:
+            return True
+        self._sessions[digest] = session
+        return False
+
+    def put_blob(self, source: ImageSource, digest: str, size: int, counter: ByteCounter, retries: int) -> None:
+        session = self._sessions.pop(digest, None)
+        path = source.local_blob_path(digest)
+        repository = str(self.repository)
+        if path is not None:
+            upload_blob(self.client, repository, digest, size, path, self.chunk_size, counter, session)
+            return
+        upload_stream(
+            self.client, repository, digest, size, lambda offset: source.open_blob(digest, offset), counter, session
+        )
+
+    def put_document(self, document: Document) -> None:
+        self._put(document, document.digest)
+
+    def set_name(self, name: str, descriptor: t.Mapping[str, t.Any], document: Document) -> None:
+        self._put(document, name)
+
+    def _put(self, document: Document, reference: str) -> None:
+        kind = "index" if document.is_index else "manifest"
+        what = "pushing %s %s to %s" % (kind, reference, self.describe())
+        self.client.put_manifest(str(self.repository), reference, document.data, document.media_type, what=what)

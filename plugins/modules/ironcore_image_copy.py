@@ -1,0 +1,186 @@
+#!/usr/bin/python
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0).
+# Compatible with the GNU General Public License version 3, ansible-core's license.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: ironcore_image_copy
+short_description: Copy an IronCore OS image between registries and OCI image layouts, digests preserved
+version_added: 0.2.0
+description:
+  - Copies the image O(source.name) names, with every manifest, index and blob it reaches, to
+    O(destination.name). Either side is a registry repository or, with C(layout), an OCI image layout, so one
+    module pulls (registry to layout), mirrors or promotes (registry to registry), publishes (layout to
+    registry) and copies layouts.
+  - Manifests and indexes are copied as their exact bytes, so every digest at the destination is the source's.
+    Every document is checked against its digest and size (and refused above 4 MiB) before anything is written.
+  - Order is blobs, then child manifests, then indexes, then the names with the main name last; a failure
+    leaves every name at the destination where it was.
+  - Blobs the destination already has are skipped. When both sides are on the same registry, blobs are mounted
+    from the source repository instead of uploaded (a registry that refuses the mount gets them uploaded). The
+    rest are streamed, O(concurrency) at a time, with memory use independent of their size.
+  - Into a layout, each blob streams into a partial file beside the blob store, is hashed as it arrives,
+    checked, synced and renamed into place; an interrupted copy continues with an HTTP C(Range) request, in the
+    same run and on the next one.
+  - When every name at the destination already points at the source's digests nothing is copied and the
+    result is not changed.
+extends_documentation_fragment:
+  - ironcore.image.attributes
+  - ironcore.image.registry.endpoints
+author:
+  - IronCore image collection maintainers (@ironcore-dev)
+attributes:
+  check_mode:
+    support: full
+    details: Reads the source and asks the destination what it has; reports which names would move and which
+      blobs would be copied, mounted or skipped, and writes nothing, not even a destination layout.
+  diff_mode:
+    support: full
+    details: Shows the names whose digest moves.
+  idempotent:
+    support: full
+    details: A second copy of an unchanged image reports RV(ignore:changed=false) and moves nothing.
+options:
+  platform_tags:
+    description:
+      - Also copy the C(<tag>-<platform>) and C(<tag>-<platform>-<arch>) names that exist at the source (as
+        M(ironcore.image.ironcore_image_build) records them), as the same suffixes of the destination tag.
+    type: bool
+    default: true
+  overwrite:
+    description:
+      - With V(false), a destination name that already points at a different digest is not moved; the copy
+        fails, naming the digest the name points at now, and changes nothing.
+      - With V(true), names are moved to the source's image.
+    type: bool
+    default: true
+notes:
+  - Each side has its own credentials (O(source.username), O(destination.username) and so on); passwords are
+    never logged or returned.
+  - The requirements are only needed when a side is a registry.
+seealso:
+  - module: ironcore.image.ironcore_image_push
+  - module: ironcore.image.ironcore_image_build
+"""
+
+EXAMPLES = r"""
+- name: Pull an image from a registry into a local layout (an offline mirror)
+  ironcore.image.ironcore_image_copy:
+    source:
+      name: registry.example.com/os/gardenlinux:1.0
+      username: reader
+      password: "{{ registry_password }}"
+    destination:
+      layout: /var/lib/ironcore/mirror
+
+- name: Promote dev to prod on the same registry (blobs are mounted, not uploaded)
+  ironcore.image.ironcore_image_copy:
+    source:
+      name: registry.example.com/os/dev:1.0
+    destination:
+      name: registry.example.com/os/prod:1.0
+    overwrite: false
+
+- name: Mirror to a second registry with its own CA and credentials
+  ironcore.image.ironcore_image_copy:
+    source:
+      name: registry.example.com/os/gardenlinux:1.0
+    destination:
+      name: mirror.internal:5000/os/gardenlinux
+      ca_cert: /etc/pki/mirror-ca.pem
+      username: mirror
+      password: "{{ mirror_password }}"
+    concurrency: 8
+  register: mirrored
+"""
+
+RETURN = r"""
+digest:
+  description: Digest of the image (usually its index), the same at the source and the destination.
+  returned: always
+  type: str
+  sample: sha256:0f3c...
+names:
+  description:
+    - The destination names that moved (in check mode, that would move); platform names first, the main name
+      last. Empty when nothing changed.
+    - For a registry, C(host/repository:tag); for a layout, the name recorded in it.
+  returned: always
+  type: list
+  elements: str
+  sample: ["registry.example.com/os/prod:1.0-baremetal", "registry.example.com/os/prod:1.0"]
+blobs:
+  description: What happened to the image's blobs (in check mode, what would happen).
+  returned: always
+  type: dict
+  contains:
+    copied:
+      description: Blobs copied (uploaded to a registry, or written into a layout).
+      type: int
+    bytes:
+      description: Bytes moved for copied blobs, including bytes sent again after a failure (in check mode, their size).
+      type: int
+    skipped:
+      description: Blobs the destination already had.
+      type: int
+    mounted:
+      description: Blobs mounted from the source repository on the same registry.
+      type: int
+elapsed:
+  description: Seconds the transfer took, from the first name comparison to the last name set.
+  returned: always
+  type: float
+  sample: 12.5
+bytes_per_second:
+  description: RV(blobs.bytes) divided by RV(elapsed); V(0) when nothing was moved.
+  returned: always
+  type: int
+  sample: 83886080
+retries:
+  description:
+    - How many registry requests were retried, on either side (after a connection error, a timeout or an answer
+      of 429 or 5xx), including resumed blob downloads.
+    - Each retry is also reported as a warning naming the operation, the attempt and the reason.
+  returned: always
+  type: int
+  sample: 0
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ironcore.image.plugins.module_utils._copy_image import copy_image
+from ansible_collections.ironcore.image.plugins.module_utils._deps import require
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
+    TRANSFER_ARGUMENT_SPEC,
+    endpoint_option,
+)
+
+
+def main() -> None:
+    argument_spec = dict(TRANSFER_ARGUMENT_SPEC)
+    argument_spec.update(
+        source=endpoint_option(),
+        destination=endpoint_option(),
+        platform_tags={"type": "bool", "default": True},
+        overwrite={"type": "bool", "default": True},
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    if not (module.params["source"].get("layout") and module.params["destination"].get("layout")):
+        require(module, "requests", "oras")
+    try:
+        result = copy_image(module.params, module.check_mode, module.warn)
+    except ImageError as exc:
+        module.fail_json(msg=str(exc), exception=traceback.format_exc())
+    if not module._diff:
+        result.pop("diff")
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
