@@ -15,12 +15,14 @@ refused before the first write.
 
 from __future__ import annotations
 
+import os
 import typing as t
 from dataclasses import dataclass
 
 from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
 from ansible_collections.ironcore.image.plugins.module_utils._copy import copy, plan_copy
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._io import shared_directory_reason
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
     PLATFORMS,
@@ -106,6 +108,18 @@ def _open_store(side: Side, params: t.Mapping[str, t.Any], on_retry: t.Callable[
     return RegistryStore(RegistryClient(side.ref.registry, options, on_retry), side.ref.repository)
 
 
+def _refuse_shared_layout(path: str, allow_shared: bool) -> None:
+    """Someone else who can write to the layout could plant links where blobs and index.json are written."""
+    if allow_shared or not os.path.isdir(path):
+        return
+    reason = shared_directory_reason(path)
+    if reason:
+        raise CopyImageError(
+            "destination.layout %s may be written by other users (%s); make it writable only by its owner,"
+            " or set allow_shared_dest: true if everyone who can write there is trusted" % (path, reason)
+        )
+
+
 def copy_names(source: Side, destination: Side, source_store: t.Any, platform_tags: bool) -> list[tuple[str, str]]:
     """(source name, destination name) pairs: the platform names the source has, children first; the main name last."""
     pairs: list[tuple[str, str]] = []
@@ -134,6 +148,7 @@ def copy_image(
     destination_store = _open_store(destination, params, on_retry)
     if destination.layout:
         destination_store.check_writable()
+        _refuse_shared_layout(destination.layout, bool(params.get("allow_shared_dest")))
     if source.layout:
         source_store.require()
     try:

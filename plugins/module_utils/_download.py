@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     AtomicFile,
     HashingCounter,
-    iter_chunks,
+    resume_hash,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer
 from ansible_collections.ironcore.image.plugins.module_utils._source import Source, SourceError
@@ -182,23 +182,6 @@ class _Receiver:
                     ) from None
                 time.sleep(min(self.backoff * (2 ** max(failures - 1, 0)), 10.0))
         return self.counter
-
-
-def _resume_point(out: AtomicFile, size: int) -> HashingCounter | None:
-    """Hash what the kept partial file just opened holds, when it can be continued; else empty it.
-
-    Read through the descriptor the download appends to, so what is hashed is
-    the very file that is continued.
-    """
-    have = out.file.seek(0, os.SEEK_END)
-    out.file.seek(0)
-    if have == 0 or have > size:
-        out.file.truncate()
-        return None
-    counter = HashingCounter()
-    for chunk in iter_chunks(out.file):
-        counter.update(chunk)
-    return counter
 
 
 def _verify(layer: SelectedLayer, counter: HashingCounter) -> None:
@@ -381,7 +364,7 @@ def _attempt(
     # Kept unless the bytes turn out wrong, so the next run can resume.
     out.keep_partial = True
     try:
-        counter = _resume_point(out, layer.size) if resume else None
+        counter = resume_hash(out, layer.size) if resume else None
         receiver = _Receiver(source, layer, out, counter or HashingCounter(), retries, backoff, tally)
         try:
             counter = receiver.run()

@@ -332,6 +332,23 @@ def hash_stream(stream: t.BinaryIO) -> tuple[str, int]:
     return counter.digest, counter.size
 
 
+def resume_hash(out: AtomicFile, size: int) -> HashingCounter | None:
+    """Hash what a kept partial file (opened with append) holds when it can be continued; else empty it.
+
+    Read through the descriptor the download appends to, so what is hashed is
+    the very file that is continued, never a file a link points at.
+    """
+    have = out.file.seek(0, os.SEEK_END)
+    out.file.seek(0)
+    if have == 0 or have > size:
+        out.file.truncate()
+        return None
+    counter = HashingCounter()
+    for chunk in iter_chunks(out.file):
+        counter.update(chunk)
+    return counter
+
+
 def copy_and_hash(source: t.BinaryIO, out: t.Any) -> HashingCounter:
     """Stream `source` into `out`, hashing on the way: one read of the data."""
     counter = HashingCounter()

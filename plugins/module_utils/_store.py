@@ -29,7 +29,12 @@ import typing as t
 
 from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient, UploadSession
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, RegistryError
-from ansible_collections.ironcore.image.plugins.module_utils._io import AtomicFile, HashingCounter, iter_chunks
+from ansible_collections.ironcore.image.plugins.module_utils._io import (
+    AtomicFile,
+    HashingCounter,
+    iter_chunks,
+    resume_hash,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     REF_NAME_ANNOTATION,
@@ -253,14 +258,14 @@ class LayoutStore:
     def put_blob(self, source: ImageSource, digest: str, size: int, counter: ByteCounter, retries: int) -> None:
         """Stream the blob into its partial file, hashing; verify, fsync, rename. Resumes a kept partial."""
         partial = self.partial_path(digest)
-        resumed = _resume_point(partial, size)
+        resume = os.path.lexists(partial)
         try:
-            self._receive(source, digest, size, counter, retries, partial, resumed)
+            self._receive(source, digest, size, counter, retries, partial, resume)
         except _Corrupt:
-            if resumed is None:
+            if not resume:
                 raise
             # The kept bytes may be what was wrong: one clean attempt from byte 0.
-            self._receive(source, digest, size, counter, retries, partial, None)
+            self._receive(source, digest, size, counter, retries, partial, False)
 
     def _receive(
         self,
@@ -270,9 +275,11 @@ class LayoutStore:
         counter: ByteCounter,
         retries: int,
         partial: str,
-        resumed: HashingCounter | None,
+        resume: bool,
     ) -> None:
-        with AtomicFile(self.layout.blob_path(digest), temp_path=partial, append=resumed is not None) as out:
+        # The partial is opened without following links, and a kept one is hashed through that descriptor.
+        with AtomicFile(self.layout.blob_path(digest), temp_path=partial, append=resume) as out:
+            resumed = resume_hash(out, size) if resume else None
             # Kept on an interruption, so that the next attempt (or run) continues with Range.
             out.keep_partial = True
             hashed = _Receiver(source, digest, size, out, resumed or HashingCounter(), counter).run(retries)
@@ -304,21 +311,6 @@ def _layout_name_candidates(name: str) -> list[str]:
         if candidate and candidate not in candidates:
             candidates.append(candidate)
     return candidates
-
-
-def _resume_point(partial: str, size: int) -> HashingCounter | None:
-    """The hash state of a kept partial file that can be continued, or None."""
-    try:
-        have = os.path.getsize(partial)
-    except OSError:
-        return None
-    if have == 0 or have > size:
-        return None
-    counter = HashingCounter()
-    with open(partial, "rb") as stream:
-        for chunk in iter_chunks(stream):
-            counter.update(chunk)
-    return counter
 
 
 class _Receiver:

@@ -48,6 +48,8 @@ options:
     description:
       - Also copy the C(<tag>-<platform>) and C(<tag>-<platform>-<arch>) names that exist at the source (as
         M(ironcore.image.ironcore_image_build) records them), as the same suffixes of the destination tag.
+      - The os-images names C(<tag>-metal), C(<tag>-kvm) and their C(-<arch>) names are copied too where the
+        source has them.
     type: bool
     default: true
   overwrite:
@@ -57,6 +59,14 @@ options:
       - With V(true), names are moved to the source's image.
     type: bool
     default: true
+  allow_shared_dest:
+    description:
+      - Copy into a O(destination.layout) directory that other users can write to (writable by its group or
+        others without the sticky bit, or owned by another user than root or the one running the module).
+      - By default such a layout is refused, since whoever can write there could plant links or swap files where
+        the module writes blobs and C(index.json).
+    type: bool
+    default: false
 notes:
   - Each side has its own credentials (O(source.username), O(destination.username) and so on); passwords are
     never logged or returned.
@@ -169,6 +179,7 @@ def main() -> None:
         destination=endpoint_option(),
         platform_tags={"type": "bool", "default": True},
         overwrite={"type": "bool", "default": True},
+        allow_shared_dest={"type": "bool", "default": False},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not (module.params["source"].get("layout") and module.params["destination"].get("layout")):

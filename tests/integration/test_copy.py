@@ -21,13 +21,12 @@ COPY = "ironcore.image.ironcore_image_copy"
 NAME = "registry.example.com/os/gardenlinux:1.0"
 ARCHS = ("amd64", "arm64")
 ROLES = ("kernel", "initramfs", "rootfs")
+# Per-architecture names first, then per-platform ones (children before parents), each group sorted;
+# the os-images names (metal, kvm) that the build records beside ours are copied too.
+PLATFORM_WORDS = ("baremetal", "kvm", "metal", "virtualization")
 PLATFORM_SUFFIXES = [
-    "-baremetal-amd64",
-    "-baremetal-arm64",
-    "-virtualization-amd64",
-    "-virtualization-arm64",
-    "-baremetal",
-    "-virtualization",
+    *("-%s-%s" % (word, arch) for word in PLATFORM_WORDS for arch in ARCHS),
+    *("-%s" % word for word in PLATFORM_WORDS),
 ]
 ALL_SUFFIXES = [*PLATFORM_SUFFIXES, ""]
 # config (same command line for both architectures: one blob) + 3 roles x 2 architectures
@@ -330,6 +329,10 @@ def test_interrupted_copy_resumes_with_range(ansible, image, published, registry
 def test_bad_input_is_refused_in_one_line(ansible, image, published, registry_plain, tmp_path):
     a_file = tmp_path / "a-file"
     a_file.write_text("not a layout")
+    # A directory another user could plant links in, as a hostile neighbour would.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
     cases = {
         "source tag missing": (
             {"source": side(registry_plain, "copy/dev:9.9"), "destination": {"layout": str(tmp_path / "l1")}},
@@ -357,6 +360,10 @@ def test_bad_input_is_refused_in_one_line(ansible, image, published, registry_pl
         "no registry host": (
             {"source": {"name": "os/only:1.0"}, "destination": {"layout": str(tmp_path / "l5")}},
             ["source.name", "names no registry host"],
+        ),
+        "destination layout writable by others": (
+            {"source": side(registry_plain, "copy/dev:1.0"), "destination": {"layout": str(shared)}},
+            ["may be written by other users", "allow_shared_dest"],
         ),
         "destination digest": (
             {
@@ -386,6 +393,7 @@ def test_bad_input_is_refused_in_one_line(ansible, image, published, registry_pl
     # Nothing changed: the file is still the file, no destination layout was created.
     assert a_file.read_text() == "not a layout"
     assert not [path for path in tmp_path.iterdir() if path.name.startswith("l")]
+    assert not list(shared.iterdir())
 
 
 def test_a_refused_mount_falls_back_to_upload(ansible, published, registry_plain, fault_proxy):
