@@ -1,4 +1,4 @@
-"""Copy registry -> layout and registry -> registry: the future ironcore_image_copy against skopeo and curl.
+"""Copy registry -> layout and registry -> registry: ironcore_image_copy against skopeo and curl.
 
 Peer: `skopeo copy --all --preserve-digests` (docker:// -> oci: and docker:// -> docker://). Limit: curl
 GETs of every blob and document then `sync` (to a layout), or each blob streamed from one registry's GET
@@ -17,9 +17,12 @@ MODULE = "ironcore.image.ironcore_image_copy"
 REPOSITORY = "bench/image"
 
 
-def copy_args(source: c.Registry, **destination: object) -> dict[str, object]:
-    """The module's arguments as expected when it lands (adjust here, in one place, if they differ)."""
-    return dict(source.registry_args, source="%s/%s:1.0" % (source.host, REPOSITORY), **destination)
+def copy_args(source: c.Registry, destination: dict[str, object]) -> dict[str, object]:
+    """The module's arguments: each side a dict with its own connection options."""
+    return {
+        "source": dict(source.registry_args, name="%s/%s:1.0" % (source.host, REPOSITORY)),
+        "destination": destination,
+    }
 
 
 def bench(ansible: c.Ansible, ping: c.Run, workdir: str, size_mib: int, rounds: int) -> list[c.Result]:
@@ -81,7 +84,7 @@ def to_layout_contenders(
 ) -> dict[str, c.Contender]:
     def ours(round_number: int) -> c.Run:
         layout = fresh(round_number, "ours-layout")
-        return ansible.module(MODULE, copy_args(source, layout=layout, name=c.NAME))[0]
+        return ansible.module(MODULE, copy_args(source, {"layout": layout, "name": c.NAME}))[0]
 
     def peer(round_number: int) -> c.Run:
         layout = fresh(round_number, "peer-layout")
@@ -111,7 +114,7 @@ def to_registry_contenders(
 ) -> dict[str, c.Contender]:
     def ours(round_number: int) -> c.Run:
         destination = target(round_number)
-        args = copy_args(source, destination="%s/bench/ours:1.0" % destination.host)
+        args = copy_args(source, dict(destination.registry_args, name="%s/bench/ours:1.0" % destination.host))
         return ansible.module(MODULE, args)[0]
 
     def peer(round_number: int) -> c.Run:
