@@ -156,8 +156,10 @@ options:
     type: bool
     default: false
 notes:
-  - With O(layout) the module reads the image from disk and needs neither of the requirements C(oras) and
-    C(requests).
+  - With O(layout) the module reads the image from disk and does not need C(requests).
+  - C(oras) is not needed (since 0.2.0); the module reads O(docker_config) (C(auths) with C(auth),
+    C(username)/C(password) or C(identitytoken); C(credHelpers); C(credsStore)) and runs C(docker-credential-<name> get)
+    itself. Nothing is lost without it.
   - O(concurrency) layers are downloaded in parallel; O(timeout) and O(retries) also apply to interrupted transfers,
     which are resumed from the last byte received.
   - Manifests, indexes and configs larger than 4 MiB are refused.
@@ -319,7 +321,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     if not module.params["layout"]:
-        require(module, "requests", "oras")
+        require(module, "requests")
 
     def apply_attributes(path: str, changed: bool) -> bool:
         return module.set_fs_attributes_if_different(
