@@ -70,10 +70,10 @@ def test_threads_lose_no_bytes(tmp_path):
     recorder.start("rootfs", 8 * 1000)
 
     def work() -> None:
-        for _ in range(1000):
+        for _step in range(1000):
             recorder.advance("rootfs", 1)
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
+    threads = [threading.Thread(target=work) for _number in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
