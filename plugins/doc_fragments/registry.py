@@ -57,8 +57,9 @@ options:
     type: int
     default: 4
 requirements:
-  - oras >= 0.2.43
   - requests >= 2.28
+  - oras >= 0.2.43, for M(ironcore.image.ironcore_image_push) only; M(ironcore.image.ironcore_image_fetch) and
+    M(ironcore.image.ironcore_image_info) read docker configs and run credential helpers themselves and work without it
 """
 
     # For the modules that move blobs (push, fetch), not for those that only describe an image (info):

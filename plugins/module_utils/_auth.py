@@ -9,30 +9,28 @@
 Who may see our credentials is decided here: only the registry's own scheme,
 host and port (`same_origin`), and a token server the registry names when it
 is HTTPS (or the registry itself is plain HTTP). Credentials come from the
-options or from one docker config file, read with oras-py's docker-config and
-credential-helper code (composition: its `BasicAuth` backend fed the one file
-we were given). Tokens are cached per scope. The HTTP exchange itself is the
-client's: `fetch_token` is handed the client's one request loop.
+options or from one docker config file (docker_config, else docker's default
+place; never several merged): its inline `auths` (`auth`, `username`+`password`, `identitytoken`),
+`credHelpers` and `credsStore`, whose `docker-credential-<name> get` programs
+we run ourselves (argv, the server on stdin, bounded output, a timeout), so
+that nodes that only fetch need no oras. Tokens are cached per scope. The
+HTTP exchange itself is the client's: `fetch_token` is handed the client's
+one request loop.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import shutil
+import subprocess
 import threading
 import time
 import typing as t
 import urllib.parse
 from dataclasses import dataclass
-
-try:
-    import oras.auth.basic
-    import oras.auth.utils
-    import oras.container
-    import oras.utils
-except ImportError:  # modules report it through _deps.require(module, "oras", "requests")
-    pass
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import RegistryError
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import RegistryOptions
@@ -43,6 +41,12 @@ MAX_TOKEN_RESPONSE = 1024 * 1024
 TOKEN_EXPIRY_MARGIN = 10.0
 # What docker itself accepts after "docker-credential-": a program name, never a path.
 CREDENTIAL_HELPER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# A helper's answer is a small JSON object; a helper that hangs or floods is cut off.
+MAX_HELPER_OUTPUT = 64 * 1024
+CREDENTIAL_HELPER_TIMEOUT = 30.0
+# What docker's credential helpers answer as Username when Secret is an identity token.
+IDENTITY_TOKEN_USERNAME = "<token>"
+_CHALLENGE_PARAM = re.compile(r'([A-Za-z]+)="([^"]*)"')
 
 
 # ---- challenges and origins --------------------------------------------------
@@ -63,8 +67,11 @@ def parse_challenge(header: str | None) -> Challenge | None:
     if not header or not header.strip():
         return None
     scheme = header.strip().split(None, 1)[0].rstrip(",").lower()
-    parsed = oras.auth.utils.parse_auth_header(header)
-    return Challenge(scheme=scheme, realm=parsed.realm, service=parsed.service, scope=parsed.scope)
+    params: dict[str, str] = {}
+    for key, value in _CHALLENGE_PARAM.findall(header):
+        if value:
+            params.setdefault(key.lower(), value)
+    return Challenge(scheme=scheme, realm=params.get("realm"), service=params.get("service"), scope=params.get("scope"))
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -182,54 +189,160 @@ def _read_docker_config(path: str) -> dict[str, t.Any] | None:
     return config
 
 
-def _helper_for(registry: str, config: dict[str, t.Any]) -> str | None:
-    """The credential helper oras-py will run for this registry, or None when inline auths answer."""
-    for host in oras.utils.iter_localhosts(registry):
-        if (config["auths"].get(host) or {}).get("auth"):
-            return None
+def basic_auth(username: str, password: str) -> str:
+    """The base64 user:password of an HTTP Basic Authorization header."""
+    return base64.b64encode(("%s:%s" % (username, password)).encode("utf-8")).decode("ascii")
+
+
+def host_variants(registry: str) -> list[str]:
+    """The names a docker config may know this registry by: localhost and 127.0.0.1 stand for each other."""
+    names = [registry]
+    if "localhost" in registry:
+        names.append(registry.replace("localhost", "127.0.0.1"))
+    elif "127.0.0.1" in registry:
+        names.append(registry.replace("127.0.0.1", "localhost"))
+    return names
+
+
+def _auths_entry(auths: t.Mapping[str, t.Any], host: str) -> dict[str, t.Any]:
+    """The `auths` entry for host; docker also writes keys as URLs (https://host/v1/)."""
+    for key, entry in auths.items():
+        if not isinstance(entry, dict) or not isinstance(key, str):
+            continue
+        name = key.split("://", 1)[-1].split("/", 1)[0]
+        if key == host or name == host:
+            return entry
+    return {}
+
+
+def _inline_credentials(entry: t.Mapping[str, t.Any], path: str, host: str) -> Credentials | None:
+    """What an `auths` entry holds itself (auth, username+password, identitytoken), or None."""
+    basic = None
+    if isinstance(entry.get("auth"), str) and entry["auth"]:
+        try:
+            decoded = base64.b64decode(entry["auth"], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            decoded = ""
+        if ":" not in decoded:
+            raise RegistryError(
+                "docker_config %s: auths.%s.auth is not base64 of user:password; fix that entry" % (path, host),
+                option="docker_config",
+            )
+        basic = entry["auth"]
+    elif isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str) and entry["username"]:
+        basic = basic_auth(entry["username"], entry["password"])
+    identity = entry.get("identitytoken") if isinstance(entry.get("identitytoken"), str) else None
+    if basic or identity:
+        return Credentials(basic=basic, identity_token=identity or None)
+    return None
+
+
+def _helper_for(registry: str, config: dict[str, t.Any], path: str) -> tuple[Credentials | None, str | None]:
+    """Inline credentials for this registry, else the credential helper to ask (credHelpers before credsStore)."""
+    for host in host_variants(registry):
+        inline = _inline_credentials(_auths_entry(config["auths"], host), path, host)
+        if inline is not None:
+            return inline, None
         if config["credHelpers"].get(host):
-            return str(config["credHelpers"][host])
-    return config["credsStore"] or None
+            return None, str(config["credHelpers"][host])
+    return None, config["credsStore"] or None
+
+
+def ask_credential_helper(helper: str, server: str) -> dict[str, t.Any] | None:
+    """`docker-credential-<helper> get` for server: its JSON answer, or None when it has nothing for it.
+
+    Run with an argument vector (never a shell), the server name on stdin;
+    at most MAX_HELPER_OUTPUT bytes are read and it is killed after
+    CREDENTIAL_HELPER_TIMEOUT seconds. Its stderr is dropped: it may echo secrets.
+    """
+    program = "docker-credential-" + helper
+    try:
+        process = subprocess.Popen(
+            [program, "get"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+    except OSError as exc:
+        raise RegistryError("credential helper %s cannot be run: %s" % (program, exc), option="docker_config") from exc
+    timer = threading.Timer(CREDENTIAL_HELPER_TIMEOUT, process.kill)
+    timer.start()
+    try:
+        stdin, stdout = t.cast(t.IO[bytes], process.stdin), t.cast(t.IO[bytes], process.stdout)
+        try:
+            stdin.write(server.encode("utf-8"))
+            stdin.close()
+        except BrokenPipeError:
+            pass
+        output = stdout.read(MAX_HELPER_OUTPUT + 1)
+        if len(output) > MAX_HELPER_OUTPUT:
+            process.kill()
+        returncode = process.wait()
+        timed_out = not timer.is_alive() and returncode < 0
+    finally:
+        timer.cancel()
+        t.cast(t.IO[bytes], process.stdout).close()
+    if timed_out:
+        raise RegistryError(
+            "credential helper %s did not answer within %d seconds; check it with `%s get`"
+            % (program, CREDENTIAL_HELPER_TIMEOUT, program),
+            option="docker_config",
+        )
+    if len(output) > MAX_HELPER_OUTPUT:
+        raise RegistryError(
+            "credential helper %s answered more than %d bytes; check it with `%s get`"
+            % (program, MAX_HELPER_OUTPUT, program),
+            option="docker_config",
+        )
+    if returncode != 0:
+        # Docker's helpers exit 1 with "credentials not found" for a server they do not know.
+        return None
+    try:
+        answer = json.loads(output)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not isinstance(answer.get("Secret"), str):
+        raise RegistryError(
+            "credential helper %s gave no usable answer for %s; check it with `%s get`" % (program, server, program),
+            option="docker_config",
+        )
+    return answer
+
+
+def _helper_credentials(helper: str, registry: str) -> Credentials | None:
+    for host in host_variants(registry):
+        answer = ask_credential_helper(helper, host)
+        if answer is None:
+            continue
+        username = answer.get("Username")
+        if username == IDENTITY_TOKEN_USERNAME:
+            return Credentials(identity_token=answer["Secret"])
+        if isinstance(username, str) and username:
+            return Credentials(basic=basic_auth(username, answer["Secret"]))
+    return None
 
 
 def load_credentials(registry: str, options: RegistryOptions) -> Credentials:
     """Explicit username/password first, else the docker config (incl. credential helpers)."""
     if options.username and options.password:
-        return Credentials(basic=oras.auth.utils.get_basic_auth(options.username, options.password))
+        return Credentials(basic=basic_auth(options.username, options.password))
     if not options.docker_config:
         return Credentials()
     config = _read_docker_config(options.docker_config)
     if config is None:
         missing = "docker_config %s does not exist" % options.docker_config if options.docker_config_given else None
         return Credentials(missing=missing)
-    helper = _helper_for(registry, config)
-    if helper and shutil.which("docker-credential-" + helper) is None:
+    inline, helper = _helper_for(registry, config, options.docker_config)
+    if inline is not None:
+        return inline
+    if not helper:
+        return Credentials()
+    if shutil.which("docker-credential-" + helper) is None:
         return Credentials(
             missing="docker-credential-%s not found on PATH (named in docker_config %s); install it or put it on"
             " PATH" % (helper, options.docker_config)
         )
-    # oras-py resolves inline auths, credHelpers and credsStore
-    # (docker-credential-* programs). Only the one file we were given is used:
-    # oras' own load_configs() would always merge ~/.docker/config.json too.
-    backend = oras.auth.basic.BasicAuth()
-    backend._basic_auth = None
-    backend._auth_config = config
-    try:
-        backend.load_configs(oras.container.Container("library/probe", registry=registry))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RegistryError(
-            "credential helper docker-credential-%s gave no usable answer for %s; check it with"
-            " `docker-credential-%s get`" % (helper, registry, helper),
-            option="docker_config",
-        ) from exc
-    identity = None
-    for host in oras.utils.iter_localhosts(registry):
-        entry = config["auths"].get(host) or {}
-        identity = identity or entry.get("identitytoken")
-    basic = getattr(backend, "_basic_auth", None) or None
-    if not (basic or identity) and helper:
+    found = _helper_credentials(helper, registry)
+    if found is None:
         return Credentials(missing="credential helper docker-credential-%s has no credentials for it" % helper)
-    return Credentials(basic=basic, identity_token=identity)
+    return found
 
 
 def no_credentials_error(what: str, registry: str, credentials: Credentials) -> RegistryError:

@@ -320,6 +320,18 @@ def _moved_refs(plan: BuildPlan, after: t.Mapping[str, str]) -> tuple[dict[str, 
     return before, {name for name in after if before[name] != after[name]}
 
 
+def refuse_moving(before: t.Mapping[str, str | None], after: t.Mapping[str, str], moved: t.Iterable[str]) -> None:
+    """With overwrite: false, a name that already points at another digest stays where it is: refuse the build."""
+    taken = sorted(name for name in moved if before[name] is not None)
+    if taken:
+        name = taken[0]
+        others = " (and %d more of its names)" % (len(taken) - 1) if len(taken) > 1 else ""
+        raise BuildError(
+            "name %s already points at %s, not at %s this build makes%s; overwrite: false refuses to move it:"
+            " give a new tag, or overwrite: true to move it" % (name, before[name], after[name], others)
+        )
+
+
 def build_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.Any]:
     """Build (or, in check mode, only compute) the image; the module's one call."""
     try:
@@ -327,14 +339,19 @@ def build_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.
             plan, digests = plan_build(params, store=not check_mode, in_flight=in_flight)
             after = {name: target["digest"] for name, target in plan.refs.items()}
             blobs_missing = [digest for digest in plan.blobs if not plan.layout.has_blob(digest)]
-            if check_mode:
-                before, moved = _moved_refs(plan, after)
-            else:
+            overwrite = params.get("overwrite", True) is not False
+            before, moved = _moved_refs(plan, after)
+            if not overwrite:
+                # Refused before any document is written; decided again under the lock below.
+                refuse_moving(before, after, moved)
+            if not check_mode:
                 for data in plan.blobs.values():
                     plan.layout.put_bytes(data)
                 # Decided under the lock: a concurrent build may have moved a name meanwhile.
                 with plan.layout.locked():
                     before, moved = _moved_refs(plan, after)
+                    if not overwrite:
+                        refuse_moving(before, after, moved)
                     if moved:
                         plan.layout.set_refs({name: plan.refs[name] for name in sorted(moved)})
         if digests.cache_dirty and not check_mode:

@@ -28,6 +28,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
     HashingCounter,
     resume_hash,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._progress import ProgressRecorder
 from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer
 from ansible_collections.ironcore.image.plugins.module_utils._source import Source, SourceError
 from ansible_collections.ironcore.image.plugins.module_utils._tar import (
@@ -111,6 +112,7 @@ class _Receiver:
         retries: int,
         backoff: float,
         tally: _Tally,
+        progress: ProgressRecorder | None = None,
     ):
         self.source = source
         self.layer = layer
@@ -119,12 +121,15 @@ class _Receiver:
         self.retries = retries
         self.backoff = backoff
         self.tally = tally
+        self.progress = progress
 
     def _restart(self) -> None:
         """The server answered the whole blob: drop what we had."""
         self.out.file.seek(0)
         self.out.file.truncate()
         self.counter = HashingCounter()
+        if self.progress is not None:
+            self.progress.start(self.layer.role, self.layer.size)
 
     def _open(self, offset: int) -> t.Any:
         """Open at `offset`; the source has already retried the request itself, so a failure here is final."""
@@ -156,6 +161,8 @@ class _Receiver:
                 self.out.write(chunk)
                 self.counter.update(chunk)
                 self.tally.received += len(chunk)
+                if self.progress is not None:
+                    self.progress.advance(self.layer.role, len(chunk))
         finally:
             stream.close()
 
@@ -359,13 +366,18 @@ def _attempt(
     resume: bool,
     tally: _Tally,
     max_unpacked_size: int | None = None,
+    progress: ProgressRecorder | None = None,
 ) -> Staged:
     out = AtomicFile(path, temp_path=partial, append=resume)
     # Kept unless the bytes turn out wrong, so the next run can resume.
     out.keep_partial = True
     try:
         counter = resume_hash(out, layer.size) if resume else None
-        receiver = _Receiver(source, layer, out, counter or HashingCounter(), retries, backoff, tally)
+        if progress is not None:
+            progress.start(layer.role, layer.size)
+            # What a kept partial file already holds counts as done.
+            progress.advance(layer.role, counter.size if counter else 0)
+        receiver = _Receiver(source, layer, out, counter or HashingCounter(), retries, backoff, tally, progress)
         try:
             counter = receiver.run()
             _verify(layer, counter)
@@ -401,24 +413,26 @@ def stage(
     backoff: float = 0.5,
     max_unpacked_size: int | None = None,
     partial_dir: str | None = None,
+    progress: ProgressRecorder | None = None,
 ) -> Staged:
     """Download and verify `layer` for `path`, resuming a kept partial file when there is one.
 
     A tar+gzip layer may unpack to at most `max_unpacked_size` bytes (None: no bound but free space).
     The partial file sits in `partial_dir` (by default beside `path`), which
-    must be on the same filesystem as `path` for the final rename.
+    must be on the same filesystem as `path` for the final rename. `progress`,
+    when given, is told the layer's bytes under its role as they arrive.
     """
     directory, filename = os.path.split(path)
     partial = partial_path(partial_dir or directory, filename, layer.digest)
     resumed = os.path.lexists(partial)
     tally = _Tally()
     try:
-        return _attempt(source, layer, path, partial, retries, backoff, True, tally, max_unpacked_size)
+        return _attempt(source, layer, path, partial, retries, backoff, True, tally, max_unpacked_size, progress)
     except _Corrupt:
         if not resumed:
             raise
         # The kept bytes may be what was wrong: one clean attempt from byte 0.
-        return _attempt(source, layer, path, partial, retries, backoff, False, tally, max_unpacked_size)
+        return _attempt(source, layer, path, partial, retries, backoff, False, tally, max_unpacked_size, progress)
 
 
 def deliver(source: Source, layer: SelectedLayer, path: str, retries: int, backoff: float = 0.5) -> Delivered:

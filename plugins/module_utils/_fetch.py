@@ -24,6 +24,7 @@ import fcntl
 import os
 import re
 import stat
+import time
 import typing as t
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
 from ansible_collections.ironcore.image.plugins.module_utils._layout import stat_identity
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json
 from ansible_collections.ironcore.image.plugins.module_utils._model import ROLES, SHA256_DIGEST_RE, canonical_platform
+from ansible_collections.ironcore.image.plugins.module_utils._progress import PROGRESS_FILE, ProgressRecorder
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     SelectedLayer,
     SelectionError,
@@ -399,6 +401,7 @@ def _deliver_all(
     mode: int | None = None,
     limit: t.Callable[[SelectedLayer], int | None] = lambda _layer: None,
     partial_dir: str | None = None,
+    progress: ProgressRecorder | None = None,
 ) -> None:
     """Stage every missing layer in parallel; only when all are verified, rename them into place.
 
@@ -406,6 +409,11 @@ def _deliver_all(
     file asked to be 0600 is never readable by others, not even briefly.
     """
     pending = [plan for plan in plans if not plan.current]
+    if progress is not None:
+        progress.set_phase("download")
+        # Every layer is counted from the start, so the total is right before the first byte arrives.
+        for plan in pending:
+            progress.start(plan.layer.role, plan.layer.size)
     if not pending:
         return
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(pending)))) as pool:
@@ -418,6 +426,7 @@ def _deliver_all(
                 retries,
                 max_unpacked_size=limit(plan.layer),
                 partial_dir=partial_dir,
+                progress=progress,
             ): plan
             for plan in pending
         }
@@ -439,6 +448,8 @@ def _deliver_all(
         for _plan, item in staged:
             item.discard()
         raise failure
+    if progress is not None:
+        progress.set_phase("commit")
     for plan, item in staged:
         item.commit(mode)
         plan.delivered = item.delivered
@@ -492,14 +503,24 @@ def fetch_image(
     on_retry: t.Callable[[str], None] | None = None,
 ) -> dict[str, t.Any]:
     """Resolve, select, deliver; the module's one call (`on_retry` is told of every retried request)."""
+    started = time.monotonic()
     try:
-        return _fetch(params, check_mode, apply_attributes, on_retry)
+        result = _fetch(params, check_mode, apply_attributes, on_retry)
     except (SourceError, SelectionError, DeliveryError) as exc:
         raise FetchError(str(exc)) from None
     except OSError as exc:
         raise FetchError("dest %s: %s" % (params["dest"], exc.strerror or exc)) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise FetchError("the image is malformed: %s" % one_line(exc)) from None
+    result.update(transfer_rate(result["bytes_downloaded"], time.monotonic() - started))
+    return result
+
+
+def transfer_rate(bytes_moved: int, elapsed: float) -> dict[str, t.Any]:
+    """The `elapsed` (seconds) and `bytes_per_second` results; 0 bytes per second when nothing moved."""
+    elapsed = max(elapsed, 0.0)
+    rate = int(bytes_moved / elapsed) if bytes_moved and elapsed > 0 else 0
+    return {"elapsed": round(elapsed, 3), "bytes_per_second": rate}
 
 
 def _fetch(
@@ -570,7 +591,11 @@ def _fetch(
         with locked(bookkeeping.state_dir):
             remove_old_bookkeeping(dest)
             state = DeliveryState(bookkeeping.state_dir)
+            # Replaces the record of an earlier run at once: a poller must not take its "done" for ours.
+            progress = ProgressRecorder(os.path.join(bookkeeping.state_dir, PROGRESS_FILE))
+            progress.set_phase("plan")
             plans = plan_files(layers, dest, names, state, params["verify"], derive)
+            succeeded = False
             try:
                 _deliver_all(
                     source,
@@ -580,7 +605,9 @@ def _fetch(
                     numeric_mode(params.get("mode")),
                     limit,
                     bookkeeping.partial_dir,
+                    progress,
                 )
+                succeeded = True
             finally:
                 # Whatever did arrive is recorded, so the next run need not hash it again.
                 for plan in plans:
@@ -588,6 +615,12 @@ def _fetch(
                         plan.changed = apply_attributes(plan.path, plan.changed)
                         state.record(plan.filename, plan.layer, plan.content_digest, plan.path)
                 state.save()
+                if succeeded:
+                    progress.finish()
+                else:
+                    # The fetch's own error is what the user must see.
+                    with contextlib.suppress(OSError):
+                        progress.finish("failed", done=False)
         result["bytes_downloaded"] = sum(plan.delivered.bytes_downloaded for plan in plans if plan.delivered)
     result["files"] = {plan.layer.role: _file_result(plan) for plan in plans}
     result["changed"] = any(plan.changed for plan in plans)

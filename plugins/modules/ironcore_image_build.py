@@ -140,6 +140,17 @@ options:
       - Set it only when everyone who can write to the directory is trusted.
     type: bool
     default: false
+  overwrite:
+    description:
+      - With V(true), the build moves O(name) and its platform names to the image it makes, wherever they pointed.
+      - With V(false), a name (O(name) or one of its platform names) that already points at a different digest is
+        refused with a message naming the digest it points at now, and nothing is recorded; a name that already
+        points at the same digest is fine (C(changed=false) when nothing else changes). Check mode refuses the same
+        way. Use it for release tags, which must never move.
+      - Blobs imported before the refusal stay in the layout until M(ironcore.image.ironcore_image_prune) removes them.
+    type: bool
+    default: true
+    version_added: 0.2.0
 seealso:
   - module: ironcore.image.ironcore_image_push
   - module: ironcore.image.ironcore_image_fetch
@@ -250,6 +261,7 @@ def main() -> None:
             "platform_tags": {"type": "bool", "default": True},
             "platform_tag_aliases": {"type": "bool", "default": True},
             "allow_shared_dest": {"type": "bool", "default": False},
+            "overwrite": {"type": "bool", "default": True},
         },
         supports_check_mode=True,
     )

@@ -39,6 +39,12 @@ description:
     holds, with the file's device, inode, size, mtime and ctime, so a re-run neither downloads nor re-hashes
     unchanged files. Files without a matching record are hashed once. The record is only ever used to skip a hash
     when it is a regular file owned by the user running the module and writable by no one else.
+  - "While it runs (not in check mode), the fetch keeps a progress record, C(progress.json) in the state
+    directory, replaced atomically at most every half second (or every 64 MiB) and once at the end: C(phase)
+    (V(plan), V(download), V(commit), then V(finished) or V(failed)), C(done) (V(true) once every file is in
+    place), C(started) and C(updated) (Unix time), C(bytes_done) and C(bytes_total) of the layers it downloads,
+    and the same two per layer under C(layers.<role>). With C(async) and C(poll: 0), a play can read it with
+    M(ansible.builtin.slurp) while the fetch runs (see the user guide)."
   - Besides the layer files, O(dest) holds only the hidden state directory C(.ironcore) (unless O(state_dir)
     puts it elsewhere). Files that earlier versions kept in O(dest) itself (C(.ironcore-fetch.state.json),
     C(.ironcore-fetch.lock), C(.ironcore-fetch.*.partial)) are removed, never followed.
@@ -150,8 +156,10 @@ options:
     type: bool
     default: false
 notes:
-  - With O(layout) the module reads the image from disk and needs neither of the requirements C(oras) and
-    C(requests).
+  - With O(layout) the module reads the image from disk and does not need C(requests).
+  - C(oras) is not needed (since 0.2.0); the module reads O(docker_config) (C(auths) with C(auth),
+    C(username)/C(password) or C(identitytoken); C(credHelpers); C(credsStore)) and runs C(docker-credential-<name> get)
+    itself. Nothing is lost without it.
   - O(concurrency) layers are downloaded in parallel; O(timeout) and O(retries) also apply to interrupted transfers,
     which are resumed from the last byte received.
   - Manifests, indexes and configs larger than 4 MiB are refused.
@@ -265,6 +273,18 @@ bytes_downloaded:
   description: Bytes received from the source in this run (0 in check mode).
   returned: always
   type: int
+elapsed:
+  description: Seconds the fetch took, from resolving O(name) to the last file in place.
+  returned: always
+  type: float
+  sample: 42.125
+  version_added: 0.2.0
+bytes_per_second:
+  description: RV(bytes_downloaded) divided by RV(elapsed), rounded down; 0 when nothing was downloaded.
+  returned: always
+  type: int
+  sample: 104857600
+  version_added: 0.2.0
 retries:
   description:
     - How many registry requests were retried (after a connection error, a timeout or an answer of 429 or 5xx).
@@ -301,7 +321,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     if not module.params["layout"]:
-        require(module, "requests", "oras")
+        require(module, "requests")
 
     def apply_attributes(path: str, changed: bool) -> bool:
         return module.set_fs_attributes_if_different(

@@ -76,8 +76,10 @@ options:
     type: bool
     default: false
 notes:
-  - With O(layout) the module reads the image from disk and needs neither of the requirements C(oras) and
-    C(requests).
+  - With O(layout) the module reads the image from disk and does not need C(requests).
+  - C(oras) is not needed (since 0.2.0); the module reads O(docker_config) (C(auths) with C(auth),
+    C(username)/C(password) or C(identitytoken); C(credHelpers); C(credsStore)) and runs C(docker-credential-<name> get)
+    itself. Nothing is lost without it.
   - With O(include_credentials=true) the C(headers) in RV(selected) carry a credential. Use C(no_log) on the
     task, or do not register the result, when the output is logged.
 seealso:
@@ -278,7 +280,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     if not module.params["layout"]:
-        require(module, "requests", "oras")
+        require(module, "requests")
     try:
         result = image_info(module.params) if module.params["name"] else layout_images(module.params)
     except InfoError as exc:

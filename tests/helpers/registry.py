@@ -400,7 +400,7 @@ def blob_data_path(storage: str, digest: str) -> str:
 
 # ---- fault proxy ----------------------------------------------------------
 
-FAULT_ACTIONS = ("status", "reset", "stall", "reset_response", "redirect")
+FAULT_ACTIONS = ("status", "reset", "stall", "reset_response", "pause_response", "redirect")
 
 
 @dataclass
@@ -409,7 +409,8 @@ class Fault:
 
     `reset` forwards `after_bytes` of the request body, then resets both
     connections; `reset_response` forwards the request and `after_bytes` of
-    the answer, then resets. `times` matching requests are broken (-1: all),
+    the answer, then resets; `pause_response` forwards `after_bytes` of the
+    answer, holds the rest back for `seconds`, then forwards it. `times` matching requests are broken (-1: all),
     after letting `skip` matching requests through. `redirect` answers
     `status` (307 unless given otherwise) with `Location: <location><path>`.
     """
@@ -624,6 +625,9 @@ class FaultProxy:
             if fault is not None and fault.action == "reset":
                 self._forward_then_reset(client, upstream, rest, fault.after_bytes)
                 return
+            if fault is not None and fault.action == "pause_response":
+                self._relay(client, upstream, rest, fault.after_bytes, pause=fault.seconds, stopping=self.stopping)
+                return
             limit = fault.after_bytes if fault is not None and fault.action == "reset_response" else None
             self._relay(client, upstream, rest, limit)
         except (OSError, ValueError):
@@ -666,8 +670,17 @@ class FaultProxy:
         client.sendall(head.encode("latin-1") + b"\r\n" + body)
 
     @staticmethod
-    def _relay(client: socket.socket, upstream: socket.socket, first: bytes, limit: int | None) -> None:
+    def _relay(
+        client: socket.socket,
+        upstream: socket.socket,
+        first: bytes,
+        limit: int | None,
+        pause: float | None = None,
+        stopping: threading.Event | None = None,
+    ) -> None:
         """Copy both ways in one thread, so a reset never races a reader blocked in another.
+
+        At `limit` bytes of the answer: reset both, or with `pause`, wait that long and go on.
 
         Non-blocking: with TLS, a readable socket may hold only a session
         ticket, and a blocking read would then stall the other direction.
@@ -697,6 +710,13 @@ class FaultProxy:
                 if limit is not None and sent_back + len(data) >= limit:
                     _send_all(client, data[: max(limit - sent_back, 0)])
                     _wait_until_sent(client)
+                    if pause is not None and stopping is not None:
+                        stopping.wait(pause)
+                        _send_all(client, data[max(limit - sent_back, 0) :])
+                        sent_back += len(data)
+                        limit = None
+                        idle_since = time.monotonic()
+                        continue
                     _reset(client)
                     _reset(upstream)
                     return

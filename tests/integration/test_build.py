@@ -11,6 +11,7 @@ import pytest
 
 MODULE = "ironcore.image.ironcore_image_build"
 NAME = "registry.example.com/os/gardenlinux:1.0"
+REF_NAME = "org.opencontainers.image.ref.name"
 
 pytestmark = pytest.mark.integration
 
@@ -293,3 +294,38 @@ def test_rebuild_restores_a_missing_layer_blob_and_says_so(ansible, artifacts, t
     assert ansible.module(MODULE, args)["changed"] is True
     assert blob.read_bytes() == open(artifacts[("amd64", "rootfs")], "rb").read()
     assert ansible.module(MODULE, args)["changed"] is False
+
+
+def test_overwrite_false_keeps_names_where_they_point(ansible, artifacts, tmp_path):
+    layout = str(tmp_path / "layout")
+    first = {"layout": layout, "name": NAME, "artifacts": artifact_list(artifacts)}
+    built = ansible.module(MODULE, first)
+    assert built["changed"] is True, built
+
+    # The same image again: nothing moves, so a release tag may be rebuilt.
+    same = ansible.module(MODULE, dict(first, overwrite=False))
+    assert same["changed"] is False and same["digest"] == built["digest"], same
+
+    other = dict(first, overwrite=False, artifacts=artifact_list(artifacts, cmdline="console=ttyS1"))
+    before = skopeo_raw(layout, NAME)
+    for check in (True, False):
+        refused = ansible.module(MODULE, other, check=check)
+        assert refused.get("failed") is True, refused
+        assert built["digest"] in refused["msg"] and "overwrite" in refused["msg"], refused
+        assert "\n" not in refused["msg"] and "Traceback" not in refused["msg"]
+        assert skopeo_raw(layout, NAME) == before
+
+    # A platform name alone is guarded too: the main name is gone, its platform names stay.
+    index_path = os.path.join(layout, "index.json")
+    with open(index_path, "rb") as stream:
+        index = json.load(stream)
+    index["manifests"] = [e for e in index["manifests"] if e["annotations"][REF_NAME] != NAME]
+    with open(index_path, "w") as stream:
+        json.dump(index, stream)
+    refused = ansible.module(MODULE, other)
+    assert refused.get("failed") is True, refused
+    assert "name %s-" % NAME in refused["msg"] and "already points at" in refused["msg"], refused
+
+    moved = ansible.module(MODULE, dict(other, overwrite=True))
+    assert moved["changed"] is True and moved["digest"] != built["digest"], moved
+    assert json.loads(skopeo_raw(layout, NAME)) != json.loads(before)

@@ -542,7 +542,11 @@ def test_reset_mid_blob_resumes_with_range_within_a_run_and_across_runs(
     ] == ["bytes=%d-" % kept]
     assert files_in(tmp_path / "b") == {"rootfs": faulty["2"].files[("amd64", "rootfs")]}
     assert everything_in(tmp_path / "b") == [".ironcore", "rootfs"]
-    assert everything_in(tmp_path / "b" / ".ironcore") == [".ironcore-fetch.lock", ".ironcore-fetch.state.json"]
+    assert everything_in(tmp_path / "b" / ".ironcore") == [
+        ".ironcore-fetch.lock",
+        ".ironcore-fetch.state.json",
+        "progress.json",
+    ]
 
 
 def test_corrupted_blob_in_registry_storage(ansible, registry_plain, faulty, tmp_path):

@@ -308,7 +308,7 @@ def test_dest_holds_only_the_delivered_files_and_the_private_state_dir(ansible, 
     assert first["changed"] is True and second["changed"] is False, (first, second)
     assert sorted(os.listdir(dest)) == [".ironcore", "initramfs", "kernel", "rootfs"]
     assert os.stat(dest / ".ironcore").st_mode & 0o777 == 0o700
-    assert sorted(os.listdir(dest / ".ironcore")) == [".ironcore-fetch.lock", STATE]
+    assert sorted(os.listdir(dest / ".ironcore")) == [".ironcore-fetch.lock", STATE, "progress.json"]
     assert regular_files(dest) == delivered(written)
 
 
@@ -322,7 +322,7 @@ def test_state_dir_outside_dest(ansible, image, tmp_path):
     )
     assert first["changed"] is True and second["changed"] is False, (first, second)
     assert sorted(os.listdir(dest)) == ["initramfs", "kernel", "rootfs"]
-    assert sorted(os.listdir(state)) == [".ironcore-fetch.lock", STATE]
+    assert sorted(os.listdir(state)) == [".ironcore-fetch.lock", STATE, "progress.json"]
     assert os.stat(state).st_mode & 0o777 == 0o700
     one_line_failure(into_dest, "state_dir must not be dest itself")
     assert regular_files(dest) == delivered(written)
@@ -339,7 +339,7 @@ def test_state_dir_on_another_filesystem_keeps_partials_on_dests(ansible, image,
         args = fetch_args(layout, dest, state_dir=state)
         first, second = run_tasks(ansible, str(tmp_path), [(FETCH, args)] * 2)
         assert first["changed"] is True and second["changed"] is False, (first, second)
-        assert sorted(os.listdir(state)) == [".ironcore-fetch.lock", STATE]
+        assert sorted(os.listdir(state)) == [".ironcore-fetch.lock", STATE, "progress.json"]
         assert sorted(os.listdir(dest)) == [".ironcore", "initramfs", "kernel", "rootfs"]
         assert os.listdir(dest / ".ironcore") == []
         assert regular_files(dest) == delivered(written)

@@ -41,6 +41,8 @@ def test_guide_has_the_tested_plays():
         "build",
         "lifecycle",
         "pin",
+        "progress",
+        "progress-round",
         "push-basic",
         "push-docker-config",
         "push-plain",
