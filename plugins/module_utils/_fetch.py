@@ -38,6 +38,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._download import (
     derive_content_digest,
     stage,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     UnsafeFileError,
     hash_stream,
@@ -82,7 +83,7 @@ MAX_FILENAME_BYTES = 200
 ApplyAttributes = t.Callable[[str, bool], bool]
 
 
-class FetchError(Exception):
+class FetchError(ImageError):
     """The fetch cannot be done as asked; the message says what to change."""
 
 
@@ -495,11 +496,11 @@ def fetch_image(
     try:
         return _fetch(params, check_mode, apply_attributes, on_retry)
     except (SourceError, SelectionError, DeliveryError) as exc:
-        raise FetchError(str(exc)) from None
+        raise FetchError(str(exc)) from exc
     except OSError as exc:
-        raise FetchError("dest %s: %s" % (params["dest"], exc.strerror or exc)) from None
+        raise FetchError("dest %s: %s" % (params["dest"], exc.strerror or exc)) from exc
     except (KeyError, TypeError, ValueError) as exc:
-        raise FetchError("the image is malformed: %s" % one_line(exc)) from None
+        raise FetchError("the image is malformed: %s" % one_line(exc)) from exc
 
 
 def _fetch(
@@ -530,7 +531,7 @@ def _fetch(
     except SelectionError as exc:
         raise FetchError(
             "%s, manifest %s for %s/%s: %s" % (source.describe(), chosen.digest, platform, architecture, exc)
-        ) from None
+        ) from exc
     config = read_config(source, chosen.document)
 
     result = {
@@ -551,7 +552,7 @@ def _fetch(
         try:
             return derive_content_digest(source, layer, limit(layer))
         except DeliveryError as exc:
-            raise FetchError("%s: verify could not re-read its blob: %s" % (layer.role, exc)) from None
+            raise FetchError("%s: verify could not re-read its blob: %s" % (layer.role, exc)) from exc
 
     if check_mode:
         plans = _plan_check_mode(

@@ -17,6 +17,7 @@ import functools
 import os
 import typing as t
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import BlobWalk, LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import canonical_platform
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
@@ -40,7 +41,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._source import (
 )
 
 
-class InfoError(Exception):
+class InfoError(ImageError):
     """The image cannot be described; the message says why."""
 
 
@@ -129,9 +130,9 @@ def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
             "selected": _selected(source, params, image, documents) if params.get("platform") else None,
         }
     except (SourceError, SelectionError) as exc:
-        raise InfoError(str(exc)) from None
+        raise InfoError(str(exc)) from exc
     except (KeyError, TypeError, ValueError) as exc:
-        raise InfoError("the image is malformed: %s" % one_line(exc)) from None
+        raise InfoError("the image is malformed: %s" % one_line(exc)) from exc
 
 
 def _platform_pairs(
@@ -158,7 +159,7 @@ def _named(name: str, action: t.Callable[[], t.Any]) -> t.Any:
     try:
         return action()
     except (LayoutError, SelectionError) as exc:
-        raise InfoError("%s: %s" % (name, exc)) from None
+        raise InfoError("%s: %s" % (name, exc)) from exc
 
 
 def _describe_name(
@@ -201,7 +202,7 @@ def layout_images(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
             describe = functools.partial(_describe_name, walk, refs[name], tops[name], architectures)
             images.append(dict({"name": name}, **_named(name, describe)))
     except LayoutError as exc:
-        raise InfoError(str(exc)) from None
+        raise InfoError(str(exc)) from exc
     except (KeyError, TypeError, ValueError) as exc:
-        raise InfoError("layout %s is malformed: %s" % (layout.path, one_line(exc))) from None
+        raise InfoError("layout %s is malformed: %s" % (layout.path, one_line(exc))) from exc
     return {"changed": False, "images": images}

@@ -22,6 +22,8 @@ import secrets
 import stat
 import typing as t
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, one_line
+
 # Large enough that per-call overhead vanishes next to hashing; small enough
 # that memory stays flat whatever the blob size.
 CHUNK_SIZE = 4 * 1024 * 1024
@@ -36,11 +38,16 @@ MAX_INDEX_ENTRIES = 1024
 _SAFE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
-class UnsafeFileError(OSError):
-    """A file or directory we were about to use is not what it must be (a symlink, a hard link, someone else's)."""
+class UnsafeFileError(ImageError, OSError):
+    """A file or directory we were about to use is not what it must be (a symlink, a hard link, someone else's).
+
+    Still an OSError (EPERM), so callers that handle a failed open handle this too.
+    """
 
     def __init__(self, message: str):
-        super().__init__(errno.EPERM, message)
+        OSError.__init__(self, errno.EPERM, one_line(message))
+        self.retryable = False
+        self.option = None
 
 
 class TooLargeError(UnsafeFileError):
@@ -153,8 +160,8 @@ def parse_json(data: bytes | str) -> t.Any:
     """json.loads, with a document nested too deeply for the parser reported as a ValueError, not a traceback."""
     try:
         return json.loads(data)
-    except RecursionError:
-        raise ValueError("the JSON document is nested too deeply") from None
+    except RecursionError as exc:
+        raise ValueError("the JSON document is nested too deeply") from exc
 
 
 class AtomicFile:

@@ -22,6 +22,7 @@ import re
 import tarfile
 import typing as t
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     MAX_DOCUMENT_SIZE,
     AtomicFile,
@@ -53,7 +54,7 @@ _DOCUMENT_KEYS = ("manifests", "subject")
 _BLOB_KEYS = ("config", "layers", "blobs")
 
 
-class LayoutError(Exception):
+class LayoutError(ImageError):
     """The layout cannot be used as asked; the message says why."""
 
 
@@ -145,19 +146,19 @@ class OciLayout:
     def open_blob(self, digest: str) -> t.BinaryIO:
         try:
             return open(self.blob_path(digest), "rb")
-        except FileNotFoundError:
-            raise LayoutError("blob %s is missing from layout %s" % (digest, self.path)) from None
+        except FileNotFoundError as exc:
+            raise LayoutError("blob %s is missing from layout %s" % (digest, self.path)) from exc
 
     def read_document(self, digest: str) -> bytes:
         """A manifest, index or config blob, refused when implausibly large."""
         try:
             data = read_bounded(self.blob_path(digest), MAX_DOCUMENT_SIZE)
-        except FileNotFoundError:
-            raise LayoutError("blob %s is missing from layout %s" % (digest, self.path)) from None
-        except TooLargeError:
-            raise LayoutError("blob %s is more than a manifest may be (4 MiB); refusing it" % digest) from None
+        except FileNotFoundError as exc:
+            raise LayoutError("blob %s is missing from layout %s" % (digest, self.path)) from exc
+        except TooLargeError as exc:
+            raise LayoutError("blob %s is more than a manifest may be (4 MiB); refusing it" % digest) from exc
         except OSError as exc:
-            raise LayoutError("blob %s in layout %s: %s" % (digest, self.path, exc.strerror)) from None
+            raise LayoutError("blob %s in layout %s: %s" % (digest, self.path, exc.strerror)) from exc
         if sha256_digest(data) != digest:
             raise LayoutError("blob %s in layout %s does not match its digest" % (digest, self.path))
         return data
@@ -170,9 +171,9 @@ class OciLayout:
         except FileNotFoundError:
             return _empty_index()
         except OSError as exc:
-            raise LayoutError("%s: %s" % (self.index_path, exc.strerror)) from None
+            raise LayoutError("%s: %s" % (self.index_path, exc.strerror)) from exc
         except ValueError as exc:
-            raise LayoutError("%s is not valid JSON: %s" % (self.index_path, exc)) from None
+            raise LayoutError("%s is not valid JSON: %s" % (self.index_path, exc)) from exc
         if not isinstance(document, dict) or not isinstance(document.get("manifests", []), list):
             raise LayoutError("%s is not an OCI image index" % self.index_path)
         document.setdefault("manifests", [])

@@ -16,6 +16,7 @@ import hashlib
 import json
 import typing as t
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURE_ANNOTATION,
     ARCHITECTURES,
@@ -36,7 +37,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
 Descriptor = t.Dict[str, t.Any]
 
 
-class InvalidDocument(ValueError):
+class InvalidDocument(ImageError, ValueError):
     """A manifest or index that breaks the OCI or IronCore rules."""
 
 
@@ -69,7 +70,7 @@ def descriptor_for(media_type: str, data: bytes, **extra: t.Any) -> Descriptor:
     return descriptor(media_type, sha256_digest(data), len(data), **extra)
 
 
-class UnsafeCommandLine(ValueError):
+class UnsafeCommandLine(ImageError, ValueError):
     """A kernel command line that would do more than pass arguments once pasted into boot.ipxe."""
 
 

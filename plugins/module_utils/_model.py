@@ -16,6 +16,8 @@ import re
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+
 ARCHITECTURES: tuple[str, ...] = ("amd64", "arm64")
 
 # Within one architecture baremetal comes first: consumers that ignore
@@ -189,7 +191,7 @@ def architecture_of_machine(machine: str) -> str | None:
     return _MACHINE_TO_ARCH.get(machine.lower())
 
 
-class InvalidReference(ValueError):
+class InvalidReference(ImageError, ValueError):
     """An image reference that does not follow the OCI distribution grammar."""
 
 

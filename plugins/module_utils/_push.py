@@ -20,6 +20,7 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient, RegistryError
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import declared_media_type
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -39,7 +40,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._source import one_
 from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter, upload_blob
 
 
-class PushError(Exception):
+class PushError(ImageError):
     """The push cannot be done as asked, or the registry refused it; one-line message."""
 
 
@@ -88,11 +89,11 @@ def _parse_references(params: t.Mapping[str, t.Any]) -> tuple[ImageReference, Im
     try:
         name = ImageReference.parse(params["name"])
     except InvalidReference as exc:
-        raise PushError("name: %s" % exc) from None
+        raise PushError("name: %s" % exc) from exc
     try:
         destination = ImageReference.parse(params.get("destination") or params["name"], default_tag=None)
     except InvalidReference as exc:
-        raise PushError("destination: %s" % exc) from None
+        raise PushError("destination: %s" % exc) from exc
     if not destination.registry:
         raise PushError(
             "destination %s names no registry host; give one, for example registry.example.com/%s"
@@ -157,8 +158,8 @@ class _Planner:
         media_type = _document_media_type(descriptor, data)
         try:
             body = json.loads(data)
-        except ValueError:
-            raise PushError("document %s in layout %s is not JSON" % (digest, self.layout.path)) from None
+        except ValueError as exc:
+            raise PushError("document %s in layout %s is not JSON" % (digest, self.layout.path)) from exc
         if not isinstance(body, dict):
             raise PushError("document %s in layout %s is not a JSON object" % (digest, self.layout.path))
         is_index = media_type in INDEX_MEDIA_TYPES or (media_type not in MANIFEST_MEDIA_TYPES and "manifests" in body)
@@ -188,17 +189,17 @@ def plan_push(params: t.Mapping[str, t.Any]) -> PushPlan:
         ).items():
             plan.tags[tag] = planner.add_document(layout.resolve(layout_name))
     except LayoutError as exc:
-        raise PushError(str(exc)) from None
+        raise PushError(str(exc)) from exc
     except OSError as exc:
-        raise PushError("reading layout %s failed: %s" % (params["layout"], exc)) from None
+        raise PushError("reading layout %s failed: %s" % (params["layout"], exc)) from exc
     except InvalidReference as exc:
         # Only the platform tags (tag-platform-architecture) can outgrow a valid destination tag.
         raise PushError(
             "destination: a platform tag of %s is too long: %s; give a shorter tag or set platform_tags=false"
             % (destination, exc)
-        ) from None
+        ) from exc
     except (KeyError, TypeError, ValueError) as exc:
-        raise PushError("layout %s holds a malformed document: %s" % (params["layout"], one_line(exc))) from None
+        raise PushError("layout %s holds a malformed document: %s" % (params["layout"], one_line(exc))) from exc
     return plan
 
 
@@ -316,7 +317,7 @@ def push_image(
     try:
         options = registry_options(params)
     except InvalidRegistryOptions as exc:
-        raise PushError(str(exc)) from None
+        raise PushError(str(exc)) from exc
     if params.get("chunk_size") is not None and int(params["chunk_size"]) < 0:
         raise PushError("chunk_size must be 0 (one streaming PUT per blob) or a positive number of bytes")
     destination = plan.destination
@@ -333,7 +334,7 @@ def push_image(
             if not check_mode:
                 pusher.push_documents(moved)
     except RegistryError as exc:
-        raise PushError(str(exc)) from None
+        raise PushError(str(exc)) from exc
     return {
         "changed": bool(moved),
         "destination": str(destination),

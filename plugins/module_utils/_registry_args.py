@@ -16,6 +16,8 @@ import os
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+
 REGISTRY_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
     "username": {"type": "str"},
     "password": {"type": "str", "no_log": True},
@@ -33,7 +35,7 @@ REGISTRY_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
 REGISTRY_REQUIRED_TOGETHER: list[list[str]] = [["username", "password"]]
 
 
-class InvalidRegistryOptions(ValueError):
+class InvalidRegistryOptions(ImageError, ValueError):
     """An option value outside what the client can work with."""
 
 

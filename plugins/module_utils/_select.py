@@ -33,6 +33,7 @@ import platform as host_platform
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURE_ANNOTATION,
     INDEX_MEDIA_TYPES,
@@ -56,7 +57,7 @@ ManifestLoader = t.Callable[[t.Mapping[str, t.Any]], Document]
 RULES: tuple[str, ...] = ("platform_variant", "descriptor_annotation", "manifest_annotation", "tag_suffix", "layers")
 
 
-class SelectionError(ValueError):
+class SelectionError(ImageError, ValueError):
     """The image has nothing for the node, or is not an image at all."""
 
 
@@ -108,9 +109,9 @@ def parse_document(data: bytes, what: str) -> Document:
     try:
         document = json.loads(data)
     except ValueError as exc:
-        raise SelectionError("%s is not valid JSON: %s" % (what, exc)) from None
-    except RecursionError:
-        raise SelectionError("%s is nested too deeply to be a manifest or index" % what) from None
+        raise SelectionError("%s is not valid JSON: %s" % (what, exc)) from exc
+    except RecursionError as exc:
+        raise SelectionError("%s is nested too deeply to be a manifest or index" % what) from exc
     if not isinstance(document, dict):
         raise SelectionError("%s is not a JSON object" % what)
     return document

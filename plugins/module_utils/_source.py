@@ -18,6 +18,7 @@ import os
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     CHUNK_SIZE,
     MAX_DOCUMENT_SIZE,
@@ -46,12 +47,8 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import (
 )
 
 
-class SourceError(Exception):
+class SourceError(ImageError):
     """Reading from the source failed; `retryable` says whether trying again may help."""
-
-    def __init__(self, message: str, retryable: bool = False):
-        super().__init__(message)
-        self.retryable = retryable
 
 
 def one_line(error: BaseException) -> str:
@@ -126,7 +123,7 @@ class LayoutSource:
         try:
             return self.layout.read_document(digest)
         except LayoutError as exc:
-            raise SourceError("%s: %s" % (what, exc)) from None
+            raise SourceError("%s: %s" % (what, exc)) from exc
 
     def resolve(self) -> tuple[bytes, str | None, str]:
         if self.ref.digest:
@@ -134,7 +131,7 @@ class LayoutSource:
         try:
             names = self.layout.refs()
         except LayoutError as exc:
-            raise SourceError(str(exc)) from None
+            raise SourceError(str(exc)) from exc
         # Names as given, as this collection records them, or a bare tag as `skopeo copy oci:DIR:TAG` does.
         for candidate in (self.name, str(self.ref), self.ref.tag):
             if candidate in names:
@@ -160,19 +157,19 @@ class LayoutSource:
         try:
             return _FileBlobStream(self.layout.blob_path(digest), offset)
         except LayoutError as exc:
-            raise SourceError(str(exc)) from None
-        except FileNotFoundError:
-            raise SourceError("blob %s is missing from layout %s" % (digest, self.layout.path)) from None
+            raise SourceError(str(exc)) from exc
+        except FileNotFoundError as exc:
+            raise SourceError("blob %s is missing from layout %s" % (digest, self.layout.path)) from exc
         except OSError as exc:
             raise SourceError(
                 "cannot read blob %s in layout %s: %s" % (digest, self.layout.path, exc.strerror)
-            ) from None
+            ) from exc
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
         try:
             return "file://" + self.layout.blob_path(digest), {}
         except LayoutError as exc:
-            raise SourceError(str(exc)) from None
+            raise SourceError(str(exc)) from exc
 
 
 class RegistrySource:
@@ -196,14 +193,14 @@ class RegistrySource:
         try:
             options = registry_options(params)
         except InvalidRegistryOptions as exc:
-            raise SourceError(str(exc)) from None
+            raise SourceError(str(exc)) from exc
         self.ref = ref
         self._error_type = RegistryError
         try:
             # Reads docker_config (and runs credential helpers) already.
             self.client = RegistryClient(ref.registry, options, on_retry)
         except RegistryError as exc:
-            raise SourceError(str(exc)) from None
+            raise SourceError(str(exc)) from exc
 
     def describe(self) -> str:
         return str(self.ref)
@@ -217,7 +214,7 @@ class RegistrySource:
         try:
             return action()
         except self._error_type as exc:
-            raise SourceError(str(exc), retryable=bool(getattr(exc, "retryable", False))) from None
+            raise SourceError(str(exc), retryable=bool(getattr(exc, "retryable", False))) from exc
 
     def resolve(self) -> tuple[bytes, str | None, str]:
         data, media_type, digest = self._call(lambda: self.client.get_manifest(self.ref.repository, self.ref.reference))
@@ -293,7 +290,7 @@ def open_source(params: t.Mapping[str, t.Any], on_retry: t.Callable[[str], None]
     try:
         ref = ImageReference.parse(params["name"])
     except InvalidReference as exc:
-        raise SourceError("name: %s" % exc) from None
+        raise SourceError("name: %s" % exc) from exc
     if params.get("layout"):
         return LayoutSource(params["layout"], ref, params["name"])
     return RegistrySource(ref, params, on_retry)
@@ -369,7 +366,7 @@ def select_manifest(
             return SelectedManifest(image.digest, image.document, decision.rule)
         entry, decision = select_entry(image.document, platform, architecture, source.ref.tag, load)
     except SelectionError as exc:
-        raise SourceError("%s: %s" % (source.describe(), exc)) from None
+        raise SourceError("%s: %s" % (source.describe(), exc)) from exc
     return SelectedManifest(str(entry["digest"]), load(entry), decision.rule)
 
 

@@ -169,7 +169,7 @@ class _BlobUpload:
                     # The session cannot be resumed (distribution refuses a stale
                     # location): run() starts over with a new one.
                     lost.retryable = True
-                    raise lost from None
+                    raise lost from exc
                 continue
             response.close()
             location = self.client.absolute(response.headers.get("Location") or location)

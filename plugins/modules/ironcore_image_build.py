@@ -218,10 +218,13 @@ refs:
   elements: str
 """
 
+import traceback
+
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ironcore.image.plugins.module_utils._build import BuildError, build_image
+from ansible_collections.ironcore.image.plugins.module_utils._build import build_image
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
     LAYER_FORMATS,
@@ -256,8 +259,8 @@ def main() -> None:
     require(module, "jsonschema")
     try:
         result = build_image(module.params, module.check_mode)
-    except BuildError as exc:
-        module.fail_json(msg=str(exc))
+    except ImageError as exc:
+        module.fail_json(msg=str(exc), exception=traceback.format_exc())
     if not module._diff:
         result.pop("diff")
     module.exit_json(**result)
