@@ -226,7 +226,7 @@ def plan_build(
     unknown = [platform for platform in params["platforms"] if canonical_platform(platform) is None]
     if unknown:
         raise BuildError("platforms: unknown platform %s; expected %s" % (unknown[0], ", ".join(PLATFORMS)))
-    platforms = _ordered_platforms([canonical_platform(platform) for platform in params["platforms"]])
+    platforms = _ordered_platforms([name for name in map(canonical_platform, params["platforms"]) if name])
     if not platforms:
         raise BuildError("platforms must name at least one of %s" % ", ".join(PLATFORMS))
     artifacts = parse_artifacts(params["artifacts"], platforms)

@@ -211,7 +211,8 @@ def _current_content(
         return None
     with stream:
         status = os.fstat(stream.fileno())
-        recorded = entry is not None and entry.get("digest") == layer.digest
+        entry = entry or {}
+        recorded = entry.get("digest") == layer.digest
         if recorded and not verify and entry.get("identity") == stat_identity(status):
             return str(entry.get("content_digest"))
         if layer.packed:

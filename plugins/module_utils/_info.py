@@ -140,7 +140,8 @@ def _platform_pairs(
 ) -> list[dict[str, t.Any]]:
     """(platform, architecture) pairs one manifest serves, decided by the rules fetch uses."""
     document = walk.document(digest)
-    platform = entry.get("platform") if isinstance(entry.get("platform"), dict) else {}
+    given = entry.get("platform")
+    platform: t.Mapping[str, t.Any] = given if isinstance(given, dict) else {}
     served = decide_platform(entry, document).platforms
     architecture = platform.get("architecture") or architectures.get(digest)
     return [{"platform": name, "architecture": architecture} for name in served]

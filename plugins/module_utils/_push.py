@@ -229,7 +229,9 @@ class _Pusher:
         self.layout = layout
         self.repository = plan.destination.repository
         self.chunk_size = int(params.get("chunk_size") or 0)
-        self.mount_from = [source for source in (params.get("mount_from") or []) if source != self.repository]
+        self.mount_from: list[str] = [
+            source for source in (params.get("mount_from") or []) if source != self.repository
+        ]
         self.check_mode = check_mode
         self.counter = ByteCounter()
 

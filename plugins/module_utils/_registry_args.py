@@ -70,11 +70,17 @@ def default_docker_config() -> str:
     return os.path.join(directory, "config.json")
 
 
+def _given(params: t.Mapping[str, t.Any], key: str, default: float) -> float:
+    """params[key] unless it is missing or None (a module may pass None for an option left out)."""
+    value = params.get(key)
+    return default if value is None else value
+
+
 def registry_options(params: t.Mapping[str, t.Any]) -> RegistryOptions:
     """The shared options out of a module's params, checked and with defaults filled in."""
-    timeout = float(params.get("timeout") if params.get("timeout") is not None else 20.0)
-    retries = int(params.get("retries") if params.get("retries") is not None else 4)
-    concurrency = int(params.get("concurrency") if params.get("concurrency") is not None else 4)
+    timeout = float(_given(params, "timeout", 20.0))
+    retries = int(_given(params, "retries", 4))
+    concurrency = int(_given(params, "concurrency", 4))
     if timeout <= 0:
         raise InvalidRegistryOptions("timeout must be a positive number of seconds, got %s" % timeout)
     if retries < 0:

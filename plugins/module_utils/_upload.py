@@ -103,6 +103,8 @@ class _BlobUpload:
         while True:
             try:
                 session = session or self.client.open_upload(self.repository, what=self.what)
+                # Without mount, open_upload always opens a session (None means "mounted").
+                assert session is not None
                 if chunk_size > 0 and self.size > 0:
                     self.chunked(session, chunk_size)
                 else:

@@ -219,6 +219,7 @@ refs:
 """
 
 import traceback
+import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -234,7 +235,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
 
 
 def main() -> None:
-    artifact_options = {role: {"type": "path"} for role in ROLES}
+    artifact_options: dict[str, dict[str, t.Any]] = {role: {"type": "path"} for role in ROLES}
     artifact_options["architecture"] = {"type": "str", "required": True, "choices": list(ARCHITECTURES)}
     artifact_options["cmdline"] = {"type": "str"}
     module = AnsibleModule(
