@@ -437,11 +437,3 @@ def stage(
             raise
         # The kept bytes may be what was wrong: one clean attempt from byte 0.
         return _attempt(source, layer, path, partial, retries, backoff, False, tally, max_unpacked_size)
-
-
-def deliver(source: Source, layer: SelectedLayer, path: str, retries: int, backoff: float = 0.5) -> Delivered:
-    """Stage and commit one layer."""
-    staged = stage(source, layer, path, retries, backoff)
-    staged.commit()
-    staged.sweep()
-    return staged.delivered
