@@ -54,20 +54,6 @@ class TooLargeError(UnsafeFileError):
     """A file that is read whole is larger than its cap."""
 
 
-def fsync_directory(path: str) -> None:
-    """Persist a rename: the directory entry must reach the disk too."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def open_directory(path: str, follow_symlinks: bool = True) -> int:
     """A descriptor of a directory, so that what is done inside it stays inside it even if its path is swapped."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)

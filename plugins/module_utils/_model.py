@@ -36,7 +36,6 @@ SPEC_VARIANTS: dict[str, str] = {"baremetal": "metal", "virtualization": "virtua
 TAG_ALIASES: dict[str, str] = {"baremetal": "metal", "virtualization": "kvm"}
 
 ROLES: tuple[str, ...] = ("kernel", "initramfs", "rootfs", "squashfs", "uki", "iso")
-OPTIONAL_ROLES: tuple[str, ...] = ("squashfs", "uki", "iso")
 
 LAYER_FORMATS: tuple[str, ...] = ("raw", "tar+gzip")
 
@@ -51,7 +50,6 @@ MANIFEST_MEDIA_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 MEDIA_TYPE_PREFIX = "application/vnd.ironcore.image."
 CONFIG_MEDIA_TYPE = MEDIA_TYPE_PREFIX + "config.v1+json"
 LEGACY_CONFIG_MEDIA_TYPE = MEDIA_TYPE_PREFIX + "config.v1alpha1+json"
-CONFIG_MEDIA_TYPES = (CONFIG_MEDIA_TYPE, LEGACY_CONFIG_MEDIA_TYPE)
 
 TITLE_ANNOTATION = "org.opencontainers.image.title"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
