@@ -500,8 +500,6 @@ def fetch_image(
         raise FetchError(str(exc)) from exc
     except OSError as exc:
         raise FetchError("dest %s: %s" % (params["dest"], exc.strerror or exc)) from exc
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FetchError("the image is malformed: %s" % one_line(exc)) from exc
 
 
 def _fetch(

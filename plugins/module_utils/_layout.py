@@ -41,6 +41,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     OCI_INDEX,
     REF_NAME_ANNOTATION,
     SHA256_DIGEST_RE,
+    descriptors,
 )
 
 LAYOUT_VERSION_DOC = b'{"imageLayoutVersion":"1.0.0"}'
@@ -400,19 +401,11 @@ class BlobWalk:
             reached[digest] = _size(current)
             document = self.document(digest)
             for key in _DOCUMENT_KEYS:
-                pending.extend(_descriptors(document.get(key)))
+                pending.extend(descriptors(document.get(key)))
             for key in _BLOB_KEYS:
-                for blob in _descriptors(document.get(key)):
+                for blob in descriptors(document.get(key)):
                     reached.setdefault(_descriptor_digest(blob, self.layout), _size(blob))
         return reached
-
-
-def _descriptors(value: t.Any) -> list[t.Mapping[str, t.Any]]:
-    if isinstance(value, dict):
-        return [value]
-    if isinstance(value, list):
-        return [item for item in value if isinstance(item, dict)]
-    return []
 
 
 def _descriptor_digest(descriptor: t.Mapping[str, t.Any], layout: OciLayout) -> str:

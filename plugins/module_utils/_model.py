@@ -145,6 +145,15 @@ def architecture_of_tag(tag: str | None) -> str | None:
     return match.group("arch") if match else None
 
 
+def descriptors(value: t.Any) -> list[t.Mapping[str, t.Any]]:
+    """The JSON objects of a descriptor field (one object, or a list of them); anything else is skipped."""
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return [item for item in value if isinstance(item, dict)]
+    return []
+
+
 def layer_role(descriptor: t.Mapping[str, t.Any]) -> str | None:
     """The role of a layer descriptor, or None when it is not an IronCore layer."""
     media_type = str(descriptor.get("mediaType", ""))
@@ -156,7 +165,8 @@ def layer_role(descriptor: t.Mapping[str, t.Any]) -> str | None:
         role = media_type[len(MEDIA_TYPE_PREFIX) :]
         return role if role in ROLES else None
     if media_type == OCI_LAYER_TAR_GZIP:
-        title = (descriptor.get("annotations") or {}).get(TITLE_ANNOTATION)
+        annotations = descriptor.get("annotations")
+        title = annotations.get(TITLE_ANNOTATION) if isinstance(annotations, dict) else None
         return title if title in ROLES else None
     return None
 

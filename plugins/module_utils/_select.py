@@ -133,21 +133,22 @@ def is_index(document: t.Mapping[str, t.Any], media_type: str | None = None) -> 
     )
 
 
-def _entries(index: t.Mapping[str, t.Any]) -> list[Document]:
+def index_entries(index: t.Mapping[str, t.Any]) -> list[Document]:
+    """The entries of an image index that are JSON objects; no manifests list at all is an error."""
     entries = index.get("manifests")
     if not isinstance(entries, list):
         raise SelectionError("image index has no manifests list")
     return [entry for entry in entries if isinstance(entry, dict)]
 
 
-def _platform_of(entry: t.Mapping[str, t.Any]) -> Document:
+def platform_of(entry: t.Mapping[str, t.Any]) -> Document:
     platform = entry.get("platform")
     return platform if isinstance(platform, dict) else {}
 
 
 def entry_label(entry: t.Mapping[str, t.Any]) -> str:
     """`os/arch[/variant]` of an index entry, for messages and results."""
-    platform = _platform_of(entry)
+    platform = platform_of(entry)
     parts = [str(platform.get("os") or "?"), str(platform.get("architecture") or "?")]
     if platform.get("variant"):
         parts.append(str(platform["variant"]))
@@ -155,7 +156,7 @@ def entry_label(entry: t.Mapping[str, t.Any]) -> str:
 
 
 def available(index: t.Mapping[str, t.Any]) -> str:
-    labels = [entry_label(entry) for entry in _entries(index)]
+    labels = [entry_label(entry) for entry in index_entries(index)]
     return ", ".join(labels) if labels else "no manifests at all"
 
 
@@ -185,7 +186,7 @@ def _annotated_platform(annotations: t.Any, *keys: str) -> str | None:
 
 def decide_without_manifest(entry: t.Mapping[str, t.Any]) -> Decision | None:
     """Rules 1 and 2: what the index entry itself says, if anything."""
-    platform = canonical_platform(_platform_of(entry).get("variant"))
+    platform = canonical_platform(platform_of(entry).get("variant"))
     if platform:
         return Decision((platform,), "platform_variant")
     platform = _annotated_platform(entry.get("annotations"), VARIANT_ANNOTATION)
@@ -225,11 +226,11 @@ def select_entry(
     """
     platform = canonical_platform(platform) or platform
     seen = []
-    for entry in _entries(index):
-        wanted = _platform_of(entry)
+    for entry in index_entries(index):
+        wanted = platform_of(entry)
         if wanted.get("os") != "linux" or wanted.get("architecture") != architecture:
             continue
-        _check_descriptor(entry, "index entry %s" % entry_label(entry))
+        check_descriptor(entry, "index entry %s" % entry_label(entry))
         decision = decide_without_manifest(entry)
         if decision is None and load is not None:
             decision = decide_platform(entry, load(entry), tag)
@@ -273,7 +274,8 @@ def check_manifest_serves(
     return decision
 
 
-def _check_descriptor(descriptor: t.Mapping[str, t.Any], what: str) -> None:
+def check_descriptor(descriptor: t.Mapping[str, t.Any], what: str) -> None:
+    """Refuse a descriptor without a string digest and a non-negative integer size, before anyone reads them."""
     digest, size = descriptor.get("digest"), descriptor.get("size")
     if not isinstance(digest, str) or not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise SelectionError("%s lacks a valid digest and size" % what)
@@ -292,7 +294,7 @@ def manifest_layers(manifest: t.Mapping[str, t.Any]) -> list[SelectedLayer]:
         role = layer_role(descriptor)
         if role is None:
             continue
-        _check_descriptor(descriptor, "layer %d (%s)" % (position, role))
+        check_descriptor(descriptor, "layer %d (%s)" % (position, role))
         preferred = is_current_media_type(descriptor)
         if role in current:
             # A current media type wins over a legacy or foreign one of the same role.

@@ -39,7 +39,9 @@ from ansible_collections.ironcore.image.plugins.module_utils._registry_args impo
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     Document,
     SelectionError,
+    check_descriptor,
     check_manifest_serves,
+    entry_label,
     is_index,
     normalise_config,
     parse_document,
@@ -331,6 +333,10 @@ def resolve_image(source: Source) -> ResolvedImage:
 
 def child_manifest(source: Source, entry: t.Mapping[str, t.Any]) -> Document:
     """The manifest an index entry points at, checked against the entry."""
+    try:
+        check_descriptor(entry, "index entry %s" % entry_label(entry))
+    except SelectionError as exc:
+        raise SourceError("%s: %s" % (source.describe(), exc)) from exc
     digest, size = str(entry["digest"]), int(entry["size"])
     if size > MAX_DOCUMENT_SIZE:
         raise SourceError("manifest %s is %d bytes, more than a manifest may be (4 MiB); refusing it" % (digest, size))
