@@ -19,12 +19,11 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
-from ansible_collections.ironcore.image.plugins.module_utils._io import shared_directory_reason
+from ansible_collections.ironcore.image.plugins.module_utils._io import file_identity, shared_directory_reason
 from ansible_collections.ironcore.image.plugins.module_utils._layout import (
     LayoutError,
     OciLayout,
     digest_of_file,
-    file_identity,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import (
     InvalidDocument,

@@ -67,14 +67,15 @@ from ansible_collections.ironcore.image.plugins.module_utils._errors import (
     describe_failure,
     parse_error_body,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._layout import MAX_DOCUMENT_SIZE
-from ansible_collections.ironcore.image.plugins.module_utils._manifest import declared_media_type, sha256_digest
+from ansible_collections.ironcore.image.plugins.module_utils._io import sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
+    MAX_DOCUMENT_SIZE,
     OCI_INDEX,
     OCI_MANIFEST,
     SHA256_DIGEST_RE,
+    declared_media_type,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import RegistryOptions
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import re
 import stat
@@ -41,17 +40,22 @@ from ansible_collections.ironcore.image.plugins.module_utils._download import (
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     UnsafeFileError,
+    canonical_json,
+    flocked,
     hash_stream,
     open_directory,
-    open_private,
     parse_json,
     read_bounded,
     shared_directory_reason,
+    stat_identity,
     write_bytes_atomic,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._layout import stat_identity
-from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json
-from ansible_collections.ironcore.image.plugins.module_utils._model import ROLES, SHA256_DIGEST_RE, canonical_platform
+from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    MAX_DOCUMENT_SIZE,
+    ROLES,
+    SHA256_DIGEST_RE,
+    canonical_platform,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     SelectedLayer,
     SelectionError,
@@ -123,7 +127,7 @@ class DeliveryState:
     def _load(self) -> dict[str, dict[str, t.Any]]:
         """The record may only ever make us hash more: one that is not plainly ours is ignored."""
         try:
-            document = parse_json(read_bounded(self.path, follow_symlinks=False, private=True))
+            document = parse_json(read_bounded(self.path, MAX_DOCUMENT_SIZE, follow_symlinks=False, private=True))
         except (OSError, ValueError):
             return {}
         if not isinstance(document, dict) or document.get("version") != STATE_VERSION:
@@ -279,17 +283,8 @@ def plan_files(
 @contextlib.contextmanager
 def locked(state_dir: str) -> t.Iterator[None]:
     """One fetch at a time per destination: they would share partial files and the state record."""
-    directory = open_directory(state_dir)
-    try:
-        # Only flocked, never written: another user's lock file in a shared directory is fine.
-        lock = open_private(LOCK_FILE, directory, require_owner=False)
-    finally:
-        os.close(directory)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with flocked(os.path.join(state_dir, LOCK_FILE)):
         yield
-    finally:
-        os.close(lock)
 
 
 @dataclass

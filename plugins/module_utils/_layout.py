@@ -24,20 +24,24 @@ import typing as t
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
-    MAX_DOCUMENT_SIZE,
     AtomicFile,
     HashingCounter,
     TooLargeError,
+    canonical_json,
     copy_and_hash,
+    flocked,
     hash_file,
-    open_directory,
-    open_private,
     parse_json,
     read_bounded,
+    sha256_digest,
     write_bytes_atomic,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json, sha256_digest
+
+# file_identity and stat_identity moved to _io; importable from here still, for code written against the old place.
+from ansible_collections.ironcore.image.plugins.module_utils._io import file_identity as file_identity
+from ansible_collections.ironcore.image.plugins.module_utils._io import stat_identity as stat_identity
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    MAX_DOCUMENT_SIZE,
     OCI_INDEX,
     REF_NAME_ANNOTATION,
     SHA256_DIGEST_RE,
@@ -99,17 +103,8 @@ class OciLayout:
     @contextlib.contextmanager
     def locked(self) -> t.Iterator[None]:
         """Serialise read-modify-write of index.json across processes."""
-        directory = open_directory(self.path)
-        try:
-            # Only flocked, never written: another user's lock file in a shared directory is fine.
-            lock = open_private(LOCK_FILE, directory, require_owner=False)
-        finally:
-            os.close(directory)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with flocked(os.path.join(self.path, LOCK_FILE)):
             yield
-        finally:
-            os.close(lock)
 
     # ---- blobs -----------------------------------------------------------
 
@@ -218,7 +213,9 @@ class OciLayout:
         """The cache may only ever make a build hash more: anything that is not plainly ours is ignored."""
         try:
             cache = parse_json(
-                read_bounded(os.path.join(self.path, DIGEST_CACHE_FILE), follow_symlinks=False, private=True)
+                read_bounded(
+                    os.path.join(self.path, DIGEST_CACHE_FILE), MAX_DOCUMENT_SIZE, follow_symlinks=False, private=True
+                )
             )
         except (OSError, ValueError):
             return {}
@@ -248,7 +245,7 @@ class OciLayout:
         that a writer has stored (or found already stored) and not yet named
         can be taken from under it.
         """
-        with _flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_SH):
+        with flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_SH):
             yield
 
     @contextlib.contextmanager
@@ -258,7 +255,7 @@ class OciLayout:
         The blob lock first, then the index lock: the order a build takes them
         in, so a build and a prune cannot wait for each other.
         """
-        with _flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_EX), self.locked():
+        with flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_EX), self.locked():
             yield
 
     def stored_blobs(self) -> t.Iterator[tuple[str, os.stat_result]]:
@@ -288,16 +285,6 @@ class OciLayout:
 
 def _empty_index() -> dict[str, t.Any]:
     return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
-
-
-def file_identity(path: str) -> list[int]:
-    """What must all stay equal for a cached digest of the file to be trusted."""
-    return stat_identity(os.stat(path))
-
-
-def stat_identity(status: os.stat_result) -> list[int]:
-    """Device, inode, size, mtime and ctime: an in-place rewrite that restores the mtime still moves the ctime."""
-    return [status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
 
 
 def _write_raw(source: str, out: t.Any) -> HashingCounter:
@@ -347,21 +334,6 @@ def digest_of_file(source: str, packed_as: str | None = None) -> tuple[str, int]
 
     counter = _write_packed(source, packed_as, _Null())
     return counter.digest, counter.size
-
-
-@contextlib.contextmanager
-def _flocked(path: str, operation: int) -> t.Iterator[None]:
-    # Opened like the index lock: never through a link someone planted at the lock's name.
-    directory = open_directory(os.path.dirname(path) or ".")
-    try:
-        lock = open_private(os.path.basename(path), directory, require_owner=False)
-    finally:
-        os.close(directory)
-    try:
-        fcntl.flock(lock, operation)
-        yield
-    finally:
-        os.close(lock)
 
 
 class BlobWalk:

@@ -12,11 +12,10 @@ once, from them, and never from a re-serialisation.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import typing as t
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._io import canonical_json, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURE_ANNOTATION,
     ARCHITECTURES,
@@ -34,30 +33,14 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     layer_role,
 )
 
+# declared_media_type moved to _model; importable from here still, for code written against the old place.
+from ansible_collections.ironcore.image.plugins.module_utils._model import declared_media_type as declared_media_type
+
 Descriptor = t.Dict[str, t.Any]
 
 
 class InvalidDocument(ImageError, ValueError):
     """A manifest or index that breaks the OCI or IronCore rules."""
-
-
-def canonical_json(document: t.Mapping[str, t.Any]) -> bytes:
-    """Sorted keys, no insignificant white space, UTF-8: same input, same bytes."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def declared_media_type(data: bytes) -> str:
-    """The `mediaType` a manifest or index declares in its own JSON ("" when none or not JSON)."""
-    try:
-        document = json.loads(data)
-    except ValueError:
-        return ""
-    value = document.get("mediaType") if isinstance(document, dict) else None
-    return value if isinstance(value, str) else ""
 
 
 def descriptor(media_type: str, data_digest: str, size: int, **extra: t.Any) -> Descriptor:

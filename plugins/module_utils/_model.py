@@ -12,6 +12,7 @@ it and it can be tested on its own.
 
 from __future__ import annotations
 
+import json
 import re
 import typing as t
 from dataclasses import dataclass
@@ -38,6 +39,12 @@ TAG_ALIASES: dict[str, str] = {"baremetal": "metal", "virtualization": "kvm"}
 ROLES: tuple[str, ...] = ("kernel", "initramfs", "rootfs", "squashfs", "uki", "iso")
 
 LAYER_FORMATS: tuple[str, ...] = ("raw", "tar+gzip")
+
+# The most a manifest, index, config or bookkeeping document may be: read in
+# whole, so it is capped wherever such a document is read.
+MAX_DOCUMENT_SIZE = 4 * 1024 * 1024
+# The most entries an index may list; each is a manifest to read and describe.
+MAX_INDEX_ENTRIES = 1024
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -143,6 +150,30 @@ def architecture_of_tag(tag: str | None) -> str | None:
     """The architecture a platform tag names (`1.0-kvm-arm64` -> arm64), else None."""
     match = _TAG_SUFFIX_RE.search(tag or "")
     return match.group("arch") if match else None
+
+
+def document_kind(document: t.Mapping[str, t.Any], media_type: str | None = None) -> str | None:
+    """ "index" or "manifest", by media type first and by shape when none is given; None when neither."""
+    declared = document.get("mediaType") or media_type
+    if declared in INDEX_MEDIA_TYPES:
+        return "index"
+    if declared in MANIFEST_MEDIA_TYPES:
+        return "manifest"
+    if isinstance(document.get("manifests"), list):
+        return "index"
+    if isinstance(document.get("layers"), list):
+        return "manifest"
+    return None
+
+
+def declared_media_type(data: bytes) -> str:
+    """The `mediaType` a manifest or index declares in its own JSON ("" when none or not JSON)."""
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError):
+        return ""
+    value = document.get("mediaType") if isinstance(document, dict) else None
+    return value if isinstance(value, str) else ""
 
 
 def descriptors(value: t.Any) -> list[t.Mapping[str, t.Any]]:

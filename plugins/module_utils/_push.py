@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient, RegistryError
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
-from ansible_collections.ironcore.image.plugins.module_utils._manifest import declared_media_type
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
     INDEX_MEDIA_TYPES,
@@ -30,6 +29,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     PLATFORMS,
     ImageReference,
     InvalidReference,
+    declared_media_type,
     platform_refs,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (

@@ -36,8 +36,6 @@ from dataclasses import dataclass
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURE_ANNOTATION,
-    INDEX_MEDIA_TYPES,
-    MANIFEST_MEDIA_TYPES,
     PLATFORM_ANNOTATION,
     PLATFORMS,
     PROFILES,
@@ -45,6 +43,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     architecture_of_machine,
     architecture_of_tag,
     canonical_platform,
+    document_kind,
     is_current_media_type,
     is_packed,
     layer_role,
@@ -118,19 +117,14 @@ def parse_document(data: bytes, what: str) -> Document:
 
 
 def is_index(document: t.Mapping[str, t.Any], media_type: str | None = None) -> bool:
-    """Index or manifest, by media type first and by shape when none is given."""
-    declared = document.get("mediaType") or media_type
-    if declared in INDEX_MEDIA_TYPES:
-        return True
-    if declared in MANIFEST_MEDIA_TYPES:
-        return False
-    if isinstance(document.get("manifests"), list):
-        return True
-    if isinstance(document.get("layers"), list):
-        return False
-    raise SelectionError(
-        "document of media type %s is neither an image index nor an image manifest" % (declared or "(none)")
-    )
+    """Index or manifest (`_model.document_kind`); a document that is neither is not an image."""
+    kind = document_kind(document, media_type)
+    if kind is None:
+        declared = document.get("mediaType") or media_type
+        raise SelectionError(
+            "document of media type %s is neither an image index nor an image manifest" % (declared or "(none)")
+        )
+    return kind == "index"
 
 
 def index_entries(index: t.Mapping[str, t.Any]) -> list[Document]:

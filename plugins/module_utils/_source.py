@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     CHUNK_SIZE,
-    MAX_DOCUMENT_SIZE,
-    MAX_INDEX_ENTRIES,
     iter_chunks,
+    sha256_digest,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
-from ansible_collections.ironcore.image.plugins.module_utils._manifest import sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
+    MAX_DOCUMENT_SIZE,
+    MAX_INDEX_ENTRIES,
     PLATFORM_CHOICES,
     ROLES,
     SHA256_DIGEST_RE,

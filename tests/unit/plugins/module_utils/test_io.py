@@ -115,7 +115,7 @@ def test_read_bounded_refuses_devices_and_what_is_over_the_cap(tmp_path):
     link = tmp_path / "manifest"
     link.symlink_to("/dev/zero")
     with pytest.raises(io.UnsafeFileError, match="not a regular file"):
-        io.read_bounded(str(link))
+        io.read_bounded(str(link), limit=4096)
     big = tmp_path / "big"
     big.write_bytes(b"x" * 101)
     with pytest.raises(io.TooLargeError):
@@ -127,18 +127,18 @@ def test_read_bounded_private_wants_a_file_of_ours_that_only_we_can_write(tmp_pa
     record = tmp_path / "state.json"
     record.write_bytes(b"{}")
     os.chmod(record, 0o644)
-    assert io.read_bounded(str(record), follow_symlinks=False, private=True) == b"{}"
+    assert io.read_bounded(str(record), limit=4096, follow_symlinks=False, private=True) == b"{}"
     link = tmp_path / "link.json"
     link.symlink_to(record)
     with pytest.raises(io.UnsafeFileError, match="symbolic link"):
-        io.read_bounded(str(link), follow_symlinks=False, private=True)
+        io.read_bounded(str(link), limit=4096, follow_symlinks=False, private=True)
     os.chmod(record, 0o646)
     with pytest.raises(io.UnsafeFileError, match="not ours alone"):
-        io.read_bounded(str(record), private=True)
+        io.read_bounded(str(record), limit=4096, private=True)
     os.chmod(record, 0o644)
     os.chown(record, NOBODY, NOBODY)
     with pytest.raises(io.UnsafeFileError, match="not ours alone"):
-        io.read_bounded(str(record), private=True)
+        io.read_bounded(str(record), limit=4096, private=True)
 
 
 def test_parse_json_reports_deep_nesting_as_a_value_error():
