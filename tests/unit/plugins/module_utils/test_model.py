@@ -196,3 +196,8 @@ def test_descriptors_keeps_objects_only():
     assert model.descriptors(one) == [one]
     assert model.descriptors([one, "x", 3, None]) == [one]
     assert model.descriptors("x") == []
+
+
+def test_layer_role_of_a_tar_layer_whose_annotations_are_not_an_object_is_none():
+    for given in (["rootfs"], "rootfs", 7):
+        assert model.layer_role({"mediaType": model.OCI_LAYER_TAR_GZIP, "annotations": given}) is None
