@@ -36,10 +36,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
     sha256_digest,
     write_bytes_atomic,
 )
-
-# file_identity and stat_identity moved to _io; importable from here still, for code written against the old place.
-from ansible_collections.ironcore.image.plugins.module_utils._io import file_identity as file_identity
-from ansible_collections.ironcore.image.plugins.module_utils._io import stat_identity as stat_identity
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     MAX_DOCUMENT_SIZE,
     OCI_INDEX,

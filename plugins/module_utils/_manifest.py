@@ -33,9 +33,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     layer_role,
 )
 
-# declared_media_type moved to _model; importable from here still, for code written against the old place.
-from ansible_collections.ironcore.image.plugins.module_utils._model import declared_media_type as declared_media_type
-
 Descriptor = t.Dict[str, t.Any]
 
 

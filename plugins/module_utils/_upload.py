@@ -103,8 +103,9 @@ class _BlobUpload:
         while True:
             try:
                 session = session or self.client.open_upload(self.repository, what=self.what)
-                # Without mount, open_upload always opens a session (None means "mounted").
-                assert session is not None
+                if session is None:
+                    # Without mount, open_upload always opens a session (None means "mounted").
+                    raise AssertionError("open_upload without mount_from returned no session")
                 if chunk_size > 0 and self.size > 0:
                     self.chunked(session, chunk_size)
                 else:
