@@ -29,12 +29,13 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps demo-deps venv demo-venv collection demo test pytest lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile ee-context ee
+.PHONY: help system-deps demo-deps venv demo-venv collection demo test pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile ee-context ee
 
 help:
 	@echo "make demo       build a sample two-platform image into a local OCI layout and show it (light install)"
 	@echo "make test       install everything and run every gate below, then every pytest test"
-	@echo "make lint       ruff (lint, format), yamllint, ansible-lint (profile production)"
+	@echo "make lint       ruff (lint, format), mypy, yamllint, ansible-lint (profile production)"
+	@echo "make unit       only the unit tests (tests/unit): no Debian packages, no registries"
 	@echo "make docs-lint  antsibull-docs on the plugin docs, antsibull-changelog, reference up to date"
 	@echo "make sanity     ansible-test sanity, every test, no ignore entries"
 	@echo "make galaxy     build the tarball, galaxy-importer, install it, run the demo from it"
@@ -108,9 +109,15 @@ test: system-deps venv collection lint docs-lint sanity galaxy pytest
 pytest: system-deps venv collection
 	$(BIN)/pytest
 
-lint: venv
+# The unit tests import module_utils directly: they need the virtualenv and the collection link, nothing else.
+unit: venv collection
+	$(BIN)/pytest tests/unit
+
+# mypy reads the collection through its link, so the plugins have the module names Ansible gives them.
+lint: venv collection
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --config-file mypy.ini $(COLLECTION_LINK)/plugins tests
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint
 

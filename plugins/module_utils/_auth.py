@@ -173,7 +173,7 @@ def _read_docker_config(path: str) -> dict[str, t.Any] | None:
         raise RegistryError("docker_config %s cannot be read: %s" % (path, exc), option="docker_config") from exc
     if not isinstance(document, dict):
         raise RegistryError("docker_config %s is not a JSON object" % path, option="docker_config")
-    config = {
+    config: dict[str, t.Any] = {
         "auths": dict(document.get("auths") or {}),
         "credsStore": document.get("credsStore"),
         "credHelpers": dict(document.get("credHelpers") or {}),

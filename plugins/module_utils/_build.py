@@ -18,12 +18,12 @@ import stat
 import typing as t
 from dataclasses import dataclass, field
 
-from ansible_collections.ironcore.image.plugins.module_utils._io import shared_directory_reason
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._io import file_identity, shared_directory_reason
 from ansible_collections.ironcore.image.plugins.module_utils._layout import (
     LayoutError,
     OciLayout,
     digest_of_file,
-    file_identity,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import (
     InvalidDocument,
@@ -55,7 +55,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
 )
 
 
-class BuildError(Exception):
+class BuildError(ImageError):
     """Bad input or an unusable layout; the message names the field."""
 
 
@@ -84,10 +84,10 @@ def _check_artifact_file(where: str, path: t.Any) -> str:
         raise BuildError("%s must be a path, got %r" % (where, path))
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise BuildError("%s: file %s does not exist" % (where, path)) from None
+    except FileNotFoundError as exc:
+        raise BuildError("%s: file %s does not exist" % (where, path)) from exc
     except OSError as exc:
-        raise BuildError("%s: cannot read %s (%s)" % (where, path, exc.strerror)) from None
+        raise BuildError("%s: cannot read %s (%s)" % (where, path, exc.strerror)) from exc
     if stat.S_ISDIR(mode):
         raise BuildError("%s: %s is a directory, not a regular file" % (where, path))
     if not stat.S_ISREG(mode):
@@ -131,7 +131,7 @@ def _command_line(where: str, cmdline: str | None) -> str | None:
     try:
         return check_command_line(cmdline) or None
     except UnsafeCommandLine as exc:
-        raise BuildError("%s.cmdline: %s; remove it from the command line" % (where, exc)) from None
+        raise BuildError("%s.cmdline: %s; remove it from the command line" % (where, exc)) from exc
 
 
 def _ordered_platforms(platforms: t.Sequence[str]) -> list[str]:
@@ -209,7 +209,7 @@ def plan_build(
     try:
         ref = ImageReference.parse(params["name"])
     except InvalidReference as exc:
-        raise BuildError("name: %s" % exc) from None
+        raise BuildError("name: %s" % exc) from exc
     if ref.digest:
         raise BuildError("name: %s names a digest; give a tag (or none for latest)" % params["name"])
     for key, value in (params.get("annotations") or {}).items():
@@ -219,13 +219,13 @@ def plan_build(
     try:
         layout.check_usable()
     except LayoutError as exc:
-        raise BuildError("layout: %s" % exc) from None
+        raise BuildError("layout: %s" % exc) from exc
     allow_shared = bool(params.get("allow_shared_dest"))
     _refuse_shared_layout(layout, allow_shared)
     unknown = [platform for platform in params["platforms"] if canonical_platform(platform) is None]
     if unknown:
         raise BuildError("platforms: unknown platform %s; expected %s" % (unknown[0], ", ".join(PLATFORMS)))
-    platforms = _ordered_platforms([canonical_platform(platform) for platform in params["platforms"]])
+    platforms = _ordered_platforms([name for name in map(canonical_platform, params["platforms"]) if name])
     if not platforms:
         raise BuildError("platforms must name at least one of %s" % ", ".join(PLATFORMS))
     artifacts = parse_artifacts(params["artifacts"], platforms)
@@ -237,7 +237,7 @@ def plan_build(
             else {}
         )
     except InvalidReference as exc:
-        raise BuildError("name: platform tags of %s would be invalid: %s" % (ref, exc)) from None
+        raise BuildError("name: platform tags of %s would be invalid: %s" % (ref, exc)) from exc
 
     if store:
         layout.ensure()
@@ -358,9 +358,9 @@ def build_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.
             digests.layout.save_digest_cache(digests.cache)
         changed = bool(moved) or bool(blobs_missing) or digests.blobs_added
     except (LayoutError, InvalidDocument) as exc:
-        raise BuildError(str(exc)) from None
+        raise BuildError(str(exc)) from exc
     except OSError as exc:
-        raise BuildError("writing layout %s failed: %s" % (params["layout"], exc)) from None
+        raise BuildError("writing layout %s failed: %s" % (params["layout"], exc)) from exc
     return {
         "changed": changed,
         "name": str(plan.ref),

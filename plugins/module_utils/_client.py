@@ -45,6 +45,8 @@ else:
         requests.exceptions.Timeout,
         requests.exceptions.ChunkedEncodingError,
     )
+# What a dropped or refused connection raises, whichever layer notices it first.
+_TRANSPORT_EXCEPTIONS: tuple[type[BaseException], ...] = (*_RETRY_EXCEPTIONS, OSError)
 
 from ansible_collections.ironcore.image.plugins.module_utils._auth import (
     MAX_TOKEN_RESPONSE,
@@ -65,14 +67,15 @@ from ansible_collections.ironcore.image.plugins.module_utils._errors import (
     describe_failure,
     parse_error_body,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._layout import MAX_DOCUMENT_SIZE
-from ansible_collections.ironcore.image.plugins.module_utils._manifest import declared_media_type, sha256_digest
+from ansible_collections.ironcore.image.plugins.module_utils._io import sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
+    MAX_DOCUMENT_SIZE,
     OCI_INDEX,
     OCI_MANIFEST,
     SHA256_DIGEST_RE,
+    declared_media_type,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import RegistryOptions
 
@@ -91,7 +94,7 @@ MAX_REDIRECTS = 5
 # How many tags a "tag not found" error lists.
 TAG_HINT_COUNT = 10
 
-Body = t.Union[None, bytes, t.Callable[[], t.Any]]
+Body = t.Union[None, bytes, t.Mapping[str, str], t.Callable[[], t.Any]]
 
 
 # ---- transport -------------------------------------------------------------
@@ -207,7 +210,7 @@ class BlobStream:
     def iter_chunks(self, size: int = 1024 * 1024) -> t.Iterator[bytes]:
         try:
             yield from self._response.iter_content(size)
-        except (*_RETRY_EXCEPTIONS, OSError) as exc:
+        except _TRANSPORT_EXCEPTIONS as exc:
             error = connection_failure(exc, self._what, self._client.registry, self._client.options)
             error.retryable = True
             raise error from exc
@@ -304,7 +307,7 @@ class RegistryClient:
         retry_after = response.headers.get("Retry-After") if response is not None else None
         if retry_after and retry_after.strip().isdigit():
             return min(float(retry_after), RETRY_AFTER_CAP)
-        delay = min(BACKOFF_CAP, BACKOFF_BASE * (2**attempt))
+        delay = min(BACKOFF_CAP, BACKOFF_BASE * (2.0**attempt))
         return delay * random.uniform(0.8, 1.2)
 
     def _send_following_redirects(self, send: _Send, what: str) -> tuple[requests.Response, str]:
@@ -387,7 +390,7 @@ class RegistryClient:
                 response, final_url = self._send_following_redirects(send, what)
             except requests.exceptions.SSLError as exc:
                 raise connection_failure(exc, what, self.registry, self.options) from exc
-            except (*_RETRY_EXCEPTIONS, OSError) as exc:
+            except _TRANSPORT_EXCEPTIONS as exc:
                 error = connection_failure(exc, what, self.registry, self.options)
                 if safe and error.retryable and attempt < self.options.retries:
                     self.wait_before_retry(attempt, what, str(error).partition(" failed: ")[2])
@@ -432,7 +435,8 @@ class RegistryClient:
         finally:
             response.close()
         response._content = bytes(body)
-        response._content_consumed = True
+        # requests' own flag that the body was read (no public setter), so .content returns ours.
+        response._content_consumed = True  # type: ignore[attr-defined]
 
     def request(
         self,

@@ -23,6 +23,7 @@ import typing as t
 import zlib
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     AtomicFile,
     HashingCounter,
@@ -52,7 +53,7 @@ UNPACKED_SIZE_MULTIPLE = 2048
 UNPACKED_SIZE_CAP = 64 * 1024**3
 
 
-class DeliveryError(Exception):
+class DeliveryError(ImageError):
     """The layer could not be delivered; the destination file is untouched."""
 
 
@@ -139,8 +140,8 @@ class _Receiver:
             if offset > 0:
                 raise DeliveryError(
                     "%s; %d of %d bytes are kept, run again to resume" % (exc, offset, self.layer.size)
-                ) from None
-            raise DeliveryError(str(exc)) from None
+                ) from exc
+            raise DeliveryError(str(exc)) from exc
 
     def _append_from(self, offset: int) -> None:
         stream = self._open(offset)
@@ -179,14 +180,14 @@ class _Receiver:
                     )
             except SourceError as exc:
                 if not exc.retryable:
-                    raise DeliveryError(str(exc)) from None
+                    raise DeliveryError(str(exc)) from exc
                 # Progress proves the link works: only attempts that gained nothing count.
                 failures = 0 if self.counter.size > before else failures + 1
                 if failures > self.retries:
                     raise DeliveryError(
                         "%s; gave up after %d retries, %d of %d bytes are kept: run again to resume"
                         % (exc, self.retries, self.counter.size, self.layer.size)
-                    ) from None
+                    ) from exc
                 time.sleep(min(self.backoff * (2 ** max(failures - 1, 0)), 10.0))
         return self.counter
 
@@ -252,9 +253,9 @@ def unpack_stream(
             read_exact(stream, padded(member.size) - member.size, "the padding of %s" % member.name)
             check_end(stream)
     except TarError as exc:
-        raise DeliveryError(str(exc)) from None
+        raise DeliveryError(str(exc)) from exc
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise DeliveryError("the tar+gzip layer cannot be unpacked: %s" % exc) from None
+        raise DeliveryError("the tar+gzip layer cannot be unpacked: %s" % exc) from exc
     return counter
 
 
@@ -310,13 +311,13 @@ def derive_content_digest(source: Source, layer: SelectedLayer, max_size: int | 
     try:
         stream = source.open_blob(layer.digest, 0)
     except SourceError as exc:
-        raise DeliveryError(str(exc)) from None
+        raise DeliveryError(str(exc)) from exc
     try:
         reader = _BlobReader(stream, layer)
         content = unpack_stream(reader, _Discard(), max_size)
         reader.drain()
     except SourceError as exc:
-        raise DeliveryError(str(exc)) from None
+        raise DeliveryError(str(exc)) from exc
     finally:
         stream.close()
     _verify(layer, reader.counter)
@@ -433,11 +434,3 @@ def stage(
             raise
         # The kept bytes may be what was wrong: one clean attempt from byte 0.
         return _attempt(source, layer, path, partial, retries, backoff, False, tally, max_unpacked_size, progress)
-
-
-def deliver(source: Source, layer: SelectedLayer, path: str, retries: int, backoff: float = 0.5) -> Delivered:
-    """Stage and commit one layer."""
-    staged = stage(source, layer, path, retries, backoff)
-    staged.commit()
-    staged.sweep()
-    return staged.delivered

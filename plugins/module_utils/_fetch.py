@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import re
 import stat
@@ -39,19 +38,25 @@ from ansible_collections.ironcore.image.plugins.module_utils._download import (
     derive_content_digest,
     stage,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     UnsafeFileError,
+    canonical_json,
+    flocked,
     hash_stream,
     open_directory,
-    open_private,
     parse_json,
     read_bounded,
     shared_directory_reason,
+    stat_identity,
     write_bytes_atomic,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._layout import stat_identity
-from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json
-from ansible_collections.ironcore.image.plugins.module_utils._model import ROLES, SHA256_DIGEST_RE, canonical_platform
+from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    MAX_DOCUMENT_SIZE,
+    ROLES,
+    SHA256_DIGEST_RE,
+    canonical_platform,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._progress import PROGRESS_FILE, ProgressRecorder
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     SelectedLayer,
@@ -84,7 +89,7 @@ MAX_FILENAME_BYTES = 200
 ApplyAttributes = t.Callable[[str, bool], bool]
 
 
-class FetchError(Exception):
+class FetchError(ImageError):
     """The fetch cannot be done as asked; the message says what to change."""
 
 
@@ -124,7 +129,7 @@ class DeliveryState:
     def _load(self) -> dict[str, dict[str, t.Any]]:
         """The record may only ever make us hash more: one that is not plainly ours is ignored."""
         try:
-            document = parse_json(read_bounded(self.path, follow_symlinks=False, private=True))
+            document = parse_json(read_bounded(self.path, MAX_DOCUMENT_SIZE, follow_symlinks=False, private=True))
         except (OSError, ValueError):
             return {}
         if not isinstance(document, dict) or document.get("version") != STATE_VERSION:
@@ -212,7 +217,8 @@ def _current_content(
         return None
     with stream:
         status = os.fstat(stream.fileno())
-        recorded = entry is not None and entry.get("digest") == layer.digest
+        entry = entry or {}
+        recorded = entry.get("digest") == layer.digest
         if recorded and not verify and entry.get("identity") == stat_identity(status):
             return str(entry.get("content_digest"))
         if layer.packed:
@@ -279,17 +285,8 @@ def plan_files(
 @contextlib.contextmanager
 def locked(state_dir: str) -> t.Iterator[None]:
     """One fetch at a time per destination: they would share partial files and the state record."""
-    directory = open_directory(state_dir)
-    try:
-        # Only flocked, never written: another user's lock file in a shared directory is fine.
-        lock = open_private(LOCK_FILE, directory, require_owner=False)
-    finally:
-        os.close(directory)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with flocked(os.path.join(state_dir, LOCK_FILE)):
         yield
-    finally:
-        os.close(lock)
 
 
 @dataclass
@@ -507,11 +504,9 @@ def fetch_image(
     try:
         result = _fetch(params, check_mode, apply_attributes, on_retry)
     except (SourceError, SelectionError, DeliveryError) as exc:
-        raise FetchError(str(exc)) from None
+        raise FetchError(str(exc)) from exc
     except OSError as exc:
-        raise FetchError("dest %s: %s" % (params["dest"], exc.strerror or exc)) from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FetchError("the image is malformed: %s" % one_line(exc)) from None
+        raise FetchError("dest %s: %s" % (params["dest"], exc.strerror or exc)) from exc
     result.update(transfer_rate(result["bytes_downloaded"], time.monotonic() - started))
     return result
 
@@ -551,7 +546,7 @@ def _fetch(
     except SelectionError as exc:
         raise FetchError(
             "%s, manifest %s for %s/%s: %s" % (source.describe(), chosen.digest, platform, architecture, exc)
-        ) from None
+        ) from exc
     config = read_config(source, chosen.document)
 
     result = {
@@ -572,7 +567,7 @@ def _fetch(
         try:
             return derive_content_digest(source, layer, limit(layer))
         except DeliveryError as exc:
-            raise FetchError("%s: verify could not re-read its blob: %s" % (layer.role, exc)) from None
+            raise FetchError("%s: verify could not re-read its blob: %s" % (layer.role, exc)) from exc
 
     if check_mode:
         plans = _plan_check_mode(

@@ -17,22 +17,25 @@ import functools
 import os
 import typing as t
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import BlobWalk, LayoutError, OciLayout
-from ansible_collections.ironcore.image.plugins.module_utils._model import canonical_platform
+from ansible_collections.ironcore.image.plugins.module_utils._model import canonical_platform, descriptors
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     Document,
     SelectionError,
     decide_platform,
+    index_entries,
     is_index,
     manifest_layers,
     node_architecture,
+    platform_of,
     select_layers,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._source import (
+    ResolvedImage,
     Source,
     SourceError,
     child_manifest,
-    one_line,
     open_source,
     read_config,
     resolve_image,
@@ -40,7 +43,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._source import (
 )
 
 
-class InfoError(Exception):
+class InfoError(ImageError):
     """The image cannot be described; the message says why."""
 
 
@@ -48,7 +51,7 @@ def _describe_manifest(
     source: Source, digest: str, size: int, document: Document, entry: t.Mapping[str, t.Any] | None
 ) -> dict[str, t.Any]:
     layers = manifest_layers(document)
-    platform = dict(entry.get("platform") or {}) if entry else {}
+    platform = platform_of(entry) if entry else {}
     decision = decide_platform(entry, document, source.ref.tag)
     return {
         "digest": digest,
@@ -84,7 +87,7 @@ def _visible_headers(headers: t.Mapping[str, str], include_credentials: bool | N
 
 
 def _selected(
-    source: Source, params: t.Mapping[str, t.Any], image: t.Any, documents: t.Mapping[str, Document]
+    source: Source, params: t.Mapping[str, t.Any], image: ResolvedImage, documents: t.Mapping[str, Document]
 ) -> dict[str, t.Any]:
     platform = canonical_platform(params["platform"]) or params["platform"]
     architecture = node_architecture(params["architecture"])
@@ -112,7 +115,7 @@ def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
         documents: dict[str, Document] = {}
         manifests = []
         if image.index:
-            for entry in image.document.get("manifests") or []:
+            for entry in index_entries(image.document):
                 digest = str(entry.get("digest"))
                 documents[digest] = child_manifest(source, entry)
                 manifests.append(_describe_manifest(source, digest, int(entry["size"]), documents[digest], entry))
@@ -129,9 +132,7 @@ def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
             "selected": _selected(source, params, image, documents) if params.get("platform") else None,
         }
     except (SourceError, SelectionError) as exc:
-        raise InfoError(str(exc)) from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InfoError("the image is malformed: %s" % one_line(exc)) from None
+        raise InfoError(str(exc)) from exc
 
 
 def _platform_pairs(
@@ -139,7 +140,7 @@ def _platform_pairs(
 ) -> list[dict[str, t.Any]]:
     """(platform, architecture) pairs one manifest serves, decided by the rules fetch uses."""
     document = walk.document(digest)
-    platform = entry.get("platform") if isinstance(entry.get("platform"), dict) else {}
+    platform = platform_of(entry)
     served = decide_platform(entry, document).platforms
     architecture = platform.get("architecture") or architectures.get(digest)
     return [{"platform": name, "architecture": architecture} for name in served]
@@ -148,8 +149,7 @@ def _platform_pairs(
 def _manifests_of(entry: t.Mapping[str, t.Any], document: Document) -> list[tuple[t.Mapping[str, t.Any], str]]:
     """(index entry, digest) of every manifest a name holds: an index's entries, or the manifest itself."""
     if is_index(document, entry.get("mediaType")):
-        children = document.get("manifests") or []
-        return [(child, str(child.get("digest"))) for child in children if isinstance(child, dict)]
+        return [(child, str(child.get("digest"))) for child in descriptors(document.get("manifests"))]
     return [({}, str(entry.get("digest")))]
 
 
@@ -158,7 +158,7 @@ def _named(name: str, action: t.Callable[[], t.Any]) -> t.Any:
     try:
         return action()
     except (LayoutError, SelectionError) as exc:
-        raise InfoError("%s: %s" % (name, exc)) from None
+        raise InfoError("%s: %s" % (name, exc)) from exc
 
 
 def _describe_name(
@@ -192,16 +192,14 @@ def layout_images(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
         # A per-architecture name is a bare manifest: its architecture is what an index of the layout says it is.
         architectures: dict[str, str] = {}
         for document in tops.values():
-            for child in document.get("manifests") or []:
-                platform = child.get("platform") if isinstance(child, dict) else None
-                if isinstance(platform, dict) and platform.get("architecture"):
+            for child in descriptors(document.get("manifests")):
+                platform = platform_of(child)
+                if platform.get("architecture"):
                     architectures.setdefault(str(child.get("digest")), str(platform["architecture"]))
         images = []
         for name in sorted(refs):
             describe = functools.partial(_describe_name, walk, refs[name], tops[name], architectures)
             images.append(dict({"name": name}, **_named(name, describe)))
     except LayoutError as exc:
-        raise InfoError(str(exc)) from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InfoError("layout %s is malformed: %s" % (layout.path, one_line(exc))) from None
+        raise InfoError(str(exc)) from exc
     return {"changed": False, "images": images}

@@ -14,7 +14,9 @@ one, never a half-written one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -22,43 +24,31 @@ import secrets
 import stat
 import typing as t
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, one_line
+
 # Large enough that per-call overhead vanishes next to hashing; small enough
 # that memory stays flat whatever the blob size.
 CHUNK_SIZE = 4 * 1024 * 1024
-# The most a manifest, index, config or bookkeeping document may be: read in
-# whole, so it is capped wherever such a document is read.
-MAX_DOCUMENT_SIZE = 4 * 1024 * 1024
-# The most entries an index may list; each is a manifest to read and describe.
-MAX_INDEX_ENTRIES = 1024
 
 # Every file we create or reuse is opened through these: never through a symlink,
 # never inherited by a child process, and without blocking on a planted FIFO.
 _SAFE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
-class UnsafeFileError(OSError):
-    """A file or directory we were about to use is not what it must be (a symlink, a hard link, someone else's)."""
+class UnsafeFileError(ImageError, OSError):
+    """A file or directory we were about to use is not what it must be (a symlink, a hard link, someone else's).
+
+    Still an OSError (EPERM), so callers that handle a failed open handle this too.
+    """
 
     def __init__(self, message: str):
-        super().__init__(errno.EPERM, message)
+        OSError.__init__(self, errno.EPERM, one_line(message))
+        self.retryable = False
+        self.option = None
 
 
 class TooLargeError(UnsafeFileError):
     """A file that is read whole is larger than its cap."""
-
-
-def fsync_directory(path: str) -> None:
-    """Persist a rename: the directory entry must reach the disk too."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def open_directory(path: str, follow_symlinks: bool = True) -> int:
@@ -122,9 +112,7 @@ def open_private(name: str, dir_fd: int, exclusive: bool = False, require_owner:
     return fd
 
 
-def read_bounded(
-    path: str, limit: int = MAX_DOCUMENT_SIZE, follow_symlinks: bool = True, private: bool = False
-) -> bytes:
+def read_bounded(path: str, limit: int, follow_symlinks: bool = True, private: bool = False) -> bytes:
     """A small regular file read whole, refused when larger than `limit` (whatever its size looks like).
 
     `private` also requires that it is ours and not writable by others, for a
@@ -153,8 +141,47 @@ def parse_json(data: bytes | str) -> t.Any:
     """json.loads, with a document nested too deeply for the parser reported as a ValueError, not a traceback."""
     try:
         return json.loads(data)
-    except RecursionError:
-        raise ValueError("the JSON document is nested too deeply") from None
+    except RecursionError as exc:
+        raise ValueError("the JSON document is nested too deeply") from exc
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(document: t.Mapping[str, t.Any]) -> bytes:
+    """Sorted keys, no insignificant white space, UTF-8: same input, same bytes."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def file_identity(path: str) -> list[int]:
+    """What must all stay equal for a cached digest of the file to be trusted."""
+    return stat_identity(os.stat(path))
+
+
+def stat_identity(status: os.stat_result) -> list[int]:
+    """Device, inode, size, mtime and ctime: an in-place rewrite that restores the mtime still moves the ctime."""
+    return [status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
+
+
+@contextlib.contextmanager
+def flocked(path: str, operation: int = fcntl.LOCK_EX) -> t.Iterator[None]:
+    """Hold an flock on the lock file at path (created when missing) for the block.
+
+    Opened like every file here, never through a link someone planted at the
+    lock's name; only flocked, never written, so another user's lock file in a
+    shared directory is fine.
+    """
+    directory = open_directory(os.path.dirname(path) or ".")
+    try:
+        lock = open_private(os.path.basename(path), directory, require_owner=False)
+    finally:
+        os.close(directory)
+    try:
+        fcntl.flock(lock, operation)
+        yield
+    finally:
+        os.close(lock)
 
 
 class AtomicFile:

@@ -22,24 +22,26 @@ import re
 import tarfile
 import typing as t
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
-    MAX_DOCUMENT_SIZE,
     AtomicFile,
     HashingCounter,
     TooLargeError,
+    canonical_json,
     copy_and_hash,
+    flocked,
     hash_file,
-    open_directory,
-    open_private,
     parse_json,
     read_bounded,
+    sha256_digest,
     write_bytes_atomic,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    MAX_DOCUMENT_SIZE,
     OCI_INDEX,
     REF_NAME_ANNOTATION,
     SHA256_DIGEST_RE,
+    descriptors,
 )
 
 LAYOUT_VERSION_DOC = b'{"imageLayoutVersion":"1.0.0"}'
@@ -53,7 +55,7 @@ _DOCUMENT_KEYS = ("manifests", "subject")
 _BLOB_KEYS = ("config", "layers", "blobs")
 
 
-class LayoutError(Exception):
+class LayoutError(ImageError):
     """The layout cannot be used as asked; the message says why."""
 
 
@@ -97,17 +99,8 @@ class OciLayout:
     @contextlib.contextmanager
     def locked(self) -> t.Iterator[None]:
         """Serialise read-modify-write of index.json across processes."""
-        directory = open_directory(self.path)
-        try:
-            # Only flocked, never written: another user's lock file in a shared directory is fine.
-            lock = open_private(LOCK_FILE, directory, require_owner=False)
-        finally:
-            os.close(directory)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with flocked(os.path.join(self.path, LOCK_FILE)):
             yield
-        finally:
-            os.close(lock)
 
     # ---- blobs -----------------------------------------------------------
 
@@ -145,19 +138,19 @@ class OciLayout:
     def open_blob(self, digest: str) -> t.BinaryIO:
         try:
             return open(self.blob_path(digest), "rb")
-        except FileNotFoundError:
-            raise LayoutError("blob %s is missing from layout %s" % (digest, self.path)) from None
+        except FileNotFoundError as exc:
+            raise LayoutError("blob %s is missing from layout %s" % (digest, self.path)) from exc
 
     def read_document(self, digest: str) -> bytes:
         """A manifest, index or config blob, refused when implausibly large."""
         try:
             data = read_bounded(self.blob_path(digest), MAX_DOCUMENT_SIZE)
-        except FileNotFoundError:
-            raise LayoutError("blob %s is missing from layout %s" % (digest, self.path)) from None
-        except TooLargeError:
-            raise LayoutError("blob %s is more than a manifest may be (4 MiB); refusing it" % digest) from None
+        except FileNotFoundError as exc:
+            raise LayoutError("blob %s is missing from layout %s" % (digest, self.path)) from exc
+        except TooLargeError as exc:
+            raise LayoutError("blob %s is more than a manifest may be (4 MiB); refusing it" % digest) from exc
         except OSError as exc:
-            raise LayoutError("blob %s in layout %s: %s" % (digest, self.path, exc.strerror)) from None
+            raise LayoutError("blob %s in layout %s: %s" % (digest, self.path, exc.strerror)) from exc
         if sha256_digest(data) != digest:
             raise LayoutError("blob %s in layout %s does not match its digest" % (digest, self.path))
         return data
@@ -170,9 +163,9 @@ class OciLayout:
         except FileNotFoundError:
             return _empty_index()
         except OSError as exc:
-            raise LayoutError("%s: %s" % (self.index_path, exc.strerror)) from None
+            raise LayoutError("%s: %s" % (self.index_path, exc.strerror)) from exc
         except ValueError as exc:
-            raise LayoutError("%s is not valid JSON: %s" % (self.index_path, exc)) from None
+            raise LayoutError("%s is not valid JSON: %s" % (self.index_path, exc)) from exc
         if not isinstance(document, dict) or not isinstance(document.get("manifests", []), list):
             raise LayoutError("%s is not an OCI image index" % self.index_path)
         document.setdefault("manifests", [])
@@ -216,7 +209,9 @@ class OciLayout:
         """The cache may only ever make a build hash more: anything that is not plainly ours is ignored."""
         try:
             cache = parse_json(
-                read_bounded(os.path.join(self.path, DIGEST_CACHE_FILE), follow_symlinks=False, private=True)
+                read_bounded(
+                    os.path.join(self.path, DIGEST_CACHE_FILE), MAX_DOCUMENT_SIZE, follow_symlinks=False, private=True
+                )
             )
         except (OSError, ValueError):
             return {}
@@ -246,7 +241,7 @@ class OciLayout:
         that a writer has stored (or found already stored) and not yet named
         can be taken from under it.
         """
-        with _flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_SH):
+        with flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_SH):
             yield
 
     @contextlib.contextmanager
@@ -256,7 +251,7 @@ class OciLayout:
         The blob lock first, then the index lock: the order a build takes them
         in, so a build and a prune cannot wait for each other.
         """
-        with _flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_EX), self.locked():
+        with flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_EX), self.locked():
             yield
 
     def stored_blobs(self) -> t.Iterator[tuple[str, os.stat_result]]:
@@ -286,16 +281,6 @@ class OciLayout:
 
 def _empty_index() -> dict[str, t.Any]:
     return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
-
-
-def file_identity(path: str) -> list[int]:
-    """What must all stay equal for a cached digest of the file to be trusted."""
-    return stat_identity(os.stat(path))
-
-
-def stat_identity(status: os.stat_result) -> list[int]:
-    """Device, inode, size, mtime and ctime: an in-place rewrite that restores the mtime still moves the ctime."""
-    return [status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
 
 
 def _write_raw(source: str, out: t.Any) -> HashingCounter:
@@ -347,21 +332,6 @@ def digest_of_file(source: str, packed_as: str | None = None) -> tuple[str, int]
     return counter.digest, counter.size
 
 
-@contextlib.contextmanager
-def _flocked(path: str, operation: int) -> t.Iterator[None]:
-    # Opened like the index lock: never through a link someone planted at the lock's name.
-    directory = open_directory(os.path.dirname(path) or ".")
-    try:
-        lock = open_private(os.path.basename(path), directory, require_owner=False)
-    finally:
-        os.close(directory)
-    try:
-        fcntl.flock(lock, operation)
-        yield
-    finally:
-        os.close(lock)
-
-
 class BlobWalk:
     """Which blobs a name reaches: documents are read (once per walk), other blobs only counted.
 
@@ -399,19 +369,11 @@ class BlobWalk:
             reached[digest] = _size(current)
             document = self.document(digest)
             for key in _DOCUMENT_KEYS:
-                pending.extend(_descriptors(document.get(key)))
+                pending.extend(descriptors(document.get(key)))
             for key in _BLOB_KEYS:
-                for blob in _descriptors(document.get(key)):
+                for blob in descriptors(document.get(key)):
                     reached.setdefault(_descriptor_digest(blob, self.layout), _size(blob))
         return reached
-
-
-def _descriptors(value: t.Any) -> list[t.Mapping[str, t.Any]]:
-    if isinstance(value, dict):
-        return [value]
-    if isinstance(value, list):
-        return [item for item in value if isinstance(item, dict)]
-    return []
 
 
 def _descriptor_digest(descriptor: t.Mapping[str, t.Any], layout: OciLayout) -> str:

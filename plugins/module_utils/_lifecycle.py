@@ -20,6 +20,7 @@ import time
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import BlobWalk, LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     REF_NAME_ANNOTATION,
@@ -33,7 +34,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import deci
 MAX_LISTED_DIGESTS = 100
 
 
-class LifecycleError(Exception):
+class LifecycleError(ImageError):
     """Bad input or an unusable layout; one line that says what to do."""
 
 
@@ -185,7 +186,7 @@ def new_name(text: t.Any, repository: str | None, where: str) -> tuple[str, str]
     try:
         ref = ImageReference.parse(text)
     except InvalidReference as exc:
-        raise LifecycleError("%s: neither a tag nor a valid reference: %s" % (where, exc)) from None
+        raise LifecycleError("%s: neither a tag nor a valid reference: %s" % (where, exc)) from exc
     if ref.digest:
         raise LifecycleError("%s: %s names a digest; a name needs a tag" % (where, text))
     return ref.name, str(ref.tag)
@@ -243,9 +244,9 @@ def tag_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.An
             if plan.wanted and not check_mode:
                 layout.set_refs(plan.wanted)
     except LayoutError as exc:
-        raise _layout_error(exc) from None
+        raise _layout_error(exc) from exc
     except OSError as exc:
-        raise LifecycleError("writing %s failed: %s" % (layout.index_path, exc.strerror or exc)) from None
+        raise LifecycleError("writing %s failed: %s" % (layout.index_path, exc.strerror or exc)) from exc
     names = sorted(plan.wanted)
     return {
         "changed": bool(names),
@@ -287,9 +288,9 @@ def remove_names(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t
             if going and not check_mode:
                 layout.drop_refs(going)
     except LayoutError as exc:
-        raise _layout_error(exc) from None
+        raise _layout_error(exc) from exc
     except OSError as exc:
-        raise LifecycleError("writing %s failed: %s" % (layout.index_path, exc.strerror or exc)) from None
+        raise LifecycleError("writing %s failed: %s" % (layout.index_path, exc.strerror or exc)) from exc
     removed = sorted(going)
     return {
         "changed": bool(removed),
@@ -314,7 +315,7 @@ def reachable_blobs(layout: OciLayout) -> set[str]:
         except LayoutError as exc:
             raise LifecycleError(
                 "%s: %s; nothing was pruned: rebuild the image or remove the name first" % (label, exc)
-            ) from None
+            ) from exc
     return reached
 
 
@@ -353,9 +354,9 @@ def prune_layout(params: t.Mapping[str, t.Any], check_mode: bool, now: float | N
                     removed.append(digest)
                     freed += stat.st_size
     except LayoutError as exc:
-        raise _layout_error(exc) from None
+        raise _layout_error(exc) from exc
     except OSError as exc:
-        raise LifecycleError("pruning layout %s failed: %s" % (layout.path, exc.strerror or exc)) from None
+        raise LifecycleError("pruning layout %s failed: %s" % (layout.path, exc.strerror or exc)) from exc
     listed = removed[:MAX_LISTED_DIGESTS]
     return {
         "changed": bool(removed),

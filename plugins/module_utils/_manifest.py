@@ -12,10 +12,10 @@ once, from them, and never from a re-serialisation.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import typing as t
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._io import canonical_json, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURE_ANNOTATION,
     ARCHITECTURES,
@@ -36,27 +36,8 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
 Descriptor = t.Dict[str, t.Any]
 
 
-class InvalidDocument(ValueError):
+class InvalidDocument(ImageError, ValueError):
     """A manifest or index that breaks the OCI or IronCore rules."""
-
-
-def canonical_json(document: t.Mapping[str, t.Any]) -> bytes:
-    """Sorted keys, no insignificant white space, UTF-8: same input, same bytes."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def declared_media_type(data: bytes) -> str:
-    """The `mediaType` a manifest or index declares in its own JSON ("" when none or not JSON)."""
-    try:
-        document = json.loads(data)
-    except ValueError:
-        return ""
-    value = document.get("mediaType") if isinstance(document, dict) else None
-    return value if isinstance(value, str) else ""
 
 
 def descriptor(media_type: str, data_digest: str, size: int, **extra: t.Any) -> Descriptor:
@@ -69,7 +50,7 @@ def descriptor_for(media_type: str, data: bytes, **extra: t.Any) -> Descriptor:
     return descriptor(media_type, sha256_digest(data), len(data), **extra)
 
 
-class UnsafeCommandLine(ValueError):
+class UnsafeCommandLine(ImageError, ValueError):
     """A kernel command line that would do more than pass arguments once pasted into boot.ipxe."""
 
 

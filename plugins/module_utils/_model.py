@@ -12,9 +12,12 @@ it and it can be tested on its own.
 
 from __future__ import annotations
 
+import json
 import re
 import typing as t
 from dataclasses import dataclass
+
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 
 ARCHITECTURES: tuple[str, ...] = ("amd64", "arm64")
 
@@ -34,9 +37,14 @@ SPEC_VARIANTS: dict[str, str] = {"baremetal": "metal", "virtualization": "virtua
 TAG_ALIASES: dict[str, str] = {"baremetal": "metal", "virtualization": "kvm"}
 
 ROLES: tuple[str, ...] = ("kernel", "initramfs", "rootfs", "squashfs", "uki", "iso")
-OPTIONAL_ROLES: tuple[str, ...] = ("squashfs", "uki", "iso")
 
 LAYER_FORMATS: tuple[str, ...] = ("raw", "tar+gzip")
+
+# The most a manifest, index, config or bookkeeping document may be: read in
+# whole, so it is capped wherever such a document is read.
+MAX_DOCUMENT_SIZE = 4 * 1024 * 1024
+# The most entries an index may list; each is a manifest to read and describe.
+MAX_INDEX_ENTRIES = 1024
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -49,7 +57,6 @@ MANIFEST_MEDIA_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 MEDIA_TYPE_PREFIX = "application/vnd.ironcore.image."
 CONFIG_MEDIA_TYPE = MEDIA_TYPE_PREFIX + "config.v1+json"
 LEGACY_CONFIG_MEDIA_TYPE = MEDIA_TYPE_PREFIX + "config.v1alpha1+json"
-CONFIG_MEDIA_TYPES = (CONFIG_MEDIA_TYPE, LEGACY_CONFIG_MEDIA_TYPE)
 
 TITLE_ANNOTATION = "org.opencontainers.image.title"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
@@ -145,6 +152,39 @@ def architecture_of_tag(tag: str | None) -> str | None:
     return match.group("arch") if match else None
 
 
+def document_kind(document: t.Mapping[str, t.Any], media_type: str | None = None) -> str | None:
+    """ "index" or "manifest", by media type first and by shape when none is given; None when neither."""
+    declared = document.get("mediaType") or media_type
+    if declared in INDEX_MEDIA_TYPES:
+        return "index"
+    if declared in MANIFEST_MEDIA_TYPES:
+        return "manifest"
+    if isinstance(document.get("manifests"), list):
+        return "index"
+    if isinstance(document.get("layers"), list):
+        return "manifest"
+    return None
+
+
+def declared_media_type(data: bytes) -> str:
+    """The `mediaType` a manifest or index declares in its own JSON ("" when none or not JSON)."""
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError):
+        return ""
+    value = document.get("mediaType") if isinstance(document, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def descriptors(value: t.Any) -> list[t.Mapping[str, t.Any]]:
+    """The JSON objects of a descriptor field (one object, or a list of them); anything else is skipped."""
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return [item for item in value if isinstance(item, dict)]
+    return []
+
+
 def layer_role(descriptor: t.Mapping[str, t.Any]) -> str | None:
     """The role of a layer descriptor, or None when it is not an IronCore layer."""
     media_type = str(descriptor.get("mediaType", ""))
@@ -156,7 +196,8 @@ def layer_role(descriptor: t.Mapping[str, t.Any]) -> str | None:
         role = media_type[len(MEDIA_TYPE_PREFIX) :]
         return role if role in ROLES else None
     if media_type == OCI_LAYER_TAR_GZIP:
-        title = (descriptor.get("annotations") or {}).get(TITLE_ANNOTATION)
+        annotations = descriptor.get("annotations")
+        title = annotations.get(TITLE_ANNOTATION) if isinstance(annotations, dict) else None
         return title if title in ROLES else None
     return None
 
@@ -189,7 +230,7 @@ def architecture_of_machine(machine: str) -> str | None:
     return _MACHINE_TO_ARCH.get(machine.lower())
 
 
-class InvalidReference(ValueError):
+class InvalidReference(ImageError, ValueError):
     """An image reference that does not follow the OCI distribution grammar."""
 
 

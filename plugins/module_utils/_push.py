@@ -35,7 +35,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._source import one_
 from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
 
 
-class PushError(Exception):
+class PushError(ImageError):
     """The push cannot be done as asked, or the registry refused it; one-line message."""
 
 

@@ -16,6 +16,8 @@ import os
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+
 # Who we are and how we reach one registry.
 CONNECTION_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
     "username": {"type": "str"},
@@ -60,7 +62,7 @@ def endpoint_option(required: bool = True) -> dict[str, t.Any]:
     }
 
 
-class InvalidRegistryOptions(ValueError):
+class InvalidRegistryOptions(ImageError, ValueError):
     """An option value outside what the client can work with."""
 
 
@@ -95,11 +97,17 @@ def default_docker_config() -> str:
     return os.path.join(directory, "config.json")
 
 
+def _given(params: t.Mapping[str, t.Any], key: str, default: float) -> float:
+    """params[key] unless it is missing or None (a module may pass None for an option left out)."""
+    value = params.get(key)
+    return default if value is None else value
+
+
 def registry_options(params: t.Mapping[str, t.Any]) -> RegistryOptions:
     """The shared options out of a module's params, checked and with defaults filled in."""
-    timeout = float(params.get("timeout") if params.get("timeout") is not None else 20.0)
-    retries = int(params.get("retries") if params.get("retries") is not None else 4)
-    concurrency = int(params.get("concurrency") if params.get("concurrency") is not None else 4)
+    timeout = float(_given(params, "timeout", 20.0))
+    retries = int(_given(params, "retries", 4))
+    concurrency = int(_given(params, "concurrency", 4))
     if timeout <= 0:
         raise InvalidRegistryOptions("timeout must be a positive number of seconds, got %s" % timeout)
     if retries < 0:

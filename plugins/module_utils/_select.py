@@ -33,10 +33,9 @@ import platform as host_platform
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURE_ANNOTATION,
-    INDEX_MEDIA_TYPES,
-    MANIFEST_MEDIA_TYPES,
     PLATFORM_ANNOTATION,
     PLATFORMS,
     PROFILES,
@@ -44,6 +43,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     architecture_of_machine,
     architecture_of_tag,
     canonical_platform,
+    document_kind,
     is_current_media_type,
     is_packed,
     layer_role,
@@ -56,7 +56,7 @@ ManifestLoader = t.Callable[[t.Mapping[str, t.Any]], Document]
 RULES: tuple[str, ...] = ("platform_variant", "descriptor_annotation", "manifest_annotation", "tag_suffix", "layers")
 
 
-class SelectionError(ValueError):
+class SelectionError(ImageError, ValueError):
     """The image has nothing for the node, or is not an image at all."""
 
 
@@ -108,45 +108,41 @@ def parse_document(data: bytes, what: str) -> Document:
     try:
         document = json.loads(data)
     except ValueError as exc:
-        raise SelectionError("%s is not valid JSON: %s" % (what, exc)) from None
-    except RecursionError:
-        raise SelectionError("%s is nested too deeply to be a manifest or index" % what) from None
+        raise SelectionError("%s is not valid JSON: %s" % (what, exc)) from exc
+    except RecursionError as exc:
+        raise SelectionError("%s is nested too deeply to be a manifest or index" % what) from exc
     if not isinstance(document, dict):
         raise SelectionError("%s is not a JSON object" % what)
     return document
 
 
 def is_index(document: t.Mapping[str, t.Any], media_type: str | None = None) -> bool:
-    """Index or manifest, by media type first and by shape when none is given."""
-    declared = document.get("mediaType") or media_type
-    if declared in INDEX_MEDIA_TYPES:
-        return True
-    if declared in MANIFEST_MEDIA_TYPES:
-        return False
-    if isinstance(document.get("manifests"), list):
-        return True
-    if isinstance(document.get("layers"), list):
-        return False
-    raise SelectionError(
-        "document of media type %s is neither an image index nor an image manifest" % (declared or "(none)")
-    )
+    """Index or manifest (`_model.document_kind`); a document that is neither is not an image."""
+    kind = document_kind(document, media_type)
+    if kind is None:
+        declared = document.get("mediaType") or media_type
+        raise SelectionError(
+            "document of media type %s is neither an image index nor an image manifest" % (declared or "(none)")
+        )
+    return kind == "index"
 
 
-def _entries(index: t.Mapping[str, t.Any]) -> list[Document]:
+def index_entries(index: t.Mapping[str, t.Any]) -> list[Document]:
+    """The entries of an image index that are JSON objects; no manifests list at all is an error."""
     entries = index.get("manifests")
     if not isinstance(entries, list):
         raise SelectionError("image index has no manifests list")
     return [entry for entry in entries if isinstance(entry, dict)]
 
 
-def _platform_of(entry: t.Mapping[str, t.Any]) -> Document:
+def platform_of(entry: t.Mapping[str, t.Any]) -> Document:
     platform = entry.get("platform")
     return platform if isinstance(platform, dict) else {}
 
 
 def entry_label(entry: t.Mapping[str, t.Any]) -> str:
     """`os/arch[/variant]` of an index entry, for messages and results."""
-    platform = _platform_of(entry)
+    platform = platform_of(entry)
     parts = [str(platform.get("os") or "?"), str(platform.get("architecture") or "?")]
     if platform.get("variant"):
         parts.append(str(platform["variant"]))
@@ -154,7 +150,7 @@ def entry_label(entry: t.Mapping[str, t.Any]) -> str:
 
 
 def available(index: t.Mapping[str, t.Any]) -> str:
-    labels = [entry_label(entry) for entry in _entries(index)]
+    labels = [entry_label(entry) for entry in index_entries(index)]
     return ", ".join(labels) if labels else "no manifests at all"
 
 
@@ -184,7 +180,7 @@ def _annotated_platform(annotations: t.Any, *keys: str) -> str | None:
 
 def decide_without_manifest(entry: t.Mapping[str, t.Any]) -> Decision | None:
     """Rules 1 and 2: what the index entry itself says, if anything."""
-    platform = canonical_platform(_platform_of(entry).get("variant"))
+    platform = canonical_platform(platform_of(entry).get("variant"))
     if platform:
         return Decision((platform,), "platform_variant")
     platform = _annotated_platform(entry.get("annotations"), VARIANT_ANNOTATION)
@@ -224,11 +220,11 @@ def select_entry(
     """
     platform = canonical_platform(platform) or platform
     seen = []
-    for entry in _entries(index):
-        wanted = _platform_of(entry)
+    for entry in index_entries(index):
+        wanted = platform_of(entry)
         if wanted.get("os") != "linux" or wanted.get("architecture") != architecture:
             continue
-        _check_descriptor(entry, "index entry %s" % entry_label(entry))
+        check_descriptor(entry, "index entry %s" % entry_label(entry))
         decision = decide_without_manifest(entry)
         if decision is None and load is not None:
             decision = decide_platform(entry, load(entry), tag)
@@ -272,7 +268,8 @@ def check_manifest_serves(
     return decision
 
 
-def _check_descriptor(descriptor: t.Mapping[str, t.Any], what: str) -> None:
+def check_descriptor(descriptor: t.Mapping[str, t.Any], what: str) -> None:
+    """Refuse a descriptor without a string digest and a non-negative integer size, before anyone reads them."""
     digest, size = descriptor.get("digest"), descriptor.get("size")
     if not isinstance(digest, str) or not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise SelectionError("%s lacks a valid digest and size" % what)
@@ -291,7 +288,7 @@ def manifest_layers(manifest: t.Mapping[str, t.Any]) -> list[SelectedLayer]:
         role = layer_role(descriptor)
         if role is None:
             continue
-        _check_descriptor(descriptor, "layer %d (%s)" % (position, role))
+        check_descriptor(descriptor, "layer %d (%s)" % (position, role))
         preferred = is_current_media_type(descriptor)
         if role in current:
             # A current media type wins over a legacy or foreign one of the same role.

@@ -18,16 +18,17 @@ import os
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     CHUNK_SIZE,
-    MAX_DOCUMENT_SIZE,
-    MAX_INDEX_ENTRIES,
     iter_chunks,
+    sha256_digest,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
-from ansible_collections.ironcore.image.plugins.module_utils._manifest import sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
+    MAX_DOCUMENT_SIZE,
+    MAX_INDEX_ENTRIES,
     PLATFORM_CHOICES,
     ROLES,
     SHA256_DIGEST_RE,
@@ -38,7 +39,9 @@ from ansible_collections.ironcore.image.plugins.module_utils._registry_args impo
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     Document,
     SelectionError,
+    check_descriptor,
     check_manifest_serves,
+    entry_label,
     is_index,
     normalise_config,
     parse_document,
@@ -46,12 +49,8 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import (
 )
 
 
-class SourceError(Exception):
+class SourceError(ImageError):
     """Reading from the source failed; `retryable` says whether trying again may help."""
-
-    def __init__(self, message: str, retryable: bool = False):
-        super().__init__(message)
-        self.retryable = retryable
 
 
 def one_line(error: BaseException) -> str:
@@ -126,7 +125,7 @@ class LayoutSource:
         try:
             return self.layout.read_document(digest)
         except LayoutError as exc:
-            raise SourceError("%s: %s" % (what, exc)) from None
+            raise SourceError("%s: %s" % (what, exc)) from exc
 
     def resolve(self) -> tuple[bytes, str | None, str]:
         if self.ref.digest:
@@ -134,7 +133,7 @@ class LayoutSource:
         try:
             names = self.layout.refs()
         except LayoutError as exc:
-            raise SourceError(str(exc)) from None
+            raise SourceError(str(exc)) from exc
         # Names as given, as this collection records them, or a bare tag as `skopeo copy oci:DIR:TAG` does.
         for candidate in (self.name, str(self.ref), self.ref.tag):
             if candidate in names:
@@ -160,19 +159,19 @@ class LayoutSource:
         try:
             return _FileBlobStream(self.layout.blob_path(digest), offset)
         except LayoutError as exc:
-            raise SourceError(str(exc)) from None
-        except FileNotFoundError:
-            raise SourceError("blob %s is missing from layout %s" % (digest, self.layout.path)) from None
+            raise SourceError(str(exc)) from exc
+        except FileNotFoundError as exc:
+            raise SourceError("blob %s is missing from layout %s" % (digest, self.layout.path)) from exc
         except OSError as exc:
             raise SourceError(
                 "cannot read blob %s in layout %s: %s" % (digest, self.layout.path, exc.strerror)
-            ) from None
+            ) from exc
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
         try:
             return "file://" + self.layout.blob_path(digest), {}
         except LayoutError as exc:
-            raise SourceError(str(exc)) from None
+            raise SourceError(str(exc)) from exc
 
 
 class RegistrySource:
@@ -196,14 +195,14 @@ class RegistrySource:
         try:
             options = registry_options(params)
         except InvalidRegistryOptions as exc:
-            raise SourceError(str(exc)) from None
+            raise SourceError(str(exc)) from exc
         self.ref = ref
         self._error_type = RegistryError
         try:
             # Reads docker_config (and runs credential helpers) already.
             self.client = RegistryClient(ref.registry, options, on_retry)
         except RegistryError as exc:
-            raise SourceError(str(exc)) from None
+            raise SourceError(str(exc)) from exc
 
     def describe(self) -> str:
         return str(self.ref)
@@ -217,7 +216,7 @@ class RegistrySource:
         try:
             return action()
         except self._error_type as exc:
-            raise SourceError(str(exc), retryable=bool(getattr(exc, "retryable", False))) from None
+            raise SourceError(str(exc), retryable=bool(getattr(exc, "retryable", False))) from exc
 
     def resolve(self) -> tuple[bytes, str | None, str]:
         data, media_type, digest = self._call(lambda: self.client.get_manifest(self.ref.repository, self.ref.reference))
@@ -293,7 +292,7 @@ def open_source(params: t.Mapping[str, t.Any], on_retry: t.Callable[[str], None]
     try:
         ref = ImageReference.parse(params["name"])
     except InvalidReference as exc:
-        raise SourceError("name: %s" % exc) from None
+        raise SourceError("name: %s" % exc) from exc
     if params.get("layout"):
         return LayoutSource(params["layout"], ref, params["name"])
     return RegistrySource(ref, params, on_retry)
@@ -334,6 +333,10 @@ def resolve_image(source: Source) -> ResolvedImage:
 
 def child_manifest(source: Source, entry: t.Mapping[str, t.Any]) -> Document:
     """The manifest an index entry points at, checked against the entry."""
+    try:
+        check_descriptor(entry, "index entry %s" % entry_label(entry))
+    except SelectionError as exc:
+        raise SourceError("%s: %s" % (source.describe(), exc)) from exc
     digest, size = str(entry["digest"]), int(entry["size"])
     if size > MAX_DOCUMENT_SIZE:
         raise SourceError("manifest %s is %d bytes, more than a manifest may be (4 MiB); refusing it" % (digest, size))
@@ -369,7 +372,7 @@ def select_manifest(
             return SelectedManifest(image.digest, image.document, decision.rule)
         entry, decision = select_entry(image.document, platform, architecture, source.ref.tag, load)
     except SelectionError as exc:
-        raise SourceError("%s: %s" % (source.describe(), exc)) from None
+        raise SourceError("%s: %s" % (source.describe(), exc)) from exc
     return SelectedManifest(str(entry["digest"]), load(entry), decision.rule)
 
 

@@ -71,7 +71,10 @@ class ImageSource(t.Protocol):
 
     registry: str | None
     repository: str | None
-    retries: int
+
+    @property
+    def retries(self) -> int:
+        """Requests retried so far (a registry's client counts them; a layout never retries)."""
 
     def describe(self) -> str: ...
 
@@ -95,7 +98,10 @@ class ImageDestination(t.Protocol):
 
     registry: str | None
     repository: str | None
-    retries: int
+
+    @property
+    def retries(self) -> int:
+        """Requests retried so far (a registry's client counts them; a layout never retries)."""
 
     def describe(self) -> str: ...
 

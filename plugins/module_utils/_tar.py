@@ -20,6 +20,8 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+
 BLOCK = 512
 # pax and GNU long-name headers of a real single-file layer are a few hundred bytes.
 MAX_HEADER_BYTES = 1024 * 1024
@@ -39,7 +41,7 @@ _KINDS = {
 }
 
 
-class TarError(Exception):
+class TarError(ImageError):
     """The archive is malformed or holds something this collection refuses; the message is one line."""
 
 
@@ -81,8 +83,8 @@ def parse_number(field: bytes) -> int:
         return 0
     try:
         return int(text, 8)
-    except ValueError:
-        raise TarError("a tar header holds %r where a number belongs" % text.decode("ascii", "replace")) from None
+    except ValueError as exc:
+        raise TarError("a tar header holds %r where a number belongs" % text.decode("ascii", "replace")) from exc
 
 
 def _check_checksum(block: bytes) -> None:

@@ -206,6 +206,9 @@ class _BlobUpload:
         while True:
             try:
                 session = session or self.client.open_upload(self.repository, what=self.what)
+                if session is None:
+                    # Without mount, open_upload always opens a session (None means "mounted").
+                    raise AssertionError("open_upload without mount_from returned no session")
                 if chunk_size > 0 and self.size > 0:
                     self.chunked(session, chunk_size)
                 else:
@@ -286,7 +289,7 @@ class _BlobUpload:
                     # The session cannot be resumed (distribution refuses a stale
                     # location): run() starts over with a new one.
                     lost.retryable = True
-                    raise lost from None
+                    raise lost from exc
                 continue
             response.close()
             location = self.client.absolute(response.headers.get("Location") or location)

@@ -21,12 +21,13 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
-from ansible_collections.ironcore.image.plugins.module_utils._io import MAX_DOCUMENT_SIZE
-from ansible_collections.ironcore.image.plugins.module_utils._manifest import declared_media_type, sha256_digest
+from ansible_collections.ironcore.image.plugins.module_utils._io import sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
+    MAX_DOCUMENT_SIZE,
     SHA256_DIGEST_RE,
+    declared_media_type,
 )
 
 Descriptor = t.Mapping[str, t.Any]

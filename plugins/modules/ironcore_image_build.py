@@ -229,10 +229,14 @@ refs:
   elements: str
 """
 
+import traceback
+import typing as t
+
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ironcore.image.plugins.module_utils._build import BuildError, build_image
+from ansible_collections.ironcore.image.plugins.module_utils._build import build_image
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
     LAYER_FORMATS,
@@ -242,7 +246,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
 
 
 def main() -> None:
-    artifact_options = {role: {"type": "path"} for role in ROLES}
+    artifact_options: dict[str, dict[str, t.Any]] = {role: {"type": "path"} for role in ROLES}
     artifact_options["architecture"] = {"type": "str", "required": True, "choices": list(ARCHITECTURES)}
     artifact_options["cmdline"] = {"type": "str"}
     module = AnsibleModule(
@@ -268,8 +272,8 @@ def main() -> None:
     require(module, "jsonschema")
     try:
         result = build_image(module.params, module.check_mode)
-    except BuildError as exc:
-        module.fail_json(msg=str(exc))
+    except ImageError as exc:
+        module.fail_json(msg=str(exc), exception=traceback.format_exc())
     if not module._diff:
         result.pop("diff")
     module.exit_json(**result)

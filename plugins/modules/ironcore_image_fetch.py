@@ -295,10 +295,13 @@ retries:
   sample: 0
 """
 
+import traceback
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
-from ansible_collections.ironcore.image.plugins.module_utils._fetch import FetchError, fetch_image
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._fetch import fetch_image
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_REQUIRED_TOGETHER
 from ansible_collections.ironcore.image.plugins.module_utils._source import image_argument_spec
 
@@ -330,8 +333,8 @@ def main() -> None:
 
     try:
         result = fetch_image(module.params, module.check_mode, apply_attributes, module.warn)
-    except FetchError as exc:
-        module.fail_json(msg=str(exc))
+    except ImageError as exc:
+        module.fail_json(msg=str(exc), exception=traceback.format_exc())
     module.exit_json(**result)
 
 

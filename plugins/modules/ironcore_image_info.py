@@ -254,10 +254,13 @@ images:
       size: 1073751234
 """
 
+import traceback
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
-from ansible_collections.ironcore.image.plugins.module_utils._info import InfoError, image_info, layout_images
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._info import image_info, layout_images
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_REQUIRED_TOGETHER
 from ansible_collections.ironcore.image.plugins.module_utils._source import image_argument_spec
 
@@ -283,8 +286,8 @@ def main() -> None:
         require(module, "requests")
     try:
         result = image_info(module.params) if module.params["name"] else layout_images(module.params)
-    except InfoError as exc:
-        module.fail_json(msg=str(exc))
+    except ImageError as exc:
+        module.fail_json(msg=str(exc), exception=traceback.format_exc())
     module.exit_json(**result)
 
 

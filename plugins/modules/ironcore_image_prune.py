@@ -104,9 +104,12 @@ blobs_kept_young:
   type: int
 """
 
+import traceback
+
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import LifecycleError, prune_layout
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import prune_layout
 
 
 def main() -> None:
@@ -119,8 +122,8 @@ def main() -> None:
     )
     try:
         result = prune_layout(module.params, module.check_mode)
-    except LifecycleError as exc:
-        module.fail_json(msg=str(exc))
+    except ImageError as exc:
+        module.fail_json(msg=str(exc), exception=traceback.format_exc())
     if not module._diff:
         result.pop("diff")
     module.exit_json(**result)

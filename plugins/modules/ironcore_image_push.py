@@ -179,7 +179,8 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
-from ansible_collections.ironcore.image.plugins.module_utils._push import PushError, push_image
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._push import push_image
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
     REGISTRY_ARGUMENT_SPEC,
     REGISTRY_REQUIRED_TOGETHER,
@@ -204,7 +205,7 @@ def main() -> None:
     require(module, "requests", "oras")
     try:
         result = push_image(module.params, module.check_mode, module.warn)
-    except PushError as exc:
+    except ImageError as exc:
         module.fail_json(msg=str(exc), exception=traceback.format_exc())
     if not module._diff:
         result.pop("diff")

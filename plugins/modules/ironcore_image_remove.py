@@ -75,9 +75,12 @@ removed:
   sample: [registry.example.com/os/gardenlinux:0.9, registry.example.com/os/gardenlinux:0.9-baremetal]
 """
 
+import traceback
+
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import LifecycleError, remove_names
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import remove_names
 
 
 def main() -> None:
@@ -91,8 +94,8 @@ def main() -> None:
     )
     try:
         result = remove_names(module.params, module.check_mode)
-    except LifecycleError as exc:
-        module.fail_json(msg=str(exc))
+    except ImageError as exc:
+        module.fail_json(msg=str(exc), exception=traceback.format_exc())
     if not module._diff:
         result.pop("diff")
     module.exit_json(**result)

@@ -105,9 +105,12 @@ names:
   sample: [registry.example.com/os/gardenlinux:stable, registry.example.com/os/gardenlinux:stable-baremetal]
 """
 
+import traceback
+
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import LifecycleError, tag_image
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import tag_image
 
 
 def main() -> None:
@@ -123,8 +126,8 @@ def main() -> None:
     )
     try:
         result = tag_image(module.params, module.check_mode)
-    except LifecycleError as exc:
-        module.fail_json(msg=str(exc))
+    except ImageError as exc:
+        module.fail_json(msg=str(exc), exception=traceback.format_exc())
     if not module._diff:
         result.pop("diff")
     module.exit_json(**result)

@@ -21,7 +21,7 @@ import pytest
 from helpers.ansible import peak_rss_wrapper
 from helpers.images import skopeo_push, write_single_layer_image
 
-from ansible_collections.ironcore.image.plugins.module_utils._layout import file_identity
+from ansible_collections.ironcore.image.plugins.module_utils._io import file_identity
 
 MODULE = "ironcore.image.ironcore_image_fetch"
 NAME = "registry.example.com/os/hostile:1.0"

@@ -10,7 +10,7 @@ import os
 import pytest
 from helpers.ansible import task_results
 from helpers.images import skopeo_push
-from test_user_guide import guide_plays
+from test_user_guide import guide_plays  # type: ignore[import-not-found]  # pytest puts this directory on sys.path
 
 from ansible_collections.ironcore.image.plugins.module_utils._build import build_image
 

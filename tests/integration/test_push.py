@@ -199,7 +199,7 @@ def test_faults_are_retried(ansible, image, registry_plain, fault_proxy):
 
 def _layer_digests(layout: str) -> set[str]:
     store = OciLayout(layout)
-    digests = set()
+    digests: set[str] = set()
     for tag in PLATFORM_TAGS[:8]:
         manifest = json.loads(store.read_document(store.refs()[NAME[:-4] + ":" + tag]["digest"]))
         digests.update(layer["digest"] for layer in manifest["layers"])

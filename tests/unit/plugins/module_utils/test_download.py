@@ -79,6 +79,14 @@ def source_of(store: OciLayout) -> LayoutSource:
     return LayoutSource(store.path, ImageReference.parse("r.io/x:1"), "r.io/x:1")
 
 
+def deliver(source, layer, path: str, retries: int, backoff: float = 0.5) -> download.Delivered:
+    """Stage, then commit: what fetch does with each layer once all are staged."""
+    staged = download.stage(source, layer, path, retries, backoff)
+    staged.commit()
+    staged.sweep()
+    return staged.delivered
+
+
 def dest_names(dest) -> list[str]:
     return sorted(os.listdir(dest))
 
@@ -87,7 +95,7 @@ def test_raw_layer_delivered_and_verified(store, tmp_path):
     layer = layer_for(store, DATA)
     dest = tmp_path / "dest"
     dest.mkdir()
-    result = download.deliver(source_of(store), layer, str(dest / "rootfs"), retries=0)
+    result = deliver(source_of(store), layer, str(dest / "rootfs"), retries=0)
     assert (dest / "rootfs").read_bytes() == DATA
     assert (result.content_digest, result.size, result.bytes_downloaded) == (layer.digest, len(DATA), len(DATA))
     assert dest_names(dest) == ["rootfs"]
@@ -96,7 +104,7 @@ def test_raw_layer_delivered_and_verified(store, tmp_path):
 def test_interrupted_stream_resumes_with_offset(store, tmp_path):
     layer = layer_for(store, DATA)
     source = Interrupting(source_of(store), cut=1_000_000, times=2)
-    result = download.deliver(source, layer, str(tmp_path / "rootfs"), retries=1, backoff=0)
+    result = deliver(source, layer, str(tmp_path / "rootfs"), retries=1, backoff=0)
     assert (tmp_path / "rootfs").read_bytes() == DATA
     assert source.offsets == [0, 1_000_000, 2_000_000]
     assert result.bytes_downloaded == len(DATA)
@@ -105,7 +113,7 @@ def test_interrupted_stream_resumes_with_offset(store, tmp_path):
 def test_source_that_ignores_range_restarts_cleanly(store, tmp_path):
     layer = layer_for(store, DATA)
     source = Interrupting(source_of(store), cut=500_000, ignore_range=True)
-    result = download.deliver(source, layer, str(tmp_path / "rootfs"), retries=1, backoff=0)
+    result = deliver(source, layer, str(tmp_path / "rootfs"), retries=1, backoff=0)
     assert (tmp_path / "rootfs").read_bytes() == DATA
     assert result.bytes_downloaded == len(DATA) + 500_000
 
@@ -117,18 +125,18 @@ def test_gives_up_after_retries_and_keeps_partial_for_next_run(store, tmp_path):
     with pytest.raises(
         download.DeliveryError, match="gave up after 2 retries, 0 of %d bytes are kept: run again to resume" % len(DATA)
     ):
-        download.deliver(source, layer, str(tmp_path / "rootfs"), retries=2, backoff=0)
+        deliver(source, layer, str(tmp_path / "rootfs"), retries=2, backoff=0)
     assert source.offsets == [0, 0, 0]
     assert (tmp_path / "rootfs").read_bytes() == b"old"
 
     # Next run: a partial of 1 MB is kept and continued from there.
     source = Interrupting(source_of(store), cut=1_000_000, times=1, retryable=False)
     with pytest.raises(download.DeliveryError, match="connection reset"):
-        download.deliver(source, layer, str(tmp_path / "rootfs"), retries=2, backoff=0)
+        deliver(source, layer, str(tmp_path / "rootfs"), retries=2, backoff=0)
     partial = download.partial_path(str(tmp_path), "rootfs", layer.digest)
     assert os.path.getsize(partial) == 1_000_000
     source = Interrupting(source_of(store), cut=0, times=0)
-    result = download.deliver(source, layer, str(tmp_path / "rootfs"), retries=0)
+    result = deliver(source, layer, str(tmp_path / "rootfs"), retries=0)
     assert source.offsets == [1_000_000]
     assert result.bytes_downloaded == len(DATA) - 1_000_000
     assert (tmp_path / "rootfs").read_bytes() == DATA
@@ -140,7 +148,7 @@ def test_wrong_kept_partial_is_replaced_by_a_clean_download(store, tmp_path):
     partial = download.partial_path(str(tmp_path), "rootfs", layer.digest)
     with open(partial, "wb") as stream:
         stream.write(b"x" * 1000)
-    result = download.deliver(source_of(store), layer, str(tmp_path / "rootfs"), retries=0)
+    result = deliver(source_of(store), layer, str(tmp_path / "rootfs"), retries=0)
     assert (tmp_path / "rootfs").read_bytes() == DATA and result.bytes_downloaded == len(DATA) + len(DATA) - 1000
     assert not os.path.exists(partial)
 
@@ -152,7 +160,7 @@ def test_corrupt_blob_fails_and_leaves_the_old_file(store, tmp_path):
         blob.write(b"CORRUPT")
     (tmp_path / "rootfs").write_bytes(b"old")
     with pytest.raises(download.DeliveryError, match="failed verification: its content hashes to sha256:"):
-        download.deliver(source_of(store), layer, str(tmp_path / "rootfs"), retries=0)
+        deliver(source_of(store), layer, str(tmp_path / "rootfs"), retries=0)
     assert (tmp_path / "rootfs").read_bytes() == b"old"
     assert dest_names(tmp_path) == ["layout", "rootfs"]
 
@@ -162,13 +170,13 @@ def test_longer_blob_than_descriptor_is_refused(store, tmp_path):
     with open(store.blob_path(layer.digest), "ab") as blob:
         blob.write(b"tail")
     with pytest.raises(download.DeliveryError, match="larger than the %d bytes its descriptor says" % len(DATA)):
-        download.deliver(source_of(store), layer, str(tmp_path / "rootfs"), retries=0)
+        deliver(source_of(store), layer, str(tmp_path / "rootfs"), retries=0)
     assert dest_names(tmp_path) == ["layout"]
 
 
 def test_packed_layer_is_unpacked_to_its_file(store, tmp_path):
     layer = layer_for(store, packed("kernel", b"kernel bytes" * 1000), role="kernel", is_packed=True)
-    result = download.deliver(source_of(store), layer, str(tmp_path / "vmlinuz"), retries=0)
+    result = deliver(source_of(store), layer, str(tmp_path / "vmlinuz"), retries=0)
     assert (tmp_path / "vmlinuz").read_bytes() == b"kernel bytes" * 1000
     assert result.content_digest == "sha256:" + hashlib.sha256(b"kernel bytes" * 1000).hexdigest()
     assert dest_names(tmp_path) == ["layout", "vmlinuz"]
@@ -187,7 +195,7 @@ def test_packed_layer_with_two_files_is_refused(store, tmp_path):
             archive.addfile(info, io.BytesIO(b"x"))
     layer = layer_for(store, gzip.compress(raw.getvalue()), role="kernel", is_packed=True)
     with pytest.raises(download.DeliveryError, match="more than one file"):
-        download.deliver(source_of(store), layer, str(tmp_path / "kernel"), retries=0)
+        deliver(source_of(store), layer, str(tmp_path / "kernel"), retries=0)
     assert dest_names(tmp_path) == ["layout"]
 
 
@@ -198,7 +206,7 @@ def test_stale_partials_of_other_blobs_are_removed(store, tmp_path):
     for path in (stale, other):
         with open(path, "wb") as stream:
             stream.write(b"old")
-    download.deliver(source_of(store), layer, str(tmp_path / "rootfs"), retries=0)
+    deliver(source_of(store), layer, str(tmp_path / "rootfs"), retries=0)
     assert not os.path.exists(stale) and os.path.exists(other)
 
 
@@ -210,7 +218,7 @@ def test_stale_partials_of_longer_file_names_are_left_alone(store, tmp_path, fil
     for path in (stale, *others):
         with open(path, "wb") as stream:
             stream.write(b"old")
-    download.deliver(source_of(store), layer, str(tmp_path / filename), retries=0)
+    deliver(source_of(store), layer, str(tmp_path / filename), retries=0)
     assert not os.path.exists(stale)
     assert all(os.path.exists(path) for path in others)
 

@@ -115,7 +115,7 @@ def test_read_bounded_refuses_devices_and_what_is_over_the_cap(tmp_path):
     link = tmp_path / "manifest"
     link.symlink_to("/dev/zero")
     with pytest.raises(io.UnsafeFileError, match="not a regular file"):
-        io.read_bounded(str(link))
+        io.read_bounded(str(link), limit=4096)
     big = tmp_path / "big"
     big.write_bytes(b"x" * 101)
     with pytest.raises(io.TooLargeError):
@@ -127,18 +127,18 @@ def test_read_bounded_private_wants_a_file_of_ours_that_only_we_can_write(tmp_pa
     record = tmp_path / "state.json"
     record.write_bytes(b"{}")
     os.chmod(record, 0o644)
-    assert io.read_bounded(str(record), follow_symlinks=False, private=True) == b"{}"
+    assert io.read_bounded(str(record), limit=4096, follow_symlinks=False, private=True) == b"{}"
     link = tmp_path / "link.json"
     link.symlink_to(record)
     with pytest.raises(io.UnsafeFileError, match="symbolic link"):
-        io.read_bounded(str(link), follow_symlinks=False, private=True)
+        io.read_bounded(str(link), limit=4096, follow_symlinks=False, private=True)
     os.chmod(record, 0o646)
     with pytest.raises(io.UnsafeFileError, match="not ours alone"):
-        io.read_bounded(str(record), private=True)
+        io.read_bounded(str(record), limit=4096, private=True)
     os.chmod(record, 0o644)
     os.chown(record, NOBODY, NOBODY)
     with pytest.raises(io.UnsafeFileError, match="not ours alone"):
-        io.read_bounded(str(record), private=True)
+        io.read_bounded(str(record), limit=4096, private=True)
 
 
 def test_parse_json_reports_deep_nesting_as_a_value_error():
@@ -158,3 +158,89 @@ def test_shared_directory_reason(tmp_path, mode, owner, shared):
     if owner is not None:
         os.chown(directory, owner, owner)
     assert (io.shared_directory_reason(str(directory)) is not None) is shared
+
+
+def leftovers(directory) -> list[str]:
+    return sorted(name for name in os.listdir(directory) if name.endswith(".tmp"))
+
+
+def test_atomic_file_commit_puts_the_bytes_in_place_with_the_mode_asked_for(tmp_path):
+    target = tmp_path / "disk.img"
+    with io.AtomicFile(str(target), mode=0o640) as out:
+        out.write(b"new ")
+        out.write(b"bytes")
+        # Until commit the bytes are in a private temporary file beside the target, not in the target.
+        assert not target.exists()
+        assert os.stat(out.temp_path).st_mode & 0o777 == 0o600
+        assert os.path.dirname(out.temp_path) == str(tmp_path)
+        out.commit()
+    assert target.read_bytes() == b"new bytes"
+    assert os.stat(target).st_mode & 0o777 == 0o640
+    assert leftovers(tmp_path) == []
+
+
+def test_atomic_file_left_without_commit_keeps_the_old_file_and_leaves_nothing(tmp_path):
+    target = tmp_path / "kernel"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), io.AtomicFile(str(target)) as out:
+        out.write(b"half of the new")
+        raise RuntimeError("digest mismatch")
+    assert target.read_bytes() == b"old"
+    assert leftovers(tmp_path) == []
+
+
+def test_atomic_file_keeps_the_mode_of_the_file_of_ours_it_replaces(tmp_path):
+    target = tmp_path / "initramfs"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o604)
+    io.write_bytes_atomic(str(target), b"new")
+    assert (target.read_bytes(), os.stat(target).st_mode & 0o777) == (b"new", 0o604)
+
+
+def test_atomic_file_new_file_gets_the_umask_mode(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        io.write_bytes_atomic(str(tmp_path / "fresh"), b"x")
+    finally:
+        os.umask(umask)
+    assert os.stat(tmp_path / "fresh").st_mode & 0o777 == 0o640
+
+
+def test_atomic_file_keep_partial_lets_a_later_writer_append(tmp_path):
+    target, partial = tmp_path / "rootfs", tmp_path / ".rootfs.partial"
+    with io.AtomicFile(str(target), temp_path=str(partial)) as out:
+        out.write(b"first half ")
+        out.file.flush()
+        out.keep_partial = True
+    assert partial.read_bytes() == b"first half " and not target.exists()
+    with io.AtomicFile(str(target), temp_path=str(partial), append=True) as out:
+        out.write(b"second half")
+        out.commit()
+    assert target.read_bytes() == b"first half second half"
+    assert not partial.exists()
+
+
+def test_atomic_file_commit_to_another_directory_is_refused(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    with io.AtomicFile(str(tmp_path / "a")) as out, pytest.raises(ValueError, match="is not in the directory of"):
+        out.commit(str(tmp_path / "elsewhere" / "a"))
+    assert leftovers(tmp_path) == [] and not (tmp_path / "a").exists()
+
+
+def test_atomic_file_syncs_the_data_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    """The order that makes a crash leave either the old file or the whole new one, observed on the real calls."""
+    events: list[str] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        events.append("fsync directory" if os.path.isdir("/proc/self/fd/%d" % fd) else "fsync file")
+        real_fsync(fd)
+
+    def rename(*args, **kwargs):
+        events.append("rename")
+        real_rename(*args, **kwargs)
+
+    monkeypatch.setattr(io.os, "fsync", fsync)
+    monkeypatch.setattr(io.os, "rename", rename)
+    io.write_bytes_atomic(str(tmp_path / "blob"), b"data")
+    assert events == ["fsync file", "rename", "fsync directory"]

@@ -181,7 +181,7 @@ def _try_lock(path: str, operation: int, answer) -> None:
 
 
 def _other_process(path: str, operation: int) -> str:
-    answer = multiprocessing.Queue()
+    answer: multiprocessing.Queue[str] = multiprocessing.Queue()
     process = multiprocessing.Process(target=_try_lock, args=(path, operation, answer))
     process.start()
     process.join()

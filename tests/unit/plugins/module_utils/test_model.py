@@ -166,3 +166,38 @@ def test_patterns_refuse_a_trailing_newline_even_with_match(pattern):
 def test_with_tag_refuses_a_trailing_newline():
     with pytest.raises(model.InvalidReference):
         model.ImageReference.parse("r.io/a:1.0").with_tag("1.0\n")
+
+
+@pytest.mark.parametrize(
+    ("document", "media_type", "kind"),
+    [
+        ({"mediaType": "application/vnd.oci.image.index.v1+json", "layers": []}, None, "index"),
+        ({"layers": []}, "application/vnd.docker.distribution.manifest.list.v2+json", "index"),
+        ({"manifests": []}, None, "index"),
+        ({"layers": []}, None, "manifest"),
+        ({"manifests": "not a list", "layers": "nor this"}, None, None),
+        ({"mediaType": "text/plain"}, None, None),
+    ],
+)
+def test_document_kind_by_media_type_then_by_shape(document, media_type, kind):
+    assert model.document_kind(document, media_type) == kind
+
+
+def test_declared_media_type_of_anything_that_is_not_an_object_is_empty():
+    assert model.declared_media_type(b'{"mediaType":"application/vnd.oci.image.manifest.v1+json"}') == (
+        "application/vnd.oci.image.manifest.v1+json"
+    )
+    for data in (b"[]", b"not json", b'{"mediaType": 7}', b"[" * 100000):
+        assert model.declared_media_type(data) == ""
+
+
+def test_descriptors_keeps_objects_only():
+    one = {"digest": "sha256:" + "0" * 64}
+    assert model.descriptors(one) == [one]
+    assert model.descriptors([one, "x", 3, None]) == [one]
+    assert model.descriptors("x") == []
+
+
+def test_layer_role_of_a_tar_layer_whose_annotations_are_not_an_object_is_none():
+    for given in (["rootfs"], "rootfs", 7):
+        assert model.layer_role({"mediaType": model.OCI_LAYER_TAR_GZIP, "annotations": given}) is None

@@ -204,11 +204,13 @@ def test_broken_docker_config_is_a_clear_error(tmp_path):
         auth.load_credentials("r", RegistryOptions(docker_config=str(config)))
 
 
-def _wrapped(inner: BaseException) -> requests.exceptions.ConnectionError:
+def _wrapped(inner: Exception) -> requests.exceptions.ConnectionError:
     """How requests wraps a low-level error: ConnectionError(MaxRetryError(reason=inner))."""
     import urllib3.exceptions
 
-    return requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(None, "/v2/", reason=inner))
+    return requests.exceptions.ConnectionError(
+        urllib3.exceptions.MaxRetryError(urllib3.HTTPConnectionPool("127.0.0.1"), "/v2/", reason=inner)
+    )
 
 
 @pytest.mark.parametrize(

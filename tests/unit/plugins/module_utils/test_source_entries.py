@@ -1,0 +1,33 @@
+"""An index entry is checked before its digest or size is read: a bad one is refused by name, not a KeyError."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.ironcore.image.plugins.module_utils import _source as source
+from ansible_collections.ironcore.image.plugins.module_utils._model import ImageReference
+
+NAME = "registry.example.com/os/image:1.0"
+
+
+@pytest.fixture
+def layout_source(tmp_path):
+    (tmp_path / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    return source.LayoutSource(str(tmp_path), ImageReference.parse(NAME), NAME)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"size": 10},
+        {"digest": "sha256:" + "0" * 64},
+        {"digest": "sha256:" + "0" * 64, "size": "10"},
+        {"digest": "sha256:" + "0" * 64, "size": -1},
+        {"digest": 7, "size": 10},
+    ],
+)
+def test_an_index_entry_without_a_valid_digest_and_size_is_refused_by_name(layout_source, entry):
+    entry = dict(entry, platform={"os": "linux", "architecture": "arm64"})
+    with pytest.raises(source.SourceError) as error:
+        source.child_manifest(layout_source, entry)
+    assert str(error.value) == "%s: index entry linux/arm64 lacks a valid digest and size" % layout_source.describe()
