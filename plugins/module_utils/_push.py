@@ -19,7 +19,7 @@ import typing as t
 from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
 from ansible_collections.ironcore.image.plugins.module_utils._copy import CopyPlan, copy, plan_copy
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
-from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
+from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
     PLATFORMS,
@@ -89,18 +89,17 @@ def plan_push(params: t.Mapping[str, t.Any]) -> tuple[ImageReference, CopyPlan]:
             name, destination, layout, params.get("platform_tags", True), params.get("platform_tag_aliases", True)
         )
         plan = plan_copy(LayoutStore(params["layout"]), [(layout_name, tag) for tag, layout_name in tags.items()])
-    except LayoutError as exc:
-        raise PushError(str(exc)) from exc
-    except ImageError as exc:
-        raise PushError(str(exc)) from exc
-    except OSError as exc:
-        raise PushError("reading layout %s failed: %s" % (params["layout"], exc)) from exc
     except InvalidReference as exc:
         # Only the platform tags (tag-platform-architecture) can outgrow a valid destination tag.
+        # (Before ImageError, which it is one of.)
         raise PushError(
             "destination: a platform tag of %s is too long: %s; give a shorter tag or set platform_tags=false"
             % (destination, exc)
         ) from exc
+    except ImageError as exc:
+        raise PushError(str(exc)) from exc
+    except OSError as exc:
+        raise PushError("reading layout %s failed: %s" % (params["layout"], exc)) from exc
     except (KeyError, TypeError, ValueError) as exc:
         raise PushError("layout %s holds a malformed document: %s" % (params["layout"], one_line(exc))) from exc
     return destination, plan
