@@ -149,12 +149,30 @@ options:
       - Set it only when everyone who can write to the directory is trusted.
     type: bool
     default: false
+  signature_keys:
+    description:
+      - PEM public keys (EC P-256) to trust, each given inline (C(-----BEGIN PUBLIC KEY-----)...) or as the path of
+        a PEM file on the host that runs the module.
+      - The digest O(name) resolves to and the platform manifest delivered must each carry a signature in
+        cosign's format (the C(sha256-<hex>.sig) manifest beside them, as M(ironcore.image.ironcore_image_sign)
+        writes it) by one of these keys, whose payload names exactly that digest and the repository of O(name).
+      - Checked before any blob byte is written. Without a valid signature the task fails with one line saying
+        why (unsigned; signed by an unknown key, with the fingerprints found; a signature for another digest;
+        a payload for another repository; a malformed signature) and files already in O(dest) stay untouched.
+    type: list
+    elements: str
+  require_signature:
+    description:
+      - Refuse an image without a valid signature by one of O(signature_keys).
+      - Defaults to V(true) when O(signature_keys) are given, else to V(false). V(true) without keys fails.
+    type: bool
 notes:
   - With O(layout) the module reads the image from disk and needs neither of the requirements C(oras) and
     C(requests).
   - O(concurrency) layers are downloaded in parallel; O(timeout) and O(retries) also apply to interrupted transfers,
     which are resumed from the last byte received.
   - Manifests, indexes and configs larger than 4 MiB are refused.
+  - O(signature_keys) need the Python library C(cryptography) on the host that runs the module.
   - A tar+gzip layer must hold exactly one regular file. Links, devices, directories, sparse members, names that
     leave their directory, a second member, and more than 1 MiB of headers before the file are refused.
 seealso:
@@ -265,6 +283,14 @@ bytes_downloaded:
   description: Bytes received from the source in this run (0 in check mode).
   returned: always
   type: int
+signatures:
+  description:
+    - For each digest checked (the image's and the platform manifest's), the fingerprint of the key whose
+      signature verified it, C(SHA256:) and the hex SHA-256 of the DER public key.
+    - Empty when no signature was required.
+  returned: always
+  type: dict
+  sample: {"sha256:0f3c...": "SHA256:4b1e..."}
 retries:
   description:
     - How many registry requests were retried (after a connection error, a timeout or an answer of 429 or 5xx).
@@ -278,6 +304,7 @@ retries:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._fetch import FetchError, fetch_image
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_REQUIRED_TOGETHER
 from ansible_collections.ironcore.image.plugins.module_utils._source import image_argument_spec
@@ -293,6 +320,8 @@ def main() -> None:
         max_unpacked_size={"type": "int"},
         state_dir={"type": "path"},
         allow_shared_dest={"type": "bool", "default": False},
+        signature_keys={"type": "list", "elements": "str", "no_log": False},
+        require_signature={"type": "bool"},
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -300,8 +329,11 @@ def main() -> None:
         add_file_common_args=True,
         supports_check_mode=True,
     )
-    if not module.params["layout"]:
-        require(module, "requests", "oras")
+    needs = () if module.params["layout"] else ("requests", "oras")
+    if module.params["signature_keys"] or module.params["require_signature"]:
+        needs += ("cryptography",)
+    if needs:
+        require(module, *needs)
 
     def apply_attributes(path: str, changed: bool) -> bool:
         return module.set_fs_attributes_if_different(
@@ -310,7 +342,7 @@ def main() -> None:
 
     try:
         result = fetch_image(module.params, module.check_mode, apply_attributes, module.warn)
-    except FetchError as exc:
+    except (FetchError, ImageError) as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)
 

@@ -8,9 +8,12 @@ Keys are made by openssl; every signature written is verified by
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
+import urllib.parse
+import urllib.request
 
 import pytest
 from helpers.images import build_ours
@@ -189,3 +192,180 @@ def test_sign_refuses_a_wrong_passphrase_in_one_line(ansible, keys, tmp_path):
     assert not any(
         ".sig" in name for name in json.dumps(json.load(open(os.path.join(layout, "index.json")))).split('"')
     )
+
+
+# ---- fetch refuses what is not signed by a trusted key, before anything is written ----------------
+
+
+def http_put_blob(registry, repository: str, data: bytes) -> str:
+    """Upload a blob straight through the distribution API (the tampering side needs no collection code)."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    base = "http://%s/v2/%s/blobs/uploads/" % (registry.host, repository)
+    with urllib.request.urlopen(urllib.request.Request(base, method="POST", data=b"")) as answer:
+        location = urllib.parse.urljoin(base, answer.headers["Location"])
+    separator = "&" if "?" in location else "?"
+    put = urllib.request.Request(location + separator + "digest=" + digest, method="PUT", data=data)
+    put.add_header("Content-Type", "application/octet-stream")
+    urllib.request.urlopen(put).close()
+    return digest
+
+
+def http_put_manifest(registry, repository: str, tag: str, data: bytes) -> None:
+    url = "http://%s/v2/%s/manifests/%s" % (registry.host, repository, tag)
+    put = urllib.request.Request(url, method="PUT", data=data)
+    put.add_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+    urllib.request.urlopen(put).close()
+
+
+def skopeo(*args: str) -> None:
+    proc = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def sig_tag(digest: str) -> str:
+    return digest.replace(":", "-") + ".sig"
+
+
+@pytest.fixture(scope="module")
+def fleet(ansible, registry_plain, keys, tmp_path_factory):
+    """Repositories of registry_plain in each state a node may meet; returns {case: reference}."""
+    root = tmp_path_factory.mktemp("sign-fleet")
+    layout = str(root / "layout")
+    os.makedirs(str(root / "in"))
+    build_ours(layout, NAME, root / "in", tag="fleet")
+    other_layout = str(root / "other")
+    os.makedirs(str(root / "in-other"))
+    build_ours(other_layout, NAME, root / "in-other", tag="other")
+    host = registry_plain.host
+    flags = ["--src-tls-verify=false", "--dest-tls-verify=false"]
+
+    def push(repository: str, source: str = layout) -> str:
+        reference = "%s/sign/%s:1.0" % (host, repository)
+        args = dict(registry_plain.registry_args, layout=source, name=NAME, destination=reference)
+        assert ansible.module(PUSH, args)["changed"] is True
+        return reference
+
+    def sign_with(reference: str, key: str) -> dict:
+        signed = ansible.module(SIGN, dict(registry_plain.registry_args, name=reference, key=keys[key]["key"]))
+        assert signed["changed"] is True, signed
+        return signed
+
+    cases = {}
+    for case, key in (("good", "first"), ("stranger", "stranger"), ("edited", "first"), ("deleted", "first")):
+        cases[case] = push(case)
+        if key:
+            sign_with(cases[case], key)
+    cases["unsigned"] = push("unsigned")
+
+    # Copied with its signatures into another repository: the payloads name the first one.
+    good_digests = image_digests(registry_plain, cases["good"])
+    cases["elsewhere"] = "%s/sign/elsewhere:1.0" % host
+    skopeo("copy", "--all", "--preserve-digests", *flags, "docker://" + cases["good"], "docker://" + cases["elsewhere"])
+    for digest in good_digests:
+        skopeo(
+            "copy",
+            *flags,
+            "docker://%s/sign/good:%s" % (host, sig_tag(digest)),
+            "docker://%s/sign/elsewhere:%s" % (host, sig_tag(digest)),
+        )
+
+    # The tag moved to another image, and the signature of the first copied beside it.
+    signed = push("moved")
+    first_digest = sign_with(signed, "first")["digest"]
+    push("moved", other_layout)
+    moved_digest = image_digests(registry_plain, signed)[0]
+    assert moved_digest != first_digest
+    skopeo(
+        "copy",
+        *flags,
+        "docker://%s/sign/moved:%s" % (host, sig_tag(first_digest)),
+        "docker://%s/sign/moved:%s" % (host, sig_tag(moved_digest)),
+    )
+    cases["moved"] = signed
+
+    # A payload whose digest was edited, its signature kept.
+    edited_digest = image_digests(registry_plain, cases["edited"])[0]
+    manifest = skopeo_raw(registry_plain, "%s/sign/edited:%s" % (host, sig_tag(edited_digest)))
+    [(payload, _signature)] = signature_layers(registry_plain, "%s/sign/edited" % host, edited_digest)
+    forged = payload.replace(edited_digest.encode(), b"sha256:" + b"0" * 64)
+    assert forged != payload
+    manifest["layers"][0].update(digest=http_put_blob(registry_plain, "sign/edited", forged), size=len(forged))
+    http_put_manifest(registry_plain, "sign/edited", sig_tag(edited_digest), json.dumps(manifest).encode())
+
+    # The platform manifests' signatures deleted; the index's stays.
+    for digest in image_digests(registry_plain, cases["deleted"])[1:]:
+        skopeo("delete", "--tls-verify=false", "docker://%s/sign/deleted:%s" % (host, sig_tag(digest)))
+    return cases
+
+
+def fetch(ansible, registry, reference: str, dest, keys_given, **extra) -> dict:
+    args = dict(
+        registry.registry_args,
+        name=reference,
+        dest=str(dest),
+        platform="baremetal",
+        architecture="amd64",
+        signature_keys=keys_given,
+        **extra,
+    )
+    return ansible.module(FETCH, args)
+
+
+def test_fetch_delivers_an_image_signed_by_a_trusted_key(ansible, registry_plain, keys, fleet, tmp_path):
+    with open(keys["first"]["pub"]) as stream:
+        inline = stream.read()
+    # A stranger's key beside the trusted one, inline PEM and a file path both work.
+    trusted = [keys["stranger"]["pub"], inline]
+    fetched = fetch(ansible, registry_plain, fleet["good"], tmp_path / "dest", trusted)
+    assert fetched.get("failed") is not True, fetched
+    assert fetched["signatures"] == {
+        fetched["digest"]: keys["first"]["fingerprint"],
+        fetched["manifest_digest"]: keys["first"]["fingerprint"],
+    }
+    assert fetched["files"]
+    for delivered in fetched["files"].values():
+        assert os.path.isfile(delivered["path"])
+
+
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("unsigned", "is unsigned"),
+        ("stranger", "is signed, but by an unknown key (SHA256:"),
+        ("elsewhere", "payload is for another repository (127.0.0.1"),
+        ("moved", "has a signature for another digest (sha256:"),
+        ("edited", "has a malformed signature: the signature by SHA256:"),
+        ("deleted", "is unsigned"),
+    ],
+)
+def test_fetch_refuses_before_writing(ansible, registry_plain, keys, fleet, tmp_path, case, reason):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "vmlinuz").write_bytes(b"the kernel already here")
+    for check in (True, False):
+        failed = ansible.module(
+            FETCH,
+            dict(
+                registry_plain.registry_args,
+                name=fleet[case],
+                dest=str(dest),
+                platform="baremetal",
+                architecture="amd64",
+                signature_keys=[keys["first"]["pub"]],
+            ),
+            check=check,
+        )
+        assert failed.get("failed") is True, failed
+        assert reason in failed["msg"] and "nothing was fetched" in failed["msg"], failed["msg"]
+        assert "\n" not in failed["msg"]
+        if case == "stranger":
+            assert keys["stranger"]["fingerprint"] in failed["msg"]
+    # Untouched: the file that was there, and nothing else (no partial, no state record).
+    assert sorted(os.listdir(dest)) == ["vmlinuz"]
+    assert (dest / "vmlinuz").read_bytes() == b"the kernel already here"
+
+
+def test_require_signature_without_keys_is_refused(ansible, registry_plain, fleet, tmp_path):
+    failed = fetch(ansible, registry_plain, fleet["good"], tmp_path / "dest", [], require_signature=True)
+    assert failed.get("failed") is True and "signature_keys is empty" in failed["msg"]
+    assert not os.path.exists(tmp_path / "dest")
