@@ -369,3 +369,43 @@ def test_require_signature_without_keys_is_refused(ansible, registry_plain, flee
     failed = fetch(ansible, registry_plain, fleet["good"], tmp_path / "dest", [], require_signature=True)
     assert failed.get("failed") is True and "signature_keys is empty" in failed["msg"]
     assert not os.path.exists(tmp_path / "dest")
+
+
+def test_build_role_signs_and_provision_role_checks(ansible, keys, tmp_path):
+    """build_sign_key signs in the layout; provision_signature_keys delivers it, and refuses another key's image."""
+    artifacts = {}
+    for role in ("kernel", "initramfs", "squashfs"):
+        path = tmp_path / role
+        path.write_bytes(("%s of the role test\n" % role).encode() * 50)
+        artifacts[role] = str(path)
+    layout, boot = str(tmp_path / "layout"), tmp_path / "boot"
+    common = {
+        "build_name": NAME,
+        "build_layout": layout,
+        "build_platforms": ["baremetal"],
+        "build_artifacts": [dict(artifacts, architecture="amd64", cmdline="console=ttyS0")],
+        "build_sign_key": keys["first"]["key"],
+        "provision_name": NAME,
+        "provision_layout": layout,
+        "provision_platform": "baremetal",
+        "provision_architecture": "amd64",
+        "provision_boot_dir": str(boot),
+        "provision_cache_dir": str(tmp_path / "cache"),
+        "provision_boot_url": "http://boot.example.com/",
+    }
+    play = tmp_path / "play.yml"
+    play.write_text(
+        "- hosts: localhost\n  connection: local\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.include_role:\n        name: ironcore.image.build\n"
+        "    - ansible.builtin.include_role:\n        name: ironcore.image.provision\n"
+    )
+    rc, document, stderr = ansible.playbook(
+        str(play), extra_vars=dict(common, provision_signature_keys=[keys["stranger"]["pub"]])
+    )
+    assert rc != 0 and "is signed, but by an unknown key (%s)" % keys["first"]["fingerprint"] in json.dumps(document)
+    assert not boot.exists() or not any(boot.iterdir())
+    rc, document, stderr = ansible.playbook(
+        str(play), extra_vars=dict(common, provision_signature_keys=[keys["first"]["pub"]])
+    )
+    assert rc == 0, (json.dumps(document)[-3000:], stderr)
+    assert any(boot.iterdir())
