@@ -153,7 +153,7 @@ def signature_config(payload_digests: t.Sequence[str]) -> bytes:
             "architecture": "",
             "config": {},
             "created": ZERO_TIME,
-            "history": [{"created": ZERO_TIME} for _ in payload_digests],
+            "history": [{"created": ZERO_TIME}] * len(payload_digests),
             "os": "",
             "rootfs": {"type": "layers", "diff_ids": list(payload_digests)},
         }
