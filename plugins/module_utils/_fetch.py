@@ -64,6 +64,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import (
     node_architecture,
     select_layers,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._signatures import verify_before_delivery
 from ansible_collections.ironcore.image.plugins.module_utils._source import (
     SourceError,
     one_line,
@@ -559,6 +560,8 @@ def _fetch(
         "config": config,
         "bytes_downloaded": 0,
     }
+    # Before any blob byte is written: the digests delivered must carry a signature by a trusted key.
+    result.update(verify_before_delivery(source, params, image.digest, chosen.digest))
 
     def limit(layer: SelectedLayer) -> int:
         return unpacked_limit(params, layer)

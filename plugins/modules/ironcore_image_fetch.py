@@ -155,6 +155,23 @@ options:
       - Set it only when everyone who can write to the directory is trusted.
     type: bool
     default: false
+  signature_keys:
+    description:
+      - PEM public keys (EC P-256) to trust, each given inline (C(-----BEGIN PUBLIC KEY-----)...) or as the path of
+        a PEM file on the host that runs the module.
+      - The digest O(name) resolves to and the platform manifest delivered must each carry a signature in
+        cosign's format (the C(sha256-<hex>.sig) manifest beside them, as M(ironcore.image.ironcore_image_sign)
+        writes it) by one of these keys, whose payload names exactly that digest and the repository of O(name).
+      - Checked before any blob byte is written. Without a valid signature the task fails with one line saying
+        why (unsigned; signed by an unknown key, with the fingerprints found; a signature for another digest;
+        a payload for another repository; a malformed signature) and files already in O(dest) stay untouched.
+    type: list
+    elements: str
+  require_signature:
+    description:
+      - Refuse an image without a valid signature by one of O(signature_keys).
+      - Defaults to V(true) when O(signature_keys) are given, else to V(false). V(true) without keys fails.
+    type: bool
 notes:
   - With O(layout) the module reads the image from disk and does not need C(requests).
   - C(oras) is not needed (since 0.2.0); the module reads O(docker_config) (C(auths) with C(auth),
@@ -163,6 +180,7 @@ notes:
   - O(concurrency) layers are downloaded in parallel; O(timeout) and O(retries) also apply to interrupted transfers,
     which are resumed from the last byte received.
   - Manifests, indexes and configs larger than 4 MiB are refused.
+  - O(signature_keys) need the Python library C(cryptography) on the host that runs the module.
   - A tar+gzip layer must hold exactly one regular file. Links, devices, directories, sparse members, names that
     leave their directory, a second member, and more than 1 MiB of headers before the file are refused.
 seealso:
@@ -285,6 +303,14 @@ bytes_per_second:
   type: int
   sample: 104857600
   version_added: 0.2.0
+signatures:
+  description:
+    - For each digest checked (the image's and the platform manifest's), the fingerprint of the key whose
+      signature verified it, C(SHA256:) and the hex SHA-256 of the DER public key.
+    - Empty when no signature was required.
+  returned: always
+  type: dict
+  sample: {"sha256:0f3c...": "SHA256:4b1e..."}
 retries:
   description:
     - How many registry requests were retried (after a connection error, a timeout or an answer of 429 or 5xx).
@@ -316,6 +342,8 @@ def main() -> None:
         max_unpacked_size={"type": "int"},
         state_dir={"type": "path"},
         allow_shared_dest={"type": "bool", "default": False},
+        signature_keys={"type": "list", "elements": "str", "no_log": False},
+        require_signature={"type": "bool"},
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -323,8 +351,11 @@ def main() -> None:
         add_file_common_args=True,
         supports_check_mode=True,
     )
-    if not module.params["layout"]:
-        require(module, "requests")
+    needs: tuple[str, ...] = () if module.params["layout"] else ("requests",)
+    if module.params["signature_keys"] or module.params["require_signature"]:
+        needs += ("cryptography",)
+    if needs:
+        require(module, *needs)
 
     def apply_attributes(path: str, changed: bool) -> bool:
         return module.set_fs_attributes_if_different(

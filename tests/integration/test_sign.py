@@ -1,0 +1,411 @@
+"""ironcore_image_sign and fetch's signature check through the real ansible CLI, against a real registry.
+
+Keys are made by openssl; every signature written is verified by
+`openssl dgst -verify`, the `.sig` manifests are read by `skopeo inspect
+--raw` and the payloads from the registry's own storage.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import urllib.parse
+import urllib.request
+
+import pytest
+from helpers.images import build_ours
+from helpers.registry import blob_data_path
+
+SIGN = "ironcore.image.ironcore_image_sign"
+PUSH = "ironcore.image.ironcore_image_push"
+FETCH = "ironcore.image.ironcore_image_fetch"
+NAME = "registry.example.com/os/signed:1.0"
+SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
+SIGNATURE = "dev.cosignproject.cosign/signature"
+PASSPHRASE = "correct horse battery staple"
+
+pytestmark = pytest.mark.integration
+
+
+def openssl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def make_key(directory, label: str, passphrase: str | None = None) -> dict[str, str]:
+    """An EC P-256 key made by openssl: SEC1, then PKCS#8 (encrypted with a passphrase), and its public key."""
+    sec1, private, public = (os.path.join(str(directory), label + suffix) for suffix in (".ec", ".pem", ".pub"))
+    assert openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", sec1).returncode == 0
+    crypt = ["-v2", "aes-256-cbc", "-passout", "pass:" + passphrase] if passphrase else ["-nocrypt"]
+    assert openssl("pkcs8", "-topk8", "-in", sec1, "-out", private, *crypt).returncode == 0
+    assert openssl("ec", "-in", sec1, "-pubout", "-out", public).returncode == 0
+    der = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-in", public, "-outform", "DER"], capture_output=True, check=True
+    )
+    fingerprint = (
+        "SHA256:"
+        + subprocess.run(["sha256sum"], input=der.stdout, capture_output=True, check=True).stdout.decode().split()[0]
+    )
+    return {"sec1": sec1, "key": private, "pub": public, "fingerprint": fingerprint}
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("sign-keys")
+    return {
+        "first": make_key(directory, "first"),
+        "second": make_key(directory, "second", PASSPHRASE),
+        "stranger": make_key(directory, "stranger"),
+    }
+
+
+def push_image(ansible, registry, root, repository: str) -> tuple[str, str]:
+    """A tiny image built into a layout and pushed as <registry>/<repository>:1.0; returns (layout, reference)."""
+    layout = str(root / "layout")
+    os.makedirs(str(root / "in"), exist_ok=True)
+    build_ours(layout, NAME, root / "in", tag=repository.replace("/", "-"))
+    reference = "%s/%s:1.0" % (registry.host, repository)
+    pushed = ansible.module(PUSH, dict(registry.registry_args, layout=layout, name=NAME, destination=reference))
+    assert pushed["changed"] is True, pushed
+    return layout, reference
+
+
+def skopeo_bytes(registry, reference: str) -> bytes:
+    proc = subprocess.run(
+        ["skopeo", "inspect", "--raw", *registry.skopeo_flags(), "docker://%s" % reference],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def skopeo_raw(registry, reference: str) -> dict:
+    return json.loads(skopeo_bytes(registry, reference))
+
+
+def image_digests(registry, reference: str) -> list[str]:
+    """The index (its digest by sha256sum of the bytes skopeo read) and every manifest it lists."""
+    data = skopeo_bytes(registry, reference)
+    digest = (
+        "sha256:"
+        + subprocess.run(["sha256sum"], input=data, capture_output=True, check=True).stdout.split()[0].decode()
+    )
+    return [digest] + [entry["digest"] for entry in json.loads(data)["manifests"]]
+
+
+def openssl_verifies(workdir, public: str, payload: bytes, signature_b64: str) -> bool:
+    payload_path, signature_path = str(workdir / "payload"), str(workdir / "sig.der")
+    with open(payload_path, "wb") as stream:
+        stream.write(payload)
+    with open(signature_path, "wb") as stream:
+        stream.write(base64.b64decode(signature_b64))
+    return openssl("dgst", "-sha256", "-verify", public, "-signature", signature_path, payload_path).returncode == 0
+
+
+def signature_layers(registry, repository_reference: str, digest: str) -> list[tuple[bytes, str]]:
+    """(payload bytes from the registry's storage, signature annotation) of each layer of digest's .sig."""
+    manifest = skopeo_raw(registry, "%s:%s.sig" % (repository_reference, digest.replace(":", "-")))
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
+    layers = []
+    for layer in manifest["layers"]:
+        assert layer["mediaType"] == SIMPLESIGNING
+        with open(blob_data_path(registry.storage, layer["digest"]), "rb") as stream:
+            layers.append((stream.read(), layer["annotations"][SIGNATURE]))
+    return layers
+
+
+def test_sign_in_a_registry_is_cosign_format_verified_by_openssl(ansible, registry_plain, keys, tmp_path):
+    _layout, reference = push_image(ansible, registry_plain, tmp_path, "sign/reg")
+    repository = reference.rsplit(":", 1)[0]
+    args = dict(registry_plain.registry_args, name=reference, key=keys["first"]["key"])
+
+    signed = ansible.module(SIGN, args)
+    assert signed["changed"] is True, signed
+    digests = image_digests(registry_plain, reference)
+    assert signed["digest"] == digests[0]
+    assert sorted(signed["signed"]) == sorted(digests)
+    assert signed["fingerprint"] == keys["first"]["fingerprint"]
+    for digest in digests:
+        [(payload, signature)] = signature_layers(registry_plain, repository, digest)
+        critical = json.loads(payload)["critical"]
+        assert critical["identity"]["docker-reference"] == repository
+        assert critical["image"]["docker-manifest-digest"] == digest
+        assert critical["type"] == "cosign container image signature"
+        assert openssl_verifies(tmp_path, keys["first"]["pub"], payload, signature)
+        assert not openssl_verifies(tmp_path, keys["stranger"]["pub"], payload, signature)
+
+    # The same key again: nothing changes, in check mode neither.
+    assert ansible.module(SIGN, args, check=True)["changed"] is False
+    again = ansible.module(SIGN, args)
+    assert again["changed"] is False and again["signed"] == [], again
+
+    # A second signer appends a layer, with an encrypted PKCS#8 key; the passphrase is never printed.
+    second = dict(args, key=keys["second"]["key"], key_passphrase=PASSPHRASE)
+    checked = ansible.module(SIGN, second, check=True)
+    assert checked["changed"] is True
+    assert len(signature_layers(registry_plain, repository, digests[0])) == 1
+    added = ansible.module(SIGN, second)
+    assert added["changed"] is True and added["fingerprint"] == keys["second"]["fingerprint"]
+    assert PASSPHRASE not in added["_stdout"] + added["_stderr"]
+    for digest in digests:
+        (first_payload, first_sig), (second_payload, second_sig) = signature_layers(registry_plain, repository, digest)
+        assert openssl_verifies(tmp_path, keys["first"]["pub"], first_payload, first_sig)
+        assert openssl_verifies(tmp_path, keys["second"]["pub"], second_payload, second_sig)
+
+
+def test_sign_in_a_layout_records_sig_names(ansible, keys, tmp_path):
+    layout = str(tmp_path / "layout")
+    os.makedirs(str(tmp_path / "in"))
+    build_ours(layout, NAME, tmp_path / "in", tag="layout")
+    # A SEC1 key works as well as PKCS#8.
+    signed = ansible.module(SIGN, {"layout": layout, "name": NAME, "key": keys["first"]["sec1"]})
+    assert signed["changed"] is True, signed
+    assert signed["digest"] in signed["signed"]
+    for digest in signed["signed"]:
+        name = "registry.example.com/os/signed:%s.sig" % digest.replace(":", "-")
+        proc = subprocess.run(
+            ["skopeo", "inspect", "--raw", "oci:%s:%s" % (layout, name)], capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+        [layer] = json.loads(proc.stdout)["layers"]
+        with open(os.path.join(layout, "blobs", "sha256", layer["digest"].split(":")[1]), "rb") as stream:
+            payload = stream.read()
+        assert json.loads(payload)["critical"]["image"]["docker-manifest-digest"] == digest
+        assert openssl_verifies(tmp_path, keys["first"]["pub"], payload, layer["annotations"][SIGNATURE])
+    assert ansible.module(SIGN, {"layout": layout, "name": NAME, "key": keys["first"]["sec1"]})["changed"] is False
+
+
+def test_sign_refuses_a_wrong_passphrase_in_one_line(ansible, keys, tmp_path):
+    layout = str(tmp_path / "layout")
+    os.makedirs(str(tmp_path / "in"))
+    build_ours(layout, NAME, tmp_path / "in", tag="pass")
+    failed = ansible.module(
+        SIGN, {"layout": layout, "name": NAME, "key": keys["second"]["key"], "key_passphrase": "wrong"}
+    )
+    assert failed["failed"] is True
+    assert "cannot be loaded" in failed["msg"] and "\n" not in failed["msg"]
+    assert not any(
+        ".sig" in name for name in json.dumps(json.load(open(os.path.join(layout, "index.json")))).split('"')
+    )
+
+
+# ---- fetch refuses what is not signed by a trusted key, before anything is written ----------------
+
+
+def http_put_blob(registry, repository: str, data: bytes) -> str:
+    """Upload a blob straight through the distribution API (the tampering side needs no collection code)."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    base = "http://%s/v2/%s/blobs/uploads/" % (registry.host, repository)
+    with urllib.request.urlopen(urllib.request.Request(base, method="POST", data=b"")) as answer:
+        location = urllib.parse.urljoin(base, answer.headers["Location"])
+    separator = "&" if "?" in location else "?"
+    put = urllib.request.Request(location + separator + "digest=" + digest, method="PUT", data=data)
+    put.add_header("Content-Type", "application/octet-stream")
+    urllib.request.urlopen(put).close()
+    return digest
+
+
+def http_put_manifest(registry, repository: str, tag: str, data: bytes) -> None:
+    url = "http://%s/v2/%s/manifests/%s" % (registry.host, repository, tag)
+    put = urllib.request.Request(url, method="PUT", data=data)
+    put.add_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+    urllib.request.urlopen(put).close()
+
+
+def skopeo(*args: str) -> None:
+    proc = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def sig_tag(digest: str) -> str:
+    return digest.replace(":", "-") + ".sig"
+
+
+@pytest.fixture(scope="module")
+def fleet(ansible, registry_plain, keys, tmp_path_factory):
+    """Repositories of registry_plain in each state a node may meet; returns {case: reference}."""
+    root = tmp_path_factory.mktemp("sign-fleet")
+    layout = str(root / "layout")
+    os.makedirs(str(root / "in"))
+    build_ours(layout, NAME, root / "in", tag="fleet")
+    other_layout = str(root / "other")
+    os.makedirs(str(root / "in-other"))
+    build_ours(other_layout, NAME, root / "in-other", tag="other")
+    host = registry_plain.host
+    flags = ["--src-tls-verify=false", "--dest-tls-verify=false"]
+
+    def push(repository: str, source: str = layout) -> str:
+        reference = "%s/sign/%s:1.0" % (host, repository)
+        args = dict(registry_plain.registry_args, layout=source, name=NAME, destination=reference)
+        assert ansible.module(PUSH, args)["changed"] is True
+        return reference
+
+    def sign_with(reference: str, key: str) -> dict:
+        signed = ansible.module(SIGN, dict(registry_plain.registry_args, name=reference, key=keys[key]["key"]))
+        assert signed["changed"] is True, signed
+        return signed
+
+    cases = {}
+    for case, key in (("good", "first"), ("stranger", "stranger"), ("edited", "first"), ("deleted", "first")):
+        cases[case] = push(case)
+        if key:
+            sign_with(cases[case], key)
+    cases["unsigned"] = push("unsigned")
+
+    # Copied with its signatures into another repository: the payloads name the first one.
+    good_digests = image_digests(registry_plain, cases["good"])
+    cases["elsewhere"] = "%s/sign/elsewhere:1.0" % host
+    skopeo("copy", "--all", "--preserve-digests", *flags, "docker://" + cases["good"], "docker://" + cases["elsewhere"])
+    for digest in good_digests:
+        skopeo(
+            "copy",
+            *flags,
+            "docker://%s/sign/good:%s" % (host, sig_tag(digest)),
+            "docker://%s/sign/elsewhere:%s" % (host, sig_tag(digest)),
+        )
+
+    # The tag moved to another image, and the signature of the first copied beside it.
+    signed = push("moved")
+    first_digest = sign_with(signed, "first")["digest"]
+    push("moved", other_layout)
+    moved_digest = image_digests(registry_plain, signed)[0]
+    assert moved_digest != first_digest
+    skopeo(
+        "copy",
+        *flags,
+        "docker://%s/sign/moved:%s" % (host, sig_tag(first_digest)),
+        "docker://%s/sign/moved:%s" % (host, sig_tag(moved_digest)),
+    )
+    cases["moved"] = signed
+
+    # A payload whose digest was edited, its signature kept.
+    edited_digest = image_digests(registry_plain, cases["edited"])[0]
+    manifest = skopeo_raw(registry_plain, "%s/sign/edited:%s" % (host, sig_tag(edited_digest)))
+    [(payload, _signature)] = signature_layers(registry_plain, "%s/sign/edited" % host, edited_digest)
+    forged = payload.replace(edited_digest.encode(), b"sha256:" + b"0" * 64)
+    assert forged != payload
+    manifest["layers"][0].update(digest=http_put_blob(registry_plain, "sign/edited", forged), size=len(forged))
+    http_put_manifest(registry_plain, "sign/edited", sig_tag(edited_digest), json.dumps(manifest).encode())
+
+    # The platform manifests' signatures deleted; the index's stays.
+    for digest in image_digests(registry_plain, cases["deleted"])[1:]:
+        skopeo("delete", "--tls-verify=false", "docker://%s/sign/deleted:%s" % (host, sig_tag(digest)))
+    return cases
+
+
+def fetch(ansible, registry, reference: str, dest, keys_given, **extra) -> dict:
+    args = dict(
+        registry.registry_args,
+        name=reference,
+        dest=str(dest),
+        platform="baremetal",
+        architecture="amd64",
+        signature_keys=keys_given,
+        **extra,
+    )
+    return ansible.module(FETCH, args)
+
+
+def test_fetch_delivers_an_image_signed_by_a_trusted_key(ansible, registry_plain, keys, fleet, tmp_path):
+    with open(keys["first"]["pub"]) as stream:
+        inline = stream.read()
+    # A stranger's key beside the trusted one, inline PEM and a file path both work.
+    trusted = [keys["stranger"]["pub"], inline]
+    fetched = fetch(ansible, registry_plain, fleet["good"], tmp_path / "dest", trusted)
+    assert fetched.get("failed") is not True, fetched
+    assert fetched["signatures"] == {
+        fetched["digest"]: keys["first"]["fingerprint"],
+        fetched["manifest_digest"]: keys["first"]["fingerprint"],
+    }
+    assert fetched["files"]
+    for delivered in fetched["files"].values():
+        assert os.path.isfile(delivered["path"])
+
+
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("unsigned", "is unsigned"),
+        ("stranger", "is signed, but by an unknown key (SHA256:"),
+        ("elsewhere", "payload is for another repository (127.0.0.1"),
+        ("moved", "has a signature for another digest (sha256:"),
+        ("edited", "has a malformed signature: the signature by SHA256:"),
+        ("deleted", "is unsigned"),
+    ],
+)
+def test_fetch_refuses_before_writing(ansible, registry_plain, keys, fleet, tmp_path, case, reason):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "vmlinuz").write_bytes(b"the kernel already here")
+    for check in (True, False):
+        failed = ansible.module(
+            FETCH,
+            dict(
+                registry_plain.registry_args,
+                name=fleet[case],
+                dest=str(dest),
+                platform="baremetal",
+                architecture="amd64",
+                signature_keys=[keys["first"]["pub"]],
+            ),
+            check=check,
+        )
+        assert failed.get("failed") is True, failed
+        assert reason in failed["msg"] and "nothing was fetched" in failed["msg"], failed["msg"]
+        assert "\n" not in failed["msg"]
+        if case == "stranger":
+            assert keys["stranger"]["fingerprint"] in failed["msg"]
+    # Untouched: the file that was there, and nothing else (no partial, no state record).
+    assert sorted(os.listdir(dest)) == ["vmlinuz"]
+    assert (dest / "vmlinuz").read_bytes() == b"the kernel already here"
+
+
+def test_require_signature_without_keys_is_refused(ansible, registry_plain, fleet, tmp_path):
+    failed = fetch(ansible, registry_plain, fleet["good"], tmp_path / "dest", [], require_signature=True)
+    assert failed.get("failed") is True and "signature_keys is empty" in failed["msg"]
+    assert not os.path.exists(tmp_path / "dest")
+
+
+def test_build_role_signs_and_provision_role_checks(ansible, keys, tmp_path):
+    """build_sign_key signs in the layout; provision_signature_keys delivers it, and refuses another key's image."""
+    artifacts = {}
+    for role in ("kernel", "initramfs", "squashfs"):
+        path = tmp_path / role
+        path.write_bytes(("%s of the role test\n" % role).encode() * 50)
+        artifacts[role] = str(path)
+    layout, boot = str(tmp_path / "layout"), tmp_path / "boot"
+    common = {
+        "build_name": NAME,
+        "build_layout": layout,
+        "build_platforms": ["baremetal"],
+        "build_artifacts": [dict(artifacts, architecture="amd64", cmdline="console=ttyS0")],
+        "build_sign_key": keys["first"]["key"],
+        "provision_name": NAME,
+        "provision_layout": layout,
+        "provision_platform": "baremetal",
+        "provision_architecture": "amd64",
+        "provision_boot_dir": str(boot),
+        "provision_cache_dir": str(tmp_path / "cache"),
+        "provision_boot_url": "http://boot.example.com/",
+    }
+    play = tmp_path / "play.yml"
+    play.write_text(
+        "- hosts: localhost\n  connection: local\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.include_role:\n        name: ironcore.image.build\n"
+        "    - ansible.builtin.include_role:\n        name: ironcore.image.provision\n"
+    )
+    rc, document, stderr = ansible.playbook(
+        str(play), extra_vars=dict(common, provision_signature_keys=[keys["stranger"]["pub"]])
+    )
+    assert rc != 0 and "is signed, but by an unknown key (%s)" % keys["first"]["fingerprint"] in json.dumps(document)
+    assert not boot.exists() or not any(boot.iterdir())
+    rc, document, stderr = ansible.playbook(
+        str(play), extra_vars=dict(common, provision_signature_keys=[keys["first"]["pub"]])
+    )
+    assert rc == 0, (json.dumps(document)[-3000:], stderr)
+    assert any(boot.iterdir())
