@@ -345,6 +345,23 @@ def iter_chunks(stream: t.BinaryIO, chunk_size: int = CHUNK_SIZE) -> t.Iterator[
             yield memoryview(data)
 
 
+class FileStream:
+    """A file streamed from an offset, the way a blob stream of a registry is read (a layout's blobs)."""
+
+    def __init__(self, path: str, offset: int):
+        self._file = open(path, "rb")
+        size = os.fstat(self._file.fileno()).st_size
+        # Like a registry that ignores Range: past the end, start again at 0.
+        self.offset = offset if 0 <= offset <= size else 0
+        self._file.seek(self.offset)
+
+    def iter_chunks(self, size: int) -> t.Iterator[t.Any]:
+        return iter_chunks(self._file, size)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 def hash_file(path: str) -> tuple[str, int]:
     """The sha256 digest and size of a file, read once in chunks."""
     with open(path, "rb") as stream:

@@ -14,14 +14,13 @@ been checked against its digest and the 4 MiB cap.
 
 from __future__ import annotations
 
-import os
 import typing as t
 from dataclasses import dataclass
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     CHUNK_SIZE,
-    iter_chunks,
+    FileStream,
     sha256_digest,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
@@ -93,21 +92,6 @@ def _check_document(data: bytes, digest: str, what: str) -> bytes:
     return data
 
 
-class _FileBlobStream:
-    def __init__(self, path: str, offset: int):
-        self._file = open(path, "rb")
-        size = os.fstat(self._file.fileno()).st_size
-        # Like a registry that ignores Range: past the end, start again at 0.
-        self.offset = offset if 0 <= offset <= size else 0
-        self._file.seek(self.offset)
-
-    def iter_chunks(self, size: int) -> t.Iterator[t.Any]:
-        return iter_chunks(self._file, size)
-
-    def close(self) -> None:
-        self._file.close()
-
-
 class LayoutSource:
     """An image in a local OCI image layout (as written by ironcore_image_build or skopeo)."""
 
@@ -157,7 +141,7 @@ class LayoutSource:
 
     def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
         try:
-            return _FileBlobStream(self.layout.blob_path(digest), offset)
+            return FileStream(self.layout.blob_path(digest), offset)
         except LayoutError as exc:
             raise SourceError(str(exc)) from exc
         except FileNotFoundError as exc:

@@ -31,8 +31,8 @@ from ansible_collections.ironcore.image.plugins.module_utils._client import Regi
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, RegistryError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     AtomicFile,
+    FileStream,
     HashingCounter,
-    iter_chunks,
     resume_hash,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
@@ -125,23 +125,6 @@ class ImageDestination(t.Protocol):
 # ---- an OCI image layout ------------------------------------------------------
 
 
-class _FileBlobStream:
-    """A layout blob streamed from an offset (uploads from a layout send straight from the file instead)."""
-
-    def __init__(self, path: str, offset: int):
-        self._file = open(path, "rb")
-        size = os.fstat(self._file.fileno()).st_size
-        # Like a registry that ignores Range: past the end, start again at 0.
-        self.offset = offset if 0 <= offset <= size else 0
-        self._file.seek(self.offset)
-
-    def iter_chunks(self, size: int) -> t.Iterator[t.Any]:
-        return iter_chunks(self._file, size)
-
-    def close(self) -> None:
-        self._file.close()
-
-
 class LayoutStore:
     """An OCI image layout as a source and as a destination."""
 
@@ -219,7 +202,7 @@ class LayoutStore:
 
     def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
         try:
-            return _FileBlobStream(self.layout.blob_path(digest), offset)
+            return FileStream(self.layout.blob_path(digest), offset)
         except LayoutError as exc:
             raise StoreError(str(exc)) from exc
         except FileNotFoundError as exc:

@@ -229,20 +229,19 @@ refs:
   elements: str
 """
 
-import traceback
 import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._build import build_image
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
-from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
     LAYER_FORMATS,
     PLATFORM_CHOICES,
     ROLES,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._module import run
 
 
 def main() -> None:
@@ -270,13 +269,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     require(module, "jsonschema")
-    try:
-        result = build_image(module.params, module.check_mode)
-    except ImageError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
-    if not module._diff:
-        result.pop("diff")
-    module.exit_json(**result)
+    run(module, lambda: build_image(module.params, module.check_mode))
 
 
 if __name__ == "__main__":

@@ -159,13 +159,12 @@ retries:
   sample: 0
 """
 
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._copy_image import copy_image
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
-from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
     TRANSFER_ARGUMENT_SPEC,
     endpoint_option,
@@ -184,13 +183,7 @@ def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not (module.params["source"].get("layout") and module.params["destination"].get("layout")):
         require(module, "requests", "oras")
-    try:
-        result = copy_image(module.params, module.check_mode, module.warn)
-    except ImageError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
-    if not module._diff:
-        result.pop("diff")
-    module.exit_json(**result)
+    run(module, lambda: copy_image(module.params, module.check_mode, module.warn))
 
 
 if __name__ == "__main__":

@@ -321,13 +321,12 @@ retries:
   sample: 0
 """
 
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
-from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._fetch import fetch_image
+from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_REQUIRED_TOGETHER
 from ansible_collections.ironcore.image.plugins.module_utils._source import image_argument_spec
 
@@ -362,11 +361,7 @@ def main() -> None:
             module.load_file_common_arguments(module.params, path=path), changed
         )
 
-    try:
-        result = fetch_image(module.params, module.check_mode, apply_attributes, module.warn)
-    except ImageError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
-    module.exit_json(**result)
+    run(module, lambda: fetch_image(module.params, module.check_mode, apply_attributes, module.warn))
 
 
 if __name__ == "__main__":

@@ -254,13 +254,12 @@ images:
       size: 1073751234
 """
 
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
-from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._info import image_info, layout_images
+from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_REQUIRED_TOGETHER
 from ansible_collections.ironcore.image.plugins.module_utils._source import image_argument_spec
 
@@ -284,11 +283,7 @@ def main() -> None:
     )
     if not module.params["layout"]:
         require(module, "requests")
-    try:
-        result = image_info(module.params) if module.params["name"] else layout_images(module.params)
-    except ImageError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
-    module.exit_json(**result)
+    run(module, lambda: image_info(module.params) if module.params["name"] else layout_images(module.params))
 
 
 if __name__ == "__main__":

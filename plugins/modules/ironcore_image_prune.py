@@ -104,12 +104,11 @@ blobs_kept_young:
   type: int
 """
 
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import prune_layout
+from ansible_collections.ironcore.image.plugins.module_utils._module import run
 
 
 def main() -> None:
@@ -120,13 +119,7 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    try:
-        result = prune_layout(module.params, module.check_mode)
-    except ImageError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
-    if not module._diff:
-        result.pop("diff")
-    module.exit_json(**result)
+    run(module, lambda: prune_layout(module.params, module.check_mode))
 
 
 if __name__ == "__main__":

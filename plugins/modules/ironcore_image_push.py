@@ -174,12 +174,11 @@ bytes_per_second:
   sample: 83886080
 """
 
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
-from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._push import push_image
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
     REGISTRY_ARGUMENT_SPEC,
@@ -203,13 +202,7 @@ def main() -> None:
         argument_spec=argument_spec, required_together=REGISTRY_REQUIRED_TOGETHER, supports_check_mode=True
     )
     require(module, "requests", "oras")
-    try:
-        result = push_image(module.params, module.check_mode, module.warn)
-    except ImageError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
-    if not module._diff:
-        result.pop("diff")
-    module.exit_json(**result)
+    run(module, lambda: push_image(module.params, module.check_mode, module.warn))
 
 
 if __name__ == "__main__":

@@ -75,12 +75,11 @@ removed:
   sample: [registry.example.com/os/gardenlinux:0.9, registry.example.com/os/gardenlinux:0.9-baremetal]
 """
 
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import remove_names
+from ansible_collections.ironcore.image.plugins.module_utils._module import run
 
 
 def main() -> None:
@@ -92,13 +91,7 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    try:
-        result = remove_names(module.params, module.check_mode)
-    except ImageError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
-    if not module._diff:
-        result.pop("diff")
-    module.exit_json(**result)
+    run(module, lambda: remove_names(module.params, module.check_mode))
 
 
 if __name__ == "__main__":

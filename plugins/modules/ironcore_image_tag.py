@@ -105,12 +105,11 @@ names:
   sample: [registry.example.com/os/gardenlinux:stable, registry.example.com/os/gardenlinux:stable-baremetal]
 """
 
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import tag_image
+from ansible_collections.ironcore.image.plugins.module_utils._module import run
 
 
 def main() -> None:
@@ -124,13 +123,7 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    try:
-        result = tag_image(module.params, module.check_mode)
-    except ImageError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
-    if not module._diff:
-        result.pop("diff")
-    module.exit_json(**result)
+    run(module, lambda: tag_image(module.params, module.check_mode))
 
 
 if __name__ == "__main__":
