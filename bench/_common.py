@@ -597,6 +597,22 @@ def summary(results: t.Sequence[Result], heading: str = "") -> str:
     return "\n".join(text)
 
 
+def run_benchmark(doc: str, prefix: str, bench: t.Callable[..., t.Any]) -> None:
+    """A benchmark script's main(): parse the common flags, run `bench` in a scratch directory, print the table.
+
+    `bench(ansible, ping, workdir, size_mib, rounds)` returns one Result or a list of them.
+    """
+    options = parser(doc.splitlines()[0]).parse_args()
+    workdir = scratch(options.workdir, prefix)
+    try:
+        ansible = Ansible()
+        results = bench(ansible, ansible.ping(), workdir, options.size_mib, options.rounds)
+        print(summary(results if isinstance(results, list) else [results]))
+    finally:
+        if not options.workdir:
+            remove(workdir)
+
+
 def parser(description: str) -> t.Any:
     import argparse  # pylint: disable=import-outside-toplevel
 

@@ -154,15 +154,7 @@ def stream_image(source: c.Registry, destination: c.Registry, image: c.ImageFile
 
 
 def main() -> None:
-    options = c.parser(__doc__.splitlines()[0]).parse_args()
-    workdir = c.scratch(options.workdir, "copy-")
-    try:
-        ansible = c.Ansible()
-        results = bench(ansible, ansible.ping(), workdir, options.size_mib, options.rounds)
-        print(c.summary(results))
-    finally:
-        if not options.workdir:
-            c.remove(workdir)
+    c.run_benchmark(__doc__ or "", "copy-", bench)
 
 
 if __name__ == "__main__":

@@ -85,15 +85,7 @@ def bench(ansible: c.Ansible, ping: c.Run, workdir: str, size_mib: int, rounds: 
 
 
 def main() -> None:
-    options = c.parser(__doc__.splitlines()[0]).parse_args()
-    workdir = c.scratch(options.workdir, "fetch-")
-    try:
-        ansible = c.Ansible()
-        result = bench(ansible, ansible.ping(), workdir, options.size_mib, options.rounds)
-        print(c.summary([result]))
-    finally:
-        if not options.workdir:
-            c.remove(workdir)
+    c.run_benchmark(__doc__ or "", "fetch-", bench)
 
 
 if __name__ == "__main__":
