@@ -394,20 +394,20 @@ def missing_attachments(destination: ImageDestination, attachments: t.Sequence[A
     listed: dict[str, set[str]] = {}
     missing: list[Attachment] = []
     for attachment in attachments:
-        if attachment.referrer is not None:
+        names, referrer = attachment.signature_names, attachment.referrer
+        if names is not None:
+            current = destination.current_name(names[1])
+            if current is None:
+                missing.append(attachment)
+            elif current.get("digest") != attachment.document.digest:
+                merged = _merged_signature(store, current, attachment)
+                if merged is not None:
+                    missing.append(merged)
+        elif referrer is not None:
             if attachment.subject not in listed:
                 listed[attachment.subject] = {entry.digest for entry in list_referrers(store, attachment.subject)}
-            if attachment.referrer.digest not in listed[attachment.subject]:
+            if referrer.digest not in listed[attachment.subject]:
                 missing.append(attachment)
-            continue
-        assert attachment.signature_names is not None
-        current = destination.current_name(attachment.signature_names[1])
-        if current is None:
-            missing.append(attachment)
-        elif current.get("digest") != attachment.document.digest:
-            merged = _merged_signature(store, current, attachment)
-            if merged is not None:
-                missing.append(merged)
     return missing
 
 
@@ -465,7 +465,6 @@ def _carry(source: ImageSource, destination: ImageDestination, attachment: Attac
         destination.put_document(document)
     if attachment.signature_names is not None:
         destination.set_name(attachment.signature_names[1], attachment.document.descriptor, attachment.document)
-    else:
-        assert attachment.referrer is not None
+    elif attachment.referrer is not None:
         attach_manifest(store, attachment.subject, attachment.referrer, attachment.document.data, lambda: None)
     return len(documents) + 1
