@@ -73,6 +73,76 @@ options:
     default: 4
 """
 
+    # ironcore.image.registry.mirrors: digest-only mirrors in front of the origin (fetch, info).
+    MIRRORS = r"""
+options:
+  mirrors:
+    description:
+      - Ordered list of mirrors that serve copies of the image, asked before the origin (the registry of O(name),
+        or O(layout)), which is the last fallback.
+      - "Trust model, digest-only: a tag is resolved at the origin only (unless O(mirror_resolve_tags)); manifests,
+        configs and blobs are then asked for by digest from the first mirror that has them, and every byte is
+        verified against its digest exactly as the origin's are. An untrusted mirror can therefore make a transfer
+        fail over, never deliver other content."
+      - When O(name) is a digest reference (or the module's C(digest) option pins one), the origin is not
+        contacted at all, so a site whose mirrors are warm works with the origin down.
+      - A blob transfer that breaks on one source continues at the same byte on the next one (HTTP C(Range)); a
+        mirror that ignores C(Range) and answers C(200) is read from the start with the prefix skipped. A source
+        whose bytes fail verification loses that blob, the partial file is discarded and the blob is fetched again
+        from the next source; RV(ignore:mirror_errors) says which mirror failed and why.
+      - Each mirror is reached with its own client and only its own O(mirrors[].username) and
+        O(mirrors[].password); the origin's credentials, and any docker config, are never sent to a mirror.
+      - Mirror requests are not retried (the next source is the retry); the origin's are, as set by C(retries).
+    type: list
+    elements: dict
+    suboptions:
+      url:
+        description:
+          - For O(mirrors[].type=registry), the registry base URL, V(https://host[:port]) or V(http://host[:port])
+            (plain HTTP only when written so); without a scheme, HTTPS.
+          - For O(mirrors[].type=layout), the HTTP(S) URL of the directory serving an OCI image layout as static
+            files (C(<url>/index.json), C(<url>/blobs/sha256/<hex>)).
+        type: str
+        required: true
+      type:
+        description:
+          - V(registry) for a server speaking the OCI distribution API (a registry mirror, a pull-through cache,
+            a site cache); V(layout) for a static copy of an OCI image layout.
+        type: str
+        choices: [registry, layout]
+        default: registry
+      repository:
+        description:
+          - Registry mirrors only; the repository on the mirror when it differs from the origin's.
+          - Defaults to the repository of O(name).
+        type: str
+      ca_cert:
+        description:
+          - PEM file of the CA that signed this mirror's certificate, when it is not in the system trust store.
+        type: path
+      validate_certs:
+        description:
+          - Verify this mirror's TLS certificate. Integrity never depends on it (every byte is verified by
+            digest), confidentiality does.
+        type: bool
+        default: true
+      username:
+        description:
+          - User name for this mirror (Basic or token auth, as the mirror asks). Must be given with
+            O(mirrors[].password).
+        type: str
+      password:
+        description:
+          - Password or token for O(mirrors[].username). Never logged nor returned.
+        type: str
+  mirror_resolve_tags:
+    description:
+      - Let the mirrors resolve a tag too (the first mirror that answers wins, the origin last). Only for mirrors
+        you trust to say which image a tag names; digests are verified either way.
+    type: bool
+    default: false
+"""
+
     # ironcore.image.registry.endpoints: the `source` and `destination` of a copy,
     # each a registry or a layout with its own connection options (one sub-spec,
     # shared by the YAML anchor), plus the transfer options. ansible-test reads

@@ -427,10 +427,17 @@ def stage(
     partial = partial_path(partial_dir or directory, filename, layer.digest)
     resumed = os.path.lexists(partial)
     tally = _Tally()
-    try:
-        return _attempt(source, layer, path, partial, retries, backoff, True, tally, max_unpacked_size, progress)
-    except _Corrupt:
-        if not resumed:
-            raise
-        # The kept bytes may be what was wrong: one clean attempt from byte 0.
-        return _attempt(source, layer, path, partial, retries, backoff, False, tally, max_unpacked_size, progress)
+    resume = True
+    while True:
+        try:
+            return _attempt(source, layer, path, partial, retries, backoff, resume, tally, max_unpacked_size, progress)
+        except _Corrupt as exc:
+            if resume and resumed:
+                # The kept bytes may be what was wrong: one clean attempt from byte 0.
+                resume = False
+                continue
+            # A mirrored source (_mirrors) drops the mirrors that served wrong bytes and offers the next source.
+            reject = getattr(source, "reject_blob", None)
+            if reject is None or not reject(layer.digest, str(exc)):
+                raise
+            resume = False

@@ -27,6 +27,7 @@ author:
 extends_documentation_fragment:
   - ironcore.image.attributes
   - ironcore.image.registry
+  - ironcore.image.registry.mirrors
 attributes:
   check_mode:
     support: full
@@ -260,12 +261,16 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
 from ansible_collections.ironcore.image.plugins.module_utils._info import image_info, layout_images
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
-from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_REQUIRED_TOGETHER
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
+    MIRRORS_ARGUMENT_SPEC,
+    REGISTRY_REQUIRED_TOGETHER,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._source import image_argument_spec
 
 
 def argument_spec() -> dict:
     spec = dict(image_argument_spec(platform_required=False), include_credentials={"type": "bool", "default": False})
+    spec.update(MIRRORS_ARGUMENT_SPEC)
     # Without a name, info lists the layout's images.
     spec["name"] = dict(spec["name"], required=False)
     # Info transfers no blob, so the shared registry options' concurrency means nothing here.

@@ -1,0 +1,236 @@
+"""ironcore_image_fetch (and info) with `mirrors`: digest-only failover between real servers.
+
+The origin is the TLS + htpasswd registry of conftest; the mirrors are a
+second docker-registry holding the same image (copied by skopeo, digests
+kept), static servers of the image's OCI layout (tests/helpers/layout_server.py,
+a process of its own that can be killed mid-blob, serve corrupted bytes or
+ignore Range) and fault proxies. Every delivered file is compared with the
+bytes the image was written from; a failed fetch must leave nothing in dest.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from helpers.images import skopeo_push, write_upstream_image
+from helpers.layout_server import LayoutServer
+from helpers.registry import PASSWORD, free_port, start_registry
+
+MODULE = "ironcore.image.ironcore_image_fetch"
+REPOSITORY = "mirrors/os"
+TAG = "1.0"
+SIZE = 5 * 1024 * 1024 + 12345
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, registry_tls):
+    """The image at the origin, in a mirror registry (under another repository) and as a layout directory."""
+    workdir = tmp_path_factory.mktemp("mirrors")
+    layout = str(workdir / "layout")
+    image = write_upstream_image(layout, TAG, architectures=("amd64",), roles=("rootfs",), size=SIZE, tag="mirror")
+    origin = "%s/%s:%s" % (registry_tls.host, REPOSITORY, TAG)
+    skopeo_push(layout, TAG, origin, registry_tls.skopeo_flags("dest-"))
+    mirror = start_registry("mirror", str(workdir / "mirror-registry"))
+    try:
+        skopeo_push(layout, TAG, "%s/cache/os:%s" % (mirror.host, TAG), mirror.skopeo_flags("dest-"))
+        yield {
+            "workdir": workdir,
+            "layout": layout,
+            "image": image,
+            "origin": registry_tls,
+            "name": origin,
+            "mirror": mirror,
+            "blob": image.blobs[("amd64", "rootfs")],
+            "data": image.files[("amd64", "rootfs")],
+        }
+    finally:
+        mirror.stop()
+
+
+@pytest.fixture
+def layout_servers(site, tmp_path):
+    """Factory: layout_servers(*flags) -> a LayoutServer of the site's layout; all stopped after the test."""
+    started: list[LayoutServer] = []
+
+    def make(*flags: str) -> LayoutServer:
+        server = LayoutServer(site["layout"], str(tmp_path / ("requests-%d.jsonl" % len(started))), *flags)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def origin_args(site, dest, **extra):
+    args = dict(site["origin"].registry_args, name=site["name"], dest=str(dest), platform="virtualization")
+    args.update(architecture="amd64", **extra)
+    return args
+
+
+def registry_mirror(site, host=None):
+    return {"url": "http://%s" % (host or site["mirror"].host), "repository": "cache/os"}
+
+
+def dead_origin_name(site, digest=True):
+    """The origin's name at an address where nothing listens."""
+    reference = "@" + site["image"].digest if digest else ":" + TAG
+    return "127.0.0.1:%d/%s%s" % (free_port(), REPOSITORY, reference)
+
+
+def delivered(dest) -> bytes:
+    with open(os.path.join(str(dest), "rootfs"), "rb") as stream:
+        return stream.read()
+
+
+def assert_nothing_left(dest):
+    """No file for a consumer and no partial in the state directory."""
+    names = os.listdir(str(dest)) if os.path.isdir(str(dest)) else []
+    assert [name for name in names if name != ".ironcore"] == []
+    state = os.path.join(str(dest), ".ironcore")
+    partials = [name for name in (os.listdir(state) if os.path.isdir(state) else []) if name.endswith(".partial")]
+    assert partials == []
+
+
+def test_killed_mirror_mid_blob_continues_at_the_same_byte(ansible, site, layout_servers, fault_proxy, tmp_path):
+    dying = layout_servers("--die-after", str(2 * 1024 * 1024 + 4321))
+    proxy = fault_proxy(site["mirror"])
+    mirrors = [{"url": dying.url, "type": "layout"}, registry_mirror(site, proxy.host)]
+    result = ansible.module(MODULE, origin_args(site, tmp_path / "dest", mirrors=mirrors))
+    assert result.get("failed") is not True, result.get("msg")
+    assert dying.process.wait(10) == -9
+    assert delivered(tmp_path / "dest") == site["data"]
+    sources = result["files"]["rootfs"]["sources"]
+    assert [source["url"] for source in sources] == [dying.url, "http://%s" % proxy.host]
+    assert sources[0]["bytes"] > 0
+    assert sum(source["bytes"] for source in sources) == SIZE
+    # The second source was asked for exactly the byte where the first one died.
+    ranges = [headers.get("range") for method, path, headers in proxy.requests if site["blob"] in path]
+    assert ranges == ["bytes=%d-" % sources[0]["bytes"]]
+    # Only the tag came from the origin, no blob byte.
+    assert 0 < result["bytes_from_origin"] < 4096
+    assert [error["url"] for error in result["mirror_errors"]] == [dying.url]
+
+
+def test_mirror_ignoring_range_is_read_past_the_prefix(ansible, site, layout_servers, tmp_path):
+    dying = layout_servers("--die-after", str(3 * 1024 * 1024))
+    whole = layout_servers("--ignore-range")
+    mirrors = [{"url": dying.url, "type": "layout"}, {"url": whole.url, "type": "layout"}]
+    result = ansible.module(MODULE, origin_args(site, tmp_path / "dest", mirrors=mirrors))
+    assert result.get("failed") is not True, result.get("msg")
+    assert delivered(tmp_path / "dest") == site["data"]
+    sources = result["files"]["rootfs"]["sources"]
+    assert [source["url"] for source in sources] == [dying.url, whole.url]
+    assert sources[1]["bytes"] == SIZE - sources[0]["bytes"]
+    asked = [entry["headers"].get("range") for entry in whole.requests() if site["blob"].split(":")[1] in entry["path"]]
+    assert asked == ["bytes=%d-" % sources[0]["bytes"]]
+
+
+def test_corrupt_mirror_loses_the_blob_and_never_sees_the_origin_password(ansible, site, layout_servers, tmp_path):
+    corrupt = layout_servers("--corrupt")
+    mirrors = [{"url": corrupt.url, "type": "layout"}]
+    result = ansible.module(MODULE, origin_args(site, tmp_path / "dest", mirrors=mirrors))
+    assert result.get("failed") is not True, result.get("msg")
+    assert delivered(tmp_path / "dest") == site["data"]
+    errors = result["mirror_errors"]
+    assert [(error["url"], error["digest"]) for error in errors] == [(corrupt.url, site["blob"])]
+    assert "failed verification" in errors[0]["reason"]
+    sources = result["files"]["rootfs"]["sources"]
+    # The corrupt attempt counts too (its bytes crossed the network), then the origin served the whole blob.
+    assert sources == [
+        {"url": corrupt.url, "bytes": SIZE},
+        {"url": "https://%s" % site["origin"].host, "bytes": SIZE},
+    ]
+    assert result["bytes_from_origin"] > SIZE
+    # The origin's credentials went to the origin only.
+    seen = corrupt.requests()
+    assert seen and all("authorization" not in entry["headers"] for entry in seen)
+    assert PASSWORD not in repr(seen) and PASSWORD not in result["_stdout"]
+
+
+@pytest.mark.parametrize("status", [404, 500, 429])
+def test_mirror_answering_an_error_is_passed_over(ansible, site, fault_proxy, tmp_path, status):
+    failing = fault_proxy(site["mirror"])
+    failing.add("status", status=status, path="/blobs/", times=-1)
+    unreachable = "http://127.0.0.1:%d" % free_port()
+    good = fault_proxy(site["mirror"])
+    mirrors = [{"url": unreachable}, registry_mirror(site, failing.host), registry_mirror(site, good.host)]
+    result = ansible.module(MODULE, origin_args(site, tmp_path / "dest", mirrors=mirrors))
+    assert result.get("failed") is not True, result.get("msg")
+    assert delivered(tmp_path / "dest") == site["data"]
+    assert result["files"]["rootfs"]["sources"] == [{"url": "http://%s" % good.host, "bytes": SIZE}]
+    blob_errors = [error for error in result["mirror_errors"] if error["digest"] == site["blob"]]
+    assert [error["url"] for error in blob_errors] == [unreachable, "http://%s" % failing.host]
+    assert "refused" in blob_errors[0]["reason"]
+    assert str(status) in blob_errors[1]["reason"]
+    # Mirrors are not retried: the next source is the retry.
+    assert len([path for _method, path, _headers in failing.requests if site["blob"] in path]) == 1
+    assert result["retries"] == 0
+
+
+def test_all_mirrors_down_the_origin_serves(ansible, site, fault_proxy, tmp_path):
+    broken = fault_proxy(site["mirror"])
+    broken.add("status", status=500, times=-1)
+    mirrors = [{"url": "http://127.0.0.1:%d" % free_port()}, registry_mirror(site, broken.host)]
+    result = ansible.module(MODULE, origin_args(site, tmp_path / "dest", mirrors=mirrors))
+    assert result.get("failed") is not True, result.get("msg")
+    assert delivered(tmp_path / "dest") == site["data"]
+    assert result["files"]["rootfs"]["sources"] == [{"url": "https://%s" % site["origin"].host, "bytes": SIZE}]
+    assert result["bytes_from_origin"] > SIZE
+
+
+def test_origin_down_digest_and_warm_mirror(ansible, site, tmp_path):
+    args = origin_args(site, tmp_path / "dest", name=dead_origin_name(site), mirrors=[registry_mirror(site)])
+    result = ansible.module(MODULE, args)
+    assert result.get("failed") is not True, result.get("msg")
+    assert delivered(tmp_path / "dest") == site["data"]
+    assert result["bytes_from_origin"] == 0
+    assert result["mirror_errors"] == []
+    again = ansible.module(MODULE, args)
+    assert again["changed"] is False and again["files"]["rootfs"]["sources"] == []
+    # A tag with a pinned digest needs no origin either.
+    pinned = origin_args(
+        site, tmp_path / "pinned", name=dead_origin_name(site, digest=False), digest=site["image"].digest
+    )
+    pinned["mirrors"] = [registry_mirror(site)]
+    result = ansible.module(MODULE, pinned)
+    assert result.get("failed") is not True, result.get("msg")
+    assert delivered(tmp_path / "pinned") == site["data"]
+
+
+def test_origin_down_tag_is_not_trusted_from_a_mirror(ansible, site, layout_servers, tmp_path):
+    mirrors = [registry_mirror(site)]
+    args = origin_args(site, tmp_path / "dest", name=dead_origin_name(site, digest=False), mirrors=mirrors)
+    result = ansible.module(MODULE, args)
+    assert result["failed"] is True
+    assert "\n" not in result["msg"] and "Traceback" not in result["msg"]
+    assert "a tag is resolved only at the origin" in result["msg"]
+    assert "mirror_resolve_tags" in result["msg"]
+    assert_nothing_left(tmp_path / "dest")
+    # A mirror trusted with tags resolves it: here a static layout (its index.json).
+    static = layout_servers()
+    args.update(mirrors=[{"url": static.url, "type": "layout"}], mirror_resolve_tags=True)
+    result = ansible.module(MODULE, args)
+    assert result.get("failed") is not True, result.get("msg")
+    assert result["digest"] == site["image"].digest
+    assert delivered(tmp_path / "dest") == site["data"]
+
+
+def test_info_reads_from_a_mirror_with_the_origin_down(ansible, site):
+    result = ansible.module(
+        "ironcore.image.ironcore_image_info",
+        {
+            "name": dead_origin_name(site),
+            "platform": "virtualization",
+            "architecture": "amd64",
+            "mirrors": [registry_mirror(site)],
+        },
+    )
+    assert result.get("failed") is not True, result.get("msg")
+    assert result["digest"] == site["image"].digest
+    layer = result["selected"]["layers"][0]
+    assert layer["digest"] == site["blob"]
+    assert layer["url"].startswith("http://%s/v2/cache/os/blobs/" % site["mirror"].host)
