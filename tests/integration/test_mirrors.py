@@ -11,6 +11,7 @@ bytes the image was written from; a failed fetch must leave nothing in dest.
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 from helpers.images import skopeo_push, write_upstream_image
@@ -234,3 +235,33 @@ def test_info_reads_from_a_mirror_with_the_origin_down(ansible, site):
     layer = result["selected"]["layers"][0]
     assert layer["digest"] == site["blob"]
     assert layer["url"].startswith("http://%s/v2/cache/os/blobs/" % site["mirror"].host)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs: smaller than the image's blob. Unmounted after the test."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)], check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip("cannot mount a tmpfs here (needs root): %s" % exc)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False)
+
+
+def test_disk_full_removes_the_partial_and_says_how_much_is_needed(ansible, site, small_disk):
+    dest = small_disk / "dest"
+    result = ansible.module(MODULE, origin_args(site, dest))
+    assert result["failed"] is True
+    message = result["msg"]
+    assert "\n" not in message and "Traceback" not in message
+    assert "No space left on device" in message
+    assert "the partial file was removed" in message
+    assert "needs %d bytes" % SIZE in message and "bytes are free" in message
+    assert_nothing_left(dest)
+    # The space is given back: the next service on the node finds the disk as it was.
+    stats = os.statvfs(str(small_disk))
+    assert stats.f_bavail * stats.f_frsize > 3 * 1024 * 1024
