@@ -14,11 +14,16 @@ import os
 import subprocess
 
 import pytest
+from helpers.ansible import task_results
 from helpers.images import skopeo_push, write_upstream_image
+from helpers.inventory import failures_by_host, local_host, write_inventory
 from helpers.layout_server import LayoutServer
 from helpers.registry import PASSWORD, free_port, start_registry
 
 MODULE = "ironcore.image.ironcore_image_fetch"
+PROVISION = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "playbooks", "provision.yml"
+)
 REPOSITORY = "mirrors/os"
 TAG = "1.0"
 SIZE = 5 * 1024 * 1024 + 12345
@@ -235,6 +240,33 @@ def test_info_reads_from_a_mirror_with_the_origin_down(ansible, site):
     layer = result["selected"]["layers"][0]
     assert layer["digest"] == site["blob"]
     assert layer["url"].startswith("http://%s/v2/cache/os/blobs/" % site["mirror"].host)
+
+
+def test_provision_role_delivers_through_a_static_layout_mirror(ansible, site, layout_servers, tmp_path):
+    static = layout_servers()
+    origin = site["origin"]
+    node = local_host(
+        provision_name=site["name"],
+        provision_pool_dir=str(tmp_path / "pool"),
+        provision_cache_dir=str(tmp_path / "cache"),
+        provision_registry_username=origin.username,
+        provision_registry_password=origin.password,
+        provision_registry_ca_cert=origin.pki.ca_cert,
+        provision_mirrors=[{"url": static.url, "type": "layout"}],
+    )
+    inventory = write_inventory(str(tmp_path / "hosts.yml"), {"hypervisors": {"hv": node}})
+    rc, document, stderr = ansible.playbook(PROVISION, inventory=inventory)
+    assert rc == 0, (failures_by_host(document), stderr)
+    disks = [name for name in os.listdir(str(tmp_path / "pool")) if not name.startswith(".")]
+    assert len(disks) == 1
+    with open(os.path.join(str(tmp_path / "pool"), disks[0]), "rb") as stream:
+        assert stream.read() == site["data"]
+    fetch = next(result for task, _host, result in task_results(document) if task.endswith("Fetch the image's files"))
+    # The plan resolved the tag at the registry; the delivery, pinned to that digest, never needed it.
+    assert fetch["files"]["rootfs"]["sources"] == [{"url": static.url, "bytes": SIZE}]
+    assert fetch["bytes_from_origin"] == 0
+    seen = static.requests()
+    assert seen and all("authorization" not in entry["headers"] for entry in seen)
 
 
 @pytest.fixture
