@@ -145,10 +145,11 @@ options:
 
     # ironcore.image.registry.endpoints: the `source` and `destination` of a copy,
     # each a registry or a layout with its own connection options (one sub-spec,
-    # shared by the YAML anchor), plus the transfer options. ansible-test reads
-    # fragments as literal strings, so the connection options' text is written
-    # here a second time, as sub-options; validate-modules checks both against
-    # the argument specs of _registry_args.py.
+    # shared by the YAML anchor, merged into the source's with its `mirrors`),
+    # plus the transfer options. ansible-test reads fragments as literal strings,
+    # so the connection and mirror options' text is written here a second time,
+    # as sub-options; validate-modules checks both against the argument specs of
+    # _registry_args.py.
     ENDPOINTS = r"""
 options:
   source:
@@ -156,53 +157,99 @@ options:
       - Where the image is copied from, a registry or (with O(source.layout)) an OCI image layout.
     type: dict
     required: true
-    suboptions: &endpoint
-      name:
+    suboptions:
+      <<: &endpoint
+        name:
+          description:
+            - The image reference, C([host[:port]/]repository[:tag][@digest]).
+            - For a registry it starts with the registry host (and port) and names the repository; for a layout,
+              it is the name the image is recorded under (as given, as its normalised reference, or as a bare tag).
+            - Required for O(source). For O(destination) it defaults to the source's name, and without a tag the
+              source's tag is used; a destination digest is refused.
+          type: str
+        layout:
+          description:
+            - Path of an OCI image layout directory to read from (O(source)) or to write to (O(destination))
+              instead of a registry. A destination layout is created when it does not exist.
+          type: path
+        username:
+          description:
+            - User name for this side's registry. Takes precedence over credentials found in C(docker_config).
+            - Must be given together with C(password).
+          type: str
+        password:
+          description:
+            - Password or access token for C(username). Never logged nor returned.
+          type: str
+        docker_config:
+          description:
+            - Docker C(config.json) to read this side's credentials from when C(username) is not given, including
+              C(credsStore) and C(credHelpers) credential helpers.
+            - Defaults to C($DOCKER_CONFIG/config.json), else C(~/.docker/config.json). It is only read, never
+              written.
+            - Credential helper names must be plain program names (letters, digits, C(.), C(_), C(-)); a
+              config naming anything else, such as a path, is refused.
+          type: path
+        validate_certs:
+          description:
+            - Verify this side's registry TLS certificate. Set to V(false) only for a registry you trust by other
+              means.
+          type: bool
+          default: true
+        ca_cert:
+          description:
+            - PEM file of the CA (or CAs) that signed this side's registry certificate, when it is not in the system
+              trust store.
+          type: path
+        plain_http:
+          description:
+            - Talk plain HTTP to this side's registry instead of HTTPS. HTTP is used only when asked for here;
+              there is never a silent downgrade.
+          type: bool
+          default: false
+      mirrors:
         description:
-          - The image reference, C([host[:port]/]repository[:tag][@digest]).
-          - For a registry it starts with the registry host (and port) and names the repository; for a layout,
-            it is the name the image is recorded under (as given, as its normalised reference, or as a bare tag).
-          - Required for O(source). For O(destination) it defaults to the source's name, and without a tag the
-            source's tag is used; a destination digest is refused.
-        type: str
-      layout:
+          - A registry source only. Ordered list of digest-only mirrors of it, asked before it; the same as the
+            C(mirrors) option of M(ironcore.image.ironcore_image_fetch), where the trust model is described.
+          - Tags (and, with C(platform_tags), the platform names) are resolved at the source registry unless
+            C(mirror_resolve_tags); documents and blobs are then asked for by digest from the first mirror that has
+            them, verified, the source registry last. A blob transfer that breaks continues at the same byte on the
+            next source. With a digest in C(name), the source registry is not contacted.
+          - Each mirror gets only its own C(username) and C(password), never this side's credentials.
+        type: list
+        elements: dict
+        suboptions:
+          url:
+            description:
+              - A registry mirror's base URL, V(https://host[:port]) or V(http://host[:port]); or, with C(type=layout),
+                the URL of a directory serving an OCI image layout as static files.
+            type: str
+            required: true
+          type:
+            description: V(registry) (the OCI distribution API) or V(layout) (a static copy of an OCI image layout).
+            type: str
+            choices: [registry, layout]
+            default: registry
+          repository:
+            description: Registry mirrors only; the repository there, when it differs from the source's.
+            type: str
+          ca_cert:
+            description: PEM file of the CA that signed this mirror's certificate.
+            type: path
+          validate_certs:
+            description: Verify this mirror's TLS certificate.
+            type: bool
+            default: true
+          username:
+            description: User name for this mirror. Must be given with C(password).
+            type: str
+          password:
+            description: Password or token for this mirror. Never logged nor returned.
+            type: str
+      mirror_resolve_tags:
         description:
-          - Path of an OCI image layout directory to read from (O(source)) or to write to (O(destination))
-            instead of a registry. A destination layout is created when it does not exist.
-        type: path
-      username:
-        description:
-          - User name for this side's registry. Takes precedence over credentials found in C(docker_config).
-          - Must be given together with C(password).
-        type: str
-      password:
-        description:
-          - Password or access token for C(username). Never logged nor returned.
-        type: str
-      docker_config:
-        description:
-          - Docker C(config.json) to read this side's credentials from when C(username) is not given, including
-            C(credsStore) and C(credHelpers) credential helpers.
-          - Defaults to C($DOCKER_CONFIG/config.json), else C(~/.docker/config.json). It is only read, never
-            written.
-          - Credential helper names must be plain program names (letters, digits, C(.), C(_), C(-)); a
-            config naming anything else, such as a path, is refused.
-        type: path
-      validate_certs:
-        description:
-          - Verify this side's registry TLS certificate. Set to V(false) only for a registry you trust by other
-            means.
-        type: bool
-        default: true
-      ca_cert:
-        description:
-          - PEM file of the CA (or CAs) that signed this side's registry certificate, when it is not in the system
-            trust store.
-        type: path
-      plain_http:
-        description:
-          - Talk plain HTTP to this side's registry instead of HTTPS. HTTP is used only when asked for here;
-            there is never a silent downgrade.
+          - Let the mirrors resolve tags too (the first mirror that has the tag wins); only for mirrors you trust to
+            say which image a tag names.
         type: bool
         default: false
   destination:

@@ -310,6 +310,10 @@ class MirroredSource:
         with self._lock:
             self._ended[digest] = (label, position)
 
+    def note_origin_document(self, size: int) -> None:
+        with self._lock:
+            self._document_bytes_from_origin += size
+
     def sources_for(self, digest: str) -> list[dict[str, t.Any]]:
         """[{url, bytes}] of a blob, in the order the sources served it."""
         with self._lock:
@@ -535,3 +539,151 @@ def mirror_results(source: t.Any) -> dict[str, t.Any]:
 def blob_sources(source: t.Any, digest: str) -> list[dict[str, t.Any]] | None:
     """Who served how many bytes of a blob, for a mirrored source; None for a plain one."""
     return source.sources_for(digest) if isinstance(source, MirroredSource) else None
+
+
+# ---- copy: the source side of ironcore_image_copy ---------------------------------
+
+
+class _StoreOrigin:
+    """A copy's source registry store seen as a Source, so that it can be the origin behind mirrors."""
+
+    def __init__(self, store: t.Any, ref: ImageReference):
+        self.store = store
+        self.client = store.client
+        self.ref = ref
+
+    @property
+    def retries(self) -> int:
+        return int(self.store.retries)
+
+    def describe(self) -> str:
+        return str(self.store.describe())
+
+    def resolve(self) -> tuple[bytes, str | None, str]:
+        raise SourceError("a copy resolves names through MirroredStore.resolve")
+
+    def manifest(self, digest: str) -> tuple[bytes, str | None]:
+        return self.store.read_document(digest, 0), None
+
+    def read_small_blob(self, digest: str, size: int) -> bytes:
+        raise SourceError("a copy reads configs as blobs")
+
+    def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
+        return t.cast(BlobStream, self.store.open_blob(digest, offset))
+
+    def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
+        raise SourceError("a copy needs no blob location")
+
+
+class MirroredStore:
+    """A copy's registry source (_store.ImageSource) behind mirrors: names at the origin, content by digest."""
+
+    def __init__(self, store: t.Any, mirrored: MirroredSource):
+        self.store = store
+        self.mirrored = mirrored
+        self.registry: str | None = store.registry
+        self.repository: str | None = store.repository
+        self._resolved: dict[str, bytes] = {}
+
+    @property
+    def retries(self) -> int:
+        return int(self.store.retries)
+
+    def describe(self) -> str:
+        return str(self.store.describe())
+
+    def _at_origin(self, name: str, action: t.Callable[[], t.Any]) -> t.Any:
+        from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+
+        try:
+            return action()
+        except ImageError as exc:
+            if self.mirrored.resolve_tags:
+                raise
+            raise SourceError("%s: %s; %s" % (name, exc, TAG_UNTRUSTED), retryable=exc.retryable) from exc
+
+    def _mirror_tag(self, name: str) -> dict[str, t.Any] | None:
+        """The first mirror's answer for a tag (mirror_resolve_tags), or None when none has it."""
+        for mirror in self.mirrored.mirrors:
+            asking = copy_with_ref(mirror, dataclasses.replace(mirror.ref, tag=name, digest=None))
+            try:
+                data, media_type, digest = asking.resolve()
+            except SourceError as exc:
+                self.mirrored._note_error(mirror, name, exc)
+                continue
+            self._resolved[digest] = data
+            return {"mediaType": media_type or declared_media_type(data), "digest": digest, "size": len(data)}
+        return None
+
+    def resolve(self, name: str) -> dict[str, t.Any]:
+        if SHA256_DIGEST_RE.fullmatch(name):
+            data, media_type = self.mirrored.manifest(name)
+            self._resolved[name] = data
+            return {"mediaType": media_type or declared_media_type(data), "digest": name, "size": len(data)}
+        if self.mirrored.resolve_tags:
+            found = self._mirror_tag(name)
+            if found is not None:
+                return found
+        descriptor = t.cast(dict[str, t.Any], self._at_origin(name, lambda: self.store.resolve(name)))
+        # The store keeps what it resolved for the walk: take it, so the origin is not asked (nor counted) twice.
+        data = self.store.read_document(descriptor["digest"], descriptor["size"])
+        self._resolved[descriptor["digest"]] = data
+        self.mirrored.note_origin_document(len(data))
+        return descriptor
+
+    def current_name(self, name: str) -> dict[str, t.Any] | None:
+        if SHA256_DIGEST_RE.fullmatch(name):
+            return self.resolve(name)
+        if self.mirrored.resolve_tags:
+            found = self._mirror_tag(name)
+            if found is not None:
+                return found
+        return t.cast(t.Optional[dict[str, t.Any]], self._at_origin(name, lambda: self.store.current_name(name)))
+
+    def read_document(self, digest: str, size: int) -> bytes:
+        cached = self._resolved.pop(digest, None)
+        if cached is not None:
+            return cached
+        return self.mirrored.manifest(digest)[0]
+
+    def check_blob(self, digest: str, size: int) -> None:
+        """Nothing to check up front: the bytes are verified as they arrive."""
+
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
+        return self.mirrored.open_blob(digest, offset, length)
+
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        return self.mirrored.reject_blob(digest, reason)
+
+    def local_blob_path(self, digest: str) -> str | None:
+        return None
+
+    def retry_pause(self, attempt: int, what: str, reason: str) -> None:
+        self.store.retry_pause(attempt, what, reason)
+
+
+def copy_with_ref(mirror: t.Any, ref: ImageReference) -> t.Any:
+    """The same mirror (sharing its client) asked about another reference."""
+    import copy
+
+    asking = copy.copy(mirror)
+    asking.ref = ref
+    return asking
+
+
+def mirrored_store(
+    store: t.Any, ref: ImageReference, side: t.Mapping[str, t.Any], params: t.Mapping[str, t.Any]
+) -> t.Any:
+    """The copy's source store behind `source.mirrors`, or the store itself without mirrors."""
+    entries = side.get("mirrors") or []
+    if not entries:
+        return store
+    merged = dict(side, timeout=params.get("timeout"))
+    mirrors = [open_mirror(entry, index, ref, merged) for index, entry in enumerate(entries)]
+    origin = _StoreOrigin(store, ref)
+    return MirroredStore(store, MirroredSource(origin, mirrors, bool(side.get("mirror_resolve_tags")), None))
+
+
+def store_mirror_results(store: t.Any) -> dict[str, t.Any]:
+    """`bytes_from_origin` and `mirror_errors` of a copy's mirrored source; nothing for a plain one."""
+    return mirror_results(store.mirrored) if isinstance(store, MirroredStore) else {}

@@ -52,12 +52,12 @@ IMAGE_ENDPOINT_SPEC: dict[str, dict[str, t.Any]] = {
 }
 
 
-def endpoint_option(required: bool = True) -> dict[str, t.Any]:
-    """The argument spec of a `source`/`destination` dict option."""
+def endpoint_option(required: bool = True, mirrors: bool = False) -> dict[str, t.Any]:
+    """The argument spec of a `source`/`destination` dict option; a source may have `mirrors`."""
     return {
         "type": "dict",
         "required": required,
-        "options": IMAGE_ENDPOINT_SPEC,
+        "options": {**IMAGE_ENDPOINT_SPEC, **MIRRORS_ARGUMENT_SPEC} if mirrors else IMAGE_ENDPOINT_SPEC,
         "required_together": REGISTRY_REQUIRED_TOGETHER,
     }
 

@@ -297,3 +297,43 @@ def test_disk_full_removes_the_partial_and_says_how_much_is_needed(ansible, site
     # The space is given back: the next service on the node finds the disk as it was.
     stats = os.statvfs(str(small_disk))
     assert stats.f_bavail * stats.f_frsize > 3 * 1024 * 1024
+
+
+def layout_blob(layout, digest) -> bytes:
+    with open(os.path.join(str(layout), "blobs", "sha256", digest.split(":", 1)[1]), "rb") as stream:
+        return stream.read()
+
+
+def test_copy_from_mirrors_with_the_source_registry_down(ansible, site, layout_servers, tmp_path):
+    dying = layout_servers("--die-after", str(1024 * 1024 + 777))
+    source = {
+        "name": dead_origin_name(site),
+        "mirrors": [{"url": dying.url, "type": "layout"}, registry_mirror(site)],
+    }
+    destination = {"name": "copied/os:%s" % TAG, "layout": str(tmp_path / "copied")}
+    result = ansible.module("ironcore.image.ironcore_image_copy", {"source": source, "destination": destination})
+    assert result.get("failed") is not True, result.get("msg")
+    assert result["digest"] == site["image"].digest
+    assert result["bytes_from_origin"] == 0
+    assert [error["url"] for error in result["mirror_errors"]] == [dying.url]
+    assert layout_blob(tmp_path / "copied", site["blob"]) == site["data"]
+    # An independent reader finds the very image: skopeo, digests and all.
+    proc = subprocess.run(
+        ["skopeo", "inspect", "--raw", "oci:%s:copied/os:%s" % (tmp_path / "copied", TAG)],
+        capture_output=True,
+        check=True,
+    )
+    assert proc.stdout == layout_blob(site["layout"], site["image"].digest)
+
+
+def test_copy_drops_a_corrupt_mirror_for_the_source_registry(ansible, site, layout_servers, tmp_path):
+    corrupt = layout_servers("--corrupt")
+    origin = site["origin"]
+    source = dict(origin.registry_args, name=site["name"], mirrors=[{"url": corrupt.url, "type": "layout"}])
+    destination = {"name": "copied/os:%s" % TAG, "layout": str(tmp_path / "copied")}
+    result = ansible.module("ironcore.image.ironcore_image_copy", {"source": source, "destination": destination})
+    assert result.get("failed") is not True, result.get("msg")
+    assert [(error["url"], error["digest"]) for error in result["mirror_errors"]] == [(corrupt.url, site["blob"])]
+    assert layout_blob(tmp_path / "copied", site["blob"]) == site["data"]
+    assert result["bytes_from_origin"] > SIZE
+    assert all("authorization" not in entry["headers"] for entry in corrupt.requests())
