@@ -292,6 +292,15 @@ class MirroredSource:
     def retries(self) -> int:
         return int(getattr(self.origin, "retries", 0))
 
+    # What _signatures reads signatures through: the origin's client or layout (signatures are found by tag).
+    @property
+    def client(self) -> t.Any:
+        return getattr(self.origin, "client", None)
+
+    @property
+    def layout(self) -> t.Any:
+        return getattr(self.origin, "layout", None)
+
     def _note_error(self, source: t.Any, digest: str, error: BaseException) -> None:
         record = {"url": _label(source), "digest": digest, "reason": str(error)}
         with self._lock:

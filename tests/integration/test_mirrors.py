@@ -269,6 +269,27 @@ def test_provision_role_delivers_through_a_static_layout_mirror(ansible, site, l
     assert seen and all("authorization" not in entry["headers"] for entry in seen)
 
 
+def test_signatures_are_checked_at_the_origin_with_mirrors(ansible, site, tmp_path):
+    private, public = str(tmp_path / "key.pem"), str(tmp_path / "key.pub")
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", private], check=True)
+    subprocess.run(["openssl", "ec", "-in", private, "-pubout", "-out", public], check=True, capture_output=True)
+    # Signed under a tag of its own, so the fixture's image stays unsigned for the other tests.
+    signed_name = site["name"].rsplit(":", 1)[0] + ":signed"
+    flags = [*site["origin"].skopeo_flags("src-"), *site["origin"].skopeo_flags("dest-")]
+    copy = ["skopeo", "copy", "--quiet", *flags, "docker://%s" % site["name"], "docker://%s" % signed_name]
+    subprocess.run(copy, check=True)
+    signed = ansible.module(
+        "ironcore.image.ironcore_image_sign", dict(site["origin"].registry_args, name=signed_name, key=private)
+    )
+    assert signed.get("failed") is not True, signed.get("msg")
+    args = origin_args(site, tmp_path / "dest", name=signed_name, mirrors=[registry_mirror(site)])
+    result = ansible.module(MODULE, dict(args, signature_keys=[public]))
+    assert result.get("failed") is not True, result.get("msg")
+    assert sorted(result["signatures"]) == sorted({result["digest"], result["manifest_digest"]})
+    assert result["files"]["rootfs"]["sources"] == [{"url": "http://%s" % site["mirror"].host, "bytes": SIZE}]
+    assert delivered(tmp_path / "dest") == site["data"]
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 4 MiB tmpfs: smaller than the image's blob. Unmounted after the test."""
