@@ -51,7 +51,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
     stat_identity,
     write_bytes_atomic,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._mirrors import blob_sources, mirror_results
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import blob_sources, mirror_results, with_mirrors
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     MAX_DOCUMENT_SIZE,
     ROLES,
@@ -539,7 +539,7 @@ def _fetch(
     if params.get("layout") and os.path.isdir(params["layout"]):
         refuse_shared(os.path.abspath(params["layout"]), "layout", allow_shared)
 
-    source = open_source(params, on_retry)
+    source = with_mirrors(open_source(params, on_retry), params)
     image = resolve_image(source)
     _check_pin(params, image.digest, source.describe())
     chosen = select_manifest(source, image, platform, architecture)

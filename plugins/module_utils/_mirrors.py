@@ -24,6 +24,7 @@ its own credentials; the origin's never leave it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -31,6 +32,7 @@ import threading
 import typing as t
 import urllib.parse
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import CHUNK_SIZE, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     MAX_DOCUMENT_SIZE,
@@ -528,9 +530,11 @@ class _FailoverStream:
         self._stream.close()
 
 
-def with_mirrors(origin: Source, params: t.Mapping[str, t.Any]) -> MirroredSource:
-    """The origin behind the `mirrors` of the module parameters."""
+def with_mirrors(origin: Source, params: t.Mapping[str, t.Any]) -> Source:
+    """The origin behind the `mirrors` of the module parameters; the origin itself when there are none."""
     entries = params.get("mirrors") or []
+    if not entries:
+        return origin
     mirrors = [open_mirror(entry, index, origin.ref, params) for index, entry in enumerate(entries)]
     pinned = params.get("digest") or None
     if pinned is not None and not SHA256_DIGEST_RE.fullmatch(str(pinned)):
@@ -602,8 +606,6 @@ class MirroredStore:
         return str(self.store.describe())
 
     def _at_origin(self, name: str, action: t.Callable[[], t.Any]) -> t.Any:
-        from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
-
         try:
             return action()
         except ImageError as exc:
@@ -673,8 +675,6 @@ class MirroredStore:
 
 def copy_with_ref(mirror: t.Any, ref: ImageReference) -> t.Any:
     """The same mirror (sharing its client) asked about another reference."""
-    import copy
-
     asking = copy.copy(mirror)
     asking.ref = ref
     return asking

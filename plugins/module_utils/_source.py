@@ -277,17 +277,9 @@ def open_source(params: t.Mapping[str, t.Any], on_retry: t.Callable[[str], None]
         ref = ImageReference.parse(params["name"])
     except InvalidReference as exc:
         raise SourceError("name: %s" % exc) from exc
-    source: Source
     if params.get("layout"):
-        source = LayoutSource(params["layout"], ref, params["name"])
-    else:
-        source = RegistrySource(ref, params, on_retry)
-    if params.get("mirrors"):
-        # Imported here: _mirrors builds on this module.
-        from ansible_collections.ironcore.image.plugins.module_utils._mirrors import with_mirrors
-
-        return with_mirrors(source, params)
-    return source
+        return LayoutSource(params["layout"], ref, params["name"])
+    return RegistrySource(ref, params, on_retry)
 
 
 @dataclass
