@@ -93,6 +93,8 @@ options:
       - Each mirror is reached with its own client and only its own O(mirrors[].username) and
         O(mirrors[].password); the origin's credentials, and any docker config, are never sent to a mirror.
       - Mirror requests are not retried (the next source is the retry); the origin's are, as set by C(retries).
+        A mirror that cannot be reached at all (connection refused or broken, no answer within C(timeout), a TLS
+        failure) is not asked again in that run.
     type: list
     elements: dict
     suboptions:

@@ -59,8 +59,26 @@ TAG_UNTRUSTED = (
 )
 
 
+# Registry client error codes that say the mirror is not there at all (rather than without this one digest).
+UNREACHABLE_CODES = frozenset(
+    {"CONNECTION_REFUSED", "CONNECTION_FAILED", "TIMEOUT", "NAME_RESOLUTION", "TLS_FAILED", "CERTIFICATE_UNTRUSTED"}
+)
+
+
 class MirrorConfigError(SourceError):
     """A `mirrors` entry that cannot be used as given."""
+
+
+class MirrorUnreachable(SourceError):
+    """The mirror cannot be reached: it is left out for the rest of the run, not asked again for every digest."""
+
+
+def _mirror_call(error_type: type[Exception], action: t.Callable[[], t.Any]) -> t.Any:
+    try:
+        return action()
+    except error_type as exc:
+        kind = MirrorUnreachable if getattr(exc, "code", None) in UNREACHABLE_CODES else SourceError
+        raise kind(str(exc), retryable=bool(getattr(exc, "retryable", False))) from exc
 
 
 def _split_url(url: str, index: int) -> tuple[str, str, str]:
@@ -108,6 +126,9 @@ class RegistryMirror(RegistrySource):
     def describe(self) -> str:
         return "mirror %s" % self.url
 
+    def _call(self, action: t.Callable[[], t.Any]) -> t.Any:
+        return _mirror_call(self._error_type, action)
+
 
 class LayoutMirror:
     """A plain HTTP(S) root serving an OCI image layout as static files (index.json, blobs/sha256/<hex>)."""
@@ -125,10 +146,7 @@ class LayoutMirror:
         return "mirror %s" % self.url
 
     def _call(self, action: t.Callable[[], t.Any]) -> t.Any:
-        try:
-            return action()
-        except self._error_type as exc:
-            raise SourceError(str(exc), retryable=bool(getattr(exc, "retryable", False))) from exc
+        return _mirror_call(self._error_type, action)
 
     def _blob_url(self, digest: str) -> str:
         if not SHA256_DIGEST_RE.fullmatch(digest):
@@ -283,6 +301,8 @@ class MirroredSource:
         self._excluded: dict[str, set[str]] = {}
         # digest -> labels that served bytes of the attempt now running
         self._contributors: dict[str, list[str]] = {}
+        # mirrors that could not be reached at all: not asked again in this run
+        self._down: set[str] = set()
         # digest -> (label, byte) where a source's stream last ended without an error
         self._ended: dict[str, tuple[str, int]] = {}
         self._document_bytes_from_origin = 0
@@ -308,6 +328,8 @@ class MirroredSource:
         with self._lock:
             if record not in self.errors:
                 self.errors.append(record)
+            if isinstance(error, MirrorUnreachable):
+                self._down.add(record["url"])
 
     def _served_bytes(self, label: str, digest: str, size: int) -> None:
         with self._lock:
@@ -337,7 +359,7 @@ class MirroredSource:
 
     def _candidates(self, digest: str) -> list[t.Any]:
         with self._lock:
-            excluded = set(self._excluded.get(digest, ()))
+            excluded = set(self._excluded.get(digest, ())) | self._down
         return [source for source in [*self.mirrors, self.origin] if _label(source) not in excluded]
 
     def _exclude(self, source: t.Any, digest: str) -> None:

@@ -18,7 +18,7 @@ from helpers.ansible import task_results
 from helpers.images import skopeo_push, write_upstream_image
 from helpers.inventory import failures_by_host, local_host, write_inventory
 from helpers.layout_server import LayoutServer
-from helpers.registry import PASSWORD, free_port, start_registry
+from helpers.registry import PASSWORD, BlackHole, free_port, start_registry
 
 MODULE = "ironcore.image.ironcore_image_fetch"
 PROVISION = os.path.join(
@@ -168,13 +168,30 @@ def test_mirror_answering_an_error_is_passed_over(ansible, site, fault_proxy, tm
     assert result.get("failed") is not True, result.get("msg")
     assert delivered(tmp_path / "dest") == site["data"]
     assert result["files"]["rootfs"]["sources"] == [{"url": "http://%s" % good.host, "bytes": SIZE}]
+    # The unreachable mirror was tried once, for the first document, and then left out.
+    refused = [error for error in result["mirror_errors"] if error["url"] == unreachable]
+    assert len(refused) == 1 and "refused" in refused[0]["reason"]
     blob_errors = [error for error in result["mirror_errors"] if error["digest"] == site["blob"]]
-    assert [error["url"] for error in blob_errors] == [unreachable, "http://%s" % failing.host]
-    assert "refused" in blob_errors[0]["reason"]
-    assert str(status) in blob_errors[1]["reason"]
+    assert [error["url"] for error in blob_errors] == ["http://%s" % failing.host]
+    assert str(status) in blob_errors[0]["reason"]
     # Mirrors are not retried: the next source is the retry.
     assert len([path for _method, path, _headers in failing.requests if site["blob"] in path]) == 1
     assert result["retries"] == 0
+
+
+def test_a_mirror_that_never_answers_costs_one_timeout(ansible, site, tmp_path):
+    hole = BlackHole()
+    try:
+        mirrors = [{"url": "http://%s" % hole.host}, registry_mirror(site)]
+        args = origin_args(site, tmp_path / "dest", mirrors=mirrors, timeout=2)
+        result = ansible.module(MODULE, dict(args, name=dead_origin_name(site)))
+    finally:
+        hole.stop()
+    assert result.get("failed") is not True, result.get("msg")
+    assert delivered(tmp_path / "dest") == site["data"]
+    # Asked once (for the first document); left out for every later digest.
+    silent = [error for error in result["mirror_errors"] if error["url"] == "http://%s" % hole.host]
+    assert len(silent) == 1 and "timeout" in silent[0]["reason"]
 
 
 def test_all_mirrors_down_the_origin_serves(ansible, site, fault_proxy, tmp_path):

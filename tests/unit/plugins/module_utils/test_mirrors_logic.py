@@ -10,6 +10,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._manifest import sh
 from ansible_collections.ironcore.image.plugins.module_utils._mirrors import (
     MirrorConfigError,
     MirroredSource,
+    MirrorUnreachable,
     open_mirror,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._model import ImageReference
@@ -145,6 +146,25 @@ def test_a_digest_or_a_pin_never_asks_the_origin_and_a_tag_asks_only_it():
     trusting = MirroredSource(origin, [mirror], resolve_tags=True, pinned=None)
     trusting.resolve()
     assert (origin.resolved, mirror.resolved) == (1, 1)
+
+
+class Gone(Memory):
+    def manifest(self, digest: str) -> tuple[bytes, str | None]:
+        self.opened.append(-1)
+        raise MirrorUnreachable("connection refused")
+
+    def open_blob(self, digest: str, offset: int = 0) -> Stream:
+        self.opened.append(offset)
+        raise MirrorUnreachable("connection refused")
+
+
+def test_an_unreachable_mirror_is_asked_once_per_run():
+    gone = Gone("m1")
+    source = MirroredSource(Memory("origin"), [gone, Memory("m2")], resolve_tags=False, pinned=None)
+    source.manifest(DIGEST)
+    assert read_all(source) == BLOB
+    assert gone.opened == [-1]
+    assert [error["url"] for error in source.errors] == ["m1"]
 
 
 @pytest.mark.parametrize(
