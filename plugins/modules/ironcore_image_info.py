@@ -206,6 +206,8 @@ selected:
         - The layers to fetch, each with C(role), C(media_type), C(digest), C(size), C(packed), C(url), C(headers)
           (what C(ironcore-image url) prints upstream) and C(auth_scheme) (V(Basic), V(Bearer) or V(null)).
         - C(headers) holds C(Authorization) only with O(include_credentials=true).
+        - With O(mirrors), C(url) and C(headers) are those of the first mirror that answers (with that mirror's
+          own credentials, never the origin's).
       type: list
       elements: dict
   sample:
