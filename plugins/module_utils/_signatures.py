@@ -269,12 +269,15 @@ def sign_image(
         result.signatures[document.digest] = signature_tag(document.digest)
     if provenance or sbom:
         documents = image_documents(store, root, graph)
+        # In check mode a referrer that would be new has no digest yet (an envelope's signature differs each time).
         if provenance:
             changed, digest = attach_provenance(store, ref, documents, key, check_mode)
-            result.provenance = {"changed": changed, "referrer": digest, "keyid": result.fingerprint}
+            referrer = None if check_mode and changed else digest
+            result.provenance = {"changed": changed, "referrer": referrer, "keyid": result.fingerprint}
         if sbom:
             changed, digest, count, read = attach_sbom(store, ref, documents, check_mode)
-            result.sbom = {"changed": changed, "referrer": digest, "packages": count, "rootfs": read}
+            referrer = None if check_mode and changed else digest
+            result.sbom = {"changed": changed, "referrer": referrer, "packages": count, "rootfs": read}
     return result
 
 

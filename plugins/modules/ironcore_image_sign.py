@@ -166,7 +166,7 @@ sbom:
       description: Whether it was attached now (in check mode, would be).
       type: bool
     referrer:
-      description: The digest of the referrer manifest that carries the SBOM.
+      description: The digest of the referrer manifest that carries the SBOM (null in check mode when new).
       type: str
     packages:
       description: How many packages it lists.

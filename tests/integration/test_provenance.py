@@ -142,10 +142,20 @@ def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, registry_plain,
     repository = reference.rsplit(":", 1)[0]
     args = dict(registry_plain.registry_args, name=reference, key=keys["first"]["key"], provenance=True, sbom=True)
 
-    signed = ansible.module(SIGN, args)
-    assert signed["changed"] is True, signed
+    # Check mode writes nothing: no tag-schema index appears.
     digests = image_digests(registry_plain, reference)
     index_digest = digests[0]
+    checked = ansible.module(SIGN, args, check=True)
+    assert checked["changed"] is True and checked["provenance"]["referrer"] is None, checked
+    assert checked["sbom"]["packages"] == 2
+    listing = "docker://%s:%s" % (repository, index_digest.replace(":", "-"))
+    proc = subprocess.run(
+        ["skopeo", "inspect", "--raw", *registry_plain.skopeo_flags(), listing], capture_output=True, check=False
+    )
+    assert proc.returncode != 0
+
+    signed = ansible.module(SIGN, args)
+    assert signed["changed"] is True, signed
     assert signed["digest"] == index_digest
     entries = referrer_entries(registry_plain, repository, index_digest)
     assert sorted(entries) == [CYCLONEDX, IN_TOTO]
