@@ -312,7 +312,8 @@ def test_fetch_refuses_without_a_trusted_provenance(ansible, registry_plain, key
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "vmlinuz").write_bytes(b"the kernel already here")
-    for check in (True, False):
+    # Check mode refuses the same way (the provision role's plan runs in it); once is enough to show it.
+    for check in (True, False) if case == "changed" else (False,):
         failed = fetch(ansible, registry_plain, attested[case], dest, [keys["first"]["pub"]], check=check)
         assert failed.get("failed") is True, failed
         assert reason in failed["msg"] and "nothing was fetched" in failed["msg"], failed["msg"]
