@@ -93,9 +93,9 @@ def read_dpkg_status(path: str, limit: int = MAX_STATUS_SIZE) -> str | None:
         raise SbomError("debugfs cannot be run (%s); install e2fsprogs on the host that signs" % exc) from exc
     data = bytearray()
     try:
-        assert process.stdout is not None
+        stdout = t.cast(t.IO[bytes], process.stdout)
         while True:
-            chunk = process.stdout.read(1024 * 1024)
+            chunk = stdout.read(1024 * 1024)
             if not chunk:
                 break
             data += chunk
