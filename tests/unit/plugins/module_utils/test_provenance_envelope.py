@@ -175,3 +175,16 @@ def test_the_most_telling_failure_wins(key):
     stranger = ec.generate_private_key(ec.SECP256R1())
     envelopes = [b"junk", provenance.envelope(stranger, body()), provenance.envelope(key, body(OTHER))]
     assert "another digest" in refused(envelopes, [key.public_key()])
+
+
+def test_require_provenance_without_keys_is_refused_before_reading_anything():
+    from ansible_collections.ironcore.image.plugins.module_utils import _signatures as signatures
+
+    # No source to read: the refusal must come first.
+    with pytest.raises(signatures.SignatureError) as caught:
+        signatures.verify_before_delivery(None, {"require_provenance": True}, INDEX, OTHER)
+    assert str(caught.value) == (
+        "require_provenance is true but signature_keys is empty; give the public keys to trust"
+    )
+    # Nothing asked for, nothing checked.
+    assert signatures.verify_before_delivery(None, {}, INDEX, OTHER) == {"signatures": {}, "provenance": None}
