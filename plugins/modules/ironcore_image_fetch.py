@@ -173,6 +173,17 @@ options:
       - Refuse an image without a valid signature by one of O(signature_keys).
       - Defaults to V(true) when O(signature_keys) are given, else to V(false). V(true) without keys fails.
     type: bool
+  require_provenance:
+    description:
+      - Also demand a provenance (an in-toto statement with a SLSA provenance predicate, in a DSSE envelope, as
+        M(ironcore.image.ironcore_image_sign) attaches it with O(ironcore.image.ironcore_image_sign#module:provenance))
+        signed by one of O(signature_keys), whose subject is the digest O(name) resolves to.
+      - Checked before any blob byte is written, like the signatures. Without one the task fails with one line
+        saying why (no provenance; signed by an unknown key; a provenance for another digest; a malformed
+        envelope; a payload changed after signing).
+    type: bool
+    default: false
+    version_added: 0.3.0
 notes:
   - With O(layout) the module reads the image from disk and does not need C(requests).
   - C(oras) is not needed (since 0.2.0); the module reads O(docker_config) (C(auths) with C(auth),
@@ -343,6 +354,23 @@ mirror_errors:
       digest: sha256:5b1d...
       reason: "served bytes that failed verification: ..."
   version_added: 0.2.0
+provenance:
+  description:
+    - The provenance that was verified, with O(require_provenance); null otherwise.
+  returned: always
+  type: dict
+  sample: {"verified": true, "keyid": "SHA256:4b1e...", "predicate_type": "https://slsa.dev/provenance/v1"}
+  contains:
+    verified:
+      description: Always V(true) (an unverified provenance fails the task).
+      type: bool
+    keyid:
+      description: The fingerprint of the key whose DSSE signature verified.
+      type: str
+    predicate_type:
+      description: The statement's predicate type.
+      type: str
+  version_added: 0.3.0
 retries:
   description:
     - How many registry requests were retried (after a connection error, a timeout or an answer of 429 or 5xx).
@@ -378,6 +406,7 @@ def main() -> None:
         allow_shared_dest={"type": "bool", "default": False},
         signature_keys={"type": "list", "elements": "str", "no_log": False},
         require_signature={"type": "bool"},
+        require_provenance={"type": "bool", "default": False},
     )
     argument_spec.update(MIRRORS_ARGUMENT_SPEC)
     module = AnsibleModule(
@@ -387,7 +416,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     needs: tuple[str, ...] = () if module.params["layout"] else ("requests",)
-    if module.params["signature_keys"] or module.params["require_signature"]:
+    if module.params["signature_keys"] or module.params["require_signature"] or module.params["require_provenance"]:
         needs += ("cryptography",)
     if needs:
         require(module, *needs)
