@@ -25,6 +25,7 @@ import secrets
 import stat
 import threading
 import typing as t
+import weakref
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, one_line
 
@@ -327,6 +328,59 @@ class HashingCounter:
     @property
     def digest(self) -> str:
         return "sha256:" + self._sha.hexdigest()
+
+
+# Chunks a background hasher may hold, not yet hashed: memory stays at a few network reads.
+_HASH_QUEUE_CHUNKS = 3
+
+
+class BackgroundHashingCounter(HashingCounter):
+    """A HashingCounter that hashes in a second thread: update() queues the chunk and returns.
+
+    On two cores the hash then overlaps the receive and the write instead of
+    adding to them. `size` counts at once; `digest` waits for every queued
+    chunk. The chunks must not change after update() (bytes from a socket or a
+    decompressor, not a reused buffer): anything else is copied first.
+    """
+
+    def __init__(self, start: HashingCounter | None = None) -> None:
+        super().__init__()
+        if start is not None:
+            # Continue a kept partial file's hash.
+            self._sha = start._sha.copy()
+            self.size = start.size
+        self._chunks: queue.Queue[t.Any] = queue.Queue(maxsize=_HASH_QUEUE_CHUNKS)
+        self._thread: threading.Thread | None = None
+
+    def update(self, data: t.Any) -> None:
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=_hash_queued, args=(self._sha, self._chunks), name="hash", daemon=True
+            )
+            self._thread.start()
+            # A counter dropped without its digest read (an aborted transfer) still ends its thread.
+            weakref.finalize(self, self._chunks.put, None)
+        self._chunks.put(data)
+        self.size += len(data)
+
+    @property
+    def digest(self) -> str:
+        self._chunks.join()
+        return "sha256:" + self._sha.hexdigest()
+
+
+def _hash_queued(sha: t.Any, chunks: queue.Queue[t.Any]) -> None:
+    """The background hasher's loop: knows only the hash and the queue, so the counter can be collected."""
+    while True:
+        data = chunks.get()
+        try:
+            if data is None:
+                return
+            sha.update(data)
+        finally:
+            chunks.task_done()
 
 
 def iter_chunks(stream: t.BinaryIO, chunk_size: int = CHUNK_SIZE) -> t.Iterator[memoryview]:

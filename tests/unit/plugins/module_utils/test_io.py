@@ -309,3 +309,20 @@ def test_copy_and_hash_reports_a_failing_read_back_and_leaves_no_file(tmp_path, 
         with pytest.raises(OSError, match="Input/output error"):
             io.copy_and_hash(stream, out)
     assert os.listdir(tmp_path) == ["rootfs"]
+
+
+def test_background_hashing_counter_hashes_what_a_plain_one_does_and_continues_a_kept_hash():
+    chunks = [os.urandom(size) for size in (1, 4096, 1024 * 1024, 3, 700 * 1024)]
+    plain = io.HashingCounter()
+    for chunk in chunks[:2]:
+        plain.update(chunk)
+    background = io.BackgroundHashingCounter(plain)
+    reused = bytearray(chunks[2])
+    background.update(memoryview(reused))
+    # A reused buffer may change after update(): what was handed over is what counts.
+    reused[:] = bytes(len(reused))
+    for chunk in chunks[3:]:
+        background.update(chunk)
+    whole = b"".join(chunks)
+    assert (background.digest, background.size) == (io.sha256_digest(whole), len(whole))
+    assert io.BackgroundHashingCounter().digest == io.sha256_digest(b"")
