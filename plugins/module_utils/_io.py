@@ -330,8 +330,11 @@ class HashingCounter:
         return "sha256:" + self._sha.hexdigest()
 
 
-# Chunks a background hasher may hold, not yet hashed: memory stays at a few network reads.
-_HASH_QUEUE_CHUNKS = 3
+# Batches a background hasher may hold, not yet hashed, and how large a batch grows before it
+# is handed over: memory stays at a few MiB, and small network reads (64 KiB) cost one
+# hand-off per batch, not one each.
+_HASH_QUEUE_BATCHES = 3
+_HASH_BATCH_SIZE = 1024 * 1024
 
 
 class BackgroundHashingCounter(HashingCounter):
@@ -349,38 +352,51 @@ class BackgroundHashingCounter(HashingCounter):
             # Continue a kept partial file's hash.
             self._sha = start._sha.copy()
             self.size = start.size
-        self._chunks: queue.Queue[t.Any] = queue.Queue(maxsize=_HASH_QUEUE_CHUNKS)
+        self._batches: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=_HASH_QUEUE_BATCHES)
+        self._batch: list[bytes] = []
+        self._batch_size = 0
         self._thread: threading.Thread | None = None
 
     def update(self, data: t.Any) -> None:
         if not isinstance(data, bytes):
             data = bytes(data)
+        self._batch.append(data)
+        self._batch_size += len(data)
+        self.size += len(data)
+        if self._batch_size >= _HASH_BATCH_SIZE:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if not self._batch:
+            return
         if self._thread is None:
             self._thread = threading.Thread(
-                target=_hash_queued, args=(self._sha, self._chunks), name="hash", daemon=True
+                target=_hash_queued, args=(self._sha, self._batches), name="hash", daemon=True
             )
             self._thread.start()
             # A counter dropped without its digest read (an aborted transfer) still ends its thread.
-            weakref.finalize(self, self._chunks.put, None)
-        self._chunks.put(data)
-        self.size += len(data)
+            weakref.finalize(self, self._batches.put, None)
+        self._batches.put(self._batch)
+        self._batch, self._batch_size = [], 0
 
     @property
     def digest(self) -> str:
-        self._chunks.join()
+        self._hand_over()
+        self._batches.join()
         return "sha256:" + self._sha.hexdigest()
 
 
-def _hash_queued(sha: t.Any, chunks: queue.Queue[t.Any]) -> None:
+def _hash_queued(sha: t.Any, batches: queue.Queue[list[bytes] | None]) -> None:
     """The background hasher's loop: knows only the hash and the queue, so the counter can be collected."""
     while True:
-        data = chunks.get()
+        batch = batches.get()
         try:
-            if data is None:
+            if batch is None:
                 return
-            sha.update(data)
+            for data in batch:
+                sha.update(data)
         finally:
-            chunks.task_done()
+            batches.task_done()
 
 
 def iter_chunks(stream: t.BinaryIO, chunk_size: int = CHUNK_SIZE) -> t.Iterator[memoryview]:
