@@ -465,7 +465,9 @@ def resume_hash(out: AtomicFile, size: int) -> HashingCounter | None:
     return counter
 
 
-# Called with every chunk of a copy, in order, after it is hashed (a block index, say).
+# Called with every chunk of a copy, in order, after it is hashed (a block index, say). The view is of
+# a reused buffer, valid only during the call (copy what must be kept), and the call may come from the
+# copy's hasher thread: an exception it raises fails the copy.
 OnChunk = t.Callable[[memoryview], None]
 # copy_file_range errors meaning "not between these two files": copy through user space instead.
 _NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM})

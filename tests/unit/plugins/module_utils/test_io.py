@@ -326,3 +326,14 @@ def test_background_hashing_counter_hashes_what_a_plain_one_does_and_continues_a
     whole = b"".join(chunks)
     assert (background.digest, background.size) == (io.sha256_digest(whole), len(whole))
     assert io.BackgroundHashingCounter().digest == io.sha256_digest(b"")
+
+
+def test_copy_and_hash_fails_when_the_chunk_callback_fails(tmp_path):
+    path, _data = _source(tmp_path, io.CHUNK_SIZE + 1)
+
+    def refuse(_chunk):
+        raise ValueError("index full")
+
+    with open(path, "rb") as stream, io.AtomicFile(str(tmp_path / "blob")) as out:
+        with pytest.raises(ValueError, match="index full"):
+            io.copy_and_hash(stream, out, on_chunk=refuse)
