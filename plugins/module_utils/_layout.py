@@ -26,6 +26,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._errors import Imag
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     AtomicFile,
     HashingCounter,
+    OnChunk,
     TooLargeError,
     canonical_json,
     copy_and_hash,
@@ -283,9 +284,10 @@ def _empty_index() -> dict[str, t.Any]:
     return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
 
 
-def _write_raw(source: str, out: t.Any) -> HashingCounter:
+def _write_raw(source: str, out: t.Any, on_chunk: OnChunk | None = None) -> HashingCounter:
+    """The file's bytes as they are: copied by the kernel when it can, hashed as they land (see copy_and_hash)."""
     with open(source, "rb") as stream:
-        return copy_and_hash(stream, out)
+        return copy_and_hash(stream, out, on_chunk)
 
 
 class _HashingWriter:
