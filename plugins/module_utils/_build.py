@@ -18,8 +18,22 @@ import stat
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
+    DEFAULT_BLOCK_SIZE,
+    BlockHasher,
+    BlockIndex,
+    BlockIndexError,
+    check_block_size,
+    wants_index,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
-from ansible_collections.ironcore.image.plugins.module_utils._io import file_identity, shared_directory_reason
+from ansible_collections.ironcore.image.plugins.module_utils._io import (
+    ChunkHook,
+    file_identity,
+    iter_chunks,
+    sha256_digest,
+    shared_directory_reason,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._layout import (
     LayoutError,
     OciLayout,
@@ -74,6 +88,8 @@ class BuildPlan:
     ref: ImageReference
     layout: OciLayout
     blobs: dict[str, bytes] = field(default_factory=dict)
+    # Encoded block indexes by digest: blobs of their own, outside the image's documents.
+    index_blobs: dict[str, bytes] = field(default_factory=dict)
     manifests: list[dict[str, t.Any]] = field(default_factory=list)
     refs: dict[str, dict[str, t.Any]] = field(default_factory=dict)
     index: dict[str, t.Any] = field(default_factory=dict)
@@ -168,21 +184,76 @@ class _BlobDigests:
         self.cache[self.key(path, packed_as)] = {"identity": identity, "digest": digest, "size": size}
         self.cache_dirty = True
 
-    def digest(self, path: str, packed_as: str | None, store: bool) -> tuple[str, int]:
+    def digest(
+        self, path: str, packed_as: str | None, store: bool, on_chunk: ChunkHook | None = None
+    ) -> tuple[str, int]:
+        """The blob's digest and size; `on_chunk` sees its bytes only when the file is read (no cache hit)."""
         hit = self.cached(path, packed_as)
         if hit:
             return hit
         identity = file_identity(path)
         if store:
-            digest, size, written = self.layout.import_file(path, packed_as)
+            digest, size, written = self.layout.import_file(path, packed_as, on_chunk)
         else:
-            digest, size = digest_of_file(path, packed_as)
+            digest, size = digest_of_file(path, packed_as, on_chunk)
             written = not self.layout.has_blob(digest, size)
         self.blobs_added = self.blobs_added or written
         # Only trust the result if the file did not change while being read.
         if file_identity(path) == identity:
             self.remember(path, packed_as, digest, size, identity)
         return digest, size
+
+
+class _BlockIndexes:
+    """The block index of every raw rootfs, squashfs and iso layer of 64 MiB or more, each made once.
+
+    The index is fed the chunks the layer is hashed (and copied) with, so it
+    costs no read of its own. With block_size None (block_index: false) no layer wants one.
+    """
+
+    def __init__(self, layout: OciLayout, block_size: int | None):
+        self.layout = layout
+        self.enabled = block_size is not None
+        self.block_size = block_size or DEFAULT_BLOCK_SIZE
+        self._made: dict[str, BlockIndex] = {}
+
+    def hasher(self, role: str, path: str, packed: bool) -> BlockHasher | None:
+        """A hasher to feed while `path` is read, when its layer will want an index."""
+        if not self.enabled or not wants_index(role, os.path.getsize(path), not packed):
+            return None
+        return BlockHasher(self.block_size)
+
+    def wanted(self, role: str, layer: t.Mapping[str, t.Any], packed: bool) -> bool:
+        return self.enabled and wants_index(role, layer["size"], not packed)
+
+    def fed(self, hasher: BlockHasher | None, digest: str, size: int) -> None:
+        """Keep the index of a layer that was just read whole through `hasher`."""
+        if hasher is not None and hasher.size == size and digest not in self._made:
+            self._made[digest] = hasher.finish(digest)
+
+    def index(self, digest: str, size: int) -> BlockIndex:
+        """The layer's index: made while it was read, else (a digest cache hit) with one read of its blob."""
+        if digest not in self._made:
+            hasher = BlockHasher(self.block_size)
+            with self.layout.open_blob(digest) as stream:
+                for chunk in iter_chunks(stream):
+                    hasher.update(chunk)
+            if hasher.size != size:
+                raise LayoutError(
+                    "blob %s in layout %s has %d bytes, not %d" % (digest, self.layout.path, hasher.size, size)
+                )
+            self._made[digest] = hasher.finish(digest)
+        return self._made[digest]
+
+
+def _block_size(params: t.Mapping[str, t.Any]) -> int | None:
+    if not params.get("block_index", True):
+        return None
+    block_size = params.get("block_index_block_size")
+    try:
+        return check_block_size(DEFAULT_BLOCK_SIZE if block_size is None else block_size)
+    except BlockIndexError as exc:
+        raise BuildError("block_index_block_size: %s" % exc, option="block_index_block_size") from exc
 
 
 def _refuse_shared_layout(layout: OciLayout, allow_shared: bool) -> None:
@@ -228,6 +299,7 @@ def plan_build(
     platforms = _ordered_platforms([name for name in map(canonical_platform, params["platforms"]) if name])
     if not platforms:
         raise BuildError("platforms must name at least one of %s" % ", ".join(PLATFORMS))
+    block_size = _block_size(params)
     artifacts = parse_artifacts(params["artifacts"], platforms)
     aliases = bool(params.get("platform_tag_aliases", True))
     try:
@@ -245,6 +317,7 @@ def plan_build(
         if in_flight is not None:
             in_flight.enter_context(layout.adding_blobs())
     digests = _BlobDigests(layout)
+    indexes = _BlockIndexes(layout, block_size)
     plan = BuildPlan(ref=ref, layout=layout)
     packed = params["layer_format"] == "tar+gzip"
     combined: list[dict[str, t.Any]] = []
@@ -253,13 +326,18 @@ def plan_build(
         config = config_document(artifact.cmdline)
         plan.blobs[descriptor_for(CONFIG_MEDIA_TYPE, config)["digest"]] = config
         layers: dict[str, dict[str, t.Any]] = {}
+        layer_indexes: dict[str, dict[str, t.Any]] = {}
         for role, path in artifact.files.items():
             if not any(role in PROFILES[platform].roles for platform in platforms):
                 continue
-            digest, size = digests.digest(path, role if packed else None, store)
+            hasher = indexes.hasher(role, path, packed)
+            digest, size = digests.digest(path, role if packed else None, store, hasher.update if hasher else None)
+            indexes.fed(hasher, digest, size)
             layers[role] = descriptor(
                 layer_media_type(role, params["layer_format"]), digest, size, annotations={TITLE_ANNOTATION: role}
             )
+            if indexes.wanted(role, layers[role], packed):
+                layer_indexes[digest] = _index_summary(plan, indexes.index(digest, size))
         for platform in platforms:
             profile = PROFILES[platform]
             manifest_layers = [layers[role] for role in profile.roles if role in layers]
@@ -278,7 +356,7 @@ def plan_build(
                     "architecture": artifact.architecture,
                     "digest": manifest_desc["digest"],
                     "size": manifest_desc["size"],
-                    "layers": [_layer_summary(layer) for layer in manifest_layers],
+                    "layers": [_layer_summary(layer, layer_indexes.get(layer["digest"])) for layer in manifest_layers],
                 }
             )
             combined.append(platform_entry(manifest_desc, artifact.architecture, platform))
@@ -301,12 +379,21 @@ def plan_build(
     return plan, digests
 
 
-def _layer_summary(layer: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+def _index_summary(plan: BuildPlan, index: BlockIndex) -> dict[str, t.Any]:
+    """Record the encoded index among the blobs to store; its result entry."""
+    data = index.encode()
+    digest = sha256_digest(data)
+    plan.index_blobs[digest] = data
+    return {"digest": digest, "size": len(data), "block_size": index.header.block_size}
+
+
+def _layer_summary(layer: t.Mapping[str, t.Any], block_index: t.Mapping[str, t.Any] | None) -> dict[str, t.Any]:
     return {
         "title": layer["annotations"][TITLE_ANNOTATION],
         "mediaType": layer["mediaType"],
         "digest": layer["digest"],
         "size": layer["size"],
+        "block_index": dict(block_index) if block_index else None,
     }
 
 
@@ -338,14 +425,14 @@ def build_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.
         with contextlib.ExitStack() as in_flight:
             plan, digests = plan_build(params, store=not check_mode, in_flight=in_flight)
             after = {name: target["digest"] for name, target in plan.refs.items()}
-            blobs_missing = [digest for digest in plan.blobs if not plan.layout.has_blob(digest)]
+            blobs_missing = [digest for digest in (*plan.blobs, *plan.index_blobs) if not plan.layout.has_blob(digest)]
             overwrite = params.get("overwrite", True) is not False
             before, moved = _moved_refs(plan, after)
             if not overwrite:
                 # Refused before any document is written; decided again under the lock below.
                 refuse_moving(before, after, moved)
             if not check_mode:
-                for data in plan.blobs.values():
+                for data in (*plan.blobs.values(), *plan.index_blobs.values()):
                     plan.layout.put_bytes(data)
                 # Decided under the lock: a concurrent build may have moved a name meanwhile.
                 with plan.layout.locked():

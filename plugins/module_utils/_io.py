@@ -311,16 +311,28 @@ def write_bytes_atomic(path: str, data: bytes, mode: int | None = None) -> None:
         out.commit()
 
 
-class HashingCounter:
-    """sha256 and byte count of everything that passes through."""
+# Handed every chunk a HashingCounter hashes, in order (the build's block index rides on it).
+ChunkHook = t.Callable[[memoryview], None]
 
-    def __init__(self) -> None:
+
+class HashingCounter:
+    """sha256 and byte count of everything that passes through.
+
+    `on_chunk`, when given, sees each chunk right after it is hashed, so a
+    second digest of the same bytes (a block index) costs no second read.
+    The chunk's buffer may be reused once the call returns.
+    """
+
+    def __init__(self, on_chunk: ChunkHook | None = None) -> None:
         self._sha = hashlib.sha256()
         self.size = 0
+        self._on_chunk = on_chunk
 
     def update(self, data: t.Any) -> None:
         self._sha.update(data)
         self.size += len(data)
+        if self._on_chunk is not None:
+            self._on_chunk(memoryview(data))
 
     @property
     def digest(self) -> str:
@@ -362,15 +374,15 @@ class FileStream:
         self._file.close()
 
 
-def hash_file(path: str) -> tuple[str, int]:
+def hash_file(path: str, on_chunk: ChunkHook | None = None) -> tuple[str, int]:
     """The sha256 digest and size of a file, read once in chunks."""
     with open(path, "rb") as stream:
-        return hash_stream(stream)
+        return hash_stream(stream, on_chunk)
 
 
-def hash_stream(stream: t.BinaryIO) -> tuple[str, int]:
+def hash_stream(stream: t.BinaryIO, on_chunk: ChunkHook | None = None) -> tuple[str, int]:
     """The sha256 digest and size of what is left in an open stream."""
-    counter = HashingCounter()
+    counter = HashingCounter(on_chunk)
     for chunk in iter_chunks(stream):
         counter.update(chunk)
     return counter.digest, counter.size
@@ -393,9 +405,9 @@ def resume_hash(out: AtomicFile, size: int) -> HashingCounter | None:
     return counter
 
 
-def copy_and_hash(source: t.BinaryIO, out: t.Any) -> HashingCounter:
+def copy_and_hash(source: t.BinaryIO, out: t.Any, on_chunk: ChunkHook | None = None) -> HashingCounter:
     """Stream `source` into `out`, hashing on the way: one read of the data."""
-    counter = HashingCounter()
+    counter = HashingCounter(on_chunk)
     for chunk in iter_chunks(source):
         counter.update(chunk)
         out.write(chunk)
