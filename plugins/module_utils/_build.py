@@ -19,11 +19,17 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
+    ARTIFACT_TYPE,
     DEFAULT_BLOCK_SIZE,
+    LAYER_ANNOTATION,
+    MAX_HEADER_SIZE,
+    MEDIA_TYPE,
     BlockHasher,
     BlockIndex,
     BlockIndexError,
+    Header,
     check_block_size,
+    decode_header,
     wants_index,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
@@ -68,6 +74,9 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     platform_tag_words,
 )
 
+if t.TYPE_CHECKING:
+    from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore
+
 
 class BuildError(ImageError):
     """Bad input or an unusable layout; the message names the field."""
@@ -81,6 +90,38 @@ class ArtifactSet:
     position: int
 
 
+def _referrers() -> t.Any:
+    """The referrers API, imported only by a build that indexes a layer.
+
+    Through the image stores it loads the registry client and requests, which
+    a build of small layers (or with block_index: false) has no use for.
+    """
+    from ansible_collections.ironcore.image.plugins.module_utils import _referrers as referrers
+
+    return referrers
+
+
+def _layout_store(layout: OciLayout) -> LayoutStore:
+    return t.cast("LayoutStore", _referrers().LayoutStore(layout.path))
+
+
+@dataclass(frozen=True)
+class IndexReferrer:
+    """A block index to attach to one platform manifest (its subject) as a referrer."""
+
+    subject: dict[str, t.Any]
+    layer_digest: str
+    data: bytes
+
+    def attach(self, store: LayoutStore) -> bool:
+        """Store the index blob and the referrer manifest, list it for the subject; False when it already was."""
+        layer = {LAYER_ANNOTATION: self.layer_digest}
+        referrers = _referrers()
+        blob = referrers.ReferrerBlob(MEDIA_TYPE, data=self.data, annotations=layer)
+        changed, _digest = referrers.attach_referrer(store, self.subject, ARTIFACT_TYPE, [blob], annotations=layer)
+        return bool(changed)
+
+
 @dataclass
 class BuildPlan:
     """What the build will record, computed before anything is written."""
@@ -88,8 +129,8 @@ class BuildPlan:
     ref: ImageReference
     layout: OciLayout
     blobs: dict[str, bytes] = field(default_factory=dict)
-    # Encoded block indexes by digest: blobs of their own, outside the image's documents.
-    index_blobs: dict[str, bytes] = field(default_factory=dict)
+    # Block indexes not yet attached: referrers beside the image, never part of its documents.
+    index_referrers: list[IndexReferrer] = field(default_factory=list)
     manifests: list[dict[str, t.Any]] = field(default_factory=list)
     refs: dict[str, dict[str, t.Any]] = field(default_factory=dict)
     index: dict[str, t.Any] = field(default_factory=dict)
@@ -208,7 +249,8 @@ class _BlockIndexes:
     """The block index of every raw rootfs, squashfs and iso layer of 64 MiB or more, each made once.
 
     The index is fed the chunks the layer is hashed (and copied) with, so it
-    costs no read of its own. With block_size None (block_index: false) no layer wants one.
+    costs no read of its own; an index already attached to a platform manifest
+    is reused as it is. With block_size None (block_index: false) no layer wants one.
     """
 
     def __init__(self, layout: OciLayout, block_size: int | None):
@@ -216,6 +258,7 @@ class _BlockIndexes:
         self.enabled = block_size is not None
         self.block_size = block_size or DEFAULT_BLOCK_SIZE
         self._made: dict[str, BlockIndex] = {}
+        self._encoded: dict[str, bytes] = {}
 
     def hasher(self, role: str, path: str, packed: bool) -> BlockHasher | None:
         """A hasher to feed while `path` is read, when its layer will want an index."""
@@ -231,9 +274,59 @@ class _BlockIndexes:
         if hasher is not None and hasher.size == size and digest not in self._made:
             self._made[digest] = hasher.finish(digest)
 
+    def for_manifest(
+        self, subject: dict[str, t.Any], layer: t.Mapping[str, t.Any], plan: BuildPlan
+    ) -> dict[str, t.Any]:
+        """The result entry of the layer's index in this manifest; an index not yet attached joins the plan."""
+        attached = self._attached(subject["digest"], layer)
+        if attached is not None:
+            return attached
+        digest = layer["digest"]
+        if digest not in self._encoded:
+            self._encoded[digest] = self.index(digest, layer["size"]).encode()
+        data = self._encoded[digest]
+        plan.index_referrers.append(IndexReferrer(subject, digest, data))
+        return {"digest": sha256_digest(data), "size": len(data), "block_size": self.block_size}
+
+    def _attached(self, subject_digest: str, layer: t.Mapping[str, t.Any]) -> dict[str, t.Any] | None:
+        """The result entry of an index of this layer, at this block size, already attached to the manifest."""
+        referrers, store = _referrers(), _layout_store(self.layout)
+        for referrer in referrers.list_referrers(store, subject_digest, ARTIFACT_TYPE):
+            if referrer.annotations.get(LAYER_ANNOTATION) != layer["digest"]:
+                continue
+            for blob in referrers.read_referrer(store, referrer).get("layers", []):
+                header = self._stored_header(blob)
+                if (
+                    header is not None
+                    and header.layer_digest == layer["digest"]
+                    and header.layer_size == layer["size"]
+                    and header.block_size == self.block_size
+                ):
+                    return {"digest": blob["digest"], "size": blob["size"], "block_size": header.block_size}
+        return None
+
+    def _stored_header(self, blob: t.Any) -> Header | None:
+        """The header of an index blob the layout holds whole; None for anything else."""
+        if not isinstance(blob, dict) or blob.get("mediaType") != MEDIA_TYPE:
+            return None
+        digest, size = blob.get("digest"), blob.get("size")
+        if not isinstance(digest, str) or not SHA256_DIGEST_RE.fullmatch(digest) or not isinstance(size, int):
+            return None
+        if not self.layout.has_blob(digest, size):
+            return None
+        with self.layout.open_blob(digest) as stream:
+            line = stream.read(MAX_HEADER_SIZE).split(b"\n", 1)[0]
+        try:
+            header = decode_header(line)
+        except BlockIndexError:
+            return None
+        return header if header.encoded_size() == size else None
+
     def index(self, digest: str, size: int) -> BlockIndex:
         """The layer's index: made while it was read, else (a digest cache hit) with one read of its blob."""
         if digest not in self._made:
+            # Only a layout without the index attached gets here (built before the index existed, or with
+            # block_index: false, or another block size): the layer was not read this run, so read it once.
             hasher = BlockHasher(self.block_size)
             with self.layout.open_blob(digest) as stream:
                 for chunk in iter_chunks(stream):
@@ -326,7 +419,7 @@ def plan_build(
         config = config_document(artifact.cmdline)
         plan.blobs[descriptor_for(CONFIG_MEDIA_TYPE, config)["digest"]] = config
         layers: dict[str, dict[str, t.Any]] = {}
-        layer_indexes: dict[str, dict[str, t.Any]] = {}
+        indexed: set[str] = set()
         for role, path in artifact.files.items():
             if not any(role in PROFILES[platform].roles for platform in platforms):
                 continue
@@ -337,7 +430,7 @@ def plan_build(
                 layer_media_type(role, params["layer_format"]), digest, size, annotations={TITLE_ANNOTATION: role}
             )
             if indexes.wanted(role, layers[role], packed):
-                layer_indexes[digest] = _index_summary(plan, indexes.index(digest, size))
+                indexed.add(digest)
         for platform in platforms:
             profile = PROFILES[platform]
             manifest_layers = [layers[role] for role in profile.roles if role in layers]
@@ -350,13 +443,18 @@ def plan_build(
             )
             manifest_desc = descriptor_for(OCI_MANIFEST, manifest)
             plan.blobs[manifest_desc["digest"]] = manifest
+            block_indexes = {
+                layer["digest"]: indexes.for_manifest(manifest_desc, layer, plan)
+                for layer in manifest_layers
+                if layer["digest"] in indexed
+            }
             plan.manifests.append(
                 {
                     "platform": platform,
                     "architecture": artifact.architecture,
                     "digest": manifest_desc["digest"],
                     "size": manifest_desc["size"],
-                    "layers": [_layer_summary(layer, layer_indexes.get(layer["digest"])) for layer in manifest_layers],
+                    "layers": [_layer_summary(layer, block_indexes.get(layer["digest"])) for layer in manifest_layers],
                 }
             )
             combined.append(platform_entry(manifest_desc, artifact.architecture, platform))
@@ -377,14 +475,6 @@ def plan_build(
             for word in platform_tag_words(platform, aliases):
                 plan.refs[str(extra_names[word])] = platform_desc
     return plan, digests
-
-
-def _index_summary(plan: BuildPlan, index: BlockIndex) -> dict[str, t.Any]:
-    """Record the encoded index among the blobs to store; its result entry."""
-    data = index.encode()
-    digest = sha256_digest(data)
-    plan.index_blobs[digest] = data
-    return {"digest": digest, "size": len(data), "block_size": index.header.block_size}
 
 
 def _layer_summary(layer: t.Mapping[str, t.Any], block_index: t.Mapping[str, t.Any] | None) -> dict[str, t.Any]:
@@ -425,15 +515,23 @@ def build_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.
         with contextlib.ExitStack() as in_flight:
             plan, digests = plan_build(params, store=not check_mode, in_flight=in_flight)
             after = {name: target["digest"] for name, target in plan.refs.items()}
-            blobs_missing = [digest for digest in (*plan.blobs, *plan.index_blobs) if not plan.layout.has_blob(digest)]
+            blobs_missing = [digest for digest in plan.blobs if not plan.layout.has_blob(digest)]
             overwrite = params.get("overwrite", True) is not False
             before, moved = _moved_refs(plan, after)
             if not overwrite:
                 # Refused before any document is written; decided again under the lock below.
                 refuse_moving(before, after, moved)
+            # In check mode, every index not found attached would be attached.
+            indexes_attached = bool(plan.index_referrers)
             if not check_mode:
-                for data in (*plan.blobs.values(), *plan.index_blobs.values()):
+                for data in plan.blobs.values():
                     plan.layout.put_bytes(data)
+                # After the manifests they are about, before the names: an image that has a name has its indexes.
+                # Still inside in_flight, not under locked(): attaching takes the index lock itself.
+                store = _layout_store(plan.layout) if plan.index_referrers else None
+                # Every one attached, not only up to the first that changes something.
+                attached = [referrer.attach(store) for referrer in plan.index_referrers if store]
+                indexes_attached = any(attached)
                 # Decided under the lock: a concurrent build may have moved a name meanwhile.
                 with plan.layout.locked():
                     before, moved = _moved_refs(plan, after)
@@ -443,7 +541,7 @@ def build_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.
                         plan.layout.set_refs({name: plan.refs[name] for name in sorted(moved)})
         if digests.cache_dirty and not check_mode:
             digests.layout.save_digest_cache(digests.cache)
-        changed = bool(moved) or bool(blobs_missing) or digests.blobs_added
+        changed = bool(moved) or bool(blobs_missing) or digests.blobs_added or indexes_attached
     except (LayoutError, InvalidDocument) as exc:
         raise BuildError(str(exc)) from exc
     except OSError as exc:

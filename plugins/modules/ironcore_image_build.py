@@ -157,8 +157,12 @@ options:
         64 MiB, that is one sha256 (its first 16 bytes) per block of the layer and a map of the all-zero blocks, so
         that a node holding an older file can fetch only the blocks that changed.
       - The index is made from the same bytes the layer is copied into the layout with, so it costs no extra read.
-        It is stored as a blob of its own (format in the collection's C(docs/image-format.md)) and never changes the
-        image's own manifests or digests.
+        It is a blob of its own (format in the collection's C(docs/image-format.md)), attached to each platform
+        manifest that holds the layer as an OCI referrer (artifact type
+        C(application/vnd.ironcore.image.blockindex.v1), listed under the name C(sha256-<manifest hex>) in the
+        layout); the image's own manifests and digests never change.
+      - A rebuild of an unchanged layer finds its index attached and reads neither; a layout built without the
+        index gets it from one read of the layer.
       - With V(false), no index is written.
     type: bool
     default: true

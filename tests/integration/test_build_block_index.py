@@ -13,6 +13,13 @@ MODULE = "ironcore.image.ironcore_image_build"
 NAME = "registry.example.com/os/gardenlinux:2.0"
 MiB = 1024 * 1024
 INDEX_MEDIA_TYPE = "application/vnd.ironcore.image.blockindex.v1"
+LAYER_ANNOTATION = "org.ironcore.image.blockindex.layer"
+REF_NAME = "org.opencontainers.image.ref.name"
+EMPTY_CONFIG = {
+    "mediaType": "application/vnd.oci.empty.v1+json",
+    "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+    "size": 2,
+}
 
 pytestmark = pytest.mark.integration
 
@@ -74,11 +81,47 @@ def expected_index(path: str, block_size: int) -> tuple[bytes, bytes]:
     return bytes(hashes), bytes(zeros)
 
 
+def skopeo_raw(layout: str, name: str) -> bytes:
+    return subprocess.run(
+        ["skopeo", "inspect", "--raw", "oci:%s:%s" % (layout, name)], check=True, capture_output=True
+    ).stdout
+
+
 def layout_blob(layout: str, digest: str) -> bytes:
     with open(os.path.join(layout, "blobs", "sha256", digest.split(":", 1)[1]), "rb") as stream:
         data = stream.read()
     assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
     return data
+
+
+def attached_indexes(layout: str, manifest_digest: str) -> list[tuple[dict, dict]]:
+    """(referrer manifest, its index layer) of every block index attached to a manifest, read off the files by hand.
+
+    The referrers tag schema: the name sha256-<hex of the manifest> in index.json, an image index of referrers.
+    """
+    tag = manifest_digest.replace(":", "-", 1)
+    with open(os.path.join(layout, "index.json"), "rb") as stream:
+        names = json.load(stream)["manifests"]
+    entries = [entry for entry in names if entry.get("annotations", {}).get(REF_NAME) == tag]
+    if not entries:
+        return []
+    assert len(entries) == 1, entries
+    referrers = json.loads(layout_blob(layout, entries[0]["digest"]))
+    assert referrers["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    found = []
+    for entry in referrers["manifests"]:
+        if entry.get("artifactType") != INDEX_MEDIA_TYPE:
+            continue
+        manifest = json.loads(layout_blob(layout, entry["digest"]))
+        assert manifest["artifactType"] == INDEX_MEDIA_TYPE
+        assert manifest["config"] == EMPTY_CONFIG
+        assert manifest["subject"]["digest"] == manifest_digest
+        assert manifest["subject"]["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+        (layer,) = manifest["layers"]
+        assert layer["mediaType"] == INDEX_MEDIA_TYPE
+        assert manifest["annotations"][LAYER_ANNOTATION] == layer["annotations"][LAYER_ANNOTATION]
+        found.append((manifest, layer))
+    return found
 
 
 def rootfs_summaries(result: dict) -> list[dict]:
@@ -138,13 +181,27 @@ def test_build_writes_a_block_index_of_every_block(ansible, rootfs, boot_files, 
         if layer["title"] != "rootfs"
     )
 
+    # One referrer per platform manifest holding the rootfs, both naming the same index blob.
+    for manifest in built["manifests"]:
+        (attached,) = attached_indexes(layout, manifest["digest"])
+        _referrer, layer = attached
+        assert layer["annotations"][LAYER_ANNOTATION] == layer_digest
+        assert (layer["digest"], layer["size"]) == (block_index["digest"], block_index["size"])
     data = layout_blob(layout, block_index["digest"])
-    assert len(data) == block_index["size"]
     check_index(data, rootfs, layer_digest, 4096)
 
     again = ansible.module(MODULE, args)
     assert again["changed"] is False, again
     assert rootfs_summaries(again) == summaries
+
+    # The rebuild took the layer from the digest cache and its index from the referrer: it read neither.
+    # Were the layer blob read again, these zeros in its place would give another index, attached beside.
+    blob = os.path.join(layout, "blobs", "sha256", layer_digest.split(":", 1)[1])
+    with open(blob, "r+b") as stream:
+        stream.write(bytes(3 * MiB))
+    unread = ansible.module(MODULE, args)
+    assert unread["changed"] is False, unread
+    assert all(len(attached_indexes(layout, manifest["digest"])) == 1 for manifest in built["manifests"])
 
 
 def test_block_index_leaves_the_image_unchanged(ansible, rootfs, boot_files, tmp_path):
@@ -157,6 +214,19 @@ def test_block_index_leaves_the_image_unchanged(ansible, rootfs, boot_files, tmp
     assert all(layer["block_index"] is None for manifest in without["manifests"] for layer in manifest["layers"])
     index_digest = rootfs_summaries(with_index)[0]["block_index"]["digest"]
     assert not os.path.exists(os.path.join(layout, "blobs", "sha256", index_digest.split(":", 1)[1]))
+    assert all(attached_indexes(layout, manifest["digest"]) == [] for manifest in without["manifests"])
+    # skopeo reads every name of the image byte for byte as without the index.
+    for name in without["refs"]:
+        assert skopeo_raw(layout, name) == skopeo_raw(str(tmp_path / "with"), name)
+
+    # A layout built before the index (here: without it) gets it on the next build, from one read of the blob,
+    # and the rebuild after that reads nothing and changes nothing.
+    later = ansible.module(MODULE, build_args(layout, rootfs, boot_files))
+    assert later["changed"] is True, later
+    assert rootfs_summaries(later) == rootfs_summaries(with_index)
+    assert all(len(attached_indexes(layout, manifest["digest"])) == 1 for manifest in later["manifests"])
+    check_index(layout_blob(layout, index_digest), rootfs, rootfs_summaries(later)[0]["digest"], 4096)
+    assert ansible.module(MODULE, build_args(layout, rootfs, boot_files))["changed"] is False
 
 
 def test_block_size_option(ansible, rootfs, boot_files, tmp_path):
@@ -165,6 +235,13 @@ def test_block_size_option(ansible, rootfs, boot_files, tmp_path):
     block_index = rootfs_summaries(built)[0]["block_index"]
     assert block_index["block_size"] == 65536
     check_index(layout_blob(layout, block_index["digest"]), rootfs, rootfs_summaries(built)[0]["digest"], 65536)
+    # Another block size is another index, attached beside the first one.
+    other = ansible.module(MODULE, build_args(layout, rootfs, boot_files))
+    assert other["changed"] is True and rootfs_summaries(other)[0]["block_index"]["block_size"] == 4096
+    manifest = other["manifests"][0]["digest"]
+    assert sorted(layer["size"] for _referrer, layer in attached_indexes(layout, manifest)) == sorted(
+        [block_index["size"], rootfs_summaries(other)[0]["block_index"]["size"]]
+    )
 
     refused = ansible.module(
         MODULE, build_args(str(tmp_path / "refused"), rootfs, boot_files, block_index_block_size=1000)
