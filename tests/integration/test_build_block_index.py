@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import subprocess
+import urllib.request
 
 import pytest
 
@@ -257,3 +258,41 @@ def test_tar_gzip_layers_get_no_block_index(ansible, rootfs, boot_files, tmp_pat
     )
     assert built["changed"] is True, built
     assert [layer["block_index"] for layer in rootfs_summaries(built)] == [None]
+
+
+# ---- push carries the referrers (the referrers engineer's carrying, step 2) ----------------------------------------
+
+
+def test_push_carries_the_block_index_to_the_registry(ansible, rootfs, boot_files, tmp_path, registry_plain):
+    """distribution 2.8 has no referrers API: the index is found through the sha256-<hex> tag, read with skopeo."""
+    layout = str(tmp_path / "layout")
+    built = ansible.module(MODULE, build_args(layout, rootfs, boot_files, platforms=["virtualization"]))
+    repository = "%s/blockindex/os" % registry_plain.host
+    args = {"layout": layout, "name": NAME, "destination": repository + ":2.0", **registry_plain.registry_args}
+    pushed = ansible.module("ironcore.image.ironcore_image_push", args)
+    assert pushed.get("failed") is not True, pushed
+
+    def remote(reference: str) -> bytes:
+        proc = subprocess.run(
+            ["skopeo", "inspect", "--raw", *registry_plain.skopeo_flags(), "docker://%s%s" % (repository, reference)],
+            check=False,
+            capture_output=True,
+        )
+        assert proc.returncode == 0, proc.stderr.decode()
+        return proc.stdout
+
+    # The image's own names hold the layout's exact bytes.
+    assert remote(":2.0") == skopeo_raw(layout, NAME)
+    (manifest,) = built["manifests"]
+    (attached,) = attached_indexes(layout, manifest["digest"])
+    referrers = json.loads(remote(":" + manifest["digest"].replace(":", "-", 1)))
+    (entry,) = [entry for entry in referrers["manifests"] if entry.get("artifactType") == INDEX_MEDIA_TYPE]
+    remote_referrer = remote("@" + entry["digest"])
+    assert json.loads(remote_referrer) == attached[0]
+    index_layer = attached[1]
+    with urllib.request.urlopen(
+        "http://%s/v2/blockindex/os/blobs/%s" % (registry_plain.host, index_layer["digest"]), timeout=60
+    ) as response:
+        data = response.read()
+    assert data == layout_blob(layout, index_layer["digest"])
+    check_index(data, rootfs, rootfs_summaries(built)[0]["digest"], 4096)
