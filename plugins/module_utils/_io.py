@@ -314,16 +314,30 @@ def write_bytes_atomic(path: str, data: bytes, mode: int | None = None) -> None:
         out.commit()
 
 
-class HashingCounter:
-    """sha256 and byte count of everything that passes through."""
+# Handed every chunk a HashingCounter or a copy hashes, in order (the build's block index rides on it). The
+# view may be of a reused buffer, valid only during the call, and the call may come from a copy's hasher
+# thread: an exception it raises fails the copy.
+ChunkHook = t.Callable[[memoryview], None]
 
-    def __init__(self) -> None:
+
+class HashingCounter:
+    """sha256 and byte count of everything that passes through.
+
+    `on_chunk`, when given, sees each chunk right after it is hashed, so a
+    second digest of the same bytes (a block index) costs no second read.
+    The chunk's buffer may be reused once the call returns.
+    """
+
+    def __init__(self, on_chunk: ChunkHook | None = None) -> None:
         self._sha = hashlib.sha256()
         self.size = 0
+        self._on_chunk = on_chunk
 
     def update(self, data: t.Any) -> None:
         self._sha.update(data)
         self.size += len(data)
+        if self._on_chunk is not None:
+            self._on_chunk(memoryview(data))
 
     @property
     def digest(self) -> str:
@@ -434,15 +448,15 @@ class FileStream:
         self._file.close()
 
 
-def hash_file(path: str) -> tuple[str, int]:
+def hash_file(path: str, on_chunk: ChunkHook | None = None) -> tuple[str, int]:
     """The sha256 digest and size of a file, read once in chunks."""
     with open(path, "rb") as stream:
-        return hash_stream(stream)
+        return hash_stream(stream, on_chunk)
 
 
-def hash_stream(stream: t.BinaryIO) -> tuple[str, int]:
+def hash_stream(stream: t.BinaryIO, on_chunk: ChunkHook | None = None) -> tuple[str, int]:
     """The sha256 digest and size of what is left in an open stream."""
-    counter = HashingCounter()
+    counter = HashingCounter(on_chunk)
     for chunk in iter_chunks(stream):
         counter.update(chunk)
     return counter.digest, counter.size
@@ -465,17 +479,13 @@ def resume_hash(out: AtomicFile, size: int) -> HashingCounter | None:
     return counter
 
 
-# Called with every chunk of a copy, in order, after it is hashed (a block index, say). The view is of
-# a reused buffer, valid only during the call (copy what must be kept), and the call may come from the
-# copy's hasher thread: an exception it raises fails the copy.
-OnChunk = t.Callable[[memoryview], None]
 # copy_file_range errors meaning "not between these two files": copy through user space instead.
 _NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM})
 # Copied ranges the hasher may lag behind: a few chunks, so it reads them back while they are in the cache.
 _READ_BACK_LAG = 4
 
 
-def copy_and_hash(source: t.BinaryIO, out: t.Any, on_chunk: OnChunk | None = None) -> HashingCounter:
+def copy_and_hash(source: t.BinaryIO, out: t.Any, on_chunk: ChunkHook | None = None) -> HashingCounter:
     """Stream `source` into `out` (an AtomicFile or any writer), hashing what `out` receives.
 
     Between two regular files the kernel copies (copy_file_range: the bytes
@@ -520,7 +530,7 @@ def _kernel_copy_possible(source: t.Any) -> bool:
     return stat.S_ISREG(status.st_mode) and status.st_size > 0
 
 
-def _kernel_copy(source_fd: int, position: int, out_fd: int, start: int, on_chunk: OnChunk | None) -> HashingCounter:
+def _kernel_copy(source_fd: int, position: int, out_fd: int, start: int, on_chunk: ChunkHook | None) -> HashingCounter:
     """copy_file_range from `position` of the source to `out_fd` at `start`, hashed by reading back what landed.
 
     Explicit offsets: neither file's own position moves.
@@ -547,7 +557,7 @@ def _kernel_copy(source_fd: int, position: int, out_fd: int, start: int, on_chun
 class _ReadBackHasher:
     """A thread hashing ranges of a file, in order, as they are handed to it."""
 
-    def __init__(self, fd: int, on_chunk: OnChunk | None):
+    def __init__(self, fd: int, on_chunk: ChunkHook | None):
         self._fd = fd
         self._on_chunk = on_chunk
         self.counter = HashingCounter()
