@@ -79,7 +79,7 @@ class OciLayout:
         """Fail early, before anything is written, when the path cannot hold a layout."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise LayoutError("layout %s exists and is not a directory" % self.path)
-        if os.path.isdir(self.path) and os.listdir(self.path) and not self.exists():
+        if os.path.isdir(self.path) and not self.exists() and _foreign_entries(os.listdir(self.path)):
             raise LayoutError("layout %s is a non-empty directory without an oci-layout file" % self.path)
 
     def exists(self) -> bool:
@@ -91,9 +91,12 @@ class OciLayout:
 
     def ensure(self) -> None:
         self.check_usable()
-        os.makedirs(os.path.join(self.path, "blobs", "sha256"), exist_ok=True)
+        # oci-layout first: until it is there, another build starting on the same new directory must see
+        # nothing but this one's temporary file (see _foreign_entries), not a directory of someone else's.
+        os.makedirs(self.path, exist_ok=True)
         if not self.exists():
             write_bytes_atomic(os.path.join(self.path, "oci-layout"), LAYOUT_VERSION_DOC)
+        os.makedirs(os.path.join(self.path, "blobs", "sha256"), exist_ok=True)
         if not os.path.exists(self.index_path):
             write_bytes_atomic(self.index_path, canonical_json(_empty_index()))
 
@@ -283,6 +286,15 @@ class OciLayout:
         except FileNotFoundError:
             return False
         return True
+
+
+def _foreign_entries(names: t.Iterable[str]) -> list[str]:
+    """The entries of a directory that a layout being created in it right now would not have written."""
+    return [
+        name
+        for name in names
+        if name not in (LOCK_FILE, BLOBS_LOCK_FILE) and not (name.startswith(".oci-layout.") and name.endswith(".tmp"))
+    ]
 
 
 def _empty_index() -> dict[str, t.Any]:

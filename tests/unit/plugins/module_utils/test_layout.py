@@ -153,3 +153,13 @@ def test_caller_named_temporary_file_is_private_until_commit(tmp_path, append):
     # Without a requested mode a new file still gets the umask-derived one at commit.
     assert os.stat(tmp_path / "disk.raw").st_mode & 0o777 == 0o644
     assert (tmp_path / "disk.raw").read_bytes() == (b"kept by an older run" if append else b"") + b"more"
+
+
+def test_a_directory_holding_only_a_starting_build_is_usable(tmp_path):
+    """A second build on a new directory sees only the first one's lock and temporary oci-layout: not foreign."""
+    (tmp_path / ".ironcore.lock").write_bytes(b"")
+    (tmp_path / ".oci-layout.0123456789abcdef.tmp").write_bytes(b"")
+    layout_mod.OciLayout(str(tmp_path)).check_usable()
+    (tmp_path / "notes.txt").write_bytes(b"")
+    with pytest.raises(layout_mod.LayoutError, match="non-empty directory"):
+        layout_mod.OciLayout(str(tmp_path)).check_usable()
