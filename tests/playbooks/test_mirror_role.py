@@ -12,15 +12,15 @@ import typing as t
 from dataclasses import dataclass
 
 import pytest
+from helpers import nginx
 from helpers import registry as registries
 from helpers.counting import ByteCountingProxy
 from helpers.images import skopeo_push, write_single_layer_image, write_upstream_image
 from helpers.inventory import outcomes
-from helpers.registry import PASSWORD, Registry, free_port, wait_for_port
+from helpers.registry import PASSWORD, Registry, free_port
 
 pytestmark = pytest.mark.integration
 
-NGINX = "/usr/sbin/nginx"
 MiB = 1024 * 1024
 ACCEPT = ",".join(["application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json"])
 PLAY = """- name: Site cache
@@ -64,33 +64,6 @@ def apply_role(ansible, directory: str, role_vars: t.Mapping[str, t.Any], check:
     return ansible.playbook(playbook, extra_vars=role_vars, check=check)
 
 
-def main_conf(directory: str, site_file: str) -> str:
-    """What the caller of `mirror_service_manager: none` provides: a main nginx.conf that includes the site."""
-    path = os.path.join(directory, "nginx.conf")
-    temp = os.path.join(directory, "temp")
-    os.makedirs(temp, exist_ok=True)
-    lines = [
-        # The test runs as root and its files are private to root: the workers must be root too.
-        "user root;",
-        "daemon off;",
-        "worker_processes 2;",
-        "pid %s/nginx.pid;" % directory,
-        "error_log %s/error.log info;" % directory,
-        "events { worker_connections 1024; }",
-        "http {",
-        "    access_log %s/access.log;" % directory,
-        *[
-            "    %s_temp_path %s/%s;" % (kind, temp, kind)
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        ],
-        "    include %s;" % site_file,
-        "}",
-    ]
-    with open(path, "w", encoding="utf-8") as stream:
-        stream.write("\n".join(lines) + "\n")
-    return path
-
-
 def mirror_vars(directory: str, origin: str, registry: Registry, layout: str, cache_port: int, layout_port: int):
     assert registry.pki is not None
     return {
@@ -117,7 +90,7 @@ def mirror_vars(directory: str, origin: str, registry: Registry, layout: str, ca
 
 @pytest.fixture(scope="module")
 def site(ansible, registry_tls, tmp_path_factory) -> t.Iterator[Site]:
-    if not os.path.exists(NGINX):
+    if not os.path.exists(nginx.NGINX):
         pytest.fail("nginx is missing: install nginx-light (make system-deps)")
     directory = str(tmp_path_factory.mktemp("mirror-site"))
     os.makedirs(os.path.join(directory, "site"))
@@ -128,12 +101,8 @@ def site(ansible, registry_tls, tmp_path_factory) -> t.Iterator[Site]:
     role_vars = mirror_vars(directory, counter.host, registry_tls, layout, cache_port, layout_port)
     rc, document, stderr = apply_role(ansible, directory, role_vars)
     assert rc == 0, (outcomes(document)["failed"], stderr)
-    conf = main_conf(directory, role_vars["mirror_nginx_site"])
-    with open(os.path.join(directory, "nginx.out"), "wb") as output:
-        process = subprocess.Popen([NGINX, "-c", conf], stdout=output, stderr=subprocess.STDOUT)
+    process = nginx.start(directory, role_vars["mirror_nginx_site"], [cache_port, layout_port])
     try:
-        wait_for_port(cache_port, process)
-        wait_for_port(layout_port, process)
         assert registry_tls.pki is not None
         yield Site(
             directory=directory,
@@ -146,8 +115,7 @@ def site(ansible, registry_tls, tmp_path_factory) -> t.Iterator[Site]:
             process=process,
         )
     finally:
-        process.terminate()
-        process.wait(20)
+        nginx.stop(process)
         counter.stop()
 
 
