@@ -361,3 +361,36 @@ def test_bad_variables_stop_the_role_in_one_line(ansible, site, tmp_path, change
     assert name == "Check the variables that depend on each other"
     assert result["msg"] == expected
     assert not os.path.exists(tmp_path / "mirror.conf")
+
+
+@pytest.mark.parametrize(
+    ("restriction", "expected"),
+    [
+        # 127.0.0.1 is not in the list: refused by nginx's access module.
+        ({"mirror_allow": ["10.255.0.0/16"]}, 403),
+        # No client certificate: nginx answers 400 before it looks at the request.
+        ({"mirror_tls_client_ca": "CA"}, 400),
+        # The control: the same set-up unrestricted serves the file.
+        ({"mirror_allow": ["127.0.0.0/8"]}, 200),
+    ],
+    ids=["allow-list", "client-certificate", "allowed"],
+)
+def test_access_can_be_restricted(ansible, site, tmp_path, restriction, expected):
+    port = free_port()
+    changes = {key: (site.pki.ca_cert if value == "CA" else value) for key, value in restriction.items()}
+    role_vars = dict(
+        site.role_vars,
+        mirror_nginx_site=str(tmp_path / "site" / "mirror.conf"),
+        mirror_cache_dir=str(tmp_path / "cache"),
+        mirror_upstreams=[],
+        mirror_layouts=[{"listen": "127.0.0.1:%d" % port, "path": site.layout}],
+        **changes,
+    )
+    (tmp_path / "site").mkdir()
+    rc, document, stderr = apply_role(ansible, str(tmp_path), role_vars)
+    assert rc == 0, (outcomes(document)["failed"], stderr)
+    process = nginx.start(str(tmp_path), role_vars["mirror_nginx_site"], [port])
+    try:
+        assert site.status("https://127.0.0.1:%d/index.json" % port) == expected
+    finally:
+        nginx.stop(process)
