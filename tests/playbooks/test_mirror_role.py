@@ -394,3 +394,19 @@ def test_access_can_be_restricted(ansible, site, tmp_path, restriction, expected
         assert site.status("https://127.0.0.1:%d/index.json" % port) == expected
     finally:
         nginx.stop(process)
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 2 * MiB, 2 * MiB + 1], ids=["empty", "one-byte", "one-slice", "slice-and-a-byte"]
+)
+def test_blobs_at_the_edges_of_a_slice_pass_whole(site, registry_tls, tmp_path, size):
+    # An empty blob cannot answer a Range request (416): the cache knows it by its digest.
+    digest, _blob = pushed_blob_image(registry_tls, str(tmp_path), "mirror/edge-%d" % size, size)
+    url = "%s/v2/mirror/edge-%d/blobs/%s" % (site.cache, size, digest)
+    out = str(tmp_path / "blob")
+    assert site.curl("--output", out, "--write-out", "%{http_code}", url).stdout == b"200"
+    assert os.path.getsize(out) == size
+    assert sha256_file(out) == digest
+    head = site.curl("--head", url).stdout.decode("latin-1").lower()
+    assert head.startswith("http/1.1 200"), head
+    assert "content-length: %d\r\n" % size in head, head
