@@ -19,6 +19,7 @@ import typing as t
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import BlobWalk, LayoutError, OciLayout
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import with_mirrors
 from ansible_collections.ironcore.image.plugins.module_utils._model import canonical_platform, descriptors
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     Document,
@@ -110,7 +111,7 @@ def _selected(
 def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
     """The module's one call."""
     try:
-        source = open_source(params)
+        source = with_mirrors(open_source(params), params)
         image = resolve_image(source)
         documents: dict[str, Document] = {}
         manifests = []

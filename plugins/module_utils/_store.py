@@ -248,13 +248,18 @@ class LayoutStore:
         """Stream the blob into its partial file, hashing; verify, fsync, rename. Resumes a kept partial."""
         partial = self.partial_path(digest)
         resume = os.path.lexists(partial)
-        try:
-            self._receive(source, digest, size, counter, retries, partial, resume)
-        except _Corrupt:
-            if not resume:
-                raise
-            # The kept bytes may be what was wrong: one clean attempt from byte 0.
-            self._receive(source, digest, size, counter, retries, partial, False)
+        while True:
+            try:
+                self._receive(source, digest, size, counter, retries, partial, resume)
+                return
+            except _Corrupt as exc:
+                if not resume:
+                    # A mirrored source (_mirrors) drops the mirrors that served wrong bytes and offers the next.
+                    reject = getattr(source, "reject_blob", None)
+                    if reject is None or not reject(digest, str(exc)):
+                        raise
+                # The kept bytes may be what was wrong: a clean attempt from byte 0.
+                resume = False
 
     def _receive(
         self,

@@ -57,6 +57,7 @@ extends_documentation_fragment:
   - ansible.builtin.files
   - ironcore.image.attributes
   - ironcore.image.registry
+  - ironcore.image.registry.mirrors
   - ironcore.image.registry.transfer
 attributes:
   check_mode:
@@ -278,6 +279,15 @@ files:
     changed:
       description: Whether this file was (or, in check mode, would be) written or had its attributes changed.
       type: bool
+    sources:
+      description:
+        - With O(mirrors) only. Which sources served the bytes of this file's blob in this run, in the order they
+          served them, each with C(url) (the mirror's O(mirrors[].url), or the origin's address) and C(bytes).
+        - Several entries for one blob mean a transfer failed over mid-blob and went on at the same byte.
+        - Empty when the file was already in place.
+      type: list
+      elements: dict
+      version_added: 0.2.0
   sample:
     kernel:
       path: /srv/boot/amd64/vmlinuz
@@ -311,6 +321,28 @@ signatures:
   returned: always
   type: dict
   sample: {"sha256:0f3c...": "SHA256:4b1e..."}
+bytes_from_origin:
+  description:
+    - With O(mirrors) only. Bytes the origin served in this run (blobs and documents), what the mirrors did not
+      take off it.
+  returned: when O(mirrors) is given
+  type: int
+  sample: 0
+  version_added: 0.2.0
+mirror_errors:
+  description:
+    - With O(mirrors) only. Each time a mirror failed and the next source was asked instead, with C(url) (the
+      mirror), C(digest) (the blob or manifest asked for, or the name when a mirror resolved a tag) and C(reason)
+      (one line, for example an HTTP status, a broken connection, or bytes that failed verification).
+    - Empty when every mirror answered.
+  returned: when O(mirrors) is given
+  type: list
+  elements: dict
+  sample:
+    - url: https://cache.rack1.example:5000
+      digest: sha256:5b1d...
+      reason: "served bytes that failed verification: ..."
+  version_added: 0.2.0
 retries:
   description:
     - How many registry requests were retried (after a connection error, a timeout or an answer of 429 or 5xx).
@@ -327,7 +359,10 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
 from ansible_collections.ironcore.image.plugins.module_utils._fetch import fetch_image
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
-from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_REQUIRED_TOGETHER
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
+    MIRRORS_ARGUMENT_SPEC,
+    REGISTRY_REQUIRED_TOGETHER,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._source import image_argument_spec
 
 
@@ -344,6 +379,7 @@ def main() -> None:
         signature_keys={"type": "list", "elements": "str", "no_log": False},
         require_signature={"type": "bool"},
     )
+    argument_spec.update(MIRRORS_ARGUMENT_SPEC)
     module = AnsibleModule(
         argument_spec=argument_spec,
         required_together=REGISTRY_REQUIRED_TOGETHER,

@@ -27,6 +27,7 @@ author:
 extends_documentation_fragment:
   - ironcore.image.attributes
   - ironcore.image.registry
+  - ironcore.image.registry.mirrors
 attributes:
   check_mode:
     support: full
@@ -205,6 +206,8 @@ selected:
         - The layers to fetch, each with C(role), C(media_type), C(digest), C(size), C(packed), C(url), C(headers)
           (what C(ironcore-image url) prints upstream) and C(auth_scheme) (V(Basic), V(Bearer) or V(null)).
         - C(headers) holds C(Authorization) only with O(include_credentials=true).
+        - With O(mirrors), C(url) and C(headers) are those of the first mirror that answers (with that mirror's
+          own credentials, never the origin's).
       type: list
       elements: dict
   sample:
@@ -260,12 +263,16 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
 from ansible_collections.ironcore.image.plugins.module_utils._info import image_info, layout_images
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
-from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_REQUIRED_TOGETHER
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
+    MIRRORS_ARGUMENT_SPEC,
+    REGISTRY_REQUIRED_TOGETHER,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._source import image_argument_spec
 
 
 def argument_spec() -> dict:
     spec = dict(image_argument_spec(platform_required=False), include_credentials={"type": "bool", "default": False})
+    spec.update(MIRRORS_ARGUMENT_SPEC)
     # Without a name, info lists the layout's images.
     spec["name"] = dict(spec["name"], required=False)
     # Info transfers no blob, so the shared registry options' concurrency means nothing here.

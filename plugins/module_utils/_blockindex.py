@@ -1,0 +1,250 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+#
+# Private to the ironcore.image collection: no compatibility promise for
+# anything outside it.
+
+"""The block index of a raw layer: one strong hash per fixed-size block.
+
+A node that holds an older rootfs can rebuild a new one from the blocks it
+already has and fetch only the rest, if it knows the hash of every block of
+the new layer. That list is the block index, a blob of its own attached to
+the platform manifest as a referrer. Its format (documented in
+docs/image-format.md):
+
+    one line of canonical JSON (the header), then a newline;
+    `blocks` hashes of `hashLength` bytes each: the first bytes of the
+    sha256 of every block, the last block hashed over its real length;
+    the all-zero map: ceil(blocks / 8) bytes, bit i % 8 (least significant
+    first) of byte i // 8 set when block i holds only zero bytes.
+
+Nothing in the index needs trust: a wrong index can only make a node fetch
+more, because the assembled file is checked against the layer's own digest
+before it is used. This file still refuses any index that does not add up,
+so a bad one is noticed early and the node falls back to a full fetch.
+Nothing here does I/O beyond the stream it is handed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import typing as t
+from dataclasses import dataclass
+
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._io import canonical_json
+
+MEDIA_TYPE = "application/vnd.ironcore.image.blockindex.v1"
+ARTIFACT_TYPE = MEDIA_TYPE
+# Annotation on the index layer (and its referrer manifest): the layer it describes.
+LAYER_ANNOTATION = "org.ironcore.image.blockindex.layer"
+INDEXED_ROLES = frozenset({"rootfs", "squashfs", "iso"})
+# Below this a full fetch is cheap enough that an index is not worth its referrer.
+MIN_LAYER_SIZE = 64 * 1024 * 1024
+DEFAULT_BLOCK_SIZE = 4096
+# 128 bits keep accidental collisions out of reach at a quarter of a full digest's size.
+DEFAULT_HASH_LENGTH = 16
+MIN_BLOCK_SIZE = 512
+MAX_BLOCK_SIZE = 16 * 1024 * 1024
+MIN_HASH_LENGTH = 16
+MAX_HASH_LENGTH = 32
+# The header is a few hundred bytes; anything much larger is not one.
+MAX_HEADER_SIZE = 4096
+FORMAT_VERSION = 1
+
+
+class BlockIndexError(ImageError):
+    """A block index that cannot be used; the caller falls back to a full fetch."""
+
+
+def check_block_size(block_size: int) -> int:
+    if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
+        raise BlockIndexError(
+            f"block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}",
+            option="block_index_block_size",
+        )
+    return block_size
+
+
+def block_count(size: int, block_size: int) -> int:
+    return -(-size // block_size)
+
+
+def zero_map_size(blocks: int) -> int:
+    return -(-blocks // 8)
+
+
+def wants_index(role: str, size: int, media_type_is_raw: bool) -> bool:
+    """Whether a layer of this role and size gets a block index at build time."""
+    return media_type_is_raw and role in INDEXED_ROLES and size >= MIN_LAYER_SIZE
+
+
+@dataclass(frozen=True)
+class Header:
+    layer_digest: str
+    layer_size: int
+    block_size: int
+    hash_length: int
+
+    @property
+    def blocks(self) -> int:
+        return block_count(self.layer_size, self.block_size)
+
+    def encode(self) -> bytes:
+        return (
+            canonical_json(
+                {
+                    "mediaType": MEDIA_TYPE,
+                    "version": FORMAT_VERSION,
+                    "layer": {"digest": self.layer_digest, "size": self.layer_size},
+                    "blockSize": self.block_size,
+                    "hash": "sha256",
+                    "hashLength": self.hash_length,
+                    "blocks": self.blocks,
+                }
+            )
+            + b"\n"
+        )
+
+    def encoded_size(self) -> int:
+        """Size of the whole index this header starts."""
+        return len(self.encode()) + self.blocks * self.hash_length + zero_map_size(self.blocks)
+
+
+class BlockHasher:
+    """Hashes a stream, handed over in chunks of any size, block by block.
+
+    The build feeds it the chunks it copies into the layout, so the index
+    costs no second read of the layer.
+    """
+
+    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, hash_length: int = DEFAULT_HASH_LENGTH):
+        self.block_size = check_block_size(block_size)
+        if not MIN_HASH_LENGTH <= hash_length <= MAX_HASH_LENGTH:
+            raise BlockIndexError(f"hash length {hash_length} is not between {MIN_HASH_LENGTH} and {MAX_HASH_LENGTH}")
+        self.hash_length = hash_length
+        self.blocks = 0
+        self.size = 0
+        self._hashes = bytearray()
+        self._zeros = bytearray()
+        self._pending = bytearray()
+        self._zero_digest = hashlib.sha256(bytes(block_size)).digest()
+
+    def update(self, data: t.Any) -> None:
+        view = memoryview(data).cast("B")
+        self.size += len(view)
+        if self._pending:
+            taken = self.block_size - len(self._pending)
+            self._pending += view[:taken]
+            view = view[taken:]
+            if len(self._pending) < self.block_size:
+                return
+            self._add_block(bytes(self._pending))
+            self._pending.clear()
+        whole = len(view) - len(view) % self.block_size
+        for offset in range(0, whole, self.block_size):
+            self._add_block(view[offset : offset + self.block_size])
+        self._pending += view[whole:]
+
+    def _add_block(self, block: t.Any, zero_digest: bytes | None = None) -> None:
+        digest = hashlib.sha256(block).digest()
+        if self.blocks % 8 == 0:
+            self._zeros.append(0)
+        if digest == (zero_digest or self._zero_digest):
+            self._zeros[self.blocks >> 3] |= 1 << (self.blocks & 7)
+        self._hashes += digest[: self.hash_length]
+        self.blocks += 1
+
+    def finish(self, layer_digest: str) -> BlockIndex:
+        """The index of everything fed so far; `layer_digest` is the layer's sha256, taken beside it."""
+        if self._pending:
+            tail = bytes(self._pending)
+            self._pending.clear()
+            self._add_block(tail, hashlib.sha256(bytes(len(tail))).digest())
+        header = Header(layer_digest, self.size, self.block_size, self.hash_length)
+        return BlockIndex(header, bytes(self._hashes), bytes(self._zeros))
+
+
+@dataclass(frozen=True)
+class BlockIndex:
+    header: Header
+    hashes: bytes
+    zeros: bytes
+
+    @property
+    def blocks(self) -> int:
+        return self.header.blocks
+
+    def block_hash(self, number: int) -> bytes:
+        start = number * self.header.hash_length
+        return self.hashes[start : start + self.header.hash_length]
+
+    def is_zero(self, number: int) -> bool:
+        return bool(self.zeros[number >> 3] & (1 << (number & 7)))
+
+    def block_span(self, number: int) -> tuple[int, int]:
+        """(offset, length) of a block in the layer; the last one may be short."""
+        offset = number * self.header.block_size
+        return offset, min(self.header.block_size, self.header.layer_size - offset)
+
+    def encode(self) -> bytes:
+        return self.header.encode() + self.hashes + self.zeros
+
+    def write_to(self, out: t.Any) -> int:
+        """Write the index to a binary file object without joining it in memory first."""
+        written = 0
+        for part in (self.header.encode(), self.hashes, self.zeros):
+            out.write(part)
+            written += len(part)
+        return written
+
+
+def _field(header: t.Mapping[str, t.Any], name: str, kind: type) -> t.Any:
+    value = header.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BlockIndexError(f"block index header field {name!r} is missing or not a {kind.__name__}")
+    return value
+
+
+def decode_header(line: bytes) -> Header:
+    try:
+        header = json.loads(line)
+    except ValueError as exc:
+        raise BlockIndexError("block index header is not JSON") from exc
+    if not isinstance(header, dict) or header.get("mediaType") != MEDIA_TYPE:
+        raise BlockIndexError(f"block index header does not name {MEDIA_TYPE}")
+    if header.get("version") != FORMAT_VERSION or header.get("hash") != "sha256":
+        raise BlockIndexError(f"block index version {header.get('version')!r}/{header.get('hash')!r} is not supported")
+    layer = header.get("layer")
+    if not isinstance(layer, dict):
+        raise BlockIndexError("block index header has no layer")
+    digest = _field(layer, "digest", str)
+    size = _field(layer, "size", int)
+    if not digest.startswith("sha256:") or len(digest) != 71 or size < 0:
+        raise BlockIndexError("block index header names no valid layer digest and size")
+    block_size = check_block_size(_field(header, "blockSize", int))
+    hash_length = _field(header, "hashLength", int)
+    if not MIN_HASH_LENGTH <= hash_length <= MAX_HASH_LENGTH:
+        raise BlockIndexError(f"block index hash length {hash_length} is not supported")
+    decoded = Header(digest, size, block_size, hash_length)
+    if _field(header, "blocks", int) != decoded.blocks:
+        raise BlockIndexError("block index block count does not match its layer size")
+    return decoded
+
+
+def decode(data: bytes, layer_digest: str | None = None, layer_size: int | None = None) -> BlockIndex:
+    """Parse and check an index; with `layer_digest`/`layer_size`, it must describe that layer."""
+    end = data.find(b"\n", 0, MAX_HEADER_SIZE)
+    if end < 0:
+        raise BlockIndexError("block index has no header line")
+    header = decode_header(data[:end])
+    if layer_digest is not None and header.layer_digest != layer_digest:
+        raise BlockIndexError(f"block index describes {header.layer_digest}, not {layer_digest}")
+    if layer_size is not None and header.layer_size != layer_size:
+        raise BlockIndexError(f"block index is for {header.layer_size} bytes, the layer has {layer_size}")
+    body = memoryview(data)[end + 1 :]
+    hashes_size = header.blocks * header.hash_length
+    if len(body) != hashes_size + zero_map_size(header.blocks):
+        raise BlockIndexError(f"block index is {len(data)} bytes, its header says {header.encoded_size()}")
+    return BlockIndex(header, bytes(body[:hashes_size]), bytes(body[hashes_size:]))
