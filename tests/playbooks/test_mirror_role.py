@@ -16,12 +16,14 @@ from helpers import nginx
 from helpers import registry as registries
 from helpers.counting import ByteCountingProxy
 from helpers.images import skopeo_push, write_single_layer_image, write_upstream_image
-from helpers.inventory import outcomes
+from helpers.inventory import local_host, outcomes, write_inventory
 from helpers.registry import PASSWORD, Registry, free_port
 
 pytestmark = pytest.mark.integration
 
 MiB = 1024 * 1024
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROVISION = os.path.join(REPO, "playbooks", "provision.yml")
 ACCEPT = ",".join(["application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json"])
 PLAY = """- name: Site cache
   hosts: localhost
@@ -410,3 +412,48 @@ def test_blobs_at_the_edges_of_a_slice_pass_whole(site, registry_tls, tmp_path, 
     head = site.curl("--head", url).stdout.decode("latin-1").lower()
     assert head.startswith("http/1.1 200"), head
     assert "content-length: %d\r\n" % size in head, head
+
+
+def test_provision_delivers_through_the_site_cache_and_the_layout_mirror(ansible, site, registry_tls, tmp_path):
+    """The issue's "done when": provision_mirrors pointing at what the role set up, as a new user would."""
+    assert registry_tls.pki is not None
+    name = "registry.example.com/os/static:1"
+    skopeo_push(site.layout, name, "%s/mirror/static:1" % registry_tls.host, registry_tls.skopeo_flags("dest-"))
+    mirrors = {
+        "cache": [{"url": site.cache, "ca_cert": site.pki.ca_cert}],
+        "layout": [{"url": site.layout_url, "type": "layout", "ca_cert": site.pki.ca_cert}],
+    }
+    hosts = {
+        "node-" + kind: local_host(
+            provision_boot_dir=str(tmp_path / kind),
+            provision_name="%s/mirror/static:1" % site.counter.host,
+            provision_architecture="amd64",
+            provision_boot_url="http://pxe.example.com/boot",
+            provision_registry_username=registry_tls.username,
+            provision_registry_password=registry_tls.password,
+            provision_registry_ca_cert=registry_tls.pki.ca_cert,
+            provision_mirrors=entries,
+        )
+        for kind, entries in mirrors.items()
+    }
+    inventory = write_inventory(str(tmp_path / "hosts.yml"), {"baremetal": hosts})
+    site.counter.reset()
+    rc, document, stderr = ansible.playbook(PROVISION, inventory=inventory)
+    assert rc == 0, (outcomes(document)["failed"], stderr)
+    fetched = {
+        host: result for name, host, result in outcomes(document)["changed"] if name == "Fetch the image's files"
+    }
+    assert sorted(fetched) == ["node-cache", "node-layout"]
+    layer_bytes = 0
+    for kind, url in (("cache", site.cache), ("layout", site.layout_url)):
+        result = fetched["node-" + kind]
+        for role in ("kernel", "initramfs", "rootfs"):
+            delivered = result["files"][role]
+            # Read back independently: the file's own hash is the digest the manifest names.
+            assert sha256_file(delivered["path"]) == delivered["digest"]
+            assert delivered["sources"] == [{"url": url, "bytes": delivered["size"]}], delivered["sources"]
+            layer_bytes += delivered["size"] if kind == "cache" else 0
+        # Only the documents the tag resolution needs came from the origin itself.
+        assert result["bytes_from_origin"] < 64 * 1024, result["bytes_from_origin"]
+    # The cache fetched the layers once from the origin for its node; the layout mirror cost the origin nothing.
+    assert layer_bytes <= site.counter.sent_back <= layer_bytes * 1.05 + 256 * 1024, site.counter.sent_back
