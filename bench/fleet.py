@@ -9,8 +9,7 @@ contender and N: bytes the origin sent / the image's baremetal bytes, wall time,
 Then the same playbook again over the same hosts, where nothing is left to deliver (the honest floor on a
 small machine: Ansible's own cost per host), and wall(site cache, largest N) / that second run.
 
-Nodes reach a cache through `provision_mirrors` (tags resolved at the origin, bytes by digest from the
-cache) when the provision role has it; otherwise they name the cache as their registry.
+Nodes reach a cache through `provision_mirrors`: tags resolved at the origin, bytes by digest from the cache.
 Try it small: --size-mib=16 --nodes=1,4
 """
 
@@ -50,11 +49,6 @@ MIRROR_PLAY = """- name: Site cache
 
 def numbers(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part]
-
-
-def provision_has_mirrors() -> bool:
-    with open(os.path.join(c.REPO, "roles", "provision", "meta", "argument_specs.yml"), encoding="utf-8") as stream:
-        return "provision_mirrors:" in stream.read()
 
 
 @dataclass
@@ -186,7 +180,6 @@ class Fleet:
     def __init__(self, ansible: c.Ansible, workdir: str) -> None:
         self.ansible = ansible
         self.workdir = workdir
-        self.mirrors = provision_has_mirrors()
 
     def node_vars(self, origin: Registry, upstream: str, cache: SiteCache | PullThrough | None) -> dict[str, t.Any]:
         """The nodes' variables: the origin reached at `upstream` (its relay), through `cache` when given."""
@@ -200,13 +193,7 @@ class Fleet:
         common = {"provision_architecture": "amd64", "provision_boot_url": "http://pxe.example.com/boot"}
         if cache is None:
             return dict(common, **origin_vars)
-        if self.mirrors:
-            mirror = {"url": cache.url, "ca_cert": origin.pki.ca_cert}
-            return dict(common, provision_mirrors=[mirror], **origin_vars)
-        # The cache as the nodes' registry: it resolves the tag at the origin (tags are never cached).
-        host = cache.url.split("://", 1)[1]
-        name = "%s/%s:%s" % (host, REPOSITORY, TAG)
-        return dict(common, provision_name=name, provision_registry_ca_cert=origin.pki.ca_cert)
+        return dict(common, provision_mirrors=[{"url": cache.url, "ca_cert": origin.pki.ca_cert}], **origin_vars)
 
     def inventory(self, label: str, count: int, node_vars: t.Mapping[str, t.Any]) -> str:
         directory = os.path.join(self.workdir, "nodes-%s-%d" % (label, count))
@@ -326,10 +313,10 @@ def bench_fleet(workdir: str, size_mib: int, counts: t.Sequence[int]) -> str:
             relay.stop()
         origin.stop()
         open_origin.stop()
-    return report(deliveries, size, max(counts), second_run, fleet.mirrors)
+    return report(deliveries, size, max(counts), second_run)
 
 
-def report(deliveries: t.Sequence[Delivery], size: int, largest: int, second_run: float, mirrors: bool) -> str:
+def report(deliveries: t.Sequence[Delivery], size: int, largest: int, second_run: float) -> str:
     rows = []
     for delivery in deliveries:
         ratio = delivery.origin_bytes / size
@@ -339,17 +326,12 @@ def report(deliveries: t.Sequence[Delivery], size: int, largest: int, second_run
     columns = ["contender", "nodes", "origin sent / image", "wall s", "slowest node fetch s"]
     cached = [d for d in deliveries if d.contender.startswith("site") and d.nodes == largest]
     ratio = cached[0].wall / second_run if cached and second_run > 0 else 0.0
-    how = (
-        "through `provision_mirrors` (tags resolved at the origin)"
-        if mirrors
-        else "naming the cache as their registry (this provision role has no `provision_mirrors` yet)"
-    )
     lines = [
         "# ironcore.image fleet delivery",
         "",
         "Machine: " + c.machine() + ".",
-        "Image: the baremetal layers, %.0f MiB (kernel, initramfs, rootfs of random bytes). Nodes reach a cache %s."
-        % (size / c.MiB, how),
+        "Image: the baremetal layers, %.0f MiB (kernel, initramfs, rootfs of random bytes). Nodes reach a cache "
+        "through `provision_mirrors` (tags resolved at the origin)." % (size / c.MiB),
         "",
         c.table(columns, rows),
         "",
