@@ -735,6 +735,12 @@ class RegistryClient:
         self, repository: str, reference: str, data: bytes, media_type: str, what: str | None = None
     ) -> str:
         """PUT exactly these bytes under a tag or digest; returns their digest."""
+        return self.put_manifest_answer(repository, reference, data, media_type, what)[0]
+
+    def put_manifest_answer(
+        self, repository: str, reference: str, data: bytes, media_type: str, what: str | None = None
+    ) -> tuple[str, t.Mapping[str, str]]:
+        """put_manifest(), with the headers of the registry's answer (OCI-Subject, say)."""
         digest = sha256_digest(data)
         what = what or "pushing %s %s to %s/%s" % (_kind(media_type), reference, self.registry, repository)
         response = self.request(
@@ -753,7 +759,7 @@ class RegistryClient:
                 "%s failed: the registry stored digest %s, not %s (it rewrote the document)" % (what, stored, digest),
                 code="DIGEST_INVALID",
             )
-        return digest
+        return digest, response.headers
 
     def open_upload(
         self, repository: str, mount: str | None = None, mount_from: str | None = None, what: str | None = None

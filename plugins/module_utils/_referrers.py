@@ -32,7 +32,7 @@ import time
 import typing as t
 from dataclasses import dataclass, field
 
-from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, RegistryError
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import canonical_json, hash_file, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -514,25 +514,9 @@ def _attach_to_registry(
 
 def _put_manifest(store: RegistryStore, digest: str, manifest: bytes) -> bool:
     """PUT the referrer by digest; True when the registry says (OCI-Subject) that it indexed the subject."""
-    client, repository = store.client, str(store.repository)
     what = "pushing referrer %s to %s" % (digest, store.describe())
-    response = client.request(
-        "PUT",
-        client.url(repository, "manifests", digest),
-        what=what,
-        repository=repository,
-        actions=("pull", "push"),
-        headers={"Content-Type": OCI_MANIFEST},
-        body=manifest,
-        ok=(200, 201),
-    )
-    stored = response.headers.get("Docker-Content-Digest")
-    if stored and stored != digest:
-        raise RegistryError(
-            "%s failed: the registry stored digest %s, not %s (it rewrote the document)" % (what, stored, digest),
-            code="DIGEST_INVALID",
-        )
-    return bool(response.headers.get(SUBJECT_HEADER))
+    _digest, headers = store.client.put_manifest_answer(str(store.repository), digest, manifest, OCI_MANIFEST, what)
+    return bool(headers.get(SUBJECT_HEADER))
 
 
 def _update_tag_schema(store: RegistryStore, tag: str, referrer: Referrer) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -40,6 +39,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
     ReferrerBlob,
     attach_referrer,
     list_referrers,
+    put_small_blob,
     read_referrer,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._sign import (
@@ -181,26 +181,6 @@ def _blob_descriptor(media_type: str, data: bytes, **extra: t.Any) -> dict[str, 
     return dict({"mediaType": media_type, "digest": sha256_digest(data), "size": len(data)}, **extra)
 
 
-def _put_small_blob(store: Store, data: bytes) -> None:
-    digest = sha256_digest(data)
-    if isinstance(store, LayoutStore):
-        store.layout.put_bytes(data)
-        return
-    if store.has_blob(digest, len(data)):
-        return
-    # The upload helpers take a body opener; a small in-memory blob is its own file.
-    from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter, FileSlice, upload_from
-
-    counter = ByteCounter()
-    upload_from(
-        store.client,
-        str(store.repository),
-        digest,
-        len(data),
-        lambda start, length: FileSlice(io.BytesIO(data), start, length, counter),
-    )
-
-
 def _already_signed(
     manifest: t.Mapping[str, t.Any] | None, entries: list[SignedPayload], key: t.Any, payload: bytes
 ) -> bool:
@@ -240,8 +220,8 @@ def sign_digest(store: Store, ref: ImageReference, digest: str, key: t.Any, chec
             "layers": layers,
         }
     )
-    _put_small_blob(store, payload)
-    _put_small_blob(store, config)
+    put_small_blob(store, payload)
+    put_small_blob(store, config)
     signed = Document(sha256_digest(document), OCI_MANIFEST, document, False)
     store.set_name(signature_name(store, ref, digest), signed.descriptor, signed)
     return True
