@@ -38,6 +38,8 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
+    ARTIFACT_TYPE,
+    LAYER_ANNOTATION,
     MAX_HEADER_SIZE,
     BlockHasher,
     BlockIndex,
@@ -685,3 +687,108 @@ def try_delta(job: DeltaJob, find_index: IndexFinder) -> tuple[Staged | None, De
         return None, report
     report.used = True
     return staged, report
+
+
+def _referrer_store(source: Source) -> t.Any:
+    """The store that lists the referrers of what `source` reads, or None for a source that has none."""
+    from ansible_collections.ironcore.image.plugins.module_utils._source import LayoutSource, RegistrySource
+    from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
+
+    if isinstance(source, RegistrySource):
+        return RegistryStore(source.client, source.ref.repository)
+    if isinstance(source, LayoutSource):
+        return LayoutStore(source.layout.path)
+    return None
+
+
+def index_finder(source: Source, manifest_digest: str) -> IndexFinder:
+    """Finds a layer's block index among the platform manifest's referrers (listed once for every layer)."""
+    listed: list[dict[str, t.Any]] | None = None
+
+    def indexes() -> list[dict[str, t.Any]]:
+        # Here, not at the top: reading a local layout must not need the registry client's HTTP library.
+        from ansible_collections.ironcore.image.plugins.module_utils._referrers import list_referrers, read_referrer
+
+        store = _referrer_store(source)
+        if store is None:
+            return []
+        found: list[dict[str, t.Any]] = []
+        for referrer in list_referrers(store, manifest_digest, ARTIFACT_TYPE):
+            manifest = read_referrer(store, referrer)
+            found.extend(layer for layer in manifest.get("layers", []) if isinstance(layer, dict))
+        return found
+
+    def find(layer: SelectedLayer) -> t.Mapping[str, t.Any] | None:
+        nonlocal listed
+        if listed is None:
+            listed = indexes()
+        for descriptor in listed:
+            annotations = descriptor.get("annotations")
+            if isinstance(annotations, dict) and annotations.get(LAYER_ANNOTATION) == layer.digest:
+                return descriptor
+        return None
+
+    return find
+
+
+class DeltaFetch:
+    """The delta side of one fetch: per layer, a staged file from seeds and ranges, or the reason to go full."""
+
+    def __init__(
+        self,
+        source: Source,
+        manifest_digest: str,
+        params: t.Mapping[str, t.Any],
+        state_dir: str | None,
+        warn: Warn,
+    ):
+        self.source = source
+        self.enabled = (params.get("delta") or "auto") != "never"
+        self.seed_paths = [str(path) for path in params.get("seeds") or []]
+        self.state_dir = state_dir
+        self.concurrency = int(params.get("concurrency") or 1)
+        self.retries = int(params.get("retries") or 0)
+        self.warn = warn
+        self.find_index = index_finder(source, manifest_digest) if self.enabled else None
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    def _warn_once(self, message: str) -> None:
+        with self._lock:
+            if message in self._warned:
+                return
+            self._warned.add(message)
+        self.warn(message)
+
+    def stage(
+        self,
+        layer: SelectedLayer,
+        path: str,
+        partial_dir: str | None,
+        progress: ProgressRecorder | None,
+        full: t.Callable[[], Staged],
+    ) -> tuple[Staged, DeltaReport]:
+        """The layer staged for `path`: from a delta when it works out, else by `full` (the whole blob)."""
+        if not self.enabled or self.find_index is None:
+            return full(), DeltaReport(reason="delta: never")
+        if layer.packed:
+            return full(), DeltaReport(reason="the layer is packed (tar+gzip); only raw layers have block indexes")
+        seeds = open_seeds(self.seed_paths, [path], self._warn_once)
+        try:
+            job = DeltaJob(
+                self.source,
+                layer,
+                path,
+                partial_dir,
+                seeds,
+                self.state_dir,
+                self.concurrency,
+                self.retries,
+                progress=progress,
+            )
+            staged, report = try_delta(job, self.find_index)
+        finally:
+            close_seeds(seeds)
+        if staged is None:
+            return full(), report
+        return staged, report

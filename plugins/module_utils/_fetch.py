@@ -28,6 +28,7 @@ import typing as t
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._delta import DeltaFetch
 from ansible_collections.ironcore.image.plugins.module_utils._download import (
     PARTIAL_PREFIX,
     PARTIAL_SUFFIX,
@@ -172,6 +173,8 @@ class FilePlan:
     delivered: Delivered | None = None
     # Size of the file as delivered; None while unknown (a packed layer neither in dest nor in the record).
     content_size: int | None = None
+    # The `delta` result: whether the file was built from seeds and ranges, or why not.
+    delta: dict[str, t.Any] | None = None
 
 
 # Re-derives what a packed layer unpacks to from its blob (verify); None where no source is at hand.
@@ -400,6 +403,7 @@ def _deliver_all(
     limit: t.Callable[[SelectedLayer], int | None] = lambda _layer: None,
     partial_dir: str | None = None,
     progress: ProgressRecorder | None = None,
+    delta: DeltaFetch | None = None,
 ) -> None:
     """Stage every missing layer in parallel; only when all are verified, rename them into place.
 
@@ -414,20 +418,27 @@ def _deliver_all(
             progress.start(plan.layer.role, plan.layer.size)
     if not pending:
         return
+
+    def full(plan: FilePlan) -> Staged:
+        return stage(
+            source,
+            plan.layer,
+            plan.path,
+            retries,
+            max_unpacked_size=limit(plan.layer),
+            partial_dir=partial_dir,
+            progress=progress,
+        )
+
+    def one(plan: FilePlan) -> Staged:
+        if delta is None:
+            return full(plan)
+        staged, report = delta.stage(plan.layer, plan.path, partial_dir, progress, lambda: full(plan))
+        plan.delta = report.as_result()
+        return staged
+
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(pending)))) as pool:
-        futures: dict[Future[Staged], FilePlan] = {
-            pool.submit(
-                stage,
-                source,
-                plan.layer,
-                plan.path,
-                retries,
-                max_unpacked_size=limit(plan.layer),
-                partial_dir=partial_dir,
-                progress=progress,
-            ): plan
-            for plan in pending
-        }
+        futures: dict[Future[Staged], FilePlan] = {pool.submit(one, plan): plan for plan in pending}
         not_done = wait(futures, return_when=FIRST_EXCEPTION).not_done
         for future in not_done:
             future.cancel()
@@ -479,6 +490,7 @@ def _file_result(plan: FilePlan) -> dict[str, t.Any]:
         "content_size": plan.content_size,
         "unpacked": plan.layer.packed,
         "changed": plan.changed,
+        "delta": plan.delta or {"used": False, "reason": "nothing was downloaded"},
     }
 
 
@@ -499,11 +511,13 @@ def fetch_image(
     check_mode: bool,
     apply_attributes: ApplyAttributes,
     on_retry: t.Callable[[str], None] | None = None,
+    warn: t.Callable[[str], None] | None = None,
 ) -> dict[str, t.Any]:
-    """Resolve, select, deliver; the module's one call (`on_retry` is told of every retried request)."""
+    """Resolve, select, deliver; the module's one call (`on_retry` is told of every retried request,
+    `warn` of seeds that cannot be used)."""
     started = time.monotonic()
     try:
-        result = _fetch(params, check_mode, apply_attributes, on_retry)
+        result = _fetch(params, check_mode, apply_attributes, on_retry, warn or (lambda _message: None))
     except (SourceError, SelectionError, DeliveryError) as exc:
         raise FetchError(str(exc)) from exc
     except OSError as exc:
@@ -524,6 +538,7 @@ def _fetch(
     check_mode: bool,
     apply_attributes: ApplyAttributes,
     on_retry: t.Callable[[str], None] | None,
+    warn: t.Callable[[str], None],
 ) -> dict[str, t.Any]:
     names = check_filenames(params.get("filenames"))
     architecture = node_architecture(params["architecture"])
@@ -604,6 +619,7 @@ def _fetch(
                     limit,
                     bookkeeping.partial_dir,
                     progress,
+                    DeltaFetch(source, chosen.digest, params, bookkeeping.state_dir, warn),
                 )
                 succeeded = True
             finally:

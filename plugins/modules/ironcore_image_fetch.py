@@ -172,6 +172,32 @@ options:
       - Refuse an image without a valid signature by one of O(signature_keys).
       - Defaults to V(true) when O(signature_keys) are given, else to V(false). V(true) without keys fails.
     type: bool
+  delta:
+    description:
+      - V(auto) builds a raw layer that has a block index (attached to the platform manifest as a referrer, see
+        docs/delta.md) from the blocks local O(seeds) already hold, and fetches only the other blocks, with
+        single-range GETs. Every block read from a seed is hashed again before it is used, all-zero blocks become
+        holes, and the assembled file must hash to the layer digest before it replaces anything; otherwise, and
+        whenever the image has no index, the index does not fit the layer, the delta would download more than
+        60 % of the layer, or the source ignores Range, the whole blob is downloaded as with V(never).
+      - RV(files.delta) says whether it was used, or why not.
+    type: str
+    choices: [auto, never]
+    default: auto
+    version_added: 0.3.0
+  seeds:
+    description:
+      - Local files or block devices that may hold blocks of the new layers, for example the previous release's
+        rootfs. The file currently at the destination is always a seed too.
+      - A seed that is missing, a directory or neither a regular file nor a block device is skipped with a
+        warning. Seeds are only read.
+      - The block hashes of a regular file are kept in the state directory, keyed on the file's device, inode,
+        size, mtime and ctime, so an unchanged seed is read only for the blocks it gives. Block devices are hashed
+        on every run.
+    type: list
+    elements: path
+    default: []
+    version_added: 0.3.0
 notes:
   - With O(layout) the module reads the image from disk and does not need C(requests).
   - C(oras) is not needed (since 0.2.0); the module reads O(docker_config) (C(auths) with C(auth),
@@ -278,6 +304,14 @@ files:
     changed:
       description: Whether this file was (or, in check mode, would be) written or had its attributes changed.
       type: bool
+    delta:
+      description:
+        - "How the file was delivered: C(used) V(true) with C(seed_bytes) (taken from seeds), C(fetched_bytes)
+          (received in ranges) and C(requests) (range GETs sent, retries included); or C(used) V(false) with
+          C(reason), for example that the image has no block index, the index was wrong (the file was then
+          downloaded whole), or that nothing was downloaded."
+      type: dict
+      version_added: 0.3.0
   sample:
     kernel:
       path: /srv/boot/amd64/vmlinuz
@@ -287,6 +321,9 @@ files:
       content_size: 12582912
       unpacked: false
       changed: true
+      delta:
+        used: false
+        reason: the layer is packed (tar+gzip); only raw layers have block indexes
 bytes_downloaded:
   description: Bytes received from the source in this run (0 in check mode).
   returned: always
@@ -343,6 +380,8 @@ def main() -> None:
         allow_shared_dest={"type": "bool", "default": False},
         signature_keys={"type": "list", "elements": "str", "no_log": False},
         require_signature={"type": "bool"},
+        delta={"type": "str", "choices": ["auto", "never"], "default": "auto"},
+        seeds={"type": "list", "elements": "path", "default": []},
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -361,7 +400,7 @@ def main() -> None:
             module.load_file_common_arguments(module.params, path=path), changed
         )
 
-    run(module, lambda: fetch_image(module.params, module.check_mode, apply_attributes, module.warn))
+    run(module, lambda: fetch_image(module.params, module.check_mode, apply_attributes, module.warn, module.warn))
 
 
 if __name__ == "__main__":
