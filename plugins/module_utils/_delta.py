@@ -100,6 +100,8 @@ class DeltaReport:
     seed_bytes: int = 0
     fetched_bytes: int = 0
     requests: int = 0
+    # The index, when it may describe the delivered file's blocks (kept for the seed cache; not a result).
+    index: BlockIndex | None = None
 
     def as_result(self) -> dict[str, t.Any]:
         if not self.used:
@@ -263,6 +265,29 @@ def hash_seed(seed: Seed, block_size: int, hash_length: int) -> bytes:
     return hasher.finish("sha256:" + "0" * 64).hashes
 
 
+def remember_hashes(path: str, index: BlockIndex, cache_dir: str) -> None:
+    """Cache the index's block hashes for the file just delivered at `path`, as hash_seed() would have.
+
+    The file hashed to the layer digest; hashes of the index that are wrong
+    can only make the next update fetch blocks it could have copied.
+    """
+    seed = open_seed(path, follow_symlinks=False)
+    if isinstance(seed, str):
+        return
+    try:
+        header = index.header
+        if seed.device or seed.size != header.layer_size:
+            return
+        document = canonical_json(_cache_header(seed, header.block_size, header.hash_length))
+        write_bytes_atomic(
+            _cache_path(cache_dir, seed, header.block_size, header.hash_length), document + b"\n" + index.hashes, 0o600
+        )
+    except OSError:
+        pass
+    finally:
+        seed.close()
+
+
 def seed_hashes(seed: Seed, block_size: int, hash_length: int, cache_dir: str | None) -> bytes:
     """The seed's block hashes, from the cache beside the fetch's state when the seed is unchanged since.
 
@@ -415,6 +440,8 @@ class _Counters:
     fetched_bytes: int = 0
     requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set when the assembly failed elsewhere: downloads still running stop at their next chunk.
+    stopped: threading.Event = field(default_factory=threading.Event)
 
     def add(self, fetched: int = 0, requests: int = 0) -> None:
         with self.lock:
@@ -498,6 +525,8 @@ def fetch_range(
                 if stream.offset != offset + done:
                     raise DeltaAbandoned("the source answered a Range request with the whole blob")
                 for chunk in stream.iter_chunks(DOWNLOAD_CHUNK):
+                    if counters.stopped.is_set():
+                        raise DeltaAbandoned("stopped: the assembly failed")
                     if done + len(chunk) > length:
                         raise DeltaAbandoned(
                             "the source answered a Range request with more than was asked (the whole blob?)"
@@ -598,21 +627,39 @@ def assemble(job: DeltaJob, index: BlockIndex, report: DeltaReport) -> Staged:
         fd = out.file.fileno()
         # Holes wherever nothing is written: the zero blocks.
         os.ftruncate(fd, layer.size)
-        seed_bytes, refetch = copy_from_seeds(index, plan, job.seeds, fd)
-        counters = _Counters(seed_bytes=seed_bytes)
-        if job.progress is not None:
-            job.progress.advance(layer.role, layer.size - plan.fetch_bytes)
-        extra = coalesce(_runs_of(refetch), header.block_size, layer.size, max_gap=0)
+        counters = _Counters()
 
         def advance(count: int) -> None:
             if job.progress is not None:
                 job.progress.advance(layer.role, count)
 
-        ranges = plan.ranges + extra
-        fetch_ranges(job.source, layer.digest, ranges, fd, job.concurrency, job.retries, job.backoff, counters, advance)
-        report.seed_bytes = counters.seed_bytes
-        report.fetched_bytes = counters.fetched_bytes
-        report.requests = counters.requests
+        def fetch(ranges: t.Sequence[tuple[int, int]]) -> None:
+            fetch_ranges(
+                job.source, layer.digest, ranges, fd, job.concurrency, job.retries, job.backoff, counters, advance
+            )
+
+        try:
+            # The ranges download while the seed blocks are read and confirmed: the network waits, the
+            # hashing works (hashlib lets go of the GIL), and the two write different parts of the file.
+            with ThreadPoolExecutor(max_workers=1) as background:
+                downloading = background.submit(fetch, plan.ranges)
+                try:
+                    counters.seed_bytes, refetch = copy_from_seeds(index, plan, job.seeds, fd)
+                except BaseException:
+                    counters.stopped.set()
+                    raise
+                finally:
+                    # Never leave while a download still writes to the file.
+                    wait([downloading])
+                downloading.result()
+            advance(layer.size - plan.fetch_bytes)
+            # Seed blocks that changed since they were hashed.
+            fetch(coalesce(_runs_of(refetch), header.block_size, layer.size, max_gap=0))
+        finally:
+            # Also when it fails: what was received counts in bytes_downloaded either way.
+            report.seed_bytes = counters.seed_bytes
+            report.fetched_bytes = counters.fetched_bytes
+            report.requests = counters.requests
         assembled = file_digest(fd, layer.size)
         if assembled.size != layer.size or assembled.digest != layer.digest:
             raise DeltaAbandoned(
@@ -667,8 +714,6 @@ def try_delta(job: DeltaJob, find_index: IndexFinder) -> tuple[Staged | None, De
     """The layer staged from seeds and ranges, or None and the reason the full download is to be used."""
     report = DeltaReport()
     try:
-        if not job.seeds:
-            raise DeltaAbandoned("no seed to build from")
         try:
             descriptor = find_index(job.layer)
         except (ImageError, OSError) as exc:
@@ -676,7 +721,12 @@ def try_delta(job: DeltaJob, find_index: IndexFinder) -> tuple[Staged | None, De
         if descriptor is None:
             raise DeltaAbandoned("the image has no block index for this layer")
         index = read_index_blob(job.source, descriptor, job.layer)
+        if not job.seeds:
+            # The first delivery: the index will spare the next update hashing this file.
+            report.index = index
+            raise DeltaAbandoned("no seed to build from")
         staged = assemble(job, index, report)
+        report.index = index
     except DeltaAbandoned as exc:
         report.reason = str(exc)
         return None, report
@@ -752,6 +802,7 @@ class DeltaFetch:
         self.find_index = index_finder(source, manifest_digest) if self.enabled else None
         self._lock = threading.Lock()
         self._warned: set[str] = set()
+        self._indexes: dict[str, BlockIndex] = {}
 
     def _warn_once(self, message: str) -> None:
         with self._lock:
@@ -789,6 +840,17 @@ class DeltaFetch:
             staged, report = try_delta(job, self.find_index)
         finally:
             close_seeds(seeds)
+        if report.index is not None:
+            with self._lock:
+                self._indexes[path] = report.index
+            report.index = None
         if staged is None:
-            return full(), report
+            staged = full()
+            staged.delivered.bytes_downloaded += report.fetched_bytes
         return staged, report
+
+    def remember(self, path: str) -> None:
+        """With the file at `path` in place and its attributes final: cache its block hashes for the next update."""
+        index = self._indexes.pop(path, None)
+        if index is not None and self.state_dir is not None:
+            remember_hashes(path, index, self.state_dir)

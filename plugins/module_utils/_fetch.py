@@ -223,8 +223,13 @@ def _current_content(
         status = os.fstat(stream.fileno())
         entry = entry or {}
         recorded = entry.get("digest") == layer.digest
-        if recorded and not verify and entry.get("identity") == stat_identity(status):
+        unchanged = not verify and entry.get("identity") == stat_identity(status)
+        if recorded and unchanged:
             return str(entry.get("content_digest"))
+        if unchanged and not layer.packed and entry.get("content_digest") not in (None, layer.digest):
+            # The record says this very file holds other bytes (the previous release): hashing a
+            # multi-GiB file to learn that again would cost an update as much as its download.
+            return None
         if layer.packed:
             if verify and derive is not None:
                 expected = derive(layer)
@@ -608,6 +613,7 @@ def _fetch(
             progress = ProgressRecorder(os.path.join(bookkeeping.state_dir, PROGRESS_FILE))
             progress.set_phase("plan")
             plans = plan_files(layers, dest, names, state, params["verify"], derive)
+            delta = DeltaFetch(source, chosen.digest, params, bookkeeping.state_dir, warn)
             succeeded = False
             try:
                 _deliver_all(
@@ -619,7 +625,7 @@ def _fetch(
                     limit,
                     bookkeeping.partial_dir,
                     progress,
-                    DeltaFetch(source, chosen.digest, params, bookkeeping.state_dir, warn),
+                    delta,
                 )
                 succeeded = True
             finally:
@@ -628,6 +634,8 @@ def _fetch(
                     if plan.content_digest and _regular_file(plan.path):
                         plan.changed = apply_attributes(plan.path, plan.changed)
                         state.record(plan.filename, plan.layer, plan.content_digest, plan.path)
+                        if plan.changed:
+                            delta.remember(plan.path)
                 state.save()
                 if succeeded:
                     progress.finish()

@@ -257,3 +257,24 @@ def test_seed_blocks_that_changed_since_hashing_are_fetched_instead(tmp_path, mo
     staged.commit()
     assert (setup.dest / "rootfs").read_bytes() == new
     assert report.fetched_bytes >= 100 * BLOCK
+
+
+def test_a_delivered_file_gets_its_hashes_from_the_index_without_being_read(tmp_path):
+    _old, new = old_and_new()
+    path = tmp_path / "rootfs"
+    path.write_bytes(new)
+    cache = tmp_path / "state"
+    cache.mkdir(mode=0o700)
+    index = index_of(new)
+    # Marked: if the file were hashed, these would not come back.
+    marked = BlockIndex(index.header, bytes(len(index.hashes)), index.zeros)
+    delta.remember_hashes(str(path), marked, str(cache))
+    seed = delta.open_seed(str(path))
+    assert isinstance(seed, delta.Seed)
+    assert delta.seed_hashes(seed, BLOCK, 16, str(cache)) == marked.hashes
+    seed.close()
+    # A file of another size than the index's is not remembered.
+    other = tmp_path / "other"
+    other.write_bytes(new[:-1])
+    delta.remember_hashes(str(other), marked, str(cache))
+    assert len(list(cache.iterdir())) == 1
