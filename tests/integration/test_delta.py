@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 from helpers.images import skopeo_push
+from helpers.inventory import local_host, outcomes, provision_slug, write_inventory
 
 from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
     ARTIFACT_TYPE,
@@ -34,6 +35,9 @@ from ansible_collections.ironcore.image.plugins.module_utils._registry_args impo
 from ansible_collections.ironcore.image.plugins.module_utils._store import RegistryStore
 
 MODULE = "ironcore.image.ironcore_image_fetch"
+PROVISION = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "playbooks", "provision.yml"
+)
 ROOTFS = "application/vnd.ironcore.image.rootfs"
 IMAGE_MIB = 64
 REPOSITORY = "delta/os"
@@ -93,8 +97,9 @@ class Pushed:
     path: str
 
 
-def push_rootfs(registry, layout_dir: str, tag: str, rootfs: str, note: str) -> Pushed:
-    """A virtualization image whose one raw rootfs layer is `rootfs`; `note` makes its manifest its own."""
+def push_rootfs(registry, layout_dir: str, tag: str, rootfs: str, note: str, boot: bool = False) -> Pushed:
+    """An image whose raw rootfs layer is `rootfs` (with `boot`, also a small kernel and initramfs, so that it
+    serves both platforms); `note` makes its manifest its own."""
     layout = OciLayout(layout_dir)
     layout.ensure()
     config = canonical_json({"commandLine": "console=ttyS0 %s" % note})
@@ -103,12 +108,17 @@ def push_rootfs(registry, layout_dir: str, tag: str, rootfs: str, note: str) -> 
         blob = stream.read()
     layout.put_bytes(blob)
     layer = descriptor_for(ROOTFS, blob)
+    layers = [layer]
+    for role in ("initramfs", "kernel") if boot else ():
+        data = ("%s of %s\n" % (role, note)).encode() * 100
+        layout.put_bytes(data)
+        layers.append(descriptor_for("application/vnd.ironcore.image." + role, data))
     manifest = canonical_json(
         {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
             "config": descriptor_for(CONFIG_MEDIA_TYPE, config),
-            "layers": [layer],
+            "layers": layers,
         }
     )
     layout.put_bytes(manifest)
@@ -303,3 +313,45 @@ def test_a_range_answered_with_the_whole_blob_means_a_full_fetch(
     delta = result["files"]["rootfs"]["delta"]
     assert delta["used"] is False and "whole blob" in delta["reason"], delta
     assert same_bytes(os.path.join(dest, "rootfs"), pushed.path)
+
+
+def test_the_provision_role_updates_a_hypervisor_and_a_boot_server_from_a_to_b(
+    ansible, registry_plain, releases, tmp_path
+):
+    layout = str(tmp_path / "layout")
+    a = push_rootfs(registry_plain, layout, "role-a", releases["a"].path, "role-a", boot=True)
+    b = push_rootfs(registry_plain, layout, "role-b", releases["b"].path, "role-b", boot=True)
+    attach_index(registry_plain, a, index_of(a.path).encode())
+    attach_index(registry_plain, b, index_of(b.path).encode())
+    common = {"provision_registry_plain_http": True, "provision_cache_dir": str(tmp_path / "cache")}
+    hosts = {
+        "hypervisors": {"hv": local_host(provision_pool_dir=str(tmp_path / "pool"), **common)},
+        "baremetal": {
+            "boot": local_host(
+                provision_boot_dir=str(tmp_path / "boot"), provision_boot_url="http://pxe.example.com/boot", **common
+            )
+        },
+    }
+
+    def provision(name: str) -> dict:
+        inventory = write_inventory(str(tmp_path / "hosts.yml"), hosts, {"provision_name": name})
+        rc, document, stderr = ansible.playbook(PROVISION, inventory=inventory)
+        assert rc == 0, (outcomes(document)["failed"], stderr[-2000:])
+        fetched = {}
+        for kind in ("changed", "ok"):
+            for task, host, result in outcomes(document)[kind]:
+                if task == "Fetch the image's files":
+                    fetched[host] = result["files"]["rootfs"]
+        return fetched
+
+    provision(a.name)
+    fetched = provision(b.name)
+    slug = provision_slug(b.name)
+    delivered = {"hv": tmp_path / "pool" / (slug + ".raw"), "boot": tmp_path / "boot" / slug / "rootfs"}
+    for host, path in delivered.items():
+        delta = fetched[host]["delta"]
+        assert delta["used"] is True, (host, delta)
+        assert delta["fetched_bytes"] < 0.3 * b.layer_size, (host, delta)
+        assert same_bytes(str(path), b.path), host
+    # Release A is still kept (provision_keep_versions: 2), and was the seed.
+    assert same_bytes(str(tmp_path / "pool" / (provision_slug(a.name) + ".raw")), a.path)
