@@ -1,0 +1,561 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+#
+# Private to the ironcore.image collection: no compatibility promise for
+# anything outside it.
+
+"""Referrers of a subject in an image store: attach, list and read them.
+
+A referrer is an OCI image manifest with an `artifactType`, the empty config
+and a `subject` descriptor naming the manifest or index it is about (a block
+index, a provenance, an SBOM). A registry with the referrers API indexes it
+by itself when the manifest is pushed (it answers with `OCI-Subject`). A
+registry without it (distribution 2.8 answers 404), and every layout, get the
+referrers tag schema instead: the name `sha256-<hex of the subject>` points
+at an image index listing the referrer descriptors. That index is updated
+read-modify-write; in a layout under the layout's lock, in a registry (where
+nothing can be locked) by re-reading it after the write and trying again when
+a concurrent writer dropped our entry.
+
+The stores are the copy engine's (`_store.py`), every document is checked by
+`_walk.py`'s checks, and HTTP goes through `_client.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+import threading
+import time
+import typing as t
+from dataclasses import dataclass, field
+
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, RegistryError
+from ansible_collections.ironcore.image.plugins.module_utils._io import canonical_json, hash_file, sha256_digest
+from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError
+from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    MAX_DOCUMENT_SIZE,
+    MAX_INDEX_ENTRIES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    SHA256_DIGEST_RE,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
+from ansible_collections.ironcore.image.plugins.module_utils._walk import (
+    Document,
+    WalkError,
+    check_descriptor,
+    check_document,
+)
+
+EMPTY_CONFIG_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
+# The OCI empty descriptor's blob: digest sha256:44136fa3...a, size 2.
+EMPTY_CONFIG = b"{}"
+# The header a registry with the referrers API answers a manifest PUT with when it indexed its subject.
+SUBJECT_HEADER = "OCI-Subject"
+# A referrer manifest lists a handful of layers; more than this is not one we write or read.
+MAX_REFERRER_LAYERS = 256
+# Read-modify-write rounds of a registry's tag-schema index before giving up on concurrent writers.
+TAG_SCHEMA_ATTEMPTS = 6
+# After our write, a pause before the re-read, so that a writer who read before our write has landed
+# its own write by then; and the base of the backoff between rounds (both jittered).
+SETTLE_SECONDS = 0.1
+BACKOFF_SECONDS = 0.2
+
+Store = t.Union[LayoutStore, RegistryStore]
+
+# Threads of one process that update the same tag-schema index wait for each other (processes cannot).
+_TAG_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
+_TAG_LOCKS_GUARD = threading.Lock()
+
+
+class ReferrersError(ImageError):
+    """Referrers cannot be attached or read: a malformed index or manifest, or a registry refusal; one line."""
+
+
+@dataclass(frozen=True)
+class ReferrerBlob:
+    """One layer of a referrer manifest: small bytes in memory, or a file streamed from the local host."""
+
+    media_type: str
+    data: bytes | None = None
+    path: str | None = None
+    annotations: t.Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Referrer:
+    """One entry of a subject's referrers list (an OCI descriptor)."""
+
+    digest: str
+    size: int
+    media_type: str
+    artifact_type: str
+    annotations: t.Mapping[str, str]
+
+    @property
+    def descriptor(self) -> dict[str, t.Any]:
+        """The descriptor as the tag-schema index lists it."""
+        entry: dict[str, t.Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.artifact_type:
+            entry["artifactType"] = self.artifact_type
+        if self.annotations:
+            entry["annotations"] = dict(self.annotations)
+        return entry
+
+
+def referrers_tag(subject_digest: str) -> str:
+    """The tag-schema name of a subject's referrers index: sha256-<hex>."""
+    if not isinstance(subject_digest, str) or not SHA256_DIGEST_RE.match(subject_digest):
+        raise ReferrersError("the subject %r is no sha256 digest; referrers need sha256:<64 hex>" % (subject_digest,))
+    return subject_digest.replace(":", "-", 1)
+
+
+# ---- pure parts: the documents --------------------------------------------------
+
+
+def empty_descriptor() -> dict[str, t.Any]:
+    return {"mediaType": EMPTY_CONFIG_MEDIA_TYPE, "digest": sha256_digest(EMPTY_CONFIG), "size": len(EMPTY_CONFIG)}
+
+
+def subject_descriptor(subject: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """{mediaType, digest, size} of the subject, refused when any is missing or invalid."""
+    try:
+        digest, size = check_descriptor(subject, "the subject")
+    except WalkError as exc:
+        raise ReferrersError(str(exc)) from exc
+    media_type = subject.get("mediaType")
+    if not isinstance(media_type, str) or not media_type:
+        raise ReferrersError("the subject %s has no mediaType; give the descriptor {mediaType, digest, size}" % digest)
+    return {"mediaType": media_type, "digest": digest, "size": size}
+
+
+def referrer_manifest(
+    subject: t.Mapping[str, t.Any],
+    artifact_type: str,
+    layers: t.Sequence[t.Mapping[str, t.Any]],
+    annotations: t.Mapping[str, str] | None = None,
+) -> bytes:
+    """The exact bytes of an artifact manifest: artifactType, the empty config, the layers, the subject."""
+    if not isinstance(artifact_type, str) or "/" not in artifact_type:
+        raise ReferrersError("artifact_type %r is no media type (type/subtype)" % (artifact_type,))
+    if len(layers) > MAX_REFERRER_LAYERS:
+        raise ReferrersError("a referrer may have at most %d layers, got %d" % (MAX_REFERRER_LAYERS, len(layers)))
+    body: dict[str, t.Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": empty_descriptor(),
+        # The OCI spec: an artifact without content of its own still lists one layer, the empty one.
+        "layers": [dict(layer) for layer in layers] or [empty_descriptor()],
+        "subject": subject_descriptor(subject),
+    }
+    if annotations:
+        body["annotations"] = _string_map(annotations, "annotations")
+    data = canonical_json(body)
+    if len(data) > MAX_DOCUMENT_SIZE:
+        raise ReferrersError("the referrer manifest would be larger than 4 MiB; give fewer or smaller annotations")
+    return data
+
+
+def referrer_of(manifest: bytes, artifact_type: str, annotations: t.Mapping[str, str] | None) -> Referrer:
+    return Referrer(
+        digest=sha256_digest(manifest),
+        size=len(manifest),
+        media_type=OCI_MANIFEST,
+        artifact_type=artifact_type,
+        annotations=dict(annotations or {}),
+    )
+
+
+def referrers_index(entries: t.Sequence[Referrer]) -> bytes:
+    """The tag-schema index listing these referrers, in their order."""
+    if len(entries) > MAX_INDEX_ENTRIES:
+        raise ReferrersError(
+            "a subject may have at most %d referrers in the tag schema; this one would have %d"
+            % (MAX_INDEX_ENTRIES, len(entries))
+        )
+    return canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [r.descriptor for r in entries]})
+
+
+def parse_referrers(data: bytes, where: str) -> list[Referrer]:
+    """The entries of a referrers index (tag schema or API answer), each checked; one-line errors."""
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ReferrersError("the referrers index %s is not JSON" % where) from exc
+    if not isinstance(body, dict):
+        raise ReferrersError("the referrers index %s is not a JSON object" % where)
+    manifests = body.get("manifests", [])
+    if not isinstance(manifests, list):
+        raise ReferrersError("the referrers index %s has a manifests that is not a list" % where)
+    if len(manifests) > MAX_INDEX_ENTRIES:
+        raise ReferrersError(
+            "the referrers index %s lists %d entries, more than %d; refusing it"
+            % (where, len(manifests), MAX_INDEX_ENTRIES)
+        )
+    referrers = []
+    for position, entry in enumerate(manifests):
+        what = "entry %d of the referrers index %s" % (position, where)
+        try:
+            digest, size = check_descriptor(entry, what)
+        except WalkError as exc:
+            raise ReferrersError(str(exc)) from exc
+        media_type = entry.get("mediaType", OCI_MANIFEST)
+        artifact_type = entry.get("artifactType", "")
+        if not isinstance(media_type, str) or not isinstance(artifact_type, str):
+            raise ReferrersError("%s has a mediaType or artifactType that is not a string" % what)
+        annotations = entry.get("annotations") or {}
+        referrers.append(Referrer(digest, size, media_type, artifact_type, _string_map(annotations, what)))
+    return referrers
+
+
+def merged(entries: t.Sequence[Referrer], new: Referrer) -> list[Referrer]:
+    """The list with `new` in it once, at the end when it was not there before."""
+    return [entry for entry in entries if entry.digest != new.digest] + [new]
+
+
+def _string_map(value: t.Any, what: str) -> dict[str, str]:
+    if not isinstance(value, t.Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ReferrersError("%s: annotations must map strings to strings" % what)
+    return dict(value)
+
+
+def _filtered(referrers: t.Iterable[Referrer], artifact_type: str | None) -> list[Referrer]:
+    return [entry for entry in referrers if artifact_type is None or entry.artifact_type == artifact_type]
+
+
+# ---- the blobs of a referrer ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Layer:
+    blob: ReferrerBlob
+    digest: str
+    size: int
+
+    @property
+    def descriptor(self) -> dict[str, t.Any]:
+        entry: dict[str, t.Any] = {"mediaType": self.blob.media_type, "digest": self.digest, "size": self.size}
+        if self.blob.annotations:
+            entry["annotations"] = _string_map(self.blob.annotations, "a referrer blob")
+        return entry
+
+
+def _measure(blob: ReferrerBlob) -> _Layer:
+    """Digest and size of a blob; a file is hashed streaming, never read whole."""
+    if (blob.data is None) == (blob.path is None):
+        raise ReferrersError("a referrer blob needs exactly one of data and path")
+    if not isinstance(blob.media_type, str) or "/" not in blob.media_type:
+        raise ReferrersError("a referrer blob's media_type %r is no media type" % (blob.media_type,))
+    if blob.data is not None:
+        return _Layer(blob, sha256_digest(blob.data), len(blob.data))
+    try:
+        digest, size = hash_file(str(blob.path))
+    except OSError as exc:
+        raise ReferrersError("referrer blob %s cannot be read: %s" % (blob.path, exc.strerror or exc)) from exc
+    return _Layer(blob, digest, size)
+
+
+def _put_blob(store: Store, layer: _Layer) -> None:
+    blob = layer.blob
+    if isinstance(store, LayoutStore):
+        try:
+            if blob.data is not None:
+                store.layout.put_bytes(blob.data)
+                return
+            digest, _size, _written = store.layout.import_file(str(blob.path))
+        except (LayoutError, OSError) as exc:
+            raise ReferrersError("storing a referrer blob in %s failed: %s" % (store.describe(), exc)) from exc
+        if digest != layer.digest:
+            raise ReferrersError("referrer blob %s changed while it was stored; nothing was attached" % blob.path)
+        return
+    if store.has_blob(layer.digest, layer.size):
+        return
+    # Only the upload helpers know how to send a body; a small blob in memory is its own file.
+    from ansible_collections.ironcore.image.plugins.module_utils._upload import (
+        ByteCounter,
+        FileSlice,
+        upload_blob,
+        upload_from,
+    )
+
+    repository = str(store.repository)
+    if blob.data is not None:
+        data = blob.data
+        counter = ByteCounter()
+        upload_from(
+            store.client,
+            repository,
+            layer.digest,
+            layer.size,
+            lambda start, length: FileSlice(io.BytesIO(data), start, length, counter),
+        )
+    else:
+        upload_blob(store.client, repository, layer.digest, layer.size, str(blob.path), store.chunk_size)
+
+
+# ---- listing ----------------------------------------------------------------
+
+
+def list_referrers(store: Store, subject_digest: str, artifact_type: str | None = None) -> list[Referrer]:
+    """The referrers of a subject (of one artifact type, when given); [] when it has none."""
+    referrers, _by_api = _listing(store, subject_digest, artifact_type)
+    return _filtered(referrers, artifact_type)
+
+
+def _listing(store: Store, subject_digest: str, artifact_type: str | None = None) -> tuple[list[Referrer], bool]:
+    """(referrers, whether the registry's referrers API answered) of a subject."""
+    tag = referrers_tag(subject_digest)
+    if isinstance(store, RegistryStore):
+        answered = _api_listing(store, subject_digest, artifact_type)
+        if answered is not None:
+            return answered, True
+    current = _tag_schema(store, tag)
+    return (current[1] if current else []), False
+
+
+def _api_listing(store: RegistryStore, subject_digest: str, artifact_type: str | None) -> list[Referrer] | None:
+    """GET /v2/<repository>/referrers/<digest>, or None when the registry has no referrers API (404)."""
+    from ansible_collections.ironcore.image.plugins.module_utils._client import BlobStream
+
+    client, repository = store.client, str(store.repository)
+    what = "listing the referrers of %s in %s" % (subject_digest, store.describe())
+    response = client.request(
+        "GET",
+        client.url(repository, "referrers", subject_digest),
+        what=what,
+        repository=repository,
+        headers={"Accept": OCI_INDEX},
+        params={"artifactType": artifact_type} if artifact_type else None,
+        ok=(200, 404),
+        stream=True,
+    )
+    try:
+        if response.status_code == 404:
+            return None
+        data = bytearray()
+        for chunk in BlobStream(response, 0, what, client).iter_chunks(65536):
+            data += chunk
+            if len(data) > MAX_DOCUMENT_SIZE:
+                raise ReferrersError("%s failed: the registry answered with more than 4 MiB; refusing it" % what)
+    finally:
+        response.close()
+    return parse_referrers(bytes(data), "of %s in %s" % (subject_digest, store.describe()))
+
+
+def _tag_schema(store: Store, tag: str) -> tuple[dict[str, t.Any], list[Referrer]] | None:
+    """(descriptor, entries) of the tag-schema index `tag`, or None when there is none."""
+    where = "%s in %s" % (tag, store.describe())
+    if isinstance(store, LayoutStore):
+        # Looked up as exactly this name: the layout's other spellings of a name would find a bare `latest`.
+        try:
+            found = store.layout.refs().get(tag) if store.layout.exists() else None
+        except LayoutError as exc:
+            raise ReferrersError(str(exc)) from exc
+        descriptor = None if found is None else {k: v for k, v in found.items() if k != "annotations"}
+    else:
+        descriptor = store.current_name(tag)
+    if descriptor is None:
+        return None
+    try:
+        digest, size = check_descriptor(descriptor, "the descriptor of %s" % where)
+        data = check_document(store.read_document(digest, size), digest, size, store.describe())
+    except WalkError as exc:
+        raise ReferrersError("the referrers index %s is unusable: %s" % (where, exc)) from exc
+    return descriptor, parse_referrers(data, where)
+
+
+def read_referrer(store: Store, referrer: Referrer) -> dict[str, t.Any]:
+    """The referrer's manifest, checked against its digest, size and the 4 MiB cap."""
+    try:
+        digest, size = check_descriptor(referrer.descriptor, "a referrer")
+        data = check_document(store.read_document(digest, size), digest, size, store.describe())
+    except WalkError as exc:
+        raise ReferrersError(str(exc)) from exc
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ReferrersError("referrer %s in %s is not JSON" % (referrer.digest, store.describe())) from exc
+    if not isinstance(body, dict) or not isinstance(body.get("layers", []), list):
+        raise ReferrersError("referrer %s in %s is not a manifest" % (referrer.digest, store.describe()))
+    if len(body.get("layers", [])) > MAX_REFERRER_LAYERS:
+        raise ReferrersError(
+            "referrer %s in %s has more than %d layers" % (referrer.digest, store.describe(), MAX_REFERRER_LAYERS)
+        )
+    return t.cast(t.Dict[str, t.Any], body)
+
+
+# ---- attaching ----------------------------------------------------------------
+
+
+def attach_referrer(
+    store: Store,
+    subject: t.Mapping[str, t.Any],
+    artifact_type: str,
+    blobs: t.Sequence[ReferrerBlob],
+    annotations: t.Mapping[str, str] | None = None,
+    check_mode: bool = False,
+) -> tuple[bool, str]:
+    """Attach an artifact manifest about `subject` as its referrer; (changed, manifest digest).
+
+    The manifest has `artifactType`, the empty config, `blobs` as its layers
+    and `subject` = {mediaType, digest, size} of the given descriptor. The same
+    content attached again changes nothing (changed False, nothing written).
+    """
+    layers = [_measure(blob) for blob in blobs]
+    manifest = referrer_manifest(subject, artifact_type, [layer.descriptor for layer in layers], annotations)
+    referrer = referrer_of(manifest, artifact_type, annotations)
+    subject_digest = str(subject["digest"])
+    changed = attach_manifest(store, subject_digest, referrer, manifest, lambda: _put_blobs(store, layers), check_mode)
+    return changed, referrer.digest
+
+
+def _put_blobs(store: Store, layers: t.Sequence[_Layer]) -> None:
+    config = _Layer(ReferrerBlob(EMPTY_CONFIG_MEDIA_TYPE, data=EMPTY_CONFIG), *_digest_size(EMPTY_CONFIG))
+    for layer in [config, *layers]:
+        _put_blob(store, layer)
+
+
+def _digest_size(data: bytes) -> tuple[str, int]:
+    return sha256_digest(data), len(data)
+
+
+def attach_manifest(
+    store: Store,
+    subject_digest: str,
+    referrer: Referrer,
+    manifest: bytes,
+    put_blobs: t.Callable[[], None],
+    check_mode: bool = False,
+) -> bool:
+    """Store a referrer manifest whose blobs `put_blobs()` stores, and list it for its subject; False when it was.
+
+    Shared by attach_referrer() and the copy engine, which carries referrers
+    from one store to another with their exact bytes.
+    """
+    if isinstance(store, LayoutStore):
+        return _attach_to_layout(store, subject_digest, referrer, manifest, put_blobs, check_mode)
+    return _attach_to_registry(store, subject_digest, referrer, manifest, put_blobs, check_mode)
+
+
+def _attach_to_layout(
+    store: LayoutStore,
+    subject_digest: str,
+    referrer: Referrer,
+    manifest: bytes,
+    put_blobs: t.Callable[[], None],
+    check_mode: bool,
+) -> bool:
+    tag = referrers_tag(subject_digest)
+    store.require()
+    layout = store.layout
+    if check_mode:
+        current = _tag_schema(store, tag)
+        return not (current and any(entry.digest == referrer.digest for entry in current[1]))
+    try:
+        # The blob lock first (a prune waits until the name is recorded), then the index lock.
+        with layout.adding_blobs():
+            current = _tag_schema(store, tag)
+            if current and any(entry.digest == referrer.digest for entry in current[1]):
+                return False
+            put_blobs()
+            layout.put_bytes(manifest)
+            with layout.locked():
+                current = _tag_schema(store, tag)
+                entries = current[1] if current else []
+                if any(entry.digest == referrer.digest for entry in entries):
+                    return False
+                data = referrers_index(merged(entries, referrer))
+                layout.put_bytes(data)
+                layout.set_refs({tag: Document(sha256_digest(data), OCI_INDEX, data, True).descriptor})
+    except LayoutError as exc:
+        raise ReferrersError(
+            "attaching a referrer to %s in %s failed: %s" % (subject_digest, store.describe(), exc)
+        ) from exc
+    except OSError as exc:
+        raise ReferrersError(
+            "attaching a referrer to %s in %s failed: %s" % (subject_digest, store.describe(), exc.strerror or exc)
+        ) from exc
+    return True
+
+
+def _attach_to_registry(
+    store: RegistryStore,
+    subject_digest: str,
+    referrer: Referrer,
+    manifest: bytes,
+    put_blobs: t.Callable[[], None],
+    check_mode: bool,
+) -> bool:
+    tag = referrers_tag(subject_digest)
+    listed, by_api = _listing(store, subject_digest)
+    if any(entry.digest == referrer.digest for entry in listed):
+        return False
+    if check_mode:
+        return True
+    put_blobs()
+    indexed = _put_manifest(store, referrer.digest, manifest)
+    if indexed or by_api:
+        # The registry lists it by itself.
+        return True
+    with _thread_lock(store, tag):
+        _update_tag_schema(store, tag, referrer)
+    return True
+
+
+def _put_manifest(store: RegistryStore, digest: str, manifest: bytes) -> bool:
+    """PUT the referrer by digest; True when the registry says (OCI-Subject) that it indexed the subject."""
+    client, repository = store.client, str(store.repository)
+    what = "pushing referrer %s to %s" % (digest, store.describe())
+    response = client.request(
+        "PUT",
+        client.url(repository, "manifests", digest),
+        what=what,
+        repository=repository,
+        actions=("pull", "push"),
+        headers={"Content-Type": OCI_MANIFEST},
+        body=manifest,
+        ok=(200, 201),
+    )
+    stored = response.headers.get("Docker-Content-Digest")
+    if stored and stored != digest:
+        raise RegistryError(
+            "%s failed: the registry stored digest %s, not %s (it rewrote the document)" % (what, stored, digest),
+            code="DIGEST_INVALID",
+        )
+    return bool(response.headers.get(SUBJECT_HEADER))
+
+
+def _update_tag_schema(store: RegistryStore, tag: str, referrer: Referrer) -> None:
+    """Read-modify-write the tag-schema index; re-read after each write, again while a concurrent writer drops us."""
+    for attempt in range(TAG_SCHEMA_ATTEMPTS):
+        current = _tag_schema(store, tag)
+        entries = current[1] if current else []
+        if any(entry.digest == referrer.digest for entry in entries):
+            return
+        data = referrers_index(merged(entries, referrer))
+        document = Document(sha256_digest(data), OCI_INDEX, data, True)
+        store.set_name(tag, document.descriptor, document)
+        # A writer who read the index before our write lands its own write by now, then we see it.
+        time.sleep(SETTLE_SECONDS * random.uniform(0.5, 1.5))
+        after = _tag_schema(store, tag)
+        if after and any(entry.digest == referrer.digest for entry in after[1]):
+            return
+        time.sleep(BACKOFF_SECONDS * (attempt + 1) * random.uniform(0.5, 1.5))
+    raise ReferrersError(
+        "the referrers index %s in %s kept losing referrer %s to concurrent writers (%d attempts); run again"
+        % (tag, store.describe(), referrer.digest, TAG_SCHEMA_ATTEMPTS),
+        retryable=True,
+    )
+
+
+@contextlib.contextmanager
+def _thread_lock(store: RegistryStore, tag: str) -> t.Iterator[None]:
+    key = (str(store.registry), str(store.repository), tag)
+    with _TAG_LOCKS_GUARD:
+        lock = _TAG_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        yield
