@@ -609,10 +609,6 @@ def assemble(job: DeltaJob, index: BlockIndex, report: DeltaReport) -> Staged:
     """Build the layer in its partial file from seeds and ranges; verified against the layer digest, not committed."""
     layer = job.layer
     header = index.header
-    hashes = [seed_hashes(seed, header.block_size, header.hash_length, job.cache_dir) for seed in job.seeds]
-    plan = make_plan(index, hashes)
-    del hashes
-    check_worth_it(plan, layer.size)
     directory, filename = os.path.split(job.path)
     partial = partial_path(job.partial_dir or directory, filename, layer.digest)
     try:
@@ -622,6 +618,10 @@ def assemble(job: DeltaJob, index: BlockIndex, report: DeltaReport) -> Staged:
     if 0 <= kept < layer.size:
         # An interrupted full download of this very blob: continuing it is cheaper than starting over.
         raise DeltaAbandoned("a partial download of this layer is continued instead")
+    hashes = [seed_hashes(seed, header.block_size, header.hash_length, job.cache_dir) for seed in job.seeds]
+    plan = make_plan(index, hashes)
+    del hashes
+    check_worth_it(plan, layer.size)
     out = AtomicFile(job.path, temp_path=partial)
     try:
         fd = out.file.fileno()

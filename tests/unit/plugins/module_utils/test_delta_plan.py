@@ -278,3 +278,19 @@ def test_a_delivered_file_gets_its_hashes_from_the_index_without_being_read(tmp_
     other.write_bytes(new[:-1])
     delta.remember_hashes(str(other), marked, str(cache))
     assert len(list(cache.iterdir())) == 1
+
+
+def test_an_interrupted_full_download_is_continued_rather_than_replaced(tmp_path):
+    old, new = old_and_new()
+    setup = Setup(tmp_path, old, new)
+    descriptor = setup.add_index(index_of(new).encode())
+    partial = delta.partial_path(str(setup.state), "rootfs", setup.digest)
+    with open(partial, "wb") as kept:
+        kept.write(new[:5000])
+    job = setup.job()
+    staged, report = delta.try_delta(job, lambda _layer: descriptor)
+    delta.close_seeds(job.seeds)
+    assert staged is None
+    assert "continued instead" in str(report.reason)
+    with open(partial, "rb") as kept:
+        assert kept.read() == new[:5000]
