@@ -30,7 +30,7 @@ def index_of(data: bytes, block_size: int = BLOCK) -> BlockIndex:
 
 def blocks(count: int, seed: int) -> list[bytes]:
     generator = random.Random(seed)
-    return [generator.randbytes(BLOCK) for _ in range(count)]
+    return [generator.randbytes(BLOCK) for _number in range(count)]
 
 
 def old_and_new() -> tuple[bytes, bytes]:
