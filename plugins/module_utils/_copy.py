@@ -13,21 +13,47 @@ blobs, `concurrency` at a time and largest first, each skipped when the
 destination has it, mounted when the destination registry has it in another
 repository (the source's own repository first when both are on one
 registry), else copied; then every document as its exact bytes, children
-first; then the names, the main name last. A failure anywhere leaves every
-name where it was; check mode asks the same questions and writes nothing.
+first; then what travels with the image (below); then the names, the main
+name last. A failure anywhere leaves every name where it was; check mode
+asks the same questions and writes nothing.
+
+What travels with the image, for every index and manifest it reaches: the
+cosign signatures (`sha256-<hex>.sig`) and the referrers (`_referrers.py`),
+with their blobs, referrers of referrers too. Each is sent only when the
+destination lacks it, after the image's own blobs and documents and before
+its names, so whoever sees a name also sees its signatures. A destination
+`.sig` with signers the source lacks keeps them: the source's are appended.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._io import canonical_json, sha256_digest
+from ansible_collections.ironcore.image.plugins.module_utils._model import OCI_MANIFEST
+from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
+    Referrer,
+    Store,
+    attach_manifest,
+    list_referrers,
+    put_small_blob,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._sign import SIGNATURE_ANNOTATION
+from ansible_collections.ironcore.image.plugins.module_utils._signatures import OCI_CONFIG, signature_config
 from ansible_collections.ironcore.image.plugins.module_utils._store import ImageDestination, ImageSource
 from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter
-from ansible_collections.ironcore.image.plugins.module_utils._walk import Document, Graph, walk
+from ansible_collections.ironcore.image.plugins.module_utils._walk import (
+    Document,
+    Graph,
+    WalkError,
+    check_document,
+    walk,
+)
 
 
 class CopyError(ImageError):
@@ -43,12 +69,35 @@ class NamedRoot:
     document: Document
 
 
+@dataclass(frozen=True)
+class SignatureNames:
+    """What each side calls the `.sig` of a digest: a tag in a registry, a full reference in a layout."""
+
+    source: t.Callable[[str], str]
+    destination: t.Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A signature or referrer of `subject`: its document, and the graph (documents, blobs) it reaches."""
+
+    subject: str
+    document: Document
+    graph: Graph
+    # A `.sig`: (source name, destination name); a referrer: its entry in the subject's list.
+    signature_names: tuple[str, str] | None = None
+    referrer: Referrer | None = None
+    # Small blobs that are not the source's (a merged `.sig`'s config), stored from memory.
+    extra: t.Mapping[str, bytes] = field(default_factory=dict)
+
+
 @dataclass
 class CopyPlan:
     """Everything a copy moves, read from the source before anything is written; the main name last."""
 
     roots: list[NamedRoot]
     graph: Graph
+    attachments: list[Attachment] = field(default_factory=list)
 
     @property
     def main(self) -> NamedRoot:
@@ -77,10 +126,13 @@ class CopyResult:
     elapsed: float = 0.0
     documents: int = 0
     names: list[str] = field(default_factory=list)
+    # Signatures and referrers sent (or that would be), by the digest of their document.
+    signatures: list[str] = field(default_factory=list)
+    referrers: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return bool(self.moved)
+        return bool(self.moved or self.signatures or self.referrers)
 
     @property
     def bytes_per_second(self) -> int:
@@ -90,8 +142,11 @@ class CopyResult:
 # ---- planning -----------------------------------------------------------------
 
 
-def plan_copy(source: ImageSource, names: t.Sequence[tuple[str, str]]) -> CopyPlan:
-    """Resolve (source name, destination name) pairs, the main pair last, and walk what they reach."""
+def plan_copy(source: ImageSource, names: t.Sequence[tuple[str, str]], carry: SignatureNames | None = None) -> CopyPlan:
+    """Resolve (source name, destination name) pairs, the main pair last, and walk what they reach.
+
+    With `carry`, also the signatures and referrers of every document reached.
+    """
     resolved = [(destination, source.resolve(name)) for name, destination in names]
     graph = walk(source.read_document, [descriptor for _name, descriptor in resolved], source.describe())
     for digest, size in graph.blobs.items():
@@ -100,7 +155,38 @@ def plan_copy(source: ImageSource, names: t.Sequence[tuple[str, str]]) -> CopyPl
         NamedRoot(name, _recorded(descriptor), graph.by_digest[str(descriptor["digest"])])
         for name, descriptor in resolved
     ]
-    return CopyPlan(roots=roots, graph=graph)
+    attachments = plan_attachments(source, graph, carry) if carry is not None else []
+    return CopyPlan(roots=roots, graph=graph, attachments=attachments)
+
+
+def plan_attachments(source: ImageSource, graph: Graph, names: SignatureNames) -> list[Attachment]:
+    """The signatures and referrers of every document of `graph`, and of every referrer found, each walked."""
+    store = t.cast(Store, source)
+    found: list[Attachment] = []
+    pending = [document.digest for document in graph.documents]
+    seen: set[str] = set()
+    while pending:
+        digest = pending.pop(0)
+        if digest in seen:
+            continue
+        seen.add(digest)
+        signature_name = names.source(digest)
+        descriptor = source.current_name(signature_name)
+        if descriptor is not None:
+            document, reached = _walk_one(source, _recorded(descriptor))
+            found.append(Attachment(digest, document, reached, (signature_name, names.destination(digest))))
+        for referrer in list_referrers(store, digest):
+            document, reached = _walk_one(source, referrer.descriptor)
+            found.append(Attachment(digest, document, reached, referrer=referrer))
+            pending.append(referrer.digest)
+    return found
+
+
+def _walk_one(source: ImageSource, descriptor: t.Mapping[str, t.Any]) -> tuple[Document, Graph]:
+    reached = walk(source.read_document, [descriptor], source.describe())
+    for digest, size in reached.blobs.items():
+        source.check_blob(digest, size)
+    return reached.by_digest[str(descriptor["digest"])], reached
 
 
 def _recorded(descriptor: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
@@ -242,15 +328,24 @@ def copy(
     moved = moved_names(plan, before)
     counts = BlobCounts(skipped=len(plan.graph.blobs))
     documents = 0
-    if moved:
+    carried = missing_attachments(destination, plan.attachments)
+    if moved or carried:
         if not check_mode:
             destination.prepare()
         candidates = mount_candidates(source, destination, mount_from)
-        counts = _BlobCopier(source, destination, candidates, check_mode, retries).run(plan.graph.blobs, concurrency)
+        copier = _BlobCopier(source, destination, candidates, check_mode, retries)
+        if moved:
+            counts = copier.run(plan.graph.blobs, concurrency)
+            if not check_mode:
+                for document in documents_to_put(plan):
+                    destination.put_document(document)
+                    documents += 1
+        # Before the names: whoever sees a name sees its signatures and referrers.
+        if carried:
+            counts = _added(counts, copier.run(_attachment_blobs(carried, plan.graph.blobs), concurrency))
+            for attachment in carried:
+                documents += _carry(source, destination, attachment, check_mode)
         if not check_mode:
-            for document in documents_to_put(plan):
-                destination.put_document(document)
-                documents += 1
             for root in plan.roots:
                 if root.name in moved:
                     destination.set_name(root.name, root.descriptor, root.document)
@@ -263,4 +358,113 @@ def copy(
         elapsed=time.monotonic() - started,
         documents=documents,
         names=names,
+        signatures=[a.document.digest for a in carried if a.signature_names is not None],
+        referrers=[a.document.digest for a in carried if a.referrer is not None],
     )
+
+
+# ---- signatures and referrers -------------------------------------------------------
+
+
+def _added(first: BlobCounts, second: BlobCounts) -> BlobCounts:
+    return BlobCounts(
+        copied=first.copied + second.copied,
+        bytes=first.bytes + second.bytes,
+        skipped=first.skipped + second.skipped,
+        mounted=first.mounted + second.mounted,
+    )
+
+
+def _attachment_blobs(attachments: t.Sequence[Attachment], already: t.Mapping[str, int]) -> dict[str, int]:
+    """The blobs of the attachments that the image's own blobs do not already include."""
+    blobs: dict[str, int] = {}
+    for attachment in attachments:
+        for digest, size in attachment.graph.blobs.items():
+            if digest not in already:
+                blobs[digest] = size
+    return blobs
+
+
+def missing_attachments(destination: ImageDestination, attachments: t.Sequence[Attachment]) -> list[Attachment]:
+    """The attachments the destination lacks: a `.sig` it does not have all the signers of, an unlisted referrer.
+
+    A `.sig` whose signers the destination partly has comes back as the merge of both (the destination's first).
+    """
+    store = t.cast(Store, destination)
+    listed: dict[str, set[str]] = {}
+    missing: list[Attachment] = []
+    for attachment in attachments:
+        names, referrer = attachment.signature_names, attachment.referrer
+        if names is not None:
+            current = destination.current_name(names[1])
+            if current is None:
+                missing.append(attachment)
+            elif current.get("digest") != attachment.document.digest:
+                merged = _merged_signature(store, current, attachment)
+                if merged is not None:
+                    missing.append(merged)
+        elif referrer is not None:
+            if attachment.subject not in listed:
+                listed[attachment.subject] = {entry.digest for entry in list_referrers(store, attachment.subject)}
+            if referrer.digest not in listed[attachment.subject]:
+                missing.append(attachment)
+    return missing
+
+
+def _signers(manifest: t.Mapping[str, t.Any]) -> list[t.Mapping[str, t.Any]]:
+    layers = manifest.get("layers")
+    return [layer for layer in layers if isinstance(layer, dict)] if isinstance(layers, list) else []
+
+
+def _signer_key(layer: t.Mapping[str, t.Any]) -> tuple[str, str]:
+    annotations = layer.get("annotations") if isinstance(layer.get("annotations"), dict) else {}
+    return str(layer.get("digest")), str((annotations or {}).get(SIGNATURE_ANNOTATION))
+
+
+def _merged_signature(store: Store, current: t.Mapping[str, t.Any], attachment: Attachment) -> Attachment | None:
+    """The destination's `.sig` with the source's missing signers appended, or None when it has them all."""
+    digest, size = str(current.get("digest")), current.get("size")
+    try:
+        data = check_document(store.read_document(digest, int(size or 0)), digest, int(size or 0), store.describe())
+        existing = _signers(json.loads(data))
+    except (WalkError, ValueError, TypeError) as exc:
+        raise CopyError(
+            "the signature %s in %s is unreadable (%s); remove it or copy with carry_referrers=false"
+            % (attachment.signature_names[1] if attachment.signature_names else digest, store.describe(), exc)
+        ) from exc
+    have = {_signer_key(layer) for layer in existing}
+    added = [layer for layer in _signers(json.loads(attachment.document.data)) if _signer_key(layer) not in have]
+    if not added:
+        return None
+    layers = [dict(layer) for layer in existing + added]
+    config = signature_config([str(layer["digest"]) for layer in layers])
+    body = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
+        "layers": layers,
+    }
+    document = canonical_json(body)
+    graph = Graph(blobs={str(layer["digest"]): int(layer["size"]) for layer in added})
+    merged = Document(sha256_digest(document), OCI_MANIFEST, document, False)
+    graph.by_digest[merged.digest] = merged
+    graph.documents.append(merged)
+    # The new config is not the source's: it is stored from memory when the merge is carried.
+    return Attachment(attachment.subject, merged, graph, attachment.signature_names, extra={"config": config})
+
+
+def _carry(source: ImageSource, destination: ImageDestination, attachment: Attachment, check_mode: bool) -> int:
+    """Store one attachment's documents (its blobs are there) and name or list it; the documents stored."""
+    if check_mode:
+        return 0
+    store = t.cast(Store, destination)
+    for data in attachment.extra.values():
+        put_small_blob(store, data)
+    documents = [document for document in attachment.graph.documents if document.digest != attachment.document.digest]
+    for document in documents:
+        destination.put_document(document)
+    if attachment.signature_names is not None:
+        destination.set_name(attachment.signature_names[1], attachment.document.descriptor, attachment.document)
+    elif attachment.referrer is not None:
+        attach_manifest(store, attachment.subject, attachment.referrer, attachment.document.data, lambda: None)
+    return len(documents) + 1

@@ -9,8 +9,9 @@
 Each side is a layout or one repository of a registry, with its own
 credentials. The names are the source's main name and, with platform_tags,
 the `<tag>-<platform>[-<arch>]` names that exist at the source, mapped onto
-the destination's tag the same way. Everything that can be refused is
-refused before the first write.
+the destination's tag the same way; the signatures and referrers of what
+they reach travel with them (carry_referrers). Everything that can be
+refused is refused before the first write.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import typing as t
 from dataclasses import dataclass
 
 from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
-from ansible_collections.ironcore.image.plugins.module_utils._copy import copy, plan_copy
+from ansible_collections.ironcore.image.plugins.module_utils._copy import SignatureNames, copy, plan_copy
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import shared_directory_reason
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -34,6 +35,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._registry_args impo
     InvalidRegistryOptions,
     registry_options,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._sign import signature_tag
 from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
 
 
@@ -52,6 +54,10 @@ class Side:
     def name_for(self, ref: ImageReference) -> str:
         """What the store calls the image at `ref`: the full reference in a layout, the tag or digest in a registry."""
         return str(ref) if self.layout else ref.reference
+
+    def signature_name(self, digest: str) -> str:
+        """What this side calls the `.sig` of a digest (the signer names it after the image's repository)."""
+        return self.name_for(self.ref.with_tag(signature_tag(digest)))
 
     def reference_text(self, name: str) -> str:
         """A name as the results show it."""
@@ -158,7 +164,12 @@ def copy_image(
             "destination.name: a platform tag of %s is too long: %s; give a shorter tag or set platform_tags=false"
             % (destination.ref, exc)
         ) from exc
-    plan = plan_copy(source_store, pairs)
+    carry = (
+        SignatureNames(source=source.signature_name, destination=destination.signature_name)
+        if params.get("carry_referrers", True) is not False
+        else None
+    )
+    plan = plan_copy(source_store, pairs, carry)
     result = copy(
         source_store,
         destination_store,
@@ -173,6 +184,8 @@ def copy_image(
         "digest": result.digest,
         "names": [destination.reference_text(name) for name in result.moved],
         "blobs": result.blobs.as_dict(),
+        "signatures": len(result.signatures),
+        "referrers": len(result.referrers),
         "retries": source_store.retries + destination_store.retries,
         "elapsed": round(result.elapsed, 3),
         "bytes_per_second": result.bytes_per_second,

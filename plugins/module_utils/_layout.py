@@ -357,10 +357,15 @@ class BlobWalk:
             self._documents[digest] = parsed
         return self._documents[digest]
 
-    def reach(self, descriptor: t.Mapping[str, t.Any]) -> dict[str, int]:
-        """digest -> size of every blob reached from a document's descriptor, itself included."""
+    def reach(self, descriptor: t.Mapping[str, t.Any], follow_subject: bool = True) -> dict[str, int]:
+        """digest -> size of every blob reached from a document's descriptor, itself included.
+
+        Without follow_subject, a referrer reaches its own blobs but not its subject (an attachment
+        must not keep alive the image it is about).
+        """
         reached: dict[str, int] = {}
         pending = [descriptor]
+        keys = _DOCUMENT_KEYS if follow_subject else tuple(key for key in _DOCUMENT_KEYS if key != "subject")
         while pending:
             current = pending.pop()
             digest = _descriptor_digest(current, self.layout)
@@ -368,7 +373,7 @@ class BlobWalk:
                 continue
             reached[digest] = _size(current)
             document = self.document(digest)
-            for key in _DOCUMENT_KEYS:
+            for key in keys:
                 pending.extend(descriptors(document.get(key)))
             for key in _BLOB_KEYS:
                 for blob in descriptors(document.get(key)):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 import typing as t
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import deci
 
 # Results stay readable: a prune of thousands of blobs lists the first ones only.
 MAX_LISTED_DIGESTS = 100
+# Names about another digest rather than images of their own: the referrers tag schema (`sha256-<hex>`)
+# and cosign's signatures (`sha256-<hex>.sig`), bare or after a repository.
+_ATTACHMENT_TAG_RE = re.compile(r"sha256-([0-9a-f]{64})(?:\.sig)?\Z")
 
 
 class LifecycleError(ImageError):
@@ -264,7 +268,10 @@ def tag_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.An
 
 
 def plan_remove(layout: OciLayout, names: t.Sequence[str], platform_tags: bool) -> dict[str, str]:
-    """recorded name -> digest of every name that goes; names not there are skipped."""
+    """recorded name -> digest of every name that goes; names not there are skipped.
+
+    The signatures and referrers of what only these names reach go with them.
+    """
     refs = layout.refs()
     walk = BlobWalk(layout)
     going: dict[str, str] = {}
@@ -276,7 +283,21 @@ def plan_remove(layout: OciLayout, names: t.Sequence[str], platform_tags: bool) 
         if platform_tags:
             for other in platform_names(walk, refs, name).values():
                 going[other] = str(refs[other].get("digest"))
+    if going:
+        for name in _orphaned_by(layout, set(going)):
+            going[name] = str(refs[name].get("digest"))
     return going
+
+
+def _orphaned_by(layout: OciLayout, going: set[str]) -> list[str]:
+    """The attachment names whose subject nothing reaches once `going` is gone, but something reached before."""
+    try:
+        _reached, orphaned_before = reachable(layout)
+        _reached, orphaned_after = reachable(layout, ignore=going)
+    except LifecycleError:
+        # A layout with a broken name: leave the attachments to prune, which says what is broken.
+        return []
+    return sorted(set(orphaned_after) - set(orphaned_before) - going)
 
 
 def remove_names(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.Any]:
@@ -302,21 +323,77 @@ def remove_names(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t
 # ---- prune -----------------------------------------------------------------
 
 
-def reachable_blobs(layout: OciLayout) -> set[str]:
-    """Every blob that an entry of index.json reaches, named or not (the OCI roots)."""
+def attachment_subject(name: str) -> str | None:
+    """The digest a `sha256-<hex>` (referrers) or `sha256-<hex>.sig` (signatures) name is about, else None."""
+    split = split_name(name)
+    match = _ATTACHMENT_TAG_RE.match(split[1]) if split else None
+    return "sha256:" + match.group(1) if match else None
+
+
+def reachable(
+    layout: OciLayout,
+    young: t.Callable[[t.Mapping[str, t.Any]], bool] = lambda entry: False,
+    ignore: t.Collection[str] = (),
+) -> tuple[set[str], dict[str, str]]:
+    """(every blob the names reach, orphaned attachments: name -> the subject nothing reaches).
+
+    Every index.json entry but an attachment is a root (named or not: the OCI roots). An
+    attachment is reached while its subject is (or while `young` says it may still be on its way
+    to one), and then reaches its own documents and blobs, never its subject: the signatures and
+    referrers of an image live as long as the image, and do not keep it alive. `ignore` names
+    entries to leave out, as if they were gone.
+    """
     walk = BlobWalk(layout)
     reached: set[str] = set()
+    attachments: dict[str, tuple[str, t.Mapping[str, t.Any]]] = {}
     for position, entry in enumerate(layout.read_index()["manifests"]):
         if not isinstance(entry, dict):
             continue
-        label = (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION) or ("index.json entry %d" % position)
+        recorded = (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION)
+        name = recorded if isinstance(recorded, str) and recorded else None
+        if name is not None and name in ignore:
+            continue
+        subject = attachment_subject(name) if name is not None else None
+        if name is not None and subject is not None:
+            attachments[name] = (subject, entry)
+            continue
+        reached.update(_reach(walk, entry, name or ("index.json entry %d" % position), follow_subject=True))
+    # Attachments of attachments (the signature of a referrer) are reached in a later round.
+    progress = True
+    while progress:
+        progress = False
+        for name, (subject, entry) in list(attachments.items()):
+            if subject in reached or young(entry):
+                reached.update(_reach(walk, entry, name, follow_subject=False))
+                del attachments[name]
+                progress = True
+    return reached, {name: subject for name, (subject, _entry) in attachments.items()}
+
+
+def _reach(walk: BlobWalk, entry: t.Mapping[str, t.Any], label: str, follow_subject: bool) -> set[str]:
+    try:
+        return set(walk.reach(entry, follow_subject=follow_subject))
+    except LayoutError as exc:
+        raise LifecycleError(
+            "%s: %s; nothing was pruned: rebuild the image or remove the name first" % (label, exc)
+        ) from exc
+
+
+def reachable_blobs(layout: OciLayout) -> set[str]:
+    """Every blob that an entry of index.json reaches, named or not (the OCI roots), with their attachments."""
+    return reachable(layout)[0]
+
+
+def _written_after(layout: OciLayout, cutoff: float) -> t.Callable[[t.Mapping[str, t.Any]], bool]:
+    """Whether an entry's document was written after the cutoff (a copy may be about to name its subject)."""
+
+    def young(entry: t.Mapping[str, t.Any]) -> bool:
         try:
-            reached.update(walk.reach(entry))
-        except LayoutError as exc:
-            raise LifecycleError(
-                "%s: %s; nothing was pruned: rebuild the image or remove the name first" % (label, exc)
-            ) from exc
-    return reached
+            return os.stat(layout.blob_path(str(entry.get("digest")))).st_mtime > cutoff
+        except (LayoutError, OSError):
+            return False
+
+    return young
 
 
 @contextlib.contextmanager
@@ -337,11 +414,15 @@ def prune_layout(params: t.Mapping[str, t.Any], check_mode: bool, now: float | N
     removed: list[str] = []
     freed = 0
     kept_young = 0
+    orphans: dict[str, str] = {}
     try:
         with _prune_locked(layout, check_mode):
-            reached = reachable_blobs(layout)
             # Taken under the lock: the clock that counts is the one when nothing can start naming.
             cutoff = (time.time() if now is None else now) - grace
+            reached, orphans = reachable(layout, _written_after(layout, cutoff))
+            # Signatures and referrers of what no name reaches go first, then the blobs only they reached.
+            if orphans and not check_mode:
+                layout.drop_refs(orphans)
             for digest, stat in sorted(layout.stored_blobs()):
                 if digest in reached:
                     continue
@@ -359,11 +440,12 @@ def prune_layout(params: t.Mapping[str, t.Any], check_mode: bool, now: float | N
         raise LifecycleError("pruning layout %s failed: %s" % (layout.path, exc.strerror or exc)) from exc
     listed = removed[:MAX_LISTED_DIGESTS]
     return {
-        "changed": bool(removed),
+        "changed": bool(removed or orphans),
         "blobs_removed": len(removed),
+        "names_removed": sorted(orphans),
         "bytes_freed": freed,
         "digests": listed,
         "digests_truncated": len(removed) > len(listed),
         "blobs_kept_young": kept_young,
-        "diff": {"before": {"blobs": listed}, "after": {"blobs": []}},
+        "diff": {"before": {"blobs": listed, "names": sorted(orphans)}, "after": {"blobs": [], "names": []}},
     }

@@ -8,8 +8,9 @@
 
 What moves, in which order, and what is skipped or mounted is the copy
 engine's (`_copy.py`); this file turns the module's options into the names to
-copy (the main tag and the platform tags the build recorded) and the
-repositories to mount from, and the engine's counts into the push results.
+copy (the main tag and the platform tags the build recorded), where the
+layout keeps the image's signatures, and the repositories to mount from, and
+the engine's counts into the push results.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
-from ansible_collections.ironcore.image.plugins.module_utils._copy import CopyPlan, copy, plan_copy
+from ansible_collections.ironcore.image.plugins.module_utils._copy import CopyPlan, SignatureNames, copy, plan_copy
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -31,6 +32,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._registry_args impo
     InvalidRegistryOptions,
     registry_options,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._sign import signature_tag
 from ansible_collections.ironcore.image.plugins.module_utils._source import one_line
 from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
 
@@ -88,7 +90,14 @@ def plan_push(params: t.Mapping[str, t.Any]) -> tuple[ImageReference, CopyPlan]:
         tags = _tag_names(
             name, destination, layout, params.get("platform_tags", True), params.get("platform_tag_aliases", True)
         )
-        plan = plan_copy(LayoutStore(params["layout"]), [(layout_name, tag) for tag, layout_name in tags.items()])
+        # The layout records `.sig` names as full references of the image's repository (as ironcore_image_sign does).
+        carry = (
+            SignatureNames(source=lambda digest: str(name.with_tag(signature_tag(digest))), destination=signature_tag)
+            if params.get("carry_referrers", True) is not False
+            else None
+        )
+        pairs = [(layout_name, tag) for tag, layout_name in tags.items()]
+        plan = plan_copy(LayoutStore(params["layout"]), pairs, carry)
     except InvalidReference as exc:
         # Only the platform tags (tag-platform-architecture) can outgrow a valid destination tag.
         # (Before ImageError, which it is one of.)
@@ -155,6 +164,8 @@ def push_image(
             "skipped": result.blobs.skipped,
             "mounted": result.blobs.mounted,
         },
+        "signatures": len(result.signatures),
+        "referrers": len(result.referrers),
         "retries": client.retries,
         "elapsed": round(result.elapsed, 3),
         "bytes_per_second": result.bytes_per_second,

@@ -261,11 +261,11 @@ def _measure(blob: ReferrerBlob) -> _Layer:
 
 def _put_blob(store: Store, layer: _Layer) -> None:
     blob = layer.blob
+    if blob.data is not None:
+        put_small_blob(store, blob.data)
+        return
     if isinstance(store, LayoutStore):
         try:
-            if blob.data is not None:
-                store.layout.put_bytes(blob.data)
-                return
             digest, _size, _written = store.layout.import_file(str(blob.path))
         except (LayoutError, OSError) as exc:
             raise ReferrersError("storing a referrer blob in %s failed: %s" % (store.describe(), exc)) from exc
@@ -274,27 +274,33 @@ def _put_blob(store: Store, layer: _Layer) -> None:
         return
     if store.has_blob(layer.digest, layer.size):
         return
-    # Only the upload helpers know how to send a body; a small blob in memory is its own file.
-    from ansible_collections.ironcore.image.plugins.module_utils._upload import (
-        ByteCounter,
-        FileSlice,
-        upload_blob,
-        upload_from,
-    )
+    from ansible_collections.ironcore.image.plugins.module_utils._upload import upload_blob
 
-    repository = str(store.repository)
-    if blob.data is not None:
-        data = blob.data
-        counter = ByteCounter()
-        upload_from(
-            store.client,
-            repository,
-            layer.digest,
-            layer.size,
-            lambda start, length: FileSlice(io.BytesIO(data), start, length, counter),
-        )
-    else:
-        upload_blob(store.client, repository, layer.digest, layer.size, str(blob.path), store.chunk_size)
+    upload_blob(store.client, str(store.repository), layer.digest, layer.size, str(blob.path), store.chunk_size)
+
+
+def put_small_blob(store: Store, data: bytes) -> None:
+    """Store a small blob held in memory, unless the store has it."""
+    if isinstance(store, LayoutStore):
+        try:
+            store.layout.put_bytes(data)
+        except (LayoutError, OSError) as exc:
+            raise ReferrersError("storing a blob in %s failed: %s" % (store.describe(), exc)) from exc
+        return
+    digest = sha256_digest(data)
+    if store.has_blob(digest, len(data)):
+        return
+    # Only the upload helpers know how to send a body; a small blob in memory is its own file.
+    from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter, FileSlice, upload_from
+
+    counter = ByteCounter()
+    upload_from(
+        store.client,
+        str(store.repository),
+        digest,
+        len(data),
+        lambda start, length: FileSlice(io.BytesIO(data), start, length, counter),
+    )
 
 
 # ---- listing ----------------------------------------------------------------

@@ -59,6 +59,18 @@ options:
       - With V(true), names are moved to the source's image.
     type: bool
     default: true
+  carry_referrers:
+    description:
+      - Also copy, for every index and manifest the image reaches, its cosign signatures (the C(sha256-<hex>.sig)
+        tag, as M(ironcore.image.ironcore_image_sign) writes it) and its OCI referrers (block indexes, provenance,
+        SBOMs; as the referrers API lists them, or the C(sha256-<hex>) tag-schema index), with their blobs, so a
+        signed image stays signed where it is copied to.
+      - They are sent after the image's blobs and documents and before its names, so whoever sees a name also
+        sees its signatures. Each is sent only when the destination lacks it; a destination C(.sig) with signers
+        the source lacks keeps them, and the source's signers are appended.
+      - A referrer is listed at the destination the way it supports (its referrers API, else the tag schema).
+    type: bool
+    default: true
   allow_shared_dest:
     description:
       - Copy into a O(destination.layout) directory that other users can write to (writable by its group or
@@ -123,7 +135,9 @@ names:
   elements: str
   sample: ["registry.example.com/os/prod:1.0-baremetal", "registry.example.com/os/prod:1.0"]
 blobs:
-  description: What happened to the image's blobs (in check mode, what would happen).
+  description:
+    - What happened to the image's blobs, and to those of its signatures and referrers (in check mode, what would
+      happen).
   returned: always
   type: dict
   contains:
@@ -149,6 +163,20 @@ bytes_per_second:
   returned: always
   type: int
   sample: 83886080
+signatures:
+  description:
+    - How many C(.sig) signature manifests were copied or extended (in check mode, would be); see
+      O(carry_referrers).
+  returned: always
+  type: int
+  sample: 5
+referrers:
+  description:
+    - How many referrers were copied and listed for their subject (in check mode, would be); see
+      O(carry_referrers).
+  returned: always
+  type: int
+  sample: 1
 retries:
   description:
     - How many registry requests were retried, on either side (after a connection error, a timeout or an answer
@@ -179,6 +207,7 @@ def main() -> None:
         platform_tags={"type": "bool", "default": True},
         overwrite={"type": "bool", "default": True},
         allow_shared_dest={"type": "bool", "default": False},
+        carry_referrers={"type": "bool", "default": True},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not (module.params["source"].get("layout") and module.params["destination"].get("layout")):

@@ -21,6 +21,10 @@ description:
     covered by O(grace_period) instead; see there.
   - Refuses to delete anything when a name reaches a document that is missing or damaged, and says which name,
     because what such a document would reach cannot be known.
+  - Signatures (C(sha256-<hex>.sig)) and referrers tag-schema indexes (C(sha256-<hex>)) are kept, with what they
+    reach, as long as the digest they are about is reached; they never keep that digest alive themselves. Those
+    whose digest no name reaches any more (and whose document is older than O(grace_period)) are dropped from
+    C(index.json) and listed in RV(names_removed), and their blobs are freed.
 author:
   - IronCore image collection maintainers (@ironcore-dev)
 extends_documentation_fragment:
@@ -31,7 +35,7 @@ attributes:
     details: Reports what would be deleted (RV(blobs_removed), RV(bytes_freed), RV(digests)); takes no lock.
   diff_mode:
     support: full
-    details: Lists the blobs deleted (capped like RV(digests)).
+    details: Lists the blobs deleted (capped like RV(digests)) and the signature and referrers names dropped.
   idempotent:
     support: full
     details: Once the unreachable blobs are gone, a second run reports RV(ignore:changed=false).
@@ -102,6 +106,12 @@ blobs_kept_young:
   description: Unreachable blobs kept because they are younger than O(grace_period).
   returned: always
   type: int
+names_removed:
+  description:
+    - The signature and referrers names dropped because the digest they are about is no longer reached, sorted.
+  returned: always
+  type: list
+  elements: str
 """
 
 

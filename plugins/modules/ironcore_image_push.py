@@ -92,6 +92,18 @@ options:
       - With V(true), tags are moved to the image.
     type: bool
     default: true
+  carry_referrers:
+    description:
+      - Also copy, for every index and manifest the image reaches, its cosign signatures (the C(sha256-<hex>.sig)
+        tag, as M(ironcore.image.ironcore_image_sign) writes it) and its OCI referrers (block indexes, provenance,
+        SBOMs; as the referrers API lists them, or the C(sha256-<hex>) tag-schema index), with their blobs, so a
+        signed image stays signed where it is copied to.
+      - They are sent after the image's blobs and documents and before its names, so whoever sees a name also
+        sees its signatures. Each is sent only when the destination lacks it; a destination C(.sig) with signers
+        the source lacks keeps them, and the source's signers are appended.
+      - A referrer is listed at the destination the way it supports (its referrers API, else the tag schema).
+    type: bool
+    default: true
 notes:
   - Credentials come from O(username)/O(password), else from O(docker_config); the password is never logged or
     returned.
@@ -139,7 +151,9 @@ tags:
   elements: str
   sample: ["1.0-baremetal-amd64", "1.0-virtualization-amd64", "1.0-baremetal", "1.0-virtualization", "1.0"]
 blobs:
-  description: What happened to the image's blobs (in check mode, what would happen).
+  description:
+    - What happened to the image's blobs, and to those of its signatures and referrers (in check mode, what would
+      happen).
   returned: always
   type: dict
   contains:
@@ -155,6 +169,20 @@ blobs:
     mounted:
       description: Blobs mounted from a repository of O(mount_from).
       type: int
+signatures:
+  description:
+    - How many C(.sig) signature manifests were copied or extended (in check mode, would be); see
+      O(carry_referrers).
+  returned: always
+  type: int
+  sample: 5
+referrers:
+  description:
+    - How many referrers were copied and listed for their subject (in check mode, would be); see
+      O(carry_referrers).
+  returned: always
+  type: int
+  sample: 1
 retries:
   description:
     - How many registry requests were retried (after a connection error, a timeout or an answer of 429 or 5xx).
@@ -197,6 +225,7 @@ def main() -> None:
         chunk_size={"type": "int", "default": 0},
         mount_from={"type": "list", "elements": "str", "default": []},
         overwrite={"type": "bool", "default": True},
+        carry_referrers={"type": "bool", "default": True},
     )
     module = AnsibleModule(
         argument_spec=argument_spec, required_together=REGISTRY_REQUIRED_TOGETHER, supports_check_mode=True

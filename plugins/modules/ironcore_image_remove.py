@@ -17,6 +17,8 @@ description:
   - Blobs stay where they are, so the image can still be named again; M(ironcore.image.ironcore_image_prune)
     frees the ones no name reaches any more.
   - A name the layout does not record is skipped; it is not an error.
+  - The signatures (C(sha256-<hex>.sig)) and referrers tag-schema indexes (C(sha256-<hex>)) of the digests that only
+    the removed names reached go too, and are listed in RV(removed).
 author:
   - IronCore image collection maintainers (@ironcore-dev)
 extends_documentation_fragment:
@@ -68,7 +70,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 removed:
-  description: The names removed by this run, platform names included, sorted; empty when none was there.
+  description:
+    - The names removed by this run, platform names, signatures and referrers included, sorted; empty when none
+      was there.
   returned: always
   type: list
   elements: str

@@ -20,12 +20,19 @@ import typing as t
 import pytest
 from helpers.images import build_ours, content, write_upstream_image
 from helpers.tasks import run_tasks
+from test_sign import make_key  # type: ignore[import-not-found]  # pytest puts this directory on sys.path
+
+from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
+from ansible_collections.ironcore.image.plugins.module_utils._referrers import ReferrerBlob, attach_referrer
+from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore
 
 TAG = "ironcore.image.ironcore_image_tag"
 REMOVE = "ironcore.image.ironcore_image_remove"
 PRUNE = "ironcore.image.ironcore_image_prune"
 INFO = "ironcore.image.ironcore_image_info"
 BUILD = "ironcore.image.ironcore_image_build"
+SIGN = "ironcore.image.ironcore_image_sign"
+UPSTREAM = "registry.example.com/os/upstream:1.0"
 NAME = "registry.example.com/os/gardenlinux:1.0"
 PLATFORM_SUFFIXES = [
     "baremetal",
@@ -425,6 +432,82 @@ def test_info_lists_every_name_with_platforms_and_size(ansible, tmp_path):
         expected = sum(os.path.getsize(os.path.join(layout, "blobs", "sha256", d[7:])) for d in reached)
         assert image["size"] == expected, name
         assert image["digest"] == index_names(layout)[name]
+
+
+# ---- signatures and referrers ----------------------------------------------------------
+
+
+def signed_and_referred(ansible, layout: str, workdir) -> set[str]:
+    """The image signed by ironcore_image_sign and given a referrer; returns the names of both kinds."""
+    key = make_key(workdir, "lifecycle")
+    signed = ansible.module(SIGN, {"layout": layout, "name": NAME, "key": key["sec1"]})
+    assert signed["changed"] is True, signed
+    store = LayoutStore(layout)
+    subject = {key: store.resolve(NAME)[key] for key in ("mediaType", "digest", "size")}
+    blob = ReferrerBlob("application/json", data=b'{"statement": "about 1.0"}')
+    assert attach_referrer(store, subject, "application/vnd.in-toto+json", [blob])[0] is True
+    attachments = {name for name in index_names(layout) if name.endswith(".sig") or name.startswith("sha256-")}
+    # The combined index and its four manifests are signed; the index has the referrer.
+    assert len(attachments) == len(signed["signed"]) + 1 == 6
+    return attachments
+
+
+def test_signatures_and_referrers_go_with_the_last_name_of_their_image(ansible, tmp_path):
+    layout = str(tmp_path / "layout")
+    build_ours(layout, NAME, tmp_path)
+    write_upstream_image(layout, UPSTREAM)
+    ansible.module(TAG, {"layout": layout, "name": NAME, "tags": ["1.1"]})
+    attachments = signed_and_referred(ansible, layout, tmp_path)
+    make_old(layout)
+
+    # While the image is named, a prune keeps its signatures, its referrers and everything they reach.
+    before = snapshot(layout)
+    kept = ansible.module(PRUNE, {"layout": layout, "grace_period": 0})
+    assert kept["changed"] is False and kept["names_removed"] == [] and kept["blobs_removed"] == 0
+    assert snapshot(layout) == before
+
+    # 1.1 still names the same image: its signatures and referrers stay.
+    first = ansible.module(REMOVE, {"layout": layout, "names": [NAME]})
+    assert not attachments & set(first["removed"])
+    assert attachments <= set(index_names(layout))
+
+    # The last name goes: they go with it, and then a prune frees every blob of the image.
+    checked = ansible.module(
+        REMOVE, {"layout": layout, "names": ["registry.example.com/os/gardenlinux:1.1"]}, check=True
+    )
+    assert attachments <= set(checked["removed"]) and attachments <= set(index_names(layout))
+    last = ansible.module(REMOVE, {"layout": layout, "names": ["registry.example.com/os/gardenlinux:1.1"]})
+    assert attachments <= set(last["removed"])
+    assert sorted(index_names(layout)) == [UPSTREAM]
+    pruned = ansible.module(PRUNE, {"layout": layout, "grace_period": 0})
+    assert pruned["changed"] is True and pruned["names_removed"] == []
+    assert stored_blobs(layout) == skopeo_reached(layout, UPSTREAM, str(tmp_path))
+
+
+def test_prune_drops_signatures_and_referrers_no_name_reaches(ansible, tmp_path):
+    """Left behind by an older release's remove: dropped by prune, with the blobs only they reached."""
+    layout = str(tmp_path / "layout")
+    build_ours(layout, NAME, tmp_path)
+    write_upstream_image(layout, UPSTREAM)
+    attachments = signed_and_referred(ansible, layout, tmp_path)
+    store = OciLayout(layout)
+    with store.locked():
+        store.drop_refs(set(index_names(layout)) - attachments - {UPSTREAM})
+
+    # Written just now: the grace period keeps them (a copy may be about to name their image).
+    young = ansible.module(PRUNE, {"layout": layout})
+    assert young["names_removed"] == [] and set(index_names(layout)) == attachments | {UPSTREAM}
+
+    make_old(layout)
+    before = snapshot(layout)
+    checked = ansible.module(PRUNE, {"layout": layout, "grace_period": 0}, check=True, diff=True)
+    assert checked["changed"] is True and checked["names_removed"] == sorted(attachments)
+    assert snapshot(layout) == before
+    pruned = ansible.module(PRUNE, {"layout": layout, "grace_period": 0})
+    assert pruned["changed"] is True and pruned["names_removed"] == sorted(attachments)
+    assert sorted(index_names(layout)) == [UPSTREAM]
+    assert stored_blobs(layout) == skopeo_reached(layout, UPSTREAM, str(tmp_path))
+    assert ansible.module(PRUNE, {"layout": layout, "grace_period": 0})["changed"] is False
 
 
 # ---- bad input -------------------------------------------------------------------------

@@ -208,3 +208,35 @@ def test_layout_problems_are_one_line(tmp_path):
     ]:
         with pytest.raises(lifecycle.LifecycleError, match=message):
             lifecycle.open_layout(str(path))
+
+
+@pytest.mark.parametrize(
+    "name, subject",
+    [
+        ("sha256-" + "ab" * 32, "sha256:" + "ab" * 32),
+        ("r.io:5000/os/x:sha256-" + "ab" * 32 + ".sig", "sha256:" + "ab" * 32),
+        ("r.io/os/x:sha256-" + "ab" * 32, "sha256:" + "ab" * 32),
+        ("r.io/os/x:sha256-" + "ab" * 31, None),
+        ("r.io/os/x:sha256-" + "AB" * 32, None),
+        ("r.io/os/x:sha256-" + "ab" * 32 + ".att", None),
+        ("r.io/os/x:1.0", None),
+        ("sha256", None),
+    ],
+)
+def test_attachment_names(name, subject):
+    assert lifecycle.attachment_subject(name) == subject
+
+
+def test_an_attachment_does_not_keep_its_subject_alive(layout):
+    image = _manifest(layout, b"the image")
+    referrer = _manifest(layout, b"about the image", subject=image)
+    tag_index = _index(layout, referrer)
+    layout.set_refs({"r.io/x:1": image, "sha256-" + image["digest"][7:]: tag_index})
+    reached, orphans = lifecycle.reachable(layout)
+    assert {referrer["digest"], tag_index["digest"], image["digest"]} <= reached and orphans == {}
+    reached, orphans = lifecycle.reachable(layout, ignore={"r.io/x:1"})
+    assert image["digest"] not in reached and referrer["digest"] not in reached
+    assert orphans == {"sha256-" + image["digest"][7:]: image["digest"]}
+    # While it may still be on its way to a name, it is kept (but still not its subject).
+    reached, orphans = lifecycle.reachable(layout, young=lambda entry: True, ignore={"r.io/x:1"})
+    assert referrer["digest"] in reached and image["digest"] not in reached and orphans == {}
