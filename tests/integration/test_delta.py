@@ -355,3 +355,37 @@ def test_the_provision_role_updates_a_hypervisor_and_a_boot_server_from_a_to_b(
         assert same_bytes(str(path), b.path), host
     # Release A is still kept (provision_keep_versions: 2), and was the seed.
     assert same_bytes(str(tmp_path / "pool" / (provision_slug(a.name) + ".raw")), a.path)
+
+
+def test_images_built_and_pushed_by_the_collection_carry_the_index_the_delta_uses(
+    ansible, registry_plain, releases, tmp_path
+):
+    """The way a new user gets there: ironcore_image_build writes the index, ironcore_image_push carries it."""
+    names = {}
+    for release in ("a", "b"):
+        layout = str(tmp_path / ("layout-" + release))
+        name = "registry.example.com/os/built:%s" % release
+        built = ansible.module(
+            "ironcore.image.ironcore_image_build",
+            {
+                "layout": layout,
+                "name": name,
+                "artifacts": [{"rootfs": releases[release].path, "architecture": "amd64", "cmdline": "console=ttyS0"}],
+                "platforms": ["virtualization"],
+            },
+        )
+        assert built["changed"] is True, built
+        names[release] = "%s/delta/built:%s" % (registry_plain.host, release)
+        pushed = ansible.module(
+            "ironcore.image.ironcore_image_push",
+            dict(registry_plain.registry_args, layout=layout, name=name, destination=names[release]),
+        )
+        assert pushed["changed"] is True, pushed
+    dest = str(tmp_path / "dest")
+    first = fetch(ansible, registry_plain, names["a"], dest)
+    assert first["files"]["rootfs"]["delta"] == {"used": False, "reason": "no seed to build from"}, first
+    second = fetch(ansible, registry_plain, names["b"], dest)
+    delta = second["files"]["rootfs"]["delta"]
+    assert delta["used"] is True, delta
+    assert delta["fetched_bytes"] < 0.3 * releases["b"].layer_size, delta
+    assert same_bytes(os.path.join(dest, "rootfs"), releases["b"].path)
