@@ -24,6 +24,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._client import Regi
 from ansible_collections.ironcore.image.plugins.module_utils._copy import SignatureNames, copy, plan_copy
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import shared_directory_reason
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import mirrored_store, store_mirror_results
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
     PLATFORMS,
@@ -36,6 +37,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._registry_args impo
     registry_options,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._sign import signature_tag
+from ansible_collections.ironcore.image.plugins.module_utils._source import SourceError
 from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
 
 
@@ -104,6 +106,8 @@ def _parse_sides(params: t.Mapping[str, t.Any]) -> tuple[Side, Side]:
 
 def _open_store(side: Side, params: t.Mapping[str, t.Any], on_retry: t.Callable[[str], None] | None) -> t.Any:
     if side.layout:
+        if params[side.label].get("mirrors"):
+            raise CopyImageError("%s.mirrors apply to a registry source, not to %s.layout" % (side.label, side.label))
         return LayoutStore(side.layout)
     merged = dict(params[side.label], timeout=params.get("timeout"), retries=params.get("retries"))
     merged["concurrency"] = params.get("concurrency")
@@ -111,7 +115,11 @@ def _open_store(side: Side, params: t.Mapping[str, t.Any], on_retry: t.Callable[
         options = registry_options(merged)
     except InvalidRegistryOptions as exc:
         raise CopyImageError("%s: %s" % (side.label, exc)) from exc
-    return RegistryStore(RegistryClient(side.ref.registry, options, on_retry), side.ref.repository)
+    store = RegistryStore(RegistryClient(side.ref.registry, options, on_retry), side.ref.repository)
+    try:
+        return mirrored_store(store, side.ref, params[side.label], params)
+    except SourceError as exc:
+        raise CopyImageError("%s.%s" % (side.label, exc)) from exc
 
 
 def _refuse_shared_layout(path: str, allow_shared: bool) -> None:
@@ -187,6 +195,7 @@ def copy_image(
         "signatures": len(result.signatures),
         "referrers": len(result.referrers),
         "retries": source_store.retries + destination_store.retries,
+        **store_mirror_results(source_store),
         "elapsed": round(result.elapsed, 3),
         "bytes_per_second": result.bytes_per_second,
         "diff": {

@@ -744,6 +744,9 @@ def _referrer_store(source: Source) -> t.Any:
     from ansible_collections.ironcore.image.plugins.module_utils._source import LayoutSource, RegistrySource
     from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
 
+    # Behind mirrors (_mirrors.MirroredSource) the referrers are listed at the origin, which the tag
+    # schema needs; the ranges still go to whichever source serves the blob.
+    source = getattr(source, "origin", source)
     if isinstance(source, RegistrySource):
         return RegistryStore(source.client, source.ref.repository)
     if isinstance(source, LayoutSource):

@@ -15,6 +15,8 @@ within a run and on the next one.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import os
 import re
@@ -389,9 +391,37 @@ def _attempt(
             return Staged(out, Delivered(layer.digest, layer.size, tally.received))
         out.file.flush()
         return _unpack_staged(out, path, partial, tally, max_unpacked_size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A partial no run can finish would keep the disk full for everything else on the node.
+        out.keep_partial = False
+        # A close whose flush fails for want of space still closes the file; discard() then removes it.
+        with contextlib.suppress(OSError):
+            out.file.close()
+        out.discard()
+        raise _disk_full(layer, partial, exc) from exc
     except BaseException:
         out.discard()
         raise
+
+
+def _disk_full(layer: SelectedLayer, partial: str, error: OSError) -> DeliveryError:
+    """The one line for a full disk: how much the layer needs, how much is free now that its partial is gone."""
+    directory = os.path.dirname(partial)
+    needs = "at least %d bytes (the blob; more once unpacked)" % layer.size if layer.packed else "%d bytes" % layer.size
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        room = "free space there"
+    else:
+        free = stats.f_bavail * stats.f_frsize
+        room = "%d bytes are free there: free at least %d bytes more" % (free, max(layer.size - free, 0))
+    return DeliveryError(
+        "%s: %s while writing blob %s; the partial file was removed; the layer needs %s and %s"
+        " (or choose another dest) and run again"
+        % (directory, error.strerror or "no space left on device", layer.digest, needs, room)
+    )
 
 
 def _unpack_staged(blob: AtomicFile, path: str, partial: str, tally: _Tally, max_size: int | None) -> Staged:
@@ -427,10 +457,17 @@ def stage(
     partial = partial_path(partial_dir or directory, filename, layer.digest)
     resumed = os.path.lexists(partial)
     tally = _Tally()
-    try:
-        return _attempt(source, layer, path, partial, retries, backoff, True, tally, max_unpacked_size, progress)
-    except _Corrupt:
-        if not resumed:
-            raise
-        # The kept bytes may be what was wrong: one clean attempt from byte 0.
-        return _attempt(source, layer, path, partial, retries, backoff, False, tally, max_unpacked_size, progress)
+    resume = True
+    while True:
+        try:
+            return _attempt(source, layer, path, partial, retries, backoff, resume, tally, max_unpacked_size, progress)
+        except _Corrupt as exc:
+            if resume and resumed:
+                # The kept bytes may be what was wrong: one clean attempt from byte 0.
+                resume = False
+                continue
+            # A mirrored source (_mirrors) drops the mirrors that served wrong bytes and offers the next source.
+            reject = getattr(source, "reject_blob", None)
+            if reject is None or not reject(layer.digest, str(exc)):
+                raise
+            resume = False

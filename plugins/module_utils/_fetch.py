@@ -52,6 +52,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
     stat_identity,
     write_bytes_atomic,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import blob_sources, mirror_results, with_mirrors
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     MAX_DOCUMENT_SIZE,
     ROLES,
@@ -558,7 +559,7 @@ def _fetch(
     if params.get("layout") and os.path.isdir(params["layout"]):
         refuse_shared(os.path.abspath(params["layout"]), "layout", allow_shared)
 
-    source = open_source(params, on_retry)
+    source = with_mirrors(open_source(params, on_retry), params)
     image = resolve_image(source)
     _check_pin(params, image.digest, source.describe())
     chosen = select_manifest(source, image, platform, architecture)
@@ -644,7 +645,14 @@ def _fetch(
                     with contextlib.suppress(OSError):
                         progress.finish("failed", done=False)
         result["bytes_downloaded"] = sum(plan.delivered.bytes_downloaded for plan in plans if plan.delivered)
-    result["files"] = {plan.layer.role: _file_result(plan) for plan in plans}
+    files = {plan.layer.role: _file_result(plan) for plan in plans}
+    # With mirrors: who served each file's bytes, and what the origin sent.
+    for plan in plans:
+        served = blob_sources(source, plan.layer.digest)
+        if served is not None:
+            files[plan.layer.role]["sources"] = served
+    result["files"] = files
+    result.update(mirror_results(source))
     result["changed"] = any(plan.changed for plan in plans)
     # A layout source has no requests to retry.
     result["retries"] = int(getattr(source, "retries", 0))

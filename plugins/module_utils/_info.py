@@ -19,6 +19,7 @@ import typing as t
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import BlobWalk, LayoutError, OciLayout
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import with_mirrors
 from ansible_collections.ironcore.image.plugins.module_utils._model import canonical_platform, descriptors
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     Document,
@@ -107,10 +108,22 @@ def _selected(
     }
 
 
+def _signatures_of(
+    source: Source, params: t.Mapping[str, t.Any], image_digest: str, manifest_digests: list[str]
+) -> dict[str, t.Any]:
+    """Signatures, provenance and SBOM referrers, when asked for (they cost requests per digest)."""
+    keys = params.get("signature_keys") or []
+    if not keys and not params.get("show_signatures"):
+        return {"signatures": None, "provenance": None, "sbom": None}
+    from ansible_collections.ironcore.image.plugins.module_utils._signatures import describe_signatures
+
+    return describe_signatures(source, image_digest, manifest_digests, keys)
+
+
 def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
     """The module's one call."""
     try:
-        source = open_source(params)
+        source = with_mirrors(open_source(params), params)
         image = resolve_image(source)
         documents: dict[str, Document] = {}
         manifests = []
@@ -122,7 +135,7 @@ def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
         else:
             documents[image.digest] = image.document
             manifests.append(_describe_manifest(source, image.digest, len(image.data), image.document, None))
-        return {
+        described = {
             "changed": False,
             "name": str(source.ref),
             "digest": image.digest,
@@ -131,6 +144,8 @@ def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
             "manifests": manifests,
             "selected": _selected(source, params, image, documents) if params.get("platform") else None,
         }
+        described.update(_signatures_of(source, params, image.digest, [str(m["digest"]) for m in manifests]))
+        return described
     except (SourceError, SelectionError) as exc:
         raise InfoError(str(exc)) from exc
 

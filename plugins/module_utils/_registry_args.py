@@ -52,14 +52,38 @@ IMAGE_ENDPOINT_SPEC: dict[str, dict[str, t.Any]] = {
 }
 
 
-def endpoint_option(required: bool = True) -> dict[str, t.Any]:
-    """The argument spec of a `source`/`destination` dict option."""
+def endpoint_option(required: bool = True, mirrors: bool = False) -> dict[str, t.Any]:
+    """The argument spec of a `source`/`destination` dict option; a source may have `mirrors`."""
     return {
         "type": "dict",
         "required": required,
-        "options": IMAGE_ENDPOINT_SPEC,
+        "options": {**IMAGE_ENDPOINT_SPEC, **MIRRORS_ARGUMENT_SPEC} if mirrors else IMAGE_ENDPOINT_SPEC,
         "required_together": REGISTRY_REQUIRED_TOGETHER,
     }
+
+
+# One entry of `mirrors`: where a copy of the origin's image is served, with that
+# mirror's own connection options (never the origin's). Documented in the
+# `ironcore.image.registry.mirrors` fragment; used by _mirrors.
+MIRROR_ENTRY_SPEC: dict[str, dict[str, t.Any]] = {
+    "url": {"type": "str", "required": True},
+    "type": {"type": "str", "choices": ["registry", "layout"], "default": "registry"},
+    "repository": {"type": "str"},
+    "ca_cert": {"type": "path"},
+    "validate_certs": {"type": "bool", "default": True},
+    "username": {"type": "str"},
+    "password": {"type": "str", "no_log": True},
+}
+
+MIRRORS_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
+    "mirrors": {
+        "type": "list",
+        "elements": "dict",
+        "options": MIRROR_ENTRY_SPEC,
+        "required_together": REGISTRY_REQUIRED_TOGETHER,
+    },
+    "mirror_resolve_tags": {"type": "bool", "default": False},
+}
 
 
 class InvalidRegistryOptions(ImageError, ValueError):

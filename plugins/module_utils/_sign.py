@@ -96,6 +96,16 @@ def load_private_key(path: str, passphrase: str | None = None) -> t.Any:
         data = read_bounded(path, KEY_FILE_LIMIT)
     except (OSError, ValueError) as exc:
         raise SignatureError("key %s cannot be read: %s; give a PEM private key file" % (path, exc)) from exc
+    if (
+        b"-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----" in data
+        or b"-----BEGIN ENCRYPTED COSIGN PRIVATE KEY-----" in data
+    ):
+        # scrypt plus NaCl secretbox: the latter needs PyNaCl, which this collection does not depend on.
+        raise SignatureError(
+            "key %s is a cosign encrypted key (scrypt and NaCl secretbox), which is not read; give the same key as a"
+            " PKCS#8 or SEC1 PEM file, or make one with openssl ecparam -name prime256v1 -genkey and load it into"
+            " cosign with cosign import-key-pair (see docs/signing.md)" % path
+        )
     secret = passphrase.encode() if passphrase else None
     try:
         key = serialization.load_pem_private_key(data, password=secret)

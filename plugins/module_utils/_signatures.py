@@ -15,17 +15,32 @@ payloads, keys and the verdict are `_sign.py`'s.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
+import os
+import tempfile
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.ironcore.image.plugins.module_utils import _provenance, _sbom
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    MAX_DOCUMENT_SIZE,
+    OCI_LAYER_TAR_GZIP,
     OCI_MANIFEST,
     ImageReference,
     InvalidReference,
+    descriptors,
+    layer_role,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
+    ReferrerBlob,
+    attach_referrer,
+    list_referrers,
+    read_referrer,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._sign import (
     FINGERPRINT_ANNOTATION,
@@ -68,10 +83,12 @@ class SignResult:
     fingerprint: str
     signed: list[str] = field(default_factory=list)
     signatures: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, t.Any] | None = None
+    sbom: dict[str, t.Any] | None = None
 
     @property
     def changed(self) -> bool:
-        return bool(self.signed)
+        return bool(self.signed) or any(part and part["changed"] for part in (self.provenance, self.sbom))
 
 
 # ---- where signatures live ------------------------------------------------------
@@ -230,8 +247,16 @@ def sign_digest(store: Store, ref: ImageReference, digest: str, key: t.Any, chec
     return True
 
 
-def sign_image(store: Store, name: str, key_path: str, passphrase: str | None, check_mode: bool) -> SignResult:
-    """Sign the digest `name` resolves to and every index and manifest it reaches."""
+def sign_image(
+    store: Store,
+    name: str,
+    key_path: str,
+    passphrase: str | None,
+    check_mode: bool,
+    provenance: bool = False,
+    sbom: bool = False,
+) -> SignResult:
+    """Sign the digest `name` resolves to and every index and manifest it reaches; attach provenance and SBOM."""
     ref = _parse(name)
     key = load_private_key(key_path, passphrase)
     root = store.resolve(ref.reference if isinstance(store, RegistryStore) else name)
@@ -242,6 +267,17 @@ def sign_image(store: Store, name: str, key_path: str, passphrase: str | None, c
         if sign_digest(store, ref, document.digest, key, check_mode):
             result.signed.append(document.digest)
         result.signatures[document.digest] = signature_tag(document.digest)
+    if provenance or sbom:
+        documents = image_documents(store, root, graph)
+        # In check mode a referrer that would be new has no digest yet (an envelope's signature differs each time).
+        if provenance:
+            changed, digest = attach_provenance(store, ref, documents, key, check_mode)
+            referrer = None if check_mode and changed else digest
+            result.provenance = {"changed": changed, "referrer": referrer, "keyid": result.fingerprint}
+        if sbom:
+            changed, digest, count, read = attach_sbom(store, ref, documents, check_mode)
+            referrer = None if check_mode and changed else digest
+            result.sbom = {"changed": changed, "referrer": referrer, "packages": count, "rootfs": read}
     return result
 
 
@@ -299,24 +335,271 @@ def _store_of(source: t.Any) -> Store:
 def verify_before_delivery(
     source: t.Any, params: t.Mapping[str, t.Any], image_digest: str, manifest_digest: str
 ) -> dict[str, t.Any]:
-    """Fetch's check, before any blob byte is written: {"signatures": {digest: fingerprint}} or a one-line failure.
+    """Fetch's check, before any blob byte is written: {"signatures", "provenance"} or a one-line failure.
 
-    Without `signature_keys`, and with require_signature not true, nothing is checked.
+    Without `signature_keys`, and with require_signature and require_provenance not true, nothing is checked.
     """
     keys_given = params.get("signature_keys") or []
     required = params.get("require_signature")
     if required is None:
         required = bool(keys_given)
-    if not required:
-        return {"signatures": {}}
+    with_provenance = bool(params.get("require_provenance"))
+    if not required and not with_provenance:
+        return {"signatures": {}, "provenance": None}
     if not keys_given:
-        raise SignatureError("require_signature is true but signature_keys is empty; give the public keys to trust")
+        option = "require_signature" if required else "require_provenance"
+        raise SignatureError("%s is true but signature_keys is empty; give the public keys to trust" % option)
     keys = [load_public_key(text) for text in keys_given]
     ref = source.ref
+    store = _store_of(source)
+    verified: dict[str, str] = {}
+    provenance = None
     try:
-        verified = verify_digests(_store_of(source), ref, [image_digest, manifest_digest], keys)
+        if required:
+            verified = verify_digests(store, ref, [image_digest, manifest_digest], keys)
+        if with_provenance:
+            provenance = verify_provenance(store, ref, image_digest, keys)
     except SignatureError as exc:
         raise SignatureError("%s; nothing was fetched" % exc) from exc
     except ImageError as exc:
         raise SignatureError("reading the signatures of %s failed: %s; nothing was fetched" % (ref, exc)) from exc
-    return {"signatures": verified}
+    return {"signatures": verified, "provenance": provenance}
+
+
+# ---- provenance and SBOM referrers ------------------------------------------------
+
+
+def _blob_json(store: Store, descriptor: t.Mapping[str, t.Any], limit: int = MAX_DOCUMENT_SIZE) -> t.Any:
+    """A small JSON blob (a config), checked against its descriptor; None when it is not one."""
+    try:
+        digest, size = check_descriptor(descriptor, "a config")
+    except WalkError:
+        return None
+    if size > limit:
+        return None
+    data = _read_small_blob(store, digest, size)
+    try:
+        return json.loads(data) if data is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass
+class ImageDocuments:
+    """What a provenance or SBOM is made from: the subject and its parsed manifests and configs."""
+
+    subject: dict[str, t.Any]
+    index: dict[str, t.Any]
+    manifests: dict[str, dict[str, t.Any]]
+    configs: dict[str, dict[str, t.Any]]
+
+
+def image_documents(store: Store, root: t.Mapping[str, t.Any], graph: t.Any) -> ImageDocuments:
+    subject = {key: root[key] for key in ("mediaType", "digest", "size")}
+    index: dict[str, t.Any] = {}
+    manifests: dict[str, dict[str, t.Any]] = {}
+    configs: dict[str, dict[str, t.Any]] = {}
+    for document in graph.documents:
+        parsed = json.loads(document.data)
+        if document.digest == root["digest"] and document.is_index:
+            index = parsed
+        if document.is_index:
+            continue
+        manifests[document.digest] = parsed
+        config = _blob_json(store, parsed.get("config") or {})
+        if isinstance(config, dict):
+            configs[document.digest] = config
+    return ImageDocuments(subject, index, manifests, configs)
+
+
+def _first_layer(store: Store, referrer: t.Any, limit: int) -> bytes:
+    """The bytes of a referrer's first layer, checked against its descriptor; b"" when there are none to trust."""
+    manifest = read_referrer(store, referrer)
+    layers = manifest.get("layers") if isinstance(manifest, dict) else None
+    if not isinstance(layers, list) or not layers:
+        return b""
+    try:
+        digest, size = check_descriptor(layers[0], "the layer of a referrer")
+    except WalkError:
+        return b""
+    if size > limit:
+        return b""
+    return _read_small_blob(store, digest, size) or b""
+
+
+def _referrer_blobs(store: Store, subject_digest: str, artifact_type: str, limit: int) -> list[bytes]:
+    """The first layer of each referrer of `artifact_type` (at most MAX_SIGNERS of them)."""
+    referrers = list_referrers(store, subject_digest, artifact_type)[:MAX_SIGNERS]
+    return [_first_layer(store, referrer, limit) for referrer in referrers]
+
+
+def attach_provenance(
+    store: Store, ref: ImageReference, documents: ImageDocuments, key: t.Any, check_mode: bool
+) -> tuple[bool, str | None]:
+    """Attach the DSSE provenance of the image; (changed, referrer digest). Unchanged when this key already did."""
+    body = _provenance.statement(
+        ref.name, documents.subject["digest"], documents.index, documents.manifests, documents.configs
+    )
+    public = key.public_key()
+    for referrer in list_referrers(store, documents.subject["digest"], _provenance.PROVENANCE_ARTIFACT_TYPE):
+        if _signed_same(_first_layer(store, referrer, _provenance.MAX_ENVELOPE_SIZE), body, public):
+            return False, referrer.digest
+    blob = ReferrerBlob(_provenance.PAYLOAD_TYPE, data=_provenance.envelope(key, body))
+    return attach_referrer(
+        store, documents.subject, _provenance.PROVENANCE_ARTIFACT_TYPE, [blob], check_mode=check_mode
+    )
+
+
+def _signed_same(data: bytes, body: bytes, public: t.Any) -> bool:
+    """Whether an envelope carries exactly `body`, signed by `public` (ECDSA signatures differ each time)."""
+    try:
+        opened = _provenance.open_envelope(data)
+    except _provenance.ProvenanceError:
+        return False
+    if opened.payload != body:
+        return False
+    for _keyid, sig in opened.signatures:
+        try:
+            if verifying_key([public], _provenance.pae(_provenance.PAYLOAD_TYPE, body), sig) is not None:
+                return True
+        except SignatureError:
+            continue
+    return False
+
+
+def _rootfs_layers(documents: ImageDocuments) -> list[tuple[str, int]]:
+    """(digest, size) of each raw rootfs layer, once each (both platforms share one)."""
+    found: dict[str, int] = {}
+    for manifest in documents.manifests.values():
+        for layer in descriptors(manifest.get("layers")):
+            if layer_role(layer) != "rootfs" or layer.get("mediaType") == OCI_LAYER_TAR_GZIP:
+                continue
+            try:
+                digest, size = check_descriptor(layer, "a rootfs layer")
+            except WalkError:
+                continue
+            found.setdefault(digest, size)
+    return sorted(found.items())
+
+
+@contextlib.contextmanager
+def _local_copy(store: Store, digest: str) -> t.Iterator[str]:
+    """A path holding the blob: the layout's own file, or the registry's blob streamed to a temporary file."""
+    local = store.local_blob_path(digest)
+    if local is not None:
+        yield local
+        return
+    with tempfile.TemporaryDirectory(prefix="ironcore-sbom-") as directory:
+        path = os.path.join(directory, "rootfs")
+        hasher = hashlib.sha256()
+        stream = store.open_blob(digest, 0)
+        try:
+            with open(path, "wb") as out:
+                for chunk in stream.iter_chunks(1024 * 1024):
+                    hasher.update(chunk)
+                    out.write(chunk)
+        finally:
+            stream.close()
+        if "sha256:" + hasher.hexdigest() != digest:
+            raise SignatureError("the rootfs blob %s did not match its digest when downloaded for the SBOM" % digest)
+        yield path
+
+
+def image_packages(store: Store, documents: ImageDocuments) -> tuple[list[_sbom.Package], list[str]]:
+    """The packages installed in the image's ext4 rootfs layers, and the digests of the rootfs read."""
+    packages: list[_sbom.Package] = []
+    read: list[str] = []
+    for digest, _size in _rootfs_layers(documents):
+        with _local_copy(store, digest) as path:
+            if not _sbom.is_ext_filesystem(path):
+                continue
+            text = _sbom.read_dpkg_status(path)
+        read.append(digest)
+        if text is not None:
+            packages.extend(_sbom.parse_dpkg_status(text))
+    return sorted(set(packages)), read
+
+
+def attach_sbom(
+    store: Store, ref: ImageReference, documents: ImageDocuments, check_mode: bool
+) -> tuple[bool, str | None, int, list[str]]:
+    """Attach the CycloneDX SBOM; (changed, referrer digest, packages listed, rootfs digests read)."""
+    packages, read = image_packages(store, documents)
+    data = _sbom.document(ref.name, documents.subject["digest"], packages)
+    blob = ReferrerBlob(_sbom.SBOM_ARTIFACT_TYPE, data=data)
+    changed, digest = attach_referrer(store, documents.subject, _sbom.SBOM_ARTIFACT_TYPE, [blob], check_mode=check_mode)
+    return changed, digest, len(packages), read
+
+
+def verify_provenance(store: Store, ref: ImageReference, digest: str, keys: t.Sequence[t.Any]) -> dict[str, t.Any]:
+    """{verified, keyid, predicate_type} of the provenance of `digest`, or ProvenanceError saying why not."""
+    envelopes = _referrer_blobs(store, digest, _provenance.PROVENANCE_ARTIFACT_TYPE, _provenance.MAX_ENVELOPE_SIZE)
+    return _provenance.check_provenance(digest, "%s@%s" % (ref.name, digest), envelopes, keys).result()
+
+
+# ---- describing (ironcore_image_info) -------------------------------------------------
+
+
+def _claimed_signers(entries: t.Sequence[SignedPayload] | None) -> list[str]:
+    return sorted(
+        {
+            str(entry.claimed_fingerprint)[:71]
+            for entry in entries or []
+            if isinstance(entry.claimed_fingerprint, str) and entry.claimed_fingerprint.startswith("SHA256:")
+        }
+    )
+
+
+def _describe_digest(store: Store, ref: ImageReference, digest: str, keys: t.Sequence[t.Any]) -> dict[str, t.Any]:
+    """Whether `digest` has a `.sig`, who its writers say signed, and with keys which one verifies (or why none)."""
+    described: dict[str, t.Any] = {"signed": False, "signers": [], "verified_by": None, "reason": None}
+    try:
+        entries = read_signatures(store, ref, digest)
+    except SignatureError as exc:
+        return dict(described, signed=True, reason=str(exc))
+    described.update(signed=entries is not None, signers=_claimed_signers(entries))
+    if keys:
+        try:
+            described["verified_by"] = check_signed(digest, ref.name, entries, keys)
+        except SignatureError as exc:
+            described["reason"] = str(exc)
+    return described
+
+
+def _describe_referrers(
+    store: Store, ref: ImageReference, digest: str, artifact_type: str, keys: t.Sequence[t.Any] | None
+) -> dict[str, t.Any]:
+    """The referrer manifests of `artifact_type`; for provenance with keys, also the verdict."""
+    found = [referrer.digest for referrer in list_referrers(store, digest, artifact_type)]
+    described: dict[str, t.Any] = {"referrers": found}
+    if keys is not None:
+        described.update(verified=None, reason=None)
+        if keys and found:
+            try:
+                described["verified"] = verify_provenance(store, ref, digest, keys)
+            except SignatureError as exc:
+                described["reason"] = str(exc)
+    return described
+
+
+def describe_signatures(
+    source: t.Any, image_digest: str, manifest_digests: t.Sequence[str], keys_given: t.Sequence[str]
+) -> dict[str, t.Any]:
+    """Info's view: {"signatures": {digest: ...}, "provenance": ..., "sbom": ...}; reports, never refuses.
+
+    Without keys the signers are only those the `.sig` layers claim, unverified.
+    """
+    keys = [load_public_key(text) for text in keys_given]
+    store, ref = _store_of(source), source.ref
+    try:
+        signatures = {
+            digest: _describe_digest(store, ref, digest, keys)
+            for digest in dict.fromkeys([image_digest, *manifest_digests])
+        }
+        provenance = _describe_referrers(store, ref, image_digest, _provenance.PROVENANCE_ARTIFACT_TYPE, keys)
+        sbom = _describe_referrers(store, ref, image_digest, _sbom.SBOM_ARTIFACT_TYPE, None)
+    except ImageError as exc:
+        if isinstance(exc, SignatureError):
+            raise
+        raise SignatureError("reading the signatures of %s failed: %s" % (ref, exc)) from exc
+    return {"signatures": signatures, "provenance": provenance, "sbom": sbom}

@@ -86,7 +86,7 @@ class ImageSource(t.Protocol):
 
     def check_blob(self, digest: str, size: int) -> None: ...
 
-    def open_blob(self, digest: str, offset: int = 0) -> BlobStream: ...
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream: ...
 
     def local_blob_path(self, digest: str) -> str | None: ...
 
@@ -200,9 +200,9 @@ class LayoutStore:
                 % (digest, self.layout.path, actual, size)
             )
 
-    def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
         try:
-            return FileStream(self.layout.blob_path(digest), offset)
+            return FileStream(self.layout.blob_path(digest), offset, length)
         except LayoutError as exc:
             raise StoreError(str(exc)) from exc
         except FileNotFoundError as exc:
@@ -248,13 +248,18 @@ class LayoutStore:
         """Stream the blob into its partial file, hashing; verify, fsync, rename. Resumes a kept partial."""
         partial = self.partial_path(digest)
         resume = os.path.lexists(partial)
-        try:
-            self._receive(source, digest, size, counter, retries, partial, resume)
-        except _Corrupt:
-            if not resume:
-                raise
-            # The kept bytes may be what was wrong: one clean attempt from byte 0.
-            self._receive(source, digest, size, counter, retries, partial, False)
+        while True:
+            try:
+                self._receive(source, digest, size, counter, retries, partial, resume)
+                return
+            except _Corrupt as exc:
+                if not resume:
+                    # A mirrored source (_mirrors) drops the mirrors that served wrong bytes and offers the next.
+                    reject = getattr(source, "reject_blob", None)
+                    if reject is None or not reject(digest, str(exc)):
+                        raise
+                # The kept bytes may be what was wrong: a clean attempt from byte 0.
+                resume = False
 
     def _receive(
         self,
@@ -417,8 +422,8 @@ class RegistryStore:
     def check_blob(self, digest: str, size: int) -> None:
         """Nothing to check up front: the bytes are verified as they arrive."""
 
-    def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
-        return self.client.open_blob(str(self.repository), digest, offset)
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
+        return self.client.open_blob(str(self.repository), digest, offset, length)
 
     def local_blob_path(self, digest: str) -> str | None:
         return None

@@ -177,6 +177,23 @@ referrers:
   returned: always
   type: int
   sample: 1
+bytes_from_origin:
+  description:
+    - With O(source.mirrors) only. Bytes the source registry served (documents and blobs), what the mirrors did
+      not take off it.
+  returned: when O(source.mirrors) is given
+  type: int
+  sample: 0
+  version_added: 0.2.0
+mirror_errors:
+  description:
+    - With O(source.mirrors) only. Each time a mirror failed and the next source was asked instead, with C(url),
+      C(digest) (the blob or document asked for, or the tag) and C(reason) (one line).
+  returned: when O(source.mirrors) is given
+  type: list
+  elements: dict
+  sample: []
+  version_added: 0.2.0
 retries:
   description:
     - How many registry requests were retried, on either side (after a connection error, a timeout or an answer
@@ -202,7 +219,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._registry_args impo
 def main() -> None:
     argument_spec = dict(TRANSFER_ARGUMENT_SPEC)
     argument_spec.update(
-        source=endpoint_option(),
+        source=endpoint_option(mirrors=True),
         destination=endpoint_option(),
         platform_tags={"type": "bool", "default": True},
         overwrite={"type": "bool", "default": True},

@@ -57,6 +57,7 @@ extends_documentation_fragment:
   - ansible.builtin.files
   - ironcore.image.attributes
   - ironcore.image.registry
+  - ironcore.image.registry.mirrors
   - ironcore.image.registry.transfer
 attributes:
   check_mode:
@@ -172,6 +173,17 @@ options:
       - Refuse an image without a valid signature by one of O(signature_keys).
       - Defaults to V(true) when O(signature_keys) are given, else to V(false). V(true) without keys fails.
     type: bool
+  require_provenance:
+    description:
+      - Also demand a provenance (an in-toto statement with a SLSA provenance predicate, in a DSSE envelope, as
+        M(ironcore.image.ironcore_image_sign) attaches it with O(ironcore.image.ironcore_image_sign#module:provenance))
+        signed by one of O(signature_keys), whose subject is the digest O(name) resolves to.
+      - Checked before any blob byte is written, like the signatures. Without one the task fails with one line
+        saying why (no provenance; signed by an unknown key; a provenance for another digest; a malformed
+        envelope; a payload changed after signing).
+    type: bool
+    default: false
+    version_added: 0.3.0
   delta:
     description:
       - V(auto) builds a raw layer that has a block index (attached to the platform manifest as a referrer, see
@@ -304,6 +316,15 @@ files:
     changed:
       description: Whether this file was (or, in check mode, would be) written or had its attributes changed.
       type: bool
+    sources:
+      description:
+        - With O(mirrors) only. Which sources served the bytes of this file's blob in this run, in the order they
+          served them, each with C(url) (the mirror's O(mirrors[].url), or the origin's address) and C(bytes).
+        - Several entries for one blob mean a transfer failed over mid-blob and went on at the same byte.
+        - Empty when the file was already in place.
+      type: list
+      elements: dict
+      version_added: 0.2.0
     delta:
       description:
         - "How the file was delivered: C(used) V(true) with C(seed_bytes) (taken from seeds), C(fetched_bytes)
@@ -348,6 +369,45 @@ signatures:
   returned: always
   type: dict
   sample: {"sha256:0f3c...": "SHA256:4b1e..."}
+bytes_from_origin:
+  description:
+    - With O(mirrors) only. Bytes the origin served in this run (blobs and documents), what the mirrors did not
+      take off it.
+  returned: when O(mirrors) is given
+  type: int
+  sample: 0
+  version_added: 0.2.0
+mirror_errors:
+  description:
+    - With O(mirrors) only. Each time a mirror failed and the next source was asked instead, with C(url) (the
+      mirror), C(digest) (the blob or manifest asked for, or the name when a mirror resolved a tag) and C(reason)
+      (one line, for example an HTTP status, a broken connection, or bytes that failed verification).
+    - Empty when every mirror answered.
+  returned: when O(mirrors) is given
+  type: list
+  elements: dict
+  sample:
+    - url: https://cache.rack1.example:5000
+      digest: sha256:5b1d...
+      reason: "served bytes that failed verification: ..."
+  version_added: 0.2.0
+provenance:
+  description:
+    - The provenance that was verified, with O(require_provenance); null otherwise.
+  returned: always
+  type: dict
+  sample: {"verified": true, "keyid": "SHA256:4b1e...", "predicate_type": "https://slsa.dev/provenance/v1"}
+  contains:
+    verified:
+      description: Always V(true) (an unverified provenance fails the task).
+      type: bool
+    keyid:
+      description: The fingerprint of the key whose DSSE signature verified.
+      type: str
+    predicate_type:
+      description: The statement's predicate type.
+      type: str
+  version_added: 0.3.0
 retries:
   description:
     - How many registry requests were retried (after a connection error, a timeout or an answer of 429 or 5xx).
@@ -364,7 +424,10 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
 from ansible_collections.ironcore.image.plugins.module_utils._fetch import fetch_image
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
-from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_REQUIRED_TOGETHER
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
+    MIRRORS_ARGUMENT_SPEC,
+    REGISTRY_REQUIRED_TOGETHER,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._source import image_argument_spec
 
 
@@ -380,9 +443,11 @@ def main() -> None:
         allow_shared_dest={"type": "bool", "default": False},
         signature_keys={"type": "list", "elements": "str", "no_log": False},
         require_signature={"type": "bool"},
+        require_provenance={"type": "bool", "default": False},
         delta={"type": "str", "choices": ["auto", "never"], "default": "auto"},
         seeds={"type": "list", "elements": "path", "default": []},
     )
+    argument_spec.update(MIRRORS_ARGUMENT_SPEC)
     module = AnsibleModule(
         argument_spec=argument_spec,
         required_together=REGISTRY_REQUIRED_TOGETHER,
@@ -390,7 +455,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     needs: tuple[str, ...] = () if module.params["layout"] else ("requests",)
-    if module.params["signature_keys"] or module.params["require_signature"]:
+    if module.params["signature_keys"] or module.params["require_signature"] or module.params["require_provenance"]:
         needs += ("cryptography",)
     if needs:
         require(module, *needs)

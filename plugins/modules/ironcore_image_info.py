@@ -27,6 +27,7 @@ author:
 extends_documentation_fragment:
   - ironcore.image.attributes
   - ironcore.image.registry
+  - ironcore.image.registry.mirrors
 attributes:
   check_mode:
     support: full
@@ -75,6 +76,23 @@ options:
         When you turn it on, use C(no_log) on the task.
     type: bool
     default: false
+  signature_keys:
+    description:
+      - PEM public keys (EC P-256), inline or as paths, to check the image's signatures and provenance with, as
+        M(ironcore.image.ironcore_image_fetch) does. Info reports what it finds and never fails for it (see
+        RV(signatures) and RV(provenance)).
+      - Implies O(show_signatures).
+    type: list
+    elements: str
+    version_added: 0.3.0
+  show_signatures:
+    description:
+      - Report the image's signatures (RV(signatures)) and its provenance and SBOM referrers (RV(provenance),
+        RV(sbom)). Without O(signature_keys) the signers are the fingerprints the signatures claim, unverified.
+      - Off by default since it costs requests for every digest.
+    type: bool
+    default: false
+    version_added: 0.3.0
 notes:
   - With O(layout) the module reads the image from disk and does not need C(requests).
   - C(oras) is not needed (since 0.2.0); the module reads O(docker_config) (C(auths) with C(auth),
@@ -205,6 +223,8 @@ selected:
         - The layers to fetch, each with C(role), C(media_type), C(digest), C(size), C(packed), C(url), C(headers)
           (what C(ironcore-image url) prints upstream) and C(auth_scheme) (V(Basic), V(Bearer) or V(null)).
         - C(headers) holds C(Authorization) only with O(include_credentials=true).
+        - With O(mirrors), C(url) and C(headers) are those of the first mirror that answers (with that mirror's
+          own credentials, never the origin's).
       type: list
       elements: dict
   sample:
@@ -222,6 +242,60 @@ selected:
         headers:
           Authorization: Bearer eyJ...
         auth_scheme: Bearer
+signatures:
+  description:
+    - With O(show_signatures) or O(signature_keys), for the digest O(name) resolves to and each manifest it lists,
+      what its C(sha256-<hex>.sig) holds; null otherwise.
+  returned: when O(name) is given
+  type: dict
+  sample: {"sha256:0f3c...": {"signed": true, "signers": ["SHA256:4b1e..."], "verified_by": "SHA256:4b1e...",
+                              "reason": null}}
+  contains:
+    signed:
+      description: Whether the digest has a C(.sig) at all.
+      type: bool
+    signers:
+      description: The fingerprints the signatures claim (recorded by their writer, not verified).
+      type: list
+      elements: str
+    verified_by:
+      description: With O(signature_keys), the fingerprint of the key whose signature verified; null if none did.
+      type: str
+    reason:
+      description: With O(signature_keys), the one-line reason no signature verified (what fetch would fail with).
+      type: str
+  version_added: 0.3.0
+provenance:
+  description:
+    - With O(show_signatures) or O(signature_keys), the provenance referrers of the image's digest; null otherwise.
+  returned: when O(name) is given
+  type: dict
+  sample: {"referrers": ["sha256:9a1d..."], "verified": {"verified": true, "keyid": "SHA256:4b1e...",
+           "predicate_type": "https://slsa.dev/provenance/v1"}, "reason": null}
+  contains:
+    referrers:
+      description: Digests of the referrer manifests with C(artifactType) C(application/vnd.in-toto+json).
+      type: list
+      elements: str
+    verified:
+      description: With O(signature_keys), the provenance a key verified (keyid, predicate_type); null if none.
+      type: dict
+    reason:
+      description: With O(signature_keys), why no provenance verified.
+      type: str
+  version_added: 0.3.0
+sbom:
+  description:
+    - With O(show_signatures) or O(signature_keys), the SBOM referrers of the image's digest; null otherwise.
+  returned: when O(name) is given
+  type: dict
+  sample: {"referrers": ["sha256:77c0..."]}
+  contains:
+    referrers:
+      description: Digests of the referrer manifests with C(artifactType) C(application/vnd.cyclonedx+json).
+      type: list
+      elements: str
+  version_added: 0.3.0
 images:
   description: With O(layout) and no O(name), every name the layout records, sorted by name.
   returned: when O(name) is not given
@@ -260,12 +334,21 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
 from ansible_collections.ironcore.image.plugins.module_utils._info import image_info, layout_images
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
-from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_REQUIRED_TOGETHER
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
+    MIRRORS_ARGUMENT_SPEC,
+    REGISTRY_REQUIRED_TOGETHER,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._source import image_argument_spec
 
 
 def argument_spec() -> dict:
-    spec = dict(image_argument_spec(platform_required=False), include_credentials={"type": "bool", "default": False})
+    spec = dict(
+        image_argument_spec(platform_required=False),
+        include_credentials={"type": "bool", "default": False},
+        signature_keys={"type": "list", "elements": "str", "no_log": False},
+        show_signatures={"type": "bool", "default": False},
+    )
+    spec.update(MIRRORS_ARGUMENT_SPEC)
     # Without a name, info lists the layout's images.
     spec["name"] = dict(spec["name"], required=False)
     # Info transfers no blob, so the shared registry options' concurrency means nothing here.
@@ -281,8 +364,11 @@ def main() -> None:
         required_one_of=[("name", "layout")],
         supports_check_mode=True,
     )
-    if not module.params["layout"]:
-        require(module, "requests")
+    needs: tuple[str, ...] = () if module.params["layout"] else ("requests",)
+    if module.params["signature_keys"]:
+        needs += ("cryptography",)
+    if needs:
+        require(module, *needs)
     run(module, lambda: image_info(module.params) if module.params["name"] else layout_images(module.params))
 
 

@@ -59,10 +59,40 @@ options:
   key_passphrase:
     description: Passphrase of an encrypted O(key). Never logged nor returned.
     type: str
+  provenance:
+    description:
+      - Also attach a provenance of the image, signed with O(key).
+      - An in-toto Statement v1 (C(https://in-toto.io/Statement/v1)) with a SLSA provenance v1 predicate
+        (C(https://slsa.dev/provenance/v1)) whose subject is the digest O(name) resolves to (the combined index).
+        Its resolved dependencies are every artifact the manifests carry (title, digest, architecture,
+        platforms); its parameters what the image records of the build (platforms, architectures, kernel command
+        lines, layer media types, index annotations) and the collection's version.
+      - It is a DSSE envelope (C(payloadType) C(application/vnd.in-toto+json)) whose signature is the base64 ASN.1 DER
+        ECDSA P-256/SHA-256 signature over the DSSE pre-authentication encoding, with the key's fingerprint as
+        C(keyid), attached as a referrer of the image (C(artifactType) C(application/vnd.in-toto+json)). On a
+        registry without the referrers API it is listed in the C(sha256-<hex>) tag-schema index.
+      - Attaching it again with the same key changes nothing.
+    type: bool
+    default: false
+  sbom:
+    description:
+      - Also attach a CycloneDX 1.5 JSON SBOM of the image as a referrer (C(artifactType)
+        C(application/vnd.cyclonedx+json)).
+      - It lists, as components of type C(library) with a C(pkg:deb/debian/<name>@<version>?arch=<arch>) purl, the
+        Debian packages installed (C(Status) C(install ok installed)) in each ext4 rootfs layer, read from its
+        C(/var/lib/dpkg/status) with C(debugfs) (e2fsprogs) without mounting it. Without an ext4 rootfs (or
+        with a C(tar+gzip) one) it lists no packages.
+      - In a registry the rootfs blob is streamed to a temporary file first, which is removed afterwards; in a
+        layout its blob is read in place.
+    type: bool
+    default: false
 notes:
   - The registry options are only used without O(layout).
+  - cosign's own encrypted key files (C(BEGIN ENCRYPTED SIGSTORE PRIVATE KEY)) are refused; they need scrypt and
+    NaCl secretbox (PyNaCl). Convert such a key, or make one with openssl (see docs/signing.md).
 requirements:
   - cryptography
+  - debugfs (e2fsprogs) on the host that runs the module, with O(sbom)
 seealso:
   - module: ironcore.image.ironcore_image_fetch
   - module: ironcore.image.ironcore_image_build
@@ -81,6 +111,13 @@ EXAMPLES = r"""
     layout: /var/lib/ironcore/layout
     name: registry.example.com/os/gardenlinux:1.0
     key: /etc/ironcore/signing-key.pem
+
+- name: Sign, and attach a provenance and an SBOM
+  ironcore.image.ironcore_image_sign:
+    name: registry.example.com/os/gardenlinux:1.0
+    key: /etc/ironcore/signing-key.pem
+    provenance: true
+    sbom: true
 """
 
 RETURN = r"""
@@ -104,6 +141,40 @@ signatures:
   returned: always
   type: dict
   sample: {"sha256:0f3c...": "sha256-0f3c....sig"}
+provenance:
+  description: The provenance referrer, with O(provenance); null otherwise.
+  returned: always
+  type: dict
+  sample: {"changed": true, "referrer": "sha256:9a1d...", "keyid": "SHA256:4b1e..."}
+  contains:
+    changed:
+      description: Whether it was attached now (in check mode, would be).
+      type: bool
+    referrer:
+      description: The digest of the referrer manifest that carries the envelope (null in check mode when new).
+      type: str
+    keyid:
+      description: The fingerprint of the key that signed it.
+      type: str
+sbom:
+  description: The SBOM referrer, with O(sbom); null otherwise.
+  returned: always
+  type: dict
+  sample: {"changed": true, "referrer": "sha256:77c0...", "packages": 412, "rootfs": ["sha256:5e2b..."]}
+  contains:
+    changed:
+      description: Whether it was attached now (in check mode, would be).
+      type: bool
+    referrer:
+      description: The digest of the referrer manifest that carries the SBOM (null in check mode when new).
+      type: str
+    packages:
+      description: How many packages it lists.
+      type: int
+    rootfs:
+      description: The digests of the ext4 rootfs layers whose packages were read.
+      type: list
+      elements: str
 """
 
 import traceback
@@ -126,6 +197,8 @@ def main() -> None:
         layout={"type": "path"},
         key={"type": "path", "required": True, "no_log": False},
         key_passphrase={"type": "str", "no_log": True},
+        provenance={"type": "bool", "default": False},
+        sbom={"type": "bool", "default": False},
     )
     module = AnsibleModule(
         argument_spec=argument_spec, required_together=REGISTRY_REQUIRED_TOGETHER, supports_check_mode=True
@@ -136,7 +209,13 @@ def main() -> None:
     try:
         store = open_store(module.params, module.warn)
         result = sign_image(
-            store, module.params["name"], module.params["key"], module.params["key_passphrase"], module.check_mode
+            store,
+            module.params["name"],
+            module.params["key"],
+            module.params["key_passphrase"],
+            module.check_mode,
+            provenance=module.params["provenance"],
+            sbom=module.params["sbom"],
         )
     except ImageError as exc:
         module.fail_json(msg=str(exc), exception=traceback.format_exc())
@@ -146,6 +225,8 @@ def main() -> None:
         fingerprint=result.fingerprint,
         signed=result.signed,
         signatures=result.signatures,
+        provenance=result.provenance,
+        sbom=result.sbom,
     )
 
 

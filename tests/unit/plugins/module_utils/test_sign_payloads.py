@@ -106,3 +106,16 @@ def test_public_keys_load_inline_or_from_a_file_and_must_be_p256(key, tmp_path):
     text = p384.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     with pytest.raises(sign.SignatureError, match="not an EC P-256 key"):
         sign.load_public_key(text)
+
+
+def test_a_cosign_encrypted_key_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "cosign.key"
+    path.write_text(
+        "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n"
+        "eyJrZGYiOnt9fQ==\n"
+        "-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n"
+    )
+    with pytest.raises(sign.SignatureError) as caught:
+        sign.load_private_key(str(path), "secret")
+    message = str(caught.value)
+    assert "cosign encrypted key" in message and "openssl" in message and "\n" not in message

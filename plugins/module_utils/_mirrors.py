@@ -1,0 +1,720 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+#
+# Private to the ironcore.image collection: no compatibility promise for
+# anything outside it.
+
+"""Digest-only mirrors in front of an image's origin, with failover inside a blob.
+
+A `MirroredSource` answers the same questions as the origin it wraps
+(_source.Source), asking an ordered list of mirrors first and the origin
+last. The trust split is the one of containerd's and CRI-O's digest-only
+mirrors: a tag is resolved at the origin (unless `mirror_resolve_tags`),
+everything after is asked for by digest and checked against it by the same
+code that checks the origin's bytes, so a mirror can make a delivery fail
+over or fail, never deliver other bytes. A digest reference (or a pinned
+`digest`) never needs the origin.
+
+A blob stream that breaks on one source continues at the same byte on the
+next, because every source serves the same content for a digest. A source
+whose bytes fail verification loses the blob (`reject_blob`): the caller
+starts again from byte 0 without it. Every source has its own client and
+its own credentials; the origin's never leave it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import re
+import threading
+import typing as t
+import urllib.parse
+
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._io import CHUNK_SIZE, sha256_digest
+from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    MAX_DOCUMENT_SIZE,
+    SHA256_DIGEST_RE,
+    ImageReference,
+    declared_media_type,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import RegistryOptions
+from ansible_collections.ironcore.image.plugins.module_utils._source import (
+    BlobStream,
+    RegistrySource,
+    Source,
+    SourceError,
+)
+
+# The annotation an OCI layout's index.json names its images with.
+REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
+MIRROR_TYPES = ("registry", "layout")
+
+TAG_UNTRUSTED = (
+    "a tag is resolved only at the origin, because a mirror could answer any digest for it and only digests can be"
+    " verified; give name@sha256:... or digest to fetch from the mirrors alone, or set mirror_resolve_tags: true"
+    " for mirrors you trust to resolve tags"
+)
+
+
+# Registry client error codes that say the mirror is not there at all (rather than without this one digest).
+UNREACHABLE_CODES = frozenset(
+    {"CONNECTION_REFUSED", "CONNECTION_FAILED", "TIMEOUT", "NAME_RESOLUTION", "TLS_FAILED", "CERTIFICATE_UNTRUSTED"}
+)
+
+
+class MirrorConfigError(SourceError):
+    """A `mirrors` entry that cannot be used as given."""
+
+
+class MirrorUnreachable(SourceError):
+    """The mirror cannot be reached: it is left out for the rest of the run, not asked again for every digest."""
+
+
+def _mirror_call(error_type: type[Exception], action: t.Callable[[], t.Any]) -> t.Any:
+    try:
+        return action()
+    except error_type as exc:
+        kind = MirrorUnreachable if getattr(exc, "code", None) in UNREACHABLE_CODES else SourceError
+        raise kind(str(exc), retryable=bool(getattr(exc, "retryable", False))) from exc
+
+
+def _split_url(url: str, index: int) -> tuple[str, str, str]:
+    """(scheme, host[:port], path without trailing slash) of a mirror url; no scheme means https."""
+    where = "mirrors[%d].url" % index
+    if not isinstance(url, str) or not url.strip():
+        raise MirrorConfigError("%s must be a non-empty URL such as https://mirror.example:5000" % where)
+    parsed = urllib.parse.urlsplit(url if "://" in url else "https://" + url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise MirrorConfigError("%s: %r is not an http(s) URL such as https://mirror.example:5000" % (where, url))
+    if parsed.username or parsed.password or parsed.query or parsed.fragment:
+        raise MirrorConfigError(
+            "%s: %r carries credentials, a query or a fragment; give username and password as options" % (where, url)
+        )
+    return parsed.scheme, parsed.netloc, parsed.path.rstrip("/")
+
+
+def _mirror_options(entry: t.Mapping[str, t.Any], plain_http: bool, params: t.Mapping[str, t.Any]) -> RegistryOptions:
+    """The mirror's own connection options: its own credentials only, never the origin's nor a docker config."""
+    return RegistryOptions(
+        username=entry.get("username") or None,
+        password=entry.get("password") or None,
+        docker_config=None,
+        validate_certs=entry.get("validate_certs", True) is not False,
+        ca_cert=entry.get("ca_cert") or None,
+        plain_http=plain_http,
+        timeout=float(params.get("timeout") or 20.0),
+        # Another source is the retry: a mirror that fails is left for the next one at once.
+        retries=0,
+    )
+
+
+class RegistryMirror(RegistrySource):
+    """A registry (or pull-through cache, or site cache) that holds the origin's repository or a copy of it."""
+
+    def __init__(self, url: str, ref: ImageReference, options: RegistryOptions):
+        # Imported here so that reading a local layout needs no HTTP library.
+        from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient, RegistryError
+
+        self.url = url
+        self.ref = ref
+        self._error_type = RegistryError
+        self.client = RegistryClient(ref.registry, options)
+
+    def describe(self) -> str:
+        return "mirror %s" % self.url
+
+    def _call(self, action: t.Callable[[], t.Any]) -> t.Any:
+        return _mirror_call(self._error_type, action)
+
+
+class LayoutMirror:
+    """A plain HTTP(S) root serving an OCI image layout as static files (index.json, blobs/sha256/<hex>)."""
+
+    def __init__(self, url: str, ref: ImageReference, host: str, path: str, options: RegistryOptions):
+        from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient, RegistryError
+
+        self.url = url
+        self.ref = ref
+        self._error_type = RegistryError
+        self.client = RegistryClient(host, options)
+        self._root = self.client.base_url + path
+
+    def describe(self) -> str:
+        return "mirror %s" % self.url
+
+    def _call(self, action: t.Callable[[], t.Any]) -> t.Any:
+        return _mirror_call(self._error_type, action)
+
+    def _blob_url(self, digest: str) -> str:
+        if not SHA256_DIGEST_RE.fullmatch(digest):
+            raise SourceError("%s: %r is not a sha256 digest" % (self.describe(), digest))
+        return "%s/blobs/sha256/%s" % (self._root, digest.split(":", 1)[1])
+
+    def _get_small(self, url: str, what: str) -> bytes:
+        response = self._call(lambda: self.client.request("GET", url, what=what, stream=True))
+        data = bytearray()
+        try:
+            stream = self.client_stream(response, 0, what)
+            for chunk in stream.iter_chunks(CHUNK_SIZE):
+                data += chunk
+                if len(data) > MAX_DOCUMENT_SIZE:
+                    raise SourceError("%s failed: the document is larger than 4 MiB; refusing it" % what)
+        finally:
+            response.close()
+        return bytes(data)
+
+    def client_stream(self, response: t.Any, offset: int, what: str) -> t.Any:
+        from ansible_collections.ironcore.image.plugins.module_utils._client import BlobStream as ClientStream
+
+        return _Translated(ClientStream(response, offset, what, self.client), self._call)
+
+    def _document(self, digest: str, what: str) -> bytes:
+        data = self._get_small(self._blob_url(digest), "reading %s %s from %s" % (what, digest, self.describe()))
+        if sha256_digest(data) != digest:
+            raise SourceError(
+                "%s %s from %s does not match its digest; the mirror is corrupt" % (what, digest, self.url)
+            )
+        return data
+
+    def resolve(self) -> tuple[bytes, str | None, str]:
+        if self.ref.digest:
+            return self._document(self.ref.digest, "manifest"), None, self.ref.digest
+        raw = self._get_small(self._root + "/index.json", "reading index.json of %s" % self.describe())
+        try:
+            index = json.loads(raw)
+        except ValueError as exc:
+            raise SourceError("index.json of %s is not JSON" % self.describe()) from exc
+        entries = index.get("manifests") if isinstance(index, dict) else None
+        for candidate in (str(self.ref), self.ref.tag):
+            for entry in entries if isinstance(entries, list) else []:
+                annotations = entry.get("annotations") if isinstance(entry, dict) else None
+                if isinstance(annotations, dict) and annotations.get(REF_NAME_ANNOTATION) == candidate:
+                    digest = entry.get("digest")
+                    if not isinstance(digest, str) or not SHA256_DIGEST_RE.fullmatch(digest):
+                        raise SourceError("%s records %s without a valid digest" % (self.describe(), candidate))
+                    return self._document(digest, "manifest"), entry.get("mediaType"), digest
+        raise SourceError("%s does not record %s in its index.json" % (self.describe(), self.ref))
+
+    def manifest(self, digest: str) -> tuple[bytes, str | None]:
+        data = self._document(digest, "manifest")
+        return data, declared_media_type(data)
+
+    def read_small_blob(self, digest: str, size: int) -> bytes:
+        if size > MAX_DOCUMENT_SIZE:
+            raise SourceError("blob %s is %d bytes, more than a config may be (4 MiB); refusing it" % (digest, size))
+        return self._document(digest, "blob")
+
+    def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
+        what = "downloading blob %s from %s" % (digest, self.describe())
+        headers = {"Range": "bytes=%d-" % offset} if offset > 0 else {}
+        url = self._blob_url(digest)
+        response = self._call(
+            lambda: self.client.request("GET", url, what=what, headers=headers, stream=True, ok=(200, 206))
+        )
+        start = 0
+        if response.status_code == 206:
+            match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+            if not match or int(match.group(1)) != offset:
+                response.close()
+                raise SourceError("%s failed: the mirror answered Range %d- with a different range" % (what, offset))
+            start = offset
+        return t.cast(BlobStream, self.client_stream(response, start, what))
+
+    def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
+        return self._blob_url(digest), {}
+
+
+class _Translated:
+    """A client stream with its errors turned into SourceError as they surface."""
+
+    def __init__(self, stream: t.Any, call: t.Callable[[t.Callable[[], t.Any]], t.Any]):
+        self._stream = stream
+        self._call = call
+        self.offset = stream.offset
+
+    def iter_chunks(self, size: int) -> t.Iterator[t.Any]:
+        chunks = self._stream.iter_chunks(size)
+        while True:
+            chunk = self._call(lambda: next(chunks, None))
+            if chunk is None:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def open_mirror(
+    entry: t.Mapping[str, t.Any], index: int, origin: ImageReference, params: t.Mapping[str, t.Any]
+) -> t.Any:
+    """One `mirrors` entry as a source of the origin's image."""
+    url = str(entry.get("url") or "")
+    scheme, host, path = _split_url(url, index)
+    kind = entry.get("type") or "registry"
+    if kind not in MIRROR_TYPES:
+        raise MirrorConfigError("mirrors[%d].type must be one of %s, got %r" % (index, ", ".join(MIRROR_TYPES), kind))
+    if bool(entry.get("username")) != bool(entry.get("password")):
+        raise MirrorConfigError("mirrors[%d]: username and password must be given together" % index)
+    options = _mirror_options(entry, scheme == "http", params)
+    if kind == "layout":
+        if entry.get("repository"):
+            raise MirrorConfigError("mirrors[%d].repository applies to a registry mirror, not to a layout" % index)
+        return LayoutMirror(url, origin, host, path, options)
+    if path:
+        raise MirrorConfigError(
+            "mirrors[%d].url: a registry mirror is a base URL (scheme://host[:port]); give the repository in"
+            " mirrors[%d].repository" % (index, index)
+        )
+    ref = dataclasses.replace(origin, registry=host, repository=entry.get("repository") or origin.repository)
+    return RegistryMirror(url, ref, options)
+
+
+def _label(source: t.Any) -> str:
+    """How results name a source: a mirror's url, the origin's base URL (or layout path)."""
+    url = getattr(source, "url", None)
+    if url:
+        return str(url)
+    client = getattr(source, "client", None)
+    if client is not None:
+        return str(client.base_url)
+    layout = getattr(source, "layout", None)
+    return "file://" + str(layout.path) if layout is not None else str(source.describe())
+
+
+class MirroredSource:
+    """The origin behind its mirrors: the Source interface, each answer from the first source that has it."""
+
+    def __init__(self, origin: Source, mirrors: t.Sequence[t.Any], resolve_tags: bool, pinned: str | None):
+        self.origin = origin
+        self.mirrors = list(mirrors)
+        self.ref = origin.ref
+        self.resolve_tags = resolve_tags
+        self.pinned = pinned
+        self.origin_label = _label(origin)
+        self._lock = threading.Lock()
+        # digest -> label -> bytes served (blob bytes that reached the caller)
+        self._served: dict[str, dict[str, int]] = {}
+        # digest -> labels left out for it: they failed it, or served wrong bytes
+        self._excluded: dict[str, set[str]] = {}
+        # digest -> labels that served bytes of the attempt now running
+        self._contributors: dict[str, list[str]] = {}
+        # mirrors that could not be reached at all: not asked again in this run
+        self._down: set[str] = set()
+        # digest -> (label, byte) where a source's stream last ended without an error
+        self._ended: dict[str, tuple[str, int]] = {}
+        self._document_bytes_from_origin = 0
+        self.errors: list[dict[str, str]] = []
+
+    # ---- bookkeeping -------------------------------------------------------
+
+    @property
+    def retries(self) -> int:
+        return int(getattr(self.origin, "retries", 0))
+
+    # What _signatures reads signatures through: the origin's client or layout (signatures are found by tag).
+    @property
+    def client(self) -> t.Any:
+        return getattr(self.origin, "client", None)
+
+    @property
+    def layout(self) -> t.Any:
+        return getattr(self.origin, "layout", None)
+
+    def _note_error(self, source: t.Any, digest: str, error: BaseException) -> None:
+        record = {"url": _label(source), "digest": digest, "reason": str(error)}
+        with self._lock:
+            if record not in self.errors:
+                self.errors.append(record)
+            if isinstance(error, MirrorUnreachable):
+                self._down.add(record["url"])
+
+    def _served_bytes(self, label: str, digest: str, size: int) -> None:
+        with self._lock:
+            per_source = self._served.setdefault(digest, {})
+            per_source[label] = per_source.get(label, 0) + size
+            contributors = self._contributors.setdefault(digest, [])
+            if label not in contributors:
+                contributors.append(label)
+
+    def _stream_ended(self, label: str, digest: str, position: int) -> None:
+        with self._lock:
+            self._ended[digest] = (label, position)
+
+    def note_origin_document(self, size: int) -> None:
+        with self._lock:
+            self._document_bytes_from_origin += size
+
+    def sources_for(self, digest: str) -> list[dict[str, t.Any]]:
+        """[{url, bytes}] of a blob, in the order the sources served it."""
+        with self._lock:
+            return [{"url": label, "bytes": size} for label, size in self._served.get(digest, {}).items()]
+
+    def bytes_from_origin(self) -> int:
+        with self._lock:
+            blobs = sum(per_source.get(self.origin_label, 0) for per_source in self._served.values())
+            return blobs + self._document_bytes_from_origin
+
+    def _candidates(self, digest: str) -> list[t.Any]:
+        with self._lock:
+            excluded = set(self._excluded.get(digest, ())) | self._down
+        return [source for source in [*self.mirrors, self.origin] if _label(source) not in excluded]
+
+    def _exclude(self, source: t.Any, digest: str) -> None:
+        with self._lock:
+            self._excluded.setdefault(digest, set()).add(_label(source))
+
+    # ---- documents -----------------------------------------------------------
+
+    def describe(self) -> str:
+        return self.origin.describe()
+
+    def _first(self, digest: str, what: str, read: t.Callable[[t.Any], t.Any]) -> t.Any:
+        """read(source) from the first source that answers; the origin's error, with the mirrors', when none does."""
+        failures: list[str] = []
+        for source in self._candidates(digest):
+            try:
+                answer = read(source)
+            except SourceError as exc:
+                if source is self.origin:
+                    raise SourceError(_with_mirror_failures(str(exc), failures), retryable=exc.retryable) from exc
+                self._note_error(source, digest, exc)
+                failures.append("%s: %s" % (_label(source), exc))
+                continue
+            if source is self.origin:
+                data = answer[0] if isinstance(answer, tuple) else answer
+                with self._lock:
+                    self._document_bytes_from_origin += len(data)
+            return answer
+        raise SourceError("%s %s: no source has it (%s)" % (what, digest, "; ".join(failures)))
+
+    def resolve(self) -> tuple[bytes, str | None, str]:
+        digest = self.ref.digest or self.pinned
+        if digest:
+            data, media_type = self.manifest(digest)
+            return data, media_type, digest
+        if self.resolve_tags:
+            for mirror in self.mirrors:
+                try:
+                    return t.cast(tuple[bytes, t.Optional[str], str], mirror.resolve())
+                except SourceError as exc:
+                    self._note_error(mirror, str(self.ref), exc)
+        try:
+            data, media_type, digest = self.origin.resolve()
+        except SourceError as exc:
+            if self.resolve_tags:
+                raise
+            raise SourceError("%s; %s" % (exc, TAG_UNTRUSTED), retryable=exc.retryable) from exc
+        with self._lock:
+            self._document_bytes_from_origin += len(data)
+        return data, media_type, digest
+
+    def manifest(self, digest: str) -> tuple[bytes, str | None]:
+        return t.cast(tuple[bytes, t.Optional[str]], self._first(digest, "manifest", lambda s: s.manifest(digest)))
+
+    def read_small_blob(self, digest: str, size: int) -> bytes:
+        return t.cast(bytes, self._first(digest, "blob", lambda s: s.read_small_blob(digest, size)))
+
+    def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
+        """Where a plain HTTP client gets the blob: the first mirror's address (no credentials), else the origin's."""
+        for mirror in self.mirrors:
+            try:
+                return t.cast(tuple[str, dict[str, str]], mirror.blob_location(digest))
+            except SourceError:
+                continue
+        return self.origin.blob_location(digest)
+
+    # ---- blobs -----------------------------------------------------------------
+
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
+        """A stream of the blob from `offset` (for `length` bytes when given), failing over between sources."""
+        with self._lock:
+            if offset == 0:
+                # A new attempt from byte 0: who served the last one no longer matters.
+                self._contributors.pop(digest, None)
+            ended = self._ended.pop(digest, None)
+        if offset > 0 and ended is not None and ended[1] == offset and ended[0] != self.origin_label:
+            # Asked again where that source's stream ended: it ended the blob early.
+            self._note_error(_Labelled(ended[0]), digest, SourceError("the blob ended early, at byte %d" % offset))
+            with self._lock:
+                self._excluded.setdefault(digest, set()).add(ended[0])
+        return _FailoverStream(self, digest, offset, length)
+
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        """The blob's bytes failed verification: leave out the mirrors that served them; True when a source is left.
+
+        When the origin served some of them too, the blame cannot be placed
+        on a mirror alone; the origin is tried once more on its own.
+        """
+        with self._lock:
+            contributors = self._contributors.pop(digest, [])
+        mirrors = [label for label in contributors if label != self.origin_label]
+        if not mirrors:
+            return False
+        for label in mirrors:
+            self._note_error(
+                _Labelled(label), digest, SourceError("served bytes that failed verification: %s" % reason)
+            )
+            with self._lock:
+                self._excluded.setdefault(digest, set()).add(label)
+        return True
+
+    def _open_next(self, digest: str, position: int) -> tuple[t.Any, t.Any, int]:
+        """(source, its stream, bytes to skip) from the first source that opens at `position`."""
+        failures: list[str] = []
+        for source in self._candidates(digest):
+            try:
+                stream = source.open_blob(digest, position)
+            except SourceError as exc:
+                if source is self.origin:
+                    raise SourceError(_with_mirror_failures(str(exc), failures), retryable=exc.retryable) from exc
+                self._note_error(source, digest, exc)
+                self._exclude(source, digest)
+                failures.append("%s: %s" % (_label(source), exc))
+                continue
+            if stream.offset == position:
+                return source, stream, 0
+            if stream.offset == 0:
+                # It ignored Range: skip what we have, it costs no more than starting over.
+                return source, stream, position
+            stream.close()
+            error = SourceError("answered from byte %d when asked for byte %d" % (stream.offset, position))
+            if source is self.origin:
+                raise error
+            self._note_error(source, digest, error)
+            self._exclude(source, digest)
+            failures.append("%s: %s" % (_label(source), error))
+        raise SourceError("blob %s: no source has it (%s)" % (digest, "; ".join(failures)))
+
+
+@dataclasses.dataclass
+class _Labelled:
+    """A stand-in source known only by its label (for errors recorded after the fact)."""
+
+    url: str
+
+    def describe(self) -> str:
+        return self.url
+
+
+def _with_mirror_failures(message: str, failures: t.Sequence[str]) -> str:
+    if not failures:
+        return message
+    return "%s (after the mirrors failed: %s)" % (message, "; ".join(failures))
+
+
+class _FailoverStream:
+    """One blob from `offset`, from one source after another: a break at byte X continues at X on the next."""
+
+    def __init__(self, owner: MirroredSource, digest: str, offset: int, length: int | None):
+        self._owner = owner
+        self._digest = digest
+        self.offset = offset
+        self._position = offset
+        self._end = None if length is None else offset + length
+        self._source, self._stream, self._skip = owner._open_next(digest, offset)
+
+    def _chunks_of_current(self, size: int) -> t.Iterator[t.Any]:
+        label = _label(self._source)
+        for chunk in self._stream.iter_chunks(size):
+            if self._skip:
+                dropped = min(self._skip, len(chunk))
+                self._skip -= dropped
+                chunk = chunk[dropped:]
+                if not chunk:
+                    continue
+            if self._end is not None:
+                chunk = chunk[: self._end - self._position]
+            self._position += len(chunk)
+            self._owner._served_bytes(label, self._digest, len(chunk))
+            yield chunk
+            if self._end is not None and self._position >= self._end:
+                return
+        self._owner._stream_ended(label, self._digest, self._position)
+
+    def iter_chunks(self, size: int) -> t.Iterator[t.Any]:
+        while True:
+            try:
+                yield from self._chunks_of_current(size)
+                return
+            except SourceError as exc:
+                if self._source is self._owner.origin:
+                    # The caller resumes the origin as it always has.
+                    raise
+                self._owner._note_error(self._source, self._digest, exc)
+                self._owner._exclude(self._source, self._digest)
+                self._stream.close()
+                self._source, self._stream, self._skip = self._owner._open_next(self._digest, self._position)
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def with_mirrors(origin: Source, params: t.Mapping[str, t.Any]) -> Source:
+    """The origin behind the `mirrors` of the module parameters; the origin itself when there are none."""
+    entries = params.get("mirrors") or []
+    if not entries:
+        return origin
+    mirrors = [open_mirror(entry, index, origin.ref, params) for index, entry in enumerate(entries)]
+    pinned = params.get("digest") or None
+    if pinned is not None and not SHA256_DIGEST_RE.fullmatch(str(pinned)):
+        raise SourceError("digest: %r is not a sha256:<64 hex> digest" % pinned)
+    return MirroredSource(origin, mirrors, bool(params.get("mirror_resolve_tags")), pinned)
+
+
+def mirror_results(source: t.Any) -> dict[str, t.Any]:
+    """`bytes_from_origin` and `mirror_errors` of a mirrored source; nothing for a plain one."""
+    if not isinstance(source, MirroredSource):
+        return {}
+    return {"bytes_from_origin": source.bytes_from_origin(), "mirror_errors": list(source.errors)}
+
+
+def blob_sources(source: t.Any, digest: str) -> list[dict[str, t.Any]] | None:
+    """Who served how many bytes of a blob, for a mirrored source; None for a plain one."""
+    return source.sources_for(digest) if isinstance(source, MirroredSource) else None
+
+
+# ---- copy: the source side of ironcore_image_copy ---------------------------------
+
+
+class _StoreOrigin:
+    """A copy's source registry store seen as a Source, so that it can be the origin behind mirrors."""
+
+    def __init__(self, store: t.Any, ref: ImageReference):
+        self.store = store
+        self.client = store.client
+        self.ref = ref
+
+    @property
+    def retries(self) -> int:
+        return int(self.store.retries)
+
+    def describe(self) -> str:
+        return str(self.store.describe())
+
+    def resolve(self) -> tuple[bytes, str | None, str]:
+        raise SourceError("a copy resolves names through MirroredStore.resolve")
+
+    def manifest(self, digest: str) -> tuple[bytes, str | None]:
+        return self.store.read_document(digest, 0), None
+
+    def read_small_blob(self, digest: str, size: int) -> bytes:
+        raise SourceError("a copy reads configs as blobs")
+
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
+        return t.cast(BlobStream, self.store.open_blob(digest, offset, length))
+
+    def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
+        raise SourceError("a copy needs no blob location")
+
+
+class MirroredStore:
+    """A copy's registry source (_store.ImageSource) behind mirrors: names at the origin, content by digest."""
+
+    def __init__(self, store: t.Any, mirrored: MirroredSource):
+        self.store = store
+        self.mirrored = mirrored
+        self.registry: str | None = store.registry
+        self.repository: str | None = store.repository
+        self._resolved: dict[str, bytes] = {}
+
+    @property
+    def retries(self) -> int:
+        return int(self.store.retries)
+
+    def describe(self) -> str:
+        return str(self.store.describe())
+
+    def _at_origin(self, name: str, action: t.Callable[[], t.Any]) -> t.Any:
+        try:
+            return action()
+        except ImageError as exc:
+            if self.mirrored.resolve_tags:
+                raise
+            raise SourceError("%s: %s; %s" % (name, exc, TAG_UNTRUSTED), retryable=exc.retryable) from exc
+
+    def _mirror_tag(self, name: str) -> dict[str, t.Any] | None:
+        """The first mirror's answer for a tag (mirror_resolve_tags), or None when none has it."""
+        for mirror in self.mirrored.mirrors:
+            asking = copy_with_ref(mirror, dataclasses.replace(mirror.ref, tag=name, digest=None))
+            try:
+                data, media_type, digest = asking.resolve()
+            except SourceError as exc:
+                self.mirrored._note_error(mirror, name, exc)
+                continue
+            self._resolved[digest] = data
+            return {"mediaType": media_type or declared_media_type(data), "digest": digest, "size": len(data)}
+        return None
+
+    def resolve(self, name: str) -> dict[str, t.Any]:
+        if SHA256_DIGEST_RE.fullmatch(name):
+            data, media_type = self.mirrored.manifest(name)
+            self._resolved[name] = data
+            return {"mediaType": media_type or declared_media_type(data), "digest": name, "size": len(data)}
+        if self.mirrored.resolve_tags:
+            found = self._mirror_tag(name)
+            if found is not None:
+                return found
+        descriptor = t.cast(dict[str, t.Any], self._at_origin(name, lambda: self.store.resolve(name)))
+        # The store keeps what it resolved for the walk: take it, so the origin is not asked (nor counted) twice.
+        data = self.store.read_document(descriptor["digest"], descriptor["size"])
+        self._resolved[descriptor["digest"]] = data
+        self.mirrored.note_origin_document(len(data))
+        return descriptor
+
+    def current_name(self, name: str) -> dict[str, t.Any] | None:
+        if SHA256_DIGEST_RE.fullmatch(name):
+            return self.resolve(name)
+        if self.mirrored.resolve_tags:
+            found = self._mirror_tag(name)
+            if found is not None:
+                return found
+        return t.cast(t.Optional[dict[str, t.Any]], self._at_origin(name, lambda: self.store.current_name(name)))
+
+    def read_document(self, digest: str, size: int) -> bytes:
+        cached = self._resolved.pop(digest, None)
+        if cached is not None:
+            return cached
+        return self.mirrored.manifest(digest)[0]
+
+    def check_blob(self, digest: str, size: int) -> None:
+        """Nothing to check up front: the bytes are verified as they arrive."""
+
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
+        return self.mirrored.open_blob(digest, offset, length)
+
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        return self.mirrored.reject_blob(digest, reason)
+
+    def local_blob_path(self, digest: str) -> str | None:
+        return None
+
+    def retry_pause(self, attempt: int, what: str, reason: str) -> None:
+        self.store.retry_pause(attempt, what, reason)
+
+
+def copy_with_ref(mirror: t.Any, ref: ImageReference) -> t.Any:
+    """The same mirror (sharing its client) asked about another reference."""
+    asking = copy.copy(mirror)
+    asking.ref = ref
+    return asking
+
+
+def mirrored_store(
+    store: t.Any, ref: ImageReference, side: t.Mapping[str, t.Any], params: t.Mapping[str, t.Any]
+) -> t.Any:
+    """The copy's source store behind `source.mirrors`, or the store itself without mirrors."""
+    entries = side.get("mirrors") or []
+    if not entries:
+        return store
+    merged = dict(side, timeout=params.get("timeout"))
+    mirrors = [open_mirror(entry, index, ref, merged) for index, entry in enumerate(entries)]
+    origin = _StoreOrigin(store, ref)
+    return MirroredStore(store, MirroredSource(origin, mirrors, bool(side.get("mirror_resolve_tags")), None))
+
+
+def store_mirror_results(store: t.Any) -> dict[str, t.Any]:
+    """`bytes_from_origin` and `mirror_errors` of a copy's mirrored source; nothing for a plain one."""
+    return mirror_results(store.mirrored) if isinstance(store, MirroredStore) else {}

@@ -1,0 +1,372 @@
+"""Provenance (DSSE in-toto/SLSA) and CycloneDX SBOM referrers, and fetch's require_provenance, for real.
+
+The image's rootfs is an ext4 file system made by `mke2fs -d` from a tree
+holding a small dpkg status file. What the module attaches is read back
+with `skopeo inspect --raw` (the sha256-<hex> tag-schema index and the
+referrer manifests) and from the registry's own storage; the DSSE
+signature is verified by `openssl dgst -verify` over the PAE the test
+builds from the spec.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import urllib.request
+
+import pytest
+from helpers.inventory import local_host, write_inventory
+from helpers.registry import blob_data_path
+from test_sign import (  # type: ignore[import-not-found]  # pytest puts this directory on sys.path
+    http_put_blob,
+    image_digests,
+    make_key,
+    openssl_verifies,
+    skopeo_bytes,
+    skopeo_raw,
+)
+
+pytestmark = pytest.mark.integration
+
+BUILD = "ironcore.image.ironcore_image_build"
+PUSH = "ironcore.image.ironcore_image_push"
+SIGN = "ironcore.image.ironcore_image_sign"
+FETCH = "ironcore.image.ironcore_image_fetch"
+INFO = "ironcore.image.ironcore_image_info"
+NAME = "registry.example.com/os/attested:1.0"
+IN_TOTO = "application/vnd.in-toto+json"
+CYCLONEDX = "application/vnd.cyclonedx+json"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+DPKG_STATUS = """Package: base-files
+Status: install ok installed
+Priority: required
+Architecture: amd64
+Version: 12.4+deb12u5
+Description: Debian base system miscellaneous files
+
+Package: removed-tool
+Status: deinstall ok config-files
+Architecture: amd64
+Version: 0.9-1
+
+Package: libc6
+Status: install ok installed
+Architecture: amd64
+Version: 2.36-9+deb12u4
+Description: GNU C Library: Shared libraries
+ Contains the standard libraries that are used by nearly all programs.
+"""
+INSTALLED = {"base-files": "12.4+deb12u5", "libc6": "2.36-9+deb12u4"}
+
+
+def ext4_rootfs(directory) -> str:
+    """A 2 MiB ext4 image holding var/lib/dpkg/status, made by mke2fs -d (no mounting)."""
+    tree = directory / "tree"
+    (tree / "var" / "lib" / "dpkg").mkdir(parents=True)
+    (tree / "var" / "lib" / "dpkg" / "status").write_text(DPKG_STATUS)
+    image = str(directory / "rootfs.ext4")
+    proc = subprocess.run(
+        ["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree), image, "2M"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return image
+
+
+def artifacts(directory, label: str = "") -> list[dict]:
+    files = {}
+    for role in ("kernel", "initramfs"):
+        path = directory / ("%s%s" % (role, label))
+        path.write_bytes(("%s %s of the provenance test\n" % (role, label)).encode() * 40)
+        files[role] = str(path)
+    return [dict(files, rootfs=ext4_rootfs(directory), architecture="amd64", cmdline="console=ttyS0")]
+
+
+def build(ansible, directory, label: str = "") -> str:
+    """A one-architecture bare-metal image with an ext4 rootfs, built into a layout; returns the layout."""
+    directory.mkdir(parents=True, exist_ok=True)
+    layout = str(directory / "layout")
+    built = ansible.module(
+        BUILD,
+        {"layout": layout, "name": NAME, "artifacts": artifacts(directory, label), "platforms": ["baremetal"]},
+    )
+    assert built["changed"] is True, built
+    return layout
+
+
+def push(ansible, registry, layout: str, repository: str) -> str:
+    reference = "%s/%s:1.0" % (registry.host, repository)
+    pushed = ansible.module(PUSH, dict(registry.registry_args, layout=layout, name=NAME, destination=reference))
+    assert pushed["changed"] is True, pushed
+    return reference
+
+
+def referrer_entries(registry, repository: str, digest: str) -> dict[str, dict]:
+    """{artifactType: descriptor} of the sha256-<hex> tag-schema index, read by skopeo."""
+    index = skopeo_raw(registry, "%s:%s" % (repository, digest.replace(":", "-")))
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    entries = {}
+    for entry in index["manifests"]:
+        assert entry["artifactType"] not in entries
+        entries[entry["artifactType"]] = entry
+    return entries
+
+
+def referrer_layer(registry, repository: str, entry: dict, subject: str) -> bytes:
+    """The one layer of a referrer manifest, from the registry's storage; its subject checked."""
+    manifest = skopeo_raw(registry, "%s@%s" % (repository, entry["digest"]))
+    assert manifest["artifactType"] == entry["artifactType"]
+    assert manifest["subject"]["digest"] == subject
+    [layer] = manifest["layers"]
+    with open(blob_data_path(registry.storage, layer["digest"]), "rb") as stream:
+        return stream.read()
+
+
+def dsse_pae(payload_type: str, body: bytes) -> bytes:
+    # The DSSE v1 protocol: "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body, lengths in ASCII decimal.
+    return b" ".join([b"DSSEv1", str(len(payload_type)).encode(), payload_type.encode(), str(len(body)).encode(), body])
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("provenance-keys")
+    return {"first": make_key(directory, "first"), "stranger": make_key(directory, "stranger")}
+
+
+def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, registry_plain, keys, tmp_path):
+    layout = build(ansible, tmp_path / "image")
+    reference = push(ansible, registry_plain, layout, "attest/reg")
+    repository = reference.rsplit(":", 1)[0]
+    args = dict(registry_plain.registry_args, name=reference, key=keys["first"]["key"], provenance=True, sbom=True)
+
+    # Check mode writes nothing: no tag-schema index appears.
+    digests = image_digests(registry_plain, reference)
+    index_digest = digests[0]
+    checked = ansible.module(SIGN, args, check=True)
+    assert checked["changed"] is True and checked["provenance"]["referrer"] is None, checked
+    assert checked["sbom"]["packages"] == 2
+    listing = "docker://%s:%s" % (repository, index_digest.replace(":", "-"))
+    proc = subprocess.run(
+        ["skopeo", "inspect", "--raw", *registry_plain.skopeo_flags(), listing], capture_output=True, check=False
+    )
+    assert proc.returncode != 0
+
+    signed = ansible.module(SIGN, args)
+    assert signed["changed"] is True, signed
+    assert signed["digest"] == index_digest
+    entries = referrer_entries(registry_plain, repository, index_digest)
+    assert sorted(entries) == [CYCLONEDX, IN_TOTO]
+    assert signed["provenance"]["referrer"] == entries[IN_TOTO]["digest"]
+    assert signed["sbom"]["referrer"] == entries[CYCLONEDX]["digest"]
+    assert signed["sbom"]["packages"] == 2
+
+    # The DSSE envelope: its signature verifies over the PAE with openssl, by the signing key only.
+    envelope = json.loads(referrer_layer(registry_plain, repository, entries[IN_TOTO], index_digest))
+    assert envelope["payloadType"] == IN_TOTO
+    body = base64.b64decode(envelope["payload"])
+    [signature] = envelope["signatures"]
+    assert signature["keyid"] == keys["first"]["fingerprint"]
+    assert openssl_verifies(tmp_path, keys["first"]["pub"], dsse_pae(IN_TOTO, body), signature["sig"])
+    assert not openssl_verifies(tmp_path, keys["first"]["pub"], body, signature["sig"])
+    assert not openssl_verifies(tmp_path, keys["stranger"]["pub"], dsse_pae(IN_TOTO, body), signature["sig"])
+
+    # The statement: subject the index, and every layer skopeo sees among the resolved dependencies.
+    statement = json.loads(body)
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
+    assert statement["subject"] == [{"name": repository, "digest": {"sha256": index_digest.split(":")[1]}}]
+    definition = statement["predicate"]["buildDefinition"]
+    layers = skopeo_raw(registry_plain, "%s@%s" % (repository, digests[1]))["layers"]
+    assert sorted((d["name"], "sha256:" + d["digest"]["sha256"]) for d in definition["resolvedDependencies"]) == sorted(
+        (layer["annotations"]["org.opencontainers.image.title"], layer["digest"]) for layer in layers
+    )
+    assert definition["externalParameters"]["cmdline"] == {"amd64": "console=ttyS0"}
+    assert definition["internalParameters"]["version"]
+
+    # The SBOM lists exactly the installed packages of the ext4 rootfs.
+    sbom = json.loads(referrer_layer(registry_plain, repository, entries[CYCLONEDX], index_digest))
+    assert sbom["bomFormat"] == "CycloneDX" and sbom["specVersion"] == "1.5"
+    assert {c["name"]: c["version"] for c in sbom["components"]} == INSTALLED
+    assert {c["purl"] for c in sbom["components"]} == {
+        "pkg:deb/debian/%s@%s?arch=amd64" % (name, version) for name, version in INSTALLED.items()
+    }
+    assert {c["type"] for c in sbom["components"]} == {"library"}
+
+    # Again: nothing changes, in check mode neither, and the referrers stay as they are.
+    assert ansible.module(SIGN, args, check=True)["changed"] is False
+    again = ansible.module(SIGN, args)
+    assert again["changed"] is False, again
+    assert referrer_entries(registry_plain, repository, index_digest) == entries
+
+    # Info reports them, and with the key, the verdicts.
+    trusted = [keys["first"]["pub"]]
+    info = ansible.module(INFO, dict(registry_plain.registry_args, name=reference, signature_keys=trusted))
+    assert info["provenance"]["referrers"] == [entries[IN_TOTO]["digest"]]
+    assert info["provenance"]["verified"]["keyid"] == keys["first"]["fingerprint"]
+    assert info["sbom"]["referrers"] == [entries[CYCLONEDX]["digest"]]
+    verified_by = {digest: described["verified_by"] for digest, described in info["signatures"].items()}
+    assert verified_by == dict.fromkeys(digests, keys["first"]["fingerprint"])
+
+
+# ---- fetch with require_provenance -----------------------------------------------------
+
+
+def http_put(registry, repository: str, reference: str, data: bytes, media_type: str) -> None:
+    url = "http://%s/v2/%s/manifests/%s" % (registry.host, repository, reference)
+    put = urllib.request.Request(url, method="PUT", data=data)
+    put.add_header("Content-Type", media_type)
+    urllib.request.urlopen(put).close()
+
+
+@pytest.fixture(scope="module")
+def attested(ansible, registry_plain, keys, tmp_path_factory):
+    """Repositories of registry_plain in each state a node may meet; returns {case: reference}."""
+    root = tmp_path_factory.mktemp("attested")
+    layout = build(ansible, root / "one")
+    other_layout = build(ansible, root / "two", label="two")
+    host = registry_plain.host
+
+    def sign(reference: str, key: str, provenance: bool) -> dict:
+        args = dict(registry_plain.registry_args, name=reference, key=keys[key]["key"], provenance=provenance)
+        signed = ansible.module(SIGN, args)
+        assert signed.get("failed") is not True, signed
+        return signed
+
+    cases = {}
+    for case in ("good", "none", "stranger", "changed", "moved"):
+        cases[case] = push(ansible, registry_plain, layout, "attest/%s" % case)
+        sign(cases[case], "first", case in ("good", "changed", "moved"))
+    # Signed by a trusted key, its provenance by another.
+    sign(cases["stranger"], "stranger", True)
+
+    # The provenance's payload edited after signing, its signature kept.
+    digest = image_digests(registry_plain, cases["changed"])[0]
+    tag = digest.replace(":", "-")
+    index = skopeo_raw(registry_plain, "%s/attest/changed:%s" % (host, tag))
+    [entry] = index["manifests"]
+    manifest = skopeo_raw(registry_plain, "%s/attest/changed@%s" % (host, entry["digest"]))
+    with open(blob_data_path(registry_plain.storage, manifest["layers"][0]["digest"]), "rb") as stream:
+        envelope = json.load(stream)
+    body = base64.b64decode(envelope["payload"])
+    forged = body.replace(b"console=ttyS0", b"console=ttyS0 init=/bin/sh")
+    assert forged != body
+    envelope["payload"] = base64.b64encode(forged).decode()
+    data = json.dumps(envelope).encode()
+    manifest["layers"][0].update(digest=http_put_blob(registry_plain, "attest/changed", data), size=len(data))
+    manifest_data = json.dumps(manifest).encode()
+    manifest_digest = "sha256:" + hashlib.sha256(manifest_data).hexdigest()
+    http_put(registry_plain, "attest/changed", manifest_digest, manifest_data, manifest["mediaType"])
+    entry.update(digest=manifest_digest, size=len(manifest_data))
+    http_put(registry_plain, "attest/changed", tag, json.dumps(index).encode(), index["mediaType"])
+
+    # The tag moved to another (signed) image, and the first image's referrers listed for it.
+    first = image_digests(registry_plain, cases["moved"])[0]
+    push(ansible, registry_plain, other_layout, "attest/moved")
+    sign(cases["moved"], "first", False)
+    moved = image_digests(registry_plain, cases["moved"])[0]
+    assert moved != first
+    listing = skopeo_bytes(registry_plain, "%s/attest/moved:%s" % (host, first.replace(":", "-")))
+    http_put(
+        registry_plain, "attest/moved", moved.replace(":", "-"), listing, "application/vnd.oci.image.index.v1+json"
+    )
+    return cases
+
+
+def fetch(ansible, registry, reference: str, dest, keys_given, check: bool = False) -> dict:
+    args = dict(
+        registry.registry_args,
+        name=reference,
+        dest=str(dest),
+        platform="baremetal",
+        architecture="amd64",
+        signature_keys=keys_given,
+        require_provenance=True,
+    )
+    return ansible.module(FETCH, args, check=check)
+
+
+def test_fetch_delivers_an_image_with_a_trusted_provenance(ansible, registry_plain, keys, attested, tmp_path):
+    fetched = fetch(ansible, registry_plain, attested["good"], tmp_path / "dest", [keys["first"]["pub"]])
+    assert fetched.get("failed") is not True, fetched
+    assert fetched["provenance"] == {
+        "verified": True,
+        "keyid": keys["first"]["fingerprint"],
+        "predicate_type": "https://slsa.dev/provenance/v1",
+    }
+    assert fetched["files"] and all(os.path.isfile(f["path"]) for f in fetched["files"].values())
+
+
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("none", "has no provenance"),
+        ("stranger", "has a provenance signed by an unknown key (SHA256:"),
+        ("changed", "has a provenance whose payload was changed"),
+        ("moved", "has a provenance for another digest (sha256:"),
+    ],
+)
+def test_fetch_refuses_without_a_trusted_provenance(ansible, registry_plain, keys, attested, tmp_path, case, reason):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "vmlinuz").write_bytes(b"the kernel already here")
+    # Check mode refuses the same way (the provision role's plan runs in it); once is enough to show it.
+    for check in (True, False) if case == "changed" else (False,):
+        failed = fetch(ansible, registry_plain, attested[case], dest, [keys["first"]["pub"]], check=check)
+        assert failed.get("failed") is True, failed
+        assert reason in failed["msg"] and "nothing was fetched" in failed["msg"], failed["msg"]
+        assert "\n" not in failed["msg"]
+    if case == "stranger":
+        assert keys["stranger"]["fingerprint"] in failed["msg"]
+    assert sorted(os.listdir(dest)) == ["vmlinuz"]
+    assert (dest / "vmlinuz").read_bytes() == b"the kernel already here"
+
+
+# ---- the playbooks, as a new user runs them ------------------------------------------------
+
+
+def test_build_playbook_attaches_both_and_provision_playbook_requires_provenance(ansible, keys, tmp_path):
+    layout, boot = str(tmp_path / "layout"), tmp_path / "boot"
+    builder = local_host(
+        build_name=NAME,
+        build_layout=layout,
+        build_platforms=["baremetal"],
+        build_artifacts=artifacts(tmp_path),
+        build_sign_key=keys["first"]["key"],
+    )
+    node = local_host(
+        provision_name=NAME,
+        provision_layout=layout,
+        provision_architecture="amd64",
+        provision_boot_dir=str(boot),
+        provision_cache_dir=str(tmp_path / "cache"),
+        provision_boot_url="http://boot.example.com/",
+        provision_signature_keys=[keys["first"]["pub"]],
+        provision_require_provenance=True,
+    )
+    inventory = write_inventory(str(tmp_path / "hosts.yml"), {"build_hosts": {"builder": builder}})
+    rc, document, stderr = ansible.playbook(os.path.join(REPO, "playbooks", "build.yml"), inventory=inventory)
+    assert rc == 0, (json.dumps(document)[-3000:], stderr)
+
+    # In the layout, the tag-schema index is a name: skopeo finds both referrers there.
+    index_digest = json.load(open(os.path.join(layout, "index.json")))
+    [top] = [m for m in index_digest["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == NAME]
+    proc = subprocess.run(
+        ["skopeo", "inspect", "--raw", "oci:%s:%s" % (layout, top["digest"].replace(":", "-"))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(entry["artifactType"] for entry in json.loads(proc.stdout)["manifests"]) == [CYCLONEDX, IN_TOTO]
+
+    inventory = write_inventory(str(tmp_path / "nodes.yml"), {"baremetal": {"node": node}})
+    rc, document, stderr = ansible.playbook(os.path.join(REPO, "playbooks", "provision.yml"), inventory=inventory)
+    assert rc == 0, (json.dumps(document)[-3000:], stderr)
+    assert any(boot.iterdir())

@@ -1,0 +1,183 @@
+"""The mirrored source's rules on in-memory sources: order, failover at a byte, Range ignored, length, blame."""
+
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+
+from ansible_collections.ironcore.image.plugins.module_utils._manifest import sha256_digest
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import (
+    MirrorConfigError,
+    MirroredSource,
+    MirrorUnreachable,
+    open_mirror,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._model import ImageReference
+from ansible_collections.ironcore.image.plugins.module_utils._source import SourceError
+
+BLOB = bytes(range(256)) * 64
+DIGEST = sha256_digest(BLOB)
+REF = ImageReference.parse("origin.example:5000/os/image:1.0")
+
+
+class Stream:
+    def __init__(self, data: bytes, offset: int, break_at: int | None):
+        self.data = data
+        self.offset = offset
+        self.break_at = break_at
+
+    def iter_chunks(self, size: int) -> t.Iterator[bytes]:
+        position = self.offset
+        while position < len(self.data):
+            end = min(position + size, len(self.data))
+            if self.break_at is not None and end > self.break_at:
+                if self.break_at > position:
+                    yield self.data[position : self.break_at]
+                raise SourceError("connection broke", retryable=True)
+            yield self.data[position:end]
+            position = end
+
+    def close(self) -> None:
+        pass
+
+
+class Memory:
+    """A source holding BLOB: it may break at a byte, ignore Range, or have nothing."""
+
+    def __init__(self, url: str, break_at: int | None = None, ignore_range: bool = False, empty: bool = False):
+        self.url = url
+        self.ref = REF
+        self.break_at = break_at
+        self.ignore_range = ignore_range
+        self.empty = empty
+        self.opened: list[int] = []
+        self.resolved = 0
+
+    def describe(self) -> str:
+        return self.url
+
+    def resolve(self) -> tuple[bytes, str | None, str]:
+        self.resolved += 1
+        return BLOB, None, DIGEST
+
+    def manifest(self, digest: str) -> tuple[bytes, str | None]:
+        if self.empty:
+            raise SourceError("HTTP 404")
+        return BLOB, None
+
+    def read_small_blob(self, digest: str, size: int) -> bytes:
+        return self.manifest(digest)[0]
+
+    def open_blob(self, digest: str, offset: int = 0) -> Stream:
+        self.opened.append(offset)
+        if self.empty:
+            raise SourceError("HTTP 404")
+        return Stream(BLOB, 0 if self.ignore_range else offset, self.break_at)
+
+    def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
+        return self.url, {}
+
+
+def read_all(source: MirroredSource, offset: int = 0, length: int | None = None) -> bytes:
+    stream = source.open_blob(DIGEST, offset, length)
+    try:
+        return b"".join(stream.iter_chunks(1000))
+    finally:
+        stream.close()
+
+
+def test_a_break_continues_at_the_same_byte_on_the_next_source():
+    first, second, origin = Memory("m1", break_at=5000), Memory("m2"), Memory("origin")
+    source = MirroredSource(origin, [first, second], resolve_tags=False, pinned=None)
+    assert read_all(source) == BLOB
+    assert second.opened == [5000]
+    assert origin.opened == []
+    assert source.sources_for(DIGEST) == [{"url": "m1", "bytes": 5000}, {"url": "m2", "bytes": len(BLOB) - 5000}]
+    assert [error["url"] for error in source.errors] == ["m1"]
+
+
+def test_a_source_ignoring_range_is_read_past_the_prefix():
+    first, second = Memory("m1", break_at=3000), Memory("m2", ignore_range=True)
+    source = MirroredSource(Memory("origin"), [first, second], resolve_tags=False, pinned=None)
+    assert read_all(source) == BLOB
+    assert source.sources_for(DIGEST)[1] == {"url": "m2", "bytes": len(BLOB) - 3000}
+
+
+def test_length_ends_the_stream_and_offset_is_kept():
+    source = MirroredSource(Memory("origin"), [Memory("m1")], resolve_tags=False, pinned=None)
+    assert read_all(source, offset=100, length=50) == BLOB[100:150]
+
+
+def test_missing_everywhere_but_the_origin():
+    origin = Memory("origin")
+    source = MirroredSource(origin, [Memory("m1", empty=True)], resolve_tags=False, pinned=None)
+    assert read_all(source) == BLOB
+    assert source.bytes_from_origin() == len(BLOB)
+    assert source.manifest(DIGEST)[0] == BLOB
+
+
+def test_the_origin_failing_mid_stream_is_left_to_the_caller_to_resume():
+    source = MirroredSource(Memory("origin", break_at=10), [], resolve_tags=False, pinned=None)
+    with pytest.raises(SourceError) as caught:
+        read_all(source)
+    assert caught.value.retryable
+
+
+def test_wrong_bytes_blame_the_mirrors_that_served_them_and_never_the_origin_alone():
+    mirror, origin = Memory("m1"), Memory("origin")
+    source = MirroredSource(origin, [mirror], resolve_tags=False, pinned=None)
+    read_all(source)
+    assert source.reject_blob(DIGEST, "hashes to sha256:0") is True
+    assert read_all(source) == BLOB
+    assert origin.opened == [0]
+    assert source.reject_blob(DIGEST, "hashes to sha256:0") is False
+    assert source.errors[0]["url"] == "m1" and "failed verification" in source.errors[0]["reason"]
+
+
+def test_a_digest_or_a_pin_never_asks_the_origin_and_a_tag_asks_only_it():
+    origin, mirror = Memory("origin"), Memory("m1")
+    pinned = MirroredSource(origin, [mirror], resolve_tags=False, pinned=DIGEST)
+    assert pinned.resolve()[2] == DIGEST
+    assert origin.resolved == 0 and mirror.resolved == 0
+    tagged = MirroredSource(origin, [mirror], resolve_tags=False, pinned=None)
+    tagged.resolve()
+    assert (origin.resolved, mirror.resolved) == (1, 0)
+    trusting = MirroredSource(origin, [mirror], resolve_tags=True, pinned=None)
+    trusting.resolve()
+    assert (origin.resolved, mirror.resolved) == (1, 1)
+
+
+class Gone(Memory):
+    def manifest(self, digest: str) -> tuple[bytes, str | None]:
+        self.opened.append(-1)
+        raise MirrorUnreachable("connection refused")
+
+    def open_blob(self, digest: str, offset: int = 0) -> Stream:
+        self.opened.append(offset)
+        raise MirrorUnreachable("connection refused")
+
+
+def test_an_unreachable_mirror_is_asked_once_per_run():
+    gone = Gone("m1")
+    source = MirroredSource(Memory("origin"), [gone, Memory("m2")], resolve_tags=False, pinned=None)
+    source.manifest(DIGEST)
+    assert read_all(source) == BLOB
+    assert gone.opened == [-1]
+    assert [error["url"] for error in source.errors] == ["m1"]
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"url": "ftp://mirror.example"}, "is not an http(s) URL"),
+        ({"url": "https://user:pw@mirror.example"}, "carries credentials"),
+        ({"url": "https://mirror.example/v2/os"}, "a registry mirror is a base URL"),
+        ({"url": "https://mirror.example/os", "type": "layout", "repository": "os"}, "applies to a registry"),
+        ({"url": "https://mirror.example", "username": "u"}, "username and password must be given together"),
+    ],
+)
+def test_unusable_mirror_entries_are_refused(entry, message):
+    with pytest.raises(MirrorConfigError) as caught:
+        open_mirror(entry, 0, REF, {})
+    assert message in str(caught.value)
