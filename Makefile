@@ -15,7 +15,7 @@ CONTAINER_RUNTIME ?= podman
 # Debian packages the tests drive for real: registry, OCI client, emulator, sshd, ...
 # (docker-registry's package also starts a registry service on :5000 where systemd runs.)
 APT_PACKAGES := python3-venv docker-registry skopeo qemu-system-x86 qemu-system-arm qemu-utils openssh-server openssh-client \
-	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync shellcheck libvirt-clients
+	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync shellcheck libvirt-clients nginx-light
 # What `make demo` needs and nothing more: no service is started, no port opened.
 DEMO_APT_PACKAGES := python3-venv skopeo
 # The demo's own light virtualenv: ansible-core and the modules' requirements, no test or lint tools.
@@ -29,7 +29,7 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps demo-deps venv demo-venv collection demo test pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-delta ee-context ee
+.PHONY: help system-deps demo-deps venv demo-venv collection demo test pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-fleet bench-delta ee-context ee
 
 help:
 	@echo "make demo       build a sample two-platform image into a local OCI layout and show it (light install)"
@@ -42,7 +42,9 @@ help:
 	@echo "make docs       regenerate docs/reference from the modules' and roles' own docs"
 	@echo "make ee         build the execution environment image for AWX (make ee-context: only its build context)"
 	@echo "make bench      every benchmark against its peer tool and its limit, table in .build/bench/report.md (not in make test)"
-	@echo "make bench-build / bench-push / bench-fetch / bench-copy / bench-scale / bench-profile / bench-delta   one of them (docs/performance.md)"
+	@echo "make bench-build / bench-push / bench-fetch / bench-copy / bench-scale / bench-profile   one of them (docs/performance.md)"
+	@echo "make bench-fleet N nodes at once through the mirror role's site cache, the origin and a pull-through cache (docs/fleet.md)"
+	@echo "make bench-delta    release B fetched onto a node holding A: bytes, time over a 100 Mbit/s link, RSS (docs/delta.md)"
 
 # $(call apt_install,PACKAGES): install those of PACKAGES that dpkg does not have.
 define apt_install
@@ -172,6 +174,10 @@ bench-copy: system-deps venv collection
 # BENCH_ARGS="--sizes-mib=32,64 --size-mib=32 --nodes=1,4" to try it small.
 bench-scale: system-deps venv collection
 	$(BIN)/python bench/scale.py $(BENCH_ARGS)
+
+# BENCH_ARGS="--size-mib=64 --nodes=1,8" to try it small; table in .build/bench/fleet.md.
+bench-fleet: system-deps venv collection
+	$(BIN)/python bench/fleet.py $(BENCH_ARGS)
 
 # BENCH_ARGS="push --size-mib=64": one module call under cProfile, strace -c and py-spy (when installed).
 bench-profile: system-deps venv collection

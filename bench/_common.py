@@ -572,12 +572,13 @@ def machine() -> str:
         text=True,
         check=False,
     ).stdout.split("\n")[1:2]
-    return "%d CPUs (nproc), %.1f GiB memory, disk %s %.0f GiB (%.0f GiB free), load average %s" % (
+    return "%d CPUs (nproc), %.1f GiB memory, disk %s %.0f GiB (%.0f GiB free), kernel %s, load average %s" % (
         os.cpu_count() or 0,
         memory_kib / 1024 / 1024,
         " ".join(filesystem[0].split()) if filesystem else "?",
         usage.total / 1024**3,
         usage.free / 1024**3,
+        os.uname().release,
         " ".join("%.2f" % load for load in os.getloadavg()),
     )
 

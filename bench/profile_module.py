@@ -1,4 +1,4 @@
-"""Where a module's time goes: one call of build, push or fetch under cProfile, strace -c and py-spy.
+"""Where a module's time goes: one call of build, push, fetch or copy under cProfile, strace -c and py-spy.
 
 The module file runs as its own process with an arguments file, the way Ansible runs it on the host,
 minus the controller: what is profiled is the module alone. Each tool gets fresh state (a new layout,
@@ -19,6 +19,7 @@ import sys
 import typing as t
 
 import _common as c
+import copy_image
 import fetch
 
 MODULES = os.path.join(c.REPO, "plugins", "modules")
@@ -37,6 +38,13 @@ def scenario(step: str, ansible: c.Ansible, workdir: str, size_mib: int) -> tupl
         return registry, lambda number: dict(
             registry.registry_args, layout=layout, name=c.NAME, destination=destination % number
         )
+    if step == "copy":
+        # Registry -> layout: a fresh layout per run.
+        c.published(ansible, workdir, size_mib, registry, copy_image.REPOSITORY)
+        c.warm(c.tree_files(registry.storage))
+        return registry, lambda number: copy_image.copy_args(
+            registry, {"layout": os.path.join(workdir, "copy-%d" % number)}
+        )
     c.published(ansible, workdir, size_mib, registry, fetch.REPOSITORY)
     c.warm(c.tree_files(registry.storage))
     return registry, lambda number: fetch.fetch_args(registry, os.path.join(workdir, "dest-%d" % number))
@@ -51,7 +59,7 @@ def module_command(step: str, workdir: str, args: t.Mapping[str, t.Any], number:
 
 def main() -> None:
     options = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    options.add_argument("step", choices=["build", "push", "fetch"])
+    options.add_argument("step", choices=["build", "push", "fetch", "copy"])
     options.add_argument("--size-mib", type=int, default=256, help="rootfs size (default %(default)s)")
     options.add_argument("--top", type=int, default=25, help="entries to print per table (default %(default)s)")
     options.add_argument("--workdir", help="scratch directory, kept, with the profiles (default: removed)")

@@ -18,8 +18,28 @@ import stat
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
+    ARTIFACT_TYPE,
+    DEFAULT_BLOCK_SIZE,
+    LAYER_ANNOTATION,
+    MAX_HEADER_SIZE,
+    MEDIA_TYPE,
+    BlockHasher,
+    BlockIndex,
+    BlockIndexError,
+    Header,
+    check_block_size,
+    decode_header,
+    wants_index,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
-from ansible_collections.ironcore.image.plugins.module_utils._io import file_identity, shared_directory_reason
+from ansible_collections.ironcore.image.plugins.module_utils._io import (
+    ChunkHook,
+    file_identity,
+    iter_chunks,
+    sha256_digest,
+    shared_directory_reason,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._layout import (
     LayoutError,
     OciLayout,
@@ -54,6 +74,9 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     platform_tag_words,
 )
 
+if t.TYPE_CHECKING:
+    from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore
+
 
 class BuildError(ImageError):
     """Bad input or an unusable layout; the message names the field."""
@@ -67,6 +90,38 @@ class ArtifactSet:
     position: int
 
 
+def _referrers() -> t.Any:
+    """The referrers API, imported only by a build that indexes a layer.
+
+    Through the image stores it loads the registry client and requests, which
+    a build of small layers (or with block_index: false) has no use for.
+    """
+    from ansible_collections.ironcore.image.plugins.module_utils import _referrers as referrers
+
+    return referrers
+
+
+def _layout_store(layout: OciLayout) -> LayoutStore:
+    return t.cast("LayoutStore", _referrers().LayoutStore(layout.path))
+
+
+@dataclass(frozen=True)
+class IndexReferrer:
+    """A block index to attach to one platform manifest (its subject) as a referrer."""
+
+    subject: dict[str, t.Any]
+    layer_digest: str
+    data: bytes
+
+    def attach(self, store: LayoutStore) -> bool:
+        """Store the index blob and the referrer manifest, list it for the subject; False when it already was."""
+        layer = {LAYER_ANNOTATION: self.layer_digest}
+        referrers = _referrers()
+        blob = referrers.ReferrerBlob(MEDIA_TYPE, data=self.data, annotations=layer)
+        changed, _digest = referrers.attach_referrer(store, self.subject, ARTIFACT_TYPE, [blob], annotations=layer)
+        return bool(changed)
+
+
 @dataclass
 class BuildPlan:
     """What the build will record, computed before anything is written."""
@@ -74,6 +129,8 @@ class BuildPlan:
     ref: ImageReference
     layout: OciLayout
     blobs: dict[str, bytes] = field(default_factory=dict)
+    # Block indexes not yet attached: referrers beside the image, never part of its documents.
+    index_referrers: list[IndexReferrer] = field(default_factory=list)
     manifests: list[dict[str, t.Any]] = field(default_factory=list)
     refs: dict[str, dict[str, t.Any]] = field(default_factory=dict)
     index: dict[str, t.Any] = field(default_factory=dict)
@@ -168,21 +225,128 @@ class _BlobDigests:
         self.cache[self.key(path, packed_as)] = {"identity": identity, "digest": digest, "size": size}
         self.cache_dirty = True
 
-    def digest(self, path: str, packed_as: str | None, store: bool) -> tuple[str, int]:
+    def digest(
+        self, path: str, packed_as: str | None, store: bool, on_chunk: ChunkHook | None = None
+    ) -> tuple[str, int]:
+        """The blob's digest and size; `on_chunk` sees its bytes only when the file is read (no cache hit)."""
         hit = self.cached(path, packed_as)
         if hit:
             return hit
         identity = file_identity(path)
         if store:
-            digest, size, written = self.layout.import_file(path, packed_as)
+            digest, size, written = self.layout.import_file(path, packed_as, on_chunk)
         else:
-            digest, size = digest_of_file(path, packed_as)
+            digest, size = digest_of_file(path, packed_as, on_chunk)
             written = not self.layout.has_blob(digest, size)
         self.blobs_added = self.blobs_added or written
         # Only trust the result if the file did not change while being read.
         if file_identity(path) == identity:
             self.remember(path, packed_as, digest, size, identity)
         return digest, size
+
+
+class _BlockIndexes:
+    """The block index of every raw rootfs, squashfs and iso layer of 64 MiB or more, each made once.
+
+    The index is fed the chunks the layer is hashed (and copied) with, so it
+    costs no read of its own; an index already attached to a platform manifest
+    is reused as it is. With block_size None (block_index: false) no layer wants one.
+    """
+
+    def __init__(self, layout: OciLayout, block_size: int | None):
+        self.layout = layout
+        self.enabled = block_size is not None
+        self.block_size = block_size or DEFAULT_BLOCK_SIZE
+        self._made: dict[str, BlockIndex] = {}
+        self._encoded: dict[str, bytes] = {}
+
+    def hasher(self, role: str, path: str, packed: bool) -> BlockHasher | None:
+        """A hasher to feed while `path` is read, when its layer will want an index."""
+        if not self.enabled or not wants_index(role, os.path.getsize(path), not packed):
+            return None
+        return BlockHasher(self.block_size)
+
+    def wanted(self, role: str, layer: t.Mapping[str, t.Any], packed: bool) -> bool:
+        return self.enabled and wants_index(role, layer["size"], not packed)
+
+    def fed(self, hasher: BlockHasher | None, digest: str, size: int) -> None:
+        """Keep the index of a layer that was just read whole through `hasher`."""
+        if hasher is not None and hasher.size == size and digest not in self._made:
+            self._made[digest] = hasher.finish(digest)
+
+    def for_manifest(
+        self, subject: dict[str, t.Any], layer: t.Mapping[str, t.Any], plan: BuildPlan
+    ) -> dict[str, t.Any]:
+        """The result entry of the layer's index in this manifest; an index not yet attached joins the plan."""
+        attached = self._attached(subject["digest"], layer)
+        if attached is not None:
+            return attached
+        digest = layer["digest"]
+        if digest not in self._encoded:
+            self._encoded[digest] = self.index(digest, layer["size"]).encode()
+        data = self._encoded[digest]
+        plan.index_referrers.append(IndexReferrer(subject, digest, data))
+        return {"digest": sha256_digest(data), "size": len(data), "block_size": self.block_size}
+
+    def _attached(self, subject_digest: str, layer: t.Mapping[str, t.Any]) -> dict[str, t.Any] | None:
+        """The result entry of an index of this layer, at this block size, already attached to the manifest."""
+        referrers, store = _referrers(), _layout_store(self.layout)
+        for referrer in referrers.list_referrers(store, subject_digest, ARTIFACT_TYPE):
+            if referrer.annotations.get(LAYER_ANNOTATION) != layer["digest"]:
+                continue
+            for blob in referrers.read_referrer(store, referrer).get("layers", []):
+                header = self._stored_header(blob)
+                if (
+                    header is not None
+                    and header.layer_digest == layer["digest"]
+                    and header.layer_size == layer["size"]
+                    and header.block_size == self.block_size
+                ):
+                    return {"digest": blob["digest"], "size": blob["size"], "block_size": header.block_size}
+        return None
+
+    def _stored_header(self, blob: t.Any) -> Header | None:
+        """The header of an index blob the layout holds whole; None for anything else."""
+        if not isinstance(blob, dict) or blob.get("mediaType") != MEDIA_TYPE:
+            return None
+        digest, size = blob.get("digest"), blob.get("size")
+        if not isinstance(digest, str) or not SHA256_DIGEST_RE.fullmatch(digest) or not isinstance(size, int):
+            return None
+        if not self.layout.has_blob(digest, size):
+            return None
+        with self.layout.open_blob(digest) as stream:
+            line = stream.read(MAX_HEADER_SIZE).split(b"\n", 1)[0]
+        try:
+            header = decode_header(line)
+        except BlockIndexError:
+            return None
+        return header if header.encoded_size() == size else None
+
+    def index(self, digest: str, size: int) -> BlockIndex:
+        """The layer's index: made while it was read, else (a digest cache hit) with one read of its blob."""
+        if digest not in self._made:
+            # Only a layout without the index attached gets here (built before the index existed, or with
+            # block_index: false, or another block size): the layer was not read this run, so read it once.
+            hasher = BlockHasher(self.block_size)
+            with self.layout.open_blob(digest) as stream:
+                for chunk in iter_chunks(stream):
+                    hasher.update(chunk)
+            if hasher.size != size:
+                raise LayoutError(
+                    "blob %s in layout %s has %d bytes, not %d" % (digest, self.layout.path, hasher.size, size)
+                )
+            self._made[digest] = hasher.finish(digest)
+        return self._made[digest]
+
+
+def _block_size(params: t.Mapping[str, t.Any]) -> int | None:
+    if not params.get("block_index", True):
+        return None
+    block_size = params.get("block_index_block_size")
+    try:
+        return check_block_size(DEFAULT_BLOCK_SIZE if block_size is None else block_size)
+    except BlockIndexError as exc:
+        raise BuildError("block_index_block_size: %s" % exc, option="block_index_block_size") from exc
 
 
 def _refuse_shared_layout(layout: OciLayout, allow_shared: bool) -> None:
@@ -228,6 +392,7 @@ def plan_build(
     platforms = _ordered_platforms([name for name in map(canonical_platform, params["platforms"]) if name])
     if not platforms:
         raise BuildError("platforms must name at least one of %s" % ", ".join(PLATFORMS))
+    block_size = _block_size(params)
     artifacts = parse_artifacts(params["artifacts"], platforms)
     aliases = bool(params.get("platform_tag_aliases", True))
     try:
@@ -245,6 +410,7 @@ def plan_build(
         if in_flight is not None:
             in_flight.enter_context(layout.adding_blobs())
     digests = _BlobDigests(layout)
+    indexes = _BlockIndexes(layout, block_size)
     plan = BuildPlan(ref=ref, layout=layout)
     packed = params["layer_format"] == "tar+gzip"
     combined: list[dict[str, t.Any]] = []
@@ -253,13 +419,18 @@ def plan_build(
         config = config_document(artifact.cmdline)
         plan.blobs[descriptor_for(CONFIG_MEDIA_TYPE, config)["digest"]] = config
         layers: dict[str, dict[str, t.Any]] = {}
+        indexed: set[str] = set()
         for role, path in artifact.files.items():
             if not any(role in PROFILES[platform].roles for platform in platforms):
                 continue
-            digest, size = digests.digest(path, role if packed else None, store)
+            hasher = indexes.hasher(role, path, packed)
+            digest, size = digests.digest(path, role if packed else None, store, hasher.update if hasher else None)
+            indexes.fed(hasher, digest, size)
             layers[role] = descriptor(
                 layer_media_type(role, params["layer_format"]), digest, size, annotations={TITLE_ANNOTATION: role}
             )
+            if indexes.wanted(role, layers[role], packed):
+                indexed.add(digest)
         for platform in platforms:
             profile = PROFILES[platform]
             manifest_layers = [layers[role] for role in profile.roles if role in layers]
@@ -272,13 +443,18 @@ def plan_build(
             )
             manifest_desc = descriptor_for(OCI_MANIFEST, manifest)
             plan.blobs[manifest_desc["digest"]] = manifest
+            block_indexes = {
+                layer["digest"]: indexes.for_manifest(manifest_desc, layer, plan)
+                for layer in manifest_layers
+                if layer["digest"] in indexed
+            }
             plan.manifests.append(
                 {
                     "platform": platform,
                     "architecture": artifact.architecture,
                     "digest": manifest_desc["digest"],
                     "size": manifest_desc["size"],
-                    "layers": [_layer_summary(layer) for layer in manifest_layers],
+                    "layers": [_layer_summary(layer, block_indexes.get(layer["digest"])) for layer in manifest_layers],
                 }
             )
             combined.append(platform_entry(manifest_desc, artifact.architecture, platform))
@@ -301,12 +477,13 @@ def plan_build(
     return plan, digests
 
 
-def _layer_summary(layer: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+def _layer_summary(layer: t.Mapping[str, t.Any], block_index: t.Mapping[str, t.Any] | None) -> dict[str, t.Any]:
     return {
         "title": layer["annotations"][TITLE_ANNOTATION],
         "mediaType": layer["mediaType"],
         "digest": layer["digest"],
         "size": layer["size"],
+        "block_index": dict(block_index) if block_index else None,
     }
 
 
@@ -344,9 +521,17 @@ def build_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.
             if not overwrite:
                 # Refused before any document is written; decided again under the lock below.
                 refuse_moving(before, after, moved)
+            # In check mode, every index not found attached would be attached.
+            indexes_attached = bool(plan.index_referrers)
             if not check_mode:
                 for data in plan.blobs.values():
                     plan.layout.put_bytes(data)
+                # After the manifests they are about, before the names: an image that has a name has its indexes.
+                # Still inside in_flight, not under locked(): attaching takes the index lock itself.
+                store = _layout_store(plan.layout) if plan.index_referrers else None
+                # Every one attached, not only up to the first that changes something.
+                attached = [referrer.attach(store) for referrer in plan.index_referrers if store]
+                indexes_attached = any(attached)
                 # Decided under the lock: a concurrent build may have moved a name meanwhile.
                 with plan.layout.locked():
                     before, moved = _moved_refs(plan, after)
@@ -356,7 +541,7 @@ def build_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.
                         plan.layout.set_refs({name: plan.refs[name] for name in sorted(moved)})
         if digests.cache_dirty and not check_mode:
             digests.layout.save_digest_cache(digests.cache)
-        changed = bool(moved) or bool(blobs_missing) or digests.blobs_added
+        changed = bool(moved) or bool(blobs_missing) or digests.blobs_added or indexes_attached
     except (LayoutError, InvalidDocument) as exc:
         raise BuildError(str(exc)) from exc
     except OSError as exc:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     AtomicFile,
+    BackgroundHashingCounter,
     HashingCounter,
     resume_hash,
 )
@@ -120,7 +121,8 @@ class _Receiver:
         self.source = source
         self.layer = layer
         self.out = out
-        self.counter = counter
+        # Hashed in a second thread, beside the receive and the write.
+        self.counter: HashingCounter = BackgroundHashingCounter(counter)
         self.retries = retries
         self.backoff = backoff
         self.tally = tally
@@ -130,7 +132,7 @@ class _Receiver:
         """The server answered the whole blob: drop what we had."""
         self.out.file.seek(0)
         self.out.file.truncate()
-        self.counter = HashingCounter()
+        self.counter = BackgroundHashingCounter()
         if self.progress is not None:
             self.progress.start(self.layer.role, self.layer.size)
 
@@ -227,7 +229,8 @@ def _check_room(size: int, max_size: int | None, directory: str | None) -> None:
 
 
 def _copy_exact(stream: t.Any, size: int, out: t.Any) -> HashingCounter:
-    counter = HashingCounter()
+    # Hashed in a second thread while this one inflates and writes.
+    counter = BackgroundHashingCounter()
     while counter.size < size:
         chunk = stream.read(min(DOWNLOAD_CHUNK * 4, size - counter.size))
         if not chunk:

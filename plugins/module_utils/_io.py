@@ -20,9 +20,12 @@ import fcntl
 import hashlib
 import json
 import os
+import queue
 import secrets
 import stat
+import threading
 import typing as t
+import weakref
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, one_line
 
@@ -311,20 +314,103 @@ def write_bytes_atomic(path: str, data: bytes, mode: int | None = None) -> None:
         out.commit()
 
 
-class HashingCounter:
-    """sha256 and byte count of everything that passes through."""
+# Handed every chunk a HashingCounter or a copy hashes, in order (the build's block index rides on it). The
+# view may be of a reused buffer, valid only during the call, and the call may come from a copy's hasher
+# thread: an exception it raises fails the copy.
+ChunkHook = t.Callable[[memoryview], None]
 
-    def __init__(self) -> None:
+
+class HashingCounter:
+    """sha256 and byte count of everything that passes through.
+
+    `on_chunk`, when given, sees each chunk right after it is hashed, so a
+    second digest of the same bytes (a block index) costs no second read.
+    The chunk's buffer may be reused once the call returns.
+    """
+
+    def __init__(self, on_chunk: ChunkHook | None = None) -> None:
         self._sha = hashlib.sha256()
         self.size = 0
+        self._on_chunk = on_chunk
 
     def update(self, data: t.Any) -> None:
         self._sha.update(data)
         self.size += len(data)
+        if self._on_chunk is not None:
+            self._on_chunk(memoryview(data))
 
     @property
     def digest(self) -> str:
         return "sha256:" + self._sha.hexdigest()
+
+
+# Batches a background hasher may hold, not yet hashed, and how large a batch grows before it
+# is handed over: memory stays at a few MiB, and small network reads (64 KiB) cost one
+# hand-off per batch, not one each.
+_HASH_QUEUE_BATCHES = 3
+_HASH_BATCH_SIZE = 1024 * 1024
+
+
+class BackgroundHashingCounter(HashingCounter):
+    """A HashingCounter that hashes in a second thread: update() queues the chunk and returns.
+
+    On two cores the hash then overlaps the receive and the write instead of
+    adding to them. `size` counts at once; `digest` waits for every queued
+    chunk. The chunks must not change after update() (bytes from a socket or a
+    decompressor, not a reused buffer): anything else is copied first.
+    """
+
+    def __init__(self, start: HashingCounter | None = None) -> None:
+        super().__init__()
+        if start is not None:
+            # Continue a kept partial file's hash.
+            self._sha = start._sha.copy()
+            self.size = start.size
+        self._batches: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=_HASH_QUEUE_BATCHES)
+        self._batch: list[bytes] = []
+        self._batch_size = 0
+        self._thread: threading.Thread | None = None
+
+    def update(self, data: t.Any) -> None:
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        self._batch.append(data)
+        self._batch_size += len(data)
+        self.size += len(data)
+        if self._batch_size >= _HASH_BATCH_SIZE:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if not self._batch:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=_hash_queued, args=(self._sha, self._batches), name="hash", daemon=True
+            )
+            self._thread.start()
+            # A counter dropped without its digest read (an aborted transfer) still ends its thread.
+            weakref.finalize(self, self._batches.put, None)
+        self._batches.put(self._batch)
+        self._batch, self._batch_size = [], 0
+
+    @property
+    def digest(self) -> str:
+        self._hand_over()
+        self._batches.join()
+        return "sha256:" + self._sha.hexdigest()
+
+
+def _hash_queued(sha: t.Any, batches: queue.Queue[list[bytes] | None]) -> None:
+    """The background hasher's loop: knows only the hash and the queue, so the counter can be collected."""
+    while True:
+        batch = batches.get()
+        try:
+            if batch is None:
+                return
+            for data in batch:
+                sha.update(data)
+        finally:
+            batches.task_done()
 
 
 def iter_chunks(stream: t.BinaryIO, chunk_size: int = CHUNK_SIZE) -> t.Iterator[memoryview]:
@@ -371,15 +457,15 @@ class FileStream:
         self._file.close()
 
 
-def hash_file(path: str) -> tuple[str, int]:
+def hash_file(path: str, on_chunk: ChunkHook | None = None) -> tuple[str, int]:
     """The sha256 digest and size of a file, read once in chunks."""
     with open(path, "rb") as stream:
-        return hash_stream(stream)
+        return hash_stream(stream, on_chunk)
 
 
-def hash_stream(stream: t.BinaryIO) -> tuple[str, int]:
+def hash_stream(stream: t.BinaryIO, on_chunk: ChunkHook | None = None) -> tuple[str, int]:
     """The sha256 digest and size of what is left in an open stream."""
-    counter = HashingCounter()
+    counter = HashingCounter(on_chunk)
     for chunk in iter_chunks(stream):
         counter.update(chunk)
     return counter.digest, counter.size
@@ -402,10 +488,126 @@ def resume_hash(out: AtomicFile, size: int) -> HashingCounter | None:
     return counter
 
 
-def copy_and_hash(source: t.BinaryIO, out: t.Any) -> HashingCounter:
-    """Stream `source` into `out`, hashing on the way: one read of the data."""
+# copy_file_range errors meaning "not between these two files": copy through user space instead.
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM})
+# Copied ranges the hasher may lag behind: a few chunks, so it reads them back while they are in the cache.
+_READ_BACK_LAG = 4
+
+
+def copy_and_hash(source: t.BinaryIO, out: t.Any, on_chunk: ChunkHook | None = None) -> HashingCounter:
+    """Stream `source` into `out` (an AtomicFile or any writer), hashing what `out` receives.
+
+    Between two regular files the kernel copies (copy_file_range: the bytes
+    never pass through this process), while a second thread reads each copied
+    range back from the destination (the page cache) and hashes it: the digest
+    is that of the bytes the blob file holds, and hashing overlaps the copy.
+    Otherwise: one read per chunk, hashed and written. `on_chunk` sees every
+    hashed chunk in order either way.
+    """
+    if isinstance(out, AtomicFile) and _kernel_copy_possible(source):
+        out.file.flush()
+        start = out.file.seek(0, os.SEEK_END)
+        try:
+            position = source.tell()
+            counter = _kernel_copy(source.fileno(), position, out.file.fileno(), start, on_chunk)
+        except _NoKernelCopy:
+            pass
+        else:
+            # Both files where a read and a write would have left them.
+            source.seek(position + counter.size)
+            out.file.seek(0, os.SEEK_END)
+            return counter
     counter = HashingCounter()
     for chunk in iter_chunks(source):
         counter.update(chunk)
+        if on_chunk is not None:
+            on_chunk(chunk)
         out.write(chunk)
     return counter
+
+
+class _NoKernelCopy(Exception):
+    """copy_file_range cannot copy between these files; nothing was copied."""
+
+
+def _kernel_copy_possible(source: t.Any) -> bool:
+    fileno = getattr(source, "fileno", None)
+    if fileno is None or not hasattr(os, "copy_file_range"):
+        return False
+    status = os.fstat(fileno())
+    # Not for special files: copy_file_range reports 0 bytes for some of them (procfs), which is no EOF.
+    return stat.S_ISREG(status.st_mode) and status.st_size > 0
+
+
+def _kernel_copy(source_fd: int, position: int, out_fd: int, start: int, on_chunk: ChunkHook | None) -> HashingCounter:
+    """copy_file_range from `position` of the source to `out_fd` at `start`, hashed by reading back what landed.
+
+    Explicit offsets: neither file's own position moves.
+    """
+    hasher = _ReadBackHasher(out_fd, on_chunk)
+    copied = 0
+    try:
+        while True:
+            try:
+                count = os.copy_file_range(source_fd, out_fd, CHUNK_SIZE, position + copied, start + copied)
+            except OSError as exc:
+                if copied == 0 and exc.errno in _NO_KERNEL_COPY:
+                    raise _NoKernelCopy() from exc
+                raise
+            if count == 0:
+                break
+            hasher.hash_range(start + copied, count)
+            copied += count
+    finally:
+        counter = hasher.finish()
+    return counter
+
+
+class _ReadBackHasher:
+    """A thread hashing ranges of a file, in order, as they are handed to it."""
+
+    def __init__(self, fd: int, on_chunk: ChunkHook | None):
+        self._fd = fd
+        self._on_chunk = on_chunk
+        self.counter = HashingCounter()
+        self._ranges: queue.Queue[tuple[int, int] | None] = queue.Queue(maxsize=_READ_BACK_LAG)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="hash-read-back", daemon=True)
+        self._thread.start()
+
+    def hash_range(self, offset: int, length: int) -> None:
+        if self._failure is not None:
+            raise self._failure
+        self._ranges.put((offset, length))
+
+    def finish(self) -> HashingCounter:
+        self._ranges.put(None)
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+        return self.counter
+
+    def _run(self) -> None:
+        buffer = memoryview(bytearray(CHUNK_SIZE))
+        while True:
+            item = self._ranges.get()
+            if item is None:
+                return
+            if self._failure is not None:
+                continue  # drain, so that the copying thread never blocks on a full queue
+            try:
+                self._hash(buffer, *item)
+            except BaseException as exc:  # pylint: disable=broad-exception-caught  # re-raised in the caller
+                self._failure = exc
+
+    def _hash(self, buffer: memoryview, offset: int, length: int) -> None:
+        while length > 0:
+            count = os.preadv(self._fd, [buffer[: min(length, len(buffer))]], offset)
+            if count == 0:
+                raise OSError(errno.EIO, "the copy ended %d bytes early when read back" % length)
+            chunk = buffer[:count]
+            self.counter.update(chunk)
+            if self._on_chunk is not None:
+                self._on_chunk(chunk)
+            offset += count
+            length -= count

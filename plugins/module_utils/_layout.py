@@ -25,6 +25,7 @@ import typing as t
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     AtomicFile,
+    ChunkHook,
     HashingCounter,
     TooLargeError,
     canonical_json,
@@ -78,7 +79,7 @@ class OciLayout:
         """Fail early, before anything is written, when the path cannot hold a layout."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise LayoutError("layout %s exists and is not a directory" % self.path)
-        if os.path.isdir(self.path) and os.listdir(self.path) and not self.exists():
+        if os.path.isdir(self.path) and not self.exists() and _foreign_entries(os.listdir(self.path)):
             raise LayoutError("layout %s is a non-empty directory without an oci-layout file" % self.path)
 
     def exists(self) -> bool:
@@ -90,9 +91,12 @@ class OciLayout:
 
     def ensure(self) -> None:
         self.check_usable()
-        os.makedirs(os.path.join(self.path, "blobs", "sha256"), exist_ok=True)
+        # oci-layout first: until it is there, another build starting on the same new directory must see
+        # nothing but this one's temporary file (see _foreign_entries), not a directory of someone else's.
+        os.makedirs(self.path, exist_ok=True)
         if not self.exists():
             write_bytes_atomic(os.path.join(self.path, "oci-layout"), LAYOUT_VERSION_DOC)
+        os.makedirs(os.path.join(self.path, "blobs", "sha256"), exist_ok=True)
         if not os.path.exists(self.index_path):
             write_bytes_atomic(self.index_path, canonical_json(_empty_index()))
 
@@ -119,16 +123,21 @@ class OciLayout:
         write_bytes_atomic(self.blob_path(digest), data)
         return digest, len(data), True
 
-    def import_file(self, source: str, packed_as: str | None = None) -> tuple[str, int, bool]:
+    def import_file(
+        self, source: str, packed_as: str | None = None, on_chunk: ChunkHook | None = None
+    ) -> tuple[str, int, bool]:
         """Copy a file into the blob store, hashing while copying (one read).
 
         With packed_as, the blob is a reproducible tar+gzip holding the file
         under that name instead of the raw file. Returns (digest, size, written):
-        written is False when the store already held the blob.
+        written is False when the store already held the blob. `on_chunk` sees
+        the blob's bytes in order, as they are hashed.
         """
         staging = os.path.join(self.path, "blobs", "sha256", "import")
         with AtomicFile(staging) as out:
-            counter = _write_packed(source, packed_as, out) if packed_as else _write_raw(source, out)
+            counter = (
+                _write_packed(source, packed_as, out, on_chunk) if packed_as else _write_raw(source, out, on_chunk)
+            )
             final = self.blob_path(counter.digest)
             written = not self.has_blob(counter.digest, counter.size)
             if written:
@@ -279,21 +288,31 @@ class OciLayout:
         return True
 
 
+def _foreign_entries(names: t.Iterable[str]) -> list[str]:
+    """The entries of a directory that a layout being created in it right now would not have written."""
+    return [
+        name
+        for name in names
+        if name not in (LOCK_FILE, BLOBS_LOCK_FILE) and not (name.startswith(".oci-layout.") and name.endswith(".tmp"))
+    ]
+
+
 def _empty_index() -> dict[str, t.Any]:
     return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
 
 
-def _write_raw(source: str, out: t.Any) -> HashingCounter:
+def _write_raw(source: str, out: t.Any, on_chunk: ChunkHook | None = None) -> HashingCounter:
+    """The file's bytes as they are: copied by the kernel when it can, hashed as they land (see copy_and_hash)."""
     with open(source, "rb") as stream:
-        return copy_and_hash(stream, out)
+        return copy_and_hash(stream, out, on_chunk)
 
 
 class _HashingWriter:
     """File-like sink for tarfile/gzip that hashes what it forwards."""
 
-    def __init__(self, out: t.Any):
+    def __init__(self, out: t.Any, on_chunk: ChunkHook | None = None):
         self._out = out
-        self.counter = HashingCounter()
+        self.counter = HashingCounter(on_chunk)
 
     def write(self, data: t.Any) -> int:
         self.counter.update(data)
@@ -304,9 +323,9 @@ class _HashingWriter:
         pass
 
 
-def _write_packed(source: str, member_name: str, out: t.Any) -> HashingCounter:
+def _write_packed(source: str, member_name: str, out: t.Any, on_chunk: ChunkHook | None = None) -> HashingCounter:
     """A tar.gz of one file whose bytes depend on the file's content alone."""
-    sink = _HashingWriter(out)
+    sink = _HashingWriter(out, on_chunk)
     info = tarfile.TarInfo(member_name)
     info.size = os.path.getsize(source)
     info.mode = 0o644
@@ -319,16 +338,16 @@ def _write_packed(source: str, member_name: str, out: t.Any) -> HashingCounter:
     return sink.counter
 
 
-def digest_of_file(source: str, packed_as: str | None = None) -> tuple[str, int]:
-    """What import_file would store, computed without writing anything."""
+def digest_of_file(source: str, packed_as: str | None = None, on_chunk: ChunkHook | None = None) -> tuple[str, int]:
+    """What import_file would store, computed without writing anything (`on_chunk` as there)."""
     if not packed_as:
-        return hash_file(source)
+        return hash_file(source, on_chunk)
 
     class _Null:
         def write(self, data: t.Any) -> int:
             return len(data)
 
-    counter = _write_packed(source, packed_as, _Null())
+    counter = _write_packed(source, packed_as, _Null(), on_chunk)
     return counter.digest, counter.size
 
 

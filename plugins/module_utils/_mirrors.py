@@ -52,6 +52,8 @@ from ansible_collections.ironcore.image.plugins.module_utils._source import (
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 MIRROR_TYPES = ("registry", "layout")
 
+# The names of a digest's signatures (`sha256-<hex>.sig`) and of its referrers list (`sha256-<hex>`).
+ATTACHMENT_NAME_RE = re.compile(r"sha256-[0-9a-f]{64}(\.sig)?")
 TAG_UNTRUSTED = (
     "a tag is resolved only at the origin, because a mirror could answer any digest for it and only digests can be"
     " verified; give name@sha256:... or digest to fetch from the mirrors alone, or set mirror_resolve_tags: true"
@@ -667,11 +669,39 @@ class MirroredStore:
     def current_name(self, name: str) -> dict[str, t.Any] | None:
         if SHA256_DIGEST_RE.fullmatch(name):
             return self.resolve(name)
+        if ATTACHMENT_NAME_RE.fullmatch(name):
+            return self._attachment_name(name)
         if self.mirrored.resolve_tags:
             found = self._mirror_tag(name)
             if found is not None:
                 return found
         return t.cast(t.Optional[dict[str, t.Any]], self._at_origin(name, lambda: self.store.current_name(name)))
+
+    def _attachment_name(self, name: str) -> dict[str, t.Any] | None:
+        """A signature or referrers list of a digest: at the origin, or at the mirrors when the origin cannot answer.
+
+        Unlike an image tag, what such a name points at is checked on its own
+        (a signature against the keys and the digest it names, a referrer
+        against its subject), so a mirror's answer cannot make a node accept
+        other bytes; at worst a mirror leaves one out. That keeps a copy from
+        mirrors working with the origin down without carrying less than the
+        mirrors hold.
+        """
+        try:
+            return t.cast(t.Optional[dict[str, t.Any]], self.store.current_name(name))
+        except ImageError:
+            if self.mirrored.resolve_tags:
+                raise
+        for mirror in self.mirrored.mirrors:
+            asking = copy_with_ref(mirror, dataclasses.replace(mirror.ref, tag=name, digest=None))
+            try:
+                data, media_type, digest = asking.resolve()
+            except SourceError:
+                # Most digests have no signature and no referrers: a miss is no mirror failure.
+                continue
+            self._resolved[digest] = data
+            return {"mediaType": media_type or declared_media_type(data), "digest": digest, "size": len(data)}
+        return None
 
     def read_document(self, digest: str, size: int) -> bytes:
         cached = self._resolved.pop(digest, None)

@@ -27,12 +27,9 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import read_bou
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import SHA256_DIGEST_RE
 
-try:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-except ImportError:  # reported by the module's require(module, "cryptography")
-    pass
+# cryptography is imported where a key is used, not here: a fetch without signature_keys (and
+# every module that imports this one only for its names) never pays for loading it. A missing
+# library is reported by the module's require(module, "cryptography") before any key is used.
 
 SIMPLESIGNING_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
@@ -107,6 +104,8 @@ def load_private_key(path: str, passphrase: str | None = None) -> t.Any:
             " cosign with cosign import-key-pair (see docs/signing.md)" % path
         )
     secret = passphrase.encode() if passphrase else None
+    from cryptography.hazmat.primitives import serialization
+
     try:
         key = serialization.load_pem_private_key(data, password=secret)
     except TypeError as exc:
@@ -130,6 +129,8 @@ def load_public_key(text: str) -> t.Any:
             data, what = read_bounded(text, KEY_FILE_LIMIT), "public key %s" % text
         except (OSError, ValueError) as exc:
             raise SignatureError("signature key %s cannot be read: %s" % (text, exc)) from exc
+    from cryptography.hazmat.primitives import serialization
+
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError as exc:
@@ -139,6 +140,8 @@ def load_public_key(text: str) -> t.Any:
 
 
 def _require_p256(key: t.Any, what: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     if not isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) or not isinstance(
         key.curve, ec.SECP256R1
     ):
@@ -147,6 +150,8 @@ def _require_p256(key: t.Any, what: str) -> None:
 
 def fingerprint(key: t.Any) -> str:
     """SHA256:<hex> of the public key's DER SubjectPublicKeyInfo (what `openssl pkey -pubout -outform DER` prints)."""
+    from cryptography.hazmat.primitives import serialization
+
     public = key.public_key() if hasattr(key, "public_key") else key
     der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return "SHA256:" + hashlib.sha256(der).hexdigest()
@@ -157,11 +162,18 @@ def fingerprint(key: t.Any) -> str:
 
 def sign(key: t.Any, data: bytes) -> str:
     """base64 of the ASN.1 DER ECDSA-P256/SHA-256 signature over `data`."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return base64.b64encode(key.sign(data, ec.ECDSA(hashes.SHA256()))).decode("ascii")
 
 
 def verifying_key(keys: t.Sequence[t.Any], data: bytes, signature: str) -> t.Any | None:
     """The first key whose signature `signature` (base64 DER) is over `data`, else None."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     der = decode_signature(signature)
     for key in keys:
         try:

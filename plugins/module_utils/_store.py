@@ -31,6 +31,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._client import Regi
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, RegistryError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     AtomicFile,
+    BackgroundHashingCounter,
     FileStream,
     HashingCounter,
     resume_hash,
@@ -323,7 +324,8 @@ class _Receiver:
         self.digest = digest
         self.size = size
         self.out = out
-        self.hashed = hashed
+        # Hashed in a second thread, beside the receive and the write.
+        self.hashed: HashingCounter = BackgroundHashingCounter(hashed)
         self.counter = counter
         self.what = "copying blob %s from %s" % (digest, source.describe())
 
@@ -339,7 +341,7 @@ class _Receiver:
                 # The source sent the whole blob: start over.
                 self.out.file.seek(0)
                 self.out.file.truncate()
-                self.hashed = HashingCounter()
+                self.hashed = BackgroundHashingCounter()
             for chunk in stream.iter_chunks(RECEIVE_CHUNK):
                 if self.hashed.size + len(chunk) > self.size:
                     self.out.keep_partial = False

@@ -151,6 +151,30 @@ options:
     type: bool
     default: true
     version_added: 0.2.0
+  block_index:
+    description:
+      - Write a block index for every raw (O(layer_format=raw)) C(rootfs), C(squashfs) and C(iso) layer of at least
+        64 MiB, that is one sha256 (its first 16 bytes) per block of the layer and a map of the all-zero blocks, so
+        that a node holding an older file can fetch only the blocks that changed.
+      - The index is made from the same bytes the layer is copied into the layout with, so it costs no extra read.
+        It is a blob of its own (format in the collection's C(docs/image-format.md)), attached to each platform
+        manifest that holds the layer as an OCI referrer (artifact type
+        C(application/vnd.ironcore.image.blockindex.v1), listed under the name C(sha256-<manifest hex>) in the
+        layout); the image's own manifests and digests never change.
+      - A rebuild of an unchanged layer finds its index attached and reads neither; a layout built without the
+        index gets it from one read of the layer.
+      - With V(false), no index is written.
+    type: bool
+    default: true
+    version_added: 0.3.0
+  block_index_block_size:
+    description:
+      - Block size of the block index in bytes, a power of two from V(512) to V(16777216) (16 MiB).
+      - Match the file system's block size (4 KiB for ext4 and most others) so that unchanged files land on
+        unchanged blocks.
+    type: int
+    default: 4096
+    version_added: 0.3.0
 seealso:
   - module: ironcore.image.ironcore_image_push
   - module: ironcore.image.ironcore_image_fetch
@@ -219,7 +243,10 @@ manifests:
       description: Size of the manifest in bytes.
       type: int
     layers:
-      description: The manifest's layers in order, each with C(title), C(mediaType), C(digest) and C(size).
+      description:
+        - The manifest's layers in order, each with C(title), C(mediaType), C(digest), C(size) and C(block_index).
+        - C(block_index) is the layer's block index (see O(block_index)) as C(digest), C(size) and C(block_size),
+          or V(null) when the layer has none.
       type: list
       elements: dict
 refs:
@@ -265,6 +292,8 @@ def main() -> None:
             "platform_tag_aliases": {"type": "bool", "default": True},
             "allow_shared_dest": {"type": "bool", "default": False},
             "overwrite": {"type": "bool", "default": True},
+            "block_index": {"type": "bool", "default": True},
+            "block_index_block_size": {"type": "int", "default": 4096},
         },
         supports_check_mode=True,
     )

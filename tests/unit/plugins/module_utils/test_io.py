@@ -244,3 +244,96 @@ def test_atomic_file_syncs_the_data_before_the_rename_and_the_directory_after(tm
     monkeypatch.setattr(io.os, "rename", rename)
     io.write_bytes_atomic(str(tmp_path / "blob"), b"data")
     assert events == ["fsync file", "rename", "fsync directory"]
+
+
+def _source(tmp_path, size: int):
+    data = os.urandom(size)
+    path = tmp_path / "rootfs"
+    path.write_bytes(data)
+    return path, data
+
+
+@pytest.mark.parametrize("size", [1, io.CHUNK_SIZE - 1, io.CHUNK_SIZE, 2 * io.CHUNK_SIZE + 12345])
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_copy_and_hash_stores_and_hashes_every_byte_and_shows_each_chunk_in_order(
+    tmp_path, monkeypatch, size, kernel_copy
+):
+    path, data = _source(tmp_path, size)
+    if not kernel_copy:
+        monkeypatch.delattr(os, "copy_file_range")
+    seen = bytearray()
+    with open(path, "rb") as stream, io.AtomicFile(str(tmp_path / "blob")) as out:
+        counter = io.copy_and_hash(stream, out, on_chunk=seen.extend)
+        assert stream.tell() == size
+        out.commit()
+    assert (tmp_path / "blob").read_bytes() == data
+    assert bytes(seen) == data
+    assert (counter.digest, counter.size) == (io.sha256_digest(data), size)
+
+
+def test_copy_and_hash_continues_a_partial_destination_from_the_source_position(tmp_path):
+    path, data = _source(tmp_path, io.CHUNK_SIZE + 7)
+    (tmp_path / ".partial").write_bytes(data[:100])
+    with open(path, "rb") as stream, io.AtomicFile(
+        str(tmp_path / "blob"), temp_path=str(tmp_path / ".partial"), append=True
+    ) as out:
+        stream.seek(100)
+        counter = io.copy_and_hash(stream, out)
+        out.commit()
+    assert (tmp_path / "blob").read_bytes() == data
+    assert counter.size == len(data) - 100 and counter.digest == io.sha256_digest(data[100:])
+
+
+def test_copy_and_hash_writes_to_any_writer_through_user_space(tmp_path):
+    path, data = _source(tmp_path, 3 * 1024 * 1024)
+    sink = bytearray()
+
+    class Writer:
+        def write(self, chunk):
+            sink.extend(chunk)
+            return len(chunk)
+
+    with open(path, "rb") as stream:
+        counter = io.copy_and_hash(stream, Writer())
+    assert bytes(sink) == data and counter.digest == io.sha256_digest(data)
+
+
+def test_copy_and_hash_reports_a_failing_read_back_and_leaves_no_file(tmp_path, monkeypatch):
+    path, _data = _source(tmp_path, 2 * io.CHUNK_SIZE)
+
+    def broken(*_args):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "preadv", broken)
+    with open(path, "rb") as stream, io.AtomicFile(str(tmp_path / "blob")) as out:
+        with pytest.raises(OSError, match="Input/output error"):
+            io.copy_and_hash(stream, out)
+    assert os.listdir(tmp_path) == ["rootfs"]
+
+
+def test_background_hashing_counter_hashes_what_a_plain_one_does_and_continues_a_kept_hash():
+    chunks = [os.urandom(size) for size in (1, 4096, 1024 * 1024, 3, 700 * 1024)]
+    plain = io.HashingCounter()
+    for chunk in chunks[:2]:
+        plain.update(chunk)
+    background = io.BackgroundHashingCounter(plain)
+    reused = bytearray(chunks[2])
+    background.update(memoryview(reused))
+    # A reused buffer may change after update(): what was handed over is what counts.
+    reused[:] = bytes(len(reused))
+    for chunk in chunks[3:]:
+        background.update(chunk)
+    whole = b"".join(chunks)
+    assert (background.digest, background.size) == (io.sha256_digest(whole), len(whole))
+    assert io.BackgroundHashingCounter().digest == io.sha256_digest(b"")
+
+
+def test_copy_and_hash_fails_when_the_chunk_callback_fails(tmp_path):
+    path, _data = _source(tmp_path, io.CHUNK_SIZE + 1)
+
+    def refuse(_chunk):
+        raise ValueError("index full")
+
+    with open(path, "rb") as stream, io.AtomicFile(str(tmp_path / "blob")) as out:
+        with pytest.raises(ValueError, match="index full"):
+            io.copy_and_hash(stream, out, on_chunk=refuse)

@@ -48,6 +48,23 @@ def test_import_file_hashes_while_copying(tmp_path):
     assert layout_mod.digest_of_file(str(source)) == (digest, size)
 
 
+def test_import_file_hands_every_chunk_to_its_hook(tmp_path):
+    """What the build's block index is fed: the blob's bytes in order, as copied and as only hashed."""
+    source = tmp_path / "rootfs"
+    data = os.urandom(9 * 1024 * 1024 + 3)
+    source.write_bytes(data)
+    store = layout_mod.OciLayout(str(tmp_path / "l"))
+    store.ensure()
+    copied, hashed = bytearray(), bytearray()
+    digest, _size, _written = store.import_file(str(source), on_chunk=copied.extend)
+    assert bytes(copied) == data
+    assert layout_mod.digest_of_file(str(source), on_chunk=hashed.extend)[0] == digest
+    assert bytes(hashed) == data
+    packed = bytearray()
+    digest, _size, _written = store.import_file(str(source), packed_as="rootfs", on_chunk=packed.extend)
+    assert bytes(packed) == open(store.blob_path(digest), "rb").read()
+
+
 def test_packed_layer_is_reproducible_single_file_tar(tmp_path):
     source = tmp_path / "kernel"
     source.write_bytes(b"kernel bytes")
@@ -136,3 +153,13 @@ def test_caller_named_temporary_file_is_private_until_commit(tmp_path, append):
     # Without a requested mode a new file still gets the umask-derived one at commit.
     assert os.stat(tmp_path / "disk.raw").st_mode & 0o777 == 0o644
     assert (tmp_path / "disk.raw").read_bytes() == (b"kept by an older run" if append else b"") + b"more"
+
+
+def test_a_directory_holding_only_a_starting_build_is_usable(tmp_path):
+    """A second build on a new directory sees only the first one's lock and temporary oci-layout: not foreign."""
+    (tmp_path / ".ironcore.lock").write_bytes(b"")
+    (tmp_path / ".oci-layout.0123456789abcdef.tmp").write_bytes(b"")
+    layout_mod.OciLayout(str(tmp_path)).check_usable()
+    (tmp_path / "notes.txt").write_bytes(b"")
+    with pytest.raises(layout_mod.LayoutError, match="non-empty directory"):
+        layout_mod.OciLayout(str(tmp_path)).check_usable()
