@@ -29,7 +29,7 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps demo-deps venv demo-venv collection demo test pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-fleet ee-context ee
+.PHONY: help system-deps demo-deps venv demo-venv collection demo test pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-fleet bench-delta ee-context ee
 
 help:
 	@echo "make demo       build a sample two-platform image into a local OCI layout and show it (light install)"
@@ -44,6 +44,7 @@ help:
 	@echo "make bench      every benchmark against its peer tool and its limit, table in .build/bench/report.md (not in make test)"
 	@echo "make bench-build / bench-push / bench-fetch / bench-copy / bench-scale / bench-profile   one of them (docs/performance.md)"
 	@echo "make bench-fleet N nodes at once through the mirror role's site cache, the origin and a pull-through cache (docs/fleet.md)"
+	@echo "make bench-delta    release B fetched onto a node holding A: bytes, time over a 100 Mbit/s link, RSS (docs/delta.md)"
 
 # $(call apt_install,PACKAGES): install those of PACKAGES that dpkg does not have.
 define apt_install
@@ -163,6 +164,9 @@ bench-push: system-deps venv collection
 
 bench-fetch: system-deps venv collection
 	$(BIN)/python bench/fetch.py $(BENCH_ARGS)
+
+bench-delta: system-deps venv collection
+	$(BIN)/python bench/delta.py $(BENCH_ARGS)
 
 bench-copy: system-deps venv collection
 	$(BIN)/python bench/copy_image.py $(BENCH_ARGS)

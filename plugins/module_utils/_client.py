@@ -704,10 +704,17 @@ class RegistryClient:
         length = response.headers.get("Content-Length", "")
         return int(length) if length.isdigit() else 0
 
-    def open_blob(self, repository: str, digest: str, offset: int = 0) -> BlobStream:
-        """A streaming GET of a blob, from `offset` when the registry honours Range."""
+    def open_blob(self, repository: str, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
+        """A streaming GET of a blob, from `offset` (and `length` bytes of it) when the registry honours Range.
+
+        A registry that ignores Range answers 200 and the whole blob: the stream's offset is then 0.
+        """
         what = "downloading blob %s from %s/%s" % (digest, self.registry, repository)
-        headers = {"Range": "bytes=%d-" % offset} if offset > 0 else {}
+        headers: dict[str, str] = {}
+        if length is not None:
+            headers["Range"] = "bytes=%d-%d" % (offset, offset + max(length, 1) - 1)
+        elif offset > 0:
+            headers["Range"] = "bytes=%d-" % offset
         response = self.request(
             "GET",
             self.blob_url(repository, digest),

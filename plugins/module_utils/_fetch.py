@@ -28,6 +28,7 @@ import typing as t
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._delta import DeltaFetch
 from ansible_collections.ironcore.image.plugins.module_utils._download import (
     PARTIAL_PREFIX,
     PARTIAL_SUFFIX,
@@ -173,6 +174,8 @@ class FilePlan:
     delivered: Delivered | None = None
     # Size of the file as delivered; None while unknown (a packed layer neither in dest nor in the record).
     content_size: int | None = None
+    # The `delta` result: whether the file was built from seeds and ranges, or why not.
+    delta: dict[str, t.Any] | None = None
 
 
 # Re-derives what a packed layer unpacks to from its blob (verify); None where no source is at hand.
@@ -221,8 +224,13 @@ def _current_content(
         status = os.fstat(stream.fileno())
         entry = entry or {}
         recorded = entry.get("digest") == layer.digest
-        if recorded and not verify and entry.get("identity") == stat_identity(status):
+        unchanged = not verify and entry.get("identity") == stat_identity(status)
+        if recorded and unchanged:
             return str(entry.get("content_digest"))
+        if unchanged and not layer.packed and entry.get("content_digest") not in (None, layer.digest):
+            # The record says this very file holds other bytes (the previous release): hashing a
+            # multi-GiB file to learn that again would cost an update as much as its download.
+            return None
         if layer.packed:
             if verify and derive is not None:
                 expected = derive(layer)
@@ -401,6 +409,7 @@ def _deliver_all(
     limit: t.Callable[[SelectedLayer], int | None] = lambda _layer: None,
     partial_dir: str | None = None,
     progress: ProgressRecorder | None = None,
+    delta: DeltaFetch | None = None,
 ) -> None:
     """Stage every missing layer in parallel; only when all are verified, rename them into place.
 
@@ -415,20 +424,27 @@ def _deliver_all(
             progress.start(plan.layer.role, plan.layer.size)
     if not pending:
         return
+
+    def full(plan: FilePlan) -> Staged:
+        return stage(
+            source,
+            plan.layer,
+            plan.path,
+            retries,
+            max_unpacked_size=limit(plan.layer),
+            partial_dir=partial_dir,
+            progress=progress,
+        )
+
+    def one(plan: FilePlan) -> Staged:
+        if delta is None:
+            return full(plan)
+        staged, report = delta.stage(plan.layer, plan.path, partial_dir, progress, lambda: full(plan))
+        plan.delta = report.as_result()
+        return staged
+
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(pending)))) as pool:
-        futures: dict[Future[Staged], FilePlan] = {
-            pool.submit(
-                stage,
-                source,
-                plan.layer,
-                plan.path,
-                retries,
-                max_unpacked_size=limit(plan.layer),
-                partial_dir=partial_dir,
-                progress=progress,
-            ): plan
-            for plan in pending
-        }
+        futures: dict[Future[Staged], FilePlan] = {pool.submit(one, plan): plan for plan in pending}
         not_done = wait(futures, return_when=FIRST_EXCEPTION).not_done
         for future in not_done:
             future.cancel()
@@ -480,6 +496,7 @@ def _file_result(plan: FilePlan) -> dict[str, t.Any]:
         "content_size": plan.content_size,
         "unpacked": plan.layer.packed,
         "changed": plan.changed,
+        "delta": plan.delta or {"used": False, "reason": "nothing was downloaded"},
     }
 
 
@@ -500,11 +517,13 @@ def fetch_image(
     check_mode: bool,
     apply_attributes: ApplyAttributes,
     on_retry: t.Callable[[str], None] | None = None,
+    warn: t.Callable[[str], None] | None = None,
 ) -> dict[str, t.Any]:
-    """Resolve, select, deliver; the module's one call (`on_retry` is told of every retried request)."""
+    """Resolve, select, deliver; the module's one call (`on_retry` is told of every retried request,
+    `warn` of seeds that cannot be used)."""
     started = time.monotonic()
     try:
-        result = _fetch(params, check_mode, apply_attributes, on_retry)
+        result = _fetch(params, check_mode, apply_attributes, on_retry, warn or (lambda _message: None))
     except (SourceError, SelectionError, DeliveryError) as exc:
         raise FetchError(str(exc)) from exc
     except OSError as exc:
@@ -525,6 +544,7 @@ def _fetch(
     check_mode: bool,
     apply_attributes: ApplyAttributes,
     on_retry: t.Callable[[str], None] | None,
+    warn: t.Callable[[str], None],
 ) -> dict[str, t.Any]:
     names = check_filenames(params.get("filenames"))
     architecture = node_architecture(params["architecture"])
@@ -594,6 +614,7 @@ def _fetch(
             progress = ProgressRecorder(os.path.join(bookkeeping.state_dir, PROGRESS_FILE))
             progress.set_phase("plan")
             plans = plan_files(layers, dest, names, state, params["verify"], derive)
+            delta = DeltaFetch(source, chosen.digest, params, bookkeeping.state_dir, warn)
             succeeded = False
             try:
                 _deliver_all(
@@ -605,6 +626,7 @@ def _fetch(
                     limit,
                     bookkeeping.partial_dir,
                     progress,
+                    delta,
                 )
                 succeeded = True
             finally:
@@ -613,6 +635,8 @@ def _fetch(
                     if plan.content_digest and _regular_file(plan.path):
                         plan.changed = apply_attributes(plan.path, plan.changed)
                         state.record(plan.filename, plan.layer, plan.content_digest, plan.path)
+                        if plan.changed:
+                            delta.remember(plan.path)
                 state.save()
                 if succeeded:
                     progress.finish()

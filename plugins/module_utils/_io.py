@@ -434,15 +434,24 @@ def iter_chunks(stream: t.BinaryIO, chunk_size: int = CHUNK_SIZE) -> t.Iterator[
 class FileStream:
     """A file streamed from an offset, the way a blob stream of a registry is read (a layout's blobs)."""
 
-    def __init__(self, path: str, offset: int):
+    def __init__(self, path: str, offset: int, length: int | None = None):
         self._file = open(path, "rb")
         size = os.fstat(self._file.fileno()).st_size
-        # Like a registry that ignores Range: past the end, start again at 0.
+        # Like a registry that ignores Range: past the end, start again at 0 (and send it all).
         self.offset = offset if 0 <= offset <= size else 0
+        self._left = length if length is not None and self.offset == offset else None
         self._file.seek(self.offset)
 
     def iter_chunks(self, size: int) -> t.Iterator[t.Any]:
-        return iter_chunks(self._file, size)
+        if self._left is None:
+            yield from iter_chunks(self._file, size)
+            return
+        for chunk in iter_chunks(self._file, size):
+            if self._left <= 0:
+                return
+            chunk = chunk[: self._left]
+            self._left -= len(chunk)
+            yield chunk
 
     def close(self) -> None:
         self._file.close()

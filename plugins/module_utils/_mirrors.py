@@ -605,8 +605,8 @@ class _StoreOrigin:
     def read_small_blob(self, digest: str, size: int) -> bytes:
         raise SourceError("a copy reads configs as blobs")
 
-    def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
-        return t.cast(BlobStream, self.store.open_blob(digest, offset))
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
+        return t.cast(BlobStream, self.store.open_blob(digest, offset, length))
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
         raise SourceError("a copy needs no blob location")

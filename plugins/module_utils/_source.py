@@ -79,7 +79,7 @@ class Source(t.Protocol):
 
     def read_small_blob(self, digest: str, size: int) -> bytes: ...
 
-    def open_blob(self, digest: str, offset: int = 0) -> BlobStream: ...
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream: ...
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]: ...
 
@@ -139,9 +139,9 @@ class LayoutSource:
     def read_small_blob(self, digest: str, size: int) -> bytes:
         return self._document(digest, "blob")
 
-    def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
         try:
-            return FileStream(self.layout.blob_path(digest), offset)
+            return FileStream(self.layout.blob_path(digest), offset, length)
         except LayoutError as exc:
             raise SourceError(str(exc)) from exc
         except FileNotFoundError as exc:
@@ -224,9 +224,10 @@ class RegistrySource:
             stream.close()
         return _check_document(bytes(data), digest, "blob")
 
-    def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
+        """From `offset` on; with `length`, only that many bytes (a single-range GET)."""
         return _RegistryBlobStream(
-            self._call(lambda: self.client.open_blob(self.ref.repository, digest, offset)), self._call
+            self._call(lambda: self.client.open_blob(self.ref.repository, digest, offset, length)), self._call
         )
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:

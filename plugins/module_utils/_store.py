@@ -87,7 +87,7 @@ class ImageSource(t.Protocol):
 
     def check_blob(self, digest: str, size: int) -> None: ...
 
-    def open_blob(self, digest: str, offset: int = 0) -> BlobStream: ...
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream: ...
 
     def local_blob_path(self, digest: str) -> str | None: ...
 
@@ -201,9 +201,9 @@ class LayoutStore:
                 % (digest, self.layout.path, actual, size)
             )
 
-    def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
         try:
-            return FileStream(self.layout.blob_path(digest), offset)
+            return FileStream(self.layout.blob_path(digest), offset, length)
         except LayoutError as exc:
             raise StoreError(str(exc)) from exc
         except FileNotFoundError as exc:
@@ -424,8 +424,8 @@ class RegistryStore:
     def check_blob(self, digest: str, size: int) -> None:
         """Nothing to check up front: the bytes are verified as they arrive."""
 
-    def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
-        return self.client.open_blob(str(self.repository), digest, offset)
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
+        return self.client.open_blob(str(self.repository), digest, offset, length)
 
     def local_blob_path(self, digest: str) -> str | None:
         return None

@@ -184,6 +184,32 @@ options:
     type: bool
     default: false
     version_added: 0.3.0
+  delta:
+    description:
+      - V(auto) builds a raw layer that has a block index (attached to the platform manifest as a referrer, see
+        docs/delta.md) from the blocks local O(seeds) already hold, and fetches only the other blocks, with
+        single-range GETs. Every block read from a seed is hashed again before it is used, all-zero blocks become
+        holes, and the assembled file must hash to the layer digest before it replaces anything; otherwise, and
+        whenever the image has no index, the index does not fit the layer, the delta would download more than
+        60 % of the layer, or the source ignores Range, the whole blob is downloaded as with V(never).
+      - RV(files.delta) says whether it was used, or why not.
+    type: str
+    choices: [auto, never]
+    default: auto
+    version_added: 0.3.0
+  seeds:
+    description:
+      - Local files or block devices that may hold blocks of the new layers, for example the previous release's
+        rootfs. The file currently at the destination is always a seed too.
+      - A seed that is missing, a directory or neither a regular file nor a block device is skipped with a
+        warning. Seeds are only read.
+      - The block hashes of a regular file are kept in the state directory, keyed on the file's device, inode,
+        size, mtime and ctime, so an unchanged seed is read only for the blocks it gives. Block devices are hashed
+        on every run.
+    type: list
+    elements: path
+    default: []
+    version_added: 0.3.0
 notes:
   - With O(layout) the module reads the image from disk and does not need C(requests).
   - C(oras) is not needed (since 0.2.0); the module reads O(docker_config) (C(auths) with C(auth),
@@ -299,6 +325,14 @@ files:
       type: list
       elements: dict
       version_added: 0.2.0
+    delta:
+      description:
+        - "How the file was delivered: C(used) V(true) with C(seed_bytes) (taken from seeds), C(fetched_bytes)
+          (received in ranges) and C(requests) (range GETs sent, retries included); or C(used) V(false) with
+          C(reason), for example that the image has no block index, the index was wrong (the file was then
+          downloaded whole), or that nothing was downloaded."
+      type: dict
+      version_added: 0.3.0
   sample:
     kernel:
       path: /srv/boot/amd64/vmlinuz
@@ -308,6 +342,9 @@ files:
       content_size: 12582912
       unpacked: false
       changed: true
+      delta:
+        used: false
+        reason: the layer is packed (tar+gzip); only raw layers have block indexes
 bytes_downloaded:
   description: Bytes received from the source in this run (0 in check mode).
   returned: always
@@ -407,6 +444,8 @@ def main() -> None:
         signature_keys={"type": "list", "elements": "str", "no_log": False},
         require_signature={"type": "bool"},
         require_provenance={"type": "bool", "default": False},
+        delta={"type": "str", "choices": ["auto", "never"], "default": "auto"},
+        seeds={"type": "list", "elements": "path", "default": []},
     )
     argument_spec.update(MIRRORS_ARGUMENT_SPEC)
     module = AnsibleModule(
@@ -426,7 +465,7 @@ def main() -> None:
             module.load_file_common_arguments(module.params, path=path), changed
         )
 
-    run(module, lambda: fetch_image(module.params, module.check_mode, apply_attributes, module.warn))
+    run(module, lambda: fetch_image(module.params, module.check_mode, apply_attributes, module.warn, module.warn))
 
 
 if __name__ == "__main__":

@@ -400,7 +400,7 @@ def blob_data_path(storage: str, digest: str) -> str:
 
 # ---- fault proxy ----------------------------------------------------------
 
-FAULT_ACTIONS = ("status", "reset", "stall", "reset_response", "pause_response", "redirect")
+FAULT_ACTIONS = ("status", "reset", "stall", "reset_response", "pause_response", "redirect", "drop_header")
 
 
 @dataclass
@@ -410,7 +410,8 @@ class Fault:
     `reset` forwards `after_bytes` of the request body, then resets both
     connections; `reset_response` forwards the request and `after_bytes` of
     the answer, then resets; `pause_response` forwards `after_bytes` of the
-    answer, holds the rest back for `seconds`, then forwards it. `times` matching requests are broken (-1: all),
+    answer, holds the rest back for `seconds`, then forwards it; `drop_header` forwards the request without its
+    `header` (a `Range` the registry then never sees). `times` matching requests are broken (-1: all),
     after letting `skip` matching requests through. `redirect` answers
     `status` (307 unless given otherwise) with `Location: <location><path>`.
     """
@@ -424,6 +425,7 @@ class Fault:
     after_bytes: int = 0
     seconds: float = 60.0
     location: str = ""
+    header: str = ""
     hits: int = 0
     seen: int = 0
 
@@ -621,6 +623,8 @@ class FaultProxy:
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=120)
             if self.client_context is not None:
                 upstream = self.client_context.wrap_socket(upstream, server_hostname="127.0.0.1")
+            if fault is not None and fault.action == "drop_header":
+                head = self._without_header(head, fault.header)
             upstream.sendall(self._rewrite_head(head))
             if fault is not None and fault.action == "reset":
                 self._forward_then_reset(client, upstream, rest, fault.after_bytes)
@@ -645,6 +649,11 @@ class FaultProxy:
         """One request per upstream connection, so every request passes the fault rules."""
         lines = [line for line in head[:-4].split(b"\r\n") if not line.lower().startswith(b"connection:")]
         return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n"
+
+    @staticmethod
+    def _without_header(head: bytes, name: str) -> bytes:
+        prefix = name.lower().encode("latin-1") + b":"
+        return b"\r\n".join(line for line in head.split(b"\r\n") if not line.lower().startswith(prefix))
 
     @staticmethod
     def _drain(client: socket.socket, rest: bytes, length: int) -> None:

@@ -1,0 +1,859 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+#
+# Private to the ironcore.image collection: no compatibility promise for
+# anything outside it.
+
+"""Delta fetch: rebuild a raw layer from local seeds plus ranges of the blob.
+
+A node that holds an older rootfs (the file at dest, the previous release
+kept by the provision role, a block device) already has most blocks of the
+new one. With the layer's block index (see _blockindex), every block of the
+new layer is
+
+- a hole, when the index marks it all-zero (the file is sparse);
+- read from a seed whose block hashes to the same value, and confirmed by
+  hashing the bytes read;
+- or fetched, in single-range GETs of neighbouring blocks (gaps up to
+  MAX_GAP are fetched with them), in parallel, each resumed on a reset.
+
+The assembled file is hashed in order, every byte, and must equal the
+layer's digest before the fetch may rename it into place. The index is
+therefore never trusted: a wrong one can only make the node fetch more, or
+make the delta fail and the full download follow. Anything that goes wrong
+raises DeltaAbandoned, whose reason the fetch reports before it downloads the
+whole blob the usual way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import threading
+import time
+import typing as t
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
+    ARTIFACT_TYPE,
+    LAYER_ANNOTATION,
+    MAX_HEADER_SIZE,
+    BlockHasher,
+    BlockIndex,
+    BlockIndexError,
+    decode,
+    decode_header,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._download import (
+    DOWNLOAD_CHUNK,
+    PARTIAL_PREFIX,
+    Delivered,
+    Staged,
+    partial_path,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._io import (
+    AtomicFile,
+    HashingCounter,
+    canonical_json,
+    read_bounded,
+    stat_identity,
+    write_bytes_atomic,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._progress import ProgressRecorder
+from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer
+from ansible_collections.ironcore.image.plugins.module_utils._source import Source, SourceError
+
+DELTA_CHOICES = ("auto", "never")
+# Neighbouring ranges closer than this are fetched as one: a request costs more than 64 KiB of bytes.
+MAX_GAP = 64 * 1024
+# A delta that must download more than this share of the layer is not worth the seeks and requests.
+MAX_FETCH_SHARE = 0.6
+# One range is at most this long, so that a few large changes still spread over `concurrency` requests.
+MAX_RANGE = 16 * 1024 * 1024
+# Seed blocks are read in runs of up to this many bytes, then confirmed block by block.
+SEED_RUN = 1024 * 1024
+# An index of 64 MiB describes a 16 GiB layer with 16-byte hashes; anything larger is refused unread.
+MAX_INDEX_SIZE = 64 * 1024 * 1024
+SEED_CACHE_PREFIX = PARTIAL_PREFIX + "seed."
+SEED_CACHE_VERSION = 1
+# A seed block number and the seed it comes from, packed into one int: seed << _SEED_SHIFT | block.
+_SEED_SHIFT = 40
+_NOT_FOUND = -1
+
+Warn = t.Callable[[str], None]
+
+
+class DeltaAbandoned(ImageError):
+    """The delta cannot be used (or failed midway); the message is the reason, and a full fetch follows."""
+
+
+@dataclass
+class DeltaReport:
+    """What the fetch returns as `files.<role>.delta`."""
+
+    used: bool = False
+    reason: str | None = None
+    seed_bytes: int = 0
+    fetched_bytes: int = 0
+    requests: int = 0
+    # The index, when it may describe the delivered file's blocks (kept for the seed cache; not a result).
+    index: BlockIndex | None = None
+
+    def as_result(self) -> dict[str, t.Any]:
+        if not self.used:
+            return {"used": False, "reason": self.reason}
+        return {
+            "used": True,
+            "seed_bytes": self.seed_bytes,
+            "fetched_bytes": self.fetched_bytes,
+            "requests": self.requests,
+        }
+
+
+# ---- the index ------------------------------------------------------------------
+
+
+def check_index_descriptor(size: t.Any, layer: SelectedLayer) -> int:
+    """The index blob's size from its descriptor, refused before a byte is read when it cannot be one."""
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise DeltaAbandoned("the block index descriptor has no valid size")
+    if size > MAX_INDEX_SIZE:
+        raise DeltaAbandoned("the block index is %d bytes, more than the %d accepted" % (size, MAX_INDEX_SIZE))
+    return size
+
+
+def parse_index(data: bytes, layer: SelectedLayer) -> BlockIndex:
+    """The index, checked to describe exactly this layer (digest and size)."""
+    try:
+        return decode(data, layer.digest, layer.size)
+    except BlockIndexError as exc:
+        raise DeltaAbandoned("the block index is unusable: %s" % exc) from exc
+
+
+def expected_index_size(head: bytes, layer: SelectedLayer) -> int:
+    """From the index's first bytes: the size the whole index must have, refused when it is not this layer's."""
+    end = head.find(b"\n", 0, MAX_HEADER_SIZE)
+    if end < 0:
+        raise DeltaAbandoned("the block index is unusable: it has no header line")
+    try:
+        header = decode_header(head[:end])
+    except BlockIndexError as exc:
+        raise DeltaAbandoned("the block index is unusable: %s" % exc) from exc
+    if header.layer_digest != layer.digest or header.layer_size != layer.size:
+        raise DeltaAbandoned(
+            "the block index describes %s (%d bytes), not this layer" % (header.layer_digest, header.layer_size)
+        )
+    return header.encoded_size()
+
+
+# ---- seeds ----------------------------------------------------------------------
+
+
+@dataclass
+class Seed:
+    """A local file or block device that may hold blocks of the new layer, open for reading."""
+
+    path: str
+    fd: int
+    size: int
+    identity: list[int]
+    device: bool
+    hashes: bytes = b""
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_seed(path: str, follow_symlinks: bool = True) -> Seed | str:
+    """The seed at `path`, or why it cannot be one (missing, a directory, not a file or block device)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return "it does not exist"
+    except OSError as exc:
+        return "it cannot be opened: %s" % (exc.strerror or exc)
+    try:
+        status = os.fstat(fd)
+        if stat.S_ISDIR(status.st_mode):
+            raise ValueError("it is a directory")
+        if stat.S_ISREG(status.st_mode):
+            size, device = status.st_size, False
+        elif stat.S_ISBLK(status.st_mode):
+            size, device = os.lseek(fd, 0, os.SEEK_END), True
+        else:
+            raise ValueError("it is neither a regular file nor a block device")
+    except (OSError, ValueError) as exc:
+        os.close(fd)
+        return str(exc) if isinstance(exc, ValueError) else "it cannot be read: %s" % (exc.strerror or exc)
+    return Seed(path, fd, size, stat_identity(status), device)
+
+
+def open_seeds(paths: t.Sequence[str], own: t.Sequence[str], warn: Warn) -> list[Seed]:
+    """Every usable seed once: `paths` as given (links followed, the user chose them), then `own`.
+
+    `own` are the fetch's own files (the file at dest): opened without
+    following links, and skipped silently when absent. The same file under
+    two names is read once.
+    """
+    seeds: list[Seed] = []
+    seen: set[tuple[int, int]] = set()
+    for path, given in [(p, True) for p in paths] + [(p, False) for p in own]:
+        opened = open_seed(path, follow_symlinks=given)
+        if isinstance(opened, str):
+            if given:
+                warn("seeds: %s is skipped: %s" % (path, opened))
+            continue
+        key = (opened.identity[0], opened.identity[1])
+        if key in seen or opened.size == 0:
+            opened.close()
+            continue
+        seen.add(key)
+        seeds.append(opened)
+    return seeds
+
+
+def _cache_path(cache_dir: str, seed: Seed, block_size: int, hash_length: int) -> str:
+    # Named after the seed's path; what it holds is only used when the recorded identity still matches.
+    name = hashlib.sha256(os.path.abspath(seed.path).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return os.path.join(cache_dir, "%s%s.%d.%d.hashes" % (SEED_CACHE_PREFIX, name, block_size, hash_length))
+
+
+def _cache_header(seed: Seed, block_size: int, hash_length: int) -> dict[str, t.Any]:
+    return {
+        "version": SEED_CACHE_VERSION,
+        "path": os.path.abspath(seed.path),
+        "identity": seed.identity,
+        "blockSize": block_size,
+        "hashLength": hash_length,
+    }
+
+
+def _read_cached(path: str, seed: Seed, block_size: int, hash_length: int) -> bytes | None:
+    expected = _cache_header(seed, block_size, hash_length)
+    limit = -(-seed.size // block_size) * hash_length + 4096
+    try:
+        data = read_bounded(path, limit, follow_symlinks=False, private=True)
+    except (OSError, ValueError):
+        return None
+    head, newline, hashes = data.partition(b"\n")
+    try:
+        if not newline or json.loads(head) != expected:
+            return None
+    except ValueError:
+        return None
+    return hashes if len(hashes) == -(-seed.size // block_size) * hash_length else None
+
+
+def hash_seed(seed: Seed, block_size: int, hash_length: int) -> bytes:
+    """The seed's block hashes, aligned at multiples of `block_size`, its last block over its real length."""
+    hasher = BlockHasher(block_size, hash_length)
+    offset = 0
+    while offset < seed.size:
+        data = os.pread(seed.fd, min(DOWNLOAD_CHUNK * 4, seed.size - offset), offset)
+        if not data:
+            break
+        hasher.update(data)
+        offset += len(data)
+    # The digest is not needed: only the per-block hashes are used.
+    return hasher.finish("sha256:" + "0" * 64).hashes
+
+
+def remember_hashes(path: str, index: BlockIndex, cache_dir: str) -> None:
+    """Cache the index's block hashes for the file just delivered at `path`, as hash_seed() would have.
+
+    The file hashed to the layer digest; hashes of the index that are wrong
+    can only make the next update fetch blocks it could have copied.
+    """
+    seed = open_seed(path, follow_symlinks=False)
+    if isinstance(seed, str):
+        return
+    try:
+        header = index.header
+        if seed.device or seed.size != header.layer_size:
+            return
+        document = canonical_json(_cache_header(seed, header.block_size, header.hash_length))
+        write_bytes_atomic(
+            _cache_path(cache_dir, seed, header.block_size, header.hash_length), document + b"\n" + index.hashes, 0o600
+        )
+    except OSError:
+        pass
+    finally:
+        seed.close()
+
+
+def seed_hashes(seed: Seed, block_size: int, hash_length: int, cache_dir: str | None) -> bytes:
+    """The seed's block hashes, from the cache beside the fetch's state when the seed is unchanged since.
+
+    A block device's identity says nothing about its content, so a device is
+    hashed every time. A cache entry that is wrong can only cost bandwidth:
+    every block read from a seed is hashed again before it is used.
+    """
+    cache = None if cache_dir is None or seed.device else _cache_path(cache_dir, seed, block_size, hash_length)
+    if cache is not None:
+        cached = _read_cached(cache, seed, block_size, hash_length)
+        if cached is not None:
+            return cached
+    hashes = hash_seed(seed, block_size, hash_length)
+    if cache is not None and stat_identity(os.fstat(seed.fd)) == seed.identity:
+        # Only a seed that did not change while it was read is worth remembering.
+        header = canonical_json(_cache_header(seed, block_size, hash_length))
+        try:
+            write_bytes_atomic(cache, header + b"\n" + hashes, mode=0o600)
+        except OSError:
+            pass
+    return hashes
+
+
+# ---- the plan -------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """How each block of the new layer is made: copy runs from seeds, byte ranges to fetch, the rest holes."""
+
+    block_size: int
+    layer_size: int
+    # (first block of the new layer, seed number, first block of the seed, block count)
+    copies: list[tuple[int, int, int, int]] = field(default_factory=list)
+    # (offset, length) in the layer
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def fetch_bytes(self) -> int:
+        return sum(length for _offset, length in self.ranges)
+
+    @property
+    def seed_bytes(self) -> int:
+        return sum(self.span(first, count)[1] for first, _seed, _block, count in self.copies)
+
+    def span(self, first: int, count: int) -> tuple[int, int]:
+        offset = first * self.block_size
+        return offset, min(count * self.block_size, self.layer_size - offset)
+
+
+def _find_in_seeds(index: BlockIndex, hashes_per_seed: t.Sequence[bytes]) -> dict[bytes, int]:
+    """Hash of every non-zero block of the new layer -> where a seed has it (seed << shift | block), or -1.
+
+    One entry per distinct hash: the only per-block structure built, about
+    100 bytes per block of the new layer.
+    """
+    wanted: dict[bytes, int] = {}
+    for number in range(index.blocks):
+        if not index.is_zero(number):
+            wanted.setdefault(index.block_hash(number), _NOT_FOUND)
+    length = index.header.hash_length
+    for seed_number, hashes in enumerate(hashes_per_seed):
+        for block in range(len(hashes) // length):
+            digest = hashes[block * length : (block + 1) * length]
+            if wanted.get(digest) == _NOT_FOUND:
+                wanted[digest] = (seed_number << _SEED_SHIFT) | block
+    return wanted
+
+
+def _missing_runs(index: BlockIndex, found: t.Mapping[bytes, int]) -> list[tuple[int, int]]:
+    """[first, end) block runs that no seed has and that are not zero."""
+    runs: list[tuple[int, int]] = []
+    start = -1
+    for number in range(index.blocks):
+        missing = not index.is_zero(number) and found.get(index.block_hash(number), _NOT_FOUND) == _NOT_FOUND
+        if missing and start < 0:
+            start = number
+        elif not missing and start >= 0:
+            runs.append((start, number))
+            start = -1
+    if start >= 0:
+        runs.append((start, index.blocks))
+    return runs
+
+
+def coalesce(
+    runs: t.Iterable[tuple[int, int]], block_size: int, layer_size: int, max_gap: int = MAX_GAP
+) -> list[tuple[int, int]]:
+    """Block runs [first, end), in order, as byte ranges (offset, length): neighbours within `max_gap` merged."""
+    merged: list[list[int]] = []
+    gap_blocks = max_gap // block_size
+    for first, end in runs:
+        if merged and first - merged[-1][1] <= gap_blocks:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([first, end])
+    ranges: list[tuple[int, int]] = []
+    for first, end in merged:
+        offset, stop = first * block_size, min(end * block_size, layer_size)
+        while offset < stop:
+            length = min(MAX_RANGE, stop - offset)
+            ranges.append((offset, length))
+            offset += length
+    return ranges
+
+
+def make_plan(index: BlockIndex, hashes_per_seed: t.Sequence[bytes]) -> Plan:
+    """Which blocks come from which seed, and which byte ranges are fetched."""
+    block_size = index.header.block_size
+    found = _find_in_seeds(index, hashes_per_seed)
+    plan = Plan(block_size, index.header.layer_size)
+    plan.ranges = coalesce(_missing_runs(index, found), block_size, index.header.layer_size)
+    fetched = iter(plan.ranges)
+    current = next(fetched, None)
+    per_run = max(1, SEED_RUN // block_size)
+    mask = (1 << _SEED_SHIFT) - 1
+    for number in range(index.blocks):
+        offset = number * block_size
+        while current is not None and offset >= current[0] + current[1]:
+            current = next(fetched, None)
+        if current is not None and offset >= current[0]:
+            continue
+        if index.is_zero(number):
+            continue
+        where = found[index.block_hash(number)]
+        seed, block = where >> _SEED_SHIFT, where & mask
+        if plan.copies:
+            first, last_seed, last_block, count = plan.copies[-1]
+            if first + count == number and last_seed == seed and last_block + count == block and count < per_run:
+                plan.copies[-1] = (first, seed, last_block, count + 1)
+                continue
+        plan.copies.append((number, seed, block, 1))
+    return plan
+
+
+def check_worth_it(plan: Plan, layer_size: int) -> None:
+    if plan.fetch_bytes > MAX_FETCH_SHARE * layer_size:
+        raise DeltaAbandoned(
+            "the delta would download %d of the layer's %d bytes (more than %d %%)"
+            % (plan.fetch_bytes, layer_size, int(MAX_FETCH_SHARE * 100))
+        )
+
+
+# ---- assembly -------------------------------------------------------------------
+
+
+@dataclass
+class _Counters:
+    seed_bytes: int = 0
+    fetched_bytes: int = 0
+    requests: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set when the assembly failed elsewhere: downloads still running stop at their next chunk.
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def add(self, fetched: int = 0, requests: int = 0) -> None:
+        with self.lock:
+            self.fetched_bytes += fetched
+            self.requests += requests
+
+
+def _block_matches(index: BlockIndex, number: int, data: t.Any) -> bool:
+    return hashlib.sha256(data).digest()[: index.header.hash_length] == index.block_hash(number)
+
+
+def copy_from_seeds(index: BlockIndex, plan: Plan, seeds: t.Sequence[Seed], fd: int) -> tuple[int, list[int]]:
+    """Write every planned seed block that still hashes right; returns (bytes written, blocks to fetch instead)."""
+    block_size = index.header.block_size
+    written = 0
+    refetch: list[int] = []
+    for first, seed_number, seed_block, count in plan.copies:
+        offset, length = plan.span(first, count)
+        data = memoryview(os.pread(seeds[seed_number].fd, length, seed_block * block_size))
+        good_start = -1
+        for k in range(count):
+            piece = data[k * block_size : min((k + 1) * block_size, length)]
+            expected = min(block_size, length - k * block_size)
+            if len(piece) == expected and _block_matches(index, first + k, piece):
+                if good_start < 0:
+                    good_start = k
+                continue
+            # Changed (or shrunk) since it was hashed: this block is fetched instead.
+            refetch.append(first + k)
+            if good_start >= 0:
+                written += _write_run(fd, data, good_start, k, block_size, offset)
+                good_start = -1
+        if good_start >= 0:
+            written += _write_run(fd, data, good_start, count, block_size, offset)
+    return written, refetch
+
+
+def _pwrite_all(fd: int, data: t.Any, position: int) -> int:
+    piece = memoryview(data)
+    written = len(piece)
+    while piece:
+        count = os.pwrite(fd, piece, position)
+        piece, position = piece[count:], position + count
+    return written
+
+
+def _write_run(fd: int, data: memoryview, start: int, end: int, block_size: int, offset: int) -> int:
+    return _pwrite_all(fd, data[start * block_size : end * block_size], offset + start * block_size)
+
+
+def _runs_of(blocks: t.Sequence[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for number in blocks:
+        if runs and runs[-1][1] == number:
+            runs[-1] = (runs[-1][0], number + 1)
+        else:
+            runs.append((number, number + 1))
+    return runs
+
+
+def fetch_range(
+    source: Source,
+    digest: str,
+    offset: int,
+    length: int,
+    fd: int,
+    retries: int,
+    backoff: float,
+    counters: _Counters,
+    progress: t.Callable[[int], None] | None = None,
+) -> None:
+    """GET bytes [offset, offset+length) into the file at the same offset; a broken transfer continues where it was."""
+    done = 0
+    failures = 0
+    while done < length:
+        before = done
+        try:
+            counters.add(requests=1)
+            stream = source.open_blob(digest, offset + done, length - done)
+            try:
+                if stream.offset != offset + done:
+                    raise DeltaAbandoned("the source answered a Range request with the whole blob")
+                for chunk in stream.iter_chunks(DOWNLOAD_CHUNK):
+                    if counters.stopped.is_set():
+                        raise DeltaAbandoned("stopped: the assembly failed")
+                    if done + len(chunk) > length:
+                        raise DeltaAbandoned(
+                            "the source answered a Range request with more than was asked (the whole blob?)"
+                        )
+                    _pwrite_all(fd, chunk, offset + done)
+                    done += len(chunk)
+                    counters.add(fetched=len(chunk))
+                    if progress is not None:
+                        progress(len(chunk))
+            finally:
+                stream.close()
+            if done < length:
+                raise SourceError("range at %d ended after %d of %d bytes" % (offset, done, length), retryable=True)
+        except SourceError as exc:
+            if not exc.retryable:
+                raise DeltaAbandoned("a range request failed: %s" % exc) from exc
+            failures = 0 if done > before else failures + 1
+            if failures > retries:
+                raise DeltaAbandoned("a range request failed after %d retries: %s" % (retries, exc)) from exc
+            time.sleep(min(backoff * (2 ** max(failures - 1, 0)), 10.0))
+
+
+def fetch_ranges(
+    source: Source,
+    digest: str,
+    ranges: t.Sequence[tuple[int, int]],
+    fd: int,
+    concurrency: int,
+    retries: int,
+    backoff: float,
+    counters: _Counters,
+    progress: t.Callable[[int], None] | None = None,
+) -> None:
+    if not ranges:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(ranges)))) as pool:
+        futures = [
+            pool.submit(fetch_range, source, digest, offset, length, fd, retries, backoff, counters, progress)
+            for offset, length in ranges
+        ]
+        not_done = wait(futures, return_when=FIRST_EXCEPTION).not_done
+        for future in not_done:
+            future.cancel()
+        wait(not_done)
+    for future in futures:
+        if not future.cancelled() and future.exception() is not None:
+            raise t.cast(BaseException, future.exception())
+
+
+def file_digest(fd: int, size: int) -> HashingCounter:
+    """Every byte of the assembled file, in order, holes included."""
+    counter = HashingCounter()
+    offset = 0
+    while offset < size:
+        data = os.pread(fd, min(DOWNLOAD_CHUNK * 4, size - offset), offset)
+        if not data:
+            break
+        counter.update(data)
+        offset += len(data)
+    return counter
+
+
+@dataclass
+class DeltaJob:
+    """Everything a delta of one layer needs besides the index."""
+
+    source: Source
+    layer: SelectedLayer
+    path: str
+    partial_dir: str | None
+    seeds: list[Seed]
+    cache_dir: str | None
+    concurrency: int = 1
+    retries: int = 0
+    backoff: float = 0.5
+    progress: ProgressRecorder | None = None
+
+
+def assemble(job: DeltaJob, index: BlockIndex, report: DeltaReport) -> Staged:
+    """Build the layer in its partial file from seeds and ranges; verified against the layer digest, not committed."""
+    layer = job.layer
+    header = index.header
+    directory, filename = os.path.split(job.path)
+    partial = partial_path(job.partial_dir or directory, filename, layer.digest)
+    try:
+        kept = os.lstat(partial).st_size
+    except FileNotFoundError:
+        kept = -1
+    if 0 <= kept < layer.size:
+        # An interrupted full download of this very blob: continuing it is cheaper than starting over.
+        raise DeltaAbandoned("a partial download of this layer is continued instead")
+    hashes = [seed_hashes(seed, header.block_size, header.hash_length, job.cache_dir) for seed in job.seeds]
+    plan = make_plan(index, hashes)
+    del hashes
+    check_worth_it(plan, layer.size)
+    out = AtomicFile(job.path, temp_path=partial)
+    try:
+        fd = out.file.fileno()
+        # Holes wherever nothing is written: the zero blocks.
+        os.ftruncate(fd, layer.size)
+        counters = _Counters()
+
+        def advance(count: int) -> None:
+            if job.progress is not None:
+                job.progress.advance(layer.role, count)
+
+        def fetch(ranges: t.Sequence[tuple[int, int]]) -> None:
+            fetch_ranges(
+                job.source, layer.digest, ranges, fd, job.concurrency, job.retries, job.backoff, counters, advance
+            )
+
+        try:
+            # The ranges download while the seed blocks are read and confirmed: the network waits, the
+            # hashing works (hashlib lets go of the GIL), and the two write different parts of the file.
+            with ThreadPoolExecutor(max_workers=1) as background:
+                downloading = background.submit(fetch, plan.ranges)
+                try:
+                    counters.seed_bytes, refetch = copy_from_seeds(index, plan, job.seeds, fd)
+                except BaseException:
+                    counters.stopped.set()
+                    raise
+                finally:
+                    # Never leave while a download still writes to the file.
+                    wait([downloading])
+                downloading.result()
+            advance(layer.size - plan.fetch_bytes)
+            # Seed blocks that changed since they were hashed.
+            fetch(coalesce(_runs_of(refetch), header.block_size, layer.size, max_gap=0))
+        finally:
+            # Also when it fails: what was received counts in bytes_downloaded either way.
+            report.seed_bytes = counters.seed_bytes
+            report.fetched_bytes = counters.fetched_bytes
+            report.requests = counters.requests
+        assembled = file_digest(fd, layer.size)
+        if assembled.size != layer.size or assembled.digest != layer.digest:
+            raise DeltaAbandoned(
+                "the assembled file hashes to %s, not the layer digest; abandoned (the block index is wrong"
+                " or a seed changed)" % assembled.digest
+            )
+    except BaseException:
+        out.discard()
+        raise
+    return Staged(out, Delivered(layer.digest, layer.size, counters.fetched_bytes))
+
+
+def close_seeds(seeds: t.Iterable[Seed]) -> None:
+    for seed in seeds:
+        seed.close()
+
+
+# ---- finding the index, and the whole delta -------------------------------------------
+
+
+def read_index_blob(source: Source, descriptor: t.Mapping[str, t.Any], layer: SelectedLayer) -> BlockIndex:
+    """The index blob the referrer names: bounded by its descriptor, refused from its header on if it is not
+    this layer's, and checked against its own digest."""
+    size = check_index_descriptor(descriptor.get("size"), layer)
+    digest = descriptor.get("digest")
+    if not isinstance(digest, str):
+        raise DeltaAbandoned("the block index descriptor has no digest")
+    data = bytearray()
+    try:
+        stream = source.open_blob(digest, 0)
+        try:
+            for chunk in stream.iter_chunks(DOWNLOAD_CHUNK):
+                data += chunk
+                if len(data) > size:
+                    raise DeltaAbandoned("the block index is larger than its descriptor says")
+                if len(data) - len(chunk) < MAX_HEADER_SIZE <= len(data) or len(data) == size:
+                    if expected_index_size(bytes(data[:MAX_HEADER_SIZE]), layer) != size:
+                        raise DeltaAbandoned("the block index's size disagrees with its header")
+        finally:
+            stream.close()
+    except SourceError as exc:
+        raise DeltaAbandoned("the block index cannot be read: %s" % exc) from exc
+    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        raise DeltaAbandoned("the block index does not match its digest")
+    return parse_index(bytes(data), layer)
+
+
+IndexFinder = t.Callable[[SelectedLayer], t.Optional[t.Mapping[str, t.Any]]]
+
+
+def try_delta(job: DeltaJob, find_index: IndexFinder) -> tuple[Staged | None, DeltaReport]:
+    """The layer staged from seeds and ranges, or None and the reason the full download is to be used."""
+    report = DeltaReport()
+    try:
+        try:
+            descriptor = find_index(job.layer)
+        except (ImageError, OSError) as exc:
+            raise DeltaAbandoned("the block index cannot be looked up: %s" % exc) from exc
+        if descriptor is None:
+            raise DeltaAbandoned("the image has no block index for this layer")
+        index = read_index_blob(job.source, descriptor, job.layer)
+        if not job.seeds:
+            # The first delivery: the index will spare the next update hashing this file.
+            report.index = index
+            raise DeltaAbandoned("no seed to build from")
+        staged = assemble(job, index, report)
+        report.index = index
+    except DeltaAbandoned as exc:
+        report.reason = str(exc)
+        return None, report
+    except OSError as exc:
+        # A seed that cannot be read (EIO on a device), a partial file that cannot be written: the
+        # full download says what is wrong with dest, if anything.
+        report.reason = "reading a seed or writing the partial file failed: %s" % (exc.strerror or exc)
+        return None, report
+    report.used = True
+    return staged, report
+
+
+def _referrer_store(source: Source) -> t.Any:
+    """The store that lists the referrers of what `source` reads, or None for a source that has none."""
+    from ansible_collections.ironcore.image.plugins.module_utils._source import LayoutSource, RegistrySource
+    from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
+
+    # Behind mirrors (_mirrors.MirroredSource) the referrers are listed at the origin, which the tag
+    # schema needs; the ranges still go to whichever source serves the blob.
+    source = getattr(source, "origin", source)
+    if isinstance(source, RegistrySource):
+        return RegistryStore(source.client, source.ref.repository)
+    if isinstance(source, LayoutSource):
+        return LayoutStore(source.layout.path)
+    return None
+
+
+def index_finder(source: Source, manifest_digest: str) -> IndexFinder:
+    """Finds a layer's block index among the platform manifest's referrers (listed once for every layer)."""
+    listed: list[dict[str, t.Any]] | None = None
+
+    def indexes() -> list[dict[str, t.Any]]:
+        # Here, not at the top: reading a local layout must not need the registry client's HTTP library.
+        from ansible_collections.ironcore.image.plugins.module_utils._referrers import list_referrers, read_referrer
+
+        store = _referrer_store(source)
+        if store is None:
+            return []
+        found: list[dict[str, t.Any]] = []
+        for referrer in list_referrers(store, manifest_digest, ARTIFACT_TYPE):
+            manifest = read_referrer(store, referrer)
+            found.extend(layer for layer in manifest.get("layers", []) if isinstance(layer, dict))
+        return found
+
+    def find(layer: SelectedLayer) -> t.Mapping[str, t.Any] | None:
+        nonlocal listed
+        if listed is None:
+            listed = indexes()
+        for descriptor in listed:
+            annotations = descriptor.get("annotations")
+            if isinstance(annotations, dict) and annotations.get(LAYER_ANNOTATION) == layer.digest:
+                return descriptor
+        return None
+
+    return find
+
+
+class DeltaFetch:
+    """The delta side of one fetch: per layer, a staged file from seeds and ranges, or the reason to go full."""
+
+    def __init__(
+        self,
+        source: Source,
+        manifest_digest: str,
+        params: t.Mapping[str, t.Any],
+        state_dir: str | None,
+        warn: Warn,
+    ):
+        self.source = source
+        self.enabled = (params.get("delta") or "auto") != "never"
+        self.seed_paths = [str(path) for path in params.get("seeds") or []]
+        self.state_dir = state_dir
+        self.concurrency = int(params.get("concurrency") or 1)
+        self.retries = int(params.get("retries") or 0)
+        self.warn = warn
+        self.find_index = index_finder(source, manifest_digest) if self.enabled else None
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+        self._indexes: dict[str, BlockIndex] = {}
+
+    def _warn_once(self, message: str) -> None:
+        with self._lock:
+            if message in self._warned:
+                return
+            self._warned.add(message)
+        self.warn(message)
+
+    def stage(
+        self,
+        layer: SelectedLayer,
+        path: str,
+        partial_dir: str | None,
+        progress: ProgressRecorder | None,
+        full: t.Callable[[], Staged],
+    ) -> tuple[Staged, DeltaReport]:
+        """The layer staged for `path`: from a delta when it works out, else by `full` (the whole blob)."""
+        if not self.enabled or self.find_index is None:
+            return full(), DeltaReport(reason="delta: never")
+        if layer.packed:
+            return full(), DeltaReport(reason="the layer is packed (tar+gzip); only raw layers have block indexes")
+        seeds = open_seeds(self.seed_paths, [path], self._warn_once)
+        try:
+            job = DeltaJob(
+                self.source,
+                layer,
+                path,
+                partial_dir,
+                seeds,
+                self.state_dir,
+                self.concurrency,
+                self.retries,
+                progress=progress,
+            )
+            staged, report = try_delta(job, self.find_index)
+        finally:
+            close_seeds(seeds)
+        if report.index is not None:
+            with self._lock:
+                self._indexes[path] = report.index
+            report.index = None
+        if staged is None:
+            staged = full()
+            staged.delivered.bytes_downloaded += report.fetched_bytes
+        return staged, report
+
+    def remember(self, path: str) -> None:
+        """With the file at `path` in place and its attributes final: cache its block hashes for the next update."""
+        index = self._indexes.pop(path, None)
+        if index is not None and self.state_dir is not None:
+            remember_hashes(path, index, self.state_dir)

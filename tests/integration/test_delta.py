@@ -1,0 +1,391 @@
+"""Delta fetch against a real registry: release B rebuilt from release A's file plus range GETs.
+
+The images are real ext4 file systems made with mke2fs -d from a small tree;
+B is the tree with files edited, added and removed, rebuilt from scratch.
+Block indexes are attached as referrers from the test process, so that the
+faults can attach wrong ones. Every result is read back with cmp.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import pytest
+from helpers.images import skopeo_push
+from helpers.inventory import local_host, outcomes, provision_slug, write_inventory
+
+from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
+    ARTIFACT_TYPE,
+    LAYER_ANNOTATION,
+    MEDIA_TYPE,
+    BlockHasher,
+    BlockIndex,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
+from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
+from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json, descriptor_for
+from ansible_collections.ironcore.image.plugins.module_utils._model import CONFIG_MEDIA_TYPE, OCI_INDEX, OCI_MANIFEST
+from ansible_collections.ironcore.image.plugins.module_utils._referrers import ReferrerBlob, attach_referrer
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import registry_options
+from ansible_collections.ironcore.image.plugins.module_utils._store import RegistryStore
+
+MODULE = "ironcore.image.ironcore_image_fetch"
+PROVISION = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "playbooks", "provision.yml"
+)
+ROOTFS = "application/vnd.ironcore.image.rootfs"
+IMAGE_MIB = 64
+REPOSITORY = "delta/os"
+
+pytestmark = pytest.mark.integration
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def same_bytes(left: str, right: str) -> bool:
+    return subprocess.run(["cmp", "--quiet", left, right], check=False).returncode == 0
+
+
+def write_tree(root: str, rng: random.Random, files: int = 120) -> None:
+    for number in range(files):
+        directory = os.path.join(root, "d%02d" % (number % 12))
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "f%03d" % number), "wb") as out:
+            out.write(rng.randbytes(rng.randint(4096, 300_000)))
+
+
+def update_tree(root: str, rng: random.Random) -> None:
+    """What a package update does: small edits with an insertion, files removed, files added."""
+    names = sorted(os.path.join(d, n) for d, _s, ns in os.walk(root) for n in ns)
+    for path in names[:10]:
+        with open(path, "rb") as stream:
+            data = stream.read()
+        middle = len(data) // 2
+        with open(path, "wb") as out:
+            out.write(data[:middle] + b"inserted by the update" + data[middle + 100 :])
+    for path in names[10:15]:
+        os.unlink(path)
+    with open(os.path.join(root, "d00", "new-package.bin"), "wb") as out:
+        out.write(rng.randbytes(1024 * 1024))
+
+
+def make_ext4(tree: str, image: str) -> None:
+    subprocess.run(
+        ["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", tree, image, "%dM" % IMAGE_MIB],
+        check=True,
+        capture_output=True,
+    )
+
+
+@dataclass
+class Pushed:
+    name: str
+    manifest: dict
+    layer_digest: str
+    layer_size: int
+    path: str
+
+
+def push_rootfs(registry, layout_dir: str, tag: str, rootfs: str, note: str, boot: bool = False) -> Pushed:
+    """An image whose raw rootfs layer is `rootfs` (with `boot`, also a small kernel and initramfs, so that it
+    serves both platforms); `note` makes its manifest its own."""
+    layout = OciLayout(layout_dir)
+    layout.ensure()
+    config = canonical_json({"commandLine": "console=ttyS0 %s" % note})
+    layout.put_bytes(config)
+    with open(rootfs, "rb") as stream:
+        blob = stream.read()
+    layout.put_bytes(blob)
+    layer = descriptor_for(ROOTFS, blob)
+    layers = [layer]
+    for role in ("initramfs", "kernel") if boot else ():
+        data = ("%s of %s\n" % (role, note)).encode() * 100
+        layout.put_bytes(data)
+        layers.append(descriptor_for("application/vnd.ironcore.image." + role, data))
+    manifest = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor_for(CONFIG_MEDIA_TYPE, config),
+            "layers": layers,
+        }
+    )
+    layout.put_bytes(manifest)
+    manifest_descriptor = descriptor_for(OCI_MANIFEST, manifest)
+    entry = dict(manifest_descriptor, platform={"architecture": "amd64", "os": "linux"})
+    index = canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]})
+    layout.put_bytes(index)
+    with layout.locked():
+        layout.set_refs({tag: descriptor_for(OCI_INDEX, index)})
+    name = "%s/%s:%s" % (registry.host, REPOSITORY, tag)
+    skopeo_push(layout_dir, tag, name, registry.skopeo_flags("dest-"), registry.env)
+    return Pushed(name, manifest_descriptor, layer["digest"], layer["size"], rootfs)
+
+
+def index_of(path: str) -> BlockIndex:
+    hasher = BlockHasher()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.finish(sha256_file(path))
+
+
+def attach_index(registry, pushed: Pushed, data: bytes) -> None:
+    store = RegistryStore(RegistryClient(registry.host, registry_options(registry.registry_args)), REPOSITORY)
+    annotations = {LAYER_ANNOTATION: pushed.layer_digest}
+    attach_referrer(
+        store,
+        {k: pushed.manifest[k] for k in ("mediaType", "digest", "size")},
+        ARTIFACT_TYPE,
+        [ReferrerBlob(MEDIA_TYPE, data=data, annotations=annotations)],
+        annotations,
+    )
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory, registry_plain):
+    """Rootfs files of release A and B (ext4), and B pushed under several tags, each its own manifest."""
+    work = tmp_path_factory.mktemp("delta-releases")
+    rng = random.Random(13)
+    tree = str(work / "tree")
+    write_tree(tree, rng)
+    image_a, image_b = str(work / "a.ext4"), str(work / "b.ext4")
+    make_ext4(tree, image_a)
+    update_tree(tree, rng)
+    make_ext4(tree, image_b)
+    layout = str(work / "layout")
+    return {
+        "a": push_rootfs(registry_plain, layout, "a", image_a, "a"),
+        "b": push_rootfs(registry_plain, layout, "b", image_b, "b"),
+        "work": work,
+        "layout": layout,
+    }
+
+
+def fetch(ansible, registry, name: str, dest: str, **extra) -> dict:
+    args = dict(registry.registry_args, name=name, platform="virtualization", architecture="amd64", dest=dest)
+    args.update(extra)
+    return ansible.module(MODULE, args)
+
+
+def dest_with_release_a(tmp_path, releases) -> str:
+    """A dest that holds release A's rootfs as a file the fetch has no record of."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    shutil.copyfile(releases["a"].path, dest / "rootfs")
+    return str(dest)
+
+
+def fault_image(registry, releases, tag: str, index: bytes | None) -> Pushed:
+    pushed = push_rootfs(registry, releases["layout"], tag, releases["b"].path, tag)
+    if index is not None:
+        attach_index(registry, pushed, index)
+    return pushed
+
+
+def test_release_b_is_built_from_release_a_and_the_changed_blocks(ansible, registry_plain, releases, tmp_path):
+    a, b = releases["a"], releases["b"]
+    attach_index(registry_plain, a, index_of(a.path).encode())
+    attach_index(registry_plain, b, index_of(b.path).encode())
+    dest = str(tmp_path / "dest")
+    first = fetch(ansible, registry_plain, a.name, dest)
+    assert first["changed"] is True, first
+    assert first["files"]["rootfs"]["delta"] == {"used": False, "reason": "no seed to build from"}
+    second = fetch(ansible, registry_plain, b.name, dest)
+    assert second["changed"] is True, second
+    delta = second["files"]["rootfs"]["delta"]
+    assert delta["used"] is True, delta
+    assert same_bytes(os.path.join(dest, "rootfs"), b.path)
+    # Only what changed came over the wire, in few requests.
+    assert delta["fetched_bytes"] < 0.3 * b.layer_size, delta
+    assert second["bytes_downloaded"] == delta["fetched_bytes"]
+    assert 0 < delta["requests"] < 200
+    assert delta["seed_bytes"] > 3 * delta["fetched_bytes"], delta
+    # The zero blocks are holes: the file takes less room than its size.
+    assert os.stat(os.path.join(dest, "rootfs")).st_blocks * 512 < b.layer_size
+    again = fetch(ansible, registry_plain, b.name, dest)
+    assert again["changed"] is False
+    assert again["bytes_downloaded"] == 0
+    # delta: never downloads the whole blob even with a seed at hand.
+    (tmp_path / "never").mkdir()
+    other = dest_with_release_a(tmp_path / "never", releases)
+    never = fetch(ansible, registry_plain, b.name, other, delta="never")
+    assert never["files"]["rootfs"]["delta"] == {"used": False, "reason": "delta: never"}
+    assert never["bytes_downloaded"] == b.layer_size
+    assert same_bytes(os.path.join(other, "rootfs"), b.path)
+
+
+def test_seeds_given_elsewhere_are_used_and_bad_ones_skipped_with_a_warning(
+    ansible, registry_plain, releases, tmp_path
+):
+    b = fault_image(registry_plain, releases, "seeds", index_of(releases["b"].path).encode())
+    dest = str(tmp_path / "dest")
+    seeds = [str(tmp_path), str(tmp_path / "missing"), releases["a"].path]
+    result = fetch(ansible, registry_plain, b.name, dest, seeds=seeds)
+    assert result["files"]["rootfs"]["delta"]["used"] is True, result
+    assert same_bytes(os.path.join(dest, "rootfs"), b.path)
+    warnings = " ".join(result.get("warnings", []))
+    assert "is a directory" in warnings and "does not exist" in warnings
+
+
+@pytest.mark.parametrize("fault", ["wrong_hashes", "other_size", "truncated"])
+def test_a_bad_index_costs_a_full_fetch_never_a_wrong_byte(ansible, registry_plain, releases, tmp_path, fault):
+    b_path = releases["b"].path
+    good = index_of(b_path)
+    if fault == "wrong_hashes":
+        # Claims every block of B is where release A has it: assembly would produce A.
+        lying = index_of(releases["a"].path)
+        index = BlockIndex(good.header, lying.hashes, lying.zeros).encode()
+    elif fault == "other_size":
+        with open(b_path, "rb") as stream:
+            longer = BlockHasher()
+            longer.update(stream.read() + bytes(4096))
+        index = longer.finish(good.header.layer_digest).encode()
+    else:
+        index = good.encode()[: -(good.blocks * 4)]
+    pushed = fault_image(registry_plain, releases, fault.replace("_", "-"), index)
+    dest = dest_with_release_a(tmp_path, releases)
+    result = fetch(ansible, registry_plain, pushed.name, dest)
+    assert result["changed"] is True, result
+    delta = result["files"]["rootfs"]["delta"]
+    assert delta["used"] is False
+    expected = {
+        "wrong_hashes": "abandoned",
+        "other_size": "not this layer",
+        "truncated": "disagrees with its header",
+    }[fault]
+    assert expected in delta["reason"], delta
+    assert same_bytes(os.path.join(dest, "rootfs"), b_path)
+    assert sha256_file(os.path.join(dest, "rootfs")) == pushed.layer_digest
+
+
+def test_no_index_is_a_full_fetch(ansible, registry_plain, releases, tmp_path):
+    pushed = fault_image(registry_plain, releases, "no-index", None)
+    dest = dest_with_release_a(tmp_path, releases)
+    result = fetch(ansible, registry_plain, pushed.name, dest)
+    assert result["files"]["rootfs"]["delta"] == {
+        "used": False,
+        "reason": "the image has no block index for this layer",
+    }
+    assert same_bytes(os.path.join(dest, "rootfs"), pushed.path)
+
+
+def test_connections_reset_between_ranges_do_not_stop_the_delta(
+    ansible, registry_plain, fault_proxy, releases, tmp_path
+):
+    pushed = fault_image(registry_plain, releases, "resets", index_of(releases["b"].path).encode())
+    proxy = fault_proxy(registry_plain)
+    blob_path = "/blobs/%s" % pushed.layer_digest
+    proxy.add("reset_response", method="GET", path=blob_path, after_bytes=20_000, times=3, skip=1)
+    dest = dest_with_release_a(tmp_path, releases)
+    name = pushed.name.replace(registry_plain.host, proxy.host)
+    result = fetch(ansible, proxy, name, dest, retries=3)
+    assert result["changed"] is True, result
+    delta = result["files"]["rootfs"]["delta"]
+    assert delta["used"] is True, delta
+    assert same_bytes(os.path.join(dest, "rootfs"), pushed.path)
+    ranges = [headers.get("range", "") for method, path, headers in proxy.requests if blob_path in path]
+    # Every blob request is a single range, never the whole blob.
+    assert ranges and all(r.startswith("bytes=") and "," not in r and not r.endswith("-") for r in ranges)
+    assert sum(1 for _m, path, action in proxy.log if blob_path in path and action == "reset_response") == 3
+
+
+def test_a_range_answered_with_the_whole_blob_means_a_full_fetch(
+    ansible, registry_plain, fault_proxy, releases, tmp_path
+):
+    pushed = fault_image(registry_plain, releases, "no-range", index_of(releases["b"].path).encode())
+    proxy = fault_proxy(registry_plain)
+    proxy.add("drop_header", method="GET", path="/blobs/%s" % pushed.layer_digest, header="Range", times=-1)
+    dest = dest_with_release_a(tmp_path, releases)
+    result = fetch(ansible, proxy, pushed.name.replace(registry_plain.host, proxy.host), dest)
+    assert result["changed"] is True, result
+    delta = result["files"]["rootfs"]["delta"]
+    assert delta["used"] is False and "whole blob" in delta["reason"], delta
+    assert same_bytes(os.path.join(dest, "rootfs"), pushed.path)
+
+
+def test_the_provision_role_updates_a_hypervisor_and_a_boot_server_from_a_to_b(
+    ansible, registry_plain, releases, tmp_path
+):
+    layout = str(tmp_path / "layout")
+    a = push_rootfs(registry_plain, layout, "role-a", releases["a"].path, "role-a", boot=True)
+    b = push_rootfs(registry_plain, layout, "role-b", releases["b"].path, "role-b", boot=True)
+    attach_index(registry_plain, a, index_of(a.path).encode())
+    attach_index(registry_plain, b, index_of(b.path).encode())
+    common = {"provision_registry_plain_http": True, "provision_cache_dir": str(tmp_path / "cache")}
+    hosts = {
+        "hypervisors": {"hv": local_host(provision_pool_dir=str(tmp_path / "pool"), **common)},
+        "baremetal": {
+            "boot": local_host(
+                provision_boot_dir=str(tmp_path / "boot"), provision_boot_url="http://pxe.example.com/boot", **common
+            )
+        },
+    }
+
+    def provision(name: str) -> dict:
+        inventory = write_inventory(str(tmp_path / "hosts.yml"), hosts, {"provision_name": name})
+        rc, document, stderr = ansible.playbook(PROVISION, inventory=inventory)
+        assert rc == 0, (outcomes(document)["failed"], stderr[-2000:])
+        fetched = {}
+        for kind in ("changed", "ok"):
+            for task, host, result in outcomes(document)[kind]:
+                if task == "Fetch the image's files":
+                    fetched[host] = result["files"]["rootfs"]
+        return fetched
+
+    provision(a.name)
+    fetched = provision(b.name)
+    slug = provision_slug(b.name)
+    delivered = {"hv": tmp_path / "pool" / (slug + ".raw"), "boot": tmp_path / "boot" / slug / "rootfs"}
+    for host, path in delivered.items():
+        delta = fetched[host]["delta"]
+        assert delta["used"] is True, (host, delta)
+        assert delta["fetched_bytes"] < 0.3 * b.layer_size, (host, delta)
+        assert same_bytes(str(path), b.path), host
+    # Release A is still kept (provision_keep_versions: 2), and was the seed.
+    assert same_bytes(str(tmp_path / "pool" / (provision_slug(a.name) + ".raw")), a.path)
+
+
+def test_images_built_and_pushed_by_the_collection_carry_the_index_the_delta_uses(
+    ansible, registry_plain, releases, tmp_path
+):
+    """The way a new user gets there: ironcore_image_build writes the index, ironcore_image_push carries it."""
+    names = {}
+    for release in ("a", "b"):
+        layout = str(tmp_path / ("layout-" + release))
+        name = "registry.example.com/os/built:%s" % release
+        built = ansible.module(
+            "ironcore.image.ironcore_image_build",
+            {
+                "layout": layout,
+                "name": name,
+                "artifacts": [{"rootfs": releases[release].path, "architecture": "amd64", "cmdline": "console=ttyS0"}],
+                "platforms": ["virtualization"],
+            },
+        )
+        assert built["changed"] is True, built
+        names[release] = "%s/delta/built:%s" % (registry_plain.host, release)
+        pushed = ansible.module(
+            "ironcore.image.ironcore_image_push",
+            dict(registry_plain.registry_args, layout=layout, name=name, destination=names[release]),
+        )
+        assert pushed["changed"] is True, pushed
+    dest = str(tmp_path / "dest")
+    first = fetch(ansible, registry_plain, names["a"], dest)
+    assert first["files"]["rootfs"]["delta"] == {"used": False, "reason": "no seed to build from"}, first
+    second = fetch(ansible, registry_plain, names["b"], dest)
+    delta = second["files"]["rootfs"]["delta"]
+    assert delta["used"] is True, delta
+    assert delta["fetched_bytes"] < 0.3 * releases["b"].layer_size, delta
+    assert same_bytes(os.path.join(dest, "rootfs"), releases["b"].path)

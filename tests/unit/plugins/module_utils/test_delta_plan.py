@@ -1,0 +1,296 @@
+"""Delta fetch logic: the plan from seeds, range coalescing, the seed hash cache, and assembly from a layout."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+
+import pytest
+
+from ansible_collections.ironcore.image.plugins.module_utils import _delta as delta
+from ansible_collections.ironcore.image.plugins.module_utils._blockindex import BlockHasher, BlockIndex
+from ansible_collections.ironcore.image.plugins.module_utils._io import FileStream
+from ansible_collections.ironcore.image.plugins.module_utils._model import ImageReference
+from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer
+from ansible_collections.ironcore.image.plugins.module_utils._source import LayoutSource
+
+BLOCK = 4096
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def index_of(data: bytes, block_size: int = BLOCK) -> BlockIndex:
+    hasher = BlockHasher(block_size)
+    hasher.update(data)
+    return hasher.finish(digest_of(data))
+
+
+def blocks(count: int, seed: int) -> list[bytes]:
+    generator = random.Random(seed)
+    return [generator.randbytes(BLOCK) for _number in range(count)]
+
+
+def old_and_new() -> tuple[bytes, bytes]:
+    """A (256 blocks) and B: A's blocks moved by one block, 3 rewritten, 2 zeroed, 10 new at the end, a short tail."""
+    old = blocks(256, 1)
+    new = [bytes(BLOCK)] + old[:100] + blocks(3, 2) + old[103:200] + [bytes(BLOCK)] * 2 + old[200:] + blocks(10, 3)
+    return b"".join(old), b"".join(new) + b"tail"
+
+
+def test_plan_takes_seed_blocks_wherever_they_are_and_fetches_the_rest():
+    old, new = old_and_new()
+    index = index_of(new)
+    plan = delta.make_plan(index, [index_of(old).hashes])
+    # Every copy points at a seed block with the same content.
+    for first, seed, block, count in plan.copies:
+        assert seed == 0
+        offset, length = plan.span(first, count)
+        assert new[offset : offset + length] == old[block * BLOCK : block * BLOCK + length]
+    covered = {n for first, _s, _b, count in plan.copies for n in range(first, first + count)}
+    fetched = {n for offset, length in plan.ranges for n in range(offset // BLOCK, -(-(offset + length) // BLOCK))}
+    assert not covered & fetched
+    zeros = {n for n in range(index.blocks) if index.is_zero(n)}
+    assert zeros == {0, 201, 202}
+    # The three rewritten blocks, the ten new ones and the tail; nothing else.
+    assert fetched == {101, 102, 103, *range(index.blocks - 11, index.blocks)}
+    assert covered | fetched | zeros == set(range(index.blocks))
+    assert plan.fetch_bytes == 13 * BLOCK + 4
+    # Copies run over consecutive seed blocks.
+    assert len(plan.copies) <= 4
+
+
+def test_no_seed_means_everything_but_zeros_is_fetched():
+    _old, new = old_and_new()
+    plan = delta.make_plan(index_of(new), [])
+    assert plan.copies == []
+    # The two zero blocks in the middle lie within a gap and are fetched with their neighbours.
+    assert plan.fetch_bytes == len(new) - BLOCK
+    with pytest.raises(delta.DeltaAbandoned, match="more than 60 %"):
+        delta.check_worth_it(plan, len(new))
+
+
+def test_coalesce_merges_gaps_up_to_64_kib_and_splits_long_ranges():
+    gap = delta.MAX_GAP // BLOCK
+    runs = [(0, 1), (1 + gap, 2 + gap), (3 + 2 * gap, 4 + 2 * gap)]
+    assert delta.coalesce(runs, BLOCK, 10**9) == [(0, (2 + gap) * BLOCK), ((3 + 2 * gap) * BLOCK, BLOCK)]
+    assert delta.coalesce([(0, 1), (2, 3)], BLOCK, 10**9, max_gap=0) == [(0, BLOCK), (2 * BLOCK, BLOCK)]
+    # The last block is cut at the layer's end.
+    assert delta.coalesce([(0, 2)], BLOCK, BLOCK + 10) == [(0, BLOCK + 10)]
+    long_run = delta.MAX_RANGE // BLOCK * 2 + 1
+    assert delta.coalesce([(0, long_run)], BLOCK, 10**12) == [
+        (0, delta.MAX_RANGE),
+        (delta.MAX_RANGE, delta.MAX_RANGE),
+        (2 * delta.MAX_RANGE, BLOCK),
+    ]
+
+
+def test_seed_hashes_are_cached_and_dropped_when_the_seed_changes(tmp_path):
+    seed_path = tmp_path / "old.img"
+    data = b"".join(blocks(8, 4)) + b"x"
+    seed_path.write_bytes(data)
+    cache = tmp_path / "state"
+    cache.mkdir(mode=0o700)
+    seed = delta.open_seed(str(seed_path))
+    assert isinstance(seed, delta.Seed)
+    hashes = delta.seed_hashes(seed, BLOCK, 16, str(cache))
+    assert hashes == index_of(data).hashes
+    (cached,) = list(cache.iterdir())
+    assert cached.name.startswith(delta.SEED_CACHE_PREFIX)
+    assert oct(cached.stat().st_mode & 0o777) == "0o600"
+    seed.close()
+    # A cache entry that names the same identity is used as it is: poison it and see it come back.
+    poisoned = cached.read_bytes()
+    poisoned = poisoned[: -len(hashes)] + bytes(len(hashes))
+    cached.write_bytes(poisoned)
+    cached.chmod(0o600)
+    seed = delta.open_seed(str(seed_path))
+    assert delta.seed_hashes(seed, BLOCK, 16, str(cache)) == bytes(len(hashes))
+    seed.close()
+    # The seed changes: its identity does, and it is hashed again.
+    seed_path.write_bytes(data[::-1])
+    seed = delta.open_seed(str(seed_path))
+    assert delta.seed_hashes(seed, BLOCK, 16, str(cache)) == index_of(data[::-1]).hashes
+    seed.close()
+
+
+def test_seeds_that_cannot_be_read_are_skipped_with_a_warning(tmp_path):
+    warnings: list[str] = []
+    real = tmp_path / "real"
+    real.write_bytes(b"a" * BLOCK)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    seeds = delta.open_seeds(
+        [str(tmp_path), str(tmp_path / "missing"), str(link)], [str(real), str(tmp_path / "absent")], warnings.append
+    )
+    try:
+        # The link and the file are one seed; the own file that is absent is not worth a warning.
+        assert [seed.path for seed in seeds] == [str(link)]
+        assert len(warnings) == 2
+        assert "is a directory" in warnings[0]
+        assert "does not exist" in warnings[1]
+    finally:
+        delta.close_seeds(seeds)
+
+
+def test_file_stream_length_bounds_the_range(tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(bytes(range(256)) * 10)
+    stream = FileStream(str(path), 10, 5)
+    assert b"".join(bytes(c) for c in stream.iter_chunks(2)) == bytes(range(10, 15))
+    stream.close()
+    # Past the end: from 0, all of it, as a registry that ignores Range answers.
+    stream = FileStream(str(path), 5000, 5)
+    assert stream.offset == 0
+    assert len(b"".join(bytes(c) for c in stream.iter_chunks(1024))) == 2560
+    stream.close()
+
+
+class Setup:
+    def __init__(self, tmp_path, old: bytes, new: bytes):
+        self.layout = tmp_path / "layout"
+        (self.layout / "blobs" / "sha256").mkdir(parents=True)
+        (self.layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+        self.new = new
+        self.digest = digest_of(new)
+        (self.layout / "blobs" / "sha256" / self.digest.split(":")[1]).write_bytes(new)
+        self.dest = tmp_path / "dest"
+        self.dest.mkdir()
+        self.state = tmp_path / "state"
+        self.state.mkdir(mode=0o700)
+        self.seed_path = tmp_path / "seed.img"
+        self.seed_path.write_bytes(old)
+        self.source = LayoutSource(str(self.layout), ImageReference.parse("os:1"), "os:1")
+        self.layer = SelectedLayer("rootfs", "application/vnd.ironcore.image.rootfs", self.digest, len(new), False)
+
+    def job(self) -> delta.DeltaJob:
+        seeds = delta.open_seeds([str(self.seed_path)], [], lambda _m: None)
+        return delta.DeltaJob(
+            self.source, self.layer, str(self.dest / "rootfs"), str(self.state), seeds, str(self.state), 4, 1, 0.0
+        )
+
+    def add_index(self, data: bytes) -> dict:
+        index_digest = digest_of(data)
+        (self.layout / "blobs" / "sha256" / index_digest.split(":")[1]).write_bytes(data)
+        return {"digest": index_digest, "size": len(data)}
+
+
+def test_assembly_rebuilds_the_layer_from_seed_and_ranges(tmp_path):
+    old, new = old_and_new()
+    setup = Setup(tmp_path, old, new)
+    descriptor = setup.add_index(index_of(new).encode())
+    job = setup.job()
+    staged, report = delta.try_delta(job, lambda _layer: descriptor)
+    delta.close_seeds(job.seeds)
+    assert report.reason is None and staged is not None
+    staged.commit()
+    assert (setup.dest / "rootfs").read_bytes() == new
+    result = report.as_result()
+    assert result["used"] is True
+    assert result["fetched_bytes"] == 13 * BLOCK + 4
+    assert result["seed_bytes"] == len(new) - 3 * BLOCK - result["fetched_bytes"]
+    # Two ranges: the three rewritten blocks, and the new blocks with the tail.
+    assert result["requests"] == 2
+
+
+def test_a_wrong_index_is_abandoned_and_nothing_reaches_dest(tmp_path):
+    old, new = old_and_new()
+    setup = Setup(tmp_path, old, new)
+    # Claims the layer is exactly the old file padded: every block would come from the seed.
+    lying = index_of(old + new[len(old) :])
+    wrong = BlockIndex(index_of(new).header, lying.hashes, lying.zeros)
+    descriptor = setup.add_index(wrong.encode())
+    job = setup.job()
+    staged, report = delta.try_delta(job, lambda _layer: descriptor)
+    delta.close_seeds(job.seeds)
+    assert staged is None
+    assert "not the layer digest" in str(report.reason)
+    assert list(setup.dest.iterdir()) == []
+    assert [p.name for p in setup.state.iterdir() if p.name.endswith(".partial")] == []
+
+
+def test_an_index_for_another_size_is_refused(tmp_path):
+    old, new = old_and_new()
+    setup = Setup(tmp_path, old, new)
+    other = index_of(new + bytes(BLOCK))
+    descriptor = setup.add_index(other.encode())
+    job = setup.job()
+    staged, report = delta.try_delta(job, lambda _layer: descriptor)
+    delta.close_seeds(job.seeds)
+    assert staged is None
+    assert "not this layer" in str(report.reason)
+
+
+def test_a_truncated_index_is_refused(tmp_path):
+    old, new = old_and_new()
+    setup = Setup(tmp_path, old, new)
+    encoded = index_of(new).encode()
+    descriptor = setup.add_index(encoded[:-10])
+    job = setup.job()
+    staged, report = delta.try_delta(job, lambda _layer: descriptor)
+    delta.close_seeds(job.seeds)
+    assert staged is None
+    assert "disagrees with its header" in str(report.reason)
+
+
+def test_seed_blocks_that_changed_since_hashing_are_fetched_instead(tmp_path, monkeypatch):
+    old, new = old_and_new()
+    setup = Setup(tmp_path, old, new)
+    descriptor = setup.add_index(index_of(new).encode())
+    job = setup.job()
+    planned = delta.make_plan
+
+    def plan_then_change_the_seed(index, hashes):
+        plan = planned(index, hashes)
+        # Between hashing and reading, someone rewrites a hundred blocks of the seed in place.
+        with open(setup.seed_path, "r+b") as handle:
+            handle.seek(50 * BLOCK)
+            handle.write(os.urandom(100 * BLOCK))
+        return plan
+
+    monkeypatch.setattr(delta, "make_plan", plan_then_change_the_seed)
+    staged, report = delta.try_delta(job, lambda _layer: descriptor)
+    delta.close_seeds(job.seeds)
+    assert staged is not None, report.reason
+    staged.commit()
+    assert (setup.dest / "rootfs").read_bytes() == new
+    assert report.fetched_bytes >= 100 * BLOCK
+
+
+def test_a_delivered_file_gets_its_hashes_from_the_index_without_being_read(tmp_path):
+    _old, new = old_and_new()
+    path = tmp_path / "rootfs"
+    path.write_bytes(new)
+    cache = tmp_path / "state"
+    cache.mkdir(mode=0o700)
+    index = index_of(new)
+    # Marked: if the file were hashed, these would not come back.
+    marked = BlockIndex(index.header, bytes(len(index.hashes)), index.zeros)
+    delta.remember_hashes(str(path), marked, str(cache))
+    seed = delta.open_seed(str(path))
+    assert isinstance(seed, delta.Seed)
+    assert delta.seed_hashes(seed, BLOCK, 16, str(cache)) == marked.hashes
+    seed.close()
+    # A file of another size than the index's is not remembered.
+    other = tmp_path / "other"
+    other.write_bytes(new[:-1])
+    delta.remember_hashes(str(other), marked, str(cache))
+    assert len(list(cache.iterdir())) == 1
+
+
+def test_an_interrupted_full_download_is_continued_rather_than_replaced(tmp_path):
+    old, new = old_and_new()
+    setup = Setup(tmp_path, old, new)
+    descriptor = setup.add_index(index_of(new).encode())
+    partial = delta.partial_path(str(setup.state), "rootfs", setup.digest)
+    with open(partial, "wb") as kept:
+        kept.write(new[:5000])
+    job = setup.job()
+    staged, report = delta.try_delta(job, lambda _layer: descriptor)
+    delta.close_seeds(job.seeds)
+    assert staged is None
+    assert "continued instead" in str(report.reason)
+    with open(partial, "rb") as kept:
+        assert kept.read() == new[:5000]
