@@ -325,6 +325,14 @@ class MirroredSource:
     def layout(self) -> t.Any:
         return getattr(self.origin, "layout", None)
 
+    def over_store(self, store: t.Any) -> MirroredStore:
+        """The origin's `store` read the way this source reads: names at the origin, content from the mirrors first.
+
+        Fetch reads signatures and provenance through it, so an air-gapped site
+        verifies them from its mirrors as it fetches the image from them.
+        """
+        return MirroredStore(store, self)
+
     def _note_error(self, source: t.Any, digest: str, error: BaseException) -> None:
         record = {"url": _label(source), "digest": digest, "reason": str(error)}
         with self._lock:

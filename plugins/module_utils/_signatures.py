@@ -307,9 +307,12 @@ def verify_digests(
 def _store_of(source: t.Any) -> Store:
     """The store behind a fetch source, sharing its client (and its tokens) or its layout."""
     client = getattr(source, "client", None)
-    if client is not None:
-        return RegistryStore(client, source.ref.repository)
-    return LayoutStore(source.layout.path)
+    if client is None:
+        return LayoutStore(source.layout.path)
+    store = RegistryStore(client, source.ref.repository)
+    # Behind mirrors, signatures come the way the image does; a mirror's answer is verified like the origin's.
+    over_store = getattr(source, "over_store", None)
+    return t.cast(Store, over_store(store)) if over_store is not None else store
 
 
 def verify_before_delivery(

@@ -15,6 +15,7 @@ import subprocess
 
 import pytest
 from helpers.ansible import task_results
+from helpers.counting import ByteCountingProxy
 from helpers.images import skopeo_push, write_upstream_image
 from helpers.inventory import failures_by_host, local_host, write_inventory
 from helpers.layout_server import LayoutServer
@@ -305,6 +306,50 @@ def test_signatures_are_checked_at_the_origin_with_mirrors(ansible, site, tmp_pa
     assert sorted(result["signatures"]) == sorted({result["digest"], result["manifest_digest"]})
     assert result["files"]["rootfs"]["sources"] == [{"url": "http://%s" % site["mirror"].host, "bytes": SIZE}]
     assert delivered(tmp_path / "dest") == site["data"]
+
+
+def test_an_air_gapped_site_verifies_signatures_from_its_mirror(ansible, site, tmp_path):
+    """Origin gone, digest pinned: the image and its signatures both come from the mirror, and are verified."""
+    private, public = str(tmp_path / "key.pem"), str(tmp_path / "key.pub")
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", private], check=True)
+    subprocess.run(["openssl", "ec", "-in", private, "-pubout", "-out", public], check=True, capture_output=True)
+    # The origin is reached through a relay that is stopped later: the same name, then nothing listening.
+    relay = ByteCountingProxy(site["origin"].host)
+    try:
+        origin_name = "%s/%s:airgap" % (relay.host, REPOSITORY)
+        flags = [*site["origin"].skopeo_flags("src-"), *site["origin"].skopeo_flags("dest-")]
+        subprocess.run(["skopeo", "copy", "--quiet", *flags, "docker://%s" % site["name"], "docker://%s" % origin_name])
+        signed = ansible.module(
+            "ironcore.image.ironcore_image_sign", dict(site["origin"].registry_args, name=origin_name, key=private)
+        )
+        assert signed.get("failed") is not True, signed.get("msg")
+        copied = ansible.module(
+            "ironcore.image.ironcore_image_copy",
+            {
+                "source": dict(site["origin"].registry_args, name=origin_name),
+                "destination": {"name": "%s/cache/os:airgap" % site["mirror"].host, "plain_http": True},
+            },
+        )
+        assert copied.get("failed") is not True, copied.get("msg")
+        assert copied["signatures"] >= 1, copied
+    finally:
+        relay.stop()
+    pinned = origin_name.rsplit(":", 1)[0] + "@" + signed["digest"]
+    args = dict(site["origin"].registry_args, name=pinned, dest=str(tmp_path / "dest"), platform="virtualization")
+    args["mirrors"] = [registry_mirror(site)]
+    result = ansible.module(MODULE, dict(args, signature_keys=[public]))
+    assert result.get("failed") is not True, result.get("msg")
+    assert sorted(result["signatures"]) == sorted({result["digest"], result["manifest_digest"]})
+    assert result["bytes_from_origin"] == 0
+    assert delivered(tmp_path / "dest") == site["data"]
+    # Another key's signatures are not there: refused, from the mirror as from the origin, with nothing written.
+    stranger = str(tmp_path / "stranger.pem")
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", stranger], check=True)
+    stranger_pub = subprocess.run(["openssl", "ec", "-in", stranger, "-pubout"], check=True, capture_output=True)
+    args["dest"] = str(tmp_path / "refused")
+    refused = ansible.module(MODULE, dict(args, signature_keys=[stranger_pub.stdout.decode()]))
+    assert refused["failed"] is True and "unknown key" in refused["msg"]
+    assert_nothing_left(tmp_path / "refused")
 
 
 @pytest.fixture
