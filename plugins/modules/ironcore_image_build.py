@@ -166,7 +166,7 @@ options:
       - With V(false), no index is written.
     type: bool
     default: true
-    version_added: 0.3.0
+    version_added: 0.2.0
   block_index_block_size:
     description:
       - Block size of the block index in bytes, a power of two from V(512) to V(16777216) (16 MiB).
@@ -174,7 +174,7 @@ options:
         unchanged blocks.
     type: int
     default: 4096
-    version_added: 0.3.0
+    version_added: 0.2.0
 seealso:
   - module: ironcore.image.ironcore_image_push
   - module: ironcore.image.ironcore_image_fetch

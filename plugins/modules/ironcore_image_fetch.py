@@ -183,7 +183,7 @@ options:
         envelope; a payload changed after signing).
     type: bool
     default: false
-    version_added: 0.3.0
+    version_added: 0.2.0
   delta:
     description:
       - V(auto) builds a raw layer that has a block index (attached to the platform manifest as a referrer, see
@@ -196,7 +196,7 @@ options:
     type: str
     choices: [auto, never]
     default: auto
-    version_added: 0.3.0
+    version_added: 0.2.0
   seeds:
     description:
       - Local files or block devices that may hold blocks of the new layers, for example the previous release's
@@ -209,7 +209,7 @@ options:
     type: list
     elements: path
     default: []
-    version_added: 0.3.0
+    version_added: 0.2.0
 notes:
   - With O(layout) the module reads the image from disk and does not need C(requests).
   - C(oras) is not needed (since 0.2.0); the module reads O(docker_config) (C(auths) with C(auth),
@@ -332,7 +332,7 @@ files:
           C(reason), for example that the image has no block index, the index was wrong (the file was then
           downloaded whole), or that nothing was downloaded."
       type: dict
-      version_added: 0.3.0
+      version_added: 0.2.0
   sample:
     kernel:
       path: /srv/boot/amd64/vmlinuz
@@ -407,7 +407,7 @@ provenance:
     predicate_type:
       description: The statement's predicate type.
       type: str
-  version_added: 0.3.0
+  version_added: 0.2.0
 retries:
   description:
     - How many registry requests were retried (after a connection error, a timeout or an answer of 429 or 5xx).

@@ -84,7 +84,7 @@ options:
       - Implies O(show_signatures).
     type: list
     elements: str
-    version_added: 0.3.0
+    version_added: 0.2.0
   show_signatures:
     description:
       - Report the image's signatures (RV(signatures)) and its provenance and SBOM referrers (RV(provenance),
@@ -92,7 +92,7 @@ options:
       - Off by default since it costs requests for every digest.
     type: bool
     default: false
-    version_added: 0.3.0
+    version_added: 0.2.0
 notes:
   - With O(layout) the module reads the image from disk and does not need C(requests).
   - C(oras) is not needed (since 0.2.0); the module reads O(docker_config) (C(auths) with C(auth),
@@ -264,7 +264,7 @@ signatures:
     reason:
       description: With O(signature_keys), the one-line reason no signature verified (what fetch would fail with).
       type: str
-  version_added: 0.3.0
+  version_added: 0.2.0
 provenance:
   description:
     - With O(show_signatures) or O(signature_keys), the provenance referrers of the image's digest; null otherwise.
@@ -283,7 +283,7 @@ provenance:
     reason:
       description: With O(signature_keys), why no provenance verified.
       type: str
-  version_added: 0.3.0
+  version_added: 0.2.0
 sbom:
   description:
     - With O(show_signatures) or O(signature_keys), the SBOM referrers of the image's digest; null otherwise.
@@ -295,7 +295,7 @@ sbom:
       description: Digests of the referrer manifests with C(artifactType) C(application/vnd.cyclonedx+json).
       type: list
       elements: str
-  version_added: 0.3.0
+  version_added: 0.2.0
 images:
   description: With O(layout) and no O(name), every name the layout records, sorted by name.
   returned: when O(name) is not given

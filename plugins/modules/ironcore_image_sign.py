@@ -9,7 +9,7 @@ DOCUMENTATION = r"""
 ---
 module: ironcore_image_sign
 short_description: Sign an IronCore OS image in cosign's signature format, offline, with a local key
-version_added: 0.3.0
+version_added: 0.2.0
 description:
   - Signs the digest O(name) resolves to and every platform index and manifest it reaches, in a registry
     repository or, with O(layout), in an OCI image layout.
