@@ -658,7 +658,7 @@ class _HookThread:
     def __init__(self, hook: ChunkHook, buffers: int = _HOOK_BUFFERS, size: int = _HOOK_BUFFER_SIZE):
         self._hook = hook
         self._free: queue.Queue[memoryview] = queue.Queue()
-        for _ in range(buffers):
+        for _buffer in range(buffers):
             self._free.put(memoryview(bytearray(size)))
         self._filled: queue.Queue[tuple[memoryview, int] | None] = queue.Queue()
         self.failure: BaseException | None = None
