@@ -492,6 +492,10 @@ def resume_hash(out: AtomicFile, size: int) -> HashingCounter | None:
 _NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM})
 # Copied ranges the hasher may lag behind: a few chunks, so it reads them back while they are in the cache.
 _READ_BACK_LAG = 4
+# The ring a copy's chunk hook (the block index) runs over in its own thread: the read-back hasher fills
+# a buffer, hashes it and hands it on, so the hook's hashing overlaps the layer's; memory stays at 4 MiB.
+_HOOK_BUFFERS = 4
+_HOOK_BUFFER_SIZE = 1024 * 1024
 
 
 def copy_and_hash(source: t.BinaryIO, out: t.Any, on_chunk: ChunkHook | None = None) -> HashingCounter:
@@ -564,11 +568,15 @@ def _kernel_copy(source_fd: int, position: int, out_fd: int, start: int, on_chun
 
 
 class _ReadBackHasher:
-    """A thread hashing ranges of a file, in order, as they are handed to it."""
+    """A thread hashing ranges of a file, in order, as they are handed to it.
+
+    A chunk hook, when given, runs in a third thread (_HookThread) over the
+    buffers read back, so its own hashing does not wait for the layer's.
+    """
 
     def __init__(self, fd: int, on_chunk: ChunkHook | None):
         self._fd = fd
-        self._on_chunk = on_chunk
+        self._hook = _HookThread(on_chunk) if on_chunk is not None else None
         self.counter = HashingCounter()
         self._ranges: queue.Queue[tuple[int, int] | None] = queue.Queue(maxsize=_READ_BACK_LAG)
         self._failure: BaseException | None = None
@@ -583,12 +591,16 @@ class _ReadBackHasher:
     def finish(self) -> HashingCounter:
         self._ranges.put(None)
         self._thread.join()
+        if self._hook is not None:
+            # Joined whatever happened, so no thread outlives the copy; the first failure wins.
+            self._hook.finish(raise_failure=self._failure is None)
         if self._failure is not None:
             raise self._failure
         return self.counter
 
     def _run(self) -> None:
-        buffer = memoryview(bytearray(CHUNK_SIZE))
+        # With a hook, the buffers are the hook's ring.
+        buffer = memoryview(bytearray(CHUNK_SIZE if self._hook is None else 0))
         while True:
             item = self._ranges.get()
             if item is None:
@@ -599,15 +611,87 @@ class _ReadBackHasher:
                 self._hash(buffer, *item)
             except BaseException as exc:  # pylint: disable=broad-exception-caught  # re-raised in the caller
                 self._failure = exc
+            else:
+                _start_writeback(self._fd, *item)
 
-    def _hash(self, buffer: memoryview, offset: int, length: int) -> None:
+    def _hash(self, own_buffer: memoryview, offset: int, length: int) -> None:
+        hook = self._hook
         while length > 0:
+            buffer = own_buffer if hook is None else hook.free_buffer()
             count = os.preadv(self._fd, [buffer[: min(length, len(buffer))]], offset)
             if count == 0:
+                if hook is not None:
+                    hook.give_back(buffer)
                 raise OSError(errno.EIO, "the copy ended %d bytes early when read back" % length)
-            chunk = buffer[:count]
-            self.counter.update(chunk)
-            if self._on_chunk is not None:
-                self._on_chunk(chunk)
+            self.counter.update(buffer[:count])
+            if hook is not None:
+                hook.submit(buffer, count)
             offset += count
             length -= count
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing a range that has been hashed to disk now, not at the commit's fsync.
+
+    The disk then writes while the rest is copied and hashed, and the fsync
+    before the rename waits only for the tail. POSIX_FADV_DONTNEED starts that
+    writeback (and does not wait for it); it drops only pages already clean,
+    and the hashers have read the range by now. A hint: where it fails,
+    the fsync still writes everything.
+    """
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    except (AttributeError, OSError):
+        pass
+
+
+class _HookThread:
+    """Runs a chunk hook in its own thread over a small ring of buffers, in the order they are submitted.
+
+    The producer takes a free buffer, fills it, and submits it; the hook sees
+    it and the buffer goes back to the ring. The ring bounds both memory and
+    how far the hook may lag. A hook that raises fails the producer at its
+    next free_buffer() and at finish(); the buffers keep circulating, so the
+    producer never blocks on a failed hook.
+    """
+
+    def __init__(self, hook: ChunkHook, buffers: int = _HOOK_BUFFERS, size: int = _HOOK_BUFFER_SIZE):
+        self._hook = hook
+        self._free: queue.Queue[memoryview] = queue.Queue()
+        for _buffer in range(buffers):
+            self._free.put(memoryview(bytearray(size)))
+        self._filled: queue.Queue[tuple[memoryview, int] | None] = queue.Queue()
+        self.failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="chunk-hook", daemon=True)
+        self._thread.start()
+
+    def free_buffer(self) -> memoryview:
+        if self.failure is not None:
+            raise self.failure
+        return self._free.get()
+
+    def give_back(self, buffer: memoryview) -> None:
+        self._free.put(buffer)
+
+    def submit(self, buffer: memoryview, length: int) -> None:
+        self._filled.put((buffer, length))
+
+    def finish(self, raise_failure: bool = True) -> None:
+        """Wait until the hook has seen every submitted buffer; raise what it raised."""
+        self._filled.put(None)
+        self._thread.join()
+        if raise_failure and self.failure is not None:
+            raise self.failure
+
+    def _run(self) -> None:
+        while True:
+            item = self._filled.get()
+            if item is None:
+                return
+            buffer, length = item
+            if self.failure is None:
+                try:
+                    self._hook(buffer[:length])
+                except BaseException as exc:  # pylint: disable=broad-exception-caught  # re-raised in the producer
+                    self.failure = exc
+            self._free.put(buffer)

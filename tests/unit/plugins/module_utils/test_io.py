@@ -337,3 +337,20 @@ def test_copy_and_hash_fails_when_the_chunk_callback_fails(tmp_path):
     with open(path, "rb") as stream, io.AtomicFile(str(tmp_path / "blob")) as out:
         with pytest.raises(ValueError, match="index full"):
             io.copy_and_hash(stream, out, on_chunk=refuse)
+
+
+def test_copy_and_hash_fails_when_the_chunk_callback_fails_after_the_ring_went_round_and_leaves_no_file(tmp_path):
+    # More chunks than the hook thread's ring holds: a failure late in the copy must still stop it, not hang it.
+    path, data = _source(tmp_path, 3 * io.CHUNK_SIZE + 5)
+    seen = bytearray()
+
+    def refuse_late(chunk):
+        if len(seen) >= 2 * io.CHUNK_SIZE:
+            raise ValueError("index full")
+        seen.extend(chunk)
+
+    with open(path, "rb") as stream, io.AtomicFile(str(tmp_path / "blob")) as out:
+        with pytest.raises(ValueError, match="index full"):
+            io.copy_and_hash(stream, out, on_chunk=refuse_late)
+    assert bytes(seen) == data[: len(seen)]
+    assert sorted(os.listdir(tmp_path)) == ["rootfs"]
