@@ -17,6 +17,7 @@ import subprocess
 import pytest
 from helpers.images import build_ours
 from helpers.registry import blob_data_path
+from helpers.signing import inspect_raw, remote
 
 from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
 from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
@@ -39,16 +40,6 @@ BLOCK_INDEX = "application/vnd.ironcore.image.blockindex.v1"
 IN_TOTO = "application/vnd.in-toto+json"
 
 pytestmark = pytest.mark.integration
-
-
-def skopeo_raw(*args: str) -> bytes:
-    proc = subprocess.run(["skopeo", "inspect", "--raw", *args], capture_output=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout
-
-
-def remote(registry, reference: str) -> bytes:
-    return skopeo_raw(*registry.skopeo_flags(), "docker://%s/%s" % (registry.host, reference))
 
 
 def image_bytes(fetch, top: str) -> dict[str, bytes]:
@@ -178,18 +169,18 @@ def test_layout_tag_schema(tmp_path, big_file):
     index_digest, provenance_digest = check_two_referrers(store, subject, big_file)
 
     tag = referrers_tag(subject["digest"])
-    index = json.loads(skopeo_raw("oci:%s:%s" % (layout, tag)))
+    index = json.loads(inspect_raw("oci:%s:%s" % (layout, tag)))
     assert [e["digest"] for e in index["manifests"]] == [index_digest, provenance_digest]
     assert sorted(OciLayout(layout).refs()) == sorted([*names_before, tag])
     # skopeo reads the image by its name unchanged, and every manifest of it is the same blob.
-    assert skopeo_raw("oci:%s:%s" % (layout, NAME)) == before[subject["digest"]]
+    assert inspect_raw("oci:%s:%s" % (layout, NAME)) == before[subject["digest"]]
     assert image_bytes(lambda ref: _layout_bytes(layout, ref), NAME) == before
 
 
 def _layout_bytes(layout: str, ref: str) -> bytes:
     """A name through skopeo, a digest from the blob file (skopeo's oci: transport takes names only)."""
     if not ref.startswith("sha256:"):
-        return skopeo_raw("oci:%s:%s" % (layout, ref))
+        return inspect_raw("oci:%s:%s" % (layout, ref))
     with open(os.path.join(layout, "blobs", "sha256", ref.split(":", 1)[1]), "rb") as stream:
         return stream.read()
 
