@@ -38,13 +38,6 @@ FETCH_TASK = "Fetch the image's files"
 # largest fleet's wall time stays within 1.3 times the run that has nothing to deliver.
 GOAL_ORIGIN = 1.05
 GOAL_SECOND_RUN = 1.3
-MIRROR_PLAY = """- name: Site cache
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  roles:
-    - role: ironcore.image.mirror
-"""
 
 
 def numbers(text: str) -> list[int]:
@@ -94,7 +87,7 @@ class SiteCache:
         }
         play = os.path.join(directory, "mirror.yml")
         with open(play, "w", encoding="utf-8") as stream:
-            stream.write(MIRROR_PLAY)
+            stream.write(nginx.MIRROR_PLAY)
         variables = os.path.join(directory, "mirror-vars.json")
         with open(variables, "w", encoding="utf-8") as stream:
             json.dump(role_vars, stream)
