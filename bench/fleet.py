@@ -344,11 +344,7 @@ def main() -> None:
         raise c.BenchError("nginx is missing: install nginx-light (make system-deps)")
     workdir = c.scratch(args.workdir, "fleet-")
     try:
-        text = bench_fleet(workdir, args.size_mib, args.nodes)
-        print(text)
-        with open(os.path.join(c.BUILD, "bench", "fleet.md"), "w", encoding="utf-8") as stream:
-            stream.write(text)
-        print("written to .build/bench/fleet.md")
+        c.write_report(bench_fleet(workdir, args.size_mib, args.nodes), "fleet.md")
     finally:
         if not args.workdir:
             c.remove(workdir)
