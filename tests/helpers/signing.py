@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import pathlib
 import subprocess
 import urllib.parse
 import urllib.request
@@ -103,3 +104,27 @@ def http_put_manifest(registry, repository: str, reference: str, data: bytes, me
     put = urllib.request.Request(url, method="PUT", data=data)
     put.add_header("Content-Type", media_type)
     urllib.request.urlopen(put).close()
+
+
+KERNEL_ALREADY_HERE = b"the kernel already here"
+
+
+def dest_holding_a_kernel(directory: pathlib.Path) -> pathlib.Path:
+    """`directory`/dest with a vmlinuz in it already, to show that a refused fetch writes nothing."""
+    dest = directory / "dest"
+    dest.mkdir()
+    (dest / "vmlinuz").write_bytes(KERNEL_ALREADY_HERE)
+    return dest
+
+
+def assert_refused(failed: dict, reason: str) -> None:
+    """Fetch failed before writing and said why in one line."""
+    assert failed.get("failed") is True, failed
+    assert reason in failed["msg"] and "nothing was fetched" in failed["msg"], failed["msg"]
+    assert "\n" not in failed["msg"]
+
+
+def assert_untouched(dest: pathlib.Path) -> None:
+    """The file that was there, and nothing else (no partial, no state record)."""
+    assert sorted(os.listdir(dest)) == ["vmlinuz"]
+    assert (dest / "vmlinuz").read_bytes() == KERNEL_ALREADY_HERE

@@ -20,6 +20,9 @@ import pytest
 from helpers.inventory import local_host, write_inventory
 from helpers.registry import blob_data_path
 from helpers.signing import (
+    assert_refused,
+    assert_untouched,
+    dest_holding_a_kernel,
     http_put_blob,
     http_put_manifest,
     image_digests,
@@ -306,19 +309,14 @@ def test_fetch_delivers_an_image_with_a_trusted_provenance(ansible, registry_pla
     ],
 )
 def test_fetch_refuses_without_a_trusted_provenance(ansible, registry_plain, keys, attested, tmp_path, case, reason):
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    (dest / "vmlinuz").write_bytes(b"the kernel already here")
+    dest = dest_holding_a_kernel(tmp_path)
     # Check mode refuses the same way (the provision role's plan runs in it); once is enough to show it.
     for check in (True, False) if case == "changed" else (False,):
         failed = fetch(ansible, registry_plain, attested[case], dest, [keys["first"]["pub"]], check=check)
-        assert failed.get("failed") is True, failed
-        assert reason in failed["msg"] and "nothing was fetched" in failed["msg"], failed["msg"]
-        assert "\n" not in failed["msg"]
+        assert_refused(failed, reason)
     if case == "stranger":
         assert keys["stranger"]["fingerprint"] in failed["msg"]
-    assert sorted(os.listdir(dest)) == ["vmlinuz"]
-    assert (dest / "vmlinuz").read_bytes() == b"the kernel already here"
+    assert_untouched(dest)
 
 
 # ---- the playbooks, as a new user runs them ------------------------------------------------

@@ -15,6 +15,9 @@ import pytest
 from helpers.images import build_ours
 from helpers.registry import blob_data_path
 from helpers.signing import (
+    assert_refused,
+    assert_untouched,
+    dest_holding_a_kernel,
     http_put_blob,
     http_put_manifest,
     image_digests,
@@ -265,9 +268,7 @@ def test_fetch_delivers_an_image_signed_by_a_trusted_key(ansible, registry_plain
     ],
 )
 def test_fetch_refuses_before_writing(ansible, registry_plain, keys, fleet, tmp_path, case, reason):
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    (dest / "vmlinuz").write_bytes(b"the kernel already here")
+    dest = dest_holding_a_kernel(tmp_path)
     for check in (True, False):
         failed = ansible.module(
             FETCH,
@@ -281,14 +282,10 @@ def test_fetch_refuses_before_writing(ansible, registry_plain, keys, fleet, tmp_
             ),
             check=check,
         )
-        assert failed.get("failed") is True, failed
-        assert reason in failed["msg"] and "nothing was fetched" in failed["msg"], failed["msg"]
-        assert "\n" not in failed["msg"]
+        assert_refused(failed, reason)
         if case == "stranger":
             assert keys["stranger"]["fingerprint"] in failed["msg"]
-    # Untouched: the file that was there, and nothing else (no partial, no state record).
-    assert sorted(os.listdir(dest)) == ["vmlinuz"]
-    assert (dest / "vmlinuz").read_bytes() == b"the kernel already here"
+    assert_untouched(dest)
 
 
 def test_require_signature_without_keys_is_refused(ansible, registry_plain, fleet, tmp_path):
