@@ -15,7 +15,7 @@ import os
 import subprocess
 
 import pytest
-from helpers.images import build_ours
+from helpers.images import build_ours, push_built_image
 from helpers.registry import blob_data_path
 from helpers.signing import inspect_raw, remote
 
@@ -34,7 +34,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import registry_options
 from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
 
-PUSH = "ironcore.image.ironcore_image_push"
 NAME = "registry.example.com/os/referred:1.0"
 BLOCK_INDEX = "application/vnd.ironcore.image.blockindex.v1"
 IN_TOTO = "application/vnd.in-toto+json"
@@ -57,12 +56,7 @@ def registry_store(registry, repository: str) -> RegistryStore:
 
 def pushed_image(ansible, registry, root, repository: str) -> tuple[str, dict]:
     """A built image pushed as <repository>:1.0; returns (layout, the descriptor of its index at the registry)."""
-    layout = str(root / "layout")
-    os.makedirs(str(root / "in"), exist_ok=True)
-    build_ours(layout, NAME, root / "in", tag=repository.replace("/", "-"))
-    destination = "%s/%s:1.0" % (registry.host, repository)
-    pushed = ansible.module(PUSH, dict(registry.registry_args, layout=layout, name=NAME, destination=destination))
-    assert pushed["changed"] is True, pushed
+    layout, _reference, pushed = push_built_image(ansible, registry, root, NAME, repository)
     data = remote(registry, repository + ":1.0")
     return layout, {"mediaType": OCI_INDEX, "digest": pushed["digest"], "size": len(data)}
 

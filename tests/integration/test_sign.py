@@ -12,7 +12,7 @@ import os
 import subprocess
 
 import pytest
-from helpers.images import build_ours
+from helpers.images import build_ours, push_built_image
 from helpers.registry import blob_data_path
 from helpers.signing import (
     assert_refused,
@@ -50,12 +50,7 @@ def keys(tmp_path_factory):
 
 def push_image(ansible, registry, root, repository: str) -> tuple[str, str]:
     """A tiny image built into a layout and pushed as <registry>/<repository>:1.0; returns (layout, reference)."""
-    layout = str(root / "layout")
-    os.makedirs(str(root / "in"), exist_ok=True)
-    build_ours(layout, NAME, root / "in", tag=repository.replace("/", "-"))
-    reference = "%s/%s:1.0" % (registry.host, repository)
-    pushed = ansible.module(PUSH, dict(registry.registry_args, layout=layout, name=NAME, destination=reference))
-    assert pushed["changed"] is True, pushed
+    layout, reference, _pushed = push_built_image(ansible, registry, root, NAME, repository)
     return layout, reference
 
 
