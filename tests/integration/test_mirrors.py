@@ -318,7 +318,9 @@ def test_an_air_gapped_site_verifies_signatures_from_its_mirror(ansible, site, t
     try:
         origin_name = "%s/%s:airgap" % (relay.host, REPOSITORY)
         flags = [*site["origin"].skopeo_flags("src-"), *site["origin"].skopeo_flags("dest-")]
-        subprocess.run(["skopeo", "copy", "--quiet", *flags, "docker://%s" % site["name"], "docker://%s" % origin_name])
+        subprocess.run(
+            ["skopeo", "copy", "--quiet", *flags, "docker://%s" % site["name"], "docker://%s" % origin_name], check=True
+        )
         signed = ansible.module(
             "ironcore.image.ironcore_image_sign", dict(site["origin"].registry_args, name=origin_name, key=private)
         )
