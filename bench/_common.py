@@ -598,6 +598,14 @@ def summary(results: t.Sequence[Result], heading: str = "") -> str:
     return "\n".join(text)
 
 
+def write_report(text: str, file_name: str) -> None:
+    """Print a benchmark's report and keep it as .build/bench/<file_name>."""
+    print(text)
+    with open(os.path.join(BUILD, "bench", file_name), "w", encoding="utf-8") as stream:
+        stream.write(text)
+    print("written to .build/bench/%s" % file_name)
+
+
 def run_benchmark(doc: str, prefix: str, bench: t.Callable[..., t.Any]) -> None:
     """A benchmark script's main(): parse the common flags, run `bench` in a scratch directory, print the table.
 

@@ -38,13 +38,6 @@ FETCH_TASK = "Fetch the image's files"
 # largest fleet's wall time stays within 1.3 times the run that has nothing to deliver.
 GOAL_ORIGIN = 1.05
 GOAL_SECOND_RUN = 1.3
-MIRROR_PLAY = """- name: Site cache
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  roles:
-    - role: ironcore.image.mirror
-"""
 
 
 def numbers(text: str) -> list[int]:
@@ -94,7 +87,7 @@ class SiteCache:
         }
         play = os.path.join(directory, "mirror.yml")
         with open(play, "w", encoding="utf-8") as stream:
-            stream.write(MIRROR_PLAY)
+            stream.write(nginx.MIRROR_PLAY)
         variables = os.path.join(directory, "mirror-vars.json")
         with open(variables, "w", encoding="utf-8") as stream:
             json.dump(role_vars, stream)
@@ -351,11 +344,7 @@ def main() -> None:
         raise c.BenchError("nginx is missing: install nginx-light (make system-deps)")
     workdir = c.scratch(args.workdir, "fleet-")
     try:
-        text = bench_fleet(workdir, args.size_mib, args.nodes)
-        print(text)
-        with open(os.path.join(c.BUILD, "bench", "fleet.md"), "w", encoding="utf-8") as stream:
-            stream.write(text)
-        print("written to .build/bench/fleet.md")
+        c.write_report(bench_fleet(workdir, args.size_mib, args.nodes), "fleet.md")
     finally:
         if not args.workdir:
             c.remove(workdir)

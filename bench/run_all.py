@@ -27,11 +27,7 @@ def main() -> None:
         part = c.scratch(os.path.join(workdir, "copy"), "copy")
         results += copy_image.bench(ansible, ping, part, options.size_mib, options.rounds)
         c.remove(part)
-        report = c.summary(results)
-        print(report)
-        with open(os.path.join(c.BUILD, "bench", "report.md"), "w", encoding="utf-8") as stream:
-            stream.write(report)
-        print("written to .build/bench/report.md")
+        c.write_report(c.summary(results), "report.md")
     finally:
         if not options.workdir:
             c.remove(workdir)

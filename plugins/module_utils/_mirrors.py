@@ -46,6 +46,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._source import (
     RegistrySource,
     Source,
     SourceError,
+    TranslatedStream,
 )
 
 # The annotation an OCI layout's index.json names its images with.
@@ -171,7 +172,7 @@ class LayoutMirror:
     def client_stream(self, response: t.Any, offset: int, what: str) -> t.Any:
         from ansible_collections.ironcore.image.plugins.module_utils._client import BlobStream as ClientStream
 
-        return _Translated(ClientStream(response, offset, what, self.client), self._call)
+        return TranslatedStream(ClientStream(response, offset, what, self.client), self._call)
 
     def _document(self, digest: str, what: str) -> bytes:
         data = self._get_small(self._blob_url(digest), "reading %s %s from %s" % (what, digest, self.describe()))
@@ -227,26 +228,6 @@ class LayoutMirror:
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
         return self._blob_url(digest), {}
-
-
-class _Translated:
-    """A client stream with its errors turned into SourceError as they surface."""
-
-    def __init__(self, stream: t.Any, call: t.Callable[[t.Callable[[], t.Any]], t.Any]):
-        self._stream = stream
-        self._call = call
-        self.offset = stream.offset
-
-    def iter_chunks(self, size: int) -> t.Iterator[t.Any]:
-        chunks = self._stream.iter_chunks(size)
-        while True:
-            chunk = self._call(lambda: next(chunks, None))
-            if chunk is None:
-                return
-            yield chunk
-
-    def close(self) -> None:
-        self._stream.close()
 
 
 def open_mirror(

@@ -226,7 +226,7 @@ class RegistrySource:
 
     def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
         """From `offset` on; with `length`, only that many bytes (a single-range GET)."""
-        return _RegistryBlobStream(
+        return TranslatedStream(
             self._call(lambda: self.client.open_blob(self.ref.repository, digest, offset, length)), self._call
         )
 
@@ -236,8 +236,8 @@ class RegistrySource:
         return url, dict(headers)
 
 
-class _RegistryBlobStream:
-    """The client's stream, with its errors turned into SourceError as they surface."""
+class TranslatedStream:
+    """A client stream with its errors turned into SourceError as they surface (through `call`)."""
 
     def __init__(self, stream: t.Any, call: t.Callable[[t.Callable[[], t.Any]], t.Any]):
         self._stream = stream

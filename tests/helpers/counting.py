@@ -10,8 +10,10 @@ import select
 import socket
 import threading
 
+from helpers.loopback import LoopbackListener
 
-class ByteCountingProxy:
+
+class ByteCountingProxy(LoopbackListener):
     """Listens on a free loopback port and relays every connection to `target` ("host:port")."""
 
     def __init__(self, target: str) -> None:
@@ -20,38 +22,16 @@ class ByteCountingProxy:
         self.lock = threading.Lock()
         self.sent_back = 0  # bytes from the target to the clients
         self.connections = 0
-        self.stopping = threading.Event()
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(256)
-        self.port = self.listener.getsockname()[1]
-        self.host = "127.0.0.1:%d" % self.port
-        threading.Thread(target=self._accept_loop, daemon=True).start()
+        self._listen(256)
 
     def reset(self) -> None:
         with self.lock:
             self.sent_back = 0
             self.connections = 0
 
-    def stop(self) -> None:
-        self.stopping.set()
-        try:
-            self.listener.close()
-        except OSError:
-            pass
-
-    def _accept_loop(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                client, _address = self.listener.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
-
-    def _relay(self, client: socket.socket) -> None:
+    def _handle(self, client: socket.socket) -> None:
+        with self.lock:
+            self.connections += 1
         try:
             upstream = socket.create_connection(self.upstream, timeout=30)
         except OSError:

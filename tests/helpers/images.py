@@ -157,6 +157,25 @@ def build_ours(
     return files
 
 
+def push_built_image(ansible: t.Any, registry: t.Any, root: t.Any, name: str, repository: str) -> tuple[str, str, dict]:
+    """build_ours into root/layout, pushed by the push module as <registry>/<repository>:1.0.
+
+    The build is tagged by the repository, so images pushed to different repositories differ.
+    Returns (the layout, the pushed reference, the push module's result).
+    """
+    layout = os.path.join(str(root), "layout")
+    workdir = os.path.join(str(root), "in")
+    os.makedirs(workdir, exist_ok=True)
+    build_ours(layout, name, workdir, tag=repository.replace("/", "-"))
+    reference = "%s/%s:1.0" % (registry.host, repository)
+    pushed = ansible.module(
+        "ironcore.image.ironcore_image_push",
+        dict(registry.registry_args, layout=layout, name=name, destination=reference),
+    )
+    assert pushed["changed"] is True, pushed
+    return layout, reference, pushed
+
+
 def write_single_layer_image(
     layout_path: str, name: str, blob: bytes, role: str = "rootfs", architecture: str = "amd64"
 ) -> str:

@@ -12,6 +12,14 @@ from helpers.registry import wait_for_port
 
 NGINX = "/usr/sbin/nginx"
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+# A playbook that runs the role on the controller; callers give the role variables as extra vars.
+MIRROR_PLAY = """- name: Site cache
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  roles:
+    - role: ironcore.image.mirror
+"""
 
 
 def main_conf(directory: str, site_file: str) -> str:

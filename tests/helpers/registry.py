@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
+from helpers.loopback import LoopbackListener
+
 REGISTRY_BINARY = "docker-registry"
 USERNAME = "pusher"
 # Distinctive on purpose: tests scan every output for it.
@@ -512,7 +514,7 @@ def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
 
 
 @dataclass
-class FaultProxy:
+class FaultProxy(LoopbackListener):
     """HTTP(S) proxy in front of one registry, one upstream connection per request."""
 
     target: Registry
@@ -523,13 +525,6 @@ class FaultProxy:
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self.host = "127.0.0.1:%d" % self.port
         self.upstream_port = int(self.target.host.rsplit(":", 1)[1])
         self.server_context = self.target.pki.server_context() if self.target.pki else None
         self.client_context = self.target.pki.client_context() if self.target.pki else None
@@ -537,8 +532,7 @@ class FaultProxy:
         self.skopeo_args = list(self.target.skopeo_args)
         self.env = dict(self.target.env)
         self.storage = self.target.storage
-        self.thread = threading.Thread(target=self._accept_loop, daemon=True)
-        self.thread.start()
+        self._listen(64)
 
     # test-facing API
     def add(self, action: str, **kwargs: t.Any) -> Fault:
@@ -553,22 +547,6 @@ class FaultProxy:
             self.log.clear()
             self.requests.clear()
 
-    def stop(self) -> None:
-        self.stopping.set()
-        try:
-            self.listener.close()
-        except OSError:
-            pass
-
-    # machinery
-    def _accept_loop(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                client, _address = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
     def _match(self, method: str, path: str) -> Fault | None:
         with self.lock:
             for fault in self.faults:
@@ -576,7 +554,7 @@ class FaultProxy:
                     return fault
         return None
 
-    def _serve(self, client: socket.socket) -> None:
+    def _handle(self, client: socket.socket) -> None:
         upstream = None
         try:
             client.settimeout(120)

@@ -15,7 +15,8 @@ import subprocess
 
 import pytest
 from helpers.images import build_ours
-from test_sign import make_key, openssl_verifies  # type: ignore[import-not-found]  # pytest puts this directory on sys.path
+from helpers.registry import blob_data_path
+from helpers.signing import inspect_raw, make_key, openssl_verifies, remote, sig_tag
 
 from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import OCI_INDEX
@@ -39,27 +40,9 @@ SIGNED = 5
 pytestmark = pytest.mark.integration
 
 
-def sig_tag(digest: str) -> str:
-    return digest.replace(":", "-") + ".sig"
-
-
-def skopeo_raw(*args: str) -> bytes:
-    proc = subprocess.run(["skopeo", "inspect", "--raw", *args], capture_output=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout
-
-
-def remote(registry, reference: str) -> bytes:
-    return skopeo_raw(*registry.skopeo_flags(), "docker://%s/%s" % (registry.host, reference))
-
-
 def registry_blob(registry, digest: str) -> bytes:
     """A blob from the registry's own storage (not through the collection)."""
-    hex_digest = digest.split(":", 1)[1]
-    path = os.path.join(
-        registry.storage, "docker", "registry", "v2", "blobs", "sha256", hex_digest[:2], hex_digest, "data"
-    )
-    with open(path, "rb") as stream:
+    with open(blob_data_path(registry.storage, digest), "rb") as stream:
         return stream.read()
 
 
@@ -236,7 +219,7 @@ def test_copy_carries_them_between_registries_and_into_a_layout(
     assert {"%s:%s" % (repository, sig_tag(digest)) for digest in signed["digests"]} <= names
     for kind in ("index", "manifest"):
         tag = referrers_tag(signed[kind]["digest"])
-        listing = json.loads(skopeo_raw("oci:%s:%s" % (pulled, tag)))
+        listing = json.loads(inspect_raw("oci:%s:%s" % (pulled, tag)))
         assert [entry["digest"] for entry in listing["manifests"]] == [signed["referrers"][kind]]
     fetched = fetch(ansible, {}, signed["name"], tmp_path / "dest", keys, layout=pulled)
     assert fetched.get("failed") is not True, fetched

@@ -19,8 +19,8 @@ import typing as t
 
 import pytest
 from helpers.images import build_ours, content, write_upstream_image
+from helpers.signing import make_key
 from helpers.tasks import run_tasks
-from test_sign import make_key  # type: ignore[import-not-found]  # pytest puts this directory on sys.path
 
 from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._referrers import ReferrerBlob, attach_referrer

@@ -15,13 +15,16 @@ import hashlib
 import json
 import os
 import subprocess
-import urllib.request
 
 import pytest
 from helpers.inventory import local_host, write_inventory
 from helpers.registry import blob_data_path
-from test_sign import (  # type: ignore[import-not-found]  # pytest puts this directory on sys.path
+from helpers.signing import (
+    assert_refused,
+    assert_untouched,
+    dest_holding_a_kernel,
     http_put_blob,
+    http_put_manifest,
     image_digests,
     make_key,
     openssl_verifies,
@@ -218,13 +221,6 @@ def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, registry_plain,
 # ---- fetch with require_provenance -----------------------------------------------------
 
 
-def http_put(registry, repository: str, reference: str, data: bytes, media_type: str) -> None:
-    url = "http://%s/v2/%s/manifests/%s" % (registry.host, repository, reference)
-    put = urllib.request.Request(url, method="PUT", data=data)
-    put.add_header("Content-Type", media_type)
-    urllib.request.urlopen(put).close()
-
-
 @pytest.fixture(scope="module")
 def attested(ansible, registry_plain, keys, tmp_path_factory):
     """Repositories of registry_plain in each state a node may meet; returns {case: reference}."""
@@ -262,9 +258,9 @@ def attested(ansible, registry_plain, keys, tmp_path_factory):
     manifest["layers"][0].update(digest=http_put_blob(registry_plain, "attest/changed", data), size=len(data))
     manifest_data = json.dumps(manifest).encode()
     manifest_digest = "sha256:" + hashlib.sha256(manifest_data).hexdigest()
-    http_put(registry_plain, "attest/changed", manifest_digest, manifest_data, manifest["mediaType"])
+    http_put_manifest(registry_plain, "attest/changed", manifest_digest, manifest_data, manifest["mediaType"])
     entry.update(digest=manifest_digest, size=len(manifest_data))
-    http_put(registry_plain, "attest/changed", tag, json.dumps(index).encode(), index["mediaType"])
+    http_put_manifest(registry_plain, "attest/changed", tag, json.dumps(index).encode(), index["mediaType"])
 
     # The tag moved to another (signed) image, and the first image's referrers listed for it.
     first = image_digests(registry_plain, cases["moved"])[0]
@@ -273,7 +269,7 @@ def attested(ansible, registry_plain, keys, tmp_path_factory):
     moved = image_digests(registry_plain, cases["moved"])[0]
     assert moved != first
     listing = skopeo_bytes(registry_plain, "%s/attest/moved:%s" % (host, first.replace(":", "-")))
-    http_put(
+    http_put_manifest(
         registry_plain, "attest/moved", moved.replace(":", "-"), listing, "application/vnd.oci.image.index.v1+json"
     )
     return cases
@@ -313,19 +309,14 @@ def test_fetch_delivers_an_image_with_a_trusted_provenance(ansible, registry_pla
     ],
 )
 def test_fetch_refuses_without_a_trusted_provenance(ansible, registry_plain, keys, attested, tmp_path, case, reason):
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    (dest / "vmlinuz").write_bytes(b"the kernel already here")
+    dest = dest_holding_a_kernel(tmp_path)
     # Check mode refuses the same way (the provision role's plan runs in it); once is enough to show it.
     for check in (True, False) if case == "changed" else (False,):
         failed = fetch(ansible, registry_plain, attested[case], dest, [keys["first"]["pub"]], check=check)
-        assert failed.get("failed") is True, failed
-        assert reason in failed["msg"] and "nothing was fetched" in failed["msg"], failed["msg"]
-        assert "\n" not in failed["msg"]
+        assert_refused(failed, reason)
     if case == "stranger":
         assert keys["stranger"]["fingerprint"] in failed["msg"]
-    assert sorted(os.listdir(dest)) == ["vmlinuz"]
-    assert (dest / "vmlinuz").read_bytes() == b"the kernel already here"
+    assert_untouched(dest)
 
 
 # ---- the playbooks, as a new user runs them ------------------------------------------------

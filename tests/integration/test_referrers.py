@@ -15,8 +15,9 @@ import os
 import subprocess
 
 import pytest
-from helpers.images import build_ours
+from helpers.images import build_ours, push_built_image
 from helpers.registry import blob_data_path
+from helpers.signing import inspect_raw, remote
 
 from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
 from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
@@ -33,22 +34,11 @@ from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import registry_options
 from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
 
-PUSH = "ironcore.image.ironcore_image_push"
 NAME = "registry.example.com/os/referred:1.0"
 BLOCK_INDEX = "application/vnd.ironcore.image.blockindex.v1"
 IN_TOTO = "application/vnd.in-toto+json"
 
 pytestmark = pytest.mark.integration
-
-
-def skopeo_raw(*args: str) -> bytes:
-    proc = subprocess.run(["skopeo", "inspect", "--raw", *args], capture_output=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout
-
-
-def remote(registry, reference: str) -> bytes:
-    return skopeo_raw(*registry.skopeo_flags(), "docker://%s/%s" % (registry.host, reference))
 
 
 def image_bytes(fetch, top: str) -> dict[str, bytes]:
@@ -66,12 +56,7 @@ def registry_store(registry, repository: str) -> RegistryStore:
 
 def pushed_image(ansible, registry, root, repository: str) -> tuple[str, dict]:
     """A built image pushed as <repository>:1.0; returns (layout, the descriptor of its index at the registry)."""
-    layout = str(root / "layout")
-    os.makedirs(str(root / "in"), exist_ok=True)
-    build_ours(layout, NAME, root / "in", tag=repository.replace("/", "-"))
-    destination = "%s/%s:1.0" % (registry.host, repository)
-    pushed = ansible.module(PUSH, dict(registry.registry_args, layout=layout, name=NAME, destination=destination))
-    assert pushed["changed"] is True, pushed
+    layout, _reference, pushed = push_built_image(ansible, registry, root, NAME, repository)
     data = remote(registry, repository + ":1.0")
     return layout, {"mediaType": OCI_INDEX, "digest": pushed["digest"], "size": len(data)}
 
@@ -178,18 +163,18 @@ def test_layout_tag_schema(tmp_path, big_file):
     index_digest, provenance_digest = check_two_referrers(store, subject, big_file)
 
     tag = referrers_tag(subject["digest"])
-    index = json.loads(skopeo_raw("oci:%s:%s" % (layout, tag)))
+    index = json.loads(inspect_raw("oci:%s:%s" % (layout, tag)))
     assert [e["digest"] for e in index["manifests"]] == [index_digest, provenance_digest]
     assert sorted(OciLayout(layout).refs()) == sorted([*names_before, tag])
     # skopeo reads the image by its name unchanged, and every manifest of it is the same blob.
-    assert skopeo_raw("oci:%s:%s" % (layout, NAME)) == before[subject["digest"]]
+    assert inspect_raw("oci:%s:%s" % (layout, NAME)) == before[subject["digest"]]
     assert image_bytes(lambda ref: _layout_bytes(layout, ref), NAME) == before
 
 
 def _layout_bytes(layout: str, ref: str) -> bytes:
     """A name through skopeo, a digest from the blob file (skopeo's oci: transport takes names only)."""
     if not ref.startswith("sha256:"):
-        return skopeo_raw("oci:%s:%s" % (layout, ref))
+        return inspect_raw("oci:%s:%s" % (layout, ref))
     with open(os.path.join(layout, "blobs", "sha256", ref.split(":", 1)[1]), "rb") as stream:
         return stream.read()
 

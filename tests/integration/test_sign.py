@@ -7,17 +7,25 @@ Keys are made by openssl; every signature written is verified by
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import subprocess
-import urllib.parse
-import urllib.request
 
 import pytest
-from helpers.images import build_ours
+from helpers.images import build_ours, push_built_image
 from helpers.registry import blob_data_path
+from helpers.signing import (
+    assert_refused,
+    assert_untouched,
+    dest_holding_a_kernel,
+    http_put_blob,
+    http_put_manifest,
+    image_digests,
+    make_key,
+    openssl_verifies,
+    sig_tag,
+    skopeo_raw,
+)
 
 SIGN = "ironcore.image.ironcore_image_sign"
 PUSH = "ironcore.image.ironcore_image_push"
@@ -28,27 +36,6 @@ SIGNATURE = "dev.cosignproject.cosign/signature"
 PASSPHRASE = "correct horse battery staple"
 
 pytestmark = pytest.mark.integration
-
-
-def openssl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60, check=False)
-
-
-def make_key(directory, label: str, passphrase: str | None = None) -> dict[str, str]:
-    """An EC P-256 key made by openssl: SEC1, then PKCS#8 (encrypted with a passphrase), and its public key."""
-    sec1, private, public = (os.path.join(str(directory), label + suffix) for suffix in (".ec", ".pem", ".pub"))
-    assert openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", sec1).returncode == 0
-    crypt = ["-v2", "aes-256-cbc", "-passout", "pass:" + passphrase] if passphrase else ["-nocrypt"]
-    assert openssl("pkcs8", "-topk8", "-in", sec1, "-out", private, *crypt).returncode == 0
-    assert openssl("ec", "-in", sec1, "-pubout", "-out", public).returncode == 0
-    der = subprocess.run(
-        ["openssl", "pkey", "-pubin", "-in", public, "-outform", "DER"], capture_output=True, check=True
-    )
-    fingerprint = (
-        "SHA256:"
-        + subprocess.run(["sha256sum"], input=der.stdout, capture_output=True, check=True).stdout.decode().split()[0]
-    )
-    return {"sec1": sec1, "key": private, "pub": public, "fingerprint": fingerprint}
 
 
 @pytest.fixture(scope="module")
@@ -63,47 +50,8 @@ def keys(tmp_path_factory):
 
 def push_image(ansible, registry, root, repository: str) -> tuple[str, str]:
     """A tiny image built into a layout and pushed as <registry>/<repository>:1.0; returns (layout, reference)."""
-    layout = str(root / "layout")
-    os.makedirs(str(root / "in"), exist_ok=True)
-    build_ours(layout, NAME, root / "in", tag=repository.replace("/", "-"))
-    reference = "%s/%s:1.0" % (registry.host, repository)
-    pushed = ansible.module(PUSH, dict(registry.registry_args, layout=layout, name=NAME, destination=reference))
-    assert pushed["changed"] is True, pushed
+    layout, reference, _pushed = push_built_image(ansible, registry, root, NAME, repository)
     return layout, reference
-
-
-def skopeo_bytes(registry, reference: str) -> bytes:
-    proc = subprocess.run(
-        ["skopeo", "inspect", "--raw", *registry.skopeo_flags(), "docker://%s" % reference],
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def skopeo_raw(registry, reference: str) -> dict:
-    return json.loads(skopeo_bytes(registry, reference))
-
-
-def image_digests(registry, reference: str) -> list[str]:
-    """The index (its digest by sha256sum of the bytes skopeo read) and every manifest it lists."""
-    data = skopeo_bytes(registry, reference)
-    digest = (
-        "sha256:"
-        + subprocess.run(["sha256sum"], input=data, capture_output=True, check=True).stdout.split()[0].decode()
-    )
-    return [digest] + [entry["digest"] for entry in json.loads(data)["manifests"]]
-
-
-def openssl_verifies(workdir, public: str, payload: bytes, signature_b64: str) -> bool:
-    payload_path, signature_path = str(workdir / "payload"), str(workdir / "sig.der")
-    with open(payload_path, "wb") as stream:
-        stream.write(payload)
-    with open(signature_path, "wb") as stream:
-        stream.write(base64.b64decode(signature_b64))
-    return openssl("dgst", "-sha256", "-verify", public, "-signature", signature_path, payload_path).returncode == 0
 
 
 def signature_layers(registry, repository_reference: str, digest: str) -> list[tuple[bytes, str]]:
@@ -197,33 +145,9 @@ def test_sign_refuses_a_wrong_passphrase_in_one_line(ansible, keys, tmp_path):
 # ---- fetch refuses what is not signed by a trusted key, before anything is written ----------------
 
 
-def http_put_blob(registry, repository: str, data: bytes) -> str:
-    """Upload a blob straight through the distribution API (the tampering side needs no collection code)."""
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    base = "http://%s/v2/%s/blobs/uploads/" % (registry.host, repository)
-    with urllib.request.urlopen(urllib.request.Request(base, method="POST", data=b"")) as answer:
-        location = urllib.parse.urljoin(base, answer.headers["Location"])
-    separator = "&" if "?" in location else "?"
-    put = urllib.request.Request(location + separator + "digest=" + digest, method="PUT", data=data)
-    put.add_header("Content-Type", "application/octet-stream")
-    urllib.request.urlopen(put).close()
-    return digest
-
-
-def http_put_manifest(registry, repository: str, tag: str, data: bytes) -> None:
-    url = "http://%s/v2/%s/manifests/%s" % (registry.host, repository, tag)
-    put = urllib.request.Request(url, method="PUT", data=data)
-    put.add_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-    urllib.request.urlopen(put).close()
-
-
 def skopeo(*args: str) -> None:
     proc = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
-
-
-def sig_tag(digest: str) -> str:
-    return digest.replace(":", "-") + ".sig"
 
 
 @pytest.fixture(scope="module")
@@ -339,9 +263,7 @@ def test_fetch_delivers_an_image_signed_by_a_trusted_key(ansible, registry_plain
     ],
 )
 def test_fetch_refuses_before_writing(ansible, registry_plain, keys, fleet, tmp_path, case, reason):
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    (dest / "vmlinuz").write_bytes(b"the kernel already here")
+    dest = dest_holding_a_kernel(tmp_path)
     for check in (True, False):
         failed = ansible.module(
             FETCH,
@@ -355,14 +277,10 @@ def test_fetch_refuses_before_writing(ansible, registry_plain, keys, fleet, tmp_
             ),
             check=check,
         )
-        assert failed.get("failed") is True, failed
-        assert reason in failed["msg"] and "nothing was fetched" in failed["msg"], failed["msg"]
-        assert "\n" not in failed["msg"]
+        assert_refused(failed, reason)
         if case == "stranger":
             assert keys["stranger"]["fingerprint"] in failed["msg"]
-    # Untouched: the file that was there, and nothing else (no partial, no state record).
-    assert sorted(os.listdir(dest)) == ["vmlinuz"]
-    assert (dest / "vmlinuz").read_bytes() == b"the kernel already here"
+    assert_untouched(dest)
 
 
 def test_require_signature_without_keys_is_refused(ansible, registry_plain, fleet, tmp_path):

@@ -25,13 +25,6 @@ MiB = 1024 * 1024
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROVISION = os.path.join(REPO, "playbooks", "provision.yml")
 ACCEPT = ",".join(["application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json"])
-PLAY = """- name: Site cache
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  roles:
-    - role: ironcore.image.mirror
-"""
 
 
 @dataclass
@@ -62,7 +55,7 @@ class Site:
 def apply_role(ansible, directory: str, role_vars: t.Mapping[str, t.Any], check: bool = False):
     playbook = os.path.join(directory, "mirror.yml")
     with open(playbook, "w", encoding="utf-8") as stream:
-        stream.write(PLAY)
+        stream.write(nginx.MIRROR_PLAY)
     return ansible.playbook(playbook, extra_vars=role_vars, check=check)
 
 
