@@ -211,7 +211,9 @@ def skopeo_push(
     layout_path: str, name: str, target: str, skopeo_args: t.Sequence[str] = (), env: t.Mapping[str, str] | None = None
 ) -> None:
     """Push every manifest of a layout name to a registry, byte for byte."""
-    command = ["skopeo", "copy", "--all", "--preserve-digests", "--quiet", *skopeo_args]
+    # --retry-times: on a loaded machine skopeo's 10 s TLS handshake timeout can expire against the token
+    # registry; what is pushed is then read back and compared, so a retried push cannot hide a wrong byte.
+    command = ["skopeo", "copy", "--all", "--preserve-digests", "--quiet", "--retry-times", "3", *skopeo_args]
     command += ["oci:%s:%s" % (layout_path, name), "docker://%s" % target]
     run_env = dict(os.environ, **(env or {}))
     proc = subprocess.run(command, capture_output=True, text=True, env=run_env, timeout=300, check=False)
