@@ -20,6 +20,7 @@ from helpers.images import skopeo_push, write_upstream_image
 from helpers.inventory import failures_by_host, local_host, write_inventory
 from helpers.layout_server import LayoutServer
 from helpers.registry import PASSWORD, BlackHole, free_port, start_registry
+from helpers.signing import make_key
 
 MODULE = "ironcore.image.ironcore_image_fetch"
 PROVISION = os.path.join(
@@ -287,21 +288,25 @@ def test_provision_role_delivers_through_a_static_layout_mirror(ansible, site, l
     assert seen and all("authorization" not in entry["headers"] for entry in seen)
 
 
-def test_signatures_are_checked_at_the_origin_with_mirrors(ansible, site, tmp_path):
-    private, public = str(tmp_path / "key.pem"), str(tmp_path / "key.pub")
-    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", private], check=True)
-    subprocess.run(["openssl", "ec", "-in", private, "-pubout", "-out", public], check=True, capture_output=True)
-    # Signed under a tag of its own, so the fixture's image stays unsigned for the other tests.
-    signed_name = site["name"].rsplit(":", 1)[0] + ":signed"
+def sign_a_copy(ansible, site, name, key) -> dict:
+    """The fixture's image copied to `name` at the origin (so the image itself stays unsigned), then signed there."""
     flags = [*site["origin"].skopeo_flags("src-"), *site["origin"].skopeo_flags("dest-")]
-    copy = ["skopeo", "copy", "--quiet", *flags, "docker://%s" % site["name"], "docker://%s" % signed_name]
+    copy = ["skopeo", "copy", "--quiet", *flags, "docker://%s" % site["name"], "docker://%s" % name]
     subprocess.run(copy, check=True)
     signed = ansible.module(
-        "ironcore.image.ironcore_image_sign", dict(site["origin"].registry_args, name=signed_name, key=private)
+        "ironcore.image.ironcore_image_sign", dict(site["origin"].registry_args, name=name, key=key["key"])
     )
     assert signed.get("failed") is not True, signed.get("msg")
+    return signed
+
+
+def test_signatures_are_checked_at_the_origin_with_mirrors(ansible, site, tmp_path):
+    key = make_key(tmp_path, "key")
+    # Signed under a tag of its own, so the fixture's image stays unsigned for the other tests.
+    signed_name = site["name"].rsplit(":", 1)[0] + ":signed"
+    sign_a_copy(ansible, site, signed_name, key)
     args = origin_args(site, tmp_path / "dest", name=signed_name, mirrors=[registry_mirror(site)])
-    result = ansible.module(MODULE, dict(args, signature_keys=[public]))
+    result = ansible.module(MODULE, dict(args, signature_keys=[key["pub"]]))
     assert result.get("failed") is not True, result.get("msg")
     assert sorted(result["signatures"]) == sorted({result["digest"], result["manifest_digest"]})
     assert result["files"]["rootfs"]["sources"] == [{"url": "http://%s" % site["mirror"].host, "bytes": SIZE}]
@@ -310,20 +315,12 @@ def test_signatures_are_checked_at_the_origin_with_mirrors(ansible, site, tmp_pa
 
 def test_an_air_gapped_site_verifies_signatures_from_its_mirror(ansible, site, tmp_path):
     """Origin gone, digest pinned: the image and its signatures both come from the mirror, and are verified."""
-    private, public = str(tmp_path / "key.pem"), str(tmp_path / "key.pub")
-    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", private], check=True)
-    subprocess.run(["openssl", "ec", "-in", private, "-pubout", "-out", public], check=True, capture_output=True)
+    key = make_key(tmp_path, "key")
     # The origin is reached through a relay that is stopped later: the same name, then nothing listening.
     relay = ByteCountingProxy(site["origin"].host)
     try:
         origin_name = "%s/%s:airgap" % (relay.host, REPOSITORY)
-        flags = [*site["origin"].skopeo_flags("src-"), *site["origin"].skopeo_flags("dest-")]
-        copy = ["skopeo", "copy", "--quiet", *flags, "docker://%s" % site["name"], "docker://%s" % origin_name]
-        subprocess.run(copy, check=True)
-        signed = ansible.module(
-            "ironcore.image.ironcore_image_sign", dict(site["origin"].registry_args, name=origin_name, key=private)
-        )
-        assert signed.get("failed") is not True, signed.get("msg")
+        signed = sign_a_copy(ansible, site, origin_name, key)
         copied = ansible.module(
             "ironcore.image.ironcore_image_copy",
             {
@@ -338,17 +335,15 @@ def test_an_air_gapped_site_verifies_signatures_from_its_mirror(ansible, site, t
     pinned = origin_name.rsplit(":", 1)[0] + "@" + signed["digest"]
     args = dict(site["origin"].registry_args, name=pinned, dest=str(tmp_path / "dest"), platform="virtualization")
     args["mirrors"] = [registry_mirror(site)]
-    result = ansible.module(MODULE, dict(args, signature_keys=[public]))
+    result = ansible.module(MODULE, dict(args, signature_keys=[key["pub"]]))
     assert result.get("failed") is not True, result.get("msg")
     assert sorted(result["signatures"]) == sorted({result["digest"], result["manifest_digest"]})
     assert result["bytes_from_origin"] == 0
     assert delivered(tmp_path / "dest") == site["data"]
     # Another key's signatures are not there: refused, from the mirror as from the origin, with nothing written.
-    stranger = str(tmp_path / "stranger.pem")
-    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", stranger], check=True)
-    stranger_pub = subprocess.run(["openssl", "ec", "-in", stranger, "-pubout"], check=True, capture_output=True)
+    stranger = make_key(tmp_path, "stranger")
     args["dest"] = str(tmp_path / "refused")
-    refused = ansible.module(MODULE, dict(args, signature_keys=[stranger_pub.stdout.decode()]))
+    refused = ansible.module(MODULE, dict(args, signature_keys=[stranger["pub"]]))
     assert refused["failed"] is True and "unknown key" in refused["msg"]
     assert_nothing_left(tmp_path / "refused")
 
