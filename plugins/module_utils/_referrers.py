@@ -460,32 +460,33 @@ def _attach_to_layout(
     layout = store.layout
     if check_mode:
         current = _tag_schema(store, tag)
-        return not (current and any(entry.digest == referrer.digest for entry in current[1]))
+        return not _lists(current, referrer)
     try:
         # The blob lock first (a prune waits until the name is recorded), then the index lock.
         with layout.adding_blobs():
             current = _tag_schema(store, tag)
-            if current and any(entry.digest == referrer.digest for entry in current[1]):
+            if _lists(current, referrer):
                 return False
             put_blobs()
             layout.put_bytes(manifest)
             with layout.locked():
                 current = _tag_schema(store, tag)
-                entries = current[1] if current else []
-                if any(entry.digest == referrer.digest for entry in entries):
+                if _lists(current, referrer):
                     return False
-                data = referrers_index(merged(entries, referrer))
+                data = referrers_index(merged(current[1] if current else [], referrer))
                 layout.put_bytes(data)
                 layout.set_refs({tag: Document(sha256_digest(data), OCI_INDEX, data, True).descriptor})
-    except LayoutError as exc:
+    except (LayoutError, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise ReferrersError(
-            "attaching a referrer to %s in %s failed: %s" % (subject_digest, store.describe(), exc)
-        ) from exc
-    except OSError as exc:
-        raise ReferrersError(
-            "attaching a referrer to %s in %s failed: %s" % (subject_digest, store.describe(), exc.strerror or exc)
+            "attaching a referrer to %s in %s failed: %s" % (subject_digest, store.describe(), reason)
         ) from exc
     return True
+
+
+def _lists(tag_schema: tuple[dict[str, t.Any], list[Referrer]] | None, referrer: Referrer) -> bool:
+    """Whether a tag-schema index (as _tag_schema() reads it; None when there is none) lists `referrer`."""
+    return tag_schema is not None and any(entry.digest == referrer.digest for entry in tag_schema[1])
 
 
 def _attach_to_registry(
@@ -532,7 +533,7 @@ def _update_tag_schema(store: RegistryStore, tag: str, referrer: Referrer) -> No
         # A writer who read the index before our write lands its own write by now, then we see it.
         time.sleep(SETTLE_SECONDS * random.uniform(0.5, 1.5))
         after = _tag_schema(store, tag)
-        if after and any(entry.digest == referrer.digest for entry in after[1]):
+        if _lists(after, referrer):
             return
         time.sleep(BACKOFF_SECONDS * (attempt + 1) * random.uniform(0.5, 1.5))
     raise ReferrersError(
