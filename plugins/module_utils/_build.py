@@ -284,6 +284,8 @@ class _BlockIndexes:
         digest = layer["digest"]
         if digest not in self._encoded:
             self._encoded[digest] = self.index(digest, layer["size"]).encode()
+            # Only the encoded form is used from here on: keeping both would hold the hashes twice.
+            self._made.pop(digest, None)
         data = self._encoded[digest]
         plan.index_referrers.append(IndexReferrer(subject, digest, data))
         return {"digest": sha256_digest(data), "size": len(data), "block_size": self.block_size}

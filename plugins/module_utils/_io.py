@@ -32,6 +32,8 @@ from ansible_collections.ironcore.image.plugins.module_utils._errors import Imag
 # Large enough that per-call overhead vanishes next to hashing; small enough
 # that memory stays flat whatever the blob size.
 CHUNK_SIZE = 4 * 1024 * 1024
+# Bytes an AtomicFile takes before it asks the kernel to start writing them out (see AtomicFile.write).
+WRITEBACK_STEP = 8 * 1024 * 1024
 
 # Every file we create or reuse is opened through these: never through a symlink,
 # never inherited by a child process, and without blocking on a planted FIFO.
@@ -235,12 +237,28 @@ class AtomicFile:
         self.temp_path = temp_path
         self.keep_partial = False
         self._done = False
+        self._unhinted = 0
+        self._hinted_to = self.file.tell()
 
     def __enter__(self) -> AtomicFile:
         return self
 
     def write(self, data: t.Any) -> int:
-        return self.file.write(data)
+        written = self.file.write(data)
+        self._unhinted += written
+        if self._unhinted >= WRITEBACK_STEP:
+            self._hint_writeback()
+        return written
+
+    def _hint_writeback(self) -> None:
+        # What has been written so far goes to disk while the rest arrives (a download, a copy),
+        # so the fsync at commit waits only for the tail instead of the whole file.
+        self._unhinted = 0
+        self.file.flush()
+        end = self.file.tell()
+        if end > self._hinted_to:
+            _start_writeback(self.file.fileno(), self._hinted_to, end - self._hinted_to)
+        self._hinted_to = end
 
     def commit(self, path: str | None = None) -> None:
         """Make the complete file visible under its final name.
@@ -631,13 +649,14 @@ class _ReadBackHasher:
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Have the kernel start writing a range that has been hashed to disk now, not at the commit's fsync.
+    """Have the kernel start writing a range to disk now, not at the commit's fsync.
 
-    The disk then writes while the rest is copied and hashed, and the fsync
-    before the rename waits only for the tail. POSIX_FADV_DONTNEED starts that
-    writeback (and does not wait for it); it drops only pages already clean,
-    and the hashers have read the range by now. A hint: where it fails,
-    the fsync still writes everything.
+    The disk then writes while the rest is copied, received or hashed, and the
+    fsync before the rename waits only for the tail. POSIX_FADV_DONTNEED starts
+    that writeback (and does not wait for it); it drops only pages already
+    clean: none of a range just written, and, for the build's copy, those of a
+    range the hashers have read by now. A hint: where it fails, the fsync
+    still writes everything.
     """
     try:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)

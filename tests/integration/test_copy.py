@@ -31,7 +31,7 @@ PLATFORM_SUFFIXES = [
 ALL_SUFFIXES = [*PLATFORM_SUFFIXES, ""]
 # config (same command line for both architectures: one blob) + 3 roles x 2 architectures
 BLOB_COUNT = 1 + len(ROLES) * len(ARCHS)
-ROOTFS_SIZE = 400_000
+ROOTFS_SIZE = 2_500_000  # more than one network read (1 MiB), so a reset mid-blob keeps some
 
 pytestmark = pytest.mark.integration
 
@@ -288,7 +288,7 @@ def test_interrupted_copy_resumes_with_range(ansible, image, published, registry
 
     # A reset mid-blob, then a registry that fails every further read of it: with no retries
     # left the run ends, and the bytes received stay in the partial file.
-    proxy.add("reset_response", method="GET", path="/blobs/" + largest, after_bytes=150_000)
+    proxy.add("reset_response", method="GET", path="/blobs/" + largest, after_bytes=1_500_000)
     proxy.add("status", method="GET", path="/blobs/" + largest, status=503, times=-1)
     failed = run(ansible, dict(args, retries=0))
     assert failed["failed"] is True and "run again to resume" in failed["msg"], failed
@@ -314,7 +314,7 @@ def test_interrupted_copy_resumes_with_range(ansible, image, published, registry
 
     # Within one run: a reset is retried from where it stopped.
     proxy.clear()
-    proxy.add("reset_response", method="GET", path="/blobs/" + largest, after_bytes=150_000)
+    proxy.add("reset_response", method="GET", path="/blobs/" + largest, after_bytes=1_500_000)
     within = str(tmp_path / "within")
     result = run(ansible, dict(args, destination={"layout": within}))
     assert result["changed"] is True and result["retries"] >= 1, result
