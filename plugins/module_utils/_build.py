@@ -283,7 +283,11 @@ class _BlockIndexes:
             return attached
         digest = layer["digest"]
         if digest not in self._encoded:
-            self._encoded[digest] = self.index(digest, layer["size"]).encode()
+            # A layer not read this run (its digest came from the cache) may already have an index in
+            # the layout, attached to another manifest (another image of the same files): reuse it
+            # rather than read the whole layer again.
+            stored = None if digest in self._made else self._attached_elsewhere(layer)
+            self._encoded[digest] = stored if stored is not None else self.index(digest, layer["size"]).encode()
             # Only the encoded form is used from here on: keeping both would hold the hashes twice.
             self._made.pop(digest, None)
         data = self._encoded[digest]
@@ -305,6 +309,21 @@ class _BlockIndexes:
                     and header.block_size == self.block_size
                 ):
                     return {"digest": blob["digest"], "size": blob["size"], "block_size": header.block_size}
+        return None
+
+    def _attached_elsewhere(self, layer: t.Mapping[str, t.Any]) -> bytes | None:
+        """An index of this layer, at this block size, that the layout holds for any manifest; None if none."""
+        for name in self.layout.refs():
+            if not _referrers().REFERRERS_TAG_RE.fullmatch(name):
+                continue
+            entry = self._attached("sha256:" + name[len("sha256-") :], layer)
+            if entry is None:
+                continue
+            with self.layout.open_blob(entry["digest"]) as stream:
+                data = stream.read(entry["size"] + 1)
+            # The layout's own blob, checked all the same: it becomes part of this image.
+            if len(data) == entry["size"] and sha256_digest(data) == entry["digest"]:
+                return data
         return None
 
     def _stored_header(self, blob: t.Any) -> Header | None:

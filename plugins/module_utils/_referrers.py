@@ -27,6 +27,7 @@ import contextlib
 import io
 import json
 import random
+import re
 import threading
 import time
 import typing as t
@@ -104,6 +105,10 @@ class Referrer:
         if self.annotations:
             entry["annotations"] = dict(self.annotations)
         return entry
+
+
+# What referrers_tag() names: sha256-<hex of the subject>.
+REFERRERS_TAG_RE = re.compile(r"sha256-[0-9a-f]{64}")
 
 
 def referrers_tag(subject_digest: str) -> str:

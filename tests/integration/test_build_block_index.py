@@ -204,6 +204,19 @@ def test_build_writes_a_block_index_of_every_block(ansible, rootfs, boot_files, 
     assert unread["changed"] is False, unread
     assert all(len(attached_indexes(layout, manifest["digest"])) == 1 for manifest in built["manifests"])
 
+    # Another image of the same files (its own command line, so manifests of its own) is given the index
+    # the layout already holds for the layer: with those zeros still in the blob, reading it would differ.
+    artifact = dict(args["artifacts"][0], cmdline="console=ttyS1")
+    other = ansible.module(MODULE, dict(args, name=NAME + "-other", artifacts=[artifact]))
+    assert other["changed"] is True, other
+    assert {manifest["digest"] for manifest in other["manifests"]}.isdisjoint(
+        manifest["digest"] for manifest in built["manifests"]
+    )
+    assert rootfs_summaries(other) == summaries
+    for manifest in other["manifests"]:
+        ((_referrer, layer),) = attached_indexes(layout, manifest["digest"])
+        assert (layer["digest"], layer["size"]) == (block_index["digest"], block_index["size"])
+
 
 def test_block_index_leaves_the_image_unchanged(ansible, rootfs, boot_files, tmp_path):
     with_index = ansible.module(MODULE, build_args(str(tmp_path / "with"), rootfs, boot_files))
