@@ -36,6 +36,21 @@ def test_hashes_do_not_depend_on_chunking(chunk):
     assert index.block_span(6) == (6 * BLOCK, 100)
 
 
+@pytest.mark.parametrize("as_view", [False, True])
+def test_blocks_that_only_start_with_zeros_are_hashed_not_taken_for_zero(as_view):
+    almost = [bytes(BLOCK - 1) + b"\x01", bytes(BLOCK // 2) + os.urandom(BLOCK // 2), b"\x00" + os.urandom(BLOCK - 1)]
+    data = b"".join(almost) + bytes(BLOCK)
+    hasher = bi.BlockHasher(BLOCK)
+    for start in range(0, len(data), 3000):
+        chunk = data[start : start + 3000]
+        hasher.update(memoryview(bytearray(chunk)) if as_view else chunk)
+    index = hasher.finish("sha256:" + hashlib.sha256(data).hexdigest())
+    assert [index.is_zero(n) for n in range(4)] == [False, False, False, True]
+    for number in range(4):
+        block = data[number * BLOCK : (number + 1) * BLOCK]
+        assert index.block_hash(number) == hashlib.sha256(block).digest()[:16]
+
+
 def test_round_trip_and_size():
     data = layer_bytes()
     index = index_of(data, 5000)
