@@ -112,6 +112,10 @@ class Header:
         return len(self.encode()) + self.blocks * self.hash_length + zero_map_size(self.blocks)
 
 
+# Hashes a BlockHasher with a spill file holds before it writes them there: 1 MiB is 256 MiB of layer.
+SPILL_SIZE = 1024 * 1024
+
+
 class BlockHasher:
     """Hashes a stream, handed over in chunks of any size, block by block.
 
@@ -119,7 +123,9 @@ class BlockHasher:
     costs no second read of the layer.
     """
 
-    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, hash_length: int = DEFAULT_HASH_LENGTH):
+    def __init__(
+        self, block_size: int = DEFAULT_BLOCK_SIZE, hash_length: int = DEFAULT_HASH_LENGTH, spill: t.Any = None
+    ):
         self.block_size = check_block_size(block_size)
         if not MIN_HASH_LENGTH <= hash_length <= MAX_HASH_LENGTH:
             raise BlockIndexError(f"hash length {hash_length} is not between {MIN_HASH_LENGTH} and {MAX_HASH_LENGTH}")
@@ -129,6 +135,10 @@ class BlockHasher:
         self._hashes = bytearray()
         self._zeros = bytearray()
         self._pending = bytearray()
+        # With a spill file (binary, read-write), the hashes go there as they pile up, so memory
+        # stays flat whatever the layer's size; write_index() reads them back.
+        self._spill = spill
+        self._spilled = 0
         self._zero_block = bytes(block_size)
         self._zero_digest = hashlib.sha256(self._zero_block).digest()
 
@@ -147,6 +157,10 @@ class BlockHasher:
         for offset in range(0, whole, self.block_size):
             self._add_block(view[offset : offset + self.block_size])
         self._pending += view[whole:]
+        if self._spill is not None and len(self._hashes) >= SPILL_SIZE:
+            self._spill.write(self._hashes)
+            self._spilled += len(self._hashes)
+            self._hashes.clear()
 
     def _add_block(self, block: t.Any, zero_digest: bytes | None = None) -> None:
         # A raw disk image is mostly zeros, and comparing a block with zeros costs a fifth of hashing
@@ -163,12 +177,35 @@ class BlockHasher:
         self._hashes += digest[: self.hash_length]
         self.blocks += 1
 
-    def finish(self, layer_digest: str) -> BlockIndex:
-        """The index of everything fed so far; `layer_digest` is the layer's sha256, taken beside it."""
+    def _last_block(self) -> None:
         if self._pending:
             tail = bytes(self._pending)
             self._pending.clear()
             self._add_block(tail, hashlib.sha256(bytes(len(tail))).digest())
+
+    def write_index(self, layer_digest: str, out: t.Any) -> int:
+        """Write the encoded index of everything fed so far to `out`, spilled hashes streamed back; its size."""
+        self._last_block()
+        header = Header(layer_digest, self.size, self.block_size, self.hash_length).encode()
+        out.write(header)
+        if self._spill is not None:
+            self._spill.seek(0)
+            left = self._spilled
+            while left > 0:
+                chunk = self._spill.read(min(left, SPILL_SIZE))
+                if not chunk:
+                    raise BlockIndexError("the block index's spill file ended %d bytes early" % left)
+                out.write(chunk)
+                left -= len(chunk)
+        out.write(self._hashes)
+        out.write(self._zeros)
+        return len(header) + self._spilled + len(self._hashes) + len(self._zeros)
+
+    def finish(self, layer_digest: str) -> BlockIndex:
+        """The index of everything fed so far; `layer_digest` is the layer's sha256, taken beside it."""
+        if self._spilled:
+            raise BlockIndexError("the hashes went to a spill file: write_index() writes this index")
+        self._last_block()
         header = Header(layer_digest, self.size, self.block_size, self.hash_length)
         index = BlockIndex(header, bytes(self._hashes), bytes(self._zeros))
         # The hashes are 0.4 % of the layer (16 MiB for 4 GiB): the hasher lets go of its own copy, so

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import tempfile
 import typing as t
 from dataclasses import dataclass, field
 
@@ -25,7 +26,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._blockindex import 
     MAX_HEADER_SIZE,
     MEDIA_TYPE,
     BlockHasher,
-    BlockIndex,
     BlockIndexError,
     Header,
     check_block_size,
@@ -36,8 +36,8 @@ from ansible_collections.ironcore.image.plugins.module_utils._errors import Imag
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     ChunkHook,
     file_identity,
+    hash_file,
     iter_chunks,
-    sha256_digest,
     shared_directory_reason,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._layout import (
@@ -111,13 +111,13 @@ class IndexReferrer:
 
     subject: dict[str, t.Any]
     layer_digest: str
-    data: bytes
+    path: str
 
     def attach(self, store: LayoutStore) -> bool:
         """Store the index blob and the referrer manifest, list it for the subject; False when it already was."""
         layer = {LAYER_ANNOTATION: self.layer_digest}
         referrers = _referrers()
-        blob = referrers.ReferrerBlob(MEDIA_TYPE, data=self.data, annotations=layer)
+        blob = referrers.ReferrerBlob(MEDIA_TYPE, path=self.path, annotations=layer)
         changed, _digest = referrers.attach_referrer(store, self.subject, ARTIFACT_TYPE, [blob], annotations=layer)
         return bool(changed)
 
@@ -131,6 +131,8 @@ class BuildPlan:
     blobs: dict[str, bytes] = field(default_factory=dict)
     # Block indexes not yet attached: referrers beside the image, never part of its documents.
     index_referrers: list[IndexReferrer] = field(default_factory=list)
+    # What holds the files index_referrers point at (a _BlockIndexes), kept alive as long as the plan.
+    index_files: t.Any = field(default=None, repr=False)
     manifests: list[dict[str, t.Any]] = field(default_factory=list)
     refs: dict[str, dict[str, t.Any]] = field(default_factory=dict)
     index: dict[str, t.Any] = field(default_factory=dict)
@@ -245,26 +247,61 @@ class _BlobDigests:
         return digest, size
 
 
+@dataclass(frozen=True)
+class _StoredIndex:
+    """An encoded block index in a file: a scratch file of this run, or a blob the layout holds."""
+
+    path: str
+    digest: str
+    size: int
+
+
 class _BlockIndexes:
     """The block index of every raw rootfs, squashfs and iso layer of 64 MiB or more, each made once.
 
     The index is fed the chunks the layer is hashed (and copied) with, so it
     costs no read of its own; an index already attached to a platform manifest
     is reused as it is. With block_size None (block_index: false) no layer wants one.
+
+    The hashes (4 MiB per GiB of layer) go to a scratch file as they are made
+    and the index is encoded into another, so memory stays flat whatever the
+    layer's size. Scratch files are in the system's temporary directory, not
+    the layout (check mode writes nothing there), and vanish when closed.
     """
 
     def __init__(self, layout: OciLayout, block_size: int | None):
         self.layout = layout
         self.enabled = block_size is not None
         self.block_size = block_size or DEFAULT_BLOCK_SIZE
-        self._made: dict[str, BlockIndex] = {}
-        self._encoded: dict[str, bytes] = {}
+        self._made: dict[str, _StoredIndex] = {}
+        self._scratch: list[t.Any] = []
 
     def hasher(self, role: str, path: str, packed: bool) -> BlockHasher | None:
         """A hasher to feed while `path` is read, when its layer will want an index."""
         if not self.enabled or not wants_index(role, os.path.getsize(path), not packed):
             return None
-        return BlockHasher(self.block_size)
+        return self._new_hasher()
+
+    def _new_hasher(self) -> BlockHasher:
+        return BlockHasher(self.block_size, spill=self._scratch_file(tempfile.TemporaryFile))
+
+    def _scratch_file(self, make: t.Callable[..., t.Any]) -> t.Any:
+        scratch = make(prefix=".ironcore-blockindex-")
+        self._scratch.append(scratch)
+        return scratch
+
+    def _encoded(self, hasher: BlockHasher, digest: str) -> _StoredIndex:
+        out = self._scratch_file(tempfile.NamedTemporaryFile)
+        hasher.write_index(digest, out)
+        out.flush()
+        index_digest, size = hash_file(out.name)
+        return _StoredIndex(out.name, index_digest, size)
+
+    def close(self) -> None:
+        """Remove the scratch files (the index blobs are in the layout by now, or were never to be)."""
+        for scratch in self._scratch:
+            scratch.close()
+        self._scratch.clear()
 
     def wanted(self, role: str, layer: t.Mapping[str, t.Any], packed: bool) -> bool:
         return self.enabled and wants_index(role, layer["size"], not packed)
@@ -272,7 +309,7 @@ class _BlockIndexes:
     def fed(self, hasher: BlockHasher | None, digest: str, size: int) -> None:
         """Keep the index of a layer that was just read whole through `hasher`."""
         if hasher is not None and hasher.size == size and digest not in self._made:
-            self._made[digest] = hasher.finish(digest)
+            self._made[digest] = self._encoded(hasher, digest)
 
     def for_manifest(
         self, subject: dict[str, t.Any], layer: t.Mapping[str, t.Any], plan: BuildPlan
@@ -282,17 +319,14 @@ class _BlockIndexes:
         if attached is not None:
             return attached
         digest = layer["digest"]
-        if digest not in self._encoded:
+        if digest not in self._made:
             # A layer not read this run (its digest came from the cache) may already have an index in
             # the layout, attached to another manifest (another image of the same files): reuse it
             # rather than read the whole layer again.
-            stored = None if digest in self._made else self._attached_elsewhere(layer)
-            self._encoded[digest] = stored if stored is not None else self.index(digest, layer["size"]).encode()
-            # Only the encoded form is used from here on: keeping both would hold the hashes twice.
-            self._made.pop(digest, None)
-        data = self._encoded[digest]
-        plan.index_referrers.append(IndexReferrer(subject, digest, data))
-        return {"digest": sha256_digest(data), "size": len(data), "block_size": self.block_size}
+            self._made[digest] = self._attached_elsewhere(layer) or self.index(digest, layer["size"])
+        stored = self._made[digest]
+        plan.index_referrers.append(IndexReferrer(subject, digest, stored.path))
+        return {"digest": stored.digest, "size": stored.size, "block_size": self.block_size}
 
     def _attached(self, subject_digest: str, layer: t.Mapping[str, t.Any]) -> dict[str, t.Any] | None:
         """The result entry of an index of this layer, at this block size, already attached to the manifest."""
@@ -311,7 +345,7 @@ class _BlockIndexes:
                     return {"digest": blob["digest"], "size": blob["size"], "block_size": header.block_size}
         return None
 
-    def _attached_elsewhere(self, layer: t.Mapping[str, t.Any]) -> bytes | None:
+    def _attached_elsewhere(self, layer: t.Mapping[str, t.Any]) -> _StoredIndex | None:
         """An index of this layer, at this block size, that the layout holds for any manifest; None if none."""
         for name in self.layout.refs():
             if not _referrers().REFERRERS_TAG_RE.fullmatch(name):
@@ -319,11 +353,10 @@ class _BlockIndexes:
             entry = self._attached("sha256:" + name[len("sha256-") :], layer)
             if entry is None:
                 continue
-            with self.layout.open_blob(entry["digest"]) as stream:
-                data = stream.read(entry["size"] + 1)
             # The layout's own blob, checked all the same: it becomes part of this image.
-            if len(data) == entry["size"] and sha256_digest(data) == entry["digest"]:
-                return data
+            path = self.layout.blob_path(entry["digest"])
+            if hash_file(path) == (entry["digest"], entry["size"]):
+                return _StoredIndex(path, entry["digest"], entry["size"])
         return None
 
     def _stored_header(self, blob: t.Any) -> Header | None:
@@ -343,12 +376,12 @@ class _BlockIndexes:
             return None
         return header if header.encoded_size() == size else None
 
-    def index(self, digest: str, size: int) -> BlockIndex:
+    def index(self, digest: str, size: int) -> _StoredIndex:
         """The layer's index: made while it was read, else (a digest cache hit) with one read of its blob."""
         if digest not in self._made:
             # Only a layout without the index attached gets here (built before the index existed, or with
             # block_index: false, or another block size): the layer was not read this run, so read it once.
-            hasher = BlockHasher(self.block_size)
+            hasher = self._new_hasher()
             with self.layout.open_blob(digest) as stream:
                 for chunk in iter_chunks(stream):
                     hasher.update(chunk)
@@ -356,7 +389,7 @@ class _BlockIndexes:
                 raise LayoutError(
                     "blob %s in layout %s has %d bytes, not %d" % (digest, self.layout.path, hasher.size, size)
                 )
-            self._made[digest] = hasher.finish(digest)
+            self._made[digest] = self._encoded(hasher, digest)
         return self._made[digest]
 
 
@@ -432,7 +465,10 @@ def plan_build(
             in_flight.enter_context(layout.adding_blobs())
     digests = _BlobDigests(layout)
     indexes = _BlockIndexes(layout, block_size)
-    plan = BuildPlan(ref=ref, layout=layout)
+    plan = BuildPlan(ref=ref, layout=layout, index_files=indexes)
+    if in_flight is not None:
+        # The referrers to attach point at the scratch files: removed once the build is done with them.
+        in_flight.callback(indexes.close)
     packed = params["layer_format"] == "tar+gzip"
     combined: list[dict[str, t.Any]] = []
     by_platform: dict[str, list[dict[str, t.Any]]] = {platform: [] for platform in platforms}

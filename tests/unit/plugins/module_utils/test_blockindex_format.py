@@ -51,6 +51,24 @@ def test_blocks_that_only_start_with_zeros_are_hashed_not_taken_for_zero(as_view
         assert index.block_hash(number) == hashlib.sha256(block).digest()[:16]
 
 
+def test_an_index_spilled_to_a_file_encodes_as_one_held_in_memory(monkeypatch, tmp_path):
+    monkeypatch.setattr(bi, "SPILL_SIZE", 48)  # a few blocks' hashes, so this layer spills many times
+    data = layer_bytes() * 5
+    layer_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    expected = index_of(data, 3000).encode()
+    with open(tmp_path / "spill", "w+b") as spill:
+        hasher = bi.BlockHasher(BLOCK, spill=spill)
+        for start in range(0, len(data), 3000):
+            hasher.update(data[start : start + 3000])
+        assert spill.tell() > 0  # it did spill
+        with open(tmp_path / "index", "w+b") as out:
+            assert hasher.write_index(layer_digest, out) == len(expected)
+            out.seek(0)
+            assert out.read() == expected
+    with pytest.raises(bi.BlockIndexError, match="write_index"):
+        hasher.finish(layer_digest)
+
+
 def test_round_trip_and_size():
     data = layer_bytes()
     index = index_of(data, 5000)
