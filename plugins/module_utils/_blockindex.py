@@ -240,14 +240,6 @@ class BlockIndex:
         # One join, one allocation: `a + b + c` would build a layer-sized intermediate first.
         return b"".join((self.header.encode(), self.hashes, self.zeros))
 
-    def write_to(self, out: t.Any) -> int:
-        """Write the index to a binary file object without joining it in memory first."""
-        written = 0
-        for part in (self.header.encode(), self.hashes, self.zeros):
-            out.write(part)
-            written += len(part)
-        return written
-
 
 def _field(header: t.Mapping[str, t.Any], name: str, kind: type) -> t.Any:
     value = header.get(name)

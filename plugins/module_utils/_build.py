@@ -35,6 +35,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._blockindex import 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     ChunkHook,
+    HashingWriter,
     file_identity,
     hash_file,
     iter_chunks,
@@ -292,10 +293,10 @@ class _BlockIndexes:
 
     def _encoded(self, hasher: BlockHasher, digest: str) -> _StoredIndex:
         out = self._scratch_file(tempfile.NamedTemporaryFile)
-        hasher.write_index(digest, out)
+        sink = HashingWriter(out)
+        hasher.write_index(digest, sink)
         out.flush()
-        index_digest, size = hash_file(out.name)
-        return _StoredIndex(out.name, index_digest, size)
+        return _StoredIndex(out.name, sink.counter.digest, sink.counter.size)
 
     def close(self) -> None:
         """Remove the scratch files (the index blobs are in the layout by now, or were never to be)."""

@@ -362,6 +362,22 @@ class HashingCounter:
         return "sha256:" + self._sha.hexdigest()
 
 
+class HashingWriter:
+    """A file-like sink that hashes what it forwards to `out` (tarfile, gzip, an index being encoded)."""
+
+    def __init__(self, out: t.Any, on_chunk: ChunkHook | None = None):
+        self._out = out
+        self.counter = HashingCounter(on_chunk)
+
+    def write(self, data: t.Any) -> int:
+        self.counter.update(data)
+        self._out.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
 # Batches a background hasher may hold, not yet hashed, and how large a batch grows before it
 # is handed over: memory stays at a few MiB, and small network reads (64 KiB) cost one
 # hand-off per batch, not one each.

@@ -27,6 +27,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
     AtomicFile,
     ChunkHook,
     HashingCounter,
+    HashingWriter,
     TooLargeError,
     canonical_json,
     copy_and_hash,
@@ -307,25 +308,9 @@ def _write_raw(source: str, out: t.Any, on_chunk: ChunkHook | None = None) -> Ha
         return copy_and_hash(stream, out, on_chunk)
 
 
-class _HashingWriter:
-    """File-like sink for tarfile/gzip that hashes what it forwards."""
-
-    def __init__(self, out: t.Any, on_chunk: ChunkHook | None = None):
-        self._out = out
-        self.counter = HashingCounter(on_chunk)
-
-    def write(self, data: t.Any) -> int:
-        self.counter.update(data)
-        self._out.write(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-
 def _write_packed(source: str, member_name: str, out: t.Any, on_chunk: ChunkHook | None = None) -> HashingCounter:
     """A tar.gz of one file whose bytes depend on the file's content alone."""
-    sink = _HashingWriter(out, on_chunk)
+    sink = HashingWriter(out, on_chunk)
     info = tarfile.TarInfo(member_name)
     info.size = os.path.getsize(source)
     info.mode = 0o644
