@@ -108,8 +108,9 @@ ee: ee-context
 # The quality gates first (fast ones first), the test suite last so its summary closes the output.
 test: system-deps venv collection lint docs-lint sanity galaxy pytest
 
+# PYTEST_ARGS="tests/integration/test_copy.py -k mirror" to run a part of it.
 pytest: system-deps venv collection
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The unit tests import module_utils directly: they need the virtualenv and the collection link, nothing else.
 unit: venv collection
