@@ -391,6 +391,43 @@ def test_access_can_be_restricted(ansible, site, tmp_path, restriction, expected
         nginx.stop(process)
 
 
+EMPTY_BLOB = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def test_mirror_allow_refuses_the_answers_nginx_gives_itself(ansible, site, tmp_path):
+    """`/v2/` and the empty blob are answered by `return`, which runs before allow/deny: still refused.
+
+    The whole of 127.0.0.0/8 is this machine's, so curl --interface picks the address the listener sees.
+    """
+    cache_port, layout_port = free_port(), free_port()
+    role_vars = dict(
+        site.role_vars,
+        mirror_nginx_site=str(tmp_path / "site" / "mirror.conf"),
+        mirror_cache_dir=str(tmp_path / "cache"),
+        mirror_upstreams=[dict(site.role_vars["mirror_upstreams"][0], listen="127.0.0.1:%d" % cache_port)],
+        mirror_layouts=[{"listen": "127.0.0.1:%d" % layout_port, "path": site.layout}],
+        mirror_allow=["127.0.0.2/32"],
+    )
+    (tmp_path / "site").mkdir()
+    rc, document, stderr = apply_role(ansible, str(tmp_path), role_vars)
+    assert rc == 0, (outcomes(document)["failed"], stderr)
+    cache = "https://127.0.0.1:%d" % cache_port
+    urls = [
+        "%s/v2/" % cache,
+        "%s/v2/mirror/anything/blobs/%s" % (cache, EMPTY_BLOB),
+        "%s/v2/mirror/anything/manifests/1" % cache,
+        "https://127.0.0.1:%d/index.json" % layout_port,
+    ]
+    process = nginx.start(str(tmp_path), role_vars["mirror_nginx_site"], [cache_port, layout_port])
+    try:
+        assert [site.status("--interface", "127.0.0.1", url) for url in urls] == [403] * 4
+        assert [site.status("--head", "--interface", "127.0.0.1", url) for url in urls] == [403] * 4
+        # The allowed address gets the answers (the tag is unknown at the origin: its 404 passes through).
+        assert [site.status("--interface", "127.0.0.2", url) for url in urls] == [200, 200, 404, 200]
+    finally:
+        nginx.stop(process)
+
+
 @pytest.mark.parametrize(
     "size", [0, 1, 2 * MiB, 2 * MiB + 1], ids=["empty", "one-byte", "one-slice", "slice-and-a-byte"]
 )
