@@ -161,3 +161,16 @@ def test_a_virtualenv_left_group_writable_is_refused_not_run(ansible, tmp_path):
         "refusing node_venv %s: %s is writable by group or others, or belongs to someone other than root; "
         "remove the virtualenv (rm -rf %s) and run the role again" % (venv, venv / "bin", venv)
     )
+
+
+def test_a_sticky_parent_is_accepted_for_a_virtualenv_of_root(ansible, tmp_path):
+    """Like /tmp: others may create entries there, but not rename or remove root's."""
+    parent = tmp_path / "sticky"
+    parent.mkdir()
+    os.chmod(parent, 0o1777)
+    venv = parent / "venv"
+    rc, document, stderr = apply_role(ansible, str(tmp_path), str(venv))
+    assert rc == 0, (outcomes(document)["failed"], stderr)
+    info = os.stat(venv)
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o755)
+    assert (venv / "bin" / "pip").is_file()
