@@ -58,8 +58,6 @@ options:
     default: 4
 requirements:
   - requests >= 2.28
-  - oras >= 0.2.43, for M(ironcore.image.ironcore_image_push) only; M(ironcore.image.ironcore_image_fetch) and
-    M(ironcore.image.ironcore_image_info) read docker configs and run credential helpers themselves and work without it
 """
 
     # For the modules that move blobs (push, fetch), not for those that only describe an image (info):
@@ -281,6 +279,5 @@ options:
     type: int
     default: 4
 requirements:
-  - oras >= 0.2.43 (not needed when both sides are layouts)
   - requests >= 2.28 (not needed when both sides are layouts)
 """

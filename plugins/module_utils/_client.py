@@ -35,7 +35,7 @@ try:
     import requests
     import requests.adapters
     import urllib3.exceptions
-except ImportError:  # modules report it through _deps.require(module, "oras", "requests")
+except ImportError:  # modules report it through _deps.require(module, "requests")
     _HTTPAdapter: t.Any = object
     _RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = ()
 else:
@@ -272,7 +272,7 @@ class RegistryClient:
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
-            # Like oras-py: registries that set cookies take us for a browser.
+            # Registries that set cookies would take us for a browser: keep none.
             session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
             adapter = _Adapter(pool_connections=1, pool_maxsize=2, max_retries=0)
             session.mount("http://", adapter)

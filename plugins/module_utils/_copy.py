@@ -291,7 +291,10 @@ class _BlobCopier:
         return "copied"
 
     def run(self, blobs: t.Mapping[str, int], concurrency: int) -> BlobCounts:
+        """Copy `blobs`; the counts are this run's alone, so that the runs of one copy can be added up."""
         items = blob_order(blobs)
+        # The counter is the copier's, shared by its runs: this run's bytes are what it adds.
+        sent_before = self.counter.value
         outcomes = parallel(concurrency, self.transfer, items)
         counts = BlobCounts()
         for (_digest, size), outcome in zip(items, outcomes):
@@ -299,7 +302,7 @@ class _BlobCopier:
             if outcome == "copied" and self.check_mode:
                 counts.bytes += size
         if not self.check_mode:
-            counts.bytes = self.counter.value
+            counts.bytes = self.counter.value - sent_before
         return counts
 
 

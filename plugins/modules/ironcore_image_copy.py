@@ -228,7 +228,7 @@ def main() -> None:
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not (module.params["source"].get("layout") and module.params["destination"].get("layout")):
-        require(module, "requests", "oras")
+        require(module, "requests")
     run(module, lambda: copy_image(module.params, module.check_mode, module.warn))
 
 

@@ -212,9 +212,8 @@ options:
     version_added: 0.2.0
 notes:
   - With O(layout) the module reads the image from disk and does not need C(requests).
-  - C(oras) is not needed (since 0.2.0); the module reads O(docker_config) (C(auths) with C(auth),
-    C(username)/C(password) or C(identitytoken); C(credHelpers); C(credsStore)) and runs C(docker-credential-<name> get)
-    itself. Nothing is lost without it.
+  - The module reads O(docker_config) (C(auths) with C(auth), C(username)/C(password) or C(identitytoken);
+    C(credHelpers); C(credsStore)) and runs C(docker-credential-<name> get) itself.
   - O(concurrency) layers are downloaded in parallel; O(timeout) and O(retries) also apply to interrupted transfers,
     which are resumed from the last byte received.
   - Manifests, indexes and configs larger than 4 MiB are refused.

@@ -95,9 +95,8 @@ options:
     version_added: 0.2.0
 notes:
   - With O(layout) the module reads the image from disk and does not need C(requests).
-  - C(oras) is not needed (since 0.2.0); the module reads O(docker_config) (C(auths) with C(auth),
-    C(username)/C(password) or C(identitytoken); C(credHelpers); C(credsStore)) and runs C(docker-credential-<name> get)
-    itself. Nothing is lost without it.
+  - The module reads O(docker_config) (C(auths) with C(auth), C(username)/C(password) or C(identitytoken);
+    C(credHelpers); C(credsStore)) and runs C(docker-credential-<name> get) itself.
   - With O(include_credentials=true) the C(headers) in RV(selected) carry a credential. Use C(no_log) on the
     task, or do not register the result, when the output is logged.
 seealso:

@@ -230,7 +230,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec, required_together=REGISTRY_REQUIRED_TOGETHER, supports_check_mode=True
     )
-    require(module, "requests", "oras")
+    require(module, "requests")
     run(module, lambda: push_image(module.params, module.check_mode, module.warn))
 
 

@@ -203,7 +203,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec, required_together=REGISTRY_REQUIRED_TOGETHER, supports_check_mode=True
     )
-    require(module, "cryptography", *(() if module.params["layout"] else ("requests", "oras")))
+    require(module, "cryptography", *(() if module.params["layout"] else ("requests",)))
     from ansible_collections.ironcore.image.plugins.module_utils._signatures import open_store, sign_image
 
     try:
