@@ -332,6 +332,7 @@ def verify_before_delivery(
     if not keys_given:
         option = "require_signature" if required else "require_provenance"
         raise SignatureError("%s is true but signature_keys is empty; give the public keys to trust" % option)
+    predicate_types = list(params.get("provenance_predicate_types") or _provenance.DEFAULT_PREDICATE_TYPES)
     keys = [load_public_key(text) for text in keys_given]
     ref = source.ref
     store = _store_of(source)
@@ -341,7 +342,7 @@ def verify_before_delivery(
         if required:
             verified = verify_digests(store, ref, [image_digest, manifest_digest], keys)
         if with_provenance:
-            provenance = verify_provenance(store, ref, image_digest, keys)
+            provenance = verify_provenance(store, ref, image_digest, keys, predicate_types)
     except SignatureError as exc:
         raise SignatureError("%s; nothing was fetched" % exc) from exc
     except ImageError as exc:
@@ -514,10 +515,17 @@ def attach_sbom(
     return changed, digest, len(packages), read
 
 
-def verify_provenance(store: Store, ref: ImageReference, digest: str, keys: t.Sequence[t.Any]) -> dict[str, t.Any]:
+def verify_provenance(
+    store: Store,
+    ref: ImageReference,
+    digest: str,
+    keys: t.Sequence[t.Any],
+    predicate_types: t.Sequence[str] = _provenance.DEFAULT_PREDICATE_TYPES,
+) -> dict[str, t.Any]:
     """{verified, keyid, predicate_type} of the provenance of `digest`, or ProvenanceError saying why not."""
     envelopes = _referrer_blobs(store, digest, _provenance.PROVENANCE_ARTIFACT_TYPE, _provenance.MAX_ENVELOPE_SIZE)
-    return _provenance.check_provenance(digest, "%s@%s" % (ref.name, digest), envelopes, keys).result()
+    where = "%s@%s" % (ref.name, digest)
+    return _provenance.check_provenance(digest, where, envelopes, keys, predicate_types).result()
 
 
 # ---- describing (ironcore_image_info) -------------------------------------------------

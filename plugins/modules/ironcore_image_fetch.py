@@ -180,9 +180,20 @@ options:
         signed by one of O(signature_keys), whose subject is the digest O(name) resolves to.
       - Checked before any blob byte is written, like the signatures. Without one the task fails with one line
         saying why (no provenance; signed by an unknown key; a provenance for another digest; a malformed
-        envelope; a payload changed after signing).
+        envelope; a payload changed after signing; a statement whose predicate type is not accepted).
+      - Only a statement whose C(predicateType) is one of O(provenance_predicate_types) counts as a provenance;
+        a vulnerability scan or another statement signed by the same key does not.
     type: bool
     default: false
+    version_added: 0.2.0
+  provenance_predicate_types:
+    description:
+      - The in-toto predicate types that O(require_provenance) accepts as a provenance.
+      - The default accepts SLSA provenance v1 only, which M(ironcore.image.ironcore_image_sign) writes. Add others
+        (for example C(https://slsa.dev/provenance/v0.2)) only if a build system you trust signs them.
+    type: list
+    elements: str
+    default: [https://slsa.dev/provenance/v1]
     version_added: 0.2.0
   delta:
     description:
@@ -444,6 +455,7 @@ def main() -> None:
         signature_keys={"type": "list", "elements": "str", "no_log": False},
         require_signature={"type": "bool"},
         require_provenance={"type": "bool", "default": False},
+        provenance_predicate_types={"type": "list", "elements": "str", "default": ["https://slsa.dev/provenance/v1"]},
         delta={"type": "str", "choices": ["auto", "never"], "default": "auto"},
         seeds={"type": "list", "elements": "path", "default": []},
     )

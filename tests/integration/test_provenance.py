@@ -42,6 +42,7 @@ INFO = "ironcore.image.ironcore_image_info"
 NAME = "registry.example.com/os/attested:1.0"
 IN_TOTO = "application/vnd.in-toto+json"
 CYCLONEDX = "application/vnd.cyclonedx+json"
+VULN = "https://in-toto.io/attestation/vuln/v1"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DPKG_STATUS = """Package: base-files
@@ -236,9 +237,13 @@ def attested(ansible, registry_plain, keys, tmp_path_factory):
         return signed
 
     cases = {}
-    for case in ("good", "none", "stranger", "changed", "moved"):
+    for case in ("good", "none", "stranger", "changed", "moved", "vuln"):
         cases[case] = push(ansible, registry_plain, layout, "attest/%s" % case)
         sign(cases[case], "first", case in ("good", "changed", "moved"))
+    # Signed, and a vulnerability scan of it signed by the trusted key: a statement, but no provenance.
+    attach_statement(
+        registry_plain, "attest/vuln", image_digests(registry_plain, cases["vuln"])[0], keys["first"], root
+    )
     # Signed by a trusted key, its provenance by another.
     sign(cases["stranger"], "stranger", True)
 
@@ -275,7 +280,75 @@ def attested(ansible, registry_plain, keys, tmp_path_factory):
     return cases
 
 
-def fetch(ansible, registry, reference: str, dest, keys_given, check: bool = False) -> dict:
+def attach_statement(registry, repository: str, digest: str, key: dict, workdir) -> None:
+    """A vulnerability-scan statement about `digest`, in a DSSE envelope signed by `key` with openssl, attached
+    as an in-toto referrer listed in the sha256-<hex> tag-schema index, straight through the distribution API."""
+    body = json.dumps(
+        {
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"name": repository, "digest": {"sha256": digest.split(":")[1]}}],
+            "predicateType": VULN,
+            "predicate": {"scanner": {"uri": "https://example.com/scanner", "result": []}},
+        }
+    ).encode()
+    pae_path, sig_path = workdir / "vuln.pae", workdir / "vuln.sig"
+    pae_path.write_bytes(dsse_pae(IN_TOTO, body))
+    signed = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-sign", key["key"], "-out", str(sig_path), str(pae_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert signed.returncode == 0, signed.stderr
+    envelope = json.dumps(
+        {
+            "payloadType": IN_TOTO,
+            "payload": base64.b64encode(body).decode(),
+            "signatures": [{"keyid": key["fingerprint"], "sig": base64.b64encode(sig_path.read_bytes()).decode()}],
+        }
+    ).encode()
+    index = skopeo_bytes(registry, "%s/%s@%s" % (registry.host, repository, digest))
+    empty = b"{}"
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": IN_TOTO,
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": http_put_blob(registry, repository, empty),
+                "size": len(empty),
+            },
+            "layers": [
+                {"mediaType": IN_TOTO, "digest": http_put_blob(registry, repository, envelope), "size": len(envelope)}
+            ],
+            "subject": {"mediaType": json.loads(index)["mediaType"], "digest": digest, "size": len(index)},
+        }
+    ).encode()
+    manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    http_put_manifest(registry, repository, manifest_digest, manifest)
+    listing = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest,
+                "size": len(manifest),
+                "artifactType": IN_TOTO,
+            }
+        ],
+    }
+    http_put_manifest(
+        registry,
+        repository,
+        digest.replace(":", "-"),
+        json.dumps(listing).encode(),
+        "application/vnd.oci.image.index.v1+json",
+    )
+
+
+def fetch(ansible, registry, reference: str, dest, keys_given, check: bool = False, **extra) -> dict:
     args = dict(
         registry.registry_args,
         name=reference,
@@ -284,6 +357,7 @@ def fetch(ansible, registry, reference: str, dest, keys_given, check: bool = Fal
         architecture="amd64",
         signature_keys=keys_given,
         require_provenance=True,
+        **extra,
     )
     return ansible.module(FETCH, args, check=check)
 
@@ -306,6 +380,7 @@ def test_fetch_delivers_an_image_with_a_trusted_provenance(ansible, registry_pla
         ("stranger", "has a provenance signed by an unknown key (SHA256:"),
         ("changed", "has a provenance whose payload was changed"),
         ("moved", "has a provenance for another digest (sha256:"),
+        ("vuln", "has a trusted statement whose predicate type is https://in-toto.io/attestation/vuln/v1, not"),
     ],
 )
 def test_fetch_refuses_without_a_trusted_provenance(ansible, registry_plain, keys, attested, tmp_path, case, reason):
@@ -317,6 +392,20 @@ def test_fetch_refuses_without_a_trusted_provenance(ansible, registry_plain, key
     if case == "stranger":
         assert keys["stranger"]["fingerprint"] in failed["msg"]
     assert_untouched(dest)
+
+
+def test_fetch_accepts_the_predicate_types_it_is_given(ansible, registry_plain, keys, attested, tmp_path):
+    # The vulnerability scan's digest and signature are right: listing its type is all that it lacked.
+    fetched = fetch(
+        ansible,
+        registry_plain,
+        attested["vuln"],
+        tmp_path / "dest",
+        [keys["first"]["pub"]],
+        provenance_predicate_types=["https://slsa.dev/provenance/v1", VULN],
+    )
+    assert fetched.get("failed") is not True, fetched
+    assert fetched["provenance"] == {"verified": True, "keyid": keys["first"]["fingerprint"], "predicate_type": VULN}
 
 
 # ---- the playbooks, as a new user runs them ------------------------------------------------
