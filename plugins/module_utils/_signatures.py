@@ -16,7 +16,6 @@ payloads, keys and the verdict are `_sign.py`'s.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -57,7 +56,12 @@ from ansible_collections.ironcore.image.plugins.module_utils._sign import (
     signature_tag,
     verifying_key,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
+from ansible_collections.ironcore.image.plugins.module_utils._store import (
+    LayoutStore,
+    RegistryStore,
+    StoreError,
+    download_blob,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._walk import (
     Document,
     WalkError,
@@ -467,25 +471,22 @@ def _rootfs_layers(documents: ImageDocuments) -> list[tuple[str, int]]:
 
 
 @contextlib.contextmanager
-def _local_copy(store: Store, digest: str) -> t.Iterator[str]:
-    """A path holding the blob: the layout's own file, or the registry's blob streamed to a temporary file."""
+def _local_copy(store: Store, digest: str, size: int) -> t.Iterator[str]:
+    """A path holding the blob: the layout's own file, or the registry's blob received into a temporary file.
+
+    The download stops at the first byte past the descriptor's `size` and is
+    checked against the digest before anything reads it.
+    """
     local = store.local_blob_path(digest)
     if local is not None:
         yield local
         return
     with tempfile.TemporaryDirectory(prefix="ironcore-sbom-") as directory:
         path = os.path.join(directory, "rootfs")
-        hasher = hashlib.sha256()
-        stream = store.open_blob(digest, 0)
         try:
-            with open(path, "wb") as out:
-                for chunk in stream.iter_chunks(1024 * 1024):
-                    hasher.update(chunk)
-                    out.write(chunk)
-        finally:
-            stream.close()
-        if "sha256:" + hasher.hexdigest() != digest:
-            raise SignatureError("the rootfs blob %s did not match its digest when downloaded for the SBOM" % digest)
+            download_blob(store, digest, size, path)
+        except StoreError as exc:
+            raise SignatureError("reading the rootfs for the SBOM failed: %s" % exc) from exc
         yield path
 
 
@@ -493,8 +494,8 @@ def image_packages(store: Store, documents: ImageDocuments) -> tuple[list[_sbom.
     """The packages installed in the image's ext4 rootfs layers, and the digests of the rootfs read."""
     packages: list[_sbom.Package] = []
     read: list[str] = []
-    for digest, _size in _rootfs_layers(documents):
-        with _local_copy(store, digest) as path:
+    for digest, size in _rootfs_layers(documents):
+        with _local_copy(store, digest, size) as path:
             if not _sbom.is_ext_filesystem(path):
                 continue
             text = _sbom.read_dpkg_status(path)

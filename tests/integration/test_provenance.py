@@ -219,6 +219,28 @@ def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, registry_plain,
     assert verified_by == dict.fromkeys(digests, keys["first"]["fingerprint"])
 
 
+def test_sbom_download_stops_at_the_rootfs_size(ansible, registry_plain, fault_proxy, keys, tmp_path):
+    # A registry that sends 128 MiB more than the rootfs descriptor's 2 MiB: the SBOM reads the rootfs from it.
+    layout = build(ansible, tmp_path / "image", label="padded")
+    reference = push(ansible, registry_plain, layout, "attest/padded")
+    [_index, manifest_digest] = image_digests(registry_plain, reference)
+    manifest = skopeo_raw(registry_plain, "%s@%s" % (reference.rsplit(":", 1)[0], manifest_digest))
+    [rootfs] = [layer for layer in manifest["layers"] if layer["mediaType"] == "application/vnd.ironcore.image.rootfs"]
+    proxy = fault_proxy(registry_plain)
+    extra = 128 * 1024 * 1024
+    padding = proxy.add("pad_response", method="GET", path=rootfs["digest"], extra_bytes=extra, times=-1)
+    args = dict(proxy.registry_args, name="%s/attest/padded:1.0" % proxy.host, key=keys["first"]["key"], sbom=True)
+
+    failed = ansible.module(SIGN, args, check=True)
+    assert failed.get("failed") is True, failed
+    assert "larger than the %d bytes its descriptor says" % rootfs["size"] in failed["msg"], failed["msg"]
+    assert "\n" not in failed["msg"]
+    # The module hung up after its first read past the size: what it let through is socket buffers and
+    # one read, not the junk (without the bound it reads all 128 MiB into a temporary file).
+    assert padding.hits >= 1
+    assert padding.padded < 32 * 1024 * 1024, padding.padded
+
+
 # ---- fetch with require_provenance -----------------------------------------------------
 
 
