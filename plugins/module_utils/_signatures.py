@@ -51,6 +51,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._sign import (
     fingerprint,
     load_private_key,
     load_public_key,
+    parse_payload,
     payload_for,
     sign,
     signature_tag,
@@ -148,6 +149,27 @@ def _read_entry(store: Store, layer: t.Any) -> SignedPayload:
     return SignedPayload(data, signature, claimed)
 
 
+def _names_digest(entry: SignedPayload, digest: str) -> bool:
+    """Whether a read `.sig` entry is a signed simple-signing payload that names `digest` (not yet verified)."""
+    if not entry.data or not isinstance(entry.signature, str) or not entry.signature:
+        return False
+    try:
+        _repository, named = parse_payload(entry.data)
+    except SignatureError:
+        return False
+    return named == digest
+
+
+def names_this_digest(store: Store, layer: t.Any, digest: str) -> bool:
+    """Whether a `.sig` layer is worth keeping in a merge or an append: a simple-signing payload naming `digest`.
+
+    Anything else (another media type, a payload for another digest, bytes
+    that do not match the descriptor) can never verify for `digest`, and
+    only takes one of the MAX_SIGNERS places a verifier reads.
+    """
+    return isinstance(layer, dict) and _names_digest(_read_entry(store, layer), digest)
+
+
 def _read_small_blob(store: Store, digest: str, size: int) -> bytes | None:
     """The blob's bytes when they are what its descriptor says, else None."""
     stream = store.open_blob(digest, 0)
@@ -210,9 +232,17 @@ def sign_digest(store: Store, ref: ImageReference, digest: str, key: t.Any, chec
     entries = [_read_entry(store, layer) for layer in manifest["layers"]] if manifest else []
     if _already_signed(manifest, entries, key, payload):
         return False
+    # Junk a writer put into the `.sig` is dropped, so that it cannot push the new signature past what a verifier reads.
+    layers = (
+        [layer for layer, entry in zip(manifest["layers"], entries) if _names_digest(entry, digest)] if manifest else []
+    )
+    if len(layers) >= MAX_SIGNERS:
+        raise SignatureError(
+            "%s@%s already has %d signatures, the most a verifier reads; remove its %s to sign it again"
+            % (ref.name, digest, len(layers), signature_name(store, ref, digest))
+        )
     if check_mode:
         return True
-    layers = list(manifest["layers"]) if manifest else []
     annotations = {SIGNATURE_ANNOTATION: sign(key, payload), FINGERPRINT_ANNOTATION: fingerprint(key)}
     layers.append(_blob_descriptor(SIMPLESIGNING_MEDIA_TYPE, payload, annotations=annotations))
     config = signature_config([str(layer["digest"]) for layer in layers])
