@@ -203,6 +203,10 @@ options:
         holes, and the assembled file must hash to the layer digest before it replaces anything; otherwise, and
         whenever the image has no index, the index does not fit the layer, the delta would download more than
         60 % of the layer, or the source ignores Range, the whole blob is downloaded as with V(never).
+      - Only indexes shaped as the build writes them are used (16-byte hashes, blocks of 4 KiB to 16 MiB), so that
+        what a node spends on its seeds stays a fixed share of the layer whatever the index claims. Each seed is
+        read once and its blocks looked up as they stream past; seeds too small to supply 40 % of the layer are
+        not read at all.
       - RV(files.delta) says whether it was used, or why not.
     type: str
     choices: [auto, never]
@@ -215,8 +219,8 @@ options:
       - A seed that is missing, a directory or neither a regular file nor a block device is skipped with a
         warning. Seeds are only read.
       - The block hashes of a regular file are kept in the state directory, keyed on the file's device, inode,
-        size, mtime and ctime, so an unchanged seed is read only for the blocks it gives. Block devices are hashed
-        on every run.
+        size, mtime and ctime, so an unchanged seed is read only for the blocks it gives. Such a cache entry is
+        at most 1/256 of its seed. Block devices are hashed on every run.
     type: list
     elements: path
     default: []
