@@ -320,6 +320,7 @@ class _Receiver:
         out: AtomicFile,
         hashed: HashingCounter,
         counter: ByteCounter,
+        verb: str = "copying",
     ):
         self.source = source
         self.digest = digest
@@ -328,7 +329,7 @@ class _Receiver:
         # Hashed in a second thread, beside the receive and the write.
         self.hashed: HashingCounter = BackgroundHashingCounter(hashed)
         self.counter = counter
-        self.what = "copying blob %s from %s" % (digest, source.describe())
+        self.what = "%s blob %s from %s" % (verb, digest, source.describe())
 
     def append_from(self, offset: int) -> None:
         stream = self.source.open_blob(self.digest, offset)
@@ -377,6 +378,25 @@ class _Receiver:
                     ) from exc
                 self.source.retry_pause(failures, self.what, "%d of %d bytes received" % (self.hashed.size, self.size))
         return self.hashed
+
+
+def download_blob(source: ImageSource, digest: str, size: int, path: str) -> None:
+    """Stream one blob into the new file `path` through the copy's receive loop, then verify it.
+
+    The loop stops at the first byte past `size`, so a source that sends
+    more than the descriptor says costs at most one read, not the disk; it
+    resumes with Range after interruptions, as a copy does. StoreError when
+    the bytes are not the blob; `path` is then not created.
+    """
+    with AtomicFile(path) as out:
+        receiver = _Receiver(source, digest, size, out, HashingCounter(), ByteCounter(), verb="downloading")
+        hashed = receiver.run(source.retries)
+        if hashed.size != size or hashed.digest != digest:
+            raise _Corrupt(
+                "blob %s from %s hashes to %s (%d bytes); the source is corrupt"
+                % (digest, source.describe(), hashed.digest, hashed.size)
+            )
+        out.commit()
 
 
 # ---- a registry repository -------------------------------------------------------

@@ -172,6 +172,9 @@ options:
       - Block size of the block index in bytes, a power of two from V(512) to V(16777216) (16 MiB).
       - Match the file system's block size (4 KiB for ext4 and most others) so that unchanged files land on
         unchanged blocks.
+      - M(ironcore.image.ironcore_image_fetch) uses indexes of V(4096) bytes or more for a delta; a finer index
+        is written, but a node downloads the whole layer instead (it would cost the node more than the layer
+        warrants).
     type: int
     default: 4096
     version_added: 0.2.0

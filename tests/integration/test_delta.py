@@ -239,11 +239,29 @@ def test_seeds_given_elsewhere_are_used_and_bad_ones_skipped_with_a_warning(
     assert "is a directory" in warnings and "does not exist" in warnings
 
 
-@pytest.mark.parametrize("fault", ["wrong_hashes", "other_size", "truncated"])
+def seed_caches(dest: str) -> dict[str, int]:
+    """{name: size} of every seed hash cache the fetch keeps under dest (in its state directory)."""
+    found = {}
+    for directory, _dirs, files in os.walk(dest):
+        for name in files:
+            if name.startswith(".ironcore-fetch.seed."):
+                found[name] = os.path.getsize(os.path.join(directory, name))
+    return found
+
+
+@pytest.mark.parametrize("fault", ["wrong_hashes", "other_size", "truncated", "small_blocks", "long_hashes"])
 def test_a_bad_index_costs_a_full_fetch_never_a_wrong_byte(ansible, registry_plain, releases, tmp_path, fault):
     b_path = releases["b"].path
     good = index_of(b_path)
-    if fault == "wrong_hashes":
+    if fault in ("small_blocks", "long_hashes"):
+        # Valid, but finer than the build writes: 512-byte blocks, or 32-byte hashes. Either would make the
+        # node's plan and seed cache grow past the layer's share (a seed cache of 1/32 of the seed).
+        hasher = BlockHasher(512) if fault == "small_blocks" else BlockHasher(4096, 32)
+        with open(b_path, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                hasher.update(chunk)
+        index = hasher.finish(good.header.layer_digest).encode()
+    elif fault == "wrong_hashes":
         # Claims every block of B is where release A has it: assembly would produce A.
         lying = index_of(releases["a"].path)
         index = BlockIndex(good.header, lying.hashes, lying.zeros).encode()
@@ -264,10 +282,15 @@ def test_a_bad_index_costs_a_full_fetch_never_a_wrong_byte(ansible, registry_pla
         "wrong_hashes": "abandoned",
         "other_size": "not this layer",
         "truncated": "disagrees with its header",
+        "small_blocks": "the block index has 512-byte blocks; a delta uses blocks of 4096 bytes",
+        "long_hashes": "the block index has 32-byte hashes; a delta uses the build's 16-byte ones",
     }[fault]
     assert expected in delta["reason"], delta
     assert same_bytes(os.path.join(dest, "rootfs"), b_path)
     assert sha256_file(os.path.join(dest, "rootfs")) == pushed.layer_digest
+    # What the index made the node keep on disk: never more than a 256th of the seed (A) or the file (B).
+    largest = max(os.path.getsize(releases["a"].path), os.path.getsize(b_path))
+    assert all(size <= largest // 256 + 4096 for size in seed_caches(dest).values()), seed_caches(dest)
 
 
 def test_no_index_is_a_full_fetch(ansible, registry_plain, releases, tmp_path):
