@@ -412,7 +412,8 @@ class Fault:
     `reset` forwards `after_bytes` of the request body, then resets both
     connections; `reset_response` forwards the request and `after_bytes` of
     the answer, then resets; `pause_response` forwards `after_bytes` of the
-    answer, holds the rest back for `seconds`, then forwards it; `drop_header` forwards the request without its
+    answer, holds the rest back for `seconds` (or until the test sets `release`,
+    when given), then forwards it; `drop_header` forwards the request without its
     `header` (a `Range` the registry then never sees). `times` matching requests are broken (-1: all),
     after letting `skip` matching requests through. `redirect` answers
     `status` (307 unless given otherwise) with `Location: <location><path>`.
@@ -428,6 +429,7 @@ class Fault:
     seconds: float = 60.0
     location: str = ""
     header: str = ""
+    release: threading.Event | None = None
     hits: int = 0
     seen: int = 0
 
@@ -608,7 +610,8 @@ class FaultProxy(LoopbackListener):
                 self._forward_then_reset(client, upstream, rest, fault.after_bytes)
                 return
             if fault is not None and fault.action == "pause_response":
-                self._relay(client, upstream, rest, fault.after_bytes, pause=fault.seconds, stopping=self.stopping)
+                stopping = fault.release or self.stopping
+                self._relay(client, upstream, rest, fault.after_bytes, pause=fault.seconds, stopping=stopping)
                 return
             limit = fault.after_bytes if fault is not None and fault.action == "reset_response" else None
             self._relay(client, upstream, rest, limit)
