@@ -13,10 +13,13 @@ version_added: 0.2.0
 description:
   - Walks every entry of the layout's C(index.json) (named or not) through its indexes and manifests to the
     configs and layers, and deletes every blob under C(blobs/sha256) that none of them reaches.
-  - Safe beside M(ironcore.image.ironcore_image_build) runs into the same layout. A build holds the layout's blob
-    lock (shared) from the first blob it looks at until its names are recorded; a prune takes that lock
-    exclusively, so it waits for running builds to name their blobs, and builds that start meanwhile wait for the
-    prune. Names cannot change while a prune runs.
+  - Safe beside M(ironcore.image.ironcore_image_build) runs into the same layout, and beside
+    M(ironcore.image.ironcore_image_copy) and M(ironcore.image.ironcore_image_sign) runs into it. Each holds the
+    layout's blob lock (shared) from the first blob it looks at until its names are recorded; a prune takes that
+    lock exclusively, so it waits for running writers to name their blobs, and writers that start meanwhile wait
+    for the prune. Names cannot change while a prune runs.
+  - Lists and deletes blobs through descriptors of C(blobs) and C(blobs/sha256) opened without following links,
+    so nothing outside the layout is deleted; see O(allow_shared_dest).
   - Writers that do not take the lock (C(skopeo copy) into the layout, older releases of this collection) are
     covered by O(grace_period) instead; see there.
   - Refuses to delete anything when a name reaches a document that is missing or damaged, and says which name,
