@@ -167,7 +167,10 @@ def copy_image(
     plan = plan_copy(source_store, pairs, carry)
     with contextlib.ExitStack() as held:
         if isinstance(destination_store, LayoutStore):
-            # Releases the blob lock a layout destination takes when it starts writing (see LayoutStore.prepare).
+            # The blob lock from the copy's first question about what the layout has (its names and signatures
+            # too) until its names are recorded; a new layout takes it in prepare(). Let go when the copy ends.
+            if not check_mode and destination_store.layout.exists():
+                destination_store.hold_blobs()
             held.enter_context(destination_store)
         result = copy(
             source_store,
