@@ -271,6 +271,23 @@ def sign_image(
     sbom: bool = False,
 ) -> SignResult:
     """Sign the digest `name` resolves to and every index and manifest it reaches; attach provenance and SBOM."""
+    with contextlib.ExitStack() as held:
+        if isinstance(store, LayoutStore) and not check_mode:
+            # From the first blob stored (or found stored) to the last name: a prune waits (see hold_blobs).
+            store.hold_blobs()
+            held.enter_context(store)
+        return _sign_image(store, name, key_path, passphrase, check_mode, provenance, sbom)
+
+
+def _sign_image(
+    store: Store,
+    name: str,
+    key_path: str,
+    passphrase: str | None,
+    check_mode: bool,
+    provenance: bool,
+    sbom: bool,
+) -> SignResult:
     ref = _parse(name)
     key = load_private_key(key_path, passphrase)
     root = store.resolve(ref.reference if isinstance(store, RegistryStore) else name)
@@ -298,8 +315,9 @@ def sign_image(
 def open_store(params: t.Mapping[str, t.Any], on_retry: t.Callable[[str], None] | None = None) -> Store:
     """The layout, or the registry repository of `name`, the module's options point at."""
     if params.get("layout"):
-        store = LayoutStore(params["layout"])
+        store = LayoutStore(params["layout"], bool(params.get("allow_shared_dest")))
         store.require()
+        store.refuse_shared()
         return store
     from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
     from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (

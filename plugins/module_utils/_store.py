@@ -23,6 +23,7 @@ cannot even read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import typing as t
@@ -134,11 +135,27 @@ class LayoutStore:
     repository: str | None = None
     retries = 0
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, allow_shared: bool = False, label: str = "layout"):
         self.layout = OciLayout(path)
+        # As a destination: whether a layout others can write to is used (allow_shared_dest), and the option it is.
+        self.allow_shared = allow_shared
+        self.label = label
+        self._holding: contextlib.ExitStack | None = None
 
     def describe(self) -> str:
         return "layout %s" % self.layout.path
+
+    def __enter__(self) -> LayoutStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the blob lock (see hold_blobs); the names are recorded, or never will be."""
+        if self._holding is not None:
+            holding, self._holding = self._holding, None
+            holding.close()
 
     # ---- reading --------------------------------------------------------
 
@@ -225,11 +242,38 @@ class LayoutStore:
         except LayoutError as exc:
             raise StoreError("destination: %s" % exc) from exc
 
+    def refuse_shared(self) -> None:
+        """Refuse a layout (or its blobs, blobs/sha256) others could plant links in, unless allowed."""
+        try:
+            self.layout.refuse_shared(self.allow_shared, self.label)
+        except LayoutError as exc:
+            raise StoreError(str(exc)) from exc
+
     def prepare(self) -> None:
+        """Create the layout when needed, check its directories, and hold its blob lock until close()."""
         try:
             self.layout.ensure()
         except LayoutError as exc:
             raise StoreError("destination: %s" % exc) from exc
+        self.refuse_shared()
+        self.hold_blobs()
+
+    def hold_blobs(self) -> None:
+        """Take the layout's shared blob lock, the one builds take, and keep it until close().
+
+        Taken before the first "have I got this blob" and kept until the names
+        are recorded: a prune takes the lock exclusively, so it cannot delete an
+        old, unnamed blob this writer found already stored and counts on.
+        """
+        if self._holding is not None:
+            return
+        holding = contextlib.ExitStack()
+        try:
+            holding.enter_context(self.layout.adding_blobs())
+        except OSError as exc:
+            holding.close()
+            raise StoreError("locking %s failed: %s" % (self.describe(), exc.strerror or exc)) from exc
+        self._holding = holding
 
     def has_blob(self, digest: str, size: int) -> bool:
         return self.layout.has_blob(digest, size)

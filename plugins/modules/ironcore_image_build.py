@@ -133,10 +133,12 @@ options:
     version_added: 0.2.0
   allow_shared_dest:
     description:
-      - Build into a O(layout) directory that other users can write to (writable by its group or others without
-        the sticky bit, or owned by another user than root or the one running the module).
+      - Build into a O(layout) whose directory, or whose C(blobs) or C(blobs/sha256) directory, other users can write
+        to (writable by its group or others without the sticky bit, or owned by another user than root or the one
+        running the module).
       - By default such a layout is refused, since whoever can write there could plant links or swap files where the
         module writes blobs and C(index.json), as root on a build host.
+      - A symbolic link at C(blobs) or C(blobs/sha256) is refused even then.
       - Set it only when everyone who can write to the directory is trusted.
     type: bool
     default: false

@@ -75,10 +75,12 @@ options:
     default: true
   allow_shared_dest:
     description:
-      - Copy into a O(destination.layout) directory that other users can write to (writable by its group or
-        others without the sticky bit, or owned by another user than root or the one running the module).
+      - Copy into a O(destination.layout) whose directory, or whose C(blobs) or C(blobs/sha256) directory, other
+        users can write to (writable by its group or others without the sticky bit, or owned by another user than
+        root or the one running the module).
       - By default such a layout is refused, since whoever can write there could plant links or swap files where
         the module writes blobs and C(index.json).
+      - A symbolic link at C(blobs) or C(blobs/sha256) is refused even then.
     type: bool
     default: false
 notes:

@@ -421,11 +421,12 @@ class Fault:
     `reset` forwards `after_bytes` of the request body, then resets both
     connections; `reset_response` forwards the request and `after_bytes` of
     the answer, then resets; `pause_response` forwards `after_bytes` of the
-    answer, holds the rest back for `seconds`, then forwards it; `drop_header` forwards the request without its
-    `header` (a `Range` the registry then never sees); `pad_response` forwards a 2xx answer without its
-    `Content-Length` (its body then ends when the connection closes) and sends `extra_bytes` of junk after the
-    body, counting in `padded` how many of them went out before the client hung up. `times` matching requests
-    are broken (-1: all), after letting `skip` matching requests through. `redirect` answers
+    answer, holds the rest back for `seconds` (or until the test sets `release`, when given), then forwards it;
+    `drop_header` forwards the request without its `header` (a `Range` the registry then never sees);
+    `pad_response` forwards a 2xx answer without its `Content-Length` (its body then ends when the connection
+    closes) and sends `extra_bytes` of junk after the body, counting in `padded` how many of them went out before
+    the client hung up. `times` matching requests are broken (-1: all), after letting `skip` matching requests
+    through. `redirect` answers
     `status` (307 unless given otherwise) with `Location: <location><path>`.
     """
 
@@ -440,6 +441,7 @@ class Fault:
     location: str = ""
     header: str = ""
     extra_bytes: int = 0
+    release: threading.Event | None = None
     hits: int = 0
     seen: int = 0
     padded: int = 0
@@ -624,7 +626,8 @@ class FaultProxy(LoopbackListener):
                 self._relay_padded(client, upstream, rest, fault)
                 return
             if fault is not None and fault.action == "pause_response":
-                self._relay(client, upstream, rest, fault.after_bytes, pause=fault.seconds, stopping=self.stopping)
+                stopping = fault.release or self.stopping
+                self._relay(client, upstream, rest, fault.after_bytes, pause=fault.seconds, stopping=stopping)
                 return
             limit = fault.after_bytes if fault is not None and fault.action == "reset_response" else None
             self._relay(client, upstream, rest, limit)
