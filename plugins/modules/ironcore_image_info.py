@@ -95,14 +95,14 @@ options:
     version_added: 0.2.0
   url_from:
     description:
-      - Whose address RV(selected.layers[].url) and C(headers) give when O(mirrors) are set.
+      - Whose address the C(url) and C(headers) of the layers in RV(selected) give when O(mirrors) are set.
       - V(origin), the default, gives the origin's (the registry of O(name), or the file in O(layout)), whatever
         the mirrors hold. A consumer that streams the URL without hashing it, such as an HTTP boot server, then
         gets what the origin serves.
       - V(mirror) gives the first mirror's address instead (with that mirror's own credentials, never the
         origin's), the origin's when no mirror fits. B(The consumer must verify the digest) of what it gets from
-        that address: a mirror is trusted for nothing, and only verified bytes are safe. A plain-HTTP mirror is
-        never handed out for an https origin.
+        that address, since a mirror is trusted for nothing and only verified bytes are safe. A plain-HTTP mirror
+        is never handed out for an https origin.
       - Without O(mirrors) this option changes nothing.
     type: str
     choices: [origin, mirror]
