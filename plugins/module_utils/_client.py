@@ -243,7 +243,8 @@ class _StallWatch:
         checked = 0
         while not self._stop.wait(window):
             gained = self.received - checked
-            if gained < needed:
+            # Stopped meanwhile: the body is read and its connection may be back in the pool for another request.
+            if gained < needed and not self._stop.is_set():
                 self.stalled = "the stream stalled: %d bytes in %ss, below the minimum rate of %s/s" % (
                     gained,
                     _seconds(window),
