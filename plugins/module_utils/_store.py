@@ -376,7 +376,8 @@ class _Receiver:
         self.what = "%s blob %s from %s" % (verb, digest, source.describe())
 
     def append_from(self, offset: int) -> None:
-        stream = self.source.open_blob(self.digest, offset)
+        # A resumed transfer asks for the bounded rest (bytes=X-Y), as fetch does.
+        stream = self.source.open_blob(self.digest, offset, self.size - offset if offset > 0 else None)
         try:
             if stream.offset != offset:
                 if stream.offset != 0:

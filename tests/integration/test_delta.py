@@ -16,8 +16,10 @@ import subprocess
 from dataclasses import dataclass
 
 import pytest
+from helpers.counting import ByteCountingProxy
 from helpers.images import skopeo_push
 from helpers.inventory import local_host, outcomes, provision_slug, write_inventory
+from helpers.layout_server import LayoutServer
 
 from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
     ARTIFACT_TYPE,
@@ -336,6 +338,54 @@ def test_a_range_answered_with_the_whole_blob_means_a_full_fetch(
     delta = result["files"]["rootfs"]["delta"]
     assert delta["used"] is False and "whole blob" in delta["reason"], delta
     assert same_bytes(os.path.join(dest, "rootfs"), pushed.path)
+
+
+@pytest.mark.parametrize("mirror", ["honours_ranges", "answers_200"])
+def test_delta_ranges_through_a_mirror_cost_little_more_than_the_plan(
+    ansible, registry_plain, releases, tmp_path, mirror
+):
+    pushed = fault_image(
+        registry_plain, releases, "via-" + mirror.replace("_", "-"), index_of(releases["b"].path).encode()
+    )
+    servers = []
+    if mirror == "honours_ranges":
+        # docker-registry itself, as a registry mirror of the same repository.
+        counted = ByteCountingProxy(registry_plain.host)
+        entry = {"url": "http://%s" % counted.host}
+    else:
+        # A static layout server that answers every Range on the layer with 200 and the whole blob.
+        servers.append(LayoutServer(releases["layout"], str(tmp_path / "requests.jsonl"), "--ignore-range"))
+        counted = ByteCountingProxy("127.0.0.1:%d" % servers[0].port)
+        entry = {"url": "http://%s" % counted.host, "type": "layout"}
+    origin = ByteCountingProxy(registry_plain.host)
+    dest = dest_with_release_a(tmp_path, releases)
+    try:
+        name = pushed.name.replace(registry_plain.host, origin.host)
+        result = fetch(ansible, registry_plain, name, dest, mirrors=[entry])
+    finally:
+        for server in (counted, origin, *servers):
+            server.stop()
+    assert result["changed"] is True, result
+    delta = result["files"]["rootfs"]["delta"]
+    assert delta["used"] is True, delta
+    assert same_bytes(os.path.join(dest, "rootfs"), pushed.path)
+    plan = delta["fetched_bytes"]
+    errors = [error for error in result.get("mirror_errors", []) if error["digest"] == pushed.layer_digest]
+    if mirror == "honours_ranges":
+        # Every source's bytes (documents and the block index included) against the ranges the plan needed:
+        # an open-ended range, cut on our side, costs many times that.
+        assert counted.sent_back + origin.sent_back <= 1.5 * plan, (counted.sent_back, origin.sent_back, delta)
+        assert counted.sent_back > plan and errors == [], (counted.sent_back, errors)
+        return
+    # The mirror is asked for one range, answers with the whole blob and is dropped at once (what sat in the
+    # sockets is its cost); the other ranges are not sent to it, each read up to the byte wanted.
+    layer_hex = pushed.layer_digest.split(":", 1)[1]
+    asked = [entry["headers"].get("range") for entry in servers[0].requests() if layer_hex in entry["path"]]
+    assert len(asked) == 1 and asked[0].startswith("bytes="), asked
+    assert counted.sent_back < pushed.layer_size / 4, counted.sent_back
+    assert len(errors) == 1 and "whole blob" in errors[0]["reason"], errors
+    # The ranges came from the origin, bounded.
+    assert origin.sent_back <= 1.5 * plan, (origin.sent_back, delta)
 
 
 def test_the_provision_role_updates_a_hypervisor_and_a_boot_server_from_a_to_b(
