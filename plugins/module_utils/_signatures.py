@@ -40,6 +40,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
     list_referrers,
     put_small_blob,
     read_referrer,
+    source_store,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._sign import (
     FINGERPRINT_ANNOTATION,
@@ -357,14 +358,8 @@ def verify_digests(
 
 
 def _store_of(source: t.Any) -> Store:
-    """The store behind a fetch source, sharing its client (and its tokens) or its layout."""
-    client = getattr(source, "client", None)
-    if client is None:
-        return LayoutStore(source.layout.path)
-    store = RegistryStore(client, source.ref.repository)
-    # Behind mirrors, signatures come the way the image does; a mirror's answer is verified like the origin's.
-    over_store = getattr(source, "over_store", None)
-    return t.cast(Store, over_store(store)) if over_store is not None else store
+    """The store behind a fetch source (_referrers.source_store), typed as the stores this file writes to."""
+    return t.cast(Store, source_store(source))
 
 
 def verify_before_delivery(
