@@ -35,6 +35,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     layer_role,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
+    Referrer,
     ReferrerBlob,
     attach_referrer,
     list_referrers,
@@ -456,6 +457,28 @@ def _first_layer(store: Store, referrer: t.Any, limit: int) -> bytes:
     if size > limit:
         return b""
     return _read_small_blob(store, digest, size) or b""
+
+
+def verifiable_from_mirror(store: t.Any, subject_digest: str, referrer: Referrer) -> bool:
+    """Whether a referrer that a mirror listed can be checked on its own: a signed DSSE provenance of this digest.
+
+    What else a mirror lists (an SBOM, a block index, ...) carries no signature
+    that whoever receives it could check, so the mirror may have made it up; a
+    copy carries such referrers only from the origin. The signatures are
+    checked against keys where the provenance is used (fetch's require_provenance).
+    """
+    if referrer.artifact_type != _provenance.PROVENANCE_ARTIFACT_TYPE:
+        return False
+    try:
+        subject = read_referrer(store, referrer).get("subject")
+        if not isinstance(subject, dict) or subject.get("digest") != subject_digest:
+            return False
+        opened = _provenance.open_envelope(_first_layer(store, referrer, _provenance.MAX_ENVELOPE_SIZE))
+        digests, _predicate_type = _provenance.subject_digests(opened.payload)
+    except ImageError:
+        return False
+    signed = all(isinstance(sig, str) and sig for _keyid, sig in opened.signatures)
+    return signed and subject_digest in digests
 
 
 def _referrer_blobs(store: Store, subject_digest: str, artifact_type: str, limit: int) -> list[bytes]:
