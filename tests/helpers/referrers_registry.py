@@ -31,6 +31,7 @@ import socket
 import threading
 import typing as t
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 
 from helpers.loopback import LoopbackListener
@@ -263,3 +264,14 @@ def start_referrers_registry(
 ) -> ReferrersRegistry:
     """docker-registry (as start_registry starts it) behind the referrers-API proxy."""
     return ReferrersRegistry(start_registry(name, directory, tls=tls, auth=auth))
+
+
+def api_listing(registry: ReferrersRegistry, repository: str, subject: str, artifact_type: str | None = None) -> dict:
+    """The referrers index the registry's API answers for a subject (anonymous registries; the test's own GET)."""
+    query = "?artifactType=" + urllib.parse.quote(artifact_type) if artifact_type else ""
+    scheme = "https" if registry.tls else "http"
+    url = "%s://%s/v2/%s/referrers/%s%s" % (scheme, registry.host, repository, subject, query)
+    with urllib.request.urlopen(url, timeout=60) as answer:
+        assert answer.status == 200
+        assert answer.headers.get("Content-Type") == OCI_INDEX
+        return t.cast(dict, json.loads(answer.read()))

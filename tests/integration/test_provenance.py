@@ -19,7 +19,7 @@ import subprocess
 import pytest
 from helpers.counting import ByteCountingProxy
 from helpers.inventory import local_host, write_inventory
-from helpers.referrers_registry import start_referrers_registry
+from helpers.referrers_registry import ReferrersRegistry, api_listing, start_referrers_registry
 from helpers.registry import blob_data_path
 from helpers.signing import (
     assert_refused,
@@ -121,8 +121,13 @@ def push(ansible, registry, layout: str, repository: str) -> str:
 
 
 def referrer_entries(registry, repository: str, digest: str) -> dict[str, dict]:
-    """{artifactType: descriptor} of the sha256-<hex> tag-schema index, read by skopeo."""
-    index = skopeo_raw(registry, "%s:%s" % (repository, digest.replace(":", "-")))
+    """{artifactType: descriptor} of the sha256-<hex> tag-schema index read by skopeo, or of the referrers API."""
+    if isinstance(registry, ReferrersRegistry):
+        # The registry lists them itself: no tag-schema index was written.
+        assert digest.replace(":", "-") not in tags_of(registry, repository.split("/", 1)[1])
+        index = api_listing(registry, repository.split("/", 1)[1], digest)
+    else:
+        index = skopeo_raw(registry, "%s:%s" % (repository, digest.replace(":", "-")))
     assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
     entries = {}
     for entry in index["manifests"]:
@@ -152,35 +157,37 @@ def keys(tmp_path_factory):
     return {"first": make_key(directory, "first"), "stranger": make_key(directory, "stranger")}
 
 
-def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, registry_plain, keys, tmp_path):
+@pytest.mark.parametrize("fixture", ["registry_plain", "registry_referrers"])
+def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, request, fixture, keys, tmp_path):
+    registry = request.getfixturevalue(fixture)
     layout = build(ansible, tmp_path / "image")
-    reference = push(ansible, registry_plain, layout, "attest/reg")
+    reference = push(ansible, registry, layout, "attest/reg")
     repository = reference.rsplit(":", 1)[0]
-    args = dict(registry_plain.registry_args, name=reference, key=keys["first"]["key"], provenance=True, sbom=True)
+    args = dict(registry.registry_args, name=reference, key=keys["first"]["key"], provenance=True, sbom=True)
 
     # Check mode writes nothing: no tag-schema index appears.
-    digests = image_digests(registry_plain, reference)
+    digests = image_digests(registry, reference)
     index_digest = digests[0]
     checked = ansible.module(SIGN, args, check=True)
     assert checked["changed"] is True and checked["provenance"]["referrer"] is None, checked
     assert checked["sbom"]["packages"] == 2
     listing = "docker://%s:%s" % (repository, index_digest.replace(":", "-"))
     proc = subprocess.run(
-        ["skopeo", "inspect", "--raw", *registry_plain.skopeo_flags(), listing], capture_output=True, check=False
+        ["skopeo", "inspect", "--raw", *registry.skopeo_flags(), listing], capture_output=True, check=False
     )
     assert proc.returncode != 0
 
     signed = ansible.module(SIGN, args)
     assert signed["changed"] is True, signed
     assert signed["digest"] == index_digest
-    entries = referrer_entries(registry_plain, repository, index_digest)
+    entries = referrer_entries(registry, repository, index_digest)
     assert sorted(entries) == [CYCLONEDX, IN_TOTO]
     assert signed["provenance"]["referrer"] == entries[IN_TOTO]["digest"]
     assert signed["sbom"]["referrer"] == entries[CYCLONEDX]["digest"]
     assert signed["sbom"]["packages"] == 2
 
     # The DSSE envelope: its signature verifies over the PAE with openssl, by the signing key only.
-    envelope = json.loads(referrer_layer(registry_plain, repository, entries[IN_TOTO], index_digest))
+    envelope = json.loads(referrer_layer(registry, repository, entries[IN_TOTO], index_digest))
     assert envelope["payloadType"] == IN_TOTO
     body = base64.b64decode(envelope["payload"])
     [signature] = envelope["signatures"]
@@ -195,7 +202,7 @@ def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, registry_plain,
     assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
     assert statement["subject"] == [{"name": repository, "digest": {"sha256": index_digest.split(":")[1]}}]
     definition = statement["predicate"]["buildDefinition"]
-    layers = skopeo_raw(registry_plain, "%s@%s" % (repository, digests[1]))["layers"]
+    layers = skopeo_raw(registry, "%s@%s" % (repository, digests[1]))["layers"]
     assert sorted((d["name"], "sha256:" + d["digest"]["sha256"]) for d in definition["resolvedDependencies"]) == sorted(
         (layer["annotations"]["org.opencontainers.image.title"], layer["digest"]) for layer in layers
     )
@@ -203,7 +210,7 @@ def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, registry_plain,
     assert definition["internalParameters"]["version"]
 
     # The SBOM lists exactly the installed packages of the ext4 rootfs.
-    sbom = json.loads(referrer_layer(registry_plain, repository, entries[CYCLONEDX], index_digest))
+    sbom = json.loads(referrer_layer(registry, repository, entries[CYCLONEDX], index_digest))
     assert sbom["bomFormat"] == "CycloneDX" and sbom["specVersion"] == "1.5"
     assert {c["name"]: c["version"] for c in sbom["components"]} == INSTALLED
     assert {c["purl"] for c in sbom["components"]} == {
@@ -215,11 +222,11 @@ def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, registry_plain,
     assert ansible.module(SIGN, args, check=True)["changed"] is False
     again = ansible.module(SIGN, args)
     assert again["changed"] is False, again
-    assert referrer_entries(registry_plain, repository, index_digest) == entries
+    assert referrer_entries(registry, repository, index_digest) == entries
 
     # Info reports them, and with the key, the verdicts.
     trusted = [keys["first"]["pub"]]
-    info = ansible.module(INFO, dict(registry_plain.registry_args, name=reference, signature_keys=trusted))
+    info = ansible.module(INFO, dict(registry.registry_args, name=reference, signature_keys=trusted))
     assert info["provenance"]["referrers"] == [entries[IN_TOTO]["digest"]]
     assert info["provenance"]["verified"]["keyid"] == keys["first"]["fingerprint"]
     assert info["sbom"]["referrers"] == [entries[CYCLONEDX]["digest"]]
