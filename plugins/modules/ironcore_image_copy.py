@@ -70,10 +70,10 @@ options:
         the source lacks keeps them, and the source's signers are appended.
       - Only C(.sig) layers that are simple-signing payloads naming the digest travel (others can never verify),
         and a merged C(.sig) stops at the 64 signers a verifier reads, the destination's own first.
+      - A referrer is listed at the destination the way it supports (its referrers API, else the tag schema).
       - With O(source.mirrors), signatures and referrers are listed at the origin, and at the mirrors only when the
         origin cannot answer. From a mirror, only what can be verified on its own is carried (C(.sig) signatures
         and signed provenance of the digest); the rest is reported in RV(referrers_left_out).
-      - A referrer is listed at the destination the way it supports (its referrers API, else the tag schema).
     type: bool
     default: true
   allow_shared_dest:
