@@ -48,6 +48,18 @@ registry_tls = _registry_fixture("tls", tls=True, auth="htpasswd")
 # TLS and `auth: token` with the tests' own token server.
 registry_token = _registry_fixture("token", tls=True, auth="token")
 
+from helpers.referrers_registry import start_referrers_registry  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def registry_referrers(tmp_path_factory):
+    """Plain HTTP, anonymous, with the OCI referrers API (tests/helpers/referrers_registry.py)."""
+    registry = start_referrers_registry("referrers", str(tmp_path_factory.mktemp("registry-referrers")))
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
 
 @pytest.fixture
 def fault_proxy():

@@ -84,6 +84,10 @@ options:
         fail over, never deliver other content."
       - When O(name) is a digest reference (or the module's C(digest) option pins one), the origin is not
         contacted at all, so a site whose mirrors are warm works with the origin down.
+      - Signatures and referrers (provenance, SBOM, block index) are listed at the origin, through its referrers
+        API or else its C(sha256-<hex>) tag schema, and at the mirrors the same way only when the origin cannot
+        answer. Each is checked on its own (a signature or provenance against the trusted keys and the digest, a
+        block index by the digest of the layer it rebuilds), so a mirror can leave one out, never make one pass.
       - A blob transfer that breaks on one source continues at the same byte on the next one (HTTP C(Range));
         every request whose length is known asks for exactly that range (C(bytes=X-Y)), a delta's ranges
         included. A mirror that answers a C(Range) request with C(200) and the whole blob is dropped unread and not

@@ -782,6 +782,35 @@ class RegistryClient:
             return {"digest": digest, "mediaType": media_type, "size": len(data)}
         return {"digest": digest, "mediaType": _media_type(response.headers.get("Content-Type")), "size": int(length)}
 
+    def get_referrers(self, repository: str, subject_digest: str, artifact_type: str | None = None) -> bytes | None:
+        """The body of GET /v2/<repository>/referrers/<digest> (an index, at most 4 MiB), or None on 404.
+
+        A registry without the referrers API (distribution 2.8) answers 404;
+        one with it answers 200 even for a subject without referrers.
+        """
+        what = "listing the referrers of %s in %s/%s" % (subject_digest, self.registry, repository)
+        response = self.request(
+            "GET",
+            self.url(repository, "referrers", subject_digest),
+            what=what,
+            repository=repository,
+            headers={"Accept": OCI_INDEX},
+            params={"artifactType": artifact_type} if artifact_type else None,
+            ok=(200, 404),
+            stream=True,
+        )
+        try:
+            if response.status_code == 404:
+                return None
+            data = bytearray()
+            for chunk in BlobStream(response, 0, what, self).iter_chunks(65536):
+                data += chunk
+                if len(data) > MAX_DOCUMENT_SIZE:
+                    raise RegistryError("%s failed: the registry answered with more than 4 MiB; refusing it" % what)
+        finally:
+            response.close()
+        return bytes(data)
+
     def head_blob(self, repository: str, digest: str, actions: t.Sequence[str] = ("pull",)) -> int | None:
         """The size of a blob the repository holds, or None when it does not."""
         response = self.request(

@@ -51,6 +51,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._signatures import 
     OCI_CONFIG,
     names_this_digest,
     signature_config,
+    verifiable_from_mirror,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._store import ImageDestination, ImageSource
 from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter
@@ -105,6 +106,8 @@ class CopyPlan:
     roots: list[NamedRoot]
     graph: Graph
     attachments: list[Attachment] = field(default_factory=list)
+    # Referrers a mirror listed that cannot be verified on their own: not carried (see plan_attachments).
+    left_out: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def main(self) -> NamedRoot:
@@ -162,13 +165,23 @@ def plan_copy(source: ImageSource, names: t.Sequence[tuple[str, str]], carry: Si
         NamedRoot(name, _recorded(descriptor), graph.by_digest[str(descriptor["digest"])])
         for name, descriptor in resolved
     ]
-    attachments = plan_attachments(source, graph, carry) if carry is not None else []
-    return CopyPlan(roots=roots, graph=graph, attachments=attachments)
+    plan = CopyPlan(roots=roots, graph=graph)
+    if carry is not None:
+        plan.attachments = plan_attachments(source, graph, carry, plan.left_out)
+    return plan
 
 
-def plan_attachments(source: ImageSource, graph: Graph, names: SignatureNames) -> list[Attachment]:
-    """The signatures and referrers of every document of `graph`, and of every referrer found, each walked."""
-    store = t.cast(Store, source)
+def plan_attachments(
+    source: ImageSource, graph: Graph, names: SignatureNames, left_out: list[dict[str, str]] | None = None
+) -> list[Attachment]:
+    """The signatures and referrers of every document of `graph`, and of every referrer found, each walked.
+
+    Referrers that a mirror listed (the origin could not answer) are carried
+    only when they can be verified on their own (a signed provenance of this
+    digest); the others go to `left_out`, so that a mirror cannot have a
+    copy publish an SBOM or a block index it made up. `.sig` signatures name
+    their digest and are verified against keys by whoever uses them.
+    """
     found: list[Attachment] = []
     pending = [document.digest for document in graph.documents]
     seen: set[str] = set()
@@ -182,7 +195,19 @@ def plan_attachments(source: ImageSource, graph: Graph, names: SignatureNames) -
         if descriptor is not None:
             document, reached = _walk_one(source, _recorded(descriptor))
             found.append(Attachment(digest, document, reached, (signature_name, names.destination(digest))))
-        for referrer in list_referrers(store, digest):
+        for referrer in list_referrers(source, digest):
+            mirror = source.listed_by_mirror(digest)
+            if mirror is not None and not verifiable_from_mirror(source, digest, referrer):
+                if left_out is not None:
+                    left_out.append(
+                        {
+                            "subject": digest,
+                            "digest": referrer.digest,
+                            "artifact_type": referrer.artifact_type,
+                            "mirror": mirror,
+                        }
+                    )
+                continue
             document, reached = _walk_one(source, referrer.descriptor)
             found.append(Attachment(digest, document, reached, referrer=referrer))
             pending.append(referrer.digest)

@@ -190,6 +190,7 @@ def copy_image(
         "referrers": len(result.referrers),
         "retries": source_store.retries + destination_store.retries,
         **store_mirror_results(source_store),
+        **({"referrers_left_out": plan.left_out} if params["source"].get("mirrors") else {}),
         "elapsed": round(result.elapsed, 3),
         "bytes_per_second": result.bytes_per_second,
         "diff": {

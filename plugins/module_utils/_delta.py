@@ -873,32 +873,21 @@ def try_delta(job: DeltaJob, find_index: IndexFinder) -> tuple[Staged | None, De
     return staged, report
 
 
-def _referrer_store(source: Source) -> t.Any:
-    """The store that lists the referrers of what `source` reads, or None for a source that has none."""
-    from ansible_collections.ironcore.image.plugins.module_utils._source import LayoutSource, RegistrySource
-    from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
-
-    # Behind mirrors (_mirrors.MirroredSource) the referrers are listed at the origin, which the tag
-    # schema needs; the ranges still go to whichever source serves the blob.
-    source = getattr(source, "origin", source)
-    if isinstance(source, RegistrySource):
-        return RegistryStore(source.client, source.ref.repository)
-    if isinstance(source, LayoutSource):
-        return LayoutStore(source.layout.path)
-    return None
-
-
 def index_finder(source: Source, manifest_digest: str) -> IndexFinder:
     """Finds a layer's block index among the platform manifest's referrers (listed once for every layer)."""
     listed: list[dict[str, t.Any]] | None = None
 
     def indexes() -> list[dict[str, t.Any]]:
         # Here, not at the top: reading a local layout must not need the registry client's HTTP library.
-        from ansible_collections.ironcore.image.plugins.module_utils._referrers import list_referrers, read_referrer
+        from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
+            list_referrers,
+            read_referrer,
+            source_store,
+        )
 
-        store = _referrer_store(source)
-        if store is None:
-            return []
+        # Behind mirrors, listed at the origin and at the mirrors when it cannot answer (as signatures
+        # are); the ranges still go to whichever source serves the blob.
+        store = source_store(source)
         found: list[dict[str, t.Any]] = []
         for referrer in list_referrers(store, manifest_digest, ARTIFACT_TYPE):
             manifest = read_referrer(store, referrer)

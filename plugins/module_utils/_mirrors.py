@@ -145,6 +145,13 @@ class RegistryMirror(RegistrySource):
     def _call(self, action: t.Callable[[], t.Any]) -> t.Any:
         return _mirror_call(self._error_type, action)
 
+    def referrers_api(self, subject_digest: str, artifact_type: str | None) -> bytes | None:
+        """The mirror registry's referrers API answer for a subject, or None when it has no such API."""
+        repository = self.ref.repository
+        return t.cast(
+            t.Optional[bytes], self._call(lambda: self.client.get_referrers(repository, subject_digest, artifact_type))
+        )
+
 
 class LayoutMirror:
     """A plain HTTP(S) root serving an OCI image layout as static files (index.json, blobs/sha256/<hex>)."""
@@ -246,6 +253,10 @@ class LayoutMirror:
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
         return self._blob_url(digest), {}
+
+    def referrers_api(self, subject_digest: str, artifact_type: str | None) -> bytes | None:
+        """Static files have no referrers API: a layout's referrers are in its index.json (the tag schema)."""
+        return None
 
 
 def open_mirror(
@@ -731,6 +742,8 @@ class MirroredStore:
         self.registry: str | None = store.registry
         self.repository: str | None = store.repository
         self._resolved: dict[str, bytes] = {}
+        # subject digest -> the mirror that listed its referrers because the origin could not
+        self._listed_by: dict[str, str] = {}
 
     @property
     def retries(self) -> int:
@@ -780,14 +793,14 @@ class MirroredStore:
         if SHA256_DIGEST_RE.fullmatch(name):
             return self.resolve(name)
         if ATTACHMENT_NAME_RE.fullmatch(name):
-            return self._attachment_name(name)
+            return self.attachment_name(name)
         if self.mirrored.resolve_tags:
             found = self._mirror_tag(name)
             if found is not None:
                 return found
         return t.cast(t.Optional[dict[str, t.Any]], self._at_origin(name, lambda: self.store.current_name(name)))
 
-    def _attachment_name(self, name: str) -> dict[str, t.Any] | None:
+    def attachment_name(self, name: str) -> dict[str, t.Any] | None:
         """A signature or referrers list of a digest: at the origin, or at the mirrors when the origin cannot answer.
 
         Unlike an image tag, what such a name points at is checked on its own
@@ -795,10 +808,11 @@ class MirroredStore:
         against its subject), so a mirror's answer cannot make a node accept
         other bytes; at worst a mirror leaves one out. That keeps a copy from
         mirrors working with the origin down without carrying less than the
-        mirrors hold.
+        mirrors hold. What a mirror listed is remembered (`listed_by_mirror`):
+        a copy carries only what can be verified from it.
         """
         try:
-            return t.cast(t.Optional[dict[str, t.Any]], self.store.current_name(name))
+            return t.cast(t.Optional[dict[str, t.Any]], self.store.attachment_name(name))
         except ImageError:
             if self.mirrored.resolve_tags:
                 raise
@@ -810,8 +824,34 @@ class MirroredStore:
                 # Most digests have no signature and no referrers: a miss is no mirror failure.
                 continue
             self._resolved[digest] = data
+            if not name.endswith(".sig"):
+                self._listed_by["sha256:" + name[len("sha256-") :]] = _label(mirror)
             return {"mediaType": media_type or declared_media_type(data), "digest": digest, "size": len(data)}
         return None
+
+    def referrers_api(self, subject_digest: str, artifact_type: str | None) -> bytes | None:
+        """The origin's referrers API answer, or the first mirror's with the API when the origin cannot answer.
+
+        None when no source that answered has the API; then _referrers reads
+        the tag schema through attachment_name(), in the same order.
+        """
+        try:
+            return t.cast(t.Optional[bytes], self.store.referrers_api(subject_digest, artifact_type))
+        except ImageError:
+            if self.mirrored.resolve_tags:
+                raise
+        for mirror in self.mirrored.mirrors:
+            try:
+                answer = mirror.referrers_api(subject_digest, artifact_type)
+            except SourceError:
+                continue
+            if answer is not None:
+                self._listed_by[subject_digest] = _label(mirror)
+                return t.cast(bytes, answer)
+        return None
+
+    def listed_by_mirror(self, subject_digest: str) -> str | None:
+        return self._listed_by.get(subject_digest)
 
     def read_document(self, digest: str, size: int) -> bytes:
         cached = self._resolved.pop(digest, None)

@@ -43,7 +43,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     OCI_MANIFEST,
     SHA256_DIGEST_RE,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
+from ansible_collections.ironcore.image.plugins.module_utils._store import ImageSource, LayoutStore, RegistryStore
 from ansible_collections.ironcore.image.plugins.module_utils._walk import (
     Document,
     WalkError,
@@ -311,64 +311,44 @@ def put_small_blob(store: Store, data: bytes) -> None:
 # ---- listing ----------------------------------------------------------------
 
 
-def list_referrers(store: Store, subject_digest: str, artifact_type: str | None = None) -> list[Referrer]:
+def source_store(source: t.Any) -> ImageSource:
+    """The store that lists the referrers and signatures of what a fetch or info source reads.
+
+    It shares the source's client (and its tokens) or its layout. Behind
+    mirrors (_mirrors.MirroredSource.over_store) they are listed the way the
+    image is read: at the origin, at the mirrors when the origin cannot answer;
+    what a mirror hands out is checked like the origin's.
+    """
+    if source.client is None:
+        return LayoutStore(source.layout.path)
+    return t.cast(ImageSource, source.over_store(RegistryStore(source.client, source.ref.repository)))
+
+
+def list_referrers(store: ImageSource, subject_digest: str, artifact_type: str | None = None) -> list[Referrer]:
     """The referrers of a subject (of one artifact type, when given); [] when it has none."""
     referrers, _by_api = _listing(store, subject_digest, artifact_type)
     return _filtered(referrers, artifact_type)
 
 
-def _listing(store: Store, subject_digest: str, artifact_type: str | None = None) -> tuple[list[Referrer], bool]:
-    """(referrers, whether the registry's referrers API answered) of a subject."""
-    tag = referrers_tag(subject_digest)
-    if isinstance(store, RegistryStore):
-        answered = _api_listing(store, subject_digest, artifact_type)
-        if answered is not None:
-            return answered, True
-    current = _tag_schema(store, tag)
+def _listing(store: ImageSource, subject_digest: str, artifact_type: str | None = None) -> tuple[list[Referrer], bool]:
+    """(referrers, whether the store's referrers API answered) of a subject: the API first, the tag schema otherwise.
+
+    The one way every caller lists referrers, through any store: a layout, a
+    registry, or a registry behind mirrors (_mirrors.MirroredStore, which asks
+    the origin first and its mirrors when the origin cannot answer).
+    """
+    where = "of %s in %s" % (subject_digest, store.describe())
+    answered = store.referrers_api(subject_digest, artifact_type)
+    if answered is not None:
+        return parse_referrers(answered, where), True
+    current = _tag_schema(store, referrers_tag(subject_digest))
     return (current[1] if current else []), False
 
 
-def _api_listing(store: RegistryStore, subject_digest: str, artifact_type: str | None) -> list[Referrer] | None:
-    """GET /v2/<repository>/referrers/<digest>, or None when the registry has no referrers API (404)."""
-    from ansible_collections.ironcore.image.plugins.module_utils._client import BlobStream
-
-    client, repository = store.client, str(store.repository)
-    what = "listing the referrers of %s in %s" % (subject_digest, store.describe())
-    response = client.request(
-        "GET",
-        client.url(repository, "referrers", subject_digest),
-        what=what,
-        repository=repository,
-        headers={"Accept": OCI_INDEX},
-        params={"artifactType": artifact_type} if artifact_type else None,
-        ok=(200, 404),
-        stream=True,
-    )
-    try:
-        if response.status_code == 404:
-            return None
-        data = bytearray()
-        for chunk in BlobStream(response, 0, what, client).iter_chunks(65536):
-            data += chunk
-            if len(data) > MAX_DOCUMENT_SIZE:
-                raise ReferrersError("%s failed: the registry answered with more than 4 MiB; refusing it" % what)
-    finally:
-        response.close()
-    return parse_referrers(bytes(data), "of %s in %s" % (subject_digest, store.describe()))
-
-
-def _tag_schema(store: Store, tag: str) -> tuple[dict[str, t.Any], list[Referrer]] | None:
+def _tag_schema(store: ImageSource, tag: str) -> tuple[dict[str, t.Any], list[Referrer]] | None:
     """(descriptor, entries) of the tag-schema index `tag`, or None when there is none."""
     where = "%s in %s" % (tag, store.describe())
-    if isinstance(store, LayoutStore):
-        # Looked up as exactly this name: the layout's other spellings of a name would find a bare `latest`.
-        try:
-            found = store.layout.refs().get(tag) if store.layout.exists() else None
-        except LayoutError as exc:
-            raise ReferrersError(str(exc)) from exc
-        descriptor = None if found is None else {k: v for k, v in found.items() if k != "annotations"}
-    else:
-        descriptor = store.current_name(tag)
+    descriptor = store.attachment_name(tag)
     if descriptor is None:
         return None
     try:
@@ -379,7 +359,7 @@ def _tag_schema(store: Store, tag: str) -> tuple[dict[str, t.Any], list[Referrer
     return descriptor, parse_referrers(data, where)
 
 
-def read_referrer(store: Store, referrer: Referrer) -> dict[str, t.Any]:
+def read_referrer(store: ImageSource, referrer: Referrer) -> dict[str, t.Any]:
     """The referrer's manifest, checked against its digest, size and the 4 MiB cap."""
     try:
         digest, size = check_descriptor(referrer.descriptor, "a referrer")

@@ -35,11 +35,13 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     layer_role,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
+    Referrer,
     ReferrerBlob,
     attach_referrer,
     list_referrers,
     put_small_blob,
     read_referrer,
+    source_store,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._sign import (
     FINGERPRINT_ANNOTATION,
@@ -357,14 +359,8 @@ def verify_digests(
 
 
 def _store_of(source: t.Any) -> Store:
-    """The store behind a fetch source, sharing its client (and its tokens) or its layout."""
-    client = getattr(source, "client", None)
-    if client is None:
-        return LayoutStore(source.layout.path)
-    store = RegistryStore(client, source.ref.repository)
-    # Behind mirrors, signatures come the way the image does; a mirror's answer is verified like the origin's.
-    over_store = getattr(source, "over_store", None)
-    return t.cast(Store, over_store(store)) if over_store is not None else store
+    """The store behind a fetch source (_referrers.source_store), typed as the stores this file writes to."""
+    return t.cast(Store, source_store(source))
 
 
 def verify_before_delivery(
@@ -461,6 +457,28 @@ def _first_layer(store: Store, referrer: t.Any, limit: int) -> bytes:
     if size > limit:
         return b""
     return _read_small_blob(store, digest, size) or b""
+
+
+def verifiable_from_mirror(store: t.Any, subject_digest: str, referrer: Referrer) -> bool:
+    """Whether a referrer that a mirror listed can be checked on its own: a signed DSSE provenance of this digest.
+
+    What else a mirror lists (an SBOM, a block index, ...) carries no signature
+    that whoever receives it could check, so the mirror may have made it up; a
+    copy carries such referrers only from the origin. The signatures are
+    checked against keys where the provenance is used (fetch's require_provenance).
+    """
+    if referrer.artifact_type != _provenance.PROVENANCE_ARTIFACT_TYPE:
+        return False
+    try:
+        subject = read_referrer(store, referrer).get("subject")
+        if not isinstance(subject, dict) or subject.get("digest") != subject_digest:
+            return False
+        opened = _provenance.open_envelope(_first_layer(store, referrer, _provenance.MAX_ENVELOPE_SIZE))
+        digests, _predicate_type = _provenance.subject_digests(opened.payload)
+    except ImageError:
+        return False
+    signed = all(isinstance(sig, str) and sig for _keyid, sig in opened.signatures)
+    return signed and subject_digest in digests
 
 
 def _referrer_blobs(store: Store, subject_digest: str, artifact_type: str, limit: int) -> list[bytes]:

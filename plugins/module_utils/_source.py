@@ -95,6 +95,13 @@ def _check_document(data: bytes, digest: str, what: str) -> bytes:
 class LayoutSource:
     """An image in a local OCI image layout (as written by ironcore_image_build or skopeo)."""
 
+    # What _referrers.source_store() asks every source: its client (none), its layout, the wrapper of its store.
+    client = None
+
+    @staticmethod
+    def over_store(store: t.Any) -> t.Any:
+        return store
+
     def __init__(self, path: str, ref: ImageReference, name: str):
         self.layout = OciLayout(path)
         self.ref = ref
@@ -160,6 +167,13 @@ class LayoutSource:
 
 class RegistrySource:
     """An image in an OCI registry, through the collection's registry client."""
+
+    # What _referrers.source_store() asks every source: its client, its layout (none), the wrapper of its store.
+    layout = None
+
+    @staticmethod
+    def over_store(store: t.Any) -> t.Any:
+        return store
 
     def __init__(
         self,

@@ -87,6 +87,15 @@ class ImageSource(t.Protocol):
 
     def read_document(self, digest: str, size: int) -> bytes: ...
 
+    def attachment_name(self, name: str) -> dict[str, t.Any] | None:
+        """The descriptor of a signature or referrers-tag name (`sha256-<hex>[.sig]`), looked up exactly as given."""
+
+    def referrers_api(self, subject_digest: str, artifact_type: str | None) -> bytes | None:
+        """The store's own referrers list of a subject (the registry's API answer), or None when it has none."""
+
+    def listed_by_mirror(self, subject_digest: str) -> str | None:
+        """The mirror that listed a subject's attachments because the origin could not; None for the store's own."""
+
     def check_blob(self, digest: str, size: int) -> None: ...
 
     def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream: ...
@@ -186,6 +195,20 @@ class LayoutStore:
                 if annotations:
                     descriptor["annotations"] = annotations
                 return descriptor
+        return None
+
+    def attachment_name(self, name: str) -> dict[str, t.Any] | None:
+        # Exactly this name: the other spellings current_name() tries would find a bare `latest`.
+        found = self._refs().get(name)
+        if found is None:
+            return None
+        return {key: value for key, value in found.items() if key != "annotations"}
+
+    def referrers_api(self, subject_digest: str, artifact_type: str | None) -> bytes | None:
+        """A layout has no referrers API: its referrers are in the tag schema."""
+        return None
+
+    def listed_by_mirror(self, subject_digest: str) -> str | None:
         return None
 
     def resolve(self, name: str) -> dict[str, t.Any]:
@@ -486,6 +509,15 @@ class RegistryStore:
             return cached
         data, _media_type, _digest = self.client.get_manifest(str(self.repository), digest)
         return data
+
+    def attachment_name(self, name: str) -> dict[str, t.Any] | None:
+        return self.current_name(name)
+
+    def referrers_api(self, subject_digest: str, artifact_type: str | None) -> bytes | None:
+        return self.client.get_referrers(str(self.repository), subject_digest, artifact_type)
+
+    def listed_by_mirror(self, subject_digest: str) -> str | None:
+        return None
 
     def check_blob(self, digest: str, size: int) -> None:
         """Nothing to check up front: the bytes are verified as they arrive."""

@@ -71,6 +71,9 @@ options:
       - Only C(.sig) layers that are simple-signing payloads naming the digest travel (others can never verify),
         and a merged C(.sig) stops at the 64 signers a verifier reads, the destination's own first.
       - A referrer is listed at the destination the way it supports (its referrers API, else the tag schema).
+      - With O(source.mirrors), signatures and referrers are listed at the origin, and at the mirrors only when the
+        origin cannot answer. From a mirror, only what can be verified on its own is carried (C(.sig) signatures
+        and signed provenance of the digest); the rest is reported in RV(referrers_left_out).
     type: bool
     default: true
   allow_shared_dest:
@@ -193,6 +196,20 @@ mirror_errors:
   description:
     - With O(source.mirrors) only. Each time a mirror failed and the next source was asked instead, with C(url),
       C(digest) (the blob or document asked for, or the tag) and C(reason) (one line).
+  returned: when O(source.mirrors) is given
+  type: list
+  elements: dict
+  sample: []
+  version_added: 0.2.0
+referrers_left_out:
+  description:
+    - With O(source.mirrors) only. The referrers a mirror listed, because the origin could not answer, that were
+      not copied, since they cannot be verified on their own (an SBOM or a block index carries no signature, so a
+      mirror could have made it up). A signed provenance whose statement names the digest, and C(.sig)
+      signatures, are carried from a mirror; everything else only from the origin.
+    - Each entry has C(subject) (the digest the referrer is about), C(digest) (the referrer manifest),
+      C(artifact_type) and C(mirror) (the url of the mirror that listed it). Copy again while the origin answers
+      to carry them.
   returned: when O(source.mirrors) is given
   type: list
   elements: dict

@@ -9,6 +9,7 @@ import subprocess
 import urllib.request
 
 import pytest
+from helpers.referrers_registry import ReferrersRegistry, api_listing
 
 MODULE = "ironcore.image.ironcore_image_build"
 NAME = "registry.example.com/os/gardenlinux:2.0"
@@ -276,18 +277,23 @@ def test_tar_gzip_layers_get_no_block_index(ansible, rootfs, boot_files, tmp_pat
 # ---- push carries the referrers (the referrers engineer's carrying, step 2) ----------------------------------------
 
 
-def test_push_carries_the_block_index_to_the_registry(ansible, rootfs, boot_files, tmp_path, registry_plain):
-    """distribution 2.8 has no referrers API: the index is found through the sha256-<hex> tag, read with skopeo."""
+@pytest.mark.parametrize("fixture", ["registry_plain", "registry_referrers"])
+def test_push_carries_the_block_index_to_the_registry(ansible, rootfs, boot_files, tmp_path, request, fixture):
+    """distribution 2.8 has no referrers API: the index is found through the sha256-<hex> tag, read with skopeo.
+
+    A registry with the API lists it itself: no tag is written, the API's answer lists it.
+    """
+    registry = request.getfixturevalue(fixture)
     layout = str(tmp_path / "layout")
     built = ansible.module(MODULE, build_args(layout, rootfs, boot_files, platforms=["virtualization"]))
-    repository = "%s/blockindex/os" % registry_plain.host
-    args = {"layout": layout, "name": NAME, "destination": repository + ":2.0", **registry_plain.registry_args}
+    repository = "%s/blockindex/os" % registry.host
+    args = {"layout": layout, "name": NAME, "destination": repository + ":2.0", **registry.registry_args}
     pushed = ansible.module("ironcore.image.ironcore_image_push", args)
     assert pushed.get("failed") is not True, pushed
 
     def remote(reference: str) -> bytes:
         proc = subprocess.run(
-            ["skopeo", "inspect", "--raw", *registry_plain.skopeo_flags(), "docker://%s%s" % (repository, reference)],
+            ["skopeo", "inspect", "--raw", *registry.skopeo_flags(), "docker://%s%s" % (repository, reference)],
             check=False,
             capture_output=True,
         )
@@ -298,13 +304,23 @@ def test_push_carries_the_block_index_to_the_registry(ansible, rootfs, boot_file
     assert remote(":2.0") == skopeo_raw(layout, NAME)
     (manifest,) = built["manifests"]
     (attached,) = attached_indexes(layout, manifest["digest"])
-    referrers = json.loads(remote(":" + manifest["digest"].replace(":", "-", 1)))
+    tag = manifest["digest"].replace(":", "-", 1)
+    if isinstance(registry, ReferrersRegistry):
+        referrers = api_listing(registry, "blockindex/os", manifest["digest"], INDEX_MEDIA_TYPE)
+        tags = subprocess.run(
+            ["skopeo", "list-tags", *registry.skopeo_flags(), "docker://%s" % repository],
+            check=True,
+            capture_output=True,
+        )
+        assert tag not in json.loads(tags.stdout)["Tags"]
+    else:
+        referrers = json.loads(remote(":" + tag))
     (entry,) = [entry for entry in referrers["manifests"] if entry.get("artifactType") == INDEX_MEDIA_TYPE]
     remote_referrer = remote("@" + entry["digest"])
     assert json.loads(remote_referrer) == attached[0]
     index_layer = attached[1]
     with urllib.request.urlopen(
-        "http://%s/v2/blockindex/os/blobs/%s" % (registry_plain.host, index_layer["digest"]), timeout=60
+        "http://%s/v2/blockindex/os/blobs/%s" % (registry.host, index_layer["digest"]), timeout=60
     ) as response:
         data = response.read()
     assert data == layout_blob(layout, index_layer["digest"])

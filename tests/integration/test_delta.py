@@ -9,6 +9,7 @@ faults can attach wrong ones. Every result is read back with cmp.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -20,6 +21,9 @@ from helpers.counting import ByteCountingProxy
 from helpers.images import skopeo_push
 from helpers.inventory import local_host, outcomes, provision_slug, write_inventory
 from helpers.layout_server import LayoutServer
+
+from helpers.referrers_registry import ReferrersRegistry
+from helpers.registry import free_port
 
 from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
     ARTIFACT_TYPE,
@@ -430,11 +434,17 @@ def test_the_provision_role_updates_a_hypervisor_and_a_boot_server_from_a_to_b(
     assert same_bytes(str(tmp_path / "pool" / (provision_slug(a.name) + ".raw")), a.path)
 
 
+@pytest.mark.parametrize("fixture", ["registry_plain", "registry_referrers"])
 def test_images_built_and_pushed_by_the_collection_carry_the_index_the_delta_uses(
-    ansible, registry_plain, releases, tmp_path
+    ansible, request, fixture, releases, tmp_path
 ):
-    """The way a new user gets there: ironcore_image_build writes the index, ironcore_image_push carries it."""
-    names = {}
+    """The way a new user gets there: ironcore_image_build writes the index, ironcore_image_push carries it.
+
+    To a registry with the referrers API too (no referrers tag there), and read through a mirror with the
+    origin down: the index is listed at the mirror then.
+    """
+    registry = request.getfixturevalue(fixture)
+    names, digests = {}, {}
     for release in ("a", "b"):
         layout = str(tmp_path / ("layout-" + release))
         name = "registry.example.com/os/built:%s" % release
@@ -448,17 +458,41 @@ def test_images_built_and_pushed_by_the_collection_carry_the_index_the_delta_use
             },
         )
         assert built["changed"] is True, built
-        names[release] = "%s/delta/built:%s" % (registry_plain.host, release)
+        names[release] = "%s/delta/built:%s" % (registry.host, release)
         pushed = ansible.module(
             "ironcore.image.ironcore_image_push",
-            dict(registry_plain.registry_args, layout=layout, name=name, destination=names[release]),
+            dict(registry.registry_args, layout=layout, name=name, destination=names[release]),
         )
         assert pushed["changed"] is True, pushed
+        digests[release] = pushed["digest"]
     dest = str(tmp_path / "dest")
-    first = fetch(ansible, registry_plain, names["a"], dest)
+    first = fetch(ansible, registry, names["a"], dest)
     assert first["files"]["rootfs"]["delta"] == {"used": False, "reason": "no seed to build from"}, first
-    second = fetch(ansible, registry_plain, names["b"], dest)
+    second = fetch(ansible, registry, names["b"], dest)
     delta = second["files"]["rootfs"]["delta"]
     assert delta["used"] is True, delta
     assert delta["fetched_bytes"] < 0.3 * releases["b"].layer_size, delta
     assert same_bytes(os.path.join(dest, "rootfs"), releases["b"].path)
+    if isinstance(registry, ReferrersRegistry):
+        assert not [tag for tag in tags_of(registry, "delta/built") if tag.startswith("sha256-")]
+
+    # Through a mirror (here the same registry under its own address) while the origin is down.
+    (tmp_path / "mirrored").mkdir()
+    seeded = dest_with_release_a(tmp_path / "mirrored", releases)
+    dead = "127.0.0.1:%d/delta/built@%s" % (free_port(), digests["b"])
+    mirrors = [{"url": "http://%s" % registry.host, "repository": "delta/built"}]
+    mirrored = fetch(ansible, registry, dead, seeded, mirrors=mirrors)
+    assert mirrored.get("failed") is not True, mirrored.get("msg")
+    delta = mirrored["files"]["rootfs"]["delta"]
+    assert delta["used"] is True, delta
+    assert mirrored["bytes_from_origin"] == 0
+    assert same_bytes(os.path.join(seeded, "rootfs"), releases["b"].path)
+
+
+def tags_of(registry, repository: str) -> list[str]:
+    proc = subprocess.run(
+        ["skopeo", "list-tags", *registry.skopeo_flags(), "docker://%s/%s" % (registry.host, repository)],
+        capture_output=True,
+        check=True,
+    )
+    return list(json.loads(proc.stdout)["Tags"])

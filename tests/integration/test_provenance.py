@@ -17,7 +17,9 @@ import os
 import subprocess
 
 import pytest
+from helpers.counting import ByteCountingProxy
 from helpers.inventory import local_host, write_inventory
+from helpers.referrers_registry import ReferrersRegistry, api_listing, start_referrers_registry
 from helpers.registry import blob_data_path
 from helpers.signing import (
     assert_refused,
@@ -32,12 +34,18 @@ from helpers.signing import (
     skopeo_raw,
 )
 
+from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
+from ansible_collections.ironcore.image.plugins.module_utils._referrers import ReferrerBlob, attach_referrer
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import registry_options
+from ansible_collections.ironcore.image.plugins.module_utils._store import RegistryStore
+
 pytestmark = pytest.mark.integration
 
 BUILD = "ironcore.image.ironcore_image_build"
 PUSH = "ironcore.image.ironcore_image_push"
 SIGN = "ironcore.image.ironcore_image_sign"
 FETCH = "ironcore.image.ironcore_image_fetch"
+COPY = "ironcore.image.ironcore_image_copy"
 INFO = "ironcore.image.ironcore_image_info"
 NAME = "registry.example.com/os/attested:1.0"
 IN_TOTO = "application/vnd.in-toto+json"
@@ -113,8 +121,13 @@ def push(ansible, registry, layout: str, repository: str) -> str:
 
 
 def referrer_entries(registry, repository: str, digest: str) -> dict[str, dict]:
-    """{artifactType: descriptor} of the sha256-<hex> tag-schema index, read by skopeo."""
-    index = skopeo_raw(registry, "%s:%s" % (repository, digest.replace(":", "-")))
+    """{artifactType: descriptor} of the sha256-<hex> tag-schema index read by skopeo, or of the referrers API."""
+    if isinstance(registry, ReferrersRegistry):
+        # The registry lists them itself: no tag-schema index was written.
+        assert digest.replace(":", "-") not in tags_of(registry, repository.split("/", 1)[1])
+        index = api_listing(registry, repository.split("/", 1)[1], digest)
+    else:
+        index = skopeo_raw(registry, "%s:%s" % (repository, digest.replace(":", "-")))
     assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
     entries = {}
     for entry in index["manifests"]:
@@ -144,35 +157,37 @@ def keys(tmp_path_factory):
     return {"first": make_key(directory, "first"), "stranger": make_key(directory, "stranger")}
 
 
-def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, registry_plain, keys, tmp_path):
+@pytest.mark.parametrize("fixture", ["registry_plain", "registry_referrers"])
+def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, request, fixture, keys, tmp_path):
+    registry = request.getfixturevalue(fixture)
     layout = build(ansible, tmp_path / "image")
-    reference = push(ansible, registry_plain, layout, "attest/reg")
+    reference = push(ansible, registry, layout, "attest/reg")
     repository = reference.rsplit(":", 1)[0]
-    args = dict(registry_plain.registry_args, name=reference, key=keys["first"]["key"], provenance=True, sbom=True)
+    args = dict(registry.registry_args, name=reference, key=keys["first"]["key"], provenance=True, sbom=True)
 
     # Check mode writes nothing: no tag-schema index appears.
-    digests = image_digests(registry_plain, reference)
+    digests = image_digests(registry, reference)
     index_digest = digests[0]
     checked = ansible.module(SIGN, args, check=True)
     assert checked["changed"] is True and checked["provenance"]["referrer"] is None, checked
     assert checked["sbom"]["packages"] == 2
     listing = "docker://%s:%s" % (repository, index_digest.replace(":", "-"))
     proc = subprocess.run(
-        ["skopeo", "inspect", "--raw", *registry_plain.skopeo_flags(), listing], capture_output=True, check=False
+        ["skopeo", "inspect", "--raw", *registry.skopeo_flags(), listing], capture_output=True, check=False
     )
     assert proc.returncode != 0
 
     signed = ansible.module(SIGN, args)
     assert signed["changed"] is True, signed
     assert signed["digest"] == index_digest
-    entries = referrer_entries(registry_plain, repository, index_digest)
+    entries = referrer_entries(registry, repository, index_digest)
     assert sorted(entries) == [CYCLONEDX, IN_TOTO]
     assert signed["provenance"]["referrer"] == entries[IN_TOTO]["digest"]
     assert signed["sbom"]["referrer"] == entries[CYCLONEDX]["digest"]
     assert signed["sbom"]["packages"] == 2
 
     # The DSSE envelope: its signature verifies over the PAE with openssl, by the signing key only.
-    envelope = json.loads(referrer_layer(registry_plain, repository, entries[IN_TOTO], index_digest))
+    envelope = json.loads(referrer_layer(registry, repository, entries[IN_TOTO], index_digest))
     assert envelope["payloadType"] == IN_TOTO
     body = base64.b64decode(envelope["payload"])
     [signature] = envelope["signatures"]
@@ -187,7 +202,7 @@ def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, registry_plain,
     assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
     assert statement["subject"] == [{"name": repository, "digest": {"sha256": index_digest.split(":")[1]}}]
     definition = statement["predicate"]["buildDefinition"]
-    layers = skopeo_raw(registry_plain, "%s@%s" % (repository, digests[1]))["layers"]
+    layers = skopeo_raw(registry, "%s@%s" % (repository, digests[1]))["layers"]
     assert sorted((d["name"], "sha256:" + d["digest"]["sha256"]) for d in definition["resolvedDependencies"]) == sorted(
         (layer["annotations"]["org.opencontainers.image.title"], layer["digest"]) for layer in layers
     )
@@ -195,7 +210,7 @@ def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, registry_plain,
     assert definition["internalParameters"]["version"]
 
     # The SBOM lists exactly the installed packages of the ext4 rootfs.
-    sbom = json.loads(referrer_layer(registry_plain, repository, entries[CYCLONEDX], index_digest))
+    sbom = json.loads(referrer_layer(registry, repository, entries[CYCLONEDX], index_digest))
     assert sbom["bomFormat"] == "CycloneDX" and sbom["specVersion"] == "1.5"
     assert {c["name"]: c["version"] for c in sbom["components"]} == INSTALLED
     assert {c["purl"] for c in sbom["components"]} == {
@@ -207,11 +222,11 @@ def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, registry_plain,
     assert ansible.module(SIGN, args, check=True)["changed"] is False
     again = ansible.module(SIGN, args)
     assert again["changed"] is False, again
-    assert referrer_entries(registry_plain, repository, index_digest) == entries
+    assert referrer_entries(registry, repository, index_digest) == entries
 
     # Info reports them, and with the key, the verdicts.
     trusted = [keys["first"]["pub"]]
-    info = ansible.module(INFO, dict(registry_plain.registry_args, name=reference, signature_keys=trusted))
+    info = ansible.module(INFO, dict(registry.registry_args, name=reference, signature_keys=trusted))
     assert info["provenance"]["referrers"] == [entries[IN_TOTO]["digest"]]
     assert info["provenance"]["verified"]["keyid"] == keys["first"]["fingerprint"]
     assert info["sbom"]["referrers"] == [entries[CYCLONEDX]["digest"]]
@@ -472,3 +487,151 @@ def test_build_playbook_attaches_both_and_provision_playbook_requires_provenance
     rc, document, stderr = ansible.playbook(os.path.join(REPO, "playbooks", "provision.yml"), inventory=inventory)
     assert rc == 0, (json.dumps(document)[-3000:], stderr)
     assert any(boot.iterdir())
+
+
+# ---- a registry with the referrers API, directly and behind mirrors -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api_mirror(tmp_path_factory):
+    """A second registry with the referrers API, to hold a mirror's copy."""
+    mirror = start_referrers_registry("mirror-api", str(tmp_path_factory.mktemp("mirror-api")))
+    try:
+        yield mirror
+    finally:
+        mirror.stop()
+
+
+@pytest.fixture(scope="module")
+def built(ansible, tmp_path_factory) -> str:
+    return build(ansible, tmp_path_factory.mktemp("attest-api") / "image")
+
+
+def tags_of(registry, repository: str) -> list[str]:
+    proc = subprocess.run(
+        ["skopeo", "list-tags", *registry.skopeo_flags(), "docker://%s/%s" % (registry.host, repository)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(proc.stdout)["Tags"]
+
+
+def forge_sbom(registry, repository: str, subject: dict) -> str:
+    """A CycloneDX SBOM for the real digest that its publisher never made, attached at `registry` only."""
+    store = RegistryStore(RegistryClient(registry.host, registry_options(registry.registry_args)), repository)
+    forged = json.dumps({"bomFormat": "CycloneDX", "specVersion": "1.5", "components": [{"name": "backdoor"}]})
+    blob = ReferrerBlob(CYCLONEDX, data=forged.encode())
+    return attach_referrer(store, subject, CYCLONEDX, [blob])[1]
+
+
+def fetch_args(registry, reference: str, dest, keys_given, **extra) -> dict:
+    args = dict(registry.registry_args, name=reference, dest=str(dest), platform="baremetal", architecture="amd64")
+    args.update(signature_keys=keys_given, require_provenance=True, **extra)
+    return args
+
+
+@pytest.mark.parametrize("mirror_kind", ["api", "tag_schema"])
+def test_provenance_and_sbom_from_an_api_registry_directly_and_through_a_mirror(
+    ansible, registry_referrers, registry_plain, api_mirror, built, keys, tmp_path, mirror_kind
+):
+    """The origin has the referrers API; the mirror has it too, or keeps the tag schema. Both up, then the origin down.
+
+    Fetch with require_provenance delivers either way. A copy with source.mirrors carries the provenance and the
+    SBOM from the origin; with the origin down, only what it can verify from the mirror (the signed provenance),
+    and says what it left out: the SBOM, and an SBOM the mirror made up.
+    """
+    mirror = api_mirror if mirror_kind == "api" else registry_plain
+    repository = "attest/api-%s" % mirror_kind
+    # The origin is reached through a relay that is stopped later: the same name, then nothing listening.
+    relay = ByteCountingProxy(registry_referrers.host)
+    try:
+        reference = "%s/%s:1.0" % (relay.host, repository)
+        pushed = ansible.module(
+            PUSH, dict(registry_referrers.registry_args, layout=built, name=NAME, destination=reference)
+        )
+        assert pushed["changed"] is True, pushed
+        args = dict(registry_referrers.registry_args, name=reference, key=keys["first"]["key"])
+        signed = ansible.module(SIGN, dict(args, provenance=True, sbom=True))
+        assert signed.get("failed") is not True, signed
+        digest = signed["digest"]
+        provenance, sbom = signed["provenance"]["referrer"], signed["sbom"]["referrer"]
+        # The registry indexed both itself: no sha256-<hex> tag was written.
+        assert [entry["digest"] for entry in registry_referrers.referrers(repository, digest)] == [provenance, sbom]
+        assert not any(
+            tag.startswith("sha256-") and not tag.endswith(".sig") for tag in tags_of(registry_referrers, repository)
+        )
+
+        # Directly: fetch finds the provenance through the API.
+        trusted = [keys["first"]["pub"]]
+        direct = ansible.module(FETCH, fetch_args(registry_referrers, reference, tmp_path / "direct", trusted))
+        assert direct.get("failed") is not True, direct.get("msg")
+        assert direct["provenance"]["verified"] is True
+
+        # The mirror's copy, made by the copy module from the origin (no mirrors: the API lists both).
+        cache = "cache/attest-%s" % mirror_kind
+        mirrored = {"url": "http://%s" % mirror.host, "repository": cache}
+        copied = ansible.module(
+            COPY,
+            {
+                "source": dict(registry_referrers.registry_args, name=reference),
+                "destination": dict(mirror.registry_args, name="%s/%s:1.0" % (mirror.host, cache)),
+            },
+        )
+        assert copied.get("failed") is not True, copied.get("msg")
+        assert copied["referrers"] == 2 and copied["signatures"] >= 1, copied
+        if mirror_kind == "api":
+            assert [entry["digest"] for entry in mirror.referrers(cache, digest)] == [provenance, sbom]
+        else:
+            assert set(referrer_entries(mirror, "%s/%s" % (mirror.host, cache), digest)) == {IN_TOTO, CYCLONEDX}
+        index = skopeo_bytes(mirror, "%s/%s@%s" % (mirror.host, cache, digest))
+        subject = {"mediaType": json.loads(index)["mediaType"], "digest": digest, "size": len(index)}
+        forged = forge_sbom(mirror, cache, subject)
+
+        # Origin up, behind the mirror: the provenance is found at the origin.
+        up = ansible.module(
+            FETCH, fetch_args(registry_referrers, reference, tmp_path / "up", trusted, mirrors=[mirrored])
+        )
+        assert up.get("failed") is not True, up.get("msg")
+        assert up["provenance"]["verified"] is True
+        # A copy with source.mirrors takes the referrers from the origin, which lacks the forged one.
+        source = dict(registry_referrers.registry_args, name=reference, mirrors=[mirrored])
+        into = "carried/%s-up" % mirror_kind
+        destination = dict(registry_plain.registry_args, name="%s/%s:1.0" % (registry_plain.host, into))
+        carried = ansible.module(COPY, {"source": source, "destination": destination})
+        assert carried.get("failed") is not True, carried.get("msg")
+        assert carried["referrers"] == 2 and carried["referrers_left_out"] == [], carried
+        entries = referrer_entries(registry_plain, "%s/%s" % (registry_plain.host, into), digest)
+        assert {entry["digest"] for entry in entries.values()} == {provenance, sbom}
+    finally:
+        relay.stop()
+
+    # Origin down, digest pinned: fetch verifies the provenance from the mirror.
+    pinned = reference.rsplit(":", 1)[0] + "@" + digest
+    down = ansible.module(FETCH, fetch_args(registry_referrers, pinned, tmp_path / "down", trusted, mirrors=[mirrored]))
+    assert down.get("failed") is not True, down.get("msg")
+    assert down["provenance"]["verified"] is True and down["bytes_from_origin"] == 0
+    # A copy carries the signed provenance from the mirror, and leaves out both SBOMs, saying so.
+    into = "carried/%s-down" % mirror_kind
+    source = dict(registry_referrers.registry_args, name=pinned, mirrors=[mirrored])
+    destination = dict(registry_plain.registry_args, name="%s/%s:1.0" % (registry_plain.host, into))
+    carried = ansible.module(COPY, {"source": source, "destination": destination})
+    assert carried.get("failed") is not True, carried.get("msg")
+    assert carried["referrers"] == 1, carried
+    left_out = sorted(carried["referrers_left_out"], key=lambda entry: entry["digest"])
+    expected = [
+        {"subject": digest, "digest": left, "artifact_type": CYCLONEDX, "mirror": mirrored["url"]}
+        for left in sorted([sbom, forged])
+    ]
+    assert left_out == expected
+    assert {
+        entry["digest"]
+        for entry in referrer_entries(registry_plain, "%s/%s" % (registry_plain.host, into), digest).values()
+    } == {provenance}
+    # What was carried verifies at the destination as it did at the origin.
+    at_destination = "%s/%s@%s" % (registry_plain.host, into, digest)
+    again = ansible.module(
+        FETCH, fetch_args(registry_plain, at_destination, tmp_path / "again", trusted, require_signature=False)
+    )
+    assert again.get("failed") is not True, again.get("msg")
+    assert again["provenance"]["verified"] is True

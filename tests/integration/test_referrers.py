@@ -13,6 +13,8 @@ import json
 import multiprocessing
 import os
 import subprocess
+import urllib.parse
+import urllib.request
 
 import pytest
 from helpers.images import build_ours, push_built_image
@@ -137,6 +139,45 @@ def test_registry_tag_schema(ansible, request, fixture, tmp_path, big_file):
     after = image_bytes(lambda ref: remote(registry, "%s%s%s" % (repository, "@" if ":" in ref else ":", ref)), "1.0")
     assert after == before
     assert sorted(json.loads(skopeo_tags(registry, repository))["Tags"]) == sorted([*tags_before, tag])
+
+
+def test_registry_referrers_api(ansible, registry_referrers, tmp_path, big_file):
+    """A registry with the referrers API lists them itself: our code writes no referrers tag there."""
+    registry, repository = registry_referrers, "referrers/api"
+    _layout, subject = pushed_image(ansible, registry, tmp_path, repository)
+    tags_before = sorted(json.loads(skopeo_tags(registry, repository))["Tags"])
+    store = registry_store(registry, repository)
+    index_digest, provenance_digest = check_two_referrers(store, subject, big_file)
+
+    # No sha256-<hex> tag: skopeo lists the image's tags only, and cannot inspect the referrers tag.
+    tag = referrers_tag(subject["digest"])
+    assert sorted(json.loads(skopeo_tags(registry, repository))["Tags"]) == tags_before
+    assert not any(name.startswith("sha256-") for name in tags_before)
+    proc = subprocess.run(
+        [
+            "skopeo",
+            "inspect",
+            "--raw",
+            *registry.skopeo_flags(),
+            "docker://%s/%s:%s" % (registry.host, repository, tag),
+        ],
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode != 0
+    # The registry's API lists both, and filters by artifact type, saying so.
+    url = "http://%s/v2/%s/referrers/%s" % (registry.host, repository, subject["digest"])
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        listing = json.loads(answer.read())
+        assert answer.headers.get("OCI-Filters-Applied") is None
+    assert listing["mediaType"] == OCI_INDEX
+    assert [(e["digest"], e["artifactType"]) for e in listing["manifests"]] == [
+        (index_digest, BLOCK_INDEX),
+        (provenance_digest, IN_TOTO),
+    ]
+    with urllib.request.urlopen(url + "?artifactType=" + urllib.parse.quote(IN_TOTO), timeout=30) as answer:
+        assert answer.headers.get("OCI-Filters-Applied") == "artifactType"
+        assert [e["digest"] for e in json.loads(answer.read())["manifests"]] == [provenance_digest]
 
 
 def skopeo_tags(registry, repository: str) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -105,3 +106,37 @@ def test_a_destination_signer_is_kept_and_the_source_signer_appended(source, tmp
     config = json.loads(destination.read_document(manifest["config"]["digest"], manifest["config"]["size"]))
     assert config["rootfs"]["diff_ids"] == [layer["digest"] for layer in manifest["layers"]]
     assert not copy(source, destination).changed
+
+
+class ListedByAMirror(LayoutStore):
+    """A source whose referrers a mirror listed (the origin could not answer), as _mirrors.MirroredStore says."""
+
+    def listed_by_mirror(self, subject_digest: str) -> str | None:
+        return "http://mirror.example"
+
+
+def test_from_a_mirror_only_signatures_and_signed_provenance_travel(source, tmp_path):
+    sign_image(source, NAME, key_file(tmp_path, "second"), None, False, provenance=True)
+    index = source.resolve(NAME)["digest"]
+    [provenance] = list_referrers(source, index, "application/vnd.in-toto+json")
+    [about] = list_referrers(source, index, "application/x-about")
+    # A statement about this very digest, in an envelope without signatures: nothing anyone could verify.
+    statement = {
+        "_type": "https://in-toto.io/Statement/v1",
+        "predicateType": "https://slsa.dev/provenance/v1",
+        "subject": [{"name": "os/unit", "digest": {"sha256": index.split(":", 1)[1]}}],
+    }
+    payload = base64.b64encode(json.dumps(statement).encode()).decode()
+    unsigned = json.dumps({"payloadType": "application/vnd.in-toto+json", "payload": payload, "signatures": []})
+    subject = {key: source.resolve(NAME)[key] for key in ("mediaType", "digest", "size")}
+    blob = ReferrerBlob("application/vnd.dsse.envelope.v1+json", data=unsigned.encode())
+    _changed, bare = attach_referrer(source, subject, "application/vnd.in-toto+json", [blob])
+
+    mirrored = ListedByAMirror(source.layout.path)
+    plan = engine.plan_copy(mirrored, [(NAME, NAME)], NAMES)
+    assert sum(1 for a in plan.attachments if a.signature_names) == 5
+    assert [a.referrer.digest for a in plan.attachments if a.referrer] == [provenance.digest]
+    assert sorted(entry["digest"] for entry in plan.left_out) == sorted([about.digest, bare])
+    assert {entry["mirror"] for entry in plan.left_out} == {"http://mirror.example"}
+    # The origin's own listing carries them all.
+    assert len([a for a in engine.plan_copy(source, [(NAME, NAME)], NAMES).attachments if a.referrer]) == 4
