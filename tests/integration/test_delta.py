@@ -21,7 +21,6 @@ from helpers.counting import ByteCountingProxy
 from helpers.images import skopeo_push
 from helpers.inventory import local_host, outcomes, provision_slug, write_inventory
 from helpers.layout_server import LayoutServer
-
 from helpers.referrers_registry import ReferrersRegistry
 from helpers.registry import free_port
 
