@@ -29,6 +29,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from ansible_collections.ironcore.image.plugins.module_utils._delta import DeltaFetch
+from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError
 from ansible_collections.ironcore.image.plugins.module_utils._download import (
     PARTIAL_PREFIX,
     PARTIAL_SUFFIX,
@@ -524,7 +525,7 @@ def fetch_image(
     started = time.monotonic()
     try:
         result = _fetch(params, check_mode, apply_attributes, on_retry, warn or (lambda _message: None))
-    except (SourceError, SelectionError, DeliveryError) as exc:
+    except (SourceError, SelectionError, DocumentError, DeliveryError) as exc:
         raise FetchError(str(exc)) from exc
     except OSError as exc:
         raise FetchError("dest %s: %s" % (params["dest"], exc.strerror or exc)) from exc

@@ -17,6 +17,7 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     CHUNK_SIZE,
@@ -372,5 +373,5 @@ def read_config(source: Source, manifest: t.Mapping[str, t.Any]) -> Document | N
     data = source.read_small_blob(config["digest"], size)
     try:
         return normalise_config(parse_document(data, "config"))
-    except SelectionError:
+    except DocumentError:
         return None

@@ -1,0 +1,67 @@
+# Copyright (c) IronCore image collection contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+
+"""A digest-correct manifest nested 200,000 brackets deep, under 4 MiB, in a layout.
+
+Push, copy and sign read it through the one document parser and refuse it in
+one line, through the real ansible CLI against a real registry; nothing reaches
+the registry (its own storage is looked at), and no task ends in a raw
+MODULE FAILURE with a RecursionError.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from helpers.images import write_raw_document
+from helpers.signing import make_key
+from helpers.tasks import run_tasks
+
+from ansible_collections.ironcore.image.plugins.module_utils._model import MAX_DOCUMENT_SIZE
+
+PUSH = "ironcore.image.ironcore_image_push"
+COPY = "ironcore.image.ironcore_image_copy"
+SIGN = "ironcore.image.ironcore_image_sign"
+NAME = "registry.example.com/os/deep:1"
+DEEP = 200_000
+
+pytestmark = pytest.mark.integration
+
+
+def deep_manifest() -> bytes:
+    nested = b"[" * DEEP + b"]" * DEEP
+    data = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","a":' + nested + b"}"
+    assert len(data) < MAX_DOCUMENT_SIZE
+    return data
+
+
+def refused_in_one_line(result: dict) -> None:
+    assert result.get("failed") is True, result
+    message = result["msg"]
+    assert "\n" not in message and "Traceback" not in message, message
+    assert "MODULE FAILURE" not in message and "RecursionError" not in message, message
+    assert "internal error" not in message, message
+    assert "nested too deeply" in message, message
+
+
+def test_push_copy_and_sign_refuse_a_deeply_nested_manifest_in_one_line(ansible, registry_plain, tmp_path):
+    layout = str(tmp_path / "layout")
+    write_raw_document(layout, NAME, deep_manifest())
+    key = make_key(tmp_path, "signer")["key"]
+    connection = registry_plain.registry_args
+    tasks = [
+        (PUSH, dict(connection, layout=layout, name=NAME, destination=registry_plain.host + "/deep/pushed:1")),
+        (
+            COPY,
+            {
+                "source": {"layout": layout, "name": NAME},
+                "destination": dict(connection, name=registry_plain.host + "/deep/copied:1"),
+            },
+        ),
+        (SIGN, {"layout": layout, "name": NAME, "key": key}),
+    ]
+    for result in run_tasks(ansible, str(tmp_path), tasks):
+        refused_in_one_line(result)
+    repositories = os.path.join(registry_plain.storage, "docker", "registry", "v2", "repositories", "deep")
+    assert not os.path.exists(repositories)
