@@ -28,7 +28,6 @@ its names, so whoever sees a name also sees its signatures. A destination
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import time
 import typing as t
 from dataclasses import dataclass, field
@@ -51,7 +50,8 @@ from ansible_collections.ironcore.image.plugins.module_utils._walk import (
     Document,
     Graph,
     WalkError,
-    check_document,
+    check_descriptor,
+    parse_document,
     walk,
 )
 
@@ -423,17 +423,17 @@ def _signer_key(layer: t.Mapping[str, t.Any]) -> tuple[str, str]:
 
 def _merged_signature(store: Store, current: t.Mapping[str, t.Any], attachment: Attachment) -> Attachment | None:
     """The destination's `.sig` with the source's missing signers appended, or None when it has them all."""
-    digest, size = str(current.get("digest")), current.get("size")
+    digest = str(current.get("digest"))
     try:
-        data = check_document(store.read_document(digest, int(size or 0)), digest, int(size or 0), store.describe())
-        existing = _signers(json.loads(data))
-    except (WalkError, ValueError, TypeError) as exc:
+        digest, size = check_descriptor(current, "the descriptor of a signature")
+        existing = _signers(parse_document(store.read_document(digest, size), current, store.describe()).body)
+    except WalkError as exc:
         raise CopyError(
             "the signature %s in %s is unreadable (%s); remove it or copy with carry_referrers=false"
             % (attachment.signature_names[1] if attachment.signature_names else digest, store.describe(), exc)
         ) from exc
     have = {_signer_key(layer) for layer in existing}
-    added = [layer for layer in _signers(json.loads(attachment.document.data)) if _signer_key(layer) not in have]
+    added = [layer for layer in _signers(attachment.document.body) if _signer_key(layer) not in have]
     if not added:
         return None
     layers = [dict(layer) for layer in existing + added]

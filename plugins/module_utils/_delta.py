@@ -246,7 +246,7 @@ def _read_cached(path: str, seed: Seed, block_size: int, hash_length: int) -> by
     try:
         if not newline or json.loads(head) != expected:
             return None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return hashes if len(hashes) == -(-seed.size // block_size) * hash_length else None
 

@@ -70,7 +70,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import (
 from ansible_collections.ironcore.image.plugins.module_utils._signatures import verify_before_delivery
 from ansible_collections.ironcore.image.plugins.module_utils._source import (
     SourceError,
-    one_line,
     open_source,
     read_config,
     resolve_image,
@@ -481,11 +480,12 @@ def _as_fetch_error(plan: FilePlan, error: BaseException) -> BaseException:
     if not isinstance(error, Exception):
         # KeyboardInterrupt and the like end the run as they are.
         return error
-    if isinstance(error, (DeliveryError, SourceError)):
-        return FetchError("%s (%s): %s" % (plan.layer.role, plan.filename, error))
+    if isinstance(error, ImageError):
+        return FetchError("%s (%s): %s" % (plan.layer.role, plan.filename, error), retryable=error.retryable)
     if isinstance(error, OSError):
         return FetchError("%s: writing %s failed: %s" % (plan.layer.role, plan.path, error.strerror or error))
-    return FetchError("%s (%s): %s" % (plan.layer.role, plan.filename, one_line(error)))
+    # Anything else is a bug of ours: left as it is, for _module.run to report as an internal error.
+    return error
 
 
 def _file_result(plan: FilePlan) -> dict[str, t.Any]:

@@ -34,7 +34,16 @@ Descriptor = t.Mapping[str, t.Any]
 # The walk's refusals are the document parser's; the names stay for the callers that catch them.
 WalkError = DocumentError
 Document = ParsedDocument
-__all__ = ["Document", "Graph", "WalkError", "check_descriptor", "check_document", "root_documents", "walk"]
+__all__ = [
+    "Document",
+    "Graph",
+    "WalkError",
+    "check_descriptor",
+    "check_document",
+    "parse_document",
+    "root_documents",
+    "walk",
+]
 
 
 @dataclass
