@@ -391,7 +391,7 @@ def read_referrer(store: Store, referrer: Referrer) -> dict[str, t.Any]:
         raise ReferrersError(
             "referrer %s in %s has more than %d layers" % (referrer.digest, store.describe(), MAX_REFERRER_LAYERS)
         )
-    return t.cast(t.Dict[str, t.Any], body)
+    return body
 
 
 # ---- attaching ----------------------------------------------------------------

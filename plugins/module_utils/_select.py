@@ -32,7 +32,7 @@ import platform as host_platform
 import typing as t
 from dataclasses import dataclass
 
-from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError, load_json
+from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError
 from ansible_collections.ironcore.image.plugins.module_utils._document import check_descriptor as one_descriptor_check
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -102,11 +102,6 @@ def node_architecture(value: str, machine: str | None = None) -> str:
             "architecture: auto cannot map machine type %s to amd64 or arm64; set architecture explicitly" % machine
         )
     return architecture
-
-
-def parse_document(data: bytes, what: str) -> Document:
-    """A JSON object from manifest or index bytes, or a one-line DocumentError (`_document.load_json`)."""
-    return load_json(data, what)
 
 
 def is_index(document: t.Mapping[str, t.Any], media_type: str | None = None) -> bool:

@@ -123,7 +123,7 @@ def _signature_manifest(store: Store, ref: ImageReference, digest: str) -> dict[
         raise SignatureError(
             "%s@%s has a malformed signature: %s is not a signature manifest" % (ref.name, digest, name)
         )
-    return t.cast(t.Dict[str, t.Any], manifest)
+    return manifest
 
 
 def _read_entry(store: Store, layer: t.Any) -> SignedPayload:

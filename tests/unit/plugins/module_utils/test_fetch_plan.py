@@ -119,7 +119,9 @@ def test_unreadable_state_record_is_ignored(tmp_path):
     assert fetch.DeliveryState(str(tmp_path)).files == {}
 
 
-@pytest.mark.parametrize("error", [ValueError("invalid literal for int() with base 10: 'x'"), KeyError("size"), RuntimeError()])
+@pytest.mark.parametrize(
+    "error", [ValueError("invalid literal for int() with base 10: 'x'"), KeyError("size"), RuntimeError()]
+)
 def test_a_bug_while_staging_is_not_dressed_up_as_a_fetch_error(tmp_path, error):
     # Left as it is, so _module.run reports it as "internal error in ...; please report it".
     plan = fetch.FilePlan(layer(b"data"), "disk.raw", str(tmp_path / "disk.raw"), current=False)

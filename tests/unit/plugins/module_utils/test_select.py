@@ -1,11 +1,8 @@
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from ansible_collections.ironcore.image.plugins.module_utils import _select as select
-from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     OCI_INDEX,
     OCI_LAYER_TAR_GZIP,
@@ -224,17 +221,6 @@ def test_document_kind():
     assert select.is_index({"manifests": []}, "application/vnd.docker.distribution.manifest.list.v2+json") is True
     with pytest.raises(select.SelectionError, match="neither an image index nor an image manifest"):
         select.is_index({"foo": 1}, "application/json")
-
-
-def test_parse_document():
-    assert select.parse_document(json.dumps(UPSTREAM).encode(), "index") == UPSTREAM
-    # The one parser's refusals (_document.load_json), each one line.
-    with pytest.raises(DocumentError, match=r"^index is not JSON"):
-        select.parse_document(b"{nope", "index")
-    with pytest.raises(DocumentError, match="is not a JSON object"):
-        select.parse_document(b"[]", "manifest")
-    with pytest.raises(DocumentError, match="nested too deeply"):
-        select.parse_document(b'{"a":' + b"[" * 200000 + b"]" * 200000 + b"}", "manifest")
 
 
 @pytest.mark.parametrize("machine, arch", [("x86_64", "amd64"), ("aarch64", "arm64"), ("arm64", "arm64")])
