@@ -101,7 +101,7 @@ def parse_error_body(body: bytes | str | None) -> list[OciErrorEntry]:
         return []
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return []
     errors = document.get("errors") if isinstance(document, dict) else None
     if not isinstance(errors, list):

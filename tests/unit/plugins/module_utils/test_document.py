@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from ansible_collections.ironcore.image.plugins.module_utils import _blockindex, _provenance, _sign
 from ansible_collections.ironcore.image.plugins.module_utils._document import (
     MAX_DOCUMENT_DEPTH,
     DocumentError,
@@ -14,6 +15,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._document import (
     load_json,
     parse_document,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._errors import parse_error_body
 from ansible_collections.ironcore.image.plugins.module_utils._io import sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     DOCKER_MANIFEST_LIST,
@@ -132,3 +134,24 @@ def test_parse_document_checks_its_descriptor_first():
 
 def test_the_one_descriptor_validator_hands_back_digest_and_size():
     assert check_descriptor({"digest": DIGEST, "size": 0}, "a descriptor") == (DIGEST, 0)
+
+
+DEEP = b"[" * 200_000 + b"]" * 200_000
+
+
+@pytest.mark.parametrize(
+    ("read", "error"),
+    [
+        (lambda: _sign.parse_payload(DEEP), _sign.SignatureError),
+        (lambda: _provenance.open_envelope(DEEP), _provenance.ProvenanceError),
+        (lambda: _provenance.subject_digests(DEEP), _provenance.ProvenanceError),
+        (lambda: _blockindex.decode_header(DEEP), _blockindex.BlockIndexError),
+    ],
+)
+def test_other_readers_of_untrusted_json_refuse_deep_nesting_as_their_own_error(read, error):
+    with pytest.raises(error):
+        read()
+
+
+def test_a_deeply_nested_registry_error_body_is_no_error_detail():
+    assert parse_error_body(DEEP) == []
