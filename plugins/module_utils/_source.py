@@ -52,12 +52,6 @@ class SourceError(ImageError):
     """Reading from the source failed; `retryable` says whether trying again may help."""
 
 
-def one_line(error: BaseException) -> str:
-    """An unexpected error (a malformed descriptor, say) as one line: its type, and its text if any."""
-    text = " ".join(str(error).split())
-    return "%s: %s" % (type(error).__name__, text) if text else type(error).__name__
-
-
 class BlobStream(t.Protocol):
     """A blob body from some offset on (the registry client's BlobStream has this shape)."""
 
