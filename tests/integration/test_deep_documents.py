@@ -11,6 +11,7 @@ MODULE FAILURE with a RecursionError.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -18,11 +19,14 @@ from helpers.images import write_raw_document
 from helpers.signing import make_key
 from helpers.tasks import run_tasks
 
-from ansible_collections.ironcore.image.plugins.module_utils._model import MAX_DOCUMENT_SIZE
+from ansible_collections.ironcore.image.plugins.module_utils._model import MAX_DOCUMENT_SIZE, OCI_INDEX, OCI_MANIFEST
 
 PUSH = "ironcore.image.ironcore_image_push"
 COPY = "ironcore.image.ironcore_image_copy"
 SIGN = "ironcore.image.ironcore_image_sign"
+FETCH = "ironcore.image.ironcore_image_fetch"
+INFO = "ironcore.image.ironcore_image_info"
+PRUNE = "ironcore.image.ironcore_image_prune"
 NAME = "registry.example.com/os/deep:1"
 DEEP = 200_000
 
@@ -31,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 def deep_manifest() -> bytes:
     nested = b"[" * DEEP + b"]" * DEEP
-    data = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","a":' + nested + b"}"
+    data = b'{"schemaVersion":2,"mediaType":"%s","a":' % OCI_MANIFEST.encode() + nested + b"}"
     assert len(data) < MAX_DOCUMENT_SIZE
     return data
 
@@ -75,3 +79,33 @@ def test_push_copy_and_sign_refuse_a_deeply_nested_manifest_in_one_line(ansible,
     assert wrong == {}
     repositories = os.path.join(registry_plain.storage, "docker", "registry", "v2", "repositories", "deep")
     assert not os.path.exists(repositories)
+
+
+def test_the_same_manifest_behind_an_index_is_refused_in_one_line_by_every_reader(ansible, tmp_path):
+    # The child route: fetch and info reach it through an index entry, prune and info's listing through BlobWalk.
+    layout = str(tmp_path / "layout")
+    deep = deep_manifest()
+    entry = {
+        "mediaType": OCI_MANIFEST,
+        "digest": write_raw_document(layout, "registry.example.com/os/deep:child", deep),
+        "size": len(deep),
+        "platform": {"architecture": "amd64", "os": "linux"},
+    }
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}).encode()
+    write_raw_document(layout, NAME, index, media_type=OCI_INDEX)
+    dest = tmp_path / "boot"
+    node = {"layout": layout, "name": NAME, "platform": "baremetal", "architecture": "amd64"}
+    tasks = [
+        (FETCH, dict(node, dest=str(dest))),
+        (INFO, node),
+        (INFO, {"layout": layout}),
+        (PRUNE, {"layout": layout, "grace_period": 0}),
+    ]
+    results = run_tasks(ansible, str(tmp_path), tasks)
+    wrong = {
+        number: (module, result.get("msg"))
+        for number, ((module, _args), result) in enumerate(zip(tasks, results, strict=True))
+        if not refused_in_one_line(result)
+    }
+    assert wrong == {}
+    assert not dest.exists() or os.listdir(dest) == [".ironcore"]
