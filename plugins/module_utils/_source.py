@@ -18,6 +18,7 @@ import typing as t
 from dataclasses import dataclass
 
 from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError, load_json, parse_document
+from ansible_collections.ironcore.image.plugins.module_utils._document import check_descriptor as check_one_descriptor
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     CHUNK_SIZE,
@@ -358,10 +359,12 @@ def read_config(source: Source, manifest: t.Mapping[str, t.Any]) -> Document | N
     config = manifest.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("digest"), str):
         return None
-    size = config.get("size") or 0
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise SourceError("the config descriptor of %s has no valid size (%r)" % (source.describe(), size))
-    data = source.read_small_blob(config["digest"], size)
+    try:
+        digest, size = check_one_descriptor(config, "the config descriptor of %s" % source.describe())
+    except DocumentError as exc:
+        # A missing size was once read as 0; it is refused like any other invalid one.
+        raise SourceError(str(exc)) from exc
+    data = source.read_small_blob(digest, size)
     try:
         return normalise_config(load_json(data, "config"))
     except DocumentError:
