@@ -34,7 +34,7 @@ export PATH := $(BIN):$(PATH)
 help:
 	@echo "make demo       build a sample two-platform image into a local OCI layout and show it (light install)"
 	@echo "make test       install everything and run every gate below, then every pytest test"
-	@echo "make lint       ruff (lint, format), mypy, yamllint, ansible-lint (profile production)"
+	@echo "make lint       import layers (tools/check_layers.py), ruff (lint, format), mypy, yamllint, ansible-lint"
 	@echo "make unit       only the unit tests (tests/unit): no Debian packages, no registries"
 	@echo "make docs-lint  antsibull-docs on the plugin docs, antsibull-changelog, reference up to date"
 	@echo "make sanity     ansible-test sanity, every test, no ignore entries"
@@ -118,9 +118,10 @@ unit: venv collection
 
 # mypy reads the collection through its link, so the plugins have the module names Ansible gives them.
 lint: venv collection
+	$(BIN)/python tools/check_layers.py
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --config-file mypy.ini $(COLLECTION_LINK)/plugins tests
+	$(BIN)/mypy --config-file mypy.ini $(COLLECTION_LINK)/plugins tests tools/check_layers.py
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint
 

@@ -58,8 +58,6 @@ options:
     default: 4
 requirements:
   - requests >= 2.28
-  - oras >= 0.2.43, for M(ironcore.image.ironcore_image_push) only; M(ironcore.image.ironcore_image_fetch) and
-    M(ironcore.image.ironcore_image_info) read docker configs and run credential helpers themselves and work without it
 """
 
     # For the modules that move blobs (push, fetch), not for those that only describe an image (info):
@@ -86,10 +84,15 @@ options:
         fail over, never deliver other content."
       - When O(name) is a digest reference (or the module's C(digest) option pins one), the origin is not
         contacted at all, so a site whose mirrors are warm works with the origin down.
-      - A blob transfer that breaks on one source continues at the same byte on the next one (HTTP C(Range)); a
-        mirror that ignores C(Range) and answers C(200) is read from the start with the prefix skipped. A source
-        whose bytes fail verification loses that blob, the partial file is discarded and the blob is fetched again
-        from the next source; RV(ignore:mirror_errors) says which mirror failed and why.
+      - A blob transfer that breaks on one source continues at the same byte on the next one (HTTP C(Range));
+        every request whose length is known asks for exactly that range (C(bytes=X-Y)), a delta's ranges
+        included. A mirror that answers a C(Range) request with C(200) and the whole blob is dropped unread and not
+        asked for ranges again in that run; the next source serves the range. A source whose bytes fail
+        verification loses that blob, the partial file is discarded and the blob is fetched again from the next
+        source; RV(ignore:mirror_errors) says which mirror failed and why.
+      - A mirror's blob stream must gain at least 64 KiB/s over every C(timeout) seconds. A mirror that trickles
+        below that is cut off, left out for the rest of the run, and the next source continues at the same byte;
+        RV(ignore:mirror_errors) says the stream stalled. The origin has no such floor.
       - Each mirror is reached with its own client and only its own O(mirrors[].username) and
         O(mirrors[].password); the origin's credentials, and any docker config, are never sent to a mirror.
       - Mirror requests are not retried (the next source is the retry); the origin's are, as set by C(retries).
@@ -216,7 +219,10 @@ options:
           - Tags (and, with C(platform_tags), the platform names) are resolved at the source registry unless
             C(mirror_resolve_tags); documents and blobs are then asked for by digest from the first mirror that has
             them, verified, the source registry last. A blob transfer that breaks continues at the same byte on the
-            next source. With a digest in C(name), the source registry is not contacted.
+            next source, as a bounded range. A mirror that answers a range with the whole blob is not asked for
+            ranges again, and one whose stream gains less than 64 KiB/s over C(timeout) seconds is cut off and
+            left out, as for M(ironcore.image.ironcore_image_fetch). With a digest in C(name), the source registry
+            is not contacted.
           - Each mirror gets only its own C(username) and C(password), never this side's credentials.
         type: list
         elements: dict
@@ -281,6 +287,5 @@ options:
     type: int
     default: 4
 requirements:
-  - oras >= 0.2.43 (not needed when both sides are layouts)
   - requests >= 2.28 (not needed when both sides are layouts)
 """

@@ -12,8 +12,8 @@ is HTTPS (or the registry itself is plain HTTP). Credentials come from the
 options or from one docker config file (docker_config, else docker's default
 place; never several merged): its inline `auths` (`auth`, `username`+`password`, `identitytoken`),
 `credHelpers` and `credsStore`, whose `docker-credential-<name> get` programs
-we run ourselves (argv, the server on stdin, bounded output, a timeout), so
-that nodes that only fetch need no oras. Tokens are cached per scope. The
+we run ourselves (argv, the server on stdin, bounded output, a timeout), with
+no registry library beside requests. Tokens are cached per scope. The
 HTTP exchange itself is the client's: `fetch_token` is handed the client's
 one request loop.
 """

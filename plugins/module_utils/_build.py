@@ -39,7 +39,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
     file_identity,
     hash_file,
     iter_chunks,
-    shared_directory_reason,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._layout import (
     LayoutError,
@@ -405,15 +404,11 @@ def _block_size(params: t.Mapping[str, t.Any]) -> int | None:
 
 
 def _refuse_shared_layout(layout: OciLayout, allow_shared: bool) -> None:
-    """Someone else who can write to the layout could plant links where blobs and index.json are written."""
-    if allow_shared or not os.path.isdir(layout.path):
-        return
-    reason = shared_directory_reason(layout.path)
-    if reason:
-        raise BuildError(
-            "layout %s may be written by other users (%s); make it writable only by its owner,"
-            " or set allow_shared_dest: true if everyone who can write there is trusted" % (layout.path, reason)
-        )
+    """Someone else who can write to the layout, its blobs or blobs/sha256 could plant links where we write."""
+    try:
+        layout.refuse_shared(allow_shared)
+    except LayoutError as exc:
+        raise BuildError(str(exc)) from exc
 
 
 def plan_build(

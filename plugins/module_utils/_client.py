@@ -35,7 +35,7 @@ try:
     import requests
     import requests.adapters
     import urllib3.exceptions
-except ImportError:  # modules report it through _deps.require(module, "oras", "requests")
+except ImportError:  # modules report it through _deps.require(module, "requests")
     _HTTPAdapter: t.Any = object
     _RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = ()
 else:
@@ -198,22 +198,115 @@ def _size_text(size: int) -> str:
     return "%d MiB" % (size // (1024 * 1024)) if size >= 1024 * 1024 else "%d KiB" % (size // 1024)
 
 
+# How a guarded stream (options.min_rate) is read: in pieces this small, so that the watch sees its progress
+# within a window even at the minimum rate, however large the caller's chunks are.
+STALL_PIECE = 64 * 1024
+
+
+def _shut_down(response: t.Any) -> None:
+    """Wake a read blocked on this response's socket: shutdown() ends a recv() in another thread, close() does not."""
+    raw = getattr(response, "raw", None)
+    connection = getattr(raw, "_connection", None) or getattr(raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is None:
+        # Below urllib3 2's connection: http.client's buffered socket file.
+        sock = getattr(getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None), "_sock", None)
+    if isinstance(sock, socket.socket):
+        try:
+            # The plain socket's shutdown, also for TLS: SSLSocket.shutdown() would drop the TLS state under
+            # the reading thread's feet.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _StallWatch:
+    """Cuts a stream that gains fewer than `rate` bytes per second over a window of `window` seconds.
+
+    A socket timeout only notices silence: a server that sends one byte every
+    few seconds keeps every read alive and a transfer running for days. This
+    thread looks at what the reader received once a window, and shuts the
+    connection down when it is below the rate (less one piece, which may
+    still be in flight), so that the blocked read ends and the caller can ask
+    another source.
+    """
+
+    def __init__(self, response: t.Any, rate: float, window: float):
+        self.received = 0
+        self.stalled: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(response, rate, window), daemon=True)
+        self._thread.start()
+
+    def _watch(self, response: t.Any, rate: float, window: float) -> None:
+        needed = max(1, int(rate * window) - STALL_PIECE)
+        checked = 0
+        while not self._stop.wait(window):
+            gained = self.received - checked
+            # Stopped meanwhile: the body is read and its connection may be back in the pool for another request.
+            if gained < needed and not self._stop.is_set():
+                self.stalled = "the stream stalled: %d bytes in %ss, below the minimum rate of %s/s" % (
+                    gained,
+                    _seconds(window),
+                    _size_text(int(rate)),
+                )
+                _shut_down(response)
+                return
+            checked = self.received
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class BlobStream:
     """The body of a blob GET, read in chunks; close() when done."""
 
     def __init__(self, response: requests.Response, offset: int, what: str, client: RegistryClient):
         self._response = response
         self.offset = offset
+        # Whether the server answered a range (206); a 200 is the whole blob, whatever was asked.
+        self.ranged = response.status_code == 206
         self._what = what
         self._client = client
 
     def iter_chunks(self, size: int = 1024 * 1024) -> t.Iterator[bytes]:
+        rate = self._client.options.min_rate
         try:
-            yield from self._response.iter_content(size)
+            if rate > 0:
+                yield from self._guarded_chunks(size, rate)
+            else:
+                yield from self._response.iter_content(size)
         except _TRANSPORT_EXCEPTIONS as exc:
             error = connection_failure(exc, self._what, self._client.registry, self._client.options)
             error.retryable = True
             raise error from exc
+
+    def _stalled(self, reason: str) -> RegistryError:
+        return RegistryError("%s failed: %s" % (self._what, reason), code="STALLED", retryable=True)
+
+    def _guarded_chunks(self, size: int, rate: float) -> t.Iterator[bytes]:
+        """Chunks of `size` bytes, read in pieces under a _StallWatch over `timeout` seconds."""
+        watch = _StallWatch(self._response, rate, self._client.options.timeout)
+        try:
+            gathered = bytearray()
+            for piece in self._response.iter_content(min(size, STALL_PIECE)):
+                watch.received += len(piece)
+                gathered += piece
+                if len(gathered) >= size:
+                    yield bytes(gathered)
+                    gathered = bytearray()
+            if gathered:
+                yield bytes(gathered)
+        except Exception as exc:
+            # Whatever the cut connection raised (TLS or HTTP framing), the cause is the stall.
+            if watch.stalled:
+                raise self._stalled(watch.stalled) from exc
+            raise
+        finally:
+            watch.stop()
+        if watch.stalled:
+            # A body without a length just ends when its connection is shut down.
+            raise self._stalled(watch.stalled)
 
     def close(self) -> None:
         self._response.close()
@@ -272,7 +365,7 @@ class RegistryClient:
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
-            # Like oras-py: registries that set cookies take us for a browser.
+            # Registries that set cookies would take us for a browser: keep none.
             session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
             adapter = _Adapter(pool_connections=1, pool_maxsize=2, max_retries=0)
             session.mount("http://", adapter)

@@ -23,6 +23,8 @@ with their blobs, referrers of referrers too. Each is sent only when the
 destination lacks it, after the image's own blobs and documents and before
 its names, so whoever sees a name also sees its signatures. A destination
 `.sig` with signers the source lacks keeps them: the source's are appended.
+Only signers that can verify for the digest travel (simple-signing payloads
+naming it), and never more than a verifier reads (MAX_SIGNERS).
 """
 
 from __future__ import annotations
@@ -43,7 +45,12 @@ from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
     put_small_blob,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._sign import SIGNATURE_ANNOTATION
-from ansible_collections.ironcore.image.plugins.module_utils._signatures import OCI_CONFIG, signature_config
+from ansible_collections.ironcore.image.plugins.module_utils._signatures import (
+    MAX_SIGNERS,
+    OCI_CONFIG,
+    names_this_digest,
+    signature_config,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._store import ImageDestination, ImageSource
 from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter
 from ansible_collections.ironcore.image.plugins.module_utils._walk import (
@@ -291,7 +298,10 @@ class _BlobCopier:
         return "copied"
 
     def run(self, blobs: t.Mapping[str, int], concurrency: int) -> BlobCounts:
+        """Copy `blobs`; the counts are this run's alone, so that the runs of one copy can be added up."""
         items = blob_order(blobs)
+        # The counter is the copier's, shared by its runs: this run's bytes are what it adds.
+        sent_before = self.counter.value
         outcomes = parallel(concurrency, self.transfer, items)
         counts = BlobCounts()
         for (_digest, size), outcome in zip(items, outcomes):
@@ -299,7 +309,7 @@ class _BlobCopier:
             if outcome == "copied" and self.check_mode:
                 counts.bytes += size
         if not self.check_mode:
-            counts.bytes = self.counter.value
+            counts.bytes = self.counter.value - sent_before
         return counts
 
 
@@ -328,7 +338,7 @@ def copy(
     moved = moved_names(plan, before)
     counts = BlobCounts(skipped=len(plan.graph.blobs))
     documents = 0
-    carried = missing_attachments(destination, plan.attachments)
+    carried = missing_attachments(source, destination, plan.attachments)
     if moved or carried:
         if not check_mode:
             destination.prepare()
@@ -385,10 +395,13 @@ def _attachment_blobs(attachments: t.Sequence[Attachment], already: t.Mapping[st
     return blobs
 
 
-def missing_attachments(destination: ImageDestination, attachments: t.Sequence[Attachment]) -> list[Attachment]:
+def missing_attachments(
+    source: ImageSource, destination: ImageDestination, attachments: t.Sequence[Attachment]
+) -> list[Attachment]:
     """The attachments the destination lacks: a `.sig` it does not have all the signers of, an unlisted referrer.
 
-    A `.sig` whose signers the destination partly has comes back as the merge of both (the destination's first).
+    A `.sig` is carried as the signers worth carrying (see `_signature_to_carry`), merged after the
+    destination's own when it has a `.sig` already.
     """
     store = t.cast(Store, destination)
     listed: dict[str, set[str]] = {}
@@ -397,12 +410,10 @@ def missing_attachments(destination: ImageDestination, attachments: t.Sequence[A
         names, referrer = attachment.signature_names, attachment.referrer
         if names is not None:
             current = destination.current_name(names[1])
-            if current is None:
-                missing.append(attachment)
-            elif current.get("digest") != attachment.document.digest:
-                merged = _merged_signature(store, current, attachment)
-                if merged is not None:
-                    missing.append(merged)
+            if current is None or current.get("digest") != attachment.document.digest:
+                carried = _signature_to_carry(t.cast(Store, source), store, current, attachment)
+                if carried is not None:
+                    missing.append(carried)
         elif referrer is not None:
             if attachment.subject not in listed:
                 listed[attachment.subject] = {entry.digest for entry in list_referrers(store, attachment.subject)}
@@ -421,22 +432,50 @@ def _signer_key(layer: t.Mapping[str, t.Any]) -> tuple[str, str]:
     return str(layer.get("digest")), str((annotations or {}).get(SIGNATURE_ANNOTATION))
 
 
-def _merged_signature(store: Store, current: t.Mapping[str, t.Any], attachment: Attachment) -> Attachment | None:
-    """The destination's `.sig` with the source's missing signers appended, or None when it has them all."""
+def _existing_signers(
+    store: Store, current: t.Mapping[str, t.Any], attachment: Attachment
+) -> list[t.Mapping[str, t.Any]]:
+    """The layers of the destination's `.sig`; CopyError when it cannot be read."""
     digest = str(current.get("digest"))
     try:
         digest, size = check_descriptor(current, "the descriptor of a signature")
-        existing = _signers(parse_document(store.read_document(digest, size), current, store.describe()).body)
+        return _signers(parse_document(store.read_document(digest, size), current, store.describe()).body)
     except WalkError as exc:
         raise CopyError(
             "the signature %s in %s is unreadable (%s); remove it or copy with carry_referrers=false"
             % (attachment.signature_names[1] if attachment.signature_names else digest, store.describe(), exc)
         ) from exc
+
+
+def _signature_to_carry(
+    source: Store, store: Store, current: t.Mapping[str, t.Any] | None, attachment: Attachment
+) -> Attachment | None:
+    """The `.sig` to send for `attachment`, or None when the destination has every signer worth sending.
+
+    Worth sending is a simple-signing payload that names the subject: other
+    layers can never verify for it, and a writer who fills a source's `.sig`
+    with them must not push the destination's own signatures past the
+    MAX_SIGNERS a verifier reads. The destination's signers come first (its
+    junk dropped too), the source's new ones after them, up to that limit.
+    The source's `.sig` is sent as its exact bytes when all of it is worth
+    sending and the destination has none.
+    """
+    existing = _existing_signers(store, current, attachment) if current is not None else []
     have = {_signer_key(layer) for layer in existing}
-    added = [layer for layer in _signers(attachment.document.body) if _signer_key(layer) not in have]
+    offered = _signers(attachment.document.body)
+    added: dict[tuple[str, str], t.Mapping[str, t.Any]] = {}
+    for layer in offered:
+        key = _signer_key(layer)
+        if key not in have and key not in added and names_this_digest(source, layer, attachment.subject):
+            added[key] = layer
     if not added:
         return None
-    layers = [dict(layer) for layer in existing + added]
+    if current is None and len(added) == len(offered) <= MAX_SIGNERS:
+        return attachment
+    kept = [layer for layer in existing if names_this_digest(store, layer, attachment.subject)]
+    layers = [dict(layer) for layer in kept + list(added.values())[: max(MAX_SIGNERS - len(kept), 0)]]
+    if len(layers) == len(kept):
+        return None
     config = signature_config([str(layer["digest"]) for layer in layers])
     body = {
         "schemaVersion": 2,
@@ -445,7 +484,7 @@ def _merged_signature(store: Store, current: t.Mapping[str, t.Any], attachment: 
         "layers": layers,
     }
     document = canonical_json(body)
-    graph = Graph(blobs={str(layer["digest"]): int(layer["size"]) for layer in added})
+    graph = Graph(blobs={str(layer["digest"]): int(layer["size"]) for layer in layers[len(kept) :]})
     merged = Document(sha256_digest(document), OCI_MANIFEST, document, False)
     graph.by_digest[merged.digest] = merged
     graph.documents.append(merged)

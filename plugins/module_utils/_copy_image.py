@@ -16,14 +16,13 @@ refused is refused before the first write.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import typing as t
 from dataclasses import dataclass
 
 from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
 from ansible_collections.ironcore.image.plugins.module_utils._copy import SignatureNames, copy, plan_copy
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
-from ansible_collections.ironcore.image.plugins.module_utils._io import shared_directory_reason
 from ansible_collections.ironcore.image.plugins.module_utils._mirrors import mirrored_store, store_mirror_results
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
@@ -108,7 +107,7 @@ def _open_store(side: Side, params: t.Mapping[str, t.Any], on_retry: t.Callable[
     if side.layout:
         if params[side.label].get("mirrors"):
             raise CopyImageError("%s.mirrors apply to a registry source, not to %s.layout" % (side.label, side.label))
-        return LayoutStore(side.layout)
+        return LayoutStore(side.layout, bool(params.get("allow_shared_dest")), "%s.layout" % side.label)
     merged = dict(params[side.label], timeout=params.get("timeout"), retries=params.get("retries"))
     merged["concurrency"] = params.get("concurrency")
     try:
@@ -120,18 +119,6 @@ def _open_store(side: Side, params: t.Mapping[str, t.Any], on_retry: t.Callable[
         return mirrored_store(store, side.ref, params[side.label], params)
     except SourceError as exc:
         raise CopyImageError("%s.%s" % (side.label, exc)) from exc
-
-
-def _refuse_shared_layout(path: str, allow_shared: bool) -> None:
-    """Someone else who can write to the layout could plant links where blobs and index.json are written."""
-    if allow_shared or not os.path.isdir(path):
-        return
-    reason = shared_directory_reason(path)
-    if reason:
-        raise CopyImageError(
-            "destination.layout %s may be written by other users (%s); make it writable only by its owner,"
-            " or set allow_shared_dest: true if everyone who can write there is trusted" % (path, reason)
-        )
 
 
 def copy_names(source: Side, destination: Side, source_store: t.Any, platform_tags: bool) -> list[tuple[str, str]]:
@@ -162,7 +149,7 @@ def copy_image(
     destination_store = _open_store(destination, params, on_retry)
     if destination.layout:
         destination_store.check_writable()
-        _refuse_shared_layout(destination.layout, bool(params.get("allow_shared_dest")))
+        destination_store.refuse_shared()
     if source.layout:
         source_store.require()
     try:
@@ -178,15 +165,22 @@ def copy_image(
         else None
     )
     plan = plan_copy(source_store, pairs, carry)
-    result = copy(
-        source_store,
-        destination_store,
-        plan,
-        concurrency=options.concurrency,
-        retries=options.retries,
-        check_mode=check_mode,
-        overwrite=params.get("overwrite", True) is not False,
-    )
+    with contextlib.ExitStack() as held:
+        if isinstance(destination_store, LayoutStore):
+            # The blob lock from the copy's first question about what the layout has (its names and signatures
+            # too) until its names are recorded; a new layout takes it in prepare(). Let go when the copy ends.
+            if not check_mode and destination_store.layout.exists():
+                destination_store.hold_blobs()
+            held.enter_context(destination_store)
+        result = copy(
+            source_store,
+            destination_store,
+            plan,
+            concurrency=options.concurrency,
+            retries=options.retries,
+            check_mode=check_mode,
+            overwrite=params.get("overwrite", True) is not False,
+        )
     return {
         "changed": result.changed,
         "digest": result.digest,

@@ -39,11 +39,15 @@ from dataclasses import dataclass, field
 
 from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
     ARTIFACT_TYPE,
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_HASH_LENGTH,
     LAYER_ANNOTATION,
+    MAX_BLOCK_SIZE,
     MAX_HEADER_SIZE,
-    BlockHasher,
     BlockIndex,
     BlockIndexError,
+    Header,
+    block_count,
     decode,
     decode_header,
 )
@@ -59,7 +63,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
     AtomicFile,
     HashingCounter,
     canonical_json,
-    read_bounded,
     stat_identity,
     write_bytes_atomic,
 )
@@ -78,6 +81,11 @@ MAX_RANGE = 16 * 1024 * 1024
 SEED_RUN = 1024 * 1024
 # An index of 64 MiB describes a 16 GiB layer with 16-byte hashes; anything larger is refused unread.
 MAX_INDEX_SIZE = 64 * 1024 * 1024
+# The index shapes a delta uses: the build's hash length, and its default block size or coarser ones. A finer
+# index would make the node's work and its seed cache grow past what the layer warrants (512-byte blocks:
+# eight times the plan, and a seed cache of 1/32 of every seed), so it is refused and the blob downloaded.
+DELTA_HASH_LENGTH = DEFAULT_HASH_LENGTH
+DELTA_MIN_BLOCK_SIZE = DEFAULT_BLOCK_SIZE
 SEED_CACHE_PREFIX = PARTIAL_PREFIX + "seed."
 SEED_CACHE_VERSION = 1
 # A seed block number and the seed it comes from, packed into one int: seed << _SEED_SHIFT | block.
@@ -126,12 +134,34 @@ def check_index_descriptor(size: t.Any, layer: SelectedLayer) -> int:
     return size
 
 
+def check_index_shape(header: Header) -> None:
+    """Refuse an index whose block size or hash length the build does not write for a delta.
+
+    What a delta costs the node (the plan's entries, the seed cache's bytes)
+    is per block: only shapes as coarse as the build's default keep that
+    at its share of the layer, whatever the index claims.
+    """
+    if header.hash_length != DELTA_HASH_LENGTH:
+        raise DeltaAbandoned(
+            "the block index has %d-byte hashes; a delta uses the build's %d-byte ones"
+            % (header.hash_length, DELTA_HASH_LENGTH)
+        )
+    block_size = header.block_size
+    if not DELTA_MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
+        raise DeltaAbandoned(
+            "the block index has %d-byte blocks; a delta uses blocks of %d bytes to %d MiB (a power of two)"
+            % (block_size, DELTA_MIN_BLOCK_SIZE, MAX_BLOCK_SIZE // (1024 * 1024))
+        )
+
+
 def parse_index(data: bytes, layer: SelectedLayer) -> BlockIndex:
-    """The index, checked to describe exactly this layer (digest and size)."""
+    """The index, checked to describe exactly this layer (digest and size) in a shape a delta uses."""
     try:
-        return decode(data, layer.digest, layer.size)
+        index = decode(data, layer.digest, layer.size)
     except BlockIndexError as exc:
         raise DeltaAbandoned("the block index is unusable: %s" % exc) from exc
+    check_index_shape(index.header)
+    return index
 
 
 def expected_index_size(head: bytes, layer: SelectedLayer) -> int:
@@ -147,6 +177,8 @@ def expected_index_size(head: bytes, layer: SelectedLayer) -> int:
         raise DeltaAbandoned(
             "the block index describes %s (%d bytes), not this layer" % (header.layer_digest, header.layer_size)
         )
+    # Before the rest of it is read: a hostile shape costs its first bytes only.
+    check_index_shape(header)
     return header.encoded_size()
 
 
@@ -235,34 +267,119 @@ def _cache_header(seed: Seed, block_size: int, hash_length: int) -> dict[str, t.
     }
 
 
-def _read_cached(path: str, seed: Seed, block_size: int, hash_length: int) -> bytes | None:
-    expected = _cache_header(seed, block_size, hash_length)
-    limit = -(-seed.size // block_size) * hash_length + 4096
-    try:
-        data = read_bounded(path, limit, follow_symlinks=False, private=True)
-    except (OSError, ValueError):
-        return None
-    head, newline, hashes = data.partition(b"\n")
-    try:
-        if not newline or json.loads(head) != expected:
-            return None
-    except (ValueError, RecursionError):
-        return None
-    return hashes if len(hashes) == -(-seed.size // block_size) * hash_length else None
+# Seed bytes read (and their block hashes handed on) at a time.
+SEED_READ = DOWNLOAD_CHUNK * 4
 
 
-def hash_seed(seed: Seed, block_size: int, hash_length: int) -> bytes:
-    """The seed's block hashes, aligned at multiples of `block_size`, its last block over its real length."""
-    hasher = BlockHasher(block_size, hash_length)
-    offset = 0
-    while offset < seed.size:
-        data = os.pread(seed.fd, min(DOWNLOAD_CHUNK * 4, seed.size - offset), offset)
-        if not data:
-            break
-        hasher.update(data)
-        offset += len(data)
-    # The digest is not needed: only the per-block hashes are used.
-    return hasher.finish("sha256:" + "0" * 64).hashes
+def seed_read_size(block_size: int) -> int:
+    """A whole number of blocks (both are powers of two): SEED_READ, or one block when blocks are larger."""
+    return max(SEED_READ, block_size)
+
+
+def _open_cached(path: str, seed: Seed, block_size: int, hash_length: int) -> t.BinaryIO | None:
+    """The cache file positioned at its first hash, when its record matches the seed and its size the hashes."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    stream = os.fdopen(fd, "rb")
+    try:
+        status = os.fstat(fd)
+        # Ours alone, as every record the fetch relies on (a wrong one would only cost bandwidth).
+        if not stat.S_ISREG(status.st_mode) or status.st_uid != os.geteuid() or status.st_mode & 0o022:
+            raise ValueError("not a private regular file")
+        head = stream.readline(MAX_HEADER_SIZE)
+        if not head.endswith(b"\n") or json.loads(head) != _cache_header(seed, block_size, hash_length):
+            raise ValueError("another seed's record")
+        if status.st_size != len(head) + block_count(seed.size, block_size) * hash_length:
+            raise ValueError("not this seed's size")
+    except (OSError, ValueError, RecursionError):
+        stream.close()
+        return None
+    return stream
+
+
+def _cached_hashes(stream: t.BinaryIO, seed: Seed, block_size: int, hash_length: int) -> t.Iterator[bytes]:
+    left = block_count(seed.size, block_size) * hash_length
+    batch = seed_read_size(block_size) // block_size * hash_length
+    with stream:
+        while left > 0:
+            data = stream.read(min(batch, left))
+            if not data:
+                return
+            left -= len(data)
+            yield data
+
+
+def _hashed(seed: Seed, block_size: int, hash_length: int, cache: str | None) -> t.Iterator[bytes]:
+    """The seed read once, in order; with `cache`, the hashes go to the cache file as they are made."""
+    out = None
+    if cache is not None:
+        try:
+            out = AtomicFile(cache, mode=0o600)
+            out.write(canonical_json(_cache_header(seed, block_size, hash_length)) + b"\n")
+        except OSError:
+            out = None
+    try:
+        offset = 0
+        while offset < seed.size:
+            data = memoryview(os.pread(seed.fd, min(seed_read_size(block_size), seed.size - offset), offset))
+            if not data:
+                break
+            batch = b"".join(
+                hashlib.sha256(data[start : start + block_size]).digest()[:hash_length]
+                for start in range(0, len(data), block_size)
+            )
+            offset += len(data)
+            out = _cache_write(out, batch)
+            yield batch
+            if len(data) % block_size:
+                break
+        # Only a seed read whole, that did not change while it was read, is worth remembering.
+        if out is not None and offset == seed.size and stat_identity(os.fstat(seed.fd)) == seed.identity:
+            try:
+                out.commit()
+            except OSError:
+                pass
+    finally:
+        if out is not None:
+            out.discard()
+
+
+def _cache_write(out: AtomicFile | None, data: bytes) -> AtomicFile | None:
+    """Append to the cache being written; a cache that cannot be written (a full disk) is given up, not the delta."""
+    if out is None:
+        return None
+    try:
+        out.write(data)
+    except OSError:
+        out.discard()
+        return None
+    return out
+
+
+def _cacheable(block_size: int, hash_length: int) -> bool:
+    # A cache entry is at most 1/256 of its seed: no index shape makes it grow past the default's.
+    return block_size // hash_length >= DEFAULT_BLOCK_SIZE // DEFAULT_HASH_LENGTH
+
+
+def seed_hashes(seed: Seed, block_size: int, hash_length: int, cache_dir: str | None) -> t.Iterator[bytes]:
+    """The seed's block hashes in order, in batches: from the cache beside the fetch's state when the seed is
+    unchanged since, else read once and hashed, the cache written as the hashes come.
+
+    Only a batch is held at a time, never the seed's whole list. A block
+    device's identity says nothing about its content, so a device is hashed
+    every time. A cache entry that is wrong can only cost bandwidth: every
+    block read from a seed is hashed again before it is used.
+    """
+    cache = None
+    if cache_dir is not None and not seed.device and _cacheable(block_size, hash_length):
+        cache = _cache_path(cache_dir, seed, block_size, hash_length)
+        cached = _open_cached(cache, seed, block_size, hash_length)
+        if cached is not None:
+            return _cached_hashes(cached, seed, block_size, hash_length)
+    return _hashed(seed, block_size, hash_length, cache)
 
 
 def remember_hashes(path: str, index: BlockIndex, cache_dir: str) -> None:
@@ -286,29 +403,6 @@ def remember_hashes(path: str, index: BlockIndex, cache_dir: str) -> None:
         pass
     finally:
         seed.close()
-
-
-def seed_hashes(seed: Seed, block_size: int, hash_length: int, cache_dir: str | None) -> bytes:
-    """The seed's block hashes, from the cache beside the fetch's state when the seed is unchanged since.
-
-    A block device's identity says nothing about its content, so a device is
-    hashed every time. A cache entry that is wrong can only cost bandwidth:
-    every block read from a seed is hashed again before it is used.
-    """
-    cache = None if cache_dir is None or seed.device else _cache_path(cache_dir, seed, block_size, hash_length)
-    if cache is not None:
-        cached = _read_cached(cache, seed, block_size, hash_length)
-        if cached is not None:
-            return cached
-    hashes = hash_seed(seed, block_size, hash_length)
-    if cache is not None and stat_identity(os.fstat(seed.fd)) == seed.identity:
-        # Only a seed that did not change while it was read is worth remembering.
-        header = canonical_json(_cache_header(seed, block_size, hash_length))
-        try:
-            write_bytes_atomic(cache, header + b"\n" + hashes, mode=0o600)
-        except OSError:
-            pass
-    return hashes
 
 
 # ---- the plan -------------------------------------------------------------------
@@ -338,22 +432,63 @@ class Plan:
         return offset, min(count * self.block_size, self.layer_size - offset)
 
 
-def _find_in_seeds(index: BlockIndex, hashes_per_seed: t.Sequence[bytes]) -> dict[bytes, int]:
-    """Hash of every non-zero block of the new layer -> where a seed has it (seed << shift | block), or -1.
+def wanted_hashes(index: BlockIndex) -> dict[bytes, int]:
+    """Hash of every non-zero block of the new layer -> _NOT_FOUND, for the seeds to fill in.
 
     One entry per distinct hash: the only per-block structure built, about
-    100 bytes per block of the new layer.
+    100 bytes per block of the new layer, made from the index before any
+    seed is read.
     """
     wanted: dict[bytes, int] = {}
     for number in range(index.blocks):
         if not index.is_zero(number):
             wanted.setdefault(index.block_hash(number), _NOT_FOUND)
-    length = index.header.hash_length
-    for seed_number, hashes in enumerate(hashes_per_seed):
-        for block in range(len(hashes) // length):
-            digest = hashes[block * length : (block + 1) * length]
+    return wanted
+
+
+def find_in_seed(wanted: dict[bytes, int], seed_number: int, batches: t.Iterable[bytes], hash_length: int) -> None:
+    """Record, for each wanted hash not found yet, where this seed has it (seed << shift | block).
+
+    The seed's hashes stream past: each block is looked up as it comes and
+    nothing of the seed is kept.
+    """
+    block = 0
+    for batch in batches:
+        for start in range(0, len(batch), hash_length):
+            digest = batch[start : start + hash_length]
             if wanted.get(digest) == _NOT_FOUND:
                 wanted[digest] = (seed_number << _SEED_SHIFT) | block
+            block += 1
+
+
+def check_seeds_could_pay(index: BlockIndex, wanted: t.Mapping[bytes, int], seeds: t.Sequence[Seed]) -> None:
+    """Give up before any seed is read when they are too small to hold enough of the layer.
+
+    Each seed block can supply at most one distinct hash, so at least the
+    distinct hashes beyond the seeds' block count are fetched, a block each.
+    """
+    block_size = index.header.block_size
+    seed_blocks = sum(block_count(seed.size, block_size) for seed in seeds)
+    # Less one block for the layer's last, which may be short.
+    at_least = max(len(wanted) - seed_blocks - 1, 0) * block_size
+    layer_size = index.header.layer_size
+    if at_least > MAX_FETCH_SHARE * layer_size:
+        raise DeltaAbandoned(
+            "the seeds hold %d blocks, the layer needs %d distinct ones: the delta would download at least %d of"
+            " its %d bytes (more than %d %%)"
+            % (seed_blocks, len(wanted), at_least, layer_size, int(MAX_FETCH_SHARE * 100))
+        )
+
+
+def locate_blocks(index: BlockIndex, seeds: t.Sequence[Seed], cache_dir: str | None) -> dict[bytes, int]:
+    """Where the seeds hold each wanted block: the index's wanted set first, then every seed streamed once."""
+    header = index.header
+    wanted = wanted_hashes(index)
+    check_seeds_could_pay(index, wanted, seeds)
+    for number, seed in enumerate(seeds):
+        find_in_seed(
+            wanted, number, seed_hashes(seed, header.block_size, header.hash_length, cache_dir), header.hash_length
+        )
     return wanted
 
 
@@ -394,10 +529,9 @@ def coalesce(
     return ranges
 
 
-def make_plan(index: BlockIndex, hashes_per_seed: t.Sequence[bytes]) -> Plan:
-    """Which blocks come from which seed, and which byte ranges are fetched."""
+def make_plan(index: BlockIndex, found: t.Mapping[bytes, int]) -> Plan:
+    """Which blocks come from which seed (`found`, from locate_blocks), and which byte ranges are fetched."""
     block_size = index.header.block_size
-    found = _find_in_seeds(index, hashes_per_seed)
     plan = Plan(block_size, index.header.layer_size)
     plan.ranges = coalesce(_missing_runs(index, found), block_size, index.header.layer_size)
     fetched = iter(plan.ranges)
@@ -618,9 +752,9 @@ def assemble(job: DeltaJob, index: BlockIndex, report: DeltaReport) -> Staged:
     if 0 <= kept < layer.size:
         # An interrupted full download of this very blob: continuing it is cheaper than starting over.
         raise DeltaAbandoned("a partial download of this layer is continued instead")
-    hashes = [seed_hashes(seed, header.block_size, header.hash_length, job.cache_dir) for seed in job.seeds]
-    plan = make_plan(index, hashes)
-    del hashes
+    found = locate_blocks(index, job.seeds, job.cache_dir)
+    plan = make_plan(index, found)
+    del found
     check_worth_it(plan, layer.size)
     out = AtomicFile(job.path, temp_path=partial)
     try:

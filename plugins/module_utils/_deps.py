@@ -22,7 +22,6 @@ import typing as t
 _LIBRARIES = {
     "jsonschema": ("jsonschema", "jsonschema>=4.0"),
     "requests": ("requests", "requests>=2.28"),
-    "oras": ("oras.auth.utils", "oras>=0.2.43"),
     "cryptography": ("cryptography.hazmat.primitives.asymmetric.ec", "cryptography>=3.3"),
 }
 

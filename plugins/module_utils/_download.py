@@ -138,8 +138,11 @@ class _Receiver:
 
     def _open(self, offset: int) -> t.Any:
         """Open at `offset`; the source has already retried the request itself, so a failure here is final."""
+        # A resumed transfer asks for a bounded range (bytes=X-Y): the length is known, and a mirror is then
+        # asked for no more than what is missing.
+        length = self.layer.size - offset if offset > 0 else None
         try:
-            return self.source.open_blob(self.layer.digest, offset)
+            return self.source.open_blob(self.layer.digest, offset, length)
         except SourceError as exc:
             if offset > 0:
                 raise DeliveryError(

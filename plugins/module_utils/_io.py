@@ -68,8 +68,8 @@ def open_directory(path: str, follow_symlinks: bool = True) -> int:
         raise
 
 
-def shared_directory_reason(path: str) -> str | None:
-    """Why another user could plant or swap files in `path`, or None when only we (or root) can."""
+def shared_directory_reason(path: str | int) -> str | None:
+    """Why another user could plant or swap files in `path` (a path or an open directory), else None."""
     status = os.stat(path)
     if status.st_uid not in (0, os.geteuid()):
         return "it is owned by uid %d" % status.st_uid

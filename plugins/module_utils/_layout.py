@@ -15,10 +15,12 @@ names.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gzip
 import os
 import re
+import stat
 import tarfile
 import typing as t
 
@@ -34,9 +36,11 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
     copy_and_hash,
     flocked,
     hash_file,
+    open_directory,
     parse_json,
     read_bounded,
     sha256_digest,
+    shared_directory_reason,
     write_bytes_atomic,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -53,6 +57,16 @@ LOCK_FILE = ".ironcore.lock"
 # Shared by writers between storing blobs and naming them, exclusive for a prune.
 BLOBS_LOCK_FILE = ".ironcore.blobs.lock"
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+# The directories below the root that blobs are written to and deleted from, outermost first.
+BLOB_DIRECTORIES = ("blobs", "sha256")
+_SHARED = (
+    "%s %s may be written by other users (%s); make it writable only by its owner,"
+    " or set allow_shared_dest: true if everyone who can write there is trusted"
+)
+_LINKED = (
+    "%s %s is a symbolic link; refusing to write or delete blobs through it (allow_shared_dest does not"
+    " cover links): make it a directory inside the layout"
+)
 # Where a document lists the descriptors of other documents, and of plain blobs.
 _DOCUMENT_KEYS = ("manifests", "subject")
 _BLOB_KEYS = ("config", "layers", "blobs")
@@ -91,8 +105,33 @@ class OciLayout:
         if not self.exists():
             raise LayoutError("%s is not an OCI image layout (no oci-layout file)" % self.path)
 
+    def blob_directory_paths(self) -> list[str]:
+        """blobs and blobs/sha256, outermost first."""
+        return [os.path.join(self.path, *BLOB_DIRECTORIES[: depth + 1]) for depth in range(len(BLOB_DIRECTORIES))]
+
+    def refuse_shared(self, allow_shared: bool, label: str = "layout") -> None:
+        """Refuse, before anything is written or deleted, a layout others could plant links or swap files in.
+
+        A link at blobs or blobs/sha256 always: it would take the blobs' writes and deletes to a directory
+        whoever made it chose. The root, blobs and blobs/sha256 (those that exist) when another user owns
+        one or its group or others may write to it without the sticky bit, unless `allow_shared`.
+        """
+        if not os.path.isdir(self.path):
+            return
+        for path in self.blob_directory_paths():
+            if os.path.islink(path):
+                raise LayoutError(_LINKED % (label, path))
+        if allow_shared:
+            return
+        for path in [self.path, *self.blob_directory_paths()]:
+            reason = shared_directory_reason(path) if os.path.isdir(path) else None
+            if reason:
+                raise LayoutError(_SHARED % (label, path, reason))
+
     def ensure(self) -> None:
         self.check_usable()
+        # makedirs would follow a planted link at blobs and create sha256 wherever it points.
+        self.refuse_shared(allow_shared=True)
         # oci-layout first: until it is there, another build starting on the same new directory must see
         # nothing but this one's temporary file (see _foreign_entries), not a directory of someone else's.
         os.makedirs(self.path, exist_ok=True)
@@ -112,10 +151,10 @@ class OciLayout:
 
     def has_blob(self, digest: str, size: int | None = None) -> bool:
         try:
-            stat = os.stat(self.blob_path(digest))
+            status = os.stat(self.blob_path(digest))
         except FileNotFoundError:
             return False
-        return size is None or stat.st_size == size
+        return size is None or status.st_size == size
 
     def put_bytes(self, data: bytes) -> tuple[str, int, bool]:
         """Store a small blob; returns (digest, size, written)."""
@@ -265,14 +304,48 @@ class OciLayout:
         with flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_EX), self.locked():
             yield
 
-    def stored_blobs(self) -> t.Iterator[tuple[str, os.stat_result]]:
-        """(digest, stat) of every regular file in blobs/sha256 named like a digest."""
-        directory = os.path.join(self.path, "blobs", "sha256")
-        try:
-            with os.scandir(directory) as listing:
-                entries = list(listing)
-        except FileNotFoundError:
+    @contextlib.contextmanager
+    def blob_directory(self, allow_shared: bool, label: str = "layout") -> t.Iterator[int | None]:
+        """blobs/sha256 opened one step at a time without following links (None when there is none yet).
+
+        What is listed and deleted through the descriptor stays inside the layout, whatever
+        is swapped in meanwhile. Refused as refuse_shared() refuses, checked on the open
+        directories themselves.
+        """
+        with contextlib.ExitStack() as opened:
+            fd = open_directory(self.path)
+            opened.callback(os.close, fd)
+            path = self.path
+            for name in BLOB_DIRECTORIES:
+                self._refuse_shared_fd(fd, path, allow_shared, label)
+                path = os.path.join(path, name)
+                try:
+                    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except FileNotFoundError:
+                    yield None
+                    return
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR) and stat.S_ISLNK(
+                        os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+                    ):
+                        raise LayoutError(_LINKED % (label, path)) from exc
+                    raise
+                opened.callback(os.close, fd)
+            self._refuse_shared_fd(fd, path, allow_shared, label)
+            yield fd
+
+    @staticmethod
+    def _refuse_shared_fd(fd: int, path: str, allow_shared: bool, label: str) -> None:
+        reason = None if allow_shared else shared_directory_reason(fd)
+        if reason:
+            raise LayoutError(_SHARED % (label, path, reason))
+
+    def stored_blobs(self, directory: int | None) -> t.Iterator[tuple[str, os.stat_result]]:
+        """(digest, stat) of every regular file named like a digest in blobs/sha256, open as `directory`."""
+        if directory is None:
             return
+        with os.scandir(directory) as listing:
+            entries = list(listing)
         for entry in entries:
             # Temporary files of writers start with '.', so they never match.
             if _HEX64_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
@@ -281,10 +354,11 @@ class OciLayout:
                 except FileNotFoundError:
                     continue
 
-    def remove_blob(self, digest: str) -> bool:
-        """Delete one blob; False when it was already gone."""
+    def remove_blob(self, digest: str, directory: int) -> bool:
+        """Delete one blob from blobs/sha256, open as `directory` (never through a link); False when it was gone."""
+        name = os.path.basename(self.blob_path(digest))
         try:
-            os.unlink(self.blob_path(digest))
+            os.unlink(name, dir_fd=directory)
         except FileNotFoundError:
             return False
         return True

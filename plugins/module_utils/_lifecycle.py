@@ -43,8 +43,8 @@ class LifecycleError(ImageError):
     """Bad input or an unusable layout; one line that says what to do."""
 
 
-def open_layout(path: str) -> OciLayout:
-    """The layout at path, or a one-line reason why there is none."""
+def open_layout(path: str, allow_shared: bool = False) -> OciLayout:
+    """The layout at path, or a one-line reason why there is none or why it is refused (see allow_shared_dest)."""
     layout = OciLayout(path)
     if not os.path.lexists(layout.path):
         raise LifecycleError("layout: %s does not exist" % layout.path)
@@ -52,6 +52,10 @@ def open_layout(path: str) -> OciLayout:
         raise LifecycleError("layout: %s exists and is not a directory" % layout.path)
     if not layout.exists():
         raise LifecycleError("layout: %s is not an OCI image layout (no oci-layout file)" % layout.path)
+    try:
+        layout.refuse_shared(allow_shared)
+    except LayoutError as exc:
+        raise _layout_error(exc) from exc
     return layout
 
 
@@ -243,7 +247,7 @@ def tag_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.An
     """The tag module's one call."""
     if not params["tags"]:
         raise LifecycleError("tags must list at least one new name")
-    layout = open_layout(params["layout"])
+    layout = open_layout(params["layout"], bool(params.get("allow_shared_dest")))
     try:
         with _names_locked(layout, check_mode):
             source, target, plan = plan_tag(layout, params)
@@ -304,7 +308,7 @@ def _orphaned_by(layout: OciLayout, going: set[str]) -> list[str]:
 
 def remove_names(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.Any]:
     """The remove module's one call."""
-    layout = open_layout(params["layout"])
+    layout = open_layout(params["layout"], bool(params.get("allow_shared_dest")))
     try:
         with _names_locked(layout, check_mode):
             going = plan_remove(layout, params["names"] or [], params["platform_tags"])
@@ -412,20 +416,22 @@ def prune_layout(params: t.Mapping[str, t.Any], check_mode: bool, now: float | N
     grace = params["grace_period"]
     if grace < 0:
         raise LifecycleError("grace_period must be 0 or more seconds, got %d" % grace)
-    layout = open_layout(params["layout"])
+    allow_shared = bool(params.get("allow_shared_dest"))
+    layout = open_layout(params["layout"], allow_shared)
     removed: list[str] = []
     freed = 0
     kept_young = 0
     orphans: dict[str, str] = {}
     try:
-        with _prune_locked(layout, check_mode):
+        # Listed and deleted through descriptors of blobs/sha256: never through a link, never outside the layout.
+        with _prune_locked(layout, check_mode), layout.blob_directory(allow_shared) as directory:
             # Taken under the lock: the clock that counts is the one when nothing can start naming.
             cutoff = (time.time() if now is None else now) - grace
             reached, orphans = reachable(layout, _written_after(layout, cutoff))
             # Signatures and referrers of what no name reaches go first, then the blobs only they reached.
             if orphans and not check_mode:
                 layout.drop_refs(orphans)
-            for digest, stat in sorted(layout.stored_blobs()):
+            for digest, stat in sorted(layout.stored_blobs(directory)):
                 if digest in reached:
                     continue
                 # A blob another tool wrote lately may still be on its way to a name. Only the
@@ -433,7 +439,7 @@ def prune_layout(params: t.Mapping[str, t.Any], check_mode: bool, now: float | N
                 if stat.st_mtime > cutoff:
                     kept_young += 1
                     continue
-                if check_mode or layout.remove_blob(digest):
+                if check_mode or (directory is not None and layout.remove_blob(digest, directory)):
                     removed.append(digest)
                     freed += stat.st_size
     except LayoutError as exc:

@@ -24,6 +24,7 @@ its own credentials; the origin's never leave it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import re
@@ -62,10 +63,21 @@ TAG_UNTRUSTED = (
 )
 
 
-# Registry client error codes that say the mirror is not there at all (rather than without this one digest).
+# Registry client error codes that say the mirror is not there at all (rather than without this one digest),
+# or, for STALLED, not there at any useful speed: a mirror that trickled one blob would trickle the next.
 UNREACHABLE_CODES = frozenset(
-    {"CONNECTION_REFUSED", "CONNECTION_FAILED", "TIMEOUT", "NAME_RESOLUTION", "TLS_FAILED", "CERTIFICATE_UNTRUSTED"}
+    {
+        "CONNECTION_REFUSED",
+        "CONNECTION_FAILED",
+        "TIMEOUT",
+        "NAME_RESOLUTION",
+        "TLS_FAILED",
+        "CERTIFICATE_UNTRUSTED",
+        "STALLED",
+    }
 )
+# The rate a mirror's blob stream must keep, over every `timeout` seconds, or the next source is asked.
+MIRROR_MIN_RATE = 64 * 1024
 
 
 class MirrorConfigError(SourceError):
@@ -111,6 +123,7 @@ def _mirror_options(entry: t.Mapping[str, t.Any], plain_http: bool, params: t.Ma
         timeout=float(params.get("timeout") or 20.0),
         # Another source is the retry: a mirror that fails is left for the next one at once.
         retries=0,
+        min_rate=MIRROR_MIN_RATE,
     )
 
 
@@ -210,9 +223,14 @@ class LayoutMirror:
             raise SourceError("blob %s is %d bytes, more than a config may be (4 MiB); refusing it" % (digest, size))
         return self._document(digest, "blob")
 
-    def open_blob(self, digest: str, offset: int = 0) -> BlobStream:
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
+        """From `offset` on; with `length`, only that many bytes (a single bounded range, as the registry's)."""
         what = "downloading blob %s from %s" % (digest, self.describe())
-        headers = {"Range": "bytes=%d-" % offset} if offset > 0 else {}
+        headers: dict[str, str] = {}
+        if length is not None:
+            headers["Range"] = "bytes=%d-%d" % (offset, offset + max(length, 1) - 1)
+        elif offset > 0:
+            headers["Range"] = "bytes=%d-" % offset
         url = self._blob_url(digest)
         response = self._call(
             lambda: self.client.request("GET", url, what=what, headers=headers, stream=True, ok=(200, 206))
@@ -270,7 +288,14 @@ def _label(source: t.Any) -> str:
 class MirroredSource:
     """The origin behind its mirrors: the Source interface, each answer from the first source that has it."""
 
-    def __init__(self, origin: Source, mirrors: t.Sequence[t.Any], resolve_tags: bool, pinned: str | None):
+    def __init__(
+        self,
+        origin: Source,
+        mirrors: t.Sequence[t.Any],
+        resolve_tags: bool,
+        pinned: str | None,
+        url_from: str = "origin",
+    ):
         self.origin = origin
         self.mirrors = list(mirrors)
         self.ref = origin.ref
@@ -288,6 +313,14 @@ class MirroredSource:
         self._down: set[str] = set()
         # digest -> (label, byte) where a source's stream last ended without an error
         self._ended: dict[str, tuple[str, int]] = {}
+        # mirrors that answered a range request with the whole blob: asked only from byte 0 from then on
+        self._no_ranges: set[str] = set()
+        # mirrors that answered a range request with 206: their ranges need no probe
+        self._ranges_known: set[str] = set()
+        # label -> lock held by the one range request that finds out whether a mirror honours ranges
+        self._probes: dict[str, threading.Lock] = {}
+        # whose address blob_location hands out: the origin's, or (asked for) a mirror's
+        self.url_from = url_from
         self._document_bytes_from_origin = 0
         self.errors: list[dict[str, str]] = []
 
@@ -348,9 +381,11 @@ class MirroredSource:
             blobs = sum(per_source.get(self.origin_label, 0) for per_source in self._served.values())
             return blobs + self._document_bytes_from_origin
 
-    def _candidates(self, digest: str) -> list[t.Any]:
+    def _candidates(self, digest: str, ranged: bool = False) -> list[t.Any]:
         with self._lock:
             excluded = set(self._excluded.get(digest, ())) | self._down
+            if ranged:
+                excluded |= self._no_ranges
         return [source for source in [*self.mirrors, self.origin] if _label(source) not in excluded]
 
     def _exclude(self, source: t.Any, digest: str) -> None:
@@ -409,13 +444,31 @@ class MirroredSource:
         return t.cast(bytes, self._first(digest, "blob", lambda s: s.read_small_blob(digest, size)))
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
-        """Where a plain HTTP client gets the blob: the first mirror's address (no credentials), else the origin's."""
-        for mirror in self.mirrors:
-            try:
-                return t.cast(tuple[str, dict[str, str]], mirror.blob_location(digest))
-            except SourceError:
-                continue
-        return self.origin.blob_location(digest)
+        """Where a plain HTTP client gets the blob: the origin's address, or with url_from=mirror the first mirror's.
+
+        A consumer of this address may stream it without hashing (an HTTP boot
+        server does), so by default it is the origin's: a mirror needs no trust
+        only where every byte is verified. A mirror's address is handed out
+        only when asked for, and never a plain-HTTP one for an https origin.
+        """
+        if self.url_from == "mirror":
+            origin_is_https = _label(self.origin).startswith("https://")
+            for mirror in self.mirrors:
+                if origin_is_https and not str(mirror.url).startswith("https://"):
+                    continue
+                try:
+                    return t.cast(tuple[str, dict[str, str]], mirror.blob_location(digest))
+                except SourceError:
+                    continue
+        try:
+            return self.origin.blob_location(digest)
+        except SourceError as exc:
+            if self.url_from == "mirror":
+                raise
+            raise SourceError(
+                "%s; url_from: mirror hands out a mirror's address instead (the consumer must verify the digest)" % exc,
+                retryable=exc.retryable,
+            ) from exc
 
     # ---- blobs -----------------------------------------------------------------
 
@@ -452,12 +505,58 @@ class MirroredSource:
                 self._excluded.setdefault(digest, set()).add(label)
         return True
 
-    def _open_next(self, digest: str, position: int) -> tuple[t.Any, t.Any, int]:
-        """(source, its stream, bytes to skip) from the first source that opens at `position`."""
+    def _whole_blob_answer(self, source: t.Any, digest: str, failures: list[str]) -> None:
+        """A mirror answered a range request with the whole blob (200): not asked for a range again in this run.
+
+        Reading its answer up to the wanted byte would cost a prefix of the blob
+        for every range, which a delta of many small ranges multiplies many
+        times over; the next source is asked instead.
+        """
+        error = SourceError("answered a range request with the whole blob (HTTP 200); not asked for ranges again")
+        self._note_error(source, digest, error)
+        with self._lock:
+            self._no_ranges.add(_label(source))
+        failures.append("%s: %s" % (_label(source), error))
+
+    def _range_probe(self, source: t.Any, ranged: bool) -> t.ContextManager[t.Any]:
+        """Held by the first range request to a mirror until it answers; the others wait for that answer.
+
+        A whole-blob answer costs what is in flight before it is dropped (socket
+        buffers, megabytes); a delta's parallel ranges must not each pay it.
+        """
+        label = _label(source)
+        with self._lock:
+            if not ranged or source is self.origin or label in self._ranges_known:
+                return contextlib.nullcontext()
+            return self._probes.setdefault(label, threading.Lock())
+
+    def _open_one(self, source: t.Any, digest: str, position: int, length: int | None, ranged: bool) -> t.Any:
+        """source.open_blob, or None for a mirror found meanwhile not to serve ranges."""
+        with self._range_probe(source, ranged):
+            label = _label(source)
+            with self._lock:
+                if ranged and label in self._no_ranges:
+                    return None
+            stream = source.open_blob(digest, position, length)
+            if ranged and source is not self.origin:
+                with self._lock:
+                    if _whole_answer(stream, position):
+                        self._no_ranges.add(label)
+                    elif stream.offset == position:
+                        self._ranges_known.add(label)
+            return stream
+
+    def _open_next(self, digest: str, position: int, end: int | None = None) -> tuple[t.Any, t.Any, int]:
+        """(source, its stream, bytes to skip) from the first source that opens at `position` (up to `end`).
+
+        With `end`, every source is asked for exactly that range (`bytes=X-Y`).
+        """
         failures: list[str] = []
-        for source in self._candidates(digest):
+        ranged = position > 0 or end is not None
+        length = None if end is None else end - position
+        for source in self._candidates(digest, ranged):
             try:
-                stream = source.open_blob(digest, position)
+                stream = self._open_one(source, digest, position, length, ranged)
             except SourceError as exc:
                 if source is self.origin:
                     raise SourceError(_with_mirror_failures(str(exc), failures), retryable=exc.retryable) from exc
@@ -465,12 +564,28 @@ class MirroredSource:
                 self._exclude(source, digest)
                 failures.append("%s: %s" % (_label(source), exc))
                 continue
+            if stream is None:
+                continue
+            if ranged and source is not self.origin and _whole_answer(stream, position):
+                stream.close()
+                self._whole_blob_answer(source, digest, failures)
+                continue
             if stream.offset == position:
                 return source, stream, 0
-            if stream.offset == 0:
-                # It ignored Range: skip what we have, it costs no more than starting over.
+            if stream.offset == 0 and source is not self.origin:
+                stream.close()
+                self._whole_blob_answer(source, digest, failures)
+                continue
+            if stream.offset == 0 and end is None:
+                # The origin, the last source, ignored Range: skip what we have, it costs no more than starting over.
                 return source, stream, position
             stream.close()
+            if stream.offset == 0:
+                # A bounded range (a delta's) answered with the whole blob: the caller fetches the blob whole instead.
+                raise SourceError(
+                    "%s answered a range request with the whole blob; %s"
+                    % (_label(source), _with_mirror_failures("it cannot serve ranges", failures))
+                )
             error = SourceError("answered from byte %d when asked for byte %d" % (stream.offset, position))
             if source is self.origin:
                 raise error
@@ -478,6 +593,11 @@ class MirroredSource:
             self._exclude(source, digest)
             failures.append("%s: %s" % (_label(source), error))
         raise SourceError("blob %s: no source has it (%s)" % (digest, "; ".join(failures)))
+
+
+def _whole_answer(stream: t.Any, position: int) -> bool:
+    """Whether a range request was answered with the whole blob: from byte 0, or as a 200 (`ranged` False)."""
+    return (position > 0 and stream.offset == 0) or getattr(stream, "ranged", None) is False
 
 
 @dataclasses.dataclass
@@ -505,7 +625,7 @@ class _FailoverStream:
         self.offset = offset
         self._position = offset
         self._end = None if length is None else offset + length
-        self._source, self._stream, self._skip = owner._open_next(digest, offset)
+        self._source, self._stream, self._skip = owner._open_next(digest, offset, self._end)
 
     def _chunks_of_current(self, size: int) -> t.Iterator[t.Any]:
         label = _label(self._source)
@@ -537,7 +657,7 @@ class _FailoverStream:
                 self._owner._note_error(self._source, self._digest, exc)
                 self._owner._exclude(self._source, self._digest)
                 self._stream.close()
-                self._source, self._stream, self._skip = self._owner._open_next(self._digest, self._position)
+                self._source, self._stream, self._skip = self._owner._open_next(self._digest, self._position, self._end)
 
     def close(self) -> None:
         self._stream.close()
@@ -552,7 +672,8 @@ def with_mirrors(origin: Source, params: t.Mapping[str, t.Any]) -> Source:
     pinned = params.get("digest") or None
     if pinned is not None and not SHA256_DIGEST_RE.fullmatch(str(pinned)):
         raise SourceError("digest: %r is not a sha256:<64 hex> digest" % pinned)
-    return MirroredSource(origin, mirrors, bool(params.get("mirror_resolve_tags")), pinned)
+    url_from = params.get("url_from") or "origin"
+    return MirroredSource(origin, mirrors, bool(params.get("mirror_resolve_tags")), pinned, url_from)
 
 
 def mirror_results(source: t.Any) -> dict[str, t.Any]:

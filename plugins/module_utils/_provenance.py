@@ -47,6 +47,9 @@ PAYLOAD_TYPE = "application/vnd.in-toto+json"
 PROVENANCE_ARTIFACT_TYPE = PAYLOAD_TYPE
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
+# What require_provenance accepts unless the user lists others: a vulnerability scan or any other
+# statement the same key signed says nothing about how the image was built.
+DEFAULT_PREDICATE_TYPES = (PREDICATE_TYPE,)
 BUILD_TYPE = "https://github.com/ironcore-dev/ironcore-image/ansible/build/v1"
 BUILDER_ID = "https://galaxy.ansible.com/ui/repo/published/ironcore/image/"
 # An envelope is a few KiB (one dependency per artifact); anything far larger is not one we read.
@@ -228,11 +231,21 @@ class Verified:
         return {"verified": True, "keyid": self.keyid, "predicate_type": self.predicate_type}
 
 
-def check_provenance(digest: str, where: str, envelopes: t.Sequence[bytes], keys: t.Sequence[t.Any]) -> Verified:
+def check_provenance(
+    digest: str,
+    where: str,
+    envelopes: t.Sequence[bytes],
+    keys: t.Sequence[t.Any],
+    predicate_types: t.Sequence[str] = DEFAULT_PREDICATE_TYPES,
+) -> Verified:
     """The provenance of `digest` some key in `keys` signed, or ProvenanceError saying why there is none.
 
-    As for signatures, the most telling failure is reported: a trusted
-    key's envelope for another digest says more than an unknown key's.
+    Only a statement whose predicate type is one of `predicate_types` is a
+    provenance: the same key may sign other statements about the image
+    (a vulnerability scan), and those say nothing about its build. As for
+    signatures, the most telling failure is reported: a trusted key's
+    statement of another type, then its envelope for another digest, say
+    more than an unknown key's.
     """
     if not envelopes:
         raise ProvenanceError(
@@ -241,6 +254,7 @@ def check_provenance(digest: str, where: str, envelopes: t.Sequence[bytes], keys
         )
     trusted = {fingerprint(key) for key in keys}
     other_digests: list[str] = []
+    other_types: list[str] = []
     changed: list[str] = []
     unknown: list[str] = []
     malformed: list[str] = []
@@ -275,7 +289,16 @@ def check_provenance(digest: str, where: str, envelopes: t.Sequence[bytes], keys
         if digest not in digests:
             other_digests.extend(digests)
             continue
+        if predicate_type not in predicate_types:
+            other_types.append(predicate_type[:120])
+            continue
         return Verified(fingerprint(signed_by), predicate_type)
+    if other_types:
+        raise ProvenanceError(
+            "%s has a trusted statement whose predicate type is %s, not %s; refusing it "
+            "(list the types to accept in provenance_predicate_types)"
+            % (where, ", ".join(sorted(set(other_types))), " or ".join(predicate_types))
+        )
     if other_digests:
         raise ProvenanceError(
             "%s has a provenance for another digest (%s); refusing it" % (where, ", ".join(sorted(set(other_digests))))

@@ -103,6 +103,9 @@ class RegistryOptions:
     concurrency: int = 4
     # Whether the user named docker_config (rather than the default location).
     docker_config_given: bool = False
+    # Bytes per second a blob stream must gain over every `timeout` seconds, or it is cut (0: no floor).
+    # Set for mirrors only, so that a trickling mirror fails over; the origin has no next source.
+    min_rate: float = 0.0
 
     def __repr__(self) -> str:
         # Never let the password reach a log line or a traceback.

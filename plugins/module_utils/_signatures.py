@@ -16,7 +16,6 @@ payloads, keys and the verdict are `_sign.py`'s.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 import typing as t
@@ -52,12 +51,18 @@ from ansible_collections.ironcore.image.plugins.module_utils._sign import (
     fingerprint,
     load_private_key,
     load_public_key,
+    parse_payload,
     payload_for,
     sign,
     signature_tag,
     verifying_key,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
+from ansible_collections.ironcore.image.plugins.module_utils._store import (
+    LayoutStore,
+    RegistryStore,
+    StoreError,
+    download_blob,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._walk import (
     Document,
     WalkError,
@@ -143,6 +148,27 @@ def _read_entry(store: Store, layer: t.Any) -> SignedPayload:
     return SignedPayload(data, signature, claimed)
 
 
+def _names_digest(entry: SignedPayload, digest: str) -> bool:
+    """Whether a read `.sig` entry is a signed simple-signing payload that names `digest` (not yet verified)."""
+    if not entry.data or not isinstance(entry.signature, str) or not entry.signature:
+        return False
+    try:
+        _repository, named = parse_payload(entry.data)
+    except SignatureError:
+        return False
+    return named == digest
+
+
+def names_this_digest(store: Store, layer: t.Any, digest: str) -> bool:
+    """Whether a `.sig` layer is worth keeping in a merge or an append: a simple-signing payload naming `digest`.
+
+    Anything else (another media type, a payload for another digest, bytes
+    that do not match the descriptor) can never verify for `digest`, and
+    only takes one of the MAX_SIGNERS places a verifier reads.
+    """
+    return isinstance(layer, dict) and _names_digest(_read_entry(store, layer), digest)
+
+
 def _read_small_blob(store: Store, digest: str, size: int) -> bytes | None:
     """The blob's bytes when they are what its descriptor says, else None."""
     stream = store.open_blob(digest, 0)
@@ -205,9 +231,17 @@ def sign_digest(store: Store, ref: ImageReference, digest: str, key: t.Any, chec
     entries = [_read_entry(store, layer) for layer in manifest["layers"]] if manifest else []
     if _already_signed(manifest, entries, key, payload):
         return False
+    # Junk a writer put into the `.sig` is dropped, so that it cannot push the new signature past what a verifier reads.
+    layers = (
+        [layer for layer, entry in zip(manifest["layers"], entries) if _names_digest(entry, digest)] if manifest else []
+    )
+    if len(layers) >= MAX_SIGNERS:
+        raise SignatureError(
+            "%s@%s already has %d signatures, the most a verifier reads; remove its %s to sign it again"
+            % (ref.name, digest, len(layers), signature_name(store, ref, digest))
+        )
     if check_mode:
         return True
-    layers = list(manifest["layers"]) if manifest else []
     annotations = {SIGNATURE_ANNOTATION: sign(key, payload), FINGERPRINT_ANNOTATION: fingerprint(key)}
     layers.append(_blob_descriptor(SIMPLESIGNING_MEDIA_TYPE, payload, annotations=annotations))
     config = signature_config([str(layer["digest"]) for layer in layers])
@@ -236,6 +270,23 @@ def sign_image(
     sbom: bool = False,
 ) -> SignResult:
     """Sign the digest `name` resolves to and every index and manifest it reaches; attach provenance and SBOM."""
+    with contextlib.ExitStack() as held:
+        if isinstance(store, LayoutStore) and not check_mode:
+            # From the first blob stored (or found stored) to the last name: a prune waits (see hold_blobs).
+            store.hold_blobs()
+            held.enter_context(store)
+        return _sign_image(store, name, key_path, passphrase, check_mode, provenance, sbom)
+
+
+def _sign_image(
+    store: Store,
+    name: str,
+    key_path: str,
+    passphrase: str | None,
+    check_mode: bool,
+    provenance: bool,
+    sbom: bool,
+) -> SignResult:
     ref = _parse(name)
     key = load_private_key(key_path, passphrase)
     root = store.resolve(ref.reference if isinstance(store, RegistryStore) else name)
@@ -263,8 +314,9 @@ def sign_image(
 def open_store(params: t.Mapping[str, t.Any], on_retry: t.Callable[[str], None] | None = None) -> Store:
     """The layout, or the registry repository of `name`, the module's options point at."""
     if params.get("layout"):
-        store = LayoutStore(params["layout"])
+        store = LayoutStore(params["layout"], bool(params.get("allow_shared_dest")))
         store.require()
+        store.refuse_shared()
         return store
     from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
     from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
@@ -331,6 +383,7 @@ def verify_before_delivery(
     if not keys_given:
         option = "require_signature" if required else "require_provenance"
         raise SignatureError("%s is true but signature_keys is empty; give the public keys to trust" % option)
+    predicate_types = list(params.get("provenance_predicate_types") or _provenance.DEFAULT_PREDICATE_TYPES)
     keys = [load_public_key(text) for text in keys_given]
     ref = source.ref
     store = _store_of(source)
@@ -340,7 +393,7 @@ def verify_before_delivery(
         if required:
             verified = verify_digests(store, ref, [image_digest, manifest_digest], keys)
         if with_provenance:
-            provenance = verify_provenance(store, ref, image_digest, keys)
+            provenance = verify_provenance(store, ref, image_digest, keys, predicate_types)
     except SignatureError as exc:
         raise SignatureError("%s; nothing was fetched" % exc) from exc
     except ImageError as exc:
@@ -465,25 +518,22 @@ def _rootfs_layers(documents: ImageDocuments) -> list[tuple[str, int]]:
 
 
 @contextlib.contextmanager
-def _local_copy(store: Store, digest: str) -> t.Iterator[str]:
-    """A path holding the blob: the layout's own file, or the registry's blob streamed to a temporary file."""
+def _local_copy(store: Store, digest: str, size: int) -> t.Iterator[str]:
+    """A path holding the blob: the layout's own file, or the registry's blob received into a temporary file.
+
+    The download stops at the first byte past the descriptor's `size` and is
+    checked against the digest before anything reads it.
+    """
     local = store.local_blob_path(digest)
     if local is not None:
         yield local
         return
     with tempfile.TemporaryDirectory(prefix="ironcore-sbom-") as directory:
         path = os.path.join(directory, "rootfs")
-        hasher = hashlib.sha256()
-        stream = store.open_blob(digest, 0)
         try:
-            with open(path, "wb") as out:
-                for chunk in stream.iter_chunks(1024 * 1024):
-                    hasher.update(chunk)
-                    out.write(chunk)
-        finally:
-            stream.close()
-        if "sha256:" + hasher.hexdigest() != digest:
-            raise SignatureError("the rootfs blob %s did not match its digest when downloaded for the SBOM" % digest)
+            download_blob(store, digest, size, path)
+        except StoreError as exc:
+            raise SignatureError("reading the rootfs for the SBOM failed: %s" % exc) from exc
         yield path
 
 
@@ -491,8 +541,8 @@ def image_packages(store: Store, documents: ImageDocuments) -> tuple[list[_sbom.
     """The packages installed in the image's ext4 rootfs layers, and the digests of the rootfs read."""
     packages: list[_sbom.Package] = []
     read: list[str] = []
-    for digest, _size in _rootfs_layers(documents):
-        with _local_copy(store, digest) as path:
+    for digest, size in _rootfs_layers(documents):
+        with _local_copy(store, digest, size) as path:
             if not _sbom.is_ext_filesystem(path):
                 continue
             text = _sbom.read_dpkg_status(path)
@@ -513,10 +563,17 @@ def attach_sbom(
     return changed, digest, len(packages), read
 
 
-def verify_provenance(store: Store, ref: ImageReference, digest: str, keys: t.Sequence[t.Any]) -> dict[str, t.Any]:
+def verify_provenance(
+    store: Store,
+    ref: ImageReference,
+    digest: str,
+    keys: t.Sequence[t.Any],
+    predicate_types: t.Sequence[str] = _provenance.DEFAULT_PREDICATE_TYPES,
+) -> dict[str, t.Any]:
     """{verified, keyid, predicate_type} of the provenance of `digest`, or ProvenanceError saying why not."""
     envelopes = _referrer_blobs(store, digest, _provenance.PROVENANCE_ARTIFACT_TYPE, _provenance.MAX_ENVELOPE_SIZE)
-    return _provenance.check_provenance(digest, "%s@%s" % (ref.name, digest), envelopes, keys).result()
+    where = "%s@%s" % (ref.name, digest)
+    return _provenance.check_provenance(digest, where, envelopes, keys, predicate_types).result()
 
 
 # ---- describing (ironcore_image_info) -------------------------------------------------

@@ -238,6 +238,7 @@ class TranslatedStream:
         self._stream = stream
         self._call = call
         self.offset = stream.offset
+        self.ranged: bool | None = getattr(stream, "ranged", None)
 
     def iter_chunks(self, size: int) -> t.Iterator[t.Any]:
         chunks = self._stream.iter_chunks(size)

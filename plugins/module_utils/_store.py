@@ -23,6 +23,7 @@ cannot even read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import typing as t
@@ -134,11 +135,27 @@ class LayoutStore:
     repository: str | None = None
     retries = 0
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, allow_shared: bool = False, label: str = "layout"):
         self.layout = OciLayout(path)
+        # As a destination: whether a layout others can write to is used (allow_shared_dest), and the option it is.
+        self.allow_shared = allow_shared
+        self.label = label
+        self._holding: contextlib.ExitStack | None = None
 
     def describe(self) -> str:
         return "layout %s" % self.layout.path
+
+    def __enter__(self) -> LayoutStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the blob lock (see hold_blobs); the names are recorded, or never will be."""
+        if self._holding is not None:
+            holding, self._holding = self._holding, None
+            holding.close()
 
     # ---- reading --------------------------------------------------------
 
@@ -225,11 +242,38 @@ class LayoutStore:
         except LayoutError as exc:
             raise StoreError("destination: %s" % exc) from exc
 
+    def refuse_shared(self) -> None:
+        """Refuse a layout (or its blobs, blobs/sha256) others could plant links in, unless allowed."""
+        try:
+            self.layout.refuse_shared(self.allow_shared, self.label)
+        except LayoutError as exc:
+            raise StoreError(str(exc)) from exc
+
     def prepare(self) -> None:
+        """Create the layout when needed, check its directories, and hold its blob lock until close()."""
         try:
             self.layout.ensure()
         except LayoutError as exc:
             raise StoreError("destination: %s" % exc) from exc
+        self.refuse_shared()
+        self.hold_blobs()
+
+    def hold_blobs(self) -> None:
+        """Take the layout's shared blob lock, the one builds take, and keep it until close().
+
+        Taken before the first "have I got this blob" and kept until the names
+        are recorded: a prune takes the lock exclusively, so it cannot delete an
+        old, unnamed blob this writer found already stored and counts on.
+        """
+        if self._holding is not None:
+            return
+        holding = contextlib.ExitStack()
+        try:
+            holding.enter_context(self.layout.adding_blobs())
+        except OSError as exc:
+            holding.close()
+            raise StoreError("locking %s failed: %s" % (self.describe(), exc.strerror or exc)) from exc
+        self._holding = holding
 
     def has_blob(self, digest: str, size: int) -> bool:
         return self.layout.has_blob(digest, size)
@@ -320,6 +364,7 @@ class _Receiver:
         out: AtomicFile,
         hashed: HashingCounter,
         counter: ByteCounter,
+        verb: str = "copying",
     ):
         self.source = source
         self.digest = digest
@@ -328,10 +373,11 @@ class _Receiver:
         # Hashed in a second thread, beside the receive and the write.
         self.hashed: HashingCounter = BackgroundHashingCounter(hashed)
         self.counter = counter
-        self.what = "copying blob %s from %s" % (digest, source.describe())
+        self.what = "%s blob %s from %s" % (verb, digest, source.describe())
 
     def append_from(self, offset: int) -> None:
-        stream = self.source.open_blob(self.digest, offset)
+        # A resumed transfer asks for the bounded rest (bytes=X-Y), as fetch does.
+        stream = self.source.open_blob(self.digest, offset, self.size - offset if offset > 0 else None)
         try:
             if stream.offset != offset:
                 if stream.offset != 0:
@@ -377,6 +423,25 @@ class _Receiver:
                     ) from exc
                 self.source.retry_pause(failures, self.what, "%d of %d bytes received" % (self.hashed.size, self.size))
         return self.hashed
+
+
+def download_blob(source: ImageSource, digest: str, size: int, path: str) -> None:
+    """Stream one blob into the new file `path` through the copy's receive loop, then verify it.
+
+    The loop stops at the first byte past `size`, so a source that sends
+    more than the descriptor says costs at most one read, not the disk; it
+    resumes with Range after interruptions, as a copy does. StoreError when
+    the bytes are not the blob; `path` is then not created.
+    """
+    with AtomicFile(path) as out:
+        receiver = _Receiver(source, digest, size, out, HashingCounter(), ByteCounter(), verb="downloading")
+        hashed = receiver.run(source.retries)
+        if hashed.size != size or hashed.digest != digest:
+            raise _Corrupt(
+                "blob %s from %s hashes to %s (%d bytes); the source is corrupt"
+                % (digest, source.describe(), hashed.digest, hashed.size)
+            )
+        out.commit()
 
 
 # ---- a registry repository -------------------------------------------------------

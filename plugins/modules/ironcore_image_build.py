@@ -133,10 +133,12 @@ options:
     version_added: 0.2.0
   allow_shared_dest:
     description:
-      - Build into a O(layout) directory that other users can write to (writable by its group or others without
-        the sticky bit, or owned by another user than root or the one running the module).
+      - Build into a O(layout) whose directory, or whose C(blobs) or C(blobs/sha256) directory, other users can write
+        to (writable by its group or others without the sticky bit, or owned by another user than root or the one
+        running the module).
       - By default such a layout is refused, since whoever can write there could plant links or swap files where the
         module writes blobs and C(index.json), as root on a build host.
+      - A symbolic link at C(blobs) or C(blobs/sha256) is refused even then.
       - Set it only when everyone who can write to the directory is trusted.
     type: bool
     default: false
@@ -172,6 +174,9 @@ options:
       - Block size of the block index in bytes, a power of two from V(512) to V(16777216) (16 MiB).
       - Match the file system's block size (4 KiB for ext4 and most others) so that unchanged files land on
         unchanged blocks.
+      - M(ironcore.image.ironcore_image_fetch) uses indexes of V(4096) bytes or more for a delta; a finer index
+        is written, but a node downloads the whole layer instead (it would cost the node more than the layer
+        warrants).
     type: int
     default: 4096
     version_added: 0.2.0

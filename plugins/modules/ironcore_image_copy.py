@@ -68,15 +68,19 @@ options:
       - They are sent after the image's blobs and documents and before its names, so whoever sees a name also
         sees its signatures. Each is sent only when the destination lacks it; a destination C(.sig) with signers
         the source lacks keeps them, and the source's signers are appended.
+      - Only C(.sig) layers that are simple-signing payloads naming the digest travel (others can never verify),
+        and a merged C(.sig) stops at the 64 signers a verifier reads, the destination's own first.
       - A referrer is listed at the destination the way it supports (its referrers API, else the tag schema).
     type: bool
     default: true
   allow_shared_dest:
     description:
-      - Copy into a O(destination.layout) directory that other users can write to (writable by its group or
-        others without the sticky bit, or owned by another user than root or the one running the module).
+      - Copy into a O(destination.layout) whose directory, or whose C(blobs) or C(blobs/sha256) directory, other
+        users can write to (writable by its group or others without the sticky bit, or owned by another user than
+        root or the one running the module).
       - By default such a layout is refused, since whoever can write there could plant links or swap files where
         the module writes blobs and C(index.json).
+      - A symbolic link at C(blobs) or C(blobs/sha256) is refused even then.
     type: bool
     default: false
 notes:
@@ -228,7 +232,7 @@ def main() -> None:
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not (module.params["source"].get("layout") and module.params["destination"].get("layout")):
-        require(module, "requests", "oras")
+        require(module, "requests")
     run(module, lambda: copy_image(module.params, module.check_mode, module.warn))
 
 

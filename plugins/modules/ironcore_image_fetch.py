@@ -180,9 +180,20 @@ options:
         signed by one of O(signature_keys), whose subject is the digest O(name) resolves to.
       - Checked before any blob byte is written, like the signatures. Without one the task fails with one line
         saying why (no provenance; signed by an unknown key; a provenance for another digest; a malformed
-        envelope; a payload changed after signing).
+        envelope; a payload changed after signing; a statement whose predicate type is not accepted).
+      - Only a statement whose C(predicateType) is one of O(provenance_predicate_types) counts as a provenance;
+        a vulnerability scan or another statement signed by the same key does not.
     type: bool
     default: false
+    version_added: 0.2.0
+  provenance_predicate_types:
+    description:
+      - The in-toto predicate types that O(require_provenance) accepts as a provenance.
+      - The default accepts SLSA provenance v1 only, which M(ironcore.image.ironcore_image_sign) writes. Add others
+        (for example C(https://slsa.dev/provenance/v0.2)) only if a build system you trust signs them.
+    type: list
+    elements: str
+    default: [https://slsa.dev/provenance/v1]
     version_added: 0.2.0
   delta:
     description:
@@ -192,6 +203,10 @@ options:
         holes, and the assembled file must hash to the layer digest before it replaces anything; otherwise, and
         whenever the image has no index, the index does not fit the layer, the delta would download more than
         60 % of the layer, or the source ignores Range, the whole blob is downloaded as with V(never).
+      - Only indexes shaped as the build writes them are used (16-byte hashes, blocks of 4 KiB to 16 MiB), so that
+        what a node spends on its seeds stays a fixed share of the layer whatever the index claims. Each seed is
+        read once and its blocks looked up as they stream past; seeds too small to supply 40 % of the layer are
+        not read at all.
       - RV(files.delta) says whether it was used, or why not.
     type: str
     choices: [auto, never]
@@ -204,17 +219,16 @@ options:
       - A seed that is missing, a directory or neither a regular file nor a block device is skipped with a
         warning. Seeds are only read.
       - The block hashes of a regular file are kept in the state directory, keyed on the file's device, inode,
-        size, mtime and ctime, so an unchanged seed is read only for the blocks it gives. Block devices are hashed
-        on every run.
+        size, mtime and ctime, so an unchanged seed is read only for the blocks it gives. Such a cache entry is
+        at most 1/256 of its seed. Block devices are hashed on every run.
     type: list
     elements: path
     default: []
     version_added: 0.2.0
 notes:
   - With O(layout) the module reads the image from disk and does not need C(requests).
-  - C(oras) is not needed (since 0.2.0); the module reads O(docker_config) (C(auths) with C(auth),
-    C(username)/C(password) or C(identitytoken); C(credHelpers); C(credsStore)) and runs C(docker-credential-<name> get)
-    itself. Nothing is lost without it.
+  - The module reads O(docker_config) (C(auths) with C(auth), C(username)/C(password) or C(identitytoken);
+    C(credHelpers); C(credsStore)) and runs C(docker-credential-<name> get) itself.
   - O(concurrency) layers are downloaded in parallel; O(timeout) and O(retries) also apply to interrupted transfers,
     which are resumed from the last byte received.
   - Manifests, indexes and configs larger than 4 MiB are refused.
@@ -444,6 +458,7 @@ def main() -> None:
         signature_keys={"type": "list", "elements": "str", "no_log": False},
         require_signature={"type": "bool"},
         require_provenance={"type": "bool", "default": False},
+        provenance_predicate_types={"type": "list", "elements": "str", "default": ["https://slsa.dev/provenance/v1"]},
         delta={"type": "str", "choices": ["auto", "never"], "default": "auto"},
         seeds={"type": "list", "elements": "path", "default": []},
     )

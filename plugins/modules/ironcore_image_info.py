@@ -93,11 +93,25 @@ options:
     type: bool
     default: false
     version_added: 0.2.0
+  url_from:
+    description:
+      - Whose address the C(url) and C(headers) of the layers in RV(selected) give when O(mirrors) are set.
+      - V(origin), the default, gives the origin's (the registry of O(name), or the file in O(layout)), whatever
+        the mirrors hold. A consumer that streams the URL without hashing it, such as an HTTP boot server, then
+        gets what the origin serves.
+      - V(mirror) gives the first mirror's address instead (with that mirror's own credentials, never the
+        origin's), the origin's when no mirror fits. B(The consumer must verify the digest) of what it gets from
+        that address, since a mirror is trusted for nothing and only verified bytes are safe. A plain-HTTP mirror
+        is never handed out for an https origin.
+      - Without O(mirrors) this option changes nothing.
+    type: str
+    choices: [origin, mirror]
+    default: origin
+    version_added: 0.2.0
 notes:
   - With O(layout) the module reads the image from disk and does not need C(requests).
-  - C(oras) is not needed (since 0.2.0); the module reads O(docker_config) (C(auths) with C(auth),
-    C(username)/C(password) or C(identitytoken); C(credHelpers); C(credsStore)) and runs C(docker-credential-<name> get)
-    itself. Nothing is lost without it.
+  - The module reads O(docker_config) (C(auths) with C(auth), C(username)/C(password) or C(identitytoken);
+    C(credHelpers); C(credsStore)) and runs C(docker-credential-<name> get) itself.
   - With O(include_credentials=true) the C(headers) in RV(selected) carry a credential. Use C(no_log) on the
     task, or do not register the result, when the output is logged.
 seealso:
@@ -223,8 +237,9 @@ selected:
         - The layers to fetch, each with C(role), C(media_type), C(digest), C(size), C(packed), C(url), C(headers)
           (what C(ironcore-image url) prints upstream) and C(auth_scheme) (V(Basic), V(Bearer) or V(null)).
         - C(headers) holds C(Authorization) only with O(include_credentials=true).
-        - With O(mirrors), C(url) and C(headers) are those of the first mirror that answers (with that mirror's
-          own credentials, never the origin's).
+        - With O(mirrors), C(url) and C(headers) are the origin's, unless O(url_from=mirror) asks for the first
+          mirror's (with that mirror's own credentials, never the origin's); the consumer must then verify the
+          digest.
       type: list
       elements: dict
   sample:
@@ -347,6 +362,7 @@ def argument_spec() -> dict:
         include_credentials={"type": "bool", "default": False},
         signature_keys={"type": "list", "elements": "str", "no_log": False},
         show_signatures={"type": "bool", "default": False},
+        url_from={"type": "str", "choices": ["origin", "mirror"], "default": "origin"},
     )
     spec.update(MIRRORS_ARGUMENT_SPEC)
     # Without a name, info lists the layout's images.

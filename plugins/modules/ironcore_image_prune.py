@@ -13,10 +13,13 @@ version_added: 0.2.0
 description:
   - Walks every entry of the layout's C(index.json) (named or not) through its indexes and manifests to the
     configs and layers, and deletes every blob under C(blobs/sha256) that none of them reaches.
-  - Safe beside M(ironcore.image.ironcore_image_build) runs into the same layout. A build holds the layout's blob
-    lock (shared) from the first blob it looks at until its names are recorded; a prune takes that lock
-    exclusively, so it waits for running builds to name their blobs, and builds that start meanwhile wait for the
-    prune. Names cannot change while a prune runs.
+  - Safe beside M(ironcore.image.ironcore_image_build) runs into the same layout, and beside
+    M(ironcore.image.ironcore_image_copy) and M(ironcore.image.ironcore_image_sign) runs into it. Each holds the
+    layout's blob lock (shared) from the first blob it looks at until its names are recorded; a prune takes that
+    lock exclusively, so it waits for running writers to name their blobs, and writers that start meanwhile wait
+    for the prune. Names cannot change while a prune runs.
+  - Lists and deletes blobs through descriptors of C(blobs) and C(blobs/sha256) opened without following links,
+    so nothing outside the layout is deleted; see O(allow_shared_dest).
   - Writers that do not take the lock (C(skopeo copy) into the layout, older releases of this collection) are
     covered by O(grace_period) instead; see there.
   - Refuses to delete anything when a name reaches a document that is missing or damaged, and says which name,
@@ -44,6 +47,18 @@ options:
     description: Path of the OCI image layout directory.
     type: path
     required: true
+  allow_shared_dest:
+    description:
+      - Work in a O(layout) whose directory, or whose C(blobs) or C(blobs/sha256) directory, other users can write
+        to (writable by its group or others without the sticky bit, or owned by another user than root or the one
+        running the module).
+      - By default such a layout is refused, since whoever can write there could plant links or swap files where
+        the module deletes blobs and writes C(index.json), as root.
+      - A symbolic link at C(blobs) or C(blobs/sha256) is refused even then.
+      - Set it only when everyone who can write to the directory is trusted.
+    type: bool
+    default: false
+    version_added: 0.2.0
   grace_period:
     description:
       - Seconds. An unreachable blob whose modification time is more recent than this is kept, and counted
@@ -125,6 +140,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "layout": {"type": "path", "required": True},
+            "allow_shared_dest": {"type": "bool", "default": False},
             "grace_period": {"type": "int", "default": 3600},
         },
         supports_check_mode=True,

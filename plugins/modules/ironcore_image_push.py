@@ -101,6 +101,8 @@ options:
       - They are sent after the image's blobs and documents and before its names, so whoever sees a name also
         sees its signatures. Each is sent only when the destination lacks it; a destination C(.sig) with signers
         the source lacks keeps them, and the source's signers are appended.
+      - Only C(.sig) layers that are simple-signing payloads naming the digest travel (others can never verify),
+        and a merged C(.sig) stops at the 64 signers a verifier reads, the destination's own first.
       - A referrer is listed at the destination the way it supports (its referrers API, else the tag schema).
     type: bool
     default: true
@@ -230,7 +232,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec, required_together=REGISTRY_REQUIRED_TOGETHER, supports_check_mode=True
     )
-    require(module, "requests", "oras")
+    require(module, "requests")
     run(module, lambda: push_image(module.params, module.check_mode, module.warn))
 
 

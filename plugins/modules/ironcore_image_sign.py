@@ -50,6 +50,18 @@ options:
       - Sign the image in this OCI image layout instead of a registry. The C(.sig) manifests are recorded as
         names of the layout, C(<repository>:sha256-<hex>.sig).
     type: path
+  allow_shared_dest:
+    description:
+      - With O(layout), sign in a layout whose directory, or whose C(blobs) or C(blobs/sha256) directory, other
+        users can write to (writable by its group or others without the sticky bit, or owned by another user than
+        root or the one running the module).
+      - By default such a layout is refused, since whoever can write there could plant links or swap files where
+        the module writes blobs and C(index.json), as root.
+      - A symbolic link at C(blobs) or C(blobs/sha256) is refused even then.
+      - Set it only when everyone who can write to the directory is trusted.
+    type: bool
+    default: false
+    version_added: 0.2.0
   key:
     description:
       - PEM file of the EC P-256 private key, PKCS#8 (C(BEGIN PRIVATE KEY), C(BEGIN ENCRYPTED PRIVATE KEY)) or
@@ -195,6 +207,7 @@ def main() -> None:
     argument_spec.update(
         name={"type": "str", "required": True},
         layout={"type": "path"},
+        allow_shared_dest={"type": "bool", "default": False},
         key={"type": "path", "required": True, "no_log": False},
         key_passphrase={"type": "str", "no_log": True},
         provenance={"type": "bool", "default": False},
@@ -203,7 +216,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec, required_together=REGISTRY_REQUIRED_TOGETHER, supports_check_mode=True
     )
-    require(module, "cryptography", *(() if module.params["layout"] else ("requests", "oras")))
+    require(module, "cryptography", *(() if module.params["layout"] else ("requests",)))
     from ansible_collections.ironcore.image.plugins.module_utils._signatures import open_store, sign_image
 
     def sign() -> dict[str, t.Any]:

@@ -1,13 +1,15 @@
 """A static HTTP server for an OCI layout directory, run as its own process, that can misbehave on purpose.
 
-    python layout_server.py DIR PORT RECORD [--die-after BYTES] [--corrupt] [--ignore-range]
+    python layout_server.py DIR PORT RECORD [--die-after BYTES] [--corrupt] [--ignore-range] [--trickle SECONDS]
 
 Serves files under DIR like a plain web server (nginx serving a layout),
-with single `Range: bytes=N-` requests answered 206, and appends one JSON
-line per request (method, path, headers) to RECORD. Blobs of at least 1 MiB
-can be broken: --die-after kills the process with SIGKILL once that many
-body bytes of one are out; --corrupt flips one byte in the middle of each;
---ignore-range answers every Range request with 200 and the whole file.
+with single `Range: bytes=N-` and `bytes=N-M` requests answered 206, and
+appends one JSON line per request (method, path, headers) to RECORD. Blobs
+of at least 1 MiB can be broken: --die-after kills the process with SIGKILL
+once that many body bytes of one are out; --corrupt flips one byte in the
+middle of each; --ignore-range answers every Range request with 200 and the
+whole file; --trickle sends one byte every SECONDS, and closes the connection
+after TRICKLE_LIMIT of them, so that a client which never gives up still ends.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import typing as t
 
 BIG = 1024 * 1024
 BLOCK = 64 * 1024
+# What a trickling answer sends at most, one byte at a time, before it hangs up.
+TRICKLE_LIMIT = 300
 
 
 def make_handler(args: argparse.Namespace) -> type[http.server.BaseHTTPRequestHandler]:
@@ -52,22 +57,27 @@ def make_handler(args: argparse.Namespace) -> type[http.server.BaseHTTPRequestHa
                 return
             size = os.path.getsize(path)
             big = size >= BIG
-            match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-            start = int(match.group(1)) if match and not (big and args.ignore_range) else 0
-            if start >= size > 0:
+            match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+            ranged = bool(match) and not (big and args.ignore_range)
+            start = int(match.group(1)) if match and ranged else 0
+            last = min(int(match.group(2)), size - 1) if match and ranged and match.group(2) else size - 1
+            if start >= size > 0 or last < start:
                 self.send_error(416)
                 return
-            self.send_response(206 if start else 200)
-            self.send_header("Content-Length", str(size - start))
-            if start:
-                self.send_header("Content-Range", "bytes %d-%d/%d" % (start, size - 1, size))
+            self.send_response(206 if ranged else 200)
+            self.send_header("Content-Length", str(last + 1 - start))
+            if ranged:
+                self.send_header("Content-Range", "bytes %d-%d/%d" % (start, last, size))
             self.end_headers()
+            if big and args.trickle:
+                self._trickle(path, start)
+                return
             sent = 0
             with open(path, "rb") as stream:
                 stream.seek(start)
                 position = start
-                while True:
-                    block = bytearray(stream.read(BLOCK))
+                while position <= last:
+                    block = bytearray(stream.read(min(BLOCK, last + 1 - position)))
                     if not block:
                         break
                     middle = size // 2
@@ -81,6 +91,16 @@ def make_handler(args: argparse.Namespace) -> type[http.server.BaseHTTPRequestHa
                     sent += len(block)
                     position += len(block)
 
+        def _trickle(self, path: str, start: int) -> None:
+            with open(path, "rb") as stream:
+                stream.seek(start)
+                data = stream.read(TRICKLE_LIMIT)
+            for byte in data:
+                time.sleep(args.trickle)
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            self.close_connection = True
+
     return Handler
 
 
@@ -92,6 +112,7 @@ def main() -> None:
     parser.add_argument("--die-after", type=int, default=0)
     parser.add_argument("--corrupt", action="store_true")
     parser.add_argument("--ignore-range", action="store_true")
+    parser.add_argument("--trickle", type=float, default=0.0)
     args = parser.parse_args()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args))
     server.serve_forever()

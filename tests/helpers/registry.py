@@ -402,7 +402,16 @@ def blob_data_path(storage: str, digest: str) -> str:
 
 # ---- fault proxy ----------------------------------------------------------
 
-FAULT_ACTIONS = ("status", "reset", "stall", "reset_response", "pause_response", "redirect", "drop_header")
+FAULT_ACTIONS = (
+    "status",
+    "reset",
+    "stall",
+    "reset_response",
+    "pause_response",
+    "redirect",
+    "drop_header",
+    "pad_response",
+)
 
 
 @dataclass
@@ -412,9 +421,12 @@ class Fault:
     `reset` forwards `after_bytes` of the request body, then resets both
     connections; `reset_response` forwards the request and `after_bytes` of
     the answer, then resets; `pause_response` forwards `after_bytes` of the
-    answer, holds the rest back for `seconds`, then forwards it; `drop_header` forwards the request without its
-    `header` (a `Range` the registry then never sees). `times` matching requests are broken (-1: all),
-    after letting `skip` matching requests through. `redirect` answers
+    answer, holds the rest back for `seconds` (or until the test sets `release`, when given), then forwards it;
+    `drop_header` forwards the request without its `header` (a `Range` the registry then never sees);
+    `pad_response` forwards a 2xx answer without its `Content-Length` (its body then ends when the connection
+    closes) and sends `extra_bytes` of junk after the body, counting in `padded` how many of them went out before
+    the client hung up. `times` matching requests are broken (-1: all), after letting `skip` matching requests
+    through. `redirect` answers
     `status` (307 unless given otherwise) with `Location: <location><path>`.
     """
 
@@ -428,8 +440,11 @@ class Fault:
     seconds: float = 60.0
     location: str = ""
     header: str = ""
+    extra_bytes: int = 0
+    release: threading.Event | None = None
     hits: int = 0
     seen: int = 0
+    padded: int = 0
 
     def __post_init__(self) -> None:
         if self.action not in FAULT_ACTIONS:
@@ -607,8 +622,12 @@ class FaultProxy(LoopbackListener):
             if fault is not None and fault.action == "reset":
                 self._forward_then_reset(client, upstream, rest, fault.after_bytes)
                 return
+            if fault is not None and fault.action == "pad_response":
+                self._relay_padded(client, upstream, rest, fault)
+                return
             if fault is not None and fault.action == "pause_response":
-                self._relay(client, upstream, rest, fault.after_bytes, pause=fault.seconds, stopping=self.stopping)
+                stopping = fault.release or self.stopping
+                self._relay(client, upstream, rest, fault.after_bytes, pause=fault.seconds, stopping=stopping)
                 return
             limit = fault.after_bytes if fault is not None and fault.action == "reset_response" else None
             self._relay(client, upstream, rest, limit)
@@ -713,6 +732,30 @@ class FaultProxy(LoopbackListener):
                 idle_since = time.monotonic()
             else:
                 select.select([client, upstream] if client_open else [upstream], [], [], 0.5)
+
+    def _relay_padded(self, client: socket.socket, upstream: socket.socket, first: bytes, fault: Fault) -> None:
+        """A server that sends more than it declares: the answer's body, then `extra_bytes` of junk, then close."""
+        if first:
+            upstream.sendall(first)
+        head, body = _read_head(upstream)
+        if not head:
+            return
+        if not re.match(rb"HTTP/1\.[01] 2\d\d ", head):
+            client.sendall(head + body)
+            self._relay(client, upstream, b"", None)
+            return
+        head = self._without_header(self._without_header(head, "content-length"), "connection")
+        client.sendall(head[:-2] + b"Connection: close\r\n\r\n" + body)
+        while True:
+            data = upstream.recv(1024 * 1024)
+            if not data:
+                break
+            client.sendall(data)
+        junk = b"J" * 65536
+        while fault.padded < fault.extra_bytes and not self.stopping.is_set():
+            piece = junk[: fault.extra_bytes - fault.padded]
+            client.sendall(piece)  # raises once the client has closed: it stopped reading
+            fault.padded += len(piece)
 
     @staticmethod
     def _forward_then_reset(client: socket.socket, upstream: socket.socket, rest: bytes, after: int) -> None:

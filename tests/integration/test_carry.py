@@ -9,6 +9,7 @@ delivers from the copies.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -16,7 +17,15 @@ import subprocess
 import pytest
 from helpers.images import build_ours
 from helpers.registry import blob_data_path
-from helpers.signing import inspect_raw, make_key, openssl_verifies, remote, sig_tag
+from helpers.signing import (
+    http_put_blob,
+    http_put_manifest,
+    inspect_raw,
+    make_key,
+    openssl_verifies,
+    remote,
+    sig_tag,
+)
 
 from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import OCI_INDEX
@@ -233,3 +242,132 @@ def test_copy_carries_them_between_registries_and_into_a_layout(
     returned = ansible.module(COPY, back)
     assert returned["changed"] is True and returned["signatures"] == SIGNED and returned["referrers"] == 2, returned
     assert_carried(registry_tls, "carry/back", signed, keys, tmp_path)
+
+
+# ---- junk in a `.sig` ------------------------------------------------------------------
+
+SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
+# What a verifier reads of one `.sig` (more layers, and the signature is "malformed").
+MAX_SIGNERS = 64
+
+
+def junk_layers(registry, repository: str, count: int) -> list[dict]:
+    """Layers that can never verify for anything: random bytes, payloads for another digest, non-JSON payloads."""
+    layers = []
+    for number in range(count):
+        kind = number % 3
+        if kind == 0:
+            data, media_type = os.urandom(200), "application/octet-stream"
+        elif kind == 1:
+            body = {
+                "critical": {
+                    "identity": {"docker-reference": "elsewhere/%d" % number},
+                    "image": {"docker-manifest-digest": "sha256:" + "%064x" % number},
+                    "type": "cosign container image signature",
+                },
+                "optional": None,
+            }
+            data, media_type = json.dumps(body).encode(), SIMPLESIGNING
+        else:
+            data, media_type = b"not a payload %d" % number, SIMPLESIGNING
+        layers.append(
+            {
+                "mediaType": media_type,
+                "digest": http_put_blob(registry, repository, data),
+                "size": len(data),
+                "annotations": {SIGNATURE: base64.b64encode(os.urandom(70)).decode()},
+            }
+        )
+    return layers
+
+
+def put_sig(registry, repository: str, digest: str, layers: list[dict], like: dict) -> None:
+    """The `.sig` of `digest` in `repository`, replaced through the distribution API with these layers."""
+    manifest = dict(like, layers=layers)
+    http_put_manifest(registry, repository, sig_tag(digest), json.dumps(manifest).encode())
+
+
+def sig_layers(registry, repository: str, digest: str) -> list[dict]:
+    return json.loads(remote(registry, "%s:%s" % (repository, sig_tag(digest))))["layers"]
+
+
+def fetch_verified_by(ansible, registry, name: str, dest, key: dict) -> dict:
+    args = dict(
+        registry.registry_args,
+        name=name,
+        dest=str(dest),
+        platform="baremetal",
+        architecture="amd64",
+        signature_keys=[key["pub"]],
+    )
+    return ansible.module(FETCH, args)
+
+
+def test_junk_in_a_source_sig_neither_travels_nor_breaks_the_destination(
+    ansible, registry_plain, signed, keys, tmp_path
+):
+    host, index = registry_plain.host, signed["index"]["digest"]
+    source, destination = "%s/carry/junksrc:1.0" % host, "%s/carry/junkdst:1.0" % host
+    push = dict(registry_plain.registry_args, layout=signed["layout"], name=signed["name"])
+    assert ansible.module(PUSH, dict(push, destination=source))["signatures"] == SIGNED
+    assert ansible.module(PUSH, dict(push, destination=destination, carry_referrers=False))["changed"] is True
+    own = ansible.module(SIGN, dict(registry_plain.registry_args, name=destination, key=keys["second"]["sec1"]))
+    assert own["changed"] is True, own
+    [own_layer] = sig_layers(registry_plain, "carry/junkdst", index)
+
+    # A writer to the source repository fills the index's `.sig` up to the verifier's limit with junk.
+    original = json.loads(remote(registry_plain, "carry/junksrc:%s" % sig_tag(index)))
+    [first_layer] = original["layers"]
+    junk = junk_layers(registry_plain, "carry/junksrc", MAX_SIGNERS - 1)
+    put_sig(registry_plain, "carry/junksrc", index, [first_layer, *junk], original)
+
+    # The promote: the destination keeps its own signer, gains the source's, and none of the junk.
+    copy = {
+        "source": dict(registry_plain.registry_args, name=source),
+        "destination": dict(registry_plain.registry_args, name=destination),
+    }
+    copied = ansible.module(COPY, copy)
+    assert copied.get("failed") is not True, copied
+    assert copied["signatures"] == SIGNED, copied
+    layers = sig_layers(registry_plain, "carry/junkdst", index)
+    assert [layer["digest"] for layer in layers] == [own_layer["digest"], first_layer["digest"]]
+    for layer, signer in zip(layers, ("second", "first")):
+        payload = registry_blob(registry_plain, layer["digest"])
+        assert json.loads(payload)["critical"]["image"]["docker-manifest-digest"] == index
+        assert openssl_verifies(tmp_path, keys[signer]["pub"], payload, layer["annotations"][SIGNATURE])
+    # The destination's own signature still verifies there.
+    fetched = fetch_verified_by(ansible, registry_plain, destination, tmp_path / "dest", keys["second"])
+    assert fetched.get("failed") is not True, fetched
+    assert set(fetched["signatures"].values()) == {keys["second"]["fingerprint"]}
+    again = ansible.module(COPY, copy)
+    assert again["changed"] is False and again["signatures"] == 0, again
+
+    # Into a repository without a `.sig`: only the signer that can verify travels.
+    fresh = dict(registry_plain.registry_args, name="%s/carry/junkfresh:1.0" % host)
+    assert ansible.module(COPY, dict(copy, destination=fresh))["signatures"] == SIGNED
+    assert [layer["digest"] for layer in sig_layers(registry_plain, "carry/junkfresh", index)] == [
+        first_layer["digest"]
+    ]
+
+
+def test_signing_drops_junk_rather_than_pass_the_limit(ansible, registry_plain, signed, keys, tmp_path):
+    host, index = registry_plain.host, signed["index"]["digest"]
+    name = "%s/carry/junksign:1.0" % host
+    push = dict(registry_plain.registry_args, layout=signed["layout"], name=signed["name"], destination=name)
+    assert ansible.module(PUSH, push)["signatures"] == SIGNED
+    original = json.loads(remote(registry_plain, "carry/junksign:%s" % sig_tag(index)))
+    [first_layer] = original["layers"]
+    put_sig(
+        registry_plain,
+        "carry/junksign",
+        index,
+        [first_layer, *junk_layers(registry_plain, "carry/junksign", MAX_SIGNERS - 1)],
+        original,
+    )
+
+    signed_here = ansible.module(SIGN, dict(registry_plain.registry_args, name=name, key=keys["second"]["sec1"]))
+    assert signed_here["changed"] is True, signed_here
+    layers = sig_layers(registry_plain, "carry/junksign", index)
+    assert len(layers) == 2 and layers[0]["digest"] == first_layer["digest"]
+    fetched = fetch_verified_by(ansible, registry_plain, name, tmp_path / "dest", keys["second"])
+    assert fetched.get("failed") is not True, fetched

@@ -297,7 +297,7 @@ def test_interrupted_copy_resumes_with_range(ansible, image, published, registry
     kept = os.path.getsize(partial)
     assert 0 < kept < blobs[largest]
     # The reset was answered at once by a Range request from the bytes kept (which the registry failed).
-    assert blob_ranges(proxy, largest) == [None, "bytes=%d-" % kept], proxy.requests
+    assert blob_ranges(proxy, largest) == [None, "bytes=%d-%d" % (kept, blobs[largest] - 1)], proxy.requests
     assert not OciLayout(layout).refs()  # no name was set
 
     # The next run continues from the kept bytes (blobs finished before the failure stay done).
@@ -306,7 +306,7 @@ def test_interrupted_copy_resumes_with_range(ansible, image, published, registry
     proxy.clear()
     resumed = run(ansible, args)
     assert resumed["changed"] is True, resumed
-    assert blob_ranges(proxy, largest) == ["bytes=%d-" % kept], proxy.requests
+    assert blob_ranges(proxy, largest) == ["bytes=%d-%d" % (kept, blobs[largest] - 1)], proxy.requests
     assert resumed["blobs"]["bytes"] == sum(missing.values()) - kept
     assert resumed["blobs"]["skipped"] == len(blobs) - len(missing)
     assert layout_blobs_verified(layout) >= {digest[7:] for digest in blobs}

@@ -16,8 +16,10 @@ import subprocess
 from dataclasses import dataclass
 
 import pytest
+from helpers.counting import ByteCountingProxy
 from helpers.images import skopeo_push
 from helpers.inventory import local_host, outcomes, provision_slug, write_inventory
+from helpers.layout_server import LayoutServer
 
 from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
     ARTIFACT_TYPE,
@@ -239,11 +241,29 @@ def test_seeds_given_elsewhere_are_used_and_bad_ones_skipped_with_a_warning(
     assert "is a directory" in warnings and "does not exist" in warnings
 
 
-@pytest.mark.parametrize("fault", ["wrong_hashes", "other_size", "truncated"])
+def seed_caches(dest: str) -> dict[str, int]:
+    """{name: size} of every seed hash cache the fetch keeps under dest (in its state directory)."""
+    found = {}
+    for directory, _dirs, files in os.walk(dest):
+        for name in files:
+            if name.startswith(".ironcore-fetch.seed."):
+                found[name] = os.path.getsize(os.path.join(directory, name))
+    return found
+
+
+@pytest.mark.parametrize("fault", ["wrong_hashes", "other_size", "truncated", "small_blocks", "long_hashes"])
 def test_a_bad_index_costs_a_full_fetch_never_a_wrong_byte(ansible, registry_plain, releases, tmp_path, fault):
     b_path = releases["b"].path
     good = index_of(b_path)
-    if fault == "wrong_hashes":
+    if fault in ("small_blocks", "long_hashes"):
+        # Valid, but finer than the build writes: 512-byte blocks, or 32-byte hashes. Either would make the
+        # node's plan and seed cache grow past the layer's share (a seed cache of 1/32 of the seed).
+        hasher = BlockHasher(512) if fault == "small_blocks" else BlockHasher(4096, 32)
+        with open(b_path, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                hasher.update(chunk)
+        index = hasher.finish(good.header.layer_digest).encode()
+    elif fault == "wrong_hashes":
         # Claims every block of B is where release A has it: assembly would produce A.
         lying = index_of(releases["a"].path)
         index = BlockIndex(good.header, lying.hashes, lying.zeros).encode()
@@ -264,10 +284,15 @@ def test_a_bad_index_costs_a_full_fetch_never_a_wrong_byte(ansible, registry_pla
         "wrong_hashes": "abandoned",
         "other_size": "not this layer",
         "truncated": "disagrees with its header",
+        "small_blocks": "the block index has 512-byte blocks; a delta uses blocks of 4096 bytes",
+        "long_hashes": "the block index has 32-byte hashes; a delta uses the build's 16-byte ones",
     }[fault]
     assert expected in delta["reason"], delta
     assert same_bytes(os.path.join(dest, "rootfs"), b_path)
     assert sha256_file(os.path.join(dest, "rootfs")) == pushed.layer_digest
+    # What the index made the node keep on disk: never more than a 256th of the seed (A) or the file (B).
+    largest = max(os.path.getsize(releases["a"].path), os.path.getsize(b_path))
+    assert all(size <= largest // 256 + 4096 for size in seed_caches(dest).values()), seed_caches(dest)
 
 
 def test_no_index_is_a_full_fetch(ansible, registry_plain, releases, tmp_path):
@@ -313,6 +338,54 @@ def test_a_range_answered_with_the_whole_blob_means_a_full_fetch(
     delta = result["files"]["rootfs"]["delta"]
     assert delta["used"] is False and "whole blob" in delta["reason"], delta
     assert same_bytes(os.path.join(dest, "rootfs"), pushed.path)
+
+
+@pytest.mark.parametrize("mirror", ["honours_ranges", "answers_200"])
+def test_delta_ranges_through_a_mirror_cost_little_more_than_the_plan(
+    ansible, registry_plain, releases, tmp_path, mirror
+):
+    pushed = fault_image(
+        registry_plain, releases, "via-" + mirror.replace("_", "-"), index_of(releases["b"].path).encode()
+    )
+    servers = []
+    if mirror == "honours_ranges":
+        # docker-registry itself, as a registry mirror of the same repository.
+        counted = ByteCountingProxy(registry_plain.host)
+        entry = {"url": "http://%s" % counted.host}
+    else:
+        # A static layout server that answers every Range on the layer with 200 and the whole blob.
+        servers.append(LayoutServer(releases["layout"], str(tmp_path / "requests.jsonl"), "--ignore-range"))
+        counted = ByteCountingProxy("127.0.0.1:%d" % servers[0].port)
+        entry = {"url": "http://%s" % counted.host, "type": "layout"}
+    origin = ByteCountingProxy(registry_plain.host)
+    dest = dest_with_release_a(tmp_path, releases)
+    try:
+        name = pushed.name.replace(registry_plain.host, origin.host)
+        result = fetch(ansible, registry_plain, name, dest, mirrors=[entry])
+    finally:
+        for server in (counted, origin, *servers):
+            server.stop()
+    assert result["changed"] is True, result
+    delta = result["files"]["rootfs"]["delta"]
+    assert delta["used"] is True, delta
+    assert same_bytes(os.path.join(dest, "rootfs"), pushed.path)
+    plan = delta["fetched_bytes"]
+    errors = [error for error in result.get("mirror_errors", []) if error["digest"] == pushed.layer_digest]
+    if mirror == "honours_ranges":
+        # Every source's bytes (documents and the block index included) against the ranges the plan needed:
+        # an open-ended range, cut on our side, costs many times that.
+        assert counted.sent_back + origin.sent_back <= 1.5 * plan, (counted.sent_back, origin.sent_back, delta)
+        assert counted.sent_back > plan and errors == [], (counted.sent_back, errors)
+        return
+    # The mirror is asked for one range, answers with the whole blob and is dropped at once (what sat in the
+    # sockets is its cost); the other ranges are not sent to it, each read up to the byte wanted.
+    layer_hex = pushed.layer_digest.split(":", 1)[1]
+    asked = [entry["headers"].get("range") for entry in servers[0].requests() if layer_hex in entry["path"]]
+    assert len(asked) == 1 and asked[0].startswith("bytes="), asked
+    assert counted.sent_back < pushed.layer_size / 4, counted.sent_back
+    assert len(errors) == 1 and "whole blob" in errors[0]["reason"], errors
+    # The ranges came from the origin, bounded.
+    assert origin.sent_back <= 1.5 * plan, (origin.sent_back, delta)
 
 
 def test_the_provision_role_updates_a_hypervisor_and_a_boot_server_from_a_to_b(

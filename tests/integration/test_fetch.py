@@ -524,8 +524,9 @@ def test_reset_mid_blob_resumes_with_range_within_a_run_and_across_runs(
         headers for method, path, headers in within.requests if path.endswith("/blobs/" + rootfs_1)
     ]
     assert "range" not in first_get
-    resumed_at = int(second_get["range"][len("bytes=") : -1])
-    assert second_get["range"] == "bytes=%d-" % resumed_at and 0 < resumed_at < size
+    resumed_at = int(second_get["range"][len("bytes=") :].split("-")[0])
+    # A bounded range: exactly the missing bytes.
+    assert second_get["range"] == "bytes=%d-%d" % (resumed_at, size - 1) and 0 < resumed_at < size
     # Every byte was received once: the second GET asked for the rest only.
     assert first["bytes_downloaded"] == size
 
@@ -539,7 +540,7 @@ def test_reset_mid_blob_resumes_with_range_within_a_run_and_across_runs(
     assert blob_requests(across, rootfs_2) == ["forward"]
     assert [
         headers.get("range") for _method, path, headers in across.requests if path.endswith("/blobs/" + rootfs_2)
-    ] == ["bytes=%d-" % kept]
+    ] == ["bytes=%d-%d" % (kept, size - 1)]
     assert files_in(tmp_path / "b") == {"rootfs": faulty["2"].files[("amd64", "rootfs")]}
     assert everything_in(tmp_path / "b") == [".ironcore", "rootfs"]
     assert everything_in(tmp_path / "b" / ".ironcore") == [

@@ -123,7 +123,9 @@ def test_killed_mirror_mid_blob_continues_at_the_same_byte(ansible, site, layout
     assert [error["url"] for error in result["mirror_errors"]] == [dying.url]
 
 
-def test_mirror_ignoring_range_is_read_past_the_prefix(ansible, site, layout_servers, tmp_path):
+def test_mirror_answering_a_range_with_the_whole_blob_is_not_read_past_a_prefix(
+    ansible, site, layout_servers, tmp_path
+):
     dying = layout_servers("--die-after", str(3 * 1024 * 1024))
     whole = layout_servers("--ignore-range")
     mirrors = [{"url": dying.url, "type": "layout"}, {"url": whole.url, "type": "layout"}]
@@ -131,10 +133,26 @@ def test_mirror_ignoring_range_is_read_past_the_prefix(ansible, site, layout_ser
     assert result.get("failed") is not True, result.get("msg")
     assert delivered(tmp_path / "dest") == site["data"]
     sources = result["files"]["rootfs"]["sources"]
-    assert [source["url"] for source in sources] == [dying.url, whole.url]
+    # The whole-blob answer was dropped unread: the origin served the rest, from the byte where the first died.
+    assert [source["url"] for source in sources] == [dying.url, "https://%s" % site["origin"].host]
     assert sources[1]["bytes"] == SIZE - sources[0]["bytes"]
     asked = [entry["headers"].get("range") for entry in whole.requests() if site["blob"].split(":")[1] in entry["path"]]
     assert asked == ["bytes=%d-" % sources[0]["bytes"]]
+    skipped = [error for error in result["mirror_errors"] if error["url"] == whole.url]
+    assert len(skipped) == 1 and "whole blob" in skipped[0]["reason"]
+
+
+def test_a_trickling_mirror_fails_over_to_the_origin(ansible, site, layout_servers, tmp_path):
+    # One byte a second keeps every read inside `timeout`; unchecked, the server's 300 bytes take five minutes.
+    trickling = layout_servers("--trickle", "1")
+    mirrors = [{"url": trickling.url, "type": "layout"}]
+    result = ansible.module(MODULE, origin_args(site, tmp_path / "dest", mirrors=mirrors, timeout=3))
+    assert result.get("failed") is not True, result.get("msg")
+    assert delivered(tmp_path / "dest") == site["data"]
+    assert result["files"]["rootfs"]["sources"][-1] == {"url": "https://%s" % site["origin"].host, "bytes": SIZE}
+    stalled = [error for error in result["mirror_errors"] if error["url"] == trickling.url]
+    assert [error["digest"] for error in stalled] == [site["blob"]]
+    assert "stalled" in stalled[0]["reason"] and "minimum rate" in stalled[0]["reason"], stalled
 
 
 def test_corrupt_mirror_loses_the_blob_and_never_sees_the_origin_password(ansible, site, layout_servers, tmp_path):
@@ -245,20 +263,43 @@ def test_origin_down_tag_is_not_trusted_from_a_mirror(ansible, site, layout_serv
 
 
 def test_info_reads_from_a_mirror_with_the_origin_down(ansible, site):
-    result = ansible.module(
-        "ironcore.image.ironcore_image_info",
-        {
-            "name": dead_origin_name(site),
-            "platform": "virtualization",
-            "architecture": "amd64",
-            "mirrors": [registry_mirror(site)],
-        },
-    )
+    args = {"name": dead_origin_name(site), "architecture": "amd64", "mirrors": [registry_mirror(site)]}
+    result = ansible.module("ironcore.image.ironcore_image_info", args)
     assert result.get("failed") is not True, result.get("msg")
     assert result["digest"] == site["image"].digest
-    layer = result["selected"]["layers"][0]
-    assert layer["digest"] == site["blob"]
-    assert layer["url"].startswith("http://%s/v2/cache/os/blobs/" % site["mirror"].host)
+    assert [layer["digest"] for layer in result["manifests"][0]["layers"]] == [site["blob"]]
+    # Layer URLs are the origin's: a plain-HTTP mirror is not handed out for an https origin, even when asked.
+    for url_from in ("origin", "mirror"):
+        selecting = ansible.module(
+            "ironcore.image.ironcore_image_info", dict(args, platform="virtualization", url_from=url_from)
+        )
+        assert selecting.get("failed") is True
+        assert "refused" in selecting["msg"] and site["mirror"].host not in selecting["msg"], selecting["msg"]
+
+
+def test_info_hands_out_the_origin_url_unless_a_mirror_is_asked_for(ansible, site, layout_servers, fault_proxy):
+    hostile = layout_servers()
+    tls_mirror = fault_proxy(site["origin"])
+    https_entry = dict(
+        {key: site["origin"].registry_args[key] for key in ("ca_cert", "username", "password")},
+        url="https://%s" % tls_mirror.host,
+    )
+    args = dict(site["origin"].registry_args, name=site["name"], platform="virtualization", architecture="amd64")
+    args["mirrors"] = [{"url": hostile.url, "type": "layout"}, https_entry]
+
+    def layer_url(**extra) -> str:
+        result = ansible.module("ironcore.image.ironcore_image_info", dict(args, **extra))
+        assert result.get("failed") is not True, result.get("msg")
+        assert result["selected"]["layers"][0]["digest"] == site["blob"]
+        return str(result["selected"]["layers"][0]["url"])
+
+    origin_url = "https://%s/v2/%s/blobs/%s" % (site["origin"].host, REPOSITORY, site["blob"])
+    assert layer_url() == origin_url
+    assert layer_url(url_from="origin") == origin_url
+    # Asked for: the first mirror that fits, never the plain-HTTP one before it.
+    assert layer_url(url_from="mirror") == "https://%s/v2/%s/blobs/%s" % (tls_mirror.host, REPOSITORY, site["blob"])
+    args["mirrors"] = args["mirrors"][:1]
+    assert layer_url(url_from="mirror") == origin_url
 
 
 def test_provision_role_delivers_through_a_static_layout_mirror(ansible, site, layout_servers, tmp_path):

@@ -42,6 +42,7 @@ INFO = "ironcore.image.ironcore_image_info"
 NAME = "registry.example.com/os/attested:1.0"
 IN_TOTO = "application/vnd.in-toto+json"
 CYCLONEDX = "application/vnd.cyclonedx+json"
+VULN = "https://in-toto.io/attestation/vuln/v1"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DPKG_STATUS = """Package: base-files
@@ -218,6 +219,28 @@ def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, registry_plain,
     assert verified_by == dict.fromkeys(digests, keys["first"]["fingerprint"])
 
 
+def test_sbom_download_stops_at_the_rootfs_size(ansible, registry_plain, fault_proxy, keys, tmp_path):
+    # A registry that sends 128 MiB more than the rootfs descriptor's 2 MiB: the SBOM reads the rootfs from it.
+    layout = build(ansible, tmp_path / "image", label="padded")
+    reference = push(ansible, registry_plain, layout, "attest/padded")
+    [_index, manifest_digest] = image_digests(registry_plain, reference)
+    manifest = skopeo_raw(registry_plain, "%s@%s" % (reference.rsplit(":", 1)[0], manifest_digest))
+    [rootfs] = [layer for layer in manifest["layers"] if layer["mediaType"] == "application/vnd.ironcore.image.rootfs"]
+    proxy = fault_proxy(registry_plain)
+    extra = 128 * 1024 * 1024
+    padding = proxy.add("pad_response", method="GET", path=rootfs["digest"], extra_bytes=extra, times=-1)
+    args = dict(proxy.registry_args, name="%s/attest/padded:1.0" % proxy.host, key=keys["first"]["key"], sbom=True)
+
+    failed = ansible.module(SIGN, args, check=True)
+    assert failed.get("failed") is True, failed
+    assert "larger than the %d bytes its descriptor says" % rootfs["size"] in failed["msg"], failed["msg"]
+    assert "\n" not in failed["msg"]
+    # The module hung up after its first read past the size: what it let through is socket buffers and
+    # one read, not the junk (without the bound it reads all 128 MiB into a temporary file).
+    assert padding.hits >= 1
+    assert padding.padded < 32 * 1024 * 1024, padding.padded
+
+
 # ---- fetch with require_provenance -----------------------------------------------------
 
 
@@ -236,9 +259,13 @@ def attested(ansible, registry_plain, keys, tmp_path_factory):
         return signed
 
     cases = {}
-    for case in ("good", "none", "stranger", "changed", "moved"):
+    for case in ("good", "none", "stranger", "changed", "moved", "vuln"):
         cases[case] = push(ansible, registry_plain, layout, "attest/%s" % case)
         sign(cases[case], "first", case in ("good", "changed", "moved"))
+    # Signed, and a vulnerability scan of it signed by the trusted key: a statement, but no provenance.
+    attach_statement(
+        registry_plain, "attest/vuln", image_digests(registry_plain, cases["vuln"])[0], keys["first"], root
+    )
     # Signed by a trusted key, its provenance by another.
     sign(cases["stranger"], "stranger", True)
 
@@ -275,7 +302,75 @@ def attested(ansible, registry_plain, keys, tmp_path_factory):
     return cases
 
 
-def fetch(ansible, registry, reference: str, dest, keys_given, check: bool = False) -> dict:
+def attach_statement(registry, repository: str, digest: str, key: dict, workdir) -> None:
+    """A vulnerability-scan statement about `digest`, in a DSSE envelope signed by `key` with openssl, attached
+    as an in-toto referrer listed in the sha256-<hex> tag-schema index, straight through the distribution API."""
+    body = json.dumps(
+        {
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"name": repository, "digest": {"sha256": digest.split(":")[1]}}],
+            "predicateType": VULN,
+            "predicate": {"scanner": {"uri": "https://example.com/scanner", "result": []}},
+        }
+    ).encode()
+    pae_path, sig_path = workdir / "vuln.pae", workdir / "vuln.sig"
+    pae_path.write_bytes(dsse_pae(IN_TOTO, body))
+    signed = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-sign", key["key"], "-out", str(sig_path), str(pae_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert signed.returncode == 0, signed.stderr
+    envelope = json.dumps(
+        {
+            "payloadType": IN_TOTO,
+            "payload": base64.b64encode(body).decode(),
+            "signatures": [{"keyid": key["fingerprint"], "sig": base64.b64encode(sig_path.read_bytes()).decode()}],
+        }
+    ).encode()
+    index = skopeo_bytes(registry, "%s/%s@%s" % (registry.host, repository, digest))
+    empty = b"{}"
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": IN_TOTO,
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": http_put_blob(registry, repository, empty),
+                "size": len(empty),
+            },
+            "layers": [
+                {"mediaType": IN_TOTO, "digest": http_put_blob(registry, repository, envelope), "size": len(envelope)}
+            ],
+            "subject": {"mediaType": json.loads(index)["mediaType"], "digest": digest, "size": len(index)},
+        }
+    ).encode()
+    manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    http_put_manifest(registry, repository, manifest_digest, manifest)
+    listing = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest,
+                "size": len(manifest),
+                "artifactType": IN_TOTO,
+            }
+        ],
+    }
+    http_put_manifest(
+        registry,
+        repository,
+        digest.replace(":", "-"),
+        json.dumps(listing).encode(),
+        "application/vnd.oci.image.index.v1+json",
+    )
+
+
+def fetch(ansible, registry, reference: str, dest, keys_given, check: bool = False, **extra) -> dict:
     args = dict(
         registry.registry_args,
         name=reference,
@@ -284,6 +379,7 @@ def fetch(ansible, registry, reference: str, dest, keys_given, check: bool = Fal
         architecture="amd64",
         signature_keys=keys_given,
         require_provenance=True,
+        **extra,
     )
     return ansible.module(FETCH, args, check=check)
 
@@ -306,6 +402,7 @@ def test_fetch_delivers_an_image_with_a_trusted_provenance(ansible, registry_pla
         ("stranger", "has a provenance signed by an unknown key (SHA256:"),
         ("changed", "has a provenance whose payload was changed"),
         ("moved", "has a provenance for another digest (sha256:"),
+        ("vuln", "has a trusted statement whose predicate type is https://in-toto.io/attestation/vuln/v1, not"),
     ],
 )
 def test_fetch_refuses_without_a_trusted_provenance(ansible, registry_plain, keys, attested, tmp_path, case, reason):
@@ -317,6 +414,20 @@ def test_fetch_refuses_without_a_trusted_provenance(ansible, registry_plain, key
     if case == "stranger":
         assert keys["stranger"]["fingerprint"] in failed["msg"]
     assert_untouched(dest)
+
+
+def test_fetch_accepts_the_predicate_types_it_is_given(ansible, registry_plain, keys, attested, tmp_path):
+    # The vulnerability scan's digest and signature are right: listing its type is all that it lacked.
+    fetched = fetch(
+        ansible,
+        registry_plain,
+        attested["vuln"],
+        tmp_path / "dest",
+        [keys["first"]["pub"]],
+        provenance_predicate_types=["https://slsa.dev/provenance/v1", VULN],
+    )
+    assert fetched.get("failed") is not True, fetched
+    assert fetched["provenance"] == {"verified": True, "keyid": keys["first"]["fingerprint"], "predicate_type": VULN}
 
 
 # ---- the playbooks, as a new user runs them ------------------------------------------------

@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 from helpers.ansible import task_results
-from helpers.registry import PASSWORD, free_port
+from helpers.registry import PASSWORD, blob_data_path, free_port
+from helpers.signing import make_key
 
 from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
 from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
@@ -17,6 +18,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._registry_args impo
 
 BUILD = "ironcore.image.ironcore_image_build"
 PUSH = "ironcore.image.ironcore_image_push"
+SIGN = "ironcore.image.ironcore_image_sign"
 NAME = "registry.example.com/os/gardenlinux:1.0"
 ARCHS = ("amd64", "arm64")
 ROLES = ("kernel", "initramfs", "rootfs")
@@ -324,3 +326,33 @@ def test_errors_are_clear(ansible, image, registry_plain, registry_tls, registry
         assert not message.startswith("Task failed"), (label, message)
         for word in words:
             assert word in message, (label, message)
+
+
+def _repository_blobs(registry, repository: str) -> dict[str, int]:
+    """Digest -> stored size of every blob linked into `repository`, read from the registry's own storage.
+
+    docker-registry links a blob into a repository's `_layers` when an upload to it completes (manifests
+    have links of their own elsewhere), so this is what the push uploaded there, whoever else holds it.
+    """
+    layers = os.path.join(registry.storage, "docker", "registry", "v2", "repositories", repository, "_layers", "sha256")
+    digests = ["sha256:" + hex_digest for hex_digest in os.listdir(layers)]
+    return {digest: os.path.getsize(blob_data_path(registry.storage, digest)) for digest in digests}
+
+
+def test_bytes_uploaded_is_what_the_registry_stored_with_referrers(ansible, image, registry_plain, tmp_path):
+    """Signatures travel with the image in a second round of blobs; it must not count the first round again."""
+    layout = str(tmp_path / "layout")
+    shutil.copytree(image, layout)
+    key = make_key(tmp_path, "signer")
+    signed = ansible.module(SIGN, {"layout": layout, "name": NAME, "key": key["sec1"]})
+    assert signed["changed"] is True and signed["signed"], signed
+
+    pushed = push(ansible, push_args(layout, registry_plain, "push/signed"))
+    assert pushed["changed"] is True and pushed["signatures"] == len(signed["signed"]), pushed
+    stored = _repository_blobs(registry_plain, "push/signed")
+    # Every blob went up (nothing to mount from, a new repository): the image's and the signatures' own.
+    assert pushed["blobs"]["uploaded"] == len(stored) > BLOB_COUNT, (pushed["blobs"], stored)
+    assert pushed["blobs"]["bytes_uploaded"] == sum(stored.values()), (pushed["blobs"], stored)
+    # The rate is over the same bytes (elapsed is rounded to a millisecond in the result, hence the slack).
+    rate_bytes = pushed["bytes_per_second"] * pushed["elapsed"]
+    assert abs(rate_bytes - pushed["blobs"]["bytes_uploaded"]) <= 0.1 * pushed["blobs"]["bytes_uploaded"], pushed

@@ -1,4 +1,7 @@
-"""Fetch and info on a node without oras: docker config and credential helpers are read by the collection itself."""
+"""Every module runs without oras: docker config and credential helpers are read by the collection itself.
+
+The collection never imported oras; push, copy and sign once refused to start without it all the same.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,13 @@ import base64
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 from helpers.images import build_ours, skopeo_push
+from helpers.registry import blob_data_path
+from helpers.signing import image_digests, make_key, openssl_verifies, sig_tag, skopeo_raw
 from helpers.tasks import run_tasks
 
 pytestmark = pytest.mark.integration
@@ -16,6 +23,8 @@ pytestmark = pytest.mark.integration
 FETCH = "ironcore.image.ironcore_image_fetch"
 INFO = "ironcore.image.ironcore_image_info"
 PUSH = "ironcore.image.ironcore_image_push"
+COPY = "ironcore.image.ironcore_image_copy"
+SIGN = "ironcore.image.ironcore_image_sign"
 REPOSITORY = "noras/gardenlinux"
 
 # A helper the way docker's own behave: credentials for the one server it knows, exit 1 for any other.
@@ -36,7 +45,13 @@ def no_oras(tmp_path):
     shadow = tmp_path / "shadow" / "oras"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text('raise ImportError("oras is not installed on this node")\n')
-    return {"PYTHONPATH": str(shadow.parent)}
+    env = {"PYTHONPATH": str(shadow.parent)}
+    # The shadow works: the Python the modules run with cannot import oras in this environment.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import oras"], env=dict(os.environ, **env), capture_output=True, check=False
+    )
+    assert probe.returncode != 0 and b"oras is not installed on this node" in probe.stderr, probe
+    return env
 
 
 @pytest.fixture
@@ -80,18 +95,57 @@ def test_fetch_and_info_need_no_oras(ansible, registry_tls, pushed, no_oras, tmp
             (INFO, dict(common, docker_config=str(helper_config))),
             # Without credentials the registry refuses: the helper is what let the others in.
             (INFO, dict(common, docker_config=str(tmp_path / "none.json"))),
-            # The shadow works: push, which still requires oras, says it is missing.
-            (PUSH, {"layout": str(tmp_path / "layout"), "name": name, "ca_cert": common["ca_cert"]}),
         ],
         env=env,
     )
-    inline_fetch, fields_fetch, helper_fetch, info, anonymous, push = results
+    inline_fetch, fields_fetch, helper_fetch, info, anonymous = results
     for result, dest in ((inline_fetch, "inline"), (fields_fetch, "fields"), (helper_fetch, "helper")):
         assert result.get("failed") is not True and result["changed"] is True, result
         for role in ("kernel", "initramfs", "rootfs"):
             assert (tmp_path / dest / role).read_bytes() == files[("amd64", role)], (dest, role)
     assert info.get("failed") is not True and info["digest"] == helper_fetch["digest"], info
     assert anonymous["failed"] is True and "requires authentication" in anonymous["msg"], anonymous
-    assert push["failed"] is True and "cannot import oras" in push["msg"], push
     everything = json.dumps(results)
     assert password not in everything
+
+
+def test_push_copy_and_sign_need_no_oras(ansible, registry_tls, no_oras, tmp_path):
+    """Push, copy (registry to registry, layout to registry) and sign on a registry, read back by skopeo and openssl."""
+    host = registry_tls.host
+    layout = str(tmp_path / "layout")
+    built = "%s/%s:2.0" % (host, REPOSITORY)
+    build_ours(layout, built, tmp_path, tag="push-copy-sign")
+    key = make_key(tmp_path, "signer")
+    connection = dict(registry_tls.registry_args)
+    pushed, copied, from_layout = (
+        "%s/noras/%s:2.0" % (host, repository) for repository in ("pushed", "copied", "from-layout")
+    )
+    results = run_tasks(
+        ansible,
+        str(tmp_path),
+        [
+            (PUSH, dict(connection, layout=layout, name=built, destination=pushed)),
+            (COPY, {"source": dict(connection, name=pushed), "destination": dict(connection, name=copied)}),
+            (COPY, {"source": {"layout": layout, "name": built}, "destination": dict(connection, name=from_layout)}),
+            (SIGN, dict(connection, name=copied, key=key["key"])),
+        ],
+        env=no_oras,
+    )
+    # Every task's message, so that a failure shows each module that refused.
+    assert [result.get("msg") for result in results if result.get("failed")] == []
+    assert [result["changed"] for result in results] == [True] * 4
+    push, registry_copy, layout_copy, signed = results
+    # The same bytes at all three names, by skopeo's reading of the registry.
+    digests = image_digests(registry_tls, pushed)
+    assert digests[0] == push["digest"] == registry_copy["digest"] == layout_copy["digest"]
+    assert image_digests(registry_tls, copied) == digests == image_digests(registry_tls, from_layout)
+    # Every manifest of the copy carries a signature openssl accepts.
+    assert sorted(signed["signed"]) == sorted(digests)
+    repository = copied.rsplit(":", 1)[0]
+    for digest in digests:
+        [layer] = skopeo_raw(registry_tls, "%s:%s" % (repository, sig_tag(digest)))["layers"]
+        with open(blob_data_path(registry_tls.storage, layer["digest"]), "rb") as stream:
+            payload = stream.read()
+        signature = layer["annotations"]["dev.cosignproject.cosign/signature"]
+        assert openssl_verifies(tmp_path, key["pub"], payload, signature)
+    assert registry_tls.password not in json.dumps(results)

@@ -18,6 +18,7 @@ from helpers.counting import ByteCountingProxy
 from helpers.images import skopeo_push, write_single_layer_image, write_upstream_image
 from helpers.inventory import local_host, outcomes, write_inventory
 from helpers.registry import PASSWORD, Registry, free_port
+from helpers.repository_auth import RepositoryAuthFront
 
 pytestmark = pytest.mark.integration
 
@@ -389,6 +390,107 @@ def test_access_can_be_restricted(ansible, site, tmp_path, restriction, expected
         assert site.status("https://127.0.0.1:%d/index.json" % port) == expected
     finally:
         nginx.stop(process)
+
+
+EMPTY_BLOB = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def test_mirror_allow_refuses_the_answers_nginx_gives_itself(ansible, site, tmp_path):
+    """`/v2/` and the empty blob are answered by `return`, which runs before allow/deny: still refused.
+
+    The whole of 127.0.0.0/8 is this machine's, so curl --interface picks the address the listener sees.
+    """
+    cache_port, layout_port = free_port(), free_port()
+    role_vars = dict(
+        site.role_vars,
+        mirror_nginx_site=str(tmp_path / "site" / "mirror.conf"),
+        mirror_cache_dir=str(tmp_path / "cache"),
+        mirror_upstreams=[dict(site.role_vars["mirror_upstreams"][0], listen="127.0.0.1:%d" % cache_port)],
+        mirror_layouts=[{"listen": "127.0.0.1:%d" % layout_port, "path": site.layout}],
+        mirror_allow=["127.0.0.2/32"],
+    )
+    (tmp_path / "site").mkdir()
+    rc, document, stderr = apply_role(ansible, str(tmp_path), role_vars)
+    assert rc == 0, (outcomes(document)["failed"], stderr)
+    cache = "https://127.0.0.1:%d" % cache_port
+    urls = [
+        "%s/v2/" % cache,
+        "%s/v2/mirror/anything/blobs/%s" % (cache, EMPTY_BLOB),
+        "%s/v2/mirror/anything/manifests/1" % cache,
+        "https://127.0.0.1:%d/index.json" % layout_port,
+    ]
+    process = nginx.start(str(tmp_path), role_vars["mirror_nginx_site"], [cache_port, layout_port])
+    try:
+        assert [site.status("--interface", "127.0.0.1", url) for url in urls] == [403] * 4
+        assert [site.status("--head", "--interface", "127.0.0.1", url) for url in urls] == [403] * 4
+        # The allowed address gets the answers (the tag is unknown at the origin: its 404 passes through).
+        assert [site.status("--interface", "127.0.0.2", url) for url in urls] == [200, 200, 404, 200]
+    finally:
+        nginx.stop(process)
+
+
+def test_upstream_entries_with_other_credentials_never_share_cached_content(ansible, registry_plain, tmp_path):
+    """Two listeners for one origin, each with a user who may read other repositories than the other.
+
+    Once bob's listener has cached his private blob and manifest, alice's listener must still ask the
+    origin with alice's credentials (and be refused), under bob's repository and under her own.
+    """
+    if not os.path.exists(nginx.NGINX):
+        pytest.fail("nginx is missing: install nginx-light (make system-deps)")
+    secret = os.urandom(3 * MiB + 11)
+    layout = str(tmp_path / "private")
+    index_digest = write_single_layer_image(layout, "x/b/private:1", secret)
+    skopeo_push(layout, "x/b/private:1", "%s/b/private:1" % registry_plain.host, registry_plain.skopeo_flags("dest-"))
+    blob = "sha256:" + hashlib.sha256(secret).hexdigest()
+    front = RepositoryAuthFront(registry_plain, {"alice": ("alice-pw", ["a/"]), "bob": ("bob-pw", ["b/"])})
+    ports = {"alice": free_port(), "bob": free_port()}
+    role_vars = {
+        "mirror_service_manager": "none",
+        "mirror_nginx_site": str(tmp_path / "site" / "mirror.conf"),
+        "mirror_cache_dir": str(tmp_path / "cache"),
+        "mirror_slice_size": "2m",
+        "mirror_upstreams": [
+            {"listen": "127.0.0.1:%d" % port, "url": front.url, "username": user, "password": user + "-pw"}
+            for user, port in ports.items()
+        ],
+    }
+    (tmp_path / "site").mkdir()
+    rc, document, stderr = apply_role(ansible, str(tmp_path), role_vars)
+    assert rc == 0, (outcomes(document)["failed"], stderr)
+    process = nginx.start(str(tmp_path), role_vars["mirror_nginx_site"], ports.values())
+
+    def get(user: str, path: str) -> tuple[int, bytes]:
+        out = str(tmp_path / "answer")
+        url = "http://127.0.0.1:%d%s" % (ports[user], path)
+        proc = subprocess.run(
+            ["curl", "--silent", "--output", out, "--write-out", "%{http_code}", "--header", "Accept: " + ACCEPT, url],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+        with open(out, "rb") as stream:
+            return int(proc.stdout), stream.read()
+
+    private = ["/v2/b/private/blobs/" + blob, "/v2/b/private/manifests/" + index_digest]
+    elsewhere = ["/v2/a/anything/blobs/" + blob]
+    try:
+        # Cold: alice's listener is refused by the origin, bob's gets his content and caches it.
+        assert [get("alice", path)[0] for path in private] == [403, 403]
+        assert get("bob", private[0]) == (200, secret)
+        assert get("bob", private[1])[0] == 200
+        front.decisions.clear()
+        assert get("bob", private[0]) == (200, secret)
+        assert front.decisions == [], "bob's listener did not answer from its cache"
+        # Warm for bob: alice's listener still goes to the origin as alice, and is refused there.
+        answers = [get("alice", path) for path in private + elsewhere]
+        assert [status for status, _body in answers] == [403, 403, 404]
+        assert all(secret not in body for _status, body in answers)
+        assert {(user, path) for user, _method, path, _status in front.decisions} >= {
+            ("alice", path) for path in private + elsewhere
+        }
+    finally:
+        nginx.stop(process)
+        front.stop()
 
 
 @pytest.mark.parametrize(

@@ -78,13 +78,14 @@ def test_prepared_node_runs_the_modules_from_its_virtualenv(ansible, registry_pl
     # Every wanted Debian package is on this machine already: nothing to install, no apt-get update.
     assert ("Install the missing Debian packages", "node") in [(task, host) for task, host, _r in done["skipped"]]
     assert [task for task, _host, _r in done["changed"]] == [
-        "Install the collection's Python requirements into the virtualenv"
+        "Make the virtualenv's directory, writable by its owner only",
+        "Install the collection's Python requirements into the virtualenv",
     ]
 
     # An independent look: a real virtualenv whose Python imports what the modules need.
     assert (venv / "pyvenv.cfg").is_file()
     proc = subprocess.run(
-        [str(python), "-c", "import oras.provider, jsonschema, requests"], capture_output=True, text=True, check=False
+        [str(python), "-c", "import jsonschema, requests, cryptography"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stderr
 

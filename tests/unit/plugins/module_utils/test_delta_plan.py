@@ -28,6 +28,14 @@ def index_of(data: bytes, block_size: int = BLOCK) -> BlockIndex:
     return hasher.finish(digest_of(data))
 
 
+def found_in(index: BlockIndex, hashes_per_seed: list[bytes]) -> dict[bytes, int]:
+    """Where the seeds with these block hashes hold each block of the index (what locate_blocks gives)."""
+    wanted = delta.wanted_hashes(index)
+    for number, hashes in enumerate(hashes_per_seed):
+        delta.find_in_seed(wanted, number, [hashes], index.header.hash_length)
+    return wanted
+
+
 def blocks(count: int, seed: int) -> list[bytes]:
     generator = random.Random(seed)
     return [generator.randbytes(BLOCK) for _number in range(count)]
@@ -43,7 +51,7 @@ def old_and_new() -> tuple[bytes, bytes]:
 def test_plan_takes_seed_blocks_wherever_they_are_and_fetches_the_rest():
     old, new = old_and_new()
     index = index_of(new)
-    plan = delta.make_plan(index, [index_of(old).hashes])
+    plan = delta.make_plan(index, found_in(index, [index_of(old).hashes]))
     # Every copy points at a seed block with the same content.
     for first, seed, block, count in plan.copies:
         assert seed == 0
@@ -64,7 +72,8 @@ def test_plan_takes_seed_blocks_wherever_they_are_and_fetches_the_rest():
 
 def test_no_seed_means_everything_but_zeros_is_fetched():
     _old, new = old_and_new()
-    plan = delta.make_plan(index_of(new), [])
+    index = index_of(new)
+    plan = delta.make_plan(index, found_in(index, []))
     assert plan.copies == []
     # The two zero blocks in the middle lie within a gap and are fetched with their neighbours.
     assert plan.fetch_bytes == len(new) - BLOCK
@@ -95,7 +104,7 @@ def test_seed_hashes_are_cached_and_dropped_when_the_seed_changes(tmp_path):
     cache.mkdir(mode=0o700)
     seed = delta.open_seed(str(seed_path))
     assert isinstance(seed, delta.Seed)
-    hashes = delta.seed_hashes(seed, BLOCK, 16, str(cache))
+    hashes = b"".join(delta.seed_hashes(seed, BLOCK, 16, str(cache)))
     assert hashes == index_of(data).hashes
     (cached,) = list(cache.iterdir())
     assert cached.name.startswith(delta.SEED_CACHE_PREFIX)
@@ -107,12 +116,12 @@ def test_seed_hashes_are_cached_and_dropped_when_the_seed_changes(tmp_path):
     cached.write_bytes(poisoned)
     cached.chmod(0o600)
     seed = delta.open_seed(str(seed_path))
-    assert delta.seed_hashes(seed, BLOCK, 16, str(cache)) == bytes(len(hashes))
+    assert b"".join(delta.seed_hashes(seed, BLOCK, 16, str(cache))) == bytes(len(hashes))
     seed.close()
     # The seed changes: its identity does, and it is hashed again.
     seed_path.write_bytes(data[::-1])
     seed = delta.open_seed(str(seed_path))
-    assert delta.seed_hashes(seed, BLOCK, 16, str(cache)) == index_of(data[::-1]).hashes
+    assert b"".join(delta.seed_hashes(seed, BLOCK, 16, str(cache))) == index_of(data[::-1]).hashes
     seed.close()
 
 
@@ -242,8 +251,8 @@ def test_seed_blocks_that_changed_since_hashing_are_fetched_instead(tmp_path, mo
     job = setup.job()
     planned = delta.make_plan
 
-    def plan_then_change_the_seed(index, hashes):
-        plan = planned(index, hashes)
+    def plan_then_change_the_seed(index, found):
+        plan = planned(index, found)
         # Between hashing and reading, someone rewrites a hundred blocks of the seed in place.
         with open(setup.seed_path, "r+b") as handle:
             handle.seek(50 * BLOCK)
@@ -271,7 +280,7 @@ def test_a_delivered_file_gets_its_hashes_from_the_index_without_being_read(tmp_
     delta.remember_hashes(str(path), marked, str(cache))
     seed = delta.open_seed(str(path))
     assert isinstance(seed, delta.Seed)
-    assert delta.seed_hashes(seed, BLOCK, 16, str(cache)) == marked.hashes
+    assert b"".join(delta.seed_hashes(seed, BLOCK, 16, str(cache))) == marked.hashes
     seed.close()
     # A file of another size than the index's is not remembered.
     other = tmp_path / "other"
@@ -294,3 +303,115 @@ def test_an_interrupted_full_download_is_continued_rather_than_replaced(tmp_path
     assert "continued instead" in str(report.reason)
     with open(partial, "rb") as kept:
         assert kept.read() == new[:5000]
+
+
+# ---- what an index may cost the node ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "block_size, hash_length, refusal",
+    [
+        (4096, 16, None),
+        (65536, 16, None),
+        (16 * 1024 * 1024, 16, None),
+        (512, 16, "512-byte blocks"),
+        (2048, 16, "2048-byte blocks"),
+        (32 * 1024 * 1024, 16, "33554432-byte blocks"),
+        (4096, 32, "32-byte hashes"),
+        (4096, 20, "20-byte hashes"),
+    ],
+)
+def test_a_delta_uses_only_the_index_shapes_the_build_writes(block_size, hash_length, refusal):
+    header = delta.Header(digest_of(b"layer"), 10**9, block_size, hash_length)
+    if refusal is None:
+        delta.check_index_shape(header)
+        return
+    with pytest.raises(delta.DeltaAbandoned) as caught:
+        delta.check_index_shape(header)
+    assert refusal in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "block_size, hash_length, reason", [(512, 16, "512-byte blocks"), (4096, 32, "32-byte hashes")]
+)
+def test_a_fine_index_is_refused_from_its_header_before_any_seed_is_read(
+    tmp_path, monkeypatch, block_size, hash_length, reason
+):
+    old, new = old_and_new()
+    setup = Setup(tmp_path, old, new)
+    hasher = BlockHasher(block_size, hash_length)
+    hasher.update(new)
+    descriptor = setup.add_index(hasher.finish(setup.digest).encode())
+
+    def never(*_args):
+        raise AssertionError("a seed was hashed")
+
+    monkeypatch.setattr(delta, "seed_hashes", never)
+    job = setup.job()
+    staged, report = delta.try_delta(job, lambda _layer: descriptor)
+    delta.close_seeds(job.seeds)
+    assert staged is None
+    assert reason in str(report.reason), report.reason
+    assert [p.name for p in setup.state.iterdir()] == []
+
+
+def test_seeds_too_small_to_pay_are_never_hashed(tmp_path, monkeypatch):
+    old, new = old_and_new()
+    # One block of the old release: at most one of the layer's ~270 blocks could come from it.
+    setup = Setup(tmp_path, old[:BLOCK], new)
+    descriptor = setup.add_index(index_of(new).encode())
+
+    def never(*_args):
+        raise AssertionError("a seed was hashed")
+
+    monkeypatch.setattr(delta, "seed_hashes", never)
+    job = setup.job()
+    staged, report = delta.try_delta(job, lambda _layer: descriptor)
+    delta.close_seeds(job.seeds)
+    assert staged is None
+    assert "the seeds hold 1 blocks" in str(report.reason) and "more than 60 %" in str(report.reason), report.reason
+
+
+@pytest.mark.parametrize("block_size", [BLOCK, 65536])
+def test_seed_hashes_stream_in_batches_and_the_cache_stays_a_256th_of_the_seed(tmp_path, block_size):
+    seed_path = tmp_path / "seed.img"
+    data = os.urandom(3 * delta.SEED_READ + 5000)
+    seed_path.write_bytes(data)
+    cache = tmp_path / "state"
+    cache.mkdir(mode=0o700)
+    seed = delta.open_seed(str(seed_path))
+    assert isinstance(seed, delta.Seed)
+    try:
+        batches = list(delta.seed_hashes(seed, block_size, 16, str(cache)))
+    finally:
+        seed.close()
+    # Never the seed's whole list at once: a batch covers one read of the seed.
+    assert len(batches) == 4
+    assert max(len(batch) for batch in batches) == delta.SEED_READ // block_size * 16
+    assert b"".join(batches) == index_of(data, block_size).hashes
+    (cached,) = list(cache.iterdir())
+    header_size = cached.read_bytes().index(b"\n") + 1
+    assert cached.stat().st_size == header_size + len(b"".join(batches))
+    assert cached.stat().st_size <= len(data) // 256 + 4096
+
+
+def test_a_hash_list_finer_than_the_default_is_never_cached(tmp_path):
+    seed_path = tmp_path / "seed.img"
+    data = os.urandom(64 * 1024)
+    seed_path.write_bytes(data)
+    cache = tmp_path / "state"
+    cache.mkdir(mode=0o700)
+    seed = delta.open_seed(str(seed_path))
+    assert isinstance(seed, delta.Seed)
+    try:
+        assert b"".join(delta.seed_hashes(seed, 512, 16, str(cache))) == index_of(data, 512).hashes
+        assert b"".join(delta.seed_hashes(seed, BLOCK, 32, str(cache))) == index_of_with(data, BLOCK, 32)
+    finally:
+        seed.close()
+    assert list(cache.iterdir()) == []
+
+
+def index_of_with(data: bytes, block_size: int, hash_length: int) -> bytes:
+    hasher = BlockHasher(block_size, hash_length)
+    hasher.update(data)
+    return hasher.finish(digest_of(data)).hashes

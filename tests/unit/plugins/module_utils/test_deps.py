@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ansible_collections.ironcore.image.plugins.module_utils import _deps as deps
@@ -17,7 +19,7 @@ class RecordingModule:
 
 
 def test_installed_libraries_pass():
-    deps.require(RecordingModule(), "jsonschema", "requests", "oras")
+    deps.require(RecordingModule(), "jsonschema", "requests", "cryptography")
 
 
 def test_missing_library_fails_with_what_to_install(monkeypatch):
@@ -51,5 +53,13 @@ def test_every_missing_library_is_named_in_one_line_with_where_to_get_it(monkeyp
 
 
 def test_message_names_the_interpreter_that_lacks_them():
-    message = deps.missing_message(["oras>=0.2.43", "requests>=2.28"], "/usr/bin/python3")
-    assert message.startswith("/usr/bin/python3 cannot import oras>=0.2.43, requests>=2.28:")
+    message = deps.missing_message(["jsonschema>=4.0", "requests>=2.28"], "/usr/bin/python3")
+    assert message.startswith("/usr/bin/python3 cannot import jsonschema>=4.0, requests>=2.28:")
+
+
+def test_requirements_file_lists_exactly_what_the_modules_require():
+    """meta/requirements.txt (what the node role and the execution environment install) is _LIBRARIES' list."""
+    requirements = Path(__file__).resolve().parents[4] / "meta" / "requirements.txt"
+    lines = [line.strip() for line in requirements.read_text().splitlines()]
+    listed = [line for line in lines if line and not line.startswith("#")]
+    assert sorted(listed) == sorted(requirement for _module, requirement in deps._LIBRARIES.values())

@@ -30,9 +30,11 @@ class Interrupting:
         self.retryable = retryable
         self.ignore_range = ignore_range
         self.offsets: list[int] = []
+        self.lengths: list[int | None] = []
 
-    def open_blob(self, digest: str, offset: int = 0):
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None):
         self.offsets.append(offset)
+        self.lengths.append(length)
         stream = self.source.open_blob(digest, 0 if self.ignore_range else offset)
         if self.times <= 0:
             return stream
@@ -107,6 +109,8 @@ def test_interrupted_stream_resumes_with_offset(store, tmp_path):
     result = deliver(source, layer, str(tmp_path / "rootfs"), retries=1, backoff=0)
     assert (tmp_path / "rootfs").read_bytes() == DATA
     assert source.offsets == [0, 1_000_000, 2_000_000]
+    # A resumed transfer asks for a bounded range: exactly what is missing.
+    assert source.lengths == [None, len(DATA) - 1_000_000, len(DATA) - 2_000_000]
     assert result.bytes_downloaded == len(DATA)
 
 

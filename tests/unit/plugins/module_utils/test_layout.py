@@ -186,3 +186,47 @@ def test_blob_walk_refuses_a_deeply_nested_document_in_one_line(tmp_path):
     digest = store.put_bytes(data)[0]
     with pytest.raises(layout_mod.LayoutError, match="nested too deeply"):
         layout_mod.BlobWalk(store).document(digest)
+
+
+# ---- blobs and blobs/sha256 that someone else chose ----------------------------------------------
+
+
+@pytest.mark.parametrize("linked", ["blobs", "blobs/sha256"])
+def test_links_at_the_blob_directories_are_refused_even_when_sharing_is_allowed(tmp_path, linked):
+    store = layout_mod.OciLayout(str(tmp_path / "l"))
+    store.ensure()
+    victim = tmp_path / "victim"
+    (victim / "sha256").mkdir(parents=True)
+    (victim / "sha256" / ("a" * 64)).write_bytes(b"not ours")
+    target = tmp_path / "l" / linked
+    os.rename(target, tmp_path / "moved")
+    os.symlink(victim if linked == "blobs" else victim / "sha256", target)
+    for refuse in (
+        lambda: store.refuse_shared(allow_shared=True),
+        store.ensure,
+        lambda: store.blob_directory(allow_shared=True).__enter__(),
+    ):
+        with pytest.raises(layout_mod.LayoutError, match="%s is a symbolic link.*allow_shared_dest" % target):
+            refuse()
+    assert os.listdir(victim / "sha256") == ["a" * 64]
+
+
+@pytest.mark.parametrize("shared", ["", "blobs", "blobs/sha256"])
+def test_a_blob_directory_others_may_write_is_refused_unless_allowed(tmp_path, shared):
+    store = layout_mod.OciLayout(str(tmp_path / "l"))
+    store.ensure()
+    directory = tmp_path / "l" / shared if shared else tmp_path / "l"
+    os.chmod(directory, 0o777)
+    pattern = "layout %s may be written by other users .*allow_shared_dest" % os.path.normpath(directory)
+    with pytest.raises(layout_mod.LayoutError, match=pattern):
+        store.refuse_shared(allow_shared=False)
+    with pytest.raises(layout_mod.LayoutError, match=pattern), store.blob_directory(allow_shared=False):
+        pass
+    store.refuse_shared(allow_shared=True)
+    digest = store.put_bytes(b"a blob")[0]
+    with store.blob_directory(allow_shared=True) as opened:
+        assert opened is not None
+        assert [found for found, _stat in store.stored_blobs(opened)] == [digest]
+        assert store.remove_blob(digest, opened) is True
+        assert store.remove_blob(digest, opened) is False
+    assert not store.has_blob(digest)

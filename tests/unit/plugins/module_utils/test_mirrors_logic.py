@@ -52,6 +52,8 @@ class Memory:
         self.ignore_range = ignore_range
         self.empty = empty
         self.opened: list[int] = []
+        # (offset, length) of every open_blob
+        self.asked: list[tuple[int, int | None]] = []
         self.resolved = 0
 
     def describe(self) -> str:
@@ -69,8 +71,9 @@ class Memory:
     def read_small_blob(self, digest: str, size: int) -> bytes:
         return self.manifest(digest)[0]
 
-    def open_blob(self, digest: str, offset: int = 0) -> Stream:
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> Stream:
         self.opened.append(offset)
+        self.asked.append((offset, length))
         if self.empty:
             raise SourceError("HTTP 404")
         return Stream(BLOB, 0 if self.ignore_range else offset, self.break_at)
@@ -97,16 +100,54 @@ def test_a_break_continues_at_the_same_byte_on_the_next_source():
     assert [error["url"] for error in source.errors] == ["m1"]
 
 
-def test_a_source_ignoring_range_is_read_past_the_prefix():
-    first, second = Memory("m1", break_at=3000), Memory("m2", ignore_range=True)
-    source = MirroredSource(Memory("origin"), [first, second], resolve_tags=False, pinned=None)
+def test_a_mirror_answering_a_range_with_the_whole_blob_is_never_read_past_a_prefix():
+    first, second, origin = Memory("m1", break_at=3000), Memory("m2", ignore_range=True), Memory("origin")
+    source = MirroredSource(origin, [first, second], resolve_tags=False, pinned=None)
     assert read_all(source) == BLOB
-    assert source.sources_for(DIGEST)[1] == {"url": "m2", "bytes": len(BLOB) - 3000}
+    # m2's whole-blob answer was dropped unread: the origin served the rest from the byte where m1 broke.
+    assert source.sources_for(DIGEST) == [{"url": "m1", "bytes": 3000}, {"url": "origin", "bytes": len(BLOB) - 3000}]
+    assert origin.opened == [3000]
+    assert "whole blob" in source.errors[1]["reason"] and source.errors[1]["url"] == "m2"
+    # For the rest of the run m2 is not asked for a range at all, but still serves a blob from byte 0.
+    assert read_all(source, offset=100, length=50) == BLOB[100:150]
+    assert second.opened == [3000]
+    assert read_all(source) == BLOB
+    assert second.opened == [3000, 0]
 
 
 def test_length_ends_the_stream_and_offset_is_kept():
     source = MirroredSource(Memory("origin"), [Memory("m1")], resolve_tags=False, pinned=None)
     assert read_all(source, offset=100, length=50) == BLOB[100:150]
+
+
+def test_a_bounded_range_is_asked_bounded_of_every_source():
+    first, origin = Memory("m1", break_at=120), Memory("origin")
+    source = MirroredSource(origin, [first], resolve_tags=False, pinned=None)
+    assert read_all(source, offset=100, length=50) == BLOB[100:150]
+    assert first.asked == [(100, 50)]
+    # The break at byte 120 continues on the origin for exactly the 30 bytes still missing.
+    assert origin.asked == [(120, 30)]
+
+
+def test_a_bounded_range_the_origin_answers_whole_is_refused_for_the_caller_to_fetch_whole():
+    origin = Memory("origin", ignore_range=True)
+    source = MirroredSource(origin, [Memory("m1", ignore_range=True)], resolve_tags=False, pinned=None)
+    with pytest.raises(SourceError, match="whole blob") as caught:
+        read_all(source, offset=100, length=50)
+    assert not caught.value.retryable
+    # A resumed whole-blob read still takes the origin's whole answer, skipping what the caller has.
+    assert read_all(source, offset=100) == BLOB[100:]
+
+
+def test_blob_location_is_the_origin_s_unless_a_mirror_is_asked_for_and_never_http_for_https():
+    origin, plain, tls = Memory("https://origin.example"), Memory("http://plain.example"), Memory("https://m.example")
+    assert MirroredSource(origin, [plain, tls], False, None).blob_location(DIGEST)[0] == "https://origin.example"
+    asked = MirroredSource(origin, [plain, tls], False, None, url_from="mirror")
+    assert asked.blob_location(DIGEST)[0] == "https://m.example"
+    only_plain = MirroredSource(origin, [plain], False, None, url_from="mirror")
+    assert only_plain.blob_location(DIGEST)[0] == "https://origin.example"
+    plain_origin = MirroredSource(Memory("http://origin.example"), [plain], False, None, url_from="mirror")
+    assert plain_origin.blob_location(DIGEST)[0] == "http://plain.example"
 
 
 def test_missing_everywhere_but_the_origin():
@@ -153,7 +194,7 @@ class Gone(Memory):
         self.opened.append(-1)
         raise MirrorUnreachable("connection refused")
 
-    def open_blob(self, digest: str, offset: int = 0) -> Stream:
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> Stream:
         self.opened.append(offset)
         raise MirrorUnreachable("connection refused")
 

@@ -171,6 +171,41 @@ def test_a_signed_payload_that_is_no_statement_is_malformed(key):
     assert "malformed envelope" in refused([envelope], [key.public_key()])
 
 
+VULN = "https://in-toto.io/attestation/vuln/v1"
+
+
+def statement_of_type(predicate_type: str, digest: str = INDEX) -> bytes:
+    return json.dumps(
+        {
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"name": REPOSITORY, "digest": {"sha256": digest.split(":")[1]}}],
+            "predicateType": predicate_type,
+            "predicate": {},
+        }
+    ).encode()
+
+
+def test_a_trusted_statement_of_another_predicate_type_is_no_provenance(key):
+    message = refused([provenance.envelope(key, statement_of_type(VULN))], [key.public_key()])
+    assert "predicate type is %s, not https://slsa.dev/provenance/v1" % VULN in message
+    assert "provenance_predicate_types" in message
+
+
+def test_the_provenance_beside_another_statement_verifies(key):
+    envelopes = [provenance.envelope(key, statement_of_type(VULN)), provenance.envelope(key, body())]
+    verified = provenance.check_provenance(INDEX, "img", envelopes, [key.public_key()])
+    assert verified.predicate_type == "https://slsa.dev/provenance/v1"
+
+
+def test_predicate_types_the_user_lists(key):
+    envelopes = [provenance.envelope(key, statement_of_type(VULN))]
+    verified = provenance.check_provenance(INDEX, "img", envelopes, [key.public_key()], [VULN])
+    assert verified.predicate_type == VULN
+    # Listing another type does not keep the default one.
+    with pytest.raises(provenance.ProvenanceError, match="not %s" % VULN):
+        provenance.check_provenance(INDEX, "img", [provenance.envelope(key, body())], [key.public_key()], [VULN])
+
+
 def test_the_most_telling_failure_wins(key):
     stranger = ec.generate_private_key(ec.SECP256R1())
     envelopes = [b"junk", provenance.envelope(stranger, body()), provenance.envelope(key, body(OTHER))]
