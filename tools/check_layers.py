@@ -46,6 +46,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("signing", ("_sign.py",)),
     ("progress", ("_progress.py",)),
     ("documents", ("_manifest.py", "_blockindex.py", "_select.py")),
+    ("document reader", ("_document.py",)),
     ("foundation", ("_model.py", "_io.py", "_deps.py", "_registry_args.py", "_tar.py", "_module.py")),
     ("errors", ("_errors.py",)),
 )

@@ -169,7 +169,7 @@ def _read_docker_config(path: str) -> dict[str, t.Any] | None:
             document = json.load(stream)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise RegistryError("docker_config %s cannot be read: %s" % (path, exc), option="docker_config") from exc
     if not isinstance(document, dict):
         raise RegistryError("docker_config %s is not a JSON object" % path, option="docker_config")
@@ -296,7 +296,7 @@ def ask_credential_helper(helper: str, server: str) -> dict[str, t.Any] | None:
         return None
     try:
         answer = json.loads(output)
-    except ValueError:
+    except (ValueError, RecursionError):
         answer = None
     if not isinstance(answer, dict) or not isinstance(answer.get("Secret"), str):
         raise RegistryError(
@@ -447,7 +447,7 @@ def fetch_token(
         )
     try:
         document = json.loads(response.content)
-    except ValueError:
+    except (ValueError, RecursionError):
         document = {}
     token = document.get("token") or document.get("access_token") if isinstance(document, dict) else None
     if not isinstance(token, str) or not token:

@@ -251,7 +251,7 @@ def _field(header: t.Mapping[str, t.Any], name: str, kind: type) -> t.Any:
 def decode_header(line: bytes) -> Header:
     try:
         header = json.loads(line)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise BlockIndexError("block index header is not JSON") from exc
     if not isinstance(header, dict) or header.get("mediaType") != MEDIA_TYPE:
         raise BlockIndexError(f"block index header does not name {MEDIA_TYPE}")

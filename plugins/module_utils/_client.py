@@ -683,7 +683,7 @@ class RegistryClient:
             return None
         try:
             tags = json.loads(response.content).get("tags")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return []
         return [tag for tag in tags or [] if isinstance(tag, str)][:limit]
 

@@ -30,7 +30,6 @@ naming it), and never more than a verifier reads (MAX_SIGNERS).
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import time
 import typing as t
 from dataclasses import dataclass, field
@@ -59,7 +58,8 @@ from ansible_collections.ironcore.image.plugins.module_utils._walk import (
     Document,
     Graph,
     WalkError,
-    check_document,
+    check_descriptor,
+    parse_document,
     walk,
 )
 
@@ -461,11 +461,11 @@ def _existing_signers(
     store: Store, current: t.Mapping[str, t.Any], attachment: Attachment
 ) -> list[t.Mapping[str, t.Any]]:
     """The layers of the destination's `.sig`; CopyError when it cannot be read."""
-    digest, size = str(current.get("digest")), current.get("size")
+    digest = str(current.get("digest"))
     try:
-        data = check_document(store.read_document(digest, int(size or 0)), digest, int(size or 0), store.describe())
-        return _signers(json.loads(data))
-    except (WalkError, ValueError, TypeError) as exc:
+        digest, size = check_descriptor(current, "the descriptor of a signature")
+        return _signers(parse_document(store.read_document(digest, size), current, store.describe()).body)
+    except WalkError as exc:
         raise CopyError(
             "the signature %s in %s is unreadable (%s); remove it or copy with carry_referrers=false"
             % (attachment.signature_names[1] if attachment.signature_names else digest, store.describe(), exc)
@@ -487,7 +487,7 @@ def _signature_to_carry(
     """
     existing = _existing_signers(store, current, attachment) if current is not None else []
     have = {_signer_key(layer) for layer in existing}
-    offered = _signers(json.loads(attachment.document.data))
+    offered = _signers(attachment.document.body)
     added: dict[tuple[str, str], t.Mapping[str, t.Any]] = {}
     for layer in offered:
         key = _signer_key(layer)

@@ -294,7 +294,7 @@ def _open_cached(path: str, seed: Seed, block_size: int, hash_length: int) -> t.
             raise ValueError("another seed's record")
         if status.st_size != len(head) + block_count(seed.size, block_size) * hash_length:
             raise ValueError("not this seed's size")
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         stream.close()
         return None
     return stream

@@ -16,6 +16,7 @@ status live here with it. Nothing here does I/O.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -24,6 +25,13 @@ _REGISTRY_MESSAGE_LIMIT = 300
 
 def one_line(text: object) -> str:
     return " ".join(str(text).split())
+
+
+def naming_option(message: str, option: str | None) -> str:
+    """The message, with the option to look at named when it does not name it already."""
+    if not option or re.search(r"(?<![\w.])%s(?!\w)" % re.escape(option), message):
+        return message
+    return "%s (option: %s)" % (message, option)
 
 
 class ImageError(Exception):
@@ -35,7 +43,7 @@ class ImageError(Exception):
     """
 
     def __init__(self, message: str, retryable: bool = False, option: str | None = None):
-        super().__init__(one_line(message))
+        super().__init__(naming_option(one_line(message), option))
         self.retryable = retryable
         self.option = option
 
@@ -93,7 +101,7 @@ def parse_error_body(body: bytes | str | None) -> list[OciErrorEntry]:
         return []
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return []
     errors = document.get("errors") if isinstance(document, dict) else None
     if not isinstance(errors, list):

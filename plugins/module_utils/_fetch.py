@@ -29,6 +29,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from ansible_collections.ironcore.image.plugins.module_utils._delta import DeltaFetch
+from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError
 from ansible_collections.ironcore.image.plugins.module_utils._download import (
     PARTIAL_PREFIX,
     PARTIAL_SUFFIX,
@@ -69,7 +70,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import (
 from ansible_collections.ironcore.image.plugins.module_utils._signatures import verify_before_delivery
 from ansible_collections.ironcore.image.plugins.module_utils._source import (
     SourceError,
-    one_line,
     open_source,
     read_config,
     resolve_image,
@@ -480,11 +480,12 @@ def _as_fetch_error(plan: FilePlan, error: BaseException) -> BaseException:
     if not isinstance(error, Exception):
         # KeyboardInterrupt and the like end the run as they are.
         return error
-    if isinstance(error, (DeliveryError, SourceError)):
-        return FetchError("%s (%s): %s" % (plan.layer.role, plan.filename, error))
+    if isinstance(error, ImageError):
+        return FetchError("%s (%s): %s" % (plan.layer.role, plan.filename, error), retryable=error.retryable)
     if isinstance(error, OSError):
         return FetchError("%s: writing %s failed: %s" % (plan.layer.role, plan.path, error.strerror or error))
-    return FetchError("%s (%s): %s" % (plan.layer.role, plan.filename, one_line(error)))
+    # Anything else is a bug of ours: left as it is, for _module.run to report as an internal error.
+    return error
 
 
 def _file_result(plan: FilePlan) -> dict[str, t.Any]:
@@ -524,7 +525,7 @@ def fetch_image(
     started = time.monotonic()
     try:
         result = _fetch(params, check_mode, apply_attributes, on_retry, warn or (lambda _message: None))
-    except (SourceError, SelectionError, DeliveryError) as exc:
+    except (SourceError, SelectionError, DocumentError, DeliveryError) as exc:
         raise FetchError(str(exc)) from exc
     except OSError as exc:
         raise FetchError("dest %s: %s" % (params["dest"], exc.strerror or exc)) from exc

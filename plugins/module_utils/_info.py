@@ -17,6 +17,7 @@ import functools
 import os
 import typing as t
 
+from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import BlobWalk, LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._mirrors import with_mirrors
@@ -146,7 +147,7 @@ def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
         }
         described.update(_signatures_of(source, params, image.digest, [str(m["digest"]) for m in manifests]))
         return described
-    except (SourceError, SelectionError) as exc:
+    except (SourceError, SelectionError, DocumentError) as exc:
         raise InfoError(str(exc)) from exc
 
 
@@ -172,7 +173,7 @@ def _named(name: str, action: t.Callable[[], t.Any]) -> t.Any:
     """Run action; a damaged image fails the listing with its name in the message."""
     try:
         return action()
-    except (LayoutError, SelectionError) as exc:
+    except (LayoutError, SelectionError, DocumentError) as exc:
         raise InfoError("%s: %s" % (name, exc)) from exc
 
 

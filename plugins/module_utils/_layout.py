@@ -24,6 +24,7 @@ import stat
 import tarfile
 import typing as t
 
+from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError, check_descriptor, load_json
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     AtomicFile,
@@ -208,14 +209,14 @@ class OciLayout:
 
     def read_index(self) -> dict[str, t.Any]:
         try:
-            document = parse_json(read_bounded(self.index_path, MAX_DOCUMENT_SIZE))
+            document = load_json(read_bounded(self.index_path, MAX_DOCUMENT_SIZE), self.index_path)
         except FileNotFoundError:
             return _empty_index()
         except OSError as exc:
             raise LayoutError("%s: %s" % (self.index_path, exc.strerror)) from exc
-        except ValueError as exc:
-            raise LayoutError("%s is not valid JSON: %s" % (self.index_path, exc)) from exc
-        if not isinstance(document, dict) or not isinstance(document.get("manifests", []), list):
+        except DocumentError as exc:
+            raise LayoutError(str(exc)) from exc
+        if not isinstance(document.get("manifests", []), list):
             raise LayoutError("%s is not an OCI image index" % self.index_path)
         document.setdefault("manifests", [])
         return document
@@ -427,11 +428,9 @@ class BlobWalk:
         if digest not in self._documents:
             data = self.layout.read_document(digest)
             try:
-                parsed = parse_json(data)
-            except ValueError:
-                parsed = None
-            if not isinstance(parsed, dict):
-                raise LayoutError("blob %s in layout %s is not a JSON document" % (digest, self.layout.path))
+                parsed = load_json(data, "blob %s in layout %s" % (digest, self.layout.path))
+            except DocumentError as exc:
+                raise LayoutError(str(exc)) from exc
             self._documents[digest] = parsed
         return self._documents[digest]
 
@@ -446,26 +445,23 @@ class BlobWalk:
         keys = _DOCUMENT_KEYS if follow_subject else tuple(key for key in _DOCUMENT_KEYS if key != "subject")
         while pending:
             current = pending.pop()
-            digest = _descriptor_digest(current, self.layout)
+            digest, size = _checked(current, self.layout)
             if digest in reached:
                 continue
-            reached[digest] = _size(current)
+            reached[digest] = size
             document = self.document(digest)
             for key in keys:
                 pending.extend(descriptors(document.get(key)))
             for key in _BLOB_KEYS:
                 for blob in descriptors(document.get(key)):
-                    reached.setdefault(_descriptor_digest(blob, self.layout), _size(blob))
+                    blob_digest, blob_size = _checked(blob, self.layout)
+                    reached.setdefault(blob_digest, blob_size)
         return reached
 
 
-def _descriptor_digest(descriptor: t.Mapping[str, t.Any], layout: OciLayout) -> str:
-    digest = descriptor.get("digest")
-    if not isinstance(digest, str) or not SHA256_DIGEST_RE.match(digest):
-        raise LayoutError("layout %s holds a descriptor without a sha256 digest (%r)" % (layout.path, digest))
-    return digest
-
-
-def _size(descriptor: t.Mapping[str, t.Any]) -> int:
-    size = descriptor.get("size")
-    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
+def _checked(descriptor: t.Mapping[str, t.Any], layout: OciLayout) -> tuple[str, int]:
+    """(digest, size) by the one descriptor validator: a bad size is refused, never counted as 0."""
+    try:
+        return check_descriptor(descriptor, "a descriptor in layout %s" % layout.path)
+    except DocumentError as exc:
+        raise LayoutError(str(exc)) from exc

@@ -21,6 +21,7 @@ import time
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.ironcore.image.plugins.module_utils._document import is_index
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import BlobWalk, LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -96,7 +97,8 @@ def _index_entries(walk: BlobWalk, digest: str) -> list[t.Mapping[str, t.Any]] |
     except LayoutError:
         return None
     entries = document.get("manifests")
-    if not isinstance(entries, list):
+    # Index or manifest by the one rule (_document.is_index); a manifest lists no platform parts.
+    if not is_index(document) or not isinstance(entries, list):
         return None
     return [entry for entry in entries if isinstance(entry, dict)]
 

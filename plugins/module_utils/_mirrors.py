@@ -27,12 +27,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import re
 import threading
 import typing as t
 import urllib.parse
 
+from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError, load_json
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import CHUNK_SIZE, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -207,10 +207,10 @@ class LayoutMirror:
             return self._document(self.ref.digest, "manifest"), None, self.ref.digest
         raw = self._get_small(self._root + "/index.json", "reading index.json of %s" % self.describe())
         try:
-            index = json.loads(raw)
-        except ValueError as exc:
-            raise SourceError("index.json of %s is not JSON" % self.describe()) from exc
-        entries = index.get("manifests") if isinstance(index, dict) else None
+            index = load_json(raw, "index.json of %s" % self.describe())
+        except DocumentError as exc:
+            raise SourceError(str(exc)) from exc
+        entries = index.get("manifests")
         for candidate in (str(self.ref), self.ref.tag):
             for entry in entries if isinstance(entries, list) else []:
                 annotations = entry.get("annotations") if isinstance(entry, dict) else None

@@ -200,7 +200,7 @@ def open_envelope(data: bytes) -> OpenedEnvelope:
         payload_type = document["payloadType"]
         payload = base64.b64decode(document["payload"], validate=True)
         signatures = document["signatures"]
-    except (ValueError, TypeError, KeyError, binascii.Error) as exc:
+    except (ValueError, TypeError, KeyError, binascii.Error, RecursionError) as exc:
         raise ProvenanceError("malformed envelope: not DSSE JSON with payloadType, payload and signatures") from exc
     if payload_type != PAYLOAD_TYPE:
         raise ProvenanceError("malformed envelope: payloadType is %r, not %s" % (str(payload_type)[:80], PAYLOAD_TYPE))
@@ -215,7 +215,7 @@ def subject_digests(body: bytes) -> tuple[list[str], str]:
         document = json.loads(body)
         kind, predicate_type, subjects = document["_type"], document["predicateType"], document["subject"]
         digests = ["sha256:" + str(subject["digest"]["sha256"]) for subject in subjects]
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise ProvenanceError("malformed envelope: its payload is not an in-toto statement") from exc
     if kind != STATEMENT_TYPE:
         raise ProvenanceError("malformed envelope: its payload is a %r, not an in-toto Statement v1" % str(kind)[:80])

@@ -33,7 +33,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._registry_args impo
     registry_options,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._sign import signature_tag
-from ansible_collections.ironcore.image.plugins.module_utils._source import one_line
 from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
 
 
@@ -109,8 +108,6 @@ def plan_push(params: t.Mapping[str, t.Any]) -> tuple[ImageReference, CopyPlan]:
         raise PushError(str(exc)) from exc
     except OSError as exc:
         raise PushError("reading layout %s failed: %s" % (params["layout"], exc)) from exc
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PushError("layout %s holds a malformed document: %s" % (params["layout"], one_line(exc))) from exc
     return destination, plan
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import random
 import re
 import threading
@@ -33,6 +32,7 @@ import time
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError, load_json
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import canonical_json, hash_file, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError
@@ -49,6 +49,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._walk import (
     WalkError,
     check_descriptor,
     check_document,
+    parse_document,
 )
 
 EMPTY_CONFIG_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
@@ -188,11 +189,9 @@ def referrers_index(entries: t.Sequence[Referrer]) -> bytes:
 def parse_referrers(data: bytes, where: str) -> list[Referrer]:
     """The entries of a referrers index (tag schema or API answer), each checked; one-line errors."""
     try:
-        body = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise ReferrersError("the referrers index %s is not JSON" % where) from exc
-    if not isinstance(body, dict):
-        raise ReferrersError("the referrers index %s is not a JSON object" % where)
+        body = load_json(data, "the referrers index %s" % where)
+    except DocumentError as exc:
+        raise ReferrersError(str(exc)) from exc
     manifests = body.get("manifests", [])
     if not isinstance(manifests, list):
         raise ReferrersError("the referrers index %s has a manifests that is not a list" % where)
@@ -363,20 +362,16 @@ def read_referrer(store: ImageSource, referrer: Referrer) -> dict[str, t.Any]:
     """The referrer's manifest, checked against its digest, size and the 4 MiB cap."""
     try:
         digest, size = check_descriptor(referrer.descriptor, "a referrer")
-        data = check_document(store.read_document(digest, size), digest, size, store.describe())
+        body = parse_document(store.read_document(digest, size), referrer.descriptor, store.describe()).body
     except WalkError as exc:
         raise ReferrersError(str(exc)) from exc
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise ReferrersError("referrer %s in %s is not JSON" % (referrer.digest, store.describe())) from exc
-    if not isinstance(body, dict) or not isinstance(body.get("layers", []), list):
+    if not isinstance(body.get("layers", []), list):
         raise ReferrersError("referrer %s in %s is not a manifest" % (referrer.digest, store.describe()))
     if len(body.get("layers", [])) > MAX_REFERRER_LAYERS:
         raise ReferrersError(
             "referrer %s in %s has more than %d layers" % (referrer.digest, store.describe(), MAX_REFERRER_LAYERS)
         )
-    return t.cast(t.Dict[str, t.Any], body)
+    return body
 
 
 # ---- attaching ----------------------------------------------------------------

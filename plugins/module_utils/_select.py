@@ -28,11 +28,12 @@ into (rules 3 and 5) when rules 1 and 2 say nothing.
 
 from __future__ import annotations
 
-import json
 import platform as host_platform
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError
+from ansible_collections.ironcore.image.plugins.module_utils._document import check_descriptor as one_descriptor_check
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURE_ANNOTATION,
@@ -101,19 +102,6 @@ def node_architecture(value: str, machine: str | None = None) -> str:
             "architecture: auto cannot map machine type %s to amd64 or arm64; set architecture explicitly" % machine
         )
     return architecture
-
-
-def parse_document(data: bytes, what: str) -> Document:
-    """A JSON object from manifest or index bytes, or a one-line reason why not."""
-    try:
-        document = json.loads(data)
-    except ValueError as exc:
-        raise SelectionError("%s is not valid JSON: %s" % (what, exc)) from exc
-    except RecursionError as exc:
-        raise SelectionError("%s is nested too deeply to be a manifest or index" % what) from exc
-    if not isinstance(document, dict):
-        raise SelectionError("%s is not a JSON object" % what)
-    return document
 
 
 def is_index(document: t.Mapping[str, t.Any], media_type: str | None = None) -> bool:
@@ -270,9 +258,10 @@ def check_manifest_serves(
 
 def check_descriptor(descriptor: t.Mapping[str, t.Any], what: str) -> None:
     """Refuse a descriptor without a string digest and a non-negative integer size, before anyone reads them."""
-    digest, size = descriptor.get("digest"), descriptor.get("size")
-    if not isinstance(digest, str) or not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise SelectionError("%s lacks a valid digest and size" % what)
+    try:
+        one_descriptor_check(descriptor, what)
+    except DocumentError as exc:
+        raise SelectionError("%s lacks a valid digest and size" % what) from exc
 
 
 def manifest_layers(manifest: t.Mapping[str, t.Any]) -> list[SelectedLayer]:

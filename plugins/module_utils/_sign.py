@@ -71,7 +71,7 @@ def parse_payload(data: bytes) -> tuple[str, str]:
         repository = critical["identity"]["docker-reference"]
         digest = critical["image"]["docker-manifest-digest"]
         kind = critical["type"]
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise SignatureError("the payload is not a simple-signing document") from exc
     if kind != SIGNATURE_TYPE or not isinstance(repository, str) or not isinstance(digest, str):
         raise SignatureError("the payload is not a cosign container image signature")

@@ -16,13 +16,13 @@ payloads, keys and the verdict are `_sign.py`'s.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.ironcore.image.plugins.module_utils import _provenance, _sbom
+from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError, load_json
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -69,7 +69,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._walk import (
     Document,
     WalkError,
     check_descriptor,
-    check_document,
+    parse_document,
     walk,
 )
 
@@ -122,16 +122,15 @@ def _signature_manifest(store: Store, ref: ImageReference, digest: str) -> dict[
         return None
     try:
         sig_digest, size = check_descriptor(descriptor, "the descriptor of %s" % name)
-        data = check_document(store.read_document(sig_digest, size), sig_digest, size, store.describe())
-        manifest = json.loads(data)
-    except (WalkError, ValueError) as exc:
+        manifest = parse_document(store.read_document(sig_digest, size), descriptor, store.describe()).body
+    except WalkError as exc:
         raise SignatureError("%s@%s has a malformed signature: %s" % (ref.name, digest, exc)) from exc
     layers = manifest.get("layers") if isinstance(manifest, dict) else None
     if not isinstance(layers, list) or len(layers) > MAX_SIGNERS:
         raise SignatureError(
             "%s@%s has a malformed signature: %s is not a signature manifest" % (ref.name, digest, name)
         )
-    return t.cast(t.Dict[str, t.Any], manifest)
+    return manifest
 
 
 def _read_entry(store: Store, layer: t.Any) -> SignedPayload:
@@ -411,8 +410,8 @@ def _blob_json(store: Store, descriptor: t.Mapping[str, t.Any], limit: int = MAX
         return None
     data = _read_small_blob(store, digest, size)
     try:
-        return json.loads(data) if data is not None else None
-    except ValueError:
+        return load_json(data, "config %s" % digest) if data is not None else None
+    except DocumentError:
         return None
 
 
@@ -432,7 +431,7 @@ def image_documents(store: Store, root: t.Mapping[str, t.Any], graph: t.Any) -> 
     manifests: dict[str, dict[str, t.Any]] = {}
     configs: dict[str, dict[str, t.Any]] = {}
     for document in graph.documents:
-        parsed = json.loads(document.data)
+        parsed = document.body
         if document.digest == root["digest"] and document.is_index:
             index = parsed
         if document.is_index:

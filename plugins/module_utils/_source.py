@@ -17,6 +17,8 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError, load_json, parse_document
+from ansible_collections.ironcore.image.plugins.module_utils._document import check_descriptor as check_one_descriptor
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     CHUNK_SIZE,
@@ -43,19 +45,12 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import (
     entry_label,
     is_index,
     normalise_config,
-    parse_document,
     select_entry,
 )
 
 
 class SourceError(ImageError):
     """Reading from the source failed; `retryable` says whether trying again may help."""
-
-
-def one_line(error: BaseException) -> str:
-    """An unexpected error (a malformed descriptor, say) as one line: its type, and its text if any."""
-    text = " ".join(str(error).split())
-    return "%s: %s" % (type(error).__name__, text) if text else type(error).__name__
 
 
 class BlobStream(t.Protocol):
@@ -319,7 +314,7 @@ class SelectedManifest:
 
 def resolve_image(source: Source) -> ResolvedImage:
     data, media_type, digest = source.resolve()
-    document = parse_document(data, "%s (%s)" % (source.describe(), digest))
+    document = load_json(data, "%s (%s)" % (source.describe(), digest))
     index = is_index(document, media_type)
     entries = document.get("manifests")
     # Each entry is a manifest to read and keep: a 4 MiB index could name some 20,000.
@@ -341,9 +336,7 @@ def child_manifest(source: Source, entry: t.Mapping[str, t.Any]) -> Document:
     if size > MAX_DOCUMENT_SIZE:
         raise SourceError("manifest %s is %d bytes, more than a manifest may be (4 MiB); refusing it" % (digest, size))
     data, media_type = source.manifest(digest)
-    if len(data) != size:
-        raise SourceError("manifest %s is %d bytes, but the index says %d" % (digest, len(data), size))
-    document = parse_document(data, "manifest %s" % digest)
+    document = parse_document(data, entry, source.describe()).body
     if is_index(document, media_type or entry.get("mediaType")):
         raise SourceError("index entry %s points at another index; nested indexes are not supported" % digest)
     return document
@@ -381,11 +374,13 @@ def read_config(source: Source, manifest: t.Mapping[str, t.Any]) -> Document | N
     config = manifest.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("digest"), str):
         return None
-    size = config.get("size") or 0
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise SourceError("the config descriptor of %s has no valid size (%r)" % (source.describe(), size))
-    data = source.read_small_blob(config["digest"], size)
     try:
-        return normalise_config(parse_document(data, "config"))
-    except SelectionError:
+        digest, size = check_one_descriptor(config, "the config descriptor of %s" % source.describe())
+    except DocumentError as exc:
+        # A missing size was once read as 0; it is refused like any other invalid one.
+        raise SourceError(str(exc)) from exc
+    data = source.read_small_blob(digest, size)
+    try:
+        return normalise_config(load_json(data, "config"))
+    except DocumentError:
         return None

@@ -7,8 +7,9 @@
 """The image graph, walked once: documents children first, then the blobs.
 
 From a set of root descriptors, every index and manifest they reach is read
-through one callable, checked here against its descriptor's digest and size
-and the 4 MiB cap, parsed, and put in post-order (a document after every
+through one callable, checked and parsed by `_document.parse_document()`
+(its descriptor's digest and size, the 4 MiB cap, JSON with a depth guard,
+index or manifest by the one rule), and put in post-order (a document after every
 document it names), each once. The config and layer blobs are collected on
 the way with their sizes. Knows nothing of where the bytes come from, so the
 order and the checks are unit-tested with a dictionary.
@@ -16,39 +17,33 @@ order and the checks are unit-tested with a dictionary.
 
 from __future__ import annotations
 
-import json
 import typing as t
 from dataclasses import dataclass, field
 
-from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
-from ansible_collections.ironcore.image.plugins.module_utils._io import sha256_digest
-from ansible_collections.ironcore.image.plugins.module_utils._model import (
-    INDEX_MEDIA_TYPES,
-    MANIFEST_MEDIA_TYPES,
-    MAX_DOCUMENT_SIZE,
-    SHA256_DIGEST_RE,
-    declared_media_type,
+from ansible_collections.ironcore.image.plugins.module_utils._document import (
+    DocumentError,
+    ParsedDocument,
+    check_descriptor,
+    check_document,
+    parse_document,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._model import MAX_DOCUMENT_SIZE
 
 Descriptor = t.Mapping[str, t.Any]
 
-
-class WalkError(ImageError):
-    """A document of the image is missing, corrupt, too large or malformed."""
-
-
-@dataclass(frozen=True)
-class Document:
-    """A manifest or index with its exact bytes."""
-
-    digest: str
-    media_type: str
-    data: bytes
-    is_index: bool
-
-    @property
-    def descriptor(self) -> dict[str, t.Any]:
-        return {"mediaType": self.media_type, "digest": self.digest, "size": len(self.data)}
+# The walk's refusals are the document parser's; the names stay for the callers that catch them.
+WalkError = DocumentError
+Document = ParsedDocument
+__all__ = [
+    "Document",
+    "Graph",
+    "WalkError",
+    "check_descriptor",
+    "check_document",
+    "parse_document",
+    "root_documents",
+    "walk",
+]
 
 
 @dataclass
@@ -58,38 +53,6 @@ class Graph:
     documents: list[Document] = field(default_factory=list)
     blobs: dict[str, int] = field(default_factory=dict)
     by_digest: dict[str, Document] = field(default_factory=dict)
-
-
-def check_descriptor(descriptor: t.Any, what: str) -> tuple[str, int]:
-    """(digest, size) of a descriptor, refused when either is not valid."""
-    if not isinstance(descriptor, t.Mapping):
-        raise WalkError("%s is not a descriptor object" % what)
-    digest, size = descriptor.get("digest"), descriptor.get("size")
-    if not isinstance(digest, str) or not SHA256_DIGEST_RE.match(digest):
-        raise WalkError("%s has no valid sha256 digest (%r)" % (what, digest))
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise WalkError("%s (%s) has no valid size (%r)" % (what, digest, size))
-    return digest, size
-
-
-def check_document(data: bytes, digest: str, size: int, where: str) -> bytes:
-    """The one check every document passes: the cap, its declared size, its digest."""
-    if len(data) > MAX_DOCUMENT_SIZE or size > MAX_DOCUMENT_SIZE:
-        raise WalkError("document %s in %s is larger than 4 MiB; refusing it" % (digest, where))
-    if len(data) != size:
-        raise WalkError("document %s in %s is %d bytes, but its descriptor says %d" % (digest, where, len(data), size))
-    if sha256_digest(data) != digest:
-        raise WalkError("document %s in %s does not match its digest; the source is corrupt" % (digest, where))
-    return data
-
-
-def _media_type(descriptor: Descriptor, data: bytes) -> str:
-    declared = descriptor.get("mediaType")
-    return declared if isinstance(declared, str) and declared else declared_media_type(data)
-
-
-def _is_index(media_type: str, body: t.Mapping[str, t.Any]) -> bool:
-    return media_type in INDEX_MEDIA_TYPES or (media_type not in MANIFEST_MEDIA_TYPES and "manifests" in body)
 
 
 class _Walker:
@@ -104,15 +67,8 @@ class _Walker:
             return self.graph.by_digest[digest]
         if size > MAX_DOCUMENT_SIZE:
             raise WalkError("document %s in %s is %d bytes, more than 4 MiB; refusing it" % (digest, self.where, size))
-        data = check_document(self.read(digest, size), digest, size, self.where)
-        try:
-            body = json.loads(data)
-        except ValueError as exc:
-            raise WalkError("document %s in %s is not JSON" % (digest, self.where)) from exc
-        if not isinstance(body, dict):
-            raise WalkError("document %s in %s is not a JSON object" % (digest, self.where))
-        media_type = _media_type(descriptor, data)
-        is_index = _is_index(media_type, body)
+        document = parse_document(self.read(digest, size), descriptor, self.where)
+        body, is_index = document.body, document.is_index
         # No cycle is possible: a document would have to contain its own digest.
         if is_index:
             for child in _entries(body, "manifests", digest, self.where):
@@ -121,7 +77,6 @@ class _Walker:
             config = body.get("config")
             for blob in ([config] if config is not None else []) + _entries(body, "layers", digest, self.where):
                 self.blob(blob, "a blob of manifest %s" % digest)
-        document = Document(digest, media_type, data, is_index)
         self.graph.by_digest[digest] = document
         self.graph.documents.append(document)
         return document

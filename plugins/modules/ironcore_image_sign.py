@@ -189,12 +189,12 @@ sbom:
       elements: str
 """
 
-import traceback
+import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
-from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
     REGISTRY_ARGUMENT_SPEC,
     REGISTRY_REQUIRED_TOGETHER,
@@ -219,7 +219,7 @@ def main() -> None:
     require(module, "cryptography", *(() if module.params["layout"] else ("requests",)))
     from ansible_collections.ironcore.image.plugins.module_utils._signatures import open_store, sign_image
 
-    try:
+    def sign() -> dict[str, t.Any]:
         store = open_store(module.params, module.warn)
         result = sign_image(
             store,
@@ -230,17 +230,17 @@ def main() -> None:
             provenance=module.params["provenance"],
             sbom=module.params["sbom"],
         )
-    except ImageError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
-    module.exit_json(
-        changed=result.changed,
-        digest=result.digest,
-        fingerprint=result.fingerprint,
-        signed=result.signed,
-        signatures=result.signatures,
-        provenance=result.provenance,
-        sbom=result.sbom,
-    )
+        return {
+            "changed": result.changed,
+            "digest": result.digest,
+            "fingerprint": result.fingerprint,
+            "signed": result.signed,
+            "signatures": result.signatures,
+            "provenance": result.provenance,
+            "sbom": result.sbom,
+        }
+
+    run(module, sign)
 
 
 if __name__ == "__main__":

@@ -98,20 +98,20 @@ def test_upward_sideways_and_lazy_imports_are_each_one_line(layers, monkeypatch,
 
 def test_a_file_not_in_the_table_and_a_stale_entry_are_named(layers, monkeypatch, tmp_path):
     monkeypatch.setattr(layers, "LAYERS", (("top", ("_top.py", "_gone.py")),))
-    root = fake_tree(tmp_path, {"_top.py": "", "_document.py": "from %s import _top\n" % PACKAGE})
+    root = fake_tree(tmp_path, {"_top.py": "", "_unlisted.py": "from %s import _top\n" % PACKAGE})
     assert layers.problems(root) == [
         "plugins/module_utils/_gone.py is in the layer table but does not exist: remove it from LAYERS",
-        "file plugins/module_utils/_document.py is not in the layer table: add it to a row of LAYERS in"
+        "file plugins/module_utils/_unlisted.py is not in the layer table: add it to a row of LAYERS in"
         " tools/check_layers.py",
     ]
 
 
 def test_the_script_prints_the_table_and_fails_with_exit_1(layers, tmp_path):
-    root = fake_tree(tmp_path, {"_errors.py": "", "_document.py": ""})
+    root = fake_tree(tmp_path, {"_errors.py": "", "_unlisted.py": ""})
     failed = subprocess.run([sys.executable, str(SCRIPT), root], capture_output=True, text=True, check=False)
     assert failed.returncode == 1
     assert layers.render_table() in failed.stdout
-    assert "file plugins/module_utils/_document.py is not in the layer table" in failed.stdout
+    assert "file plugins/module_utils/_unlisted.py is not in the layer table" in failed.stdout
     passed = subprocess.run([sys.executable, str(SCRIPT), str(ROOT)], capture_output=True, text=True, check=False)
     assert passed.returncode == 0, passed.stdout
     assert layers.render_table() in passed.stdout

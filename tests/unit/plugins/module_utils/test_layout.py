@@ -165,6 +165,29 @@ def test_a_directory_holding_only_a_starting_build_is_usable(tmp_path):
         layout_mod.OciLayout(str(tmp_path)).check_usable()
 
 
+@pytest.mark.parametrize("size", [None, -1, "7", True])
+def test_blob_walk_refuses_a_blob_without_a_valid_size(tmp_path, size):
+    # Counted as 0 before: prune and info's sizes went on with a made-up number.
+    store = layout_mod.OciLayout(str(tmp_path / "l"))
+    store.ensure()
+    layer = {"mediaType": "application/octet-stream", "digest": "sha256:" + "1" * 64}
+    if size is not None:
+        layer["size"] = size
+    data = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [layer]}).encode()
+    digest = store.put_bytes(data)[0]
+    with pytest.raises(layout_mod.LayoutError, match="no valid size"):
+        layout_mod.BlobWalk(store).reach({"digest": digest, "size": len(data)})
+
+
+def test_blob_walk_refuses_a_deeply_nested_document_in_one_line(tmp_path):
+    store = layout_mod.OciLayout(str(tmp_path / "l"))
+    store.ensure()
+    data = b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    digest = store.put_bytes(data)[0]
+    with pytest.raises(layout_mod.LayoutError, match="nested too deeply"):
+        layout_mod.BlobWalk(store).document(digest)
+
+
 # ---- blobs and blobs/sha256 that someone else chose ----------------------------------------------
 
 

@@ -371,4 +371,19 @@ def test_a_scheme_in_a_reference_is_refused_with_advice(text):
 def test_image_error_carries_retryable_and_option():
     error = errors.RegistryError("a\nb", status=503, code="UNAVAILABLE", retryable=True, option="timeout")
     assert isinstance(error, errors.ImageError)
-    assert (str(error), error.retryable, error.option, error.status) == ("a b", True, "timeout", 503)
+    assert (str(error), error.retryable, error.option, error.status) == ("a b (option: timeout)", True, "timeout", 503)
+
+
+@pytest.mark.parametrize(
+    ("message", "option", "shown"),
+    [
+        ("the tag moved", "overwrite", "the tag moved (option: overwrite)"),
+        ("set overwrite=true to move it", "overwrite", "set overwrite=true to move it"),
+        ("check ca_cert and validate_certs", "ca_cert", "check ca_cert and validate_certs"),
+        # A longer word that merely contains the option's name does not name it.
+        ("check the passwords file", "password", "check the passwords file (option: password)"),
+        ("no option to blame", None, "no option to blame"),
+    ],
+)
+def test_the_one_line_names_its_option(message, option, shown):
+    assert str(errors.ImageError(message, option=option)) == shown

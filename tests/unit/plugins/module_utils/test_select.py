@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from ansible_collections.ironcore.image.plugins.module_utils import _select as select
@@ -223,14 +221,6 @@ def test_document_kind():
     assert select.is_index({"manifests": []}, "application/vnd.docker.distribution.manifest.list.v2+json") is True
     with pytest.raises(select.SelectionError, match="neither an image index nor an image manifest"):
         select.is_index({"foo": 1}, "application/json")
-
-
-def test_parse_document():
-    assert select.parse_document(json.dumps(UPSTREAM).encode(), "index") == UPSTREAM
-    with pytest.raises(select.SelectionError, match=r"^index is not valid JSON"):
-        select.parse_document(b"{nope", "index")
-    with pytest.raises(select.SelectionError, match="is not a JSON object"):
-        select.parse_document(b"[]", "manifest")
 
 
 @pytest.mark.parametrize("machine, arch", [("x86_64", "amd64"), ("aarch64", "arm64"), ("arm64", "arm64")])

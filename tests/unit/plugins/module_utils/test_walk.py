@@ -160,3 +160,12 @@ def test_a_blob_described_with_two_sizes_is_refused():
     with pytest.raises(WalkError) as error:
         walk(store.read, [index(store, first, second)], "test")
     assert "two sizes, 3 and 4" in str(error.value)
+
+
+def test_a_deeply_nested_document_is_refused_in_one_line_not_a_recursion_error():
+    # Digest-correct and under 4 MiB: push, copy and sign used to end in a raw MODULE FAILURE on it.
+    store = Store()
+    root = store.add(b'{"mediaType":"%s","a":' % OCI_MANIFEST.encode() + b"[" * 200_000 + b"]" * 200_000 + b"}")
+    with pytest.raises(WalkError, match="nested too deeply") as error:
+        walk(store.read, [root], "layout x")
+    assert "\n" not in str(error.value)
