@@ -325,6 +325,25 @@ images:
         - platform: virtualization
           architecture: amd64
       size: 1073751234
+bytes_from_origin:
+  description:
+    - With O(mirrors) only. Bytes of documents the origin served in this run, what the mirrors did not take off it.
+  returned: when O(mirrors) and O(name) are given
+  type: int
+  sample: 0
+  version_added: 0.2.0
+mirror_errors:
+  description:
+    - With O(mirrors) only. Each time a mirror failed and the next source was asked instead, with C(url) (the
+      mirror), C(digest) (the document asked for, or the name when a mirror resolved a tag) and C(reason) (one
+      line).
+    - Each entry is also reported as a warning naming the mirror, so that a broken site cache does not go unnoticed.
+    - Empty when every mirror answered.
+  returned: when O(mirrors) and O(name) are given
+  type: list
+  elements: dict
+  sample: []
+  version_added: 0.2.0
 """
 
 
@@ -332,6 +351,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
 from ansible_collections.ironcore.image.plugins.module_utils._info import image_info, layout_images
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import warn_mirror_errors
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
     MIRRORS_ARGUMENT_SPEC,
@@ -368,7 +388,10 @@ def main() -> None:
         needs += ("cryptography",)
     if needs:
         require(module, *needs)
-    run(module, lambda: image_info(module.params) if module.params["name"] else layout_images(module.params))
+    if module.params["name"]:
+        run(module, lambda: warn_mirror_errors(image_info(module.params), module.warn))
+    else:
+        run(module, lambda: layout_images(module.params))
 
 
 if __name__ == "__main__":
