@@ -217,17 +217,24 @@ def is_packed(descriptor: t.Mapping[str, t.Any]) -> bool:
     return descriptor.get("mediaType") == OCI_LAYER_TAR_GZIP
 
 
-_MACHINE_TO_ARCH = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-}
+# The kernel's (and Ironic's) names for the architectures; images carry the OCI names (ARCHITECTURES).
+ARCHITECTURE_SYNONYMS: dict[str, str] = {"x86_64": "amd64", "aarch64": "arm64"}
+# What an `architecture` option accepts: the OCI names and the kernel's.
+ARCHITECTURE_CHOICES: tuple[str, ...] = (*ARCHITECTURES, *ARCHITECTURE_SYNONYMS)
+
+
+def canonical_architecture(name: t.Any) -> str | None:
+    """`amd64`/`arm64` for the OCI or the kernel's name (`x86_64`, `aarch64`), None for anything else."""
+    if not isinstance(name, str):
+        return None
+    word = name.strip().lower()
+    word = ARCHITECTURE_SYNONYMS.get(word, word)
+    return word if word in ARCHITECTURES else None
 
 
 def architecture_of_machine(machine: str) -> str | None:
     """Map `uname -m` output to an OCI architecture name."""
-    return _MACHINE_TO_ARCH.get(machine.lower())
+    return canonical_architecture(machine)
 
 
 class InvalidReference(ImageError, ValueError):

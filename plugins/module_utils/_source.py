@@ -25,7 +25,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
 )
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
-    ARCHITECTURES,
+    ARCHITECTURE_CHOICES,
     MAX_DOCUMENT_SIZE,
     MAX_INDEX_ENTRIES,
     PLATFORM_CHOICES,
@@ -263,7 +263,7 @@ def image_argument_spec(platform_required: bool) -> dict[str, dict[str, t.Any]]:
         name={"type": "str", "required": True},
         layout={"type": "path"},
         platform={"type": "str", "required": platform_required, "choices": list(PLATFORM_CHOICES)},
-        architecture={"type": "str", "choices": [*ARCHITECTURES, "auto"], "default": "auto"},
+        architecture={"type": "str", "choices": [*ARCHITECTURE_CHOICES, "auto"], "default": "auto"},
         layers={"type": "list", "elements": "str", "choices": list(ROLES)},
     )
     return spec

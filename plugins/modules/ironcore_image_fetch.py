@@ -91,8 +91,9 @@ options:
     description:
       - CPU architecture of the node. V(auto) uses the machine this runs on
         (C(x86_64) is V(amd64), C(aarch64) is V(arm64)).
+      - V(x86_64) and V(aarch64) are accepted for V(amd64) and V(arm64); RV(architecture) gives the OCI name.
     type: str
-    choices: [amd64, arm64, auto]
+    choices: [amd64, arm64, x86_64, aarch64, auto]
     default: auto
   layers:
     description:
@@ -293,7 +294,9 @@ platform:
   type: str
   sample: baremetal
 architecture:
-  description: The architecture the layers were selected for (V(auto) resolved).
+  description:
+    - The architecture the layers were selected for (V(auto) resolved), by its OCI name (V(x86_64) given is
+      V(amd64) here).
   returned: always
   type: str
   sample: amd64

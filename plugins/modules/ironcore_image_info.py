@@ -59,8 +59,10 @@ options:
   architecture:
     description:
       - CPU architecture to select with O(platform). V(auto) uses the machine this runs on.
+      - V(x86_64) and V(aarch64) are accepted for V(amd64) and V(arm64); RV(selected.architecture) gives the OCI
+        name.
     type: str
-    choices: [amd64, arm64, auto]
+    choices: [amd64, arm64, x86_64, aarch64, auto]
     default: auto
   layers:
     description:
@@ -206,7 +208,8 @@ selected:
       description: The platform asked for (V(metal) and V(kvm) given as V(baremetal) and V(virtualization)).
       type: str
     architecture:
-      description: The architecture asked for (V(auto) resolved).
+      description:
+        - The architecture asked for (V(auto) resolved), by its OCI name (V(x86_64) given is V(amd64) here).
       type: str
     manifest_digest:
       description: Digest of the selected manifest.

@@ -142,6 +142,16 @@ def test_architecture_of_machine(machine, arch):
 
 
 @pytest.mark.parametrize(
+    "given, arch",
+    [("amd64", "amd64"), ("x86_64", "amd64"), ("AARCH64", "arm64"), ("arm64", "arm64"), ("i386", None), (7, None)],
+)
+def test_canonical_architecture_reads_the_kernels_names(given, arch):
+    assert model.canonical_architecture(given) == arch
+    if arch is not None:
+        assert given.lower() in model.ARCHITECTURE_CHOICES
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "r.io/a:1.0\n",
