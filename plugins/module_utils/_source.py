@@ -33,6 +33,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     SHA256_DIGEST_RE,
     ImageReference,
     InvalidReference,
+    names_hint,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_ARGUMENT_SPEC
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
@@ -129,9 +130,10 @@ class LayoutSource:
                     )
                 data = self._document(digest, self.name)
                 return data, entry.get("mediaType"), digest
-        known = sorted(names)
-        hint = (", ".join(known[:10]) + (" ..." if len(known) > 10 else "")) if known else "none"
-        raise SourceError("%s is not recorded in layout %s (names there: %s)" % (self.name, self.layout.path, hint))
+        hint = names_hint(self.name, names)
+        raise SourceError(
+            "%s is not recorded in layout %s (names there, closest first: %s)" % (self.name, self.layout.path, hint)
+        )
 
     def manifest(self, digest: str) -> tuple[bytes, str | None]:
         return self._document(digest, "manifest"), None
