@@ -642,3 +642,42 @@ def test_wrong_upstream_credentials_fail_the_play_without_showing_them(ansible, 
         registry_tls.username,
     )
     assert "not-" + PASSWORD not in json.dumps(document) + stderr
+
+
+def test_the_upstream_is_also_checked_through_the_running_cache(ansible, localhost_only_upstream, tmp_path):
+    """Where the role runs nginx (mirror_service_manager: service, which needs an init system the tests do not
+    have), its check also goes through the cache; here the test's own nginx stands in for it."""
+    server, pki = localhost_only_upstream
+    port = free_port()
+    upstream = {"url": server.base_url, "ca_cert": pki.ca_cert, "server_name": "localhost"}
+    role_vars = upstream_vars(tmp_path, upstream, port)
+    rc, document, stderr = apply_role(ansible, str(tmp_path), role_vars)
+    assert rc == 0, (outcomes(document)["failed"], stderr)
+    through = dict(role_vars, __mirror_check_through_nginx=True)
+    site_file = role_vars["mirror_nginx_site"]
+
+    process = nginx.start(str(tmp_path), site_file, [port])
+    try:
+        rc, document, stderr = apply_role(ansible, str(tmp_path), through)
+        assert rc == 0, (outcomes(document)["failed"], stderr)
+    finally:
+        nginx.stop(process)
+    with open(tmp_path / "access.log", encoding="utf-8") as log:
+        assert '"GET /.well-known/ironcore-mirror/upstream HTTP/1.1" 200' in log.read()
+
+    # nginx running a configuration that cannot use the upstream (here: one without the name to verify, as an
+    # older one nobody reloaded) fails the play, though the upstream answers a direct request.
+    with open(site_file, encoding="utf-8") as stream:
+        text = stream.read()
+    with open(site_file, "w", encoding="utf-8") as stream:
+        stream.write(text.replace("proxy_ssl_name localhost;", ""))
+    process = nginx.start(str(tmp_path), site_file, [port])
+    try:
+        rc, document, _stderr = apply_role(ansible, str(tmp_path), through)
+    finally:
+        nginx.stop(process)
+    assert rc != 0
+    assert failed_in_one_line(document) == (
+        "mirror_upstreams %s is unusable: through the cache at 127.0.0.1:%d GET /v2/ answers HTTP 502 although the "
+        "upstream answers directly (see nginx's error log)" % (server.base_url, port)
+    )
