@@ -1,4 +1,5 @@
-"""Every ansible command of the virtualenv starts without a deprecation warning (requirements.txt's bounds)."""
+"""Every ansible command of the virtualenv starts without a deprecation warning (requirements-dev.txt bounds
+cryptography for that)."""
 
 from __future__ import annotations
 
