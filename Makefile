@@ -73,11 +73,13 @@ $(BIN)/.installed: requirements.txt meta/requirements.txt requirements-dev.txt r
 
 venv: $(BIN)/.installed
 
-# ansible-core at the version requirements-dev.txt asks for (one place for it), and the modules' requirements.
+# ansible-core at the version requirements-dev.txt asks for (one place for it, with its cryptography bound),
+# and the modules' requirements.
 $(DEMO_BIN)/.installed: requirements.txt meta/requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(DEMO_VENV)
 	$(DEMO_BIN)/pip install -q --upgrade pip
-	$(DEMO_BIN)/pip install -q -r requirements.txt "$$(grep -m1 '^ansible-core' requirements-dev.txt)"
+	$(DEMO_BIN)/pip install -q -r requirements.txt "$$(grep -m1 '^ansible-core' requirements-dev.txt)" \
+		"$$(grep -m1 '^cryptography' requirements-dev.txt)"
 	touch $@
 
 demo-venv: demo-deps $(DEMO_BIN)/.installed
@@ -97,8 +99,7 @@ demo: demo-deps demo-venv collection
 # The collection as a tarball of this checkout, then ansible-builder's context (no network needed).
 ee-context: venv collection
 	@rm -rf $(BUILD)/ee/collection
-	$(BIN)/ansible-galaxy collection build --force --output-path $(BUILD)/ee/collection .
-	cp $(BUILD)/ee/collection/ironcore-image-*.tar.gz $(BUILD)/ee/ironcore-image.tar.gz
+	cp "$$(tools/build_tarball.sh $(BUILD)/ee/collection)" $(BUILD)/ee/ironcore-image.tar.gz
 	$(BIN)/ansible-builder create --file meta/execution-environment.yml --context $(EE_CONTEXT) \
 		--output-filename Containerfile
 

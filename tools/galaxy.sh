@@ -14,9 +14,8 @@ demo=$build/galaxy/demo
 rm -rf "$dist" "$build/galaxy"
 mkdir -p "$dist" "$installed" "$demo"
 
-echo "--- ansible-galaxy collection build"
-ansible-galaxy collection build --output-path "$dist" "$repo"
-tarball=$(ls "$dist"/*.tar.gz)
+echo "--- ansible-galaxy collection build (tracked files only)"
+tarball=$("$repo/tools/build_tarball.sh" "$dist")
 
 echo "--- galaxy-importer $tarball"
 # The importer writes importer_result.json into the working directory; it reports problems

@@ -68,6 +68,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     TITLE_ANNOTATION,
     ImageReference,
     InvalidReference,
+    canonical_architecture,
     canonical_platform,
     layer_media_type,
     platform_refs,
@@ -163,7 +164,8 @@ def parse_artifacts(artifacts: t.Any, platforms: t.Sequence[str]) -> list[Artifa
     result: list[ArtifactSet] = []
     for position, item in enumerate(artifacts):
         where = "artifacts[%d]" % position
-        arch = item.get("architecture")
+        # x86_64 and aarch64 are the kernel's names for amd64 and arm64: the image records the OCI names.
+        arch = canonical_architecture(item.get("architecture")) or item.get("architecture")
         if any(existing.architecture == arch for existing in result):
             raise BuildError("%s.architecture: %s is listed twice; give each architecture once" % (where, arch))
         files = {role: _check_artifact_file("%s.%s" % (where, role), item[role]) for role in ROLES if item.get(role)}

@@ -76,6 +76,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     OCI_MANIFEST,
     SHA256_DIGEST_RE,
     declared_media_type,
+    names_hint,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import RegistryOptions
 
@@ -93,6 +94,9 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 # How many tags a "tag not found" error lists.
 TAG_HINT_COUNT = 10
+# Tags read for that hint, so that the closest names are among them: one page, which stays below
+# MAX_SMALL_BODY even when every tag has the longest length a tag may have (128 characters).
+TAG_HINT_LIST = 400
 
 Body = t.Union[None, bytes, t.Mapping[str, str], t.Callable[[], t.Any]]
 
@@ -728,7 +732,7 @@ class RegistryClient:
         except RegistryError as exc:
             if exc.status == 404 and not SHA256_DIGEST_RE.match(reference):
                 raise RegistryError(
-                    "%s; %s" % (exc, self._tag_hint(repository)), status=exc.status, code=exc.code
+                    "%s; %s" % (exc, self._tag_hint(repository, reference)), status=exc.status, code=exc.code
                 ) from exc
             raise
         try:
@@ -755,18 +759,17 @@ class RegistryClient:
         media_type = _media_type(response.headers.get("Content-Type")) or declared_media_type(data)
         return data, media_type, digest
 
-    def _tag_hint(self, repository: str) -> str:
-        """What the repository has instead of a missing tag, for the error message."""
+    def _tag_hint(self, repository: str, reference: str) -> str:
+        """What the repository has instead of a missing tag, the closest to it first, for the error message."""
         try:
-            tags = self.list_tags(repository)
+            tags = self.list_tags(repository, TAG_HINT_LIST)
         except RegistryError:
             return "its tags could not be listed"
         if tags is None:
             return "the registry does not know repository %s" % repository
         if not tags:
             return "repository %s has no tags" % repository
-        shown = ", ".join(sorted(tags)[:TAG_HINT_COUNT])
-        return "repository %s has tags: %s%s" % (repository, shown, ", ..." if len(tags) > TAG_HINT_COUNT else "")
+        return "repository %s has tags, closest first: %s" % (repository, names_hint(reference, tags, TAG_HINT_COUNT))
 
     def head_manifest(self, repository: str, reference: str) -> dict[str, t.Any] | None:
         """{digest, mediaType, size} of a tag or digest, or None when the repository lacks it."""

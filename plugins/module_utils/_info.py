@@ -20,7 +20,7 @@ import typing as t
 from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import BlobWalk, LayoutError, OciLayout
-from ansible_collections.ironcore.image.plugins.module_utils._mirrors import with_mirrors
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import mirror_results, with_mirrors
 from ansible_collections.ironcore.image.plugins.module_utils._model import canonical_platform, descriptors
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     Document,
@@ -146,6 +146,7 @@ def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
             "selected": _selected(source, params, image, documents) if params.get("platform") else None,
         }
         described.update(_signatures_of(source, params, image.digest, [str(m["digest"]) for m in manifests]))
+        described.update(mirror_results(source))
         return described
     except (SourceError, SelectionError, DocumentError) as exc:
         raise InfoError(str(exc)) from exc

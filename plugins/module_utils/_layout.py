@@ -49,6 +49,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     REF_NAME_ANNOTATION,
     SHA256_DIGEST_RE,
     descriptors,
+    names_hint,
 )
 
 LAYOUT_VERSION_DOC = b'{"imageLayoutVersion":"1.0.0"}'
@@ -233,9 +234,10 @@ class OciLayout:
     def resolve(self, name: str) -> dict[str, t.Any]:
         entry = self.refs().get(name)
         if entry is None:
-            known = sorted(self.refs())
-            hint = (", ".join(known[:10]) + (" ..." if len(known) > 10 else "")) if known else "none"
-            raise LayoutError("%s is not recorded in layout %s (names there: %s)" % (name, self.path, hint))
+            hint = names_hint(name, self.refs())
+            raise LayoutError(
+                "%s is not recorded in layout %s (names there, closest first: %s)" % (name, self.path, hint)
+            )
         return entry
 
     def set_refs(self, refs: t.Mapping[str, t.Mapping[str, t.Any]]) -> None:

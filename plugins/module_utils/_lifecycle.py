@@ -306,18 +306,27 @@ def _orphaned_by(layout: OciLayout, going: set[str]) -> list[str]:
     return sorted(set(orphaned_after) - set(orphaned_before) - going)
 
 
-def remove_names(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.Any]:
-    """The remove module's one call."""
+def remove_names(
+    params: t.Mapping[str, t.Any], check_mode: bool, warn: t.Callable[[str], None] = lambda message: None
+) -> dict[str, t.Any]:
+    """The remove module's one call; `warn` hears of each name the layout does not record."""
     layout = open_layout(params["layout"], bool(params.get("allow_shared_dest")))
+    names = params["names"] or []
     try:
         with _names_locked(layout, check_mode):
-            going = plan_remove(layout, params["names"] or [], params["platform_tags"])
+            refs = layout.refs()
+            # Not an error (the run after a removal finds nothing to remove), but not silent either: a typo
+            # would otherwise look like a name that is already gone.
+            absent = [text for text in names if not isinstance(text, str) or recorded_name(refs, text) is None]
+            going = plan_remove(layout, names, params["platform_tags"])
             if going and not check_mode:
                 layout.drop_refs(going)
     except LayoutError as exc:
         raise _layout_error(exc) from exc
     except OSError as exc:
         raise LifecycleError("writing %s failed: %s" % (layout.index_path, exc.strerror or exc)) from exc
+    for text in absent:
+        warn("names: %s is not in the layout %s; nothing removed for it" % (text, layout.path))
     removed = sorted(going)
     return {
         "changed": bool(removed),

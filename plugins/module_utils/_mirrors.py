@@ -898,3 +898,18 @@ def mirrored_store(
 def store_mirror_results(store: t.Any) -> dict[str, t.Any]:
     """`bytes_from_origin` and `mirror_errors` of a copy's mirrored source; nothing for a plain one."""
     return mirror_results(store.mirrored) if isinstance(store, MirroredStore) else {}
+
+
+def warn_mirror_errors(result: dict[str, t.Any], warn: t.Callable[[str], None]) -> dict[str, t.Any]:
+    """Each of the result's `mirror_errors` as one warning; the result itself, unchanged.
+
+    A mirror that fails costs nothing visible (the next source serves), so a
+    broken site cache would go unnoticed while the fleet pulls from the origin:
+    the warning is what people and AWX read, the result entry what code reads.
+    """
+    for error in result.get("mirror_errors") or []:
+        warn(
+            "mirror %s failed for %s, the next source was asked instead: %s"
+            % (error.get("url"), error.get("digest"), error.get("reason"))
+        )
+    return result

@@ -217,17 +217,24 @@ def is_packed(descriptor: t.Mapping[str, t.Any]) -> bool:
     return descriptor.get("mediaType") == OCI_LAYER_TAR_GZIP
 
 
-_MACHINE_TO_ARCH = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-}
+# The kernel's (and Ironic's) names for the architectures; images carry the OCI names (ARCHITECTURES).
+ARCHITECTURE_SYNONYMS: dict[str, str] = {"x86_64": "amd64", "aarch64": "arm64"}
+# What an `architecture` option accepts: the OCI names and the kernel's.
+ARCHITECTURE_CHOICES: tuple[str, ...] = (*ARCHITECTURES, *ARCHITECTURE_SYNONYMS)
+
+
+def canonical_architecture(name: t.Any) -> str | None:
+    """`amd64`/`arm64` for the OCI or the kernel's name (`x86_64`, `aarch64`), None for anything else."""
+    if not isinstance(name, str):
+        return None
+    word = name.strip().lower()
+    word = ARCHITECTURE_SYNONYMS.get(word, word)
+    return word if word in ARCHITECTURES else None
 
 
 def architecture_of_machine(machine: str) -> str | None:
     """Map `uname -m` output to an OCI architecture name."""
-    return _MACHINE_TO_ARCH.get(machine.lower())
+    return canonical_architecture(machine)
 
 
 class InvalidReference(ImageError, ValueError):
@@ -339,3 +346,33 @@ def platform_refs(
             for arch in arch_list:
                 refs["%s/%s" % (word, arch)] = ref.with_tag_suffix(word, arch)
     return refs
+
+
+# Names compared for a "did you mean" hint are cut to this many characters (their ends, where tags differ),
+# so that a long list of long names costs milliseconds, not seconds.
+_HINT_COMPARE_CHARS = 64
+
+
+def edit_distance(first: str, second: str) -> int:
+    """Levenshtein distance: the fewest single-character insertions, deletions and substitutions."""
+    previous = list(range(len(second) + 1))
+    for row, char in enumerate(first, start=1):
+        current = [row]
+        for column, other in enumerate(second, start=1):
+            current.append(min(previous[column] + 1, current[column - 1] + 1, previous[column - 1] + (char != other)))
+        previous = current
+    return previous[-1]
+
+
+def closest_first(wanted: str, candidates: t.Iterable[str]) -> list[str]:
+    """The candidates, the ones nearest `wanted` by edit distance first, ties in name order."""
+    tail = wanted[-_HINT_COMPARE_CHARS:]
+    return sorted(candidates, key=lambda name: (edit_distance(tail, name[-_HINT_COMPARE_CHARS:]), name))
+
+
+def names_hint(wanted: str, candidates: t.Iterable[str], count: int = 10) -> str:
+    """Up to `count` of the candidates, closest to `wanted` first, for a not-found message; "none" for none."""
+    ordered = closest_first(wanted, candidates)
+    if not ordered:
+        return "none"
+    return ", ".join(ordered[:count]) + (", ..." if len(ordered) > count else "")

@@ -41,7 +41,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._sign import (
 
 # Kept equal to galaxy.yml's version by a unit test: a module cannot read galaxy.yml where it runs.
 COLLECTION_NAME = "ironcore.image"
-COLLECTION_VERSION = "0.1.0"
+COLLECTION_VERSION = "0.2.0"
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 PROVENANCE_ARTIFACT_TYPE = PAYLOAD_TYPE

@@ -43,6 +43,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     VARIANT_ANNOTATION,
     architecture_of_machine,
     architecture_of_tag,
+    canonical_architecture,
     canonical_platform,
     document_kind,
     is_current_media_type,
@@ -94,7 +95,8 @@ class SelectedLayer:
 def node_architecture(value: str, machine: str | None = None) -> str:
     """`auto` means the architecture of the machine this runs on."""
     if value != "auto":
-        return value
+        # x86_64 and aarch64 are accepted for amd64 and arm64; everything after this speaks OCI.
+        return canonical_architecture(value) or value
     machine = machine or host_platform.machine()
     architecture = architecture_of_machine(machine)
     if architecture is None:

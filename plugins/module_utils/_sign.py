@@ -103,6 +103,12 @@ def load_private_key(path: str, passphrase: str | None = None) -> t.Any:
             " PKCS#8 or SEC1 PEM file, or make one with openssl ecparam -name prime256v1 -genkey and load it into"
             " cosign with cosign import-key-pair (see docs/signing.md)" % path
         )
+    if b"-----BEGIN PUBLIC KEY-----" in data and b"PRIVATE KEY-----" not in data:
+        # The easy mix-up (cosign.pub for cosign.key): say so, rather than "not a private key".
+        raise SignatureError(
+            "key %s is a public key; sign needs the private key it belongs to (PEM BEGIN PRIVATE KEY or BEGIN EC"
+            " PRIVATE KEY), and the public key goes to signature_keys of fetch, info and the provision role" % path
+        )
     secret = passphrase.encode() if passphrase else None
     from cryptography.hazmat.primitives import serialization
 

@@ -27,7 +27,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
 )
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
-    ARCHITECTURES,
+    ARCHITECTURE_CHOICES,
     MAX_DOCUMENT_SIZE,
     MAX_INDEX_ENTRIES,
     PLATFORM_CHOICES,
@@ -35,6 +35,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     SHA256_DIGEST_RE,
     ImageReference,
     InvalidReference,
+    names_hint,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_ARGUMENT_SPEC
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
@@ -131,9 +132,10 @@ class LayoutSource:
                     )
                 data = self._document(digest, self.name)
                 return data, entry.get("mediaType"), digest
-        known = sorted(names)
-        hint = (", ".join(known[:10]) + (" ..." if len(known) > 10 else "")) if known else "none"
-        raise SourceError("%s is not recorded in layout %s (names there: %s)" % (self.name, self.layout.path, hint))
+        hint = names_hint(self.name, names)
+        raise SourceError(
+            "%s is not recorded in layout %s (names there, closest first: %s)" % (self.name, self.layout.path, hint)
+        )
 
     def manifest(self, digest: str) -> tuple[bytes, str | None]:
         return self._document(digest, "manifest"), None
@@ -273,7 +275,7 @@ def image_argument_spec(platform_required: bool) -> dict[str, dict[str, t.Any]]:
         name={"type": "str", "required": True},
         layout={"type": "path"},
         platform={"type": "str", "required": platform_required, "choices": list(PLATFORM_CHOICES)},
-        architecture={"type": "str", "choices": [*ARCHITECTURES, "auto"], "default": "auto"},
+        architecture={"type": "str", "choices": [*ARCHITECTURE_CHOICES, "auto"], "default": "auto"},
         layers={"type": "list", "elements": "str", "choices": list(ROLES)},
     )
     return spec

@@ -43,6 +43,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     SHA256_DIGEST_RE,
     ImageReference,
     InvalidReference,
+    names_hint,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._upload import (
     BlobStream,
@@ -215,9 +216,10 @@ class LayoutStore:
         self.require()
         found = self.current_name(name)
         if found is None:
-            known = sorted(self._refs())
-            hint = (", ".join(known[:10]) + (" ..." if len(known) > 10 else "")) if known else "none"
-            raise StoreError("%s is not recorded in layout %s (names there: %s)" % (name, self.layout.path, hint))
+            hint = names_hint(name, self._refs())
+            raise StoreError(
+                "%s is not recorded in layout %s (names there, closest first: %s)" % (name, self.layout.path, hint)
+            )
         return found
 
     def read_document(self, digest: str, size: int) -> bytes:

@@ -67,10 +67,13 @@ options:
     required: true
     suboptions:
       architecture:
-        description: CPU architecture of the files.
+        description:
+          - CPU architecture of the files.
+          - V(x86_64) and V(aarch64) (the kernel's and Ironic's names) are accepted for V(amd64) and V(arm64); the
+            image and the results carry the OCI names.
         type: str
         required: true
-        choices: [amd64, arm64]
+        choices: [amd64, arm64, x86_64, aarch64]
       kernel:
         description: Path of the kernel image. Needed by the V(baremetal) platform.
         type: path
@@ -268,7 +271,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.ironcore.image.plugins.module_utils._build import build_image
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
-    ARCHITECTURES,
+    ARCHITECTURE_CHOICES,
     LAYER_FORMATS,
     PLATFORM_CHOICES,
     ROLES,
@@ -278,7 +281,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._module import run
 
 def main() -> None:
     artifact_options: dict[str, dict[str, t.Any]] = {role: {"type": "path"} for role in ROLES}
-    artifact_options["architecture"] = {"type": "str", "required": True, "choices": list(ARCHITECTURES)}
+    artifact_options["architecture"] = {"type": "str", "required": True, "choices": list(ARCHITECTURE_CHOICES)}
     artifact_options["cmdline"] = {"type": "str"}
     module = AnsibleModule(
         argument_spec={

@@ -196,6 +196,8 @@ mirror_errors:
   description:
     - With O(source.mirrors) only. Each time a mirror failed and the next source was asked instead, with C(url),
       C(digest) (the blob or document asked for, or the tag) and C(reason) (one line).
+    - Each entry is also reported as a warning naming the mirror, so that a broken site cache does not go
+      unnoticed.
   returned: when O(source.mirrors) is given
   type: list
   elements: dict
@@ -230,6 +232,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._copy_image import copy_image
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import warn_mirror_errors
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
     TRANSFER_ARGUMENT_SPEC,
@@ -250,7 +253,7 @@ def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not (module.params["source"].get("layout") and module.params["destination"].get("layout")):
         require(module, "requests")
-    run(module, lambda: copy_image(module.params, module.check_mode, module.warn))
+    run(module, lambda: warn_mirror_errors(copy_image(module.params, module.check_mode, module.warn), module.warn))
 
 
 if __name__ == "__main__":

@@ -91,8 +91,9 @@ options:
     description:
       - CPU architecture of the node. V(auto) uses the machine this runs on
         (C(x86_64) is V(amd64), C(aarch64) is V(arm64)).
+      - V(x86_64) and V(aarch64) are accepted for V(amd64) and V(arm64); RV(architecture) gives the OCI name.
     type: str
-    choices: [amd64, arm64, auto]
+    choices: [amd64, arm64, x86_64, aarch64, auto]
     default: auto
   layers:
     description:
@@ -293,7 +294,9 @@ platform:
   type: str
   sample: baremetal
 architecture:
-  description: The architecture the layers were selected for (V(auto) resolved).
+  description:
+    - The architecture the layers were selected for (V(auto) resolved), by its OCI name (V(x86_64) given is
+      V(amd64) here).
   returned: always
   type: str
   sample: amd64
@@ -397,6 +400,8 @@ mirror_errors:
       mirror), C(digest) (the blob or manifest asked for, or the name when a mirror resolved a tag) and C(reason)
       (one line, for example an HTTP status, a broken connection, or bytes that failed verification).
     - Empty when every mirror answered.
+    - Each entry is also reported as a warning naming the mirror, so that a broken site cache does not go
+      unnoticed.
   returned: when O(mirrors) is given
   type: list
   elements: dict
@@ -433,10 +438,13 @@ retries:
 """
 
 
+import typing as t
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
 from ansible_collections.ironcore.image.plugins.module_utils._fetch import fetch_image
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import warn_mirror_errors
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
     MIRRORS_ARGUMENT_SPEC,
@@ -480,7 +488,11 @@ def main() -> None:
             module.load_file_common_arguments(module.params, path=path), changed
         )
 
-    run(module, lambda: fetch_image(module.params, module.check_mode, apply_attributes, module.warn, module.warn))
+    def fetch() -> dict[str, t.Any]:
+        result = fetch_image(module.params, module.check_mode, apply_attributes, module.warn, module.warn)
+        return warn_mirror_errors(result, module.warn)
+
+    run(module, fetch)
 
 
 if __name__ == "__main__":

@@ -59,8 +59,10 @@ options:
   architecture:
     description:
       - CPU architecture to select with O(platform). V(auto) uses the machine this runs on.
+      - V(x86_64) and V(aarch64) are accepted for V(amd64) and V(arm64); RV(selected.architecture) gives the OCI
+        name.
     type: str
-    choices: [amd64, arm64, auto]
+    choices: [amd64, arm64, x86_64, aarch64, auto]
     default: auto
   layers:
     description:
@@ -221,7 +223,8 @@ selected:
       description: The platform asked for (V(metal) and V(kvm) given as V(baremetal) and V(virtualization)).
       type: str
     architecture:
-      description: The architecture asked for (V(auto) resolved).
+      description:
+        - The architecture asked for (V(auto) resolved), by its OCI name (V(x86_64) given is V(amd64) here).
       type: str
     manifest_digest:
       description: Digest of the selected manifest.
@@ -341,6 +344,25 @@ images:
         - platform: virtualization
           architecture: amd64
       size: 1073751234
+bytes_from_origin:
+  description:
+    - With O(mirrors) only. Bytes of documents the origin served in this run, what the mirrors did not take off it.
+  returned: when O(mirrors) and O(name) are given
+  type: int
+  sample: 0
+  version_added: 0.2.0
+mirror_errors:
+  description:
+    - With O(mirrors) only. Each time a mirror failed and the next source was asked instead, with C(url) (the
+      mirror), C(digest) (the document asked for, or the name when a mirror resolved a tag) and C(reason) (one
+      line).
+    - Each entry is also reported as a warning naming the mirror, so that a broken site cache does not go unnoticed.
+    - Empty when every mirror answered.
+  returned: when O(mirrors) and O(name) are given
+  type: list
+  elements: dict
+  sample: []
+  version_added: 0.2.0
 """
 
 
@@ -348,6 +370,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
 from ansible_collections.ironcore.image.plugins.module_utils._info import image_info, layout_images
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import warn_mirror_errors
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
     MIRRORS_ARGUMENT_SPEC,
@@ -385,7 +408,10 @@ def main() -> None:
         needs += ("cryptography",)
     if needs:
         require(module, *needs)
-    run(module, lambda: image_info(module.params) if module.params["name"] else layout_images(module.params))
+    if module.params["name"]:
+        run(module, lambda: warn_mirror_errors(image_info(module.params), module.warn))
+    else:
+        run(module, lambda: layout_images(module.params))
 
 
 if __name__ == "__main__":

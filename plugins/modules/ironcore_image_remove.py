@@ -16,7 +16,8 @@ description:
     any other C(<tag>-<suffix>) name holding one of the image's manifests or an index made only of them) go too.
   - Blobs stay where they are, so the image can still be named again; M(ironcore.image.ironcore_image_prune)
     frees the ones no name reaches any more.
-  - A name the layout does not record is skipped; it is not an error.
+  - A name the layout does not record is skipped with a warning that names it; it is not an error, and a run that
+    removes nothing reports RV(ignore:changed=false).
   - The signatures (C(sha256-<hex>.sig)) and referrers tag-schema indexes (C(sha256-<hex>)) of the digests that only
     the removed names reached go too, and are listed in RV(removed).
 author:
@@ -108,7 +109,7 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    run(module, lambda: remove_names(module.params, module.check_mode))
+    run(module, lambda: remove_names(module.params, module.check_mode, module.warn))
 
 
 if __name__ == "__main__":

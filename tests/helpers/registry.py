@@ -88,7 +88,8 @@ class TestPki:
     cert_dir: str  # a directory holding only ca.crt, the way skopeo's --cert-dir wants it
 
     @classmethod
-    def create(cls, directory: str) -> TestPki:
+    def create(cls, directory: str, dns_names: t.Sequence[str] = ()) -> TestPki:
+        """With `dns_names`, the server certificate names only those (and not 127.0.0.1)."""
         os.makedirs(directory, exist_ok=True)
         now = datetime.datetime.now(datetime.timezone.utc)
         ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -107,14 +108,19 @@ class TestPki:
         server_key = ec.generate_private_key(ec.SECP256R1())
         server = (
             x509.CertificateBuilder()
-            .subject_name(_name("127.0.0.1"))
+            .subject_name(_name(dns_names[0] if dns_names else "127.0.0.1"))
             .issuer_name(ca.subject)
             .public_key(server_key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=2))
             .add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+                x509.SubjectAlternativeName(
+                    [x509.DNSName(name) for name in dns_names]
+                    if dns_names
+                    else [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
             )
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256())

@@ -711,3 +711,19 @@ def test_unusable_docker_config_and_malformed_config_size_fail_in_one_line(ansib
         assert "module_stderr" not in result, result
         assert "\n" not in result["msg"] and "Traceback" not in result["msg"]
     assert not dest.exists()
+
+
+@pytest.mark.parametrize(("given", "arch"), [("x86_64", "amd64"), ("aarch64", "arm64")])
+def test_the_kernels_architecture_names_are_read_as_the_oci_ones(ansible, images, tmp_path, given, arch):
+    dest = tmp_path / "dest"
+    args = {"layout": images["layout"], "name": OURS, "platform": "virtualization", "dest": str(dest)}
+    result = ansible.module("ironcore.image.ironcore_image_fetch", dict(args, architecture=given))
+    assert result.get("failed") is not True, result.get("msg")
+    assert result["architecture"] == arch
+    assert files_in(dest) == expected_files(images[OURS], "virtualization", arch)
+    described = ansible.module(
+        "ironcore.image.ironcore_image_info",
+        {"layout": images["layout"], "name": OURS, "platform": "virtualization", "architecture": given},
+    )
+    assert described.get("failed") is not True, described.get("msg")
+    assert described["selected"]["architecture"] == arch

@@ -237,6 +237,21 @@ def test_remove_names_with_their_platform_names_and_keep_blobs(ansible, layout, 
     assert stored_blobs(layout) == blobs
 
 
+def test_removing_a_name_that_is_not_there_warns_and_changes_nothing(ansible, layout):
+    ansible.module(TAG, {"layout": layout, "name": NAME, "tags": ["1.1"]})
+    before = snapshot(layout)
+    missing = "registry.example.com/os/gardenlinux:1.0-typo"
+    result = ansible.module(REMOVE, {"layout": layout, "names": [missing]})
+    assert result.get("failed") is not True, result.get("msg")
+    assert result["changed"] is False and result["removed"] == []
+    assert result["warnings"] == ["names: %s is not in the layout %s; nothing removed for it" % (missing, layout)]
+    assert snapshot(layout) == before
+    # A name that is there is removed without a warning, beside one that is not.
+    mixed = ansible.module(REMOVE, {"layout": layout, "names": ["registry.example.com/os/gardenlinux:1.1", missing]})
+    assert mixed["changed"] is True and "registry.example.com/os/gardenlinux:1.1" in mixed["removed"]
+    assert [line.split(" is not in ")[0] for line in mixed["warnings"]] == ["names: " + missing]
+
+
 # ---- prune ---------------------------------------------------------------------
 
 

@@ -464,3 +464,53 @@ def test_copy_drops_a_corrupt_mirror_for_the_source_registry(ansible, site, layo
     assert layout_blob(tmp_path / "copied", site["blob"]) == site["data"]
     assert result["bytes_from_origin"] > SIZE
     assert all("authorization" not in entry["headers"] for entry in corrupt.requests())
+
+
+# ---- a broken cache shouts: every mirror error is a warning ------------------------
+
+
+def mirror_warnings(result, url) -> list[str]:
+    return [line for line in result.get("warnings") or [] if line.startswith("mirror %s failed for " % url)]
+
+
+def test_every_mirror_error_is_a_warning_in_fetch_info_and_copy(ansible, site, tmp_path):
+    dead = "http://127.0.0.1:%d" % free_port()
+    mirrors = [{"url": dead}, registry_mirror(site)]
+    fetched = ansible.module(MODULE, origin_args(site, tmp_path / "dest", mirrors=mirrors))
+    assert fetched.get("failed") is not True, fetched.get("msg")
+    assert fetched["mirror_errors"] and len(mirror_warnings(fetched, dead)) == len(fetched["mirror_errors"])
+    assert "refused" in mirror_warnings(fetched, dead)[0]
+
+    info_args = dict(site["origin"].registry_args, name=site["name"], mirrors=mirrors)
+    described = ansible.module("ironcore.image.ironcore_image_info", info_args)
+    assert described.get("failed") is not True, described.get("msg")
+    assert described["mirror_errors"] and len(mirror_warnings(described, dead)) == len(described["mirror_errors"])
+
+    source = dict(site["origin"].registry_args, name=site["name"], mirrors=mirrors)
+    destination = {"name": "copied/os:%s" % TAG, "layout": str(tmp_path / "copied")}
+    copied = ansible.module("ironcore.image.ironcore_image_copy", {"source": source, "destination": destination})
+    assert copied.get("failed") is not True, copied.get("msg")
+    assert copied["mirror_errors"] and len(mirror_warnings(copied, dead)) == len(copied["mirror_errors"])
+
+
+def test_provision_with_a_dead_mirror_prints_a_warning_and_the_origin_bytes(ansible, site, tmp_path):
+    """What an operator sees in the default output: a [WARNING] naming the mirror, and the summary line."""
+    dead = "http://127.0.0.1:%d" % free_port()
+    origin = site["origin"]
+    node = local_host(
+        provision_name=site["name"],
+        provision_pool_dir=str(tmp_path / "pool"),
+        provision_cache_dir=str(tmp_path / "cache"),
+        provision_registry_username=origin.username,
+        provision_registry_password=origin.password,
+        provision_registry_ca_cert=origin.pki.ca_cert,
+        provision_mirrors=[{"url": dead}],
+    )
+    inventory = write_inventory(str(tmp_path / "hosts.yml"), {"hypervisors": {"hv": node}})
+    rc, document, stderr = ansible.playbook(PROVISION, inventory=inventory, env={"ANSIBLE_STDOUT_CALLBACK": "default"})
+    output = document["raw"] + stderr
+    assert rc == 0, output
+    assert "[WARNING]: mirror %s failed for " % dead in output
+    summary = [line for line in output.splitlines() if "bytes_from_origin=" in line]
+    assert summary, output
+    assert " mirror_errors=0" not in summary[0] and "bytes_from_origin=0 " not in summary[0]

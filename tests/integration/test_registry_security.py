@@ -271,10 +271,11 @@ def test_a_missing_tag_names_the_tags_there_are(registry_plain):
     for tag in ["v%02d" % number for number in range(12)]:
         client.put_manifest(repository, tag, manifest, "application/vnd.oci.image.manifest.v1+json")
     with pytest.raises(RegistryError) as missing:
-        client.get_manifest(repository, "v99")
+        client.get_manifest(repository, "v111")
     assert missing.value.status == 404 and missing.value.code == "MANIFEST_UNKNOWN"
+    # Closest by edit distance first (v11 is one edit away, v01 and v10 two), then the rest by name.
     assert str(missing.value).endswith(
-        "; repository security/tags has tags: v00, v01, v02, v03, v04, v05, v06, v07, v08, v09, ..."
+        "; repository security/tags has tags, closest first: v11, v01, v10, v00, v02, v03, v04, v05, v06, v07, ..."
     )
     with pytest.raises(RegistryError) as unknown:
         client.get_manifest("security/never-pushed", "1.0")

@@ -327,3 +327,13 @@ def test_build_role_signs_and_provision_role_checks(ansible, keys, tmp_path):
     )
     assert rc == 0, (json.dumps(document)[-3000:], stderr)
     assert any(boot.iterdir())
+
+
+def test_sign_given_a_public_key_says_it_needs_the_private_one(ansible, keys, tmp_path):
+    layout = str(tmp_path / "layout")
+    os.makedirs(str(tmp_path / "in"))
+    build_ours(layout, NAME, tmp_path / "in", tag="public")
+    failed = ansible.module(SIGN, {"layout": layout, "name": NAME, "key": keys["first"]["pub"]})
+    assert failed["failed"] is True
+    assert failed["msg"].startswith("key %s is a public key; sign needs the private key" % keys["first"]["pub"])
+    assert "\n" not in failed["msg"]

@@ -552,3 +552,132 @@ def test_provision_delivers_through_the_site_cache_and_the_layout_mirror(ansible
         assert result["bytes_from_origin"] < 64 * 1024, result["bytes_from_origin"]
     # The cache fetched the layers once from the origin for its node; the layout mirror cost the origin nothing.
     assert layer_bytes <= site.counter.sent_back <= layer_bytes * 1.05 + 256 * 1024, site.counter.sent_back
+
+
+# ---- the role checks each upstream before it finishes -------------------------------
+
+
+def upstream_vars(tmp_path, upstream: dict[str, t.Any], port: int) -> dict[str, t.Any]:
+    (tmp_path / "site").mkdir(exist_ok=True)
+    return {
+        "mirror_service_manager": "none",
+        "mirror_nginx_site": str(tmp_path / "site" / "mirror.conf"),
+        "mirror_cache_dir": str(tmp_path / "cache"),
+        "mirror_upstreams": [dict(upstream, listen="127.0.0.1:%d" % port)],
+    }
+
+
+def failed_in_one_line(document) -> str:
+    ((name, _host, result),) = outcomes(document)["failed"]
+    assert name == "Stop when an upstream registry cannot be used"
+    assert "\n" not in result["msg"]
+    return str(result["msg"])
+
+
+@pytest.fixture
+def localhost_only_upstream(tmp_path):
+    """A TLS "registry" on 127.0.0.1 whose certificate names only `localhost`: every request gets 200 {}."""
+    pki = registries.TestPki.create(str(tmp_path / "localhost-pki"), dns_names=("localhost",))
+    server = registries.ScriptedServer(lambda _request: (200, {"Content-Type": "application/json"}, b"{}"), pki)
+    yield server, pki
+    server.stop()
+
+
+def test_an_upstream_whose_certificate_names_another_host_fails_the_play(ansible, localhost_only_upstream, tmp_path):
+    server, pki = localhost_only_upstream
+    role_vars = upstream_vars(tmp_path, {"url": server.base_url, "ca_cert": pki.ca_cert}, free_port())
+    rc, document, _stderr = apply_role(ansible, str(tmp_path), role_vars)
+    assert rc != 0
+    message = failed_in_one_line(document)
+    expected = "mirror_upstreams %s is unusable: TLS verification (certificate or name) failed: " % server.base_url
+    assert message.startswith(expected)
+    assert "set server_name" in message
+
+
+def test_server_name_lets_the_cache_reach_an_upstream_by_address(ansible, localhost_only_upstream, tmp_path):
+    server, pki = localhost_only_upstream
+    port = free_port()
+    upstream = {"url": server.base_url, "ca_cert": pki.ca_cert, "server_name": "localhost"}
+    role_vars = upstream_vars(tmp_path, upstream, port)
+    rc, document, stderr = apply_role(ansible, str(tmp_path), role_vars)
+    assert rc == 0, (outcomes(document)["failed"], stderr)
+    # nginx itself verifies the name too: a tag manifest goes upstream and comes back, not a 502.
+    process = nginx.start(str(tmp_path), role_vars["mirror_nginx_site"], [port])
+    try:
+        url = "http://127.0.0.1:%d/v2/os/manifests/1.0" % port
+        proc = subprocess.run(
+            ["curl", "--silent", "--output", "/dev/null", "--write-out", "%{http_code}", url],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        assert proc.stdout == b"200"
+        assert [request.path for request in server.requests if "manifests" in request.path] == ["/v2/os/manifests/1.0"]
+    finally:
+        nginx.stop(process)
+
+
+def test_an_upstream_where_nothing_listens_fails_the_play(ansible, registry_tls, tmp_path):
+    assert registry_tls.pki is not None
+    dead = "https://127.0.0.1:%d" % free_port()
+    role_vars = upstream_vars(tmp_path, {"url": dead, "ca_cert": registry_tls.pki.ca_cert}, free_port())
+    rc, document, _stderr = apply_role(ansible, str(tmp_path), role_vars)
+    assert rc != 0
+    assert failed_in_one_line(document).startswith("mirror_upstreams %s is unusable: connection refused" % dead)
+
+
+def test_wrong_upstream_credentials_fail_the_play_without_showing_them(ansible, registry_tls, tmp_path):
+    assert registry_tls.pki is not None
+    upstream = {
+        "url": "https://%s" % registry_tls.host,
+        "ca_cert": registry_tls.pki.ca_cert,
+        "username": registry_tls.username,
+        "password": "not-" + PASSWORD,
+    }
+    rc, document, stderr = apply_role(ansible, str(tmp_path), upstream_vars(tmp_path, upstream, free_port()))
+    assert rc != 0
+    message = failed_in_one_line(document)
+    assert message == "mirror_upstreams https://%s is unusable: wrong credentials: HTTP 401 to GET /v2/ as %s" % (
+        registry_tls.host,
+        registry_tls.username,
+    )
+    assert "not-" + PASSWORD not in json.dumps(document) + stderr
+
+
+def test_the_upstream_is_also_checked_through_the_running_cache(ansible, localhost_only_upstream, tmp_path):
+    """Where the role runs nginx (mirror_service_manager: service, which needs an init system the tests do not
+    have), its check also goes through the cache; here the test's own nginx stands in for it."""
+    server, pki = localhost_only_upstream
+    port = free_port()
+    upstream = {"url": server.base_url, "ca_cert": pki.ca_cert, "server_name": "localhost"}
+    role_vars = upstream_vars(tmp_path, upstream, port)
+    rc, document, stderr = apply_role(ansible, str(tmp_path), role_vars)
+    assert rc == 0, (outcomes(document)["failed"], stderr)
+    through = dict(role_vars, __mirror_check_through_nginx=True)
+    site_file = role_vars["mirror_nginx_site"]
+
+    process = nginx.start(str(tmp_path), site_file, [port])
+    try:
+        rc, document, stderr = apply_role(ansible, str(tmp_path), through)
+        assert rc == 0, (outcomes(document)["failed"], stderr)
+    finally:
+        nginx.stop(process)
+    with open(tmp_path / "access.log", encoding="utf-8") as log:
+        assert '"GET /.well-known/ironcore-mirror/upstream HTTP/1.1" 200' in log.read()
+
+    # nginx running a configuration that cannot use the upstream (here: one without the name to verify, as an
+    # older one nobody reloaded) fails the play, though the upstream answers a direct request.
+    with open(site_file, encoding="utf-8") as stream:
+        text = stream.read()
+    with open(site_file, "w", encoding="utf-8") as stream:
+        stream.write(text.replace("proxy_ssl_name localhost;", ""))
+    process = nginx.start(str(tmp_path), site_file, [port])
+    try:
+        rc, document, _stderr = apply_role(ansible, str(tmp_path), through)
+    finally:
+        nginx.stop(process)
+    assert rc != 0
+    assert failed_in_one_line(document) == (
+        "mirror_upstreams %s is unusable: through the cache at 127.0.0.1:%d GET /v2/ answers HTTP 502 although the "
+        "upstream answers directly (see nginx's error log)" % (server.base_url, port)
+    )

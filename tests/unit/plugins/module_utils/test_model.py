@@ -142,6 +142,16 @@ def test_architecture_of_machine(machine, arch):
 
 
 @pytest.mark.parametrize(
+    "given, arch",
+    [("amd64", "amd64"), ("x86_64", "amd64"), ("AARCH64", "arm64"), ("arm64", "arm64"), ("i386", None), (7, None)],
+)
+def test_canonical_architecture_reads_the_kernels_names(given, arch):
+    assert model.canonical_architecture(given) == arch
+    if arch is not None:
+        assert given.lower() in model.ARCHITECTURE_CHOICES
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "r.io/a:1.0\n",
@@ -201,3 +211,18 @@ def test_descriptors_keeps_objects_only():
 def test_layer_role_of_a_tar_layer_whose_annotations_are_not_an_object_is_none():
     for given in (["rootfs"], "rootfs", 7):
         assert model.layer_role({"mediaType": model.OCI_LAYER_TAR_GZIP, "annotations": given}) is None
+
+
+def test_edit_distance():
+    assert model.edit_distance("1.0", "1.0") == 0
+    assert model.edit_distance("1.0", "1.1") == 1
+    assert model.edit_distance("1.0-metal", "1.0") == 6
+    assert model.edit_distance("", "abc") == 3
+
+
+def test_names_hint_puts_the_closest_names_first():
+    tags = ["1.%d" % minor for minor in range(20)] + ["1592.3", "1592.4", "latest"]
+    assert model.names_hint("1592.5", tags, 3) == "1592.3, 1592.4, 1.5, ..."
+    assert model.names_hint("latst", tags, 1) == "latest, ..."
+    assert model.names_hint("x", [], 3) == "none"
+    assert model.names_hint("b", ["c", "b"], 5) == "b, c"
