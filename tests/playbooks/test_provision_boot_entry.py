@@ -151,6 +151,10 @@ def test_stable_entry_two_releases_rollback_and_retention(ansible, http_server, 
     provision(NAMES[2], provision_keep_versions=1)
     assert sorted(os.listdir(boot_dir)) == sorted([ENTRY, provision_slug(NAMES[2])])
     check_served(3)
+    # The files it shared with the versions now gone are its own; a second run changes nothing.
+    document = provision(NAMES[2], provision_keep_versions=1)
+    assert outcomes(document)["changed"] == [], outcomes(document)["changed"]
+    assert task_result(document, "Fetch the image's files")["bytes_downloaded"] == 0
     rc, document, stderr = ansible.playbook(
         PROVISION, inventory=inventory, extra_vars={"provision_name": NAMES[2], "provision_rollback": True}
     )
