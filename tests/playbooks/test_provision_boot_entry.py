@@ -167,3 +167,65 @@ def test_stable_entry_two_releases_rollback_and_retention(ansible, http_server, 
         )
     }, stderr
     check_served(3)
+
+
+def test_rollback_refusals_are_one_line_and_change_nothing(ansible, layout_image, tmp_path):
+    boot_url = "http://pxe.example.com/boot"
+    delivered_dir = tmp_path / "delivered"
+
+    def node(boot_dir, **extra):
+        return local_host(
+            provision_boot_dir=str(boot_dir),
+            provision_boot_url=boot_url,
+            provision_cache_dir=str(boot_dir) + "-cache",
+            provision_layout=layout_image.layout,
+            provision_name=layout_image.name,
+            **extra,
+        )
+
+    # One version delivered, so a rollback has a record to read and nothing earlier in it.
+    inventory = write_inventory(str(tmp_path / "deliver.yml"), {"baremetal": {"pxe": node(delivered_dir)}})
+    rc, document, stderr = ansible.playbook(PROVISION, inventory=inventory)
+    assert rc == 0, (failures_by_host(document), stderr)
+    repository = layout_image.name.rsplit(":", 1)[0]
+
+    inventory = write_inventory(
+        str(tmp_path / "hosts.yml"),
+        {
+            "baremetal": {
+                "never-delivered": node(tmp_path / "empty", provision_rollback=True),
+                "unknown-version": node(delivered_dir, provision_rollback="0.9"),
+            },
+        },
+    )
+    before = sorted(os.listdir(delivered_dir))
+    rc, document, stderr = ansible.playbook(PROVISION, inventory=inventory)
+    assert rc != 0
+    assert failures_by_host(document) == {
+        "never-delivered": (
+            "Stop when there is no version to roll back to",
+            "provision_rollback: nothing of %s was delivered to %s by this role; nothing was changed"
+            % (repository, tmp_path / "empty"),
+        ),
+        "unknown-version": (
+            "Stop when there is no version to roll back to",
+            "provision_rollback: 0.9 is not a version of %s kept here (kept: %s); nothing was changed"
+            % (repository, layout_image.name),
+        ),
+    }, stderr
+    assert outcomes(document)["changed"] == []
+    assert not (tmp_path / "empty").exists()
+    assert sorted(os.listdir(delivered_dir)) == before
+
+    # A hypervisor has no boot entry to switch.
+    inventory = write_inventory(
+        str(tmp_path / "hv.yml"), {"hypervisors": {"hv": node(tmp_path / "pool", provision_rollback=True)}}
+    )
+    rc, document, stderr = ansible.playbook(PROVISION, inventory=inventory)
+    assert rc != 0
+    assert failures_by_host(document) == {
+        "hv": (
+            "Check the variables that depend on the platform",
+            "provision_rollback is for provision_platform=baremetal only: it switches the stable boot entry",
+        ),
+    }, stderr
