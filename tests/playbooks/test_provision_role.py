@@ -373,3 +373,17 @@ def test_retention_keeps_versions_and_spares_disks_in_use(ansible, tmp_path):
     assert "does not answer (" in message and "start libvirtd" in message and "\n" not in message
     (message,) = warned["hv-busy"]
     assert message.startswith("provision_keep_versions: kept %s, %s beyond the newest 1: " % tuple(names[:2]))
+    # What an operator sees with Ansible's own output: a [WARNING] line, not a skipped task.
+    rc, document, stderr = ansible.playbook(
+        PROVISION,
+        inventory=inventory,
+        extra_vars={
+            "provision_name": names[2],
+            "provision_keep_versions": 1,
+            "provision_libvirt_uri": "qemu:///system?socket=%s" % (tmp_path / "no-libvirtd.sock"),
+        },
+        env={"ANSIBLE_STDOUT_CALLBACK": "default"},
+    )
+    assert rc == 0, (document, stderr)
+    printed = " ".join((document.get("raw", "") + stderr).split())
+    assert printed.count("[WARNING]: provision_keep_versions: kept ") == 2, printed
