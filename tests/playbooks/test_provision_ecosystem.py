@@ -159,7 +159,10 @@ def http_get(url: str) -> bytes:
 def assert_boot_server(delivery: Delivery, tmp_path, boot_port: int) -> None:
     slug = provision_slug(delivery.name)
     boot_dir = tmp_path / "boot" / delivery.host
-    assert os.listdir(boot_dir) == [slug], delivery.host
+    # The version's directory and the repository's stable boot entry, which serves the same script.
+    (entry,) = [name for name in os.listdir(boot_dir) if name != slug]
+    assert entry.endswith("-current"), (delivery.host, entry)
+    assert os.readlink(boot_dir / entry / "current") == "../" + slug
     image_dir = boot_dir / slug
     # The boot files and the script; the fetch's state directory is the only other entry.
     assert sorted(os.listdir(image_dir)) == sorted([*delivery.files, "boot.ipxe", STATE_DIR]), delivery.host
@@ -168,6 +171,7 @@ def assert_boot_server(delivery: Delivery, tmp_path, boot_port: int) -> None:
         assert (image_dir / role).read_bytes() == data, (delivery.host, role)
 
     text = (image_dir / "boot.ipxe").read_text()
+    assert (boot_dir / entry / "boot.ipxe").read_text() == text, delivery.host
     commands = [line.split()[0] for line in text.splitlines() if line.strip() and not line.startswith("#")]
     # One kernel command: a newline from the image's commandLine would split it into two.
     assert commands == ["kernel", "initrd", "boot"], (delivery.host, text)

@@ -134,7 +134,10 @@ def test_live_root_kernel_args_synonyms_and_two_registries(ansible, tmp_path):
 
     slugs = {name: provision_slug(name) for name in images}
     assert slugs[first] != slugs[second]
-    assert sorted(os.listdir(boot_dir)) == sorted(slugs.values())
+    # Each repository has its own stable boot entry too.
+    entries = sorted(name for name in os.listdir(boot_dir) if name.endswith("-current"))
+    assert len(entries) == 2 and all(entry.startswith("os-") for entry in entries), entries
+    assert sorted(set(os.listdir(boot_dir)) - set(entries)) == sorted(slugs.values())
     for name, image in images.items():
         directory = boot_dir / slugs[name]
         for role in ("kernel", "initramfs", "rootfs", "squashfs"):
@@ -299,7 +302,8 @@ def test_retention_keeps_versions_and_spares_disks_in_use(ansible, tmp_path):
 
     def delivered():
         return {
-            "pxe": sorted(os.listdir(tmp_path / "boot")),
+            # Versions only: the repository's stable boot entry (<repository>-<id>-current) is never retired.
+            "pxe": sorted(n for n in os.listdir(tmp_path / "boot") if not n.endswith("-current")),
             "hv-raw": sorted(n for n in os.listdir(tmp_path / "raw-pool") if not n.startswith(".")),
             "hv-busy": sorted(n for n in os.listdir(busy_pool) if not n.startswith(".")),
             "busy-cache": sorted(n for n in os.listdir(tmp_path / "busy-cache") if n != "delivered"),
@@ -355,3 +359,31 @@ def test_retention_keeps_versions_and_spares_disks_in_use(ansible, tmp_path):
     after = delivered()
     assert after["pxe"] == [slugs[2]]
     assert after["hv-raw"] == sorted("%s.raw" % slug for slug in slugs[1:])
+    # It says so, naming why and what it kept, as a warning of its own (not a line among the skipped tasks).
+    warned = {
+        host: result.get("warnings")
+        for task, host, result in outcomes(document)["ok"]
+        if task == "Warn that older versions stay because libvirt does not answer"
+    }
+    assert sorted(warned) == ["hv-busy", "hv-raw"], warned
+    (message,) = warned["hv-raw"]
+    assert message.startswith(
+        "provision_keep_versions: kept %s beyond the newest 1: libvirt at qemu:///system?socket=" % names[1]
+    ), message
+    assert "does not answer (" in message and "start libvirtd" in message and "\n" not in message
+    (message,) = warned["hv-busy"]
+    assert message.startswith("provision_keep_versions: kept %s, %s beyond the newest 1: " % tuple(names[:2]))
+    # What an operator sees with Ansible's own output: a [WARNING] line, not a skipped task.
+    rc, document, stderr = ansible.playbook(
+        PROVISION,
+        inventory=inventory,
+        extra_vars={
+            "provision_name": names[2],
+            "provision_keep_versions": 1,
+            "provision_libvirt_uri": "qemu:///system?socket=%s" % (tmp_path / "no-libvirtd.sock"),
+        },
+        env={"ANSIBLE_STDOUT_CALLBACK": "default"},
+    )
+    assert rc == 0, (document, stderr)
+    printed = " ".join((document.get("raw", "") + stderr).split())
+    assert printed.count("[WARNING]: provision_keep_versions: kept ") == 2, printed
