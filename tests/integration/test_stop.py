@@ -14,6 +14,7 @@ import typing as t
 
 import pytest
 from helpers.images import skopeo_push
+from helpers.signing import make_key
 from helpers.tasks import run_tasks
 
 from ansible_collections.ironcore.image.plugins.module_utils._build import build_image
@@ -21,6 +22,8 @@ from ansible_collections.ironcore.image.plugins.module_utils._build import build
 pytestmark = pytest.mark.integration
 
 FETCH = "ironcore.image.ironcore_image_fetch"
+PUSH = "ironcore.image.ironcore_image_push"
+SIGN = "ironcore.image.ironcore_image_sign"
 ROOTFS_SIZE = 8 * 1024 * 1024
 HELD_AFTER = 3 * 1024 * 1024
 # How long the module processes get to end once the play was interrupted (the issue's bound).
@@ -50,6 +53,49 @@ def module_processes(marker: str) -> list[str]:
         if marker in command and "AnsiballZ_" in command:
             found.append("%s: %s" % (pid, command))
     return found
+
+
+def start_play(ansible, tmp_path, module: str, args: t.Mapping[str, t.Any]) -> tuple[subprocess.Popen, str]:
+    """ansible-playbook running one task, in a process group of its own; returns (process, marker).
+
+    The marker is our own remote temporary directory: its path tells our module processes from everyone else's.
+    """
+    play = [
+        {"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": [{"name": "t", module: args}]}
+    ]
+    (tmp_path / "play.yml").write_text(json.dumps(play))
+    marker = str(tmp_path / "remote-tmp")
+    process = subprocess.Popen(
+        ["ansible-playbook", "-i", "localhost,", str(tmp_path / "play.yml")],
+        env=dict(ansible.env, ANSIBLE_REMOTE_TMP=marker),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    return process, marker
+
+
+def interrupt_play(
+    started: tuple[subprocess.Popen, str], signum: int, release: threading.Event, mid_flight: t.Callable[[], bool]
+) -> None:
+    """Once `mid_flight()`, send `signum` to the play's process group; then no module process may be left."""
+    process, marker = started
+    try:
+        wait_until(lambda: mid_flight() or process.poll() is not None, "the transfer to be mid-flight")
+        assert process.poll() is None, process.communicate()
+        assert module_processes(marker), "no module process found to interrupt"
+        # What Ctrl-C in a terminal (SIGINT) or an AWX cancel (SIGTERM) does: the whole process group.
+        os.killpg(process.pid, signum)
+        process.communicate(timeout=60)
+        deadline = time.monotonic() + STOP_BOUND
+        while module_processes(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert module_processes(marker) == []
+    finally:
+        release.set()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
 
 
 @pytest.fixture
@@ -103,42 +149,8 @@ def test_a_signal_to_the_play_ends_the_fetch_and_the_next_run_resumes(
     release = threading.Event()
     hold = proxy.add("pause_response", method="GET", path="/blobs/" + digest, after_bytes=HELD_AFTER, release=release)
     dest = tmp_path / "boot"
-    play = [
-        {
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "tasks": [{"name": "fetch", FETCH: fetch_args(proxy, dest)}],
-        }
-    ]
-    (tmp_path / "play.yml").write_text(json.dumps(play))
-    # Our own remote temporary directory: its path marks our module processes among everyone else's.
-    marker = str(tmp_path / "remote-tmp")
-    env = dict(ansible.env, ANSIBLE_REMOTE_TMP=marker)
-    play_process = subprocess.Popen(
-        ["ansible-playbook", "-i", "localhost,", str(tmp_path / "play.yml")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        wait_until(lambda: hold.hits > 0 or play_process.poll() is not None, "the fetch to ask for the rootfs")
-        assert play_process.poll() is None, play_process.communicate()
-        wait_until(lambda: sum(partials(dest).values()) > 0, "the first bytes in the partial file")
-        assert module_processes(marker), "no module process found to interrupt"
-        # What Ctrl-C in a terminal (SIGINT) or an AWX cancel (SIGTERM) does: the whole process group.
-        os.killpg(play_process.pid, signum)
-        play_process.communicate(timeout=60)
-        deadline = time.monotonic() + STOP_BOUND
-        while module_processes(marker) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert module_processes(marker) == []
-    finally:
-        release.set()
-        if play_process.poll() is None:
-            os.killpg(play_process.pid, signal.SIGKILL)
-            play_process.communicate()
+    play_started = start_play(ansible, tmp_path, FETCH, fetch_args(proxy, dest))
+    interrupt_play(play_started, signum, release, lambda: hold.hits > 0 and sum(partials(dest).values()) > 0)
 
     # The lock is free and the partial file stays for the next run.
     kept = sum(partials(dest).values())
@@ -232,3 +244,77 @@ def waiting_for_lock(path) -> bool:
     inode = os.stat(path).st_ino
     with open("/proc/locks") as stream:
         return any("->" in line and line.split()[-3].endswith(":%d" % inode) for line in stream)
+
+
+def registry_tags(registry, repository: str) -> list[str]:
+    proc = subprocess.run(
+        ["skopeo", "list-tags", *registry.skopeo_flags(), "docker://%s/%s" % (registry.host, repository)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0 and "404" in proc.stderr:
+        # A repository that holds no tag at all is unknown to the registry.
+        return []
+    assert proc.returncode == 0, proc.stderr
+    return list(json.loads(proc.stdout)["Tags"] or [])
+
+
+def has_manifest(registry, repository: str, digest: str) -> bool:
+    command = ["skopeo", "inspect", "--raw", *registry.skopeo_flags()]
+    command.append("docker://%s/%s@%s" % (registry.host, repository, digest))
+    return subprocess.run(command, capture_output=True, check=False).returncode == 0
+
+
+def dangling(registry, repository: str) -> list[str]:
+    """Signature and referrer tags (sha256-<hex>[.sig]) whose subject manifest the registry lacks."""
+    found = []
+    for tag in registry_tags(registry, repository):
+        if tag.startswith("sha256-"):
+            subject = "sha256:" + tag[len("sha256-") :].split(".", 1)[0]
+            if not has_manifest(registry, repository, subject):
+                found.append(tag)
+    return found
+
+
+def test_sigint_to_the_play_ends_the_push_and_leaves_no_dangling_signature(
+    ansible, registry_plain, fault_proxy, tmp_path
+):
+    data = os.urandom(ROOTFS_SIZE)
+    (tmp_path / "rootfs.raw").write_bytes(data)
+    digest_hex = hashlib.sha256(data).hexdigest()
+    layout = str(tmp_path / "layout")
+    name = "registry.example.com/stop/pushed:1.0"
+    build_image(
+        {
+            "layout": layout,
+            "name": name,
+            "artifacts": [{"architecture": "amd64", "rootfs": str(tmp_path / "rootfs.raw")}],
+            "platforms": ["virtualization"],
+            "layer_format": "raw",
+            "annotations": None,
+            "platform_tags": False,
+        },
+        check_mode=False,
+    )
+    key = make_key(tmp_path, "signer")
+    signed = ansible.module(SIGN, {"layout": layout, "name": name, "key": key["sec1"]})
+    assert signed["changed"] is True, signed
+    proxy = fault_proxy(registry_plain)
+    release = threading.Event()
+    # The rootfs upload's answer is held back: the push waits in a read, mid-flight.
+    hold = proxy.add("pause_response", method="PUT", path=digest_hex, after_bytes=1, release=release)
+    repository = "stop/pushed"
+    args = dict(proxy.registry_args, layout=layout, name=name, destination="%s/%s:1.0" % (proxy.host, repository))
+
+    interrupt_play(start_play(ansible, tmp_path, PUSH, args), signal.SIGINT, release, lambda: hold.hits > 0)
+
+    time.sleep(1)
+    assert "1.0" not in registry_tags(registry_plain, repository)
+    assert dangling(registry_plain, repository) == []
+    proxy.clear()
+    (pushed,) = run_tasks(ansible, str(tmp_path), [(PUSH, args)])
+    assert pushed["changed"] is True and pushed.get("failed") is not True, pushed
+    tags = registry_tags(registry_plain, repository)
+    assert "1.0" in tags and any(tag.endswith(".sig") for tag in tags), tags
+    assert dangling(registry_plain, repository) == []
