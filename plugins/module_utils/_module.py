@@ -33,9 +33,13 @@ def run(module: t.Any, action: t.Callable[[], dict[str, t.Any]]) -> None:
     def fail(line: str) -> None:
         module.fail_json(msg=line)
 
-    _stop.install(fail)
+    previous = _stop.install(fail)
     try:
-        result = action()
+        try:
+            result = action()
+        finally:
+            # The work is over: a stop signal from here on needs no special handling.
+            _stop.restore(previous)
     except _stop.Interrupted as exc:
         _stop.finish(fail, str(exc))
     except ImageError as exc:

@@ -52,8 +52,11 @@ def check() -> None:
         raise Interrupted("interrupted; partial downloads are kept and the next run resumes")
 
 
-def install(fail: t.Callable[[str], None]) -> None:
-    """Handle the stop signals for this process; `fail` reports the one-line failure (it may not return)."""
+def install(fail: t.Callable[[str], None]) -> dict[int, t.Any]:
+    """Handle the stop signals for this process; `fail` reports the one-line failure (it may not return).
+
+    Returns the handlers it replaced, for restore().
+    """
 
     def handler(signum: int, _frame: t.Any) -> None:
         if STOPPED.is_set():
@@ -64,7 +67,12 @@ def install(fail: t.Callable[[str], None]) -> None:
         threading.Thread(target=_watchdog, args=(fail, line), name="stop-watchdog", daemon=True).start()
         raise Interrupted(line)
 
-    for signum in SIGNALS:
+    return {signum: signal.signal(signum, handler) for signum in SIGNALS}
+
+
+def restore(previous: t.Mapping[int, t.Any]) -> None:
+    """Put back the handlers install() replaced (the transfer is over; a test process keeps its own)."""
+    for signum, handler in previous.items():
         signal.signal(signum, handler)
 
 
