@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 FETCH = "ironcore.image.ironcore_image_fetch"
 PUSH = "ironcore.image.ironcore_image_push"
 SIGN = "ironcore.image.ironcore_image_sign"
+BUILD = "ironcore.image.ironcore_image_build"
 ROOTFS_SIZE = 8 * 1024 * 1024
 HELD_AFTER = 3 * 1024 * 1024
 # How long the module processes get to end once the play was interrupted (the bound).
@@ -318,3 +319,31 @@ def test_sigint_to_the_play_ends_the_push_and_leaves_no_dangling_signature(
     tags = registry_tags(registry_plain, repository)
     assert "1.0" in tags and any(tag.endswith(".sig") for tag in tags), tags
     assert dangling(registry_plain, repository) == []
+
+
+def test_a_build_waiting_for_the_layout_lock_warns_and_gives_up_after_lock_timeout(ansible, tmp_path):
+    rootfs = tmp_path / "rootfs"
+    rootfs.write_bytes(os.urandom(4096))
+    layout = tmp_path / "layout"
+    args = {
+        "layout": str(layout),
+        "name": "registry.example.com/stop/built:1.0",
+        "artifacts": [{"architecture": "amd64", "rootfs": str(rootfs)}],
+        "platforms": ["virtualization"],
+        "lock_timeout": 1,
+    }
+    first = ansible.module(BUILD, args)
+    assert first["changed"] is True, first
+    holder = os.open(layout / ".ironcore.lock", os.O_RDONLY)
+    try:
+        # This test process plays a prune that holds the layout's index lock.
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        blocked = ansible.module(BUILD, dict(args, name="registry.example.com/stop/built:2.0"))
+    finally:
+        os.close(holder)
+    assert blocked["failed"] is True, blocked
+    assert blocked["msg"].startswith(
+        "gave up waiting for another run that changes the layout %s after 1 seconds (lock_timeout" % layout
+    ), blocked["msg"]
+    (warning,) = blocked["warnings"]
+    assert warning.startswith("waiting for another run that changes the layout %s since " % layout), warning
