@@ -12,6 +12,10 @@ SIGHUP. Python turns SIGINT into KeyboardInterrupt in the main thread only,
 and the main thread then waits for transfer threads blocked in socket reads:
 the module lived on and finished the download (or the upload) alone.
 
+When the process that started the module's session ends instead (the
+controller got SIGHUP or SIGKILL; its workers live on, orphaned), the module
+treats that as SIGHUP.
+
 Here a signal sets STOPPED (transfer loops check it between chunks and stop),
 raises Interrupted in the main thread so it unwinds (records what arrived,
 marks the progress record failed), and arms a watchdog that ends the process
@@ -67,13 +71,85 @@ def install(fail: t.Callable[[str], None]) -> dict[int, t.Any]:
         threading.Thread(target=_watchdog, args=(fail, line), name="stop-watchdog", daemon=True).start()
         raise Interrupted(line)
 
-    return {signum: signal.signal(signum, handler) for signum in SIGNALS}
+    previous = {signum: signal.signal(signum, handler) for signum in SIGNALS}
+    _watch_starter()
+    return previous
 
 
 def restore(previous: t.Mapping[int, t.Any]) -> None:
     """Put back the handlers install() replaced (the transfer is over; a test process keeps its own)."""
+    _watching.clear()
     for signum, handler in previous.items():
         signal.signal(signum, handler)
+
+
+# ---- a starter that is gone -------------------------------------------------------------------------
+
+# Set while the watcher runs; restore() clears it.
+_watching = threading.Event()
+WATCH_INTERVAL = 0.5
+
+
+def _process_start(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time) of a live process, from /proc; None when it is gone (or there is no /proc)."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as stream:
+            text = stream.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: the fields after it follow the last ")".
+    fields = text[text.rfind(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        # Ended, not yet reaped.
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def starters() -> dict[int, int]:
+    """The processes that started our session, by pid with their start time: its leader and the leader's parent.
+
+    ansible-playbook's worker starts each module in a session of its own and
+    forwards SIGINT and SIGTERM to it; nothing tells the module when the
+    controller itself dies (SIGHUP from a closed terminal, SIGKILL). The
+    leader's parent is that controller (or, over SSH, the connection's sshd);
+    an async task's leader is async_wrapper's daemon, whose parent is init,
+    never watched.
+    """
+    found: dict[int, int] = {}
+    try:
+        leader = os.getsid(0)
+    except OSError:
+        return found
+    pid = leader
+    for _ in range(2):
+        if pid <= 1:
+            break
+        known = _process_start(pid)
+        if known is None:
+            break
+        found[pid] = known[1]
+        pid = known[0]
+    return found
+
+
+def _watch_starter() -> None:
+    watched = starters()
+    if not watched:
+        return
+    _watching.set()
+    threading.Thread(target=_watch, args=(watched,), name="stop-starter-watch", daemon=True).start()
+
+
+def _watch(watched: t.Mapping[int, int]) -> None:
+    # A process that ended, or a pid reused by another (its start time differs), counts as a hang-up.
+    while _watching.is_set() and not STOPPED.is_set():
+        for pid, started in watched.items():
+            known = _process_start(pid)
+            if known is None or known[1] != started:
+                if _watching.is_set():
+                    os.kill(os.getpid(), signal.SIGHUP)
+                return
+        threading.Event().wait(WATCH_INTERVAL)
 
 
 def _watchdog(fail: t.Callable[[str], None], line: str) -> None:

@@ -141,7 +141,7 @@ def partials(dest) -> dict[str, int]:
     return {name: os.path.getsize(state / name) for name in os.listdir(state) if name.endswith(".partial")}
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_to_the_play_ends_the_fetch_and_the_next_run_resumes(
     ansible, registry_plain, fault_proxy, image, tmp_path, signum
 ):
