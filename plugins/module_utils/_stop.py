@@ -71,7 +71,7 @@ def install(fail: t.Callable[[str], None]) -> dict[int, t.Any]:
         threading.Thread(target=_watchdog, args=(fail, line), name="stop-watchdog", daemon=True).start()
         raise Interrupted(line)
 
-    previous = {signum: signal.signal(signum, handler) for signum in SIGNALS}
+    previous: dict[int, t.Any] = {int(signum): signal.signal(signum, handler) for signum in SIGNALS}
     _watch_starter()
     return previous
 
