@@ -48,7 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("documents", ("_manifest.py", "_blockindex.py", "_select.py")),
     ("document reader", ("_document.py",)),
     ("foundation", ("_model.py", "_io.py", "_deps.py", "_registry_args.py", "_tar.py", "_module.py")),
-    ("errors", ("_errors.py",)),
+    ("errors and stop signals", ("_errors.py", "_stop.py")),
 )
 
 

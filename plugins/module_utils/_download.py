@@ -20,12 +20,12 @@ import errno
 import gzip
 import os
 import re
-import time
 import typing as t
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils import _stop
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, one_line
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     AtomicFile,
     BackgroundHashingCounter,
@@ -66,9 +66,10 @@ class _Corrupt(DeliveryError):
 
 @dataclass
 class _Tally:
-    """Bytes received over every attempt, wasted ones included."""
+    """Bytes received over every attempt, wasted ones included, and each resume after a broken transfer."""
 
     received: int = 0
+    resumes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -76,6 +77,8 @@ class Delivered:
     content_digest: str
     size: int
     bytes_downloaded: int
+    # One line per broken transfer that was resumed; they count in the result's `retries`.
+    resumes: list[str] = field(default_factory=list)
 
 
 def partial_path(directory: str, filename: str, digest: str) -> str:
@@ -161,6 +164,8 @@ class _Receiver:
                     )
                 self._restart()
             for chunk in stream.iter_chunks(DOWNLOAD_CHUNK):
+                # A stop signal ends the transfer between chunks; what arrived stays in the partial.
+                _stop.check()
                 if self.counter.size + len(chunk) > self.layer.size:
                     raise _Corrupt(
                         "blob %s is larger than the %d bytes its descriptor says; refusing it"
@@ -188,14 +193,21 @@ class _Receiver:
             except SourceError as exc:
                 if not exc.retryable:
                     raise DeliveryError(str(exc)) from exc
-                # Progress proves the link works: only attempts that gained nothing count.
+                # Progress proves the link works: only attempts that gained nothing count towards giving up.
                 failures = 0 if self.counter.size > before else failures + 1
                 if failures > self.retries:
                     raise DeliveryError(
                         "%s; gave up after %d retries, %d of %d bytes are kept: run again to resume"
                         % (exc, self.retries, self.counter.size, self.layer.size)
                     ) from exc
-                time.sleep(min(self.backoff * (2 ** max(failures - 1, 0)), 10.0))
+                # Yet every resume is a retry the user is told of, even one that gained bytes.
+                self.tally.resumes.append(
+                    "resuming %s (%s) at byte %d of %d: %s"
+                    % (self.layer.role, self.layer.digest, self.counter.size, self.layer.size, one_line(exc))
+                )
+                # Woken at once by a stop signal, which then ends the transfer.
+                _stop.STOPPED.wait(min(self.backoff * (2 ** max(failures - 1, 0)), 10.0))
+                _stop.check()
         return self.counter
 
 
@@ -394,7 +406,7 @@ def _attempt(
             out.keep_partial = False
             raise
         if not layer.packed:
-            return Staged(out, Delivered(layer.digest, layer.size, tally.received))
+            return Staged(out, Delivered(layer.digest, layer.size, tally.received, tally.resumes))
         out.file.flush()
         return _unpack_staged(out, path, partial, tally, max_unpacked_size)
     except OSError as exc:
@@ -439,7 +451,7 @@ def _unpack_staged(blob: AtomicFile, path: str, partial: str, tally: _Tally, max
         # A verified blob that does not unpack will not unpack next time either.
         blob.keep_partial = False
         raise
-    return Staged(unpacked, Delivered(content.digest, content.size, tally.received), blob)
+    return Staged(unpacked, Delivered(content.digest, content.size, tally.received, tally.resumes), blob)
 
 
 def stage(

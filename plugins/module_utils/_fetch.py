@@ -42,6 +42,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._download import (
 )
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
+    LockWait,
     UnsafeFileError,
     canonical_json,
     flocked,
@@ -293,9 +294,9 @@ def plan_files(
 
 
 @contextlib.contextmanager
-def locked(state_dir: str) -> t.Iterator[None]:
+def locked(state_dir: str, wait: LockWait | None = None) -> t.Iterator[None]:
     """One fetch at a time per destination: they would share partial files and the state record."""
-    with flocked(os.path.join(state_dir, LOCK_FILE)):
+    with flocked(os.path.join(state_dir, LOCK_FILE), wait=wait):
         yield
 
 
@@ -608,7 +609,9 @@ def _fetch(
         os.makedirs(dest, exist_ok=True)
         refuse_shared(dest, "dest", allow_shared)
         bookkeeping = prepare_bookkeeping(dest, params.get("state_dir"), allow_shared)
-        with locked(bookkeeping.state_dir):
+        lock_timeout = params.get("lock_timeout")
+        wait = LockWait("another fetch into %s" % dest, float(lock_timeout) if lock_timeout is not None else None, warn)
+        with locked(bookkeeping.state_dir, wait):
             remove_old_bookkeeping(dest)
             state = DeliveryState(bookkeeping.state_dir)
             # Replaces the record of an earlier run at once: a poller must not take its "done" for ours.
@@ -655,8 +658,12 @@ def _fetch(
     result["files"] = files
     result.update(mirror_results(source))
     result["changed"] = any(plan.changed for plan in plans)
-    # A layout source has no requests to retry.
-    result["retries"] = int(getattr(source, "retries", 0))
+    # A layout source has no requests to retry; a broken transfer that was resumed is a retry too.
+    resumes = [line for plan in plans if plan.delivered for line in plan.delivered.resumes]
+    for line in resumes:
+        if on_retry is not None:
+            on_retry(line)
+    result["retries"] = int(getattr(source, "retries", 0)) + len(resumes)
     return result
 
 

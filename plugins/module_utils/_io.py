@@ -24,8 +24,10 @@ import queue
 import secrets
 import stat
 import threading
+import time
 import typing as t
 import weakref
+from dataclasses import dataclass
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, one_line
 
@@ -169,13 +171,33 @@ def stat_identity(status: os.stat_result) -> list[int]:
     return [status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
 
 
+class LockTimeout(ImageError):
+    """Another run held the lock for longer than the caller was willing to wait (`lock_timeout`)."""
+
+
+@dataclass
+class LockWait:
+    """How a caller waits for a lock another run holds: told at once, and for at most `timeout` seconds.
+
+    `holder` names that other run for people ("another fetch into /srv/boot").
+    `warn` is told as soon as the lock turns out to be held, so a run that
+    waits says so rather than sitting silent. `timeout` None waits as long as
+    it takes; otherwise LockTimeout ends the wait.
+    """
+
+    holder: str
+    timeout: float | None = None
+    warn: t.Callable[[str], None] | None = None
+
+
 @contextlib.contextmanager
-def flocked(path: str, operation: int = fcntl.LOCK_EX) -> t.Iterator[None]:
+def flocked(path: str, operation: int = fcntl.LOCK_EX, wait: LockWait | None = None) -> t.Iterator[None]:
     """Hold an flock on the lock file at path (created when missing) for the block.
 
     Opened like every file here, never through a link someone planted at the
     lock's name; only flocked, never written, so another user's lock file in a
-    shared directory is fine.
+    shared directory is fine. The kernel releases the lock when the process
+    ends, however it ends.
     """
     directory = open_directory(os.path.dirname(path) or ".")
     try:
@@ -183,10 +205,40 @@ def flocked(path: str, operation: int = fcntl.LOCK_EX) -> t.Iterator[None]:
     finally:
         os.close(directory)
     try:
-        fcntl.flock(lock, operation)
+        _acquire(lock, operation, path, wait)
         yield
     finally:
         os.close(lock)
+
+
+def _acquire(lock: int, operation: int, path: str, wait: LockWait | None) -> None:
+    if wait is None:
+        fcntl.flock(lock, operation)
+        return
+    try:
+        fcntl.flock(lock, operation | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    since = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    if wait.warn is not None:
+        wait.warn("waiting for %s since %s (it holds %s)" % (wait.holder, since, path))
+    if wait.timeout is None:
+        fcntl.flock(lock, operation)
+        return
+    deadline = time.monotonic() + wait.timeout
+    while True:
+        # Polled: a blocking flock cannot be given a deadline.
+        time.sleep(max(0.0, min(0.2, deadline - time.monotonic())))
+        try:
+            fcntl.flock(lock, operation | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LockTimeout(
+                    "gave up waiting for %s after %g seconds (lock_timeout; waiting since %s, it holds %s): "
+                    "let that run finish or stop it, or raise lock_timeout" % (wait.holder, wait.timeout, since, path)
+                ) from None
 
 
 class AtomicFile:

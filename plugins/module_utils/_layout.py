@@ -31,6 +31,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
     ChunkHook,
     HashingCounter,
     HashingWriter,
+    LockWait,
     TooLargeError,
     canonical_json,
     copy_and_hash,
@@ -55,6 +56,9 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
 LAYOUT_VERSION_DOC = b'{"imageLayoutVersion":"1.0.0"}'
 DIGEST_CACHE_FILE = "ironcore-digest-cache.json"
 LOCK_FILE = ".ironcore.lock"
+# How this process waits for a layout lock another run holds: (timeout or None, warn), set once by the
+# module (its lock_timeout option) through wait_for_layout_locks(); None waits as long as it takes, silently.
+_LOCK_WAITING: tuple[float | None, t.Callable[[str], None] | None] | None = None
 # Shared by writers between storing blobs and naming them, exclusive for a prune.
 BLOBS_LOCK_FILE = ".ironcore.blobs.lock"
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -75,6 +79,12 @@ _BLOB_KEYS = ("config", "layers", "blobs")
 
 class LayoutError(ImageError):
     """The layout cannot be used as asked; the message says why."""
+
+
+def wait_for_layout_locks(timeout: float | None, warn: t.Callable[[str], None] | None) -> None:
+    """Every layout lock this process waits for warns at once through `warn` and gives up after `timeout` s."""
+    global _LOCK_WAITING  # pylint: disable=global-statement  # one setting per module process
+    _LOCK_WAITING = (float(timeout) if timeout is not None else None, warn)
 
 
 class OciLayout:
@@ -145,8 +155,14 @@ class OciLayout:
     @contextlib.contextmanager
     def locked(self) -> t.Iterator[None]:
         """Serialise read-modify-write of index.json across processes."""
-        with flocked(os.path.join(self.path, LOCK_FILE)):
+        with flocked(os.path.join(self.path, LOCK_FILE), wait=self._lock_wait()):
             yield
+
+    def _lock_wait(self) -> LockWait | None:
+        if _LOCK_WAITING is None:
+            return None
+        timeout, warn = _LOCK_WAITING
+        return LockWait("another run that changes the layout %s" % self.path, timeout, warn)
 
     # ---- blobs -----------------------------------------------------------
 
@@ -293,7 +309,7 @@ class OciLayout:
         that a writer has stored (or found already stored) and not yet named
         can be taken from under it.
         """
-        with flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_SH):
+        with flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_SH, self._lock_wait()):
             yield
 
     @contextlib.contextmanager
@@ -303,7 +319,7 @@ class OciLayout:
         The blob lock first, then the index lock: the order a build takes them
         in, so a build and a prune cannot wait for each other.
         """
-        with flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_EX), self.locked():
+        with flocked(os.path.join(self.path, BLOBS_LOCK_FILE), fcntl.LOCK_EX, self._lock_wait()), self.locked():
             yield
 
     @contextlib.contextmanager

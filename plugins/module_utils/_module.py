@@ -11,6 +11,7 @@ from __future__ import annotations
 import traceback
 import typing as t
 
+from ansible_collections.ironcore.image.plugins.module_utils import _stop
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, one_line
 
 
@@ -23,9 +24,24 @@ def run(module: t.Any, action: t.Callable[[], dict[str, t.Any]]) -> None:
     Either way the message stays the one line people read and the traceback
     goes to `exception`, so that -vvv shows the cause. A `diff` is returned
     only in diff mode.
+
+    SIGINT, SIGTERM and SIGHUP end the module within seconds with one line
+    ("interrupted by SIGTERM; ..."), whatever its transfer threads are doing
+    (see _stop).
     """
+
+    def fail(line: str) -> None:
+        module.fail_json(msg=line)
+
+    previous = _stop.install(fail)
     try:
-        result = action()
+        try:
+            result = action()
+        finally:
+            # The work is over: a stop signal from here on needs no special handling.
+            _stop.restore(previous)
+    except _stop.Interrupted as exc:
+        _stop.finish(fail, str(exc))
     except ImageError as exc:
         module.fail_json(msg=str(exc), exception=traceback.format_exc())
         return

@@ -183,10 +183,20 @@ options:
     type: int
     default: 4096
     version_added: 0.2.0
+  lock_timeout:
+    description:
+      - Seconds to wait for another run that changes the same layout (a build, a copy into it, a prune) before
+        failing in one line. Unset waits as long as that run takes.
+      - A run that has to wait says so at once in a warning naming the layout and since when.
+    type: float
+    version_added: 0.2.0
 seealso:
   - module: ironcore.image.ironcore_image_push
   - module: ironcore.image.ironcore_image_fetch
 notes:
+  - SIGINT, SIGTERM and SIGHUP (Ctrl-C in C(ansible-playbook), a cancelled AWX job) end the module within
+    seconds with C(interrupted by SIGTERM; partial downloads are kept and the next run resumes); its locks are
+    released.
   - The layout can be read by any OCI tool, for example C(skopeo inspect --raw oci:LAYOUT:NAME).
 """
 
@@ -270,6 +280,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._build import build_image
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
+from ansible_collections.ironcore.image.plugins.module_utils._layout import wait_for_layout_locks
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURE_CHOICES,
     LAYER_FORMATS,
@@ -302,10 +313,12 @@ def main() -> None:
             "overwrite": {"type": "bool", "default": True},
             "block_index": {"type": "bool", "default": True},
             "block_index_block_size": {"type": "int", "default": 4096},
+            "lock_timeout": {"type": "float"},
         },
         supports_check_mode=True,
     )
     require(module, "jsonschema")
+    wait_for_layout_locks(module.params["lock_timeout"], module.warn)
     run(module, lambda: build_image(module.params, module.check_mode))
 
 

@@ -86,7 +86,17 @@ options:
       - A symbolic link at C(blobs) or C(blobs/sha256) is refused even then.
     type: bool
     default: false
+  lock_timeout:
+    description:
+      - Seconds to wait for another run that changes the same layout (a build, a copy into it, a prune) before
+        failing in one line. Unset waits as long as that run takes.
+      - A run that has to wait says so at once in a warning naming the layout and since when.
+    type: float
+    version_added: 0.2.0
 notes:
+  - SIGINT, SIGTERM and SIGHUP (Ctrl-C in C(ansible-playbook), a cancelled AWX job) end the module within
+    seconds with C(interrupted by SIGTERM; partial downloads are kept and the next run resumes); its locks are
+    released.
   - Each side has its own credentials (O(source.username), O(destination.username) and so on); passwords are
     never logged or returned.
   - The requirements are only needed when a side is a registry.
@@ -232,6 +242,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._copy_image import copy_image
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
+from ansible_collections.ironcore.image.plugins.module_utils._layout import wait_for_layout_locks
 from ansible_collections.ironcore.image.plugins.module_utils._mirrors import warn_mirror_errors
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
@@ -249,10 +260,12 @@ def main() -> None:
         overwrite={"type": "bool", "default": True},
         allow_shared_dest={"type": "bool", "default": False},
         carry_referrers={"type": "bool", "default": True},
+        lock_timeout={"type": "float"},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not (module.params["source"].get("layout") and module.params["destination"].get("layout")):
         require(module, "requests")
+    wait_for_layout_locks(module.params["lock_timeout"], module.warn)
     run(module, lambda: warn_mirror_errors(copy_image(module.params, module.check_mode, module.warn), module.warn))
 
 

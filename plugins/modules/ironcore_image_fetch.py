@@ -226,8 +226,19 @@ options:
     elements: path
     default: []
     version_added: 0.2.0
+  lock_timeout:
+    description:
+      - Seconds to wait for another fetch into the same O(dest) (they share the state directory's lock) before
+        failing in one line. Unset waits as long as that run takes.
+      - A run that has to wait says so at once in a warning naming the other run's O(dest) and since when.
+    type: float
+    version_added: 0.2.0
 notes:
   - With O(layout) the module reads the image from disk and does not need C(requests).
+  - SIGINT, SIGTERM and SIGHUP (Ctrl-C in C(ansible-playbook), a cancelled AWX job, a closed terminal) stop every
+    transfer within seconds and end the module process, which fails with
+    C(interrupted by SIGTERM; partial downloads are kept and the next run resumes). The lock is released, and
+    the next run resumes the partial files.
   - The module reads O(docker_config) (C(auths) with C(auth), C(username)/C(password) or C(identitytoken);
     C(credHelpers); C(credsStore)) and runs C(docker-credential-<name> get) itself.
   - O(concurrency) layers are downloaded in parallel; O(timeout) and O(retries) also apply to interrupted transfers,
@@ -429,9 +440,11 @@ provenance:
   version_added: 0.2.0
 retries:
   description:
-    - How many registry requests were retried (after a connection error, a timeout or an answer of 429 or 5xx).
+    - How many registry requests were retried (after a connection error, a timeout or an answer of 429 or 5xx),
+      plus every broken blob transfer that was resumed, even one whose resumed attempt gained bytes.
     - Always 0 with O(layout).
-    - Each retry is also reported as a warning naming the operation, the attempt and the reason.
+    - Each retry is also reported as a warning naming the operation, the attempt and the reason; a resumed
+      transfer as C(resuming <role> (<digest>) at byte <n> of <size>) followed by the reason.
   returned: always
   type: int
   sample: 0
@@ -469,6 +482,7 @@ def main() -> None:
         provenance_predicate_types={"type": "list", "elements": "str", "default": ["https://slsa.dev/provenance/v1"]},
         delta={"type": "str", "choices": ["auto", "never"], "default": "auto"},
         seeds={"type": "list", "elements": "path", "default": []},
+        lock_timeout={"type": "float"},
     )
     argument_spec.update(MIRRORS_ARGUMENT_SPEC)
     module = AnsibleModule(

@@ -529,6 +529,10 @@ def test_reset_mid_blob_resumes_with_range_within_a_run_and_across_runs(
     assert second_get["range"] == "bytes=%d-%d" % (resumed_at, size - 1) and 0 < resumed_at < size
     # Every byte was received once: the second GET asked for the rest only.
     assert first["bytes_downloaded"] == size
+    # The resumed reset is a retry the user hears of, although the resumed attempt gained bytes.
+    assert first["retries"] == 1, first
+    (warning,) = first["warnings"]
+    assert warning.startswith("resuming rootfs (%s) at byte %d of %d: " % (rootfs_1, resumed_at, size)), warning
 
     assert gave_up["failed"] is True and "run again to resume" in gave_up["msg"], gave_up
     (partial,) = [name for name in everything_in(tmp_path / "b" / ".ironcore") if name.endswith(".partial")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import typing as t
 
 import pytest
@@ -74,3 +75,16 @@ def test_anything_else_is_an_internal_error_to_report(error, shown):
     assert "\n" not in end.arguments["msg"]
     assert "Traceback" in end.arguments["exception"] and "in bug" in end.arguments["exception"]
     assert "malformed" not in end.arguments["msg"]
+
+
+def test_the_stop_signal_handlers_are_in_place_while_the_action_runs_and_put_back_after():
+    before = signal.getsignal(signal.SIGTERM)
+    during: list[t.Any] = []
+
+    def action() -> dict[str, t.Any]:
+        during.append(signal.getsignal(signal.SIGTERM))
+        return {"changed": False}
+
+    ended(Module(), action)
+    assert during[0] not in (before, signal.SIG_DFL) and callable(during[0])
+    assert signal.getsignal(signal.SIGTERM) is before
