@@ -43,12 +43,12 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
 )
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import RegistryOptions
 from ansible_collections.ironcore.image.plugins.module_utils._source import (
-    BlobStream,
     RegistrySource,
     Source,
     SourceError,
     TranslatedStream,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobStream
 
 # The annotation an OCI layout's index.json names its images with.
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"

@@ -47,20 +47,11 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import (
     normalise_config,
     select_entry,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobStream
 
 
 class SourceError(ImageError):
     """Reading from the source failed; `retryable` says whether trying again may help."""
-
-
-class BlobStream(t.Protocol):
-    """A blob body from some offset on (the registry client's BlobStream has this shape)."""
-
-    offset: int
-
-    def iter_chunks(self, size: int) -> t.Iterator[t.Any]: ...
-
-    def close(self) -> None: ...
 
 
 class Source(t.Protocol):

@@ -44,18 +44,14 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ImageReference,
     InvalidReference,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobStream, ResumableRead, backoff_delay
 from ansible_collections.ironcore.image.plugins.module_utils._upload import (
-    BlobStream,
     ByteCounter,
     upload_blob,
     upload_stream,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._walk import Document
 
-# Network read size while receiving a blob, as a fetch reads (DOWNLOAD_CHUNK): 64 KiB reads cost
-# a copy into a layout a sixth of its CPU time in per-read overhead. A read broken by a reset
-# loses what it gathered, at most this much, and the resume starts after what was written.
-RECEIVE_CHUNK = 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
 # Pause between attempts of a layout's own resume loop when the source has no backoff of its own.
 LOCAL_BACKOFF = 0.2
@@ -254,7 +250,7 @@ class LayoutStore:
         return self.layout.blob_path(digest)
 
     def retry_pause(self, attempt: int, what: str, reason: str) -> None:
-        time.sleep(LOCAL_BACKOFF)
+        time.sleep(backoff_delay(attempt - 1, base=LOCAL_BACKOFF))
 
     # ---- writing --------------------------------------------------------
 
@@ -345,7 +341,7 @@ class LayoutStore:
             resumed = resume_hash(out, size) if resume else None
             # Kept on an interruption, so that the next attempt (or run) continues with Range.
             out.keep_partial = True
-            hashed = _Receiver(source, digest, size, out, resumed or HashingCounter(), counter).run(retries)
+            hashed = _Receiver(source, digest, size, out, resumed or HashingCounter(), counter, retries).receive()
             if hashed.size != size or hashed.digest != digest:
                 out.keep_partial = False
                 raise _Corrupt(
@@ -376,7 +372,7 @@ def _layout_name_candidates(name: str) -> list[str]:
     return candidates
 
 
-class _Receiver:
+class _Receiver(ResumableRead):
     """Appends a blob's bytes to an open partial file, continuing with Range after interruptions."""
 
     def __init__(
@@ -387,64 +383,48 @@ class _Receiver:
         out: AtomicFile,
         hashed: HashingCounter,
         counter: ByteCounter,
+        retries: int,
         verb: str = "copying",
     ):
+        super().__init__("%s blob %s from %s" % (verb, digest, source.describe()), 0, size, retries)
         self.source = source
         self.digest = digest
-        self.size = size
         self.out = out
         # Hashed in a second thread, beside the receive and the write.
         self.hashed: HashingCounter = BackgroundHashingCounter(hashed)
+        self.received = self.hashed.size
         self.counter = counter
-        self.what = "%s blob %s from %s" % (verb, digest, source.describe())
 
-    def append_from(self, offset: int) -> None:
-        # A resumed transfer asks for the bounded rest (bytes=X-Y), as fetch does.
-        stream = self.source.open_blob(self.digest, offset, self.size - offset if offset > 0 else None)
-        try:
-            if stream.offset != offset:
-                if stream.offset != 0:
-                    raise StoreError(
-                        "%s failed: the source answered from byte %d when asked for byte %d"
-                        % (self.what, stream.offset, offset)
-                    )
-                # The source sent the whole blob: start over.
-                self.out.file.seek(0)
-                self.out.file.truncate()
-                self.hashed = BackgroundHashingCounter()
-            for chunk in stream.iter_chunks(RECEIVE_CHUNK):
-                if self.hashed.size + len(chunk) > self.size:
-                    self.out.keep_partial = False
-                    raise _Corrupt(
-                        "%s failed: the blob is larger than the %d bytes its descriptor says" % (self.what, self.size)
-                    )
-                self.out.write(chunk)
-                self.hashed.update(chunk)
-                self.counter.add(len(chunk))
-        finally:
-            stream.close()
+    def open_at(self, offset: int, length: int | None) -> BlobStream:
+        return self.source.open_blob(self.digest, offset, length)
 
-    def run(self, retries: int) -> HashingCounter:
-        failures = 0
-        while self.hashed.size < self.size:
-            before = self.hashed.size
-            try:
-                self.append_from(before)
-                if self.hashed.size < self.size:
-                    raise StoreError(
-                        "%s failed: the blob ended after %d of %d bytes" % (self.what, self.hashed.size, self.size),
-                        retryable=True,
-                    )
-            except ImageError as exc:
-                if not exc.retryable:
-                    raise
-                # Progress proves the link works: only attempts that gained nothing count.
-                failures = 0 if self.hashed.size > before else failures + 1
-                if failures > retries:
-                    raise StoreError(
-                        "%s; %d of %d bytes are kept: run again to resume" % (exc, self.hashed.size, self.size)
-                    ) from exc
-                self.source.retry_pause(failures, self.what, "%d of %d bytes received" % (self.hashed.size, self.size))
+    def restart(self) -> None:
+        self.out.file.seek(0)
+        self.out.file.truncate()
+        self.hashed = BackgroundHashingCounter()
+
+    def accept(self, chunk: t.Any) -> None:
+        self.out.write(chunk)
+        self.hashed.update(chunk)
+        self.counter.add(len(chunk))
+
+    def mismatch(self, answered: int, asked: int) -> ImageError:
+        return StoreError(
+            "%s failed: the source answered from byte %d when asked for byte %d" % (self.what, answered, asked)
+        )
+
+    def overrun(self) -> ImageError:
+        self.out.keep_partial = False
+        return _Corrupt("%s failed: the blob is larger than the %d bytes its descriptor says" % (self.what, self.size))
+
+    def give_up(self, exc: ImageError) -> ImageError:
+        return StoreError("%s; %d of %d bytes are kept: run again to resume" % (exc, self.received, self.size))
+
+    def pause(self, failures: int) -> None:
+        self.source.retry_pause(failures, self.what, "%d of %d bytes received" % (self.received, self.size))
+
+    def receive(self) -> HashingCounter:
+        self.run()
         return self.hashed
 
 
@@ -457,8 +437,8 @@ def download_blob(source: ImageSource, digest: str, size: int, path: str) -> Non
     the bytes are not the blob; `path` is then not created.
     """
     with AtomicFile(path) as out:
-        receiver = _Receiver(source, digest, size, out, HashingCounter(), ByteCounter(), verb="downloading")
-        hashed = receiver.run(source.retries)
+        receiver = _Receiver(source, digest, size, out, HashingCounter(), ByteCounter(), source.retries, "downloading")
+        hashed = receiver.receive()
         if hashed.size != size or hashed.digest != digest:
             raise _Corrupt(
                 "blob %s from %s hashes to %s (%d bytes); the source is corrupt"
