@@ -88,6 +88,10 @@ class MirrorUnreachable(SourceError):
     """The mirror cannot be reached: it is left out for the rest of the run, not asked again for every digest."""
 
 
+class OriginUnreachable(SourceError):
+    """The origin could not be reached earlier in this run: not asked again (with its retries) for every name."""
+
+
 def _mirror_call(error_type: type[Exception], action: t.Callable[[], t.Any]) -> t.Any:
     try:
         return action()
@@ -334,6 +338,8 @@ class MirroredSource:
         self.url_from = url_from
         self._document_bytes_from_origin = 0
         self.errors: list[dict[str, str]] = []
+        # Why the origin could not be reached, once a name lookup found it so; None while it answers.
+        self.origin_down: str | None = None
 
     # ---- bookkeeping -------------------------------------------------------
 
@@ -752,9 +758,26 @@ class MirroredStore:
     def describe(self) -> str:
         return str(self.store.describe())
 
-    def _at_origin(self, name: str, action: t.Callable[[], t.Any]) -> t.Any:
+    def _ask_origin(self, action: t.Callable[[], t.Any]) -> t.Any:
+        """action() at the origin, unless it was found unreachable before in this run.
+
+        Each `.sig` and referrers lookup would otherwise wait through the client's retries of a refused
+        connection again; the remembered reason is the answer instead, so it still surfaces where no
+        mirror has the thing.
+        """
+        down = self.mirrored.origin_down
+        if down is not None:
+            raise OriginUnreachable(down)
         try:
             return action()
+        except ImageError as exc:
+            if getattr(exc, "code", None) in UNREACHABLE_CODES:
+                self.mirrored.origin_down = str(exc)
+            raise
+
+    def _at_origin(self, name: str, action: t.Callable[[], t.Any]) -> t.Any:
+        try:
+            return self._ask_origin(action)
         except ImageError as exc:
             if self.mirrored.resolve_tags:
                 raise
@@ -812,7 +835,7 @@ class MirroredStore:
         a copy carries only what can be verified from it.
         """
         try:
-            return t.cast(t.Optional[dict[str, t.Any]], self.store.attachment_name(name))
+            return t.cast(t.Optional[dict[str, t.Any]], self._ask_origin(lambda: self.store.attachment_name(name)))
         except ImageError:
             if self.mirrored.resolve_tags:
                 raise
@@ -836,7 +859,9 @@ class MirroredStore:
         the tag schema through attachment_name(), in the same order.
         """
         try:
-            return t.cast(t.Optional[bytes], self.store.referrers_api(subject_digest, artifact_type))
+            return t.cast(
+                t.Optional[bytes], self._ask_origin(lambda: self.store.referrers_api(subject_digest, artifact_type))
+            )
         except ImageError:
             if self.mirrored.resolve_tags:
                 raise
