@@ -98,6 +98,9 @@ class ImageSource(t.Protocol):
 
     def local_blob_path(self, digest: str) -> str | None: ...
 
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        """After a blob failed verification: True when another source may serve it (mirrors), else False."""
+
     def retry_pause(self, attempt: int, what: str, reason: str) -> None: ...
 
 
@@ -249,6 +252,9 @@ class LayoutStore:
     def local_blob_path(self, digest: str) -> str | None:
         return self.layout.blob_path(digest)
 
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        return False
+
     def retry_pause(self, attempt: int, what: str, reason: str) -> None:
         time.sleep(backoff_delay(attempt - 1, base=LOCAL_BACKOFF))
 
@@ -320,8 +326,7 @@ class LayoutStore:
             except _Corrupt as exc:
                 if not resume:
                     # A mirrored source (_mirrors) drops the mirrors that served wrong bytes and offers the next.
-                    reject = getattr(source, "reject_blob", None)
-                    if reject is None or not reject(digest, str(exc)):
+                    if not source.reject_blob(digest, str(exc)):
                         raise
                 # The kept bytes may be what was wrong: a clean attempt from byte 0.
                 resume = False
@@ -507,6 +512,9 @@ class RegistryStore:
 
     def local_blob_path(self, digest: str) -> str | None:
         return None
+
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        return False
 
     def retry_pause(self, attempt: int, what: str, reason: str) -> None:
         # `attempt` counts from 1 here; the client's backoff from 0.
