@@ -48,7 +48,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._source import (
     SourceError,
     TranslatedStream,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobStream
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobLocation, BlobStream
 
 # The annotation an OCI layout's index.json names its images with.
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
@@ -892,6 +892,11 @@ class MirroredStore:
 
     def reject_blob(self, digest: str, reason: str) -> bool:
         return self.mirrored.reject_blob(digest, reason)
+
+    def blob_location(self, digest: str) -> BlobLocation:
+        """The origin's address, or with url_from=mirror a mirror's (MirroredSource.blob_location)."""
+        url, headers = self.mirrored.blob_location(digest)
+        return BlobLocation(url, headers)
 
     def local_blob_path(self, digest: str) -> str | None:
         return None

@@ -44,7 +44,12 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ImageReference,
     InvalidReference,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobStream, ResumableRead, backoff_delay
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import (
+    BlobLocation,
+    BlobStream,
+    ResumableRead,
+    backoff_delay,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._upload import (
     ByteCounter,
     upload_blob,
@@ -100,6 +105,9 @@ class ImageSource(t.Protocol):
 
     def reject_blob(self, digest: str, reason: str) -> bool:
         """After a blob failed verification: True when another source may serve it (mirrors), else False."""
+
+    def blob_location(self, digest: str) -> BlobLocation:
+        """Where a plain client reads the blob (info's layer URLs, HTTP boot); an ImageError when it cannot say."""
 
     def retry_pause(self, attempt: int, what: str, reason: str) -> None: ...
 
@@ -254,6 +262,12 @@ class LayoutStore:
 
     def reject_blob(self, digest: str, reason: str) -> bool:
         return False
+
+    def blob_location(self, digest: str) -> BlobLocation:
+        try:
+            return BlobLocation("file://" + self.layout.blob_path(digest), {})
+        except LayoutError as exc:
+            raise StoreError(str(exc)) from exc
 
     def retry_pause(self, attempt: int, what: str, reason: str) -> None:
         time.sleep(backoff_delay(attempt - 1, base=LOCAL_BACKOFF))
@@ -515,6 +529,10 @@ class RegistryStore:
 
     def reject_blob(self, digest: str, reason: str) -> bool:
         return False
+
+    def blob_location(self, digest: str) -> BlobLocation:
+        repository = str(self.repository)
+        return BlobLocation(self.client.blob_url(repository, digest), dict(self.client.auth_headers(repository)))
 
     def retry_pause(self, attempt: int, what: str, reason: str) -> None:
         # `attempt` counts from 1 here; the client's backoff from 0.

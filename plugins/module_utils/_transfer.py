@@ -54,6 +54,13 @@ class BlobStream(t.Protocol):
     def close(self) -> None: ...
 
 
+class BlobLocation(t.NamedTuple):
+    """A blob's address for a client that is not this collection: a URL, and the headers that authorize it."""
+
+    url: str
+    headers: dict[str, str]
+
+
 class Interrupted(ImageError):
     """The stream ended before the bytes asked for; retryable."""
 

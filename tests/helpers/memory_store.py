@@ -13,6 +13,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._errors import Imag
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import OCI_INDEX, OCI_MANIFEST
 from ansible_collections.ironcore.image.plugins.module_utils._store import ImageDestination, ImageSource, StoreError
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobLocation
 from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter
 from ansible_collections.ironcore.image.plugins.module_utils._walk import Document
 
@@ -133,6 +134,10 @@ class MemoryStore:
 
     def reject_blob(self, digest: str, reason: str) -> bool:
         return False
+
+    def blob_location(self, digest: str) -> BlobLocation:
+        self.check_blob(digest, 0)
+        return BlobLocation("memory://%s/%s" % (self.repository or "store", digest), {})
 
     def retry_pause(self, attempt: int, what: str, reason: str) -> None:
         self.pauses += 1

@@ -57,3 +57,15 @@ def test_a_layout_gives_up_when_attempts_gain_nothing_and_keeps_what_it_has(sour
     with pytest.raises(StoreError, match="50000 of %d bytes are kept: run again to resume" % len(data)):
         destination.put_blob(source, digest, len(data), ByteCounter(), retries=1)
     assert os.path.getsize(destination.partial_path(digest)) == 50_000
+
+
+def test_blob_location_is_a_store_method_with_a_typed_answer(source: MemoryStore, tmp_path) -> None:
+    digest = next(iter(source.blobs))
+    assert source.blob_location(digest).url.endswith(digest)
+    destination = LayoutStore(str(tmp_path / "layout"))
+    destination.prepare()
+    destination.put_blob(source, digest, len(source.blobs[digest]), ByteCounter(), retries=0)
+    location = destination.blob_location(digest)
+    assert location.url == "file://" + destination.layout.blob_path(digest) and location.headers == {}
+    with pytest.raises(StoreError):
+        destination.blob_location("sha256:not-a-digest")
