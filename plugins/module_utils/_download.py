@@ -453,7 +453,6 @@ def stage(
                 resume = False
                 continue
             # A mirrored source (_mirrors) drops the mirrors that served wrong bytes and offers the next source.
-            reject = getattr(source, "reject_blob", None)
-            if reject is None or not reject(layer.digest, str(exc)):
+            if not source.reject_blob(layer.digest, str(exc)):
                 raise
             resume = False

@@ -738,6 +738,9 @@ class _StoreOrigin:
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
         raise SourceError("a copy needs no blob location")
 
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        return False
+
 
 class MirroredStore:
     """A copy's registry source (_store.ImageSource) behind mirrors: names at the origin, content by digest."""

@@ -69,6 +69,9 @@ class Source(t.Protocol):
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]: ...
 
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        """After a blob failed verification: True when another source may serve it (mirrors), else False."""
+
 
 def _check_document(data: bytes, digest: str, what: str) -> bytes:
     if len(data) > MAX_DOCUMENT_SIZE:
@@ -143,6 +146,9 @@ class LayoutSource:
             raise SourceError(
                 "cannot read blob %s in layout %s: %s" % (digest, self.layout.path, exc.strerror)
             ) from exc
+
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        return False
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
         try:
@@ -229,6 +235,9 @@ class RegistrySource:
         return TranslatedStream(
             self._call(lambda: self.client.open_blob(self.ref.repository, digest, offset, length)), self._call
         )
+
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        return False
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
         url = self._call(lambda: self.client.blob_url(self.ref.repository, digest))
