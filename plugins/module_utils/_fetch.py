@@ -646,8 +646,8 @@ def _fetch(
     result["files"] = files
     result.update(mirror_results(source))
     result["changed"] = any(plan.changed for plan in plans)
-    # A layout source has no requests to retry.
-    result["retries"] = int(getattr(source, "retries", 0))
+    # A layout source has no requests to retry: 0.
+    result["retries"] = source.retries
     return result
 
 

@@ -345,7 +345,7 @@ class MirroredSource:
 
     @property
     def retries(self) -> int:
-        return int(getattr(self.origin, "retries", 0))
+        return self.origin.retries
 
     # What _signatures reads signatures through: the origin's client or layout (signatures are found by tag).
     @property

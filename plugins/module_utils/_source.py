@@ -57,6 +57,10 @@ class SourceError(ImageError):
 class Source(t.Protocol):
     ref: ImageReference
 
+    @property
+    def retries(self) -> int:
+        """Requests retried so far (a registry's client counts them; a layout never retries)."""
+
     def describe(self) -> str: ...
 
     def resolve(self) -> tuple[bytes, str | None, str]: ...
@@ -97,6 +101,10 @@ class LayoutSource:
         self.name = name
         if not self.layout.exists():
             raise SourceError("layout: %s is not an OCI image layout (no oci-layout file)" % self.layout.path)
+
+    @property
+    def retries(self) -> int:
+        return 0
 
     def describe(self) -> str:
         return "%s in layout %s" % (self.name, self.layout.path)
