@@ -47,6 +47,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("progress", ("_progress.py",)),
     ("documents", ("_manifest.py", "_blockindex.py", "_select.py")),
     ("document reader", ("_document.py",)),
+    ("transfer policy", ("_transfer.py",)),
     ("foundation", ("_model.py", "_io.py", "_deps.py", "_registry_args.py", "_tar.py", "_module.py")),
     ("errors and stop signals", ("_errors.py", "_stop.py")),
 )

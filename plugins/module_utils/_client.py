@@ -20,7 +20,6 @@ origin as theirs. The client knows nothing of images or platforms.
 from __future__ import annotations
 
 import json
-import random
 import re
 import socket
 import ssl
@@ -79,11 +78,9 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     names_hint,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import RegistryOptions
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import backoff_delay
 
 ALL_MANIFEST_TYPES: tuple[str, ...] = (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST)
-BACKOFF_BASE = 0.5
-BACKOFF_CAP = 10.0
-RETRY_AFTER_CAP = 30.0
 # http.client sends request bodies in 8 KiB writes by default; 1 MiB writes
 # cut the syscall count of a multi-GiB upload by two orders of magnitude.
 SEND_BLOCK_SIZE = 1024 * 1024
@@ -401,11 +398,7 @@ class RegistryClient:
             self.on_retry("retrying %s (attempt %d of %d): %s" % (what, attempt + 2, self.options.retries + 1, reason))
 
     def _backoff(self, attempt: int, response: requests.Response | None = None) -> float:
-        retry_after = response.headers.get("Retry-After") if response is not None else None
-        if retry_after and retry_after.strip().isdigit():
-            return min(float(retry_after), RETRY_AFTER_CAP)
-        delay = min(BACKOFF_CAP, BACKOFF_BASE * (2.0**attempt))
-        return delay * random.uniform(0.8, 1.2)
+        return backoff_delay(attempt, response.headers.get("Retry-After") if response is not None else None)
 
     def _send_following_redirects(self, send: _Send, what: str) -> tuple[requests.Response, str]:
         """Send, following redirects by hand; (final response, the URL that gave it).

@@ -29,7 +29,6 @@ naming it), and never more than a verifier reads (MAX_SIGNERS).
 
 from __future__ import annotations
 
-import concurrent.futures
 import time
 import typing as t
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._signatures import 
     verifiable_from_mirror,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._store import ImageDestination, ImageSource
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import run_parallel
 from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter
 from ansible_collections.ironcore.image.plugins.module_utils._walk import (
     Document,
@@ -276,20 +276,6 @@ def mount_candidates(source: ImageSource, destination: ImageDestination, mount_f
 # ---- copying ------------------------------------------------------------------
 
 
-def parallel(concurrency: int, function: t.Callable[[t.Any], t.Any], items: t.Sequence[t.Any]) -> list[t.Any]:
-    """function over items with `concurrency` threads; the first error stops what has not started."""
-    if concurrency <= 1 or len(items) <= 1:
-        return [function(item) for item in items]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(concurrency, len(items))) as pool:
-        futures = [pool.submit(function, item) for item in items]
-        try:
-            return [future.result() for future in futures]
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-
-
 class _BlobCopier:
     def __init__(
         self,
@@ -327,7 +313,7 @@ class _BlobCopier:
         items = blob_order(blobs)
         # The counter is the copier's, shared by its runs: this run's bytes are what it adds.
         sent_before = self.counter.value
-        outcomes = parallel(concurrency, self.transfer, items)
+        outcomes = run_parallel(concurrency, self.transfer, items)
         counts = BlobCounts()
         for (_digest, size), outcome in zip(items, outcomes):
             setattr(counts, outcome, getattr(counts, outcome) + 1)
@@ -357,7 +343,7 @@ def copy(
         found = destination.current_name(name)
         return str(found["digest"]) if found else None
 
-    before = dict(zip(names, parallel(concurrency, current, names)))
+    before = dict(zip(names, run_parallel(concurrency, current, names)))
     if not overwrite:
         refuse_moves(plan, before, destination.describe())
     moved = moved_names(plan, before)

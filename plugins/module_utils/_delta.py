@@ -32,9 +32,8 @@ import json
 import os
 import stat
 import threading
-import time
 import typing as t
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
@@ -69,6 +68,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
 from ansible_collections.ironcore.image.plugins.module_utils._progress import ProgressRecorder
 from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer
 from ansible_collections.ironcore.image.plugins.module_utils._source import Source, SourceError
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobStream, ResumableRead, run_parallel
 
 DELTA_CHOICES = ("auto", "never")
 # Neighbouring ranges closer than this are fetched as one: a request costs more than 64 KiB of bytes.
@@ -636,6 +636,56 @@ def _runs_of(blocks: t.Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
+class _RangeReader(ResumableRead):
+    """Bytes [start, start+size) of a blob into the file at the same offset, bounded on every request."""
+
+    def __init__(
+        self,
+        source: Source,
+        digest: str,
+        offset: int,
+        length: int,
+        fd: int,
+        retries: int,
+        backoff: float,
+        counters: _Counters,
+        progress: t.Callable[[int], None] | None,
+    ):
+        super().__init__("range at %d of blob %s" % (offset, digest), offset, length, retries, backoff)
+        self.source = source
+        self.digest = digest
+        self.fd = fd
+        self.counters = counters
+        self.progress = progress
+
+    def length_of_request(self, offset: int) -> int | None:
+        return self.size - self.received
+
+    def open_at(self, offset: int, length: int | None) -> BlobStream:
+        self.counters.add(requests=1)
+        return self.source.open_blob(self.digest, offset, length)
+
+    def restart(self) -> None:
+        raise DeltaAbandoned("the source answered a Range request with the whole blob")
+
+    def mismatch(self, answered: int, asked: int) -> ImageError:
+        return DeltaAbandoned("the source answered a Range request with the whole blob")
+
+    def overrun(self) -> ImageError:
+        return DeltaAbandoned("the source answered a Range request with more than was asked (the whole blob?)")
+
+    def accept(self, chunk: t.Any) -> None:
+        if self.counters.stopped.is_set():
+            raise DeltaAbandoned("stopped: the assembly failed")
+        _pwrite_all(self.fd, chunk, self.start + self.received - len(chunk))
+        self.counters.add(fetched=len(chunk))
+        if self.progress is not None:
+            self.progress(len(chunk))
+
+    def give_up(self, exc: ImageError) -> ImageError:
+        return DeltaAbandoned("a range request failed after %d retries: %s" % (self.retries, exc))
+
+
 def fetch_range(
     source: Source,
     digest: str,
@@ -648,39 +698,11 @@ def fetch_range(
     progress: t.Callable[[int], None] | None = None,
 ) -> None:
     """GET bytes [offset, offset+length) into the file at the same offset; a broken transfer continues where it was."""
-    done = 0
-    failures = 0
-    while done < length:
-        before = done
-        try:
-            counters.add(requests=1)
-            stream = source.open_blob(digest, offset + done, length - done)
-            try:
-                if stream.offset != offset + done:
-                    raise DeltaAbandoned("the source answered a Range request with the whole blob")
-                for chunk in stream.iter_chunks(DOWNLOAD_CHUNK):
-                    if counters.stopped.is_set():
-                        raise DeltaAbandoned("stopped: the assembly failed")
-                    if done + len(chunk) > length:
-                        raise DeltaAbandoned(
-                            "the source answered a Range request with more than was asked (the whole blob?)"
-                        )
-                    _pwrite_all(fd, chunk, offset + done)
-                    done += len(chunk)
-                    counters.add(fetched=len(chunk))
-                    if progress is not None:
-                        progress(len(chunk))
-            finally:
-                stream.close()
-            if done < length:
-                raise SourceError("range at %d ended after %d of %d bytes" % (offset, done, length), retryable=True)
-        except SourceError as exc:
-            if not exc.retryable:
-                raise DeltaAbandoned("a range request failed: %s" % exc) from exc
-            failures = 0 if done > before else failures + 1
-            if failures > retries:
-                raise DeltaAbandoned("a range request failed after %d retries: %s" % (retries, exc)) from exc
-            time.sleep(min(backoff * (2 ** max(failures - 1, 0)), 10.0))
+    try:
+        _RangeReader(source, digest, offset, length, fd, retries, backoff, counters, progress).run()
+    except SourceError as exc:
+        # Not retryable (the reader retries the others).
+        raise DeltaAbandoned("a range request failed: %s" % exc) from exc
 
 
 def fetch_ranges(
@@ -694,20 +716,10 @@ def fetch_ranges(
     counters: _Counters,
     progress: t.Callable[[int], None] | None = None,
 ) -> None:
-    if not ranges:
-        return
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(ranges)))) as pool:
-        futures = [
-            pool.submit(fetch_range, source, digest, offset, length, fd, retries, backoff, counters, progress)
-            for offset, length in ranges
-        ]
-        not_done = wait(futures, return_when=FIRST_EXCEPTION).not_done
-        for future in not_done:
-            future.cancel()
-        wait(not_done)
-    for future in futures:
-        if not future.cancelled() and future.exception() is not None:
-            raise t.cast(BaseException, future.exception())
+    def one(item: tuple[int, int]) -> None:
+        fetch_range(source, digest, item[0], item[1], fd, retries, backoff, counters, progress)
+
+    run_parallel(max(1, concurrency), one, ranges)
 
 
 def file_digest(fd: int, size: int) -> HashingCounter:

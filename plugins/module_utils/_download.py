@@ -24,7 +24,6 @@ import typing as t
 import zlib
 from dataclasses import dataclass, field
 
-from ansible_collections.ironcore.image.plugins.module_utils import _stop
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, one_line
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     AtomicFile,
@@ -42,11 +41,11 @@ from ansible_collections.ironcore.image.plugins.module_utils._tar import (
     read_exact,
     read_member,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import RECEIVE_CHUNK, BlobStream, ResumableRead
 
 PARTIAL_PREFIX = ".ironcore-fetch."
-# Network read size: a read broken by a reset loses what it had gathered, so
-# it stays small; per-read overhead is still negligible next to hashing.
-DOWNLOAD_CHUNK = 1024 * 1024
+# Read size for unpacking and hashing local files; the network reads RECEIVE_CHUNK.
+DOWNLOAD_CHUNK = RECEIVE_CHUNK
 PARTIAL_SUFFIX = ".partial"
 # Default bound on what a tar+gzip layer may unpack to, as a multiple of its blob. Deflate itself
 # cannot exceed about 1032:1, and a raw disk image that is mostly unwritten (zeros) comes close to
@@ -107,7 +106,7 @@ def remove_stale_partials(directory: str, filename: str) -> None:
                 pass
 
 
-class _Receiver:
+class _Receiver(ResumableRead):
     """Appends a blob's bytes to an open partial file, resuming after interruptions."""
 
     def __init__(
@@ -121,17 +120,17 @@ class _Receiver:
         tally: _Tally,
         progress: ProgressRecorder | None = None,
     ):
+        super().__init__("blob %s" % layer.digest, 0, layer.size, retries, backoff)
         self.source = source
         self.layer = layer
         self.out = out
         # Hashed in a second thread, beside the receive and the write.
         self.counter: HashingCounter = BackgroundHashingCounter(counter)
-        self.retries = retries
-        self.backoff = backoff
+        self.received = self.counter.size
         self.tally = tally
         self.progress = progress
 
-    def _restart(self) -> None:
+    def restart(self) -> None:
         """The server answered the whole blob: drop what we had."""
         self.out.file.seek(0)
         self.out.file.truncate()
@@ -139,11 +138,8 @@ class _Receiver:
         if self.progress is not None:
             self.progress.start(self.layer.role, self.layer.size)
 
-    def _open(self, offset: int) -> t.Any:
+    def open_at(self, offset: int, length: int | None) -> BlobStream:
         """Open at `offset`; the source has already retried the request itself, so a failure here is final."""
-        # A resumed transfer asks for a bounded range (bytes=X-Y): the length is known, and a mirror is then
-        # asked for no more than what is missing.
-        length = self.layer.size - offset if offset > 0 else None
         try:
             return self.source.open_blob(self.layer.digest, offset, length)
         except SourceError as exc:
@@ -153,61 +149,43 @@ class _Receiver:
                 ) from exc
             raise DeliveryError(str(exc)) from exc
 
-    def _append_from(self, offset: int) -> None:
-        stream = self._open(offset)
-        try:
-            if stream.offset != offset:
-                if stream.offset != 0:
-                    raise DeliveryError(
-                        "blob %s: the source answered from byte %d when asked for byte %d"
-                        % (self.layer.digest, stream.offset, offset)
-                    )
-                self._restart()
-            for chunk in stream.iter_chunks(DOWNLOAD_CHUNK):
-                # A stop signal ends the transfer between chunks; what arrived stays in the partial.
-                _stop.check()
-                if self.counter.size + len(chunk) > self.layer.size:
-                    raise _Corrupt(
-                        "blob %s is larger than the %d bytes its descriptor says; refusing it"
-                        % (self.layer.digest, self.layer.size)
-                    )
-                self.out.write(chunk)
-                self.counter.update(chunk)
-                self.tally.received += len(chunk)
-                if self.progress is not None:
-                    self.progress.advance(self.layer.role, len(chunk))
-        finally:
-            stream.close()
+    def resumed(self, exc: ImageError) -> None:
+        # Every resume is a retry the user is told of, even one that gained bytes.
+        self.tally.resumes.append(
+            "resuming %s (%s) at byte %d of %d: %s"
+            % (self.layer.role, self.layer.digest, self.received, self.layer.size, one_line(exc))
+        )
 
-    def run(self) -> HashingCounter:
-        failures = 0
-        while self.counter.size < self.layer.size:
-            before = self.counter.size
-            try:
-                self._append_from(before)
-                if self.counter.size < self.layer.size:
-                    raise SourceError(
-                        "blob %s ended after %d of %d bytes" % (self.layer.digest, self.counter.size, self.layer.size),
-                        retryable=True,
-                    )
-            except SourceError as exc:
-                if not exc.retryable:
-                    raise DeliveryError(str(exc)) from exc
-                # Progress proves the link works: only attempts that gained nothing count towards giving up.
-                failures = 0 if self.counter.size > before else failures + 1
-                if failures > self.retries:
-                    raise DeliveryError(
-                        "%s; gave up after %d retries, %d of %d bytes are kept: run again to resume"
-                        % (exc, self.retries, self.counter.size, self.layer.size)
-                    ) from exc
-                # Yet every resume is a retry the user is told of, even one that gained bytes.
-                self.tally.resumes.append(
-                    "resuming %s (%s) at byte %d of %d: %s"
-                    % (self.layer.role, self.layer.digest, self.counter.size, self.layer.size, one_line(exc))
-                )
-                # Woken at once by a stop signal, which then ends the transfer.
-                _stop.STOPPED.wait(min(self.backoff * (2 ** max(failures - 1, 0)), 10.0))
-                _stop.check()
+    def accept(self, chunk: t.Any) -> None:
+        self.out.write(chunk)
+        self.counter.update(chunk)
+        self.tally.received += len(chunk)
+        if self.progress is not None:
+            self.progress.advance(self.layer.role, len(chunk))
+
+    def mismatch(self, answered: int, asked: int) -> ImageError:
+        return DeliveryError(
+            "blob %s: the source answered from byte %d when asked for byte %d" % (self.layer.digest, answered, asked)
+        )
+
+    def overrun(self) -> ImageError:
+        return _Corrupt(
+            "blob %s is larger than the %d bytes its descriptor says; refusing it"
+            % (self.layer.digest, self.layer.size)
+        )
+
+    def give_up(self, exc: ImageError) -> ImageError:
+        return DeliveryError(
+            "%s; gave up after %d retries, %d of %d bytes are kept: run again to resume"
+            % (exc, self.retries, self.received, self.layer.size)
+        )
+
+    def receive(self) -> HashingCounter:
+        try:
+            self.run()
+        except SourceError as exc:
+            # Not retryable (the loop retries the others): the delivery fails with the source's reason.
+            raise DeliveryError(str(exc)) from exc
         return self.counter
 
 
@@ -400,7 +378,7 @@ def _attempt(
             progress.advance(layer.role, counter.size if counter else 0)
         receiver = _Receiver(source, layer, out, counter or HashingCounter(), retries, backoff, tally, progress)
         try:
-            counter = receiver.run()
+            counter = receiver.receive()
             _verify(layer, counter)
         except _Corrupt:
             out.keep_partial = False
@@ -485,7 +463,6 @@ def stage(
                 resume = False
                 continue
             # A mirrored source (_mirrors) drops the mirrors that served wrong bytes and offers the next source.
-            reject = getattr(source, "reject_blob", None)
-            if reject is None or not reject(layer.digest, str(exc)):
+            if not source.reject_blob(layer.digest, str(exc)):
                 raise
             resume = False

@@ -25,7 +25,6 @@ import re
 import stat
 import time
 import typing as t
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from ansible_collections.ironcore.image.plugins.module_utils._delta import DeltaFetch
@@ -76,6 +75,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._source import (
     resolve_image,
     select_manifest,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import run_parallel
 
 STATE_FILE = PARTIAL_PREFIX + "state.json"
 LOCK_FILE = PARTIAL_PREFIX + "lock"
@@ -444,26 +444,17 @@ def _deliver_all(
         plan.delta = report.as_result()
         return staged
 
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(pending)))) as pool:
-        futures: dict[Future[Staged], FilePlan] = {pool.submit(one, plan): plan for plan in pending}
-        not_done = wait(futures, return_when=FIRST_EXCEPTION).not_done
-        for future in not_done:
-            future.cancel()
-        wait(not_done)
-    staged: list[tuple[FilePlan, Staged]] = []
-    failure: BaseException | None = None
-    for future, plan in futures.items():
-        if future.cancelled():
-            continue
-        error = future.exception()
-        if error is None:
-            staged.append((plan, future.result()))
-        elif failure is None:
-            failure = _as_fetch_error(plan, error)
-    if failure is not None:
-        for _plan, item in staged:
-            item.discard()
-        raise failure
+    def staged_one(plan: FilePlan) -> tuple[FilePlan, Staged]:
+        try:
+            return plan, one(plan)
+        except Exception as error:
+            converted = _as_fetch_error(plan, error)
+            if converted is error:
+                raise
+            raise converted from error
+
+    # A failure discards what the others staged: nothing is renamed into place unless all are verified.
+    staged = run_parallel(max(1, concurrency), staged_one, pending, discard=lambda done: done[1].discard())
     if progress is not None:
         progress.set_phase("commit")
     for plan, item in staged:
@@ -663,7 +654,7 @@ def _fetch(
     for line in resumes:
         if on_retry is not None:
             on_retry(line)
-    result["retries"] = int(getattr(source, "retries", 0)) + len(resumes)
+    result["retries"] = source.retries + len(resumes)
     return result
 
 

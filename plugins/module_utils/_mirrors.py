@@ -43,12 +43,12 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
 )
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import RegistryOptions
 from ansible_collections.ironcore.image.plugins.module_utils._source import (
-    BlobStream,
     RegistrySource,
     Source,
     SourceError,
     TranslatedStream,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobLocation, BlobStream
 
 # The annotation an OCI layout's index.json names its images with.
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
@@ -86,6 +86,10 @@ class MirrorConfigError(SourceError):
 
 class MirrorUnreachable(SourceError):
     """The mirror cannot be reached: it is left out for the rest of the run, not asked again for every digest."""
+
+
+class OriginUnreachable(SourceError):
+    """The origin could not be reached earlier in this run: not asked again (with its retries) for every name."""
 
 
 def _mirror_call(error_type: type[Exception], action: t.Callable[[], t.Any]) -> t.Any:
@@ -334,12 +338,14 @@ class MirroredSource:
         self.url_from = url_from
         self._document_bytes_from_origin = 0
         self.errors: list[dict[str, str]] = []
+        # Why the origin could not be reached, once a name lookup found it so; None while it answers.
+        self.origin_down: str | None = None
 
     # ---- bookkeeping -------------------------------------------------------
 
     @property
     def retries(self) -> int:
-        return int(getattr(self.origin, "retries", 0))
+        return self.origin.retries
 
     # What _signatures reads signatures through: the origin's client or layout (signatures are found by tag).
     @property
@@ -732,6 +738,9 @@ class _StoreOrigin:
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
         raise SourceError("a copy needs no blob location")
 
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        return False
+
 
 class MirroredStore:
     """A copy's registry source (_store.ImageSource) behind mirrors: names at the origin, content by digest."""
@@ -752,9 +761,26 @@ class MirroredStore:
     def describe(self) -> str:
         return str(self.store.describe())
 
-    def _at_origin(self, name: str, action: t.Callable[[], t.Any]) -> t.Any:
+    def _ask_origin(self, action: t.Callable[[], t.Any]) -> t.Any:
+        """action() at the origin, unless it was found unreachable before in this run.
+
+        Each `.sig` and referrers lookup would otherwise wait through the client's retries of a refused
+        connection again; the remembered reason is the answer instead, so it still surfaces where no
+        mirror has the thing.
+        """
+        down = self.mirrored.origin_down
+        if down is not None:
+            raise OriginUnreachable(down)
         try:
             return action()
+        except ImageError as exc:
+            if getattr(exc, "code", None) in UNREACHABLE_CODES:
+                self.mirrored.origin_down = str(exc)
+            raise
+
+    def _at_origin(self, name: str, action: t.Callable[[], t.Any]) -> t.Any:
+        try:
+            return self._ask_origin(action)
         except ImageError as exc:
             if self.mirrored.resolve_tags:
                 raise
@@ -812,7 +838,7 @@ class MirroredStore:
         a copy carries only what can be verified from it.
         """
         try:
-            return t.cast(t.Optional[dict[str, t.Any]], self.store.attachment_name(name))
+            return t.cast(t.Optional[dict[str, t.Any]], self._ask_origin(lambda: self.store.attachment_name(name)))
         except ImageError:
             if self.mirrored.resolve_tags:
                 raise
@@ -836,7 +862,9 @@ class MirroredStore:
         the tag schema through attachment_name(), in the same order.
         """
         try:
-            return t.cast(t.Optional[bytes], self.store.referrers_api(subject_digest, artifact_type))
+            return t.cast(
+                t.Optional[bytes], self._ask_origin(lambda: self.store.referrers_api(subject_digest, artifact_type))
+            )
         except ImageError:
             if self.mirrored.resolve_tags:
                 raise
@@ -867,6 +895,11 @@ class MirroredStore:
 
     def reject_blob(self, digest: str, reason: str) -> bool:
         return self.mirrored.reject_blob(digest, reason)
+
+    def blob_location(self, digest: str) -> BlobLocation:
+        """The origin's address, or with url_from=mirror a mirror's (MirroredSource.blob_location)."""
+        url, headers = self.mirrored.blob_location(digest)
+        return BlobLocation(url, headers)
 
     def local_blob_path(self, digest: str) -> str | None:
         return None

@@ -44,6 +44,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     SHA256_DIGEST_RE,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._store import ImageSource, LayoutStore, RegistryStore
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import backoff_delay
 from ansible_collections.ironcore.image.plugins.module_utils._walk import (
     Document,
     WalkError,
@@ -62,7 +63,7 @@ MAX_REFERRER_LAYERS = 256
 # Read-modify-write rounds of a registry's tag-schema index before giving up on concurrent writers.
 TAG_SCHEMA_ATTEMPTS = 6
 # After our write, a pause before the re-read, so that a writer who read before our write has landed
-# its own write by then; and the base of the backoff between rounds (both jittered).
+# its own write by then (jittered); and the base of the backoff between rounds (_transfer.backoff_delay).
 SETTLE_SECONDS = 0.1
 BACKOFF_SECONDS = 0.2
 
@@ -515,7 +516,7 @@ def _update_tag_schema(store: RegistryStore, tag: str, referrer: Referrer) -> No
         after = _tag_schema(store, tag)
         if _lists(after, referrer):
             return
-        time.sleep(BACKOFF_SECONDS * (attempt + 1) * random.uniform(0.5, 1.5))
+        time.sleep(backoff_delay(attempt, base=BACKOFF_SECONDS))
     raise ReferrersError(
         "the referrers index %s in %s kept losing referrer %s to concurrent writers (%d attempts); run again"
         % (tag, store.describe(), referrer.digest, TAG_SCHEMA_ATTEMPTS),

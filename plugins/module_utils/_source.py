@@ -48,24 +48,19 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import (
     normalise_config,
     select_entry,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobStream
 
 
 class SourceError(ImageError):
     """Reading from the source failed; `retryable` says whether trying again may help."""
 
 
-class BlobStream(t.Protocol):
-    """A blob body from some offset on (the registry client's BlobStream has this shape)."""
-
-    offset: int
-
-    def iter_chunks(self, size: int) -> t.Iterator[t.Any]: ...
-
-    def close(self) -> None: ...
-
-
 class Source(t.Protocol):
     ref: ImageReference
+
+    @property
+    def retries(self) -> int:
+        """Requests retried so far (a registry's client counts them; a layout never retries)."""
 
     def describe(self) -> str: ...
 
@@ -78,6 +73,9 @@ class Source(t.Protocol):
     def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream: ...
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]: ...
+
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        """After a blob failed verification: True when another source may serve it (mirrors), else False."""
 
 
 def _check_document(data: bytes, digest: str, what: str) -> bytes:
@@ -104,6 +102,10 @@ class LayoutSource:
         self.name = name
         if not self.layout.exists():
             raise SourceError("layout: %s is not an OCI image layout (no oci-layout file)" % self.layout.path)
+
+    @property
+    def retries(self) -> int:
+        return 0
 
     def describe(self) -> str:
         return "%s in layout %s" % (self.name, self.layout.path)
@@ -154,6 +156,9 @@ class LayoutSource:
             raise SourceError(
                 "cannot read blob %s in layout %s: %s" % (digest, self.layout.path, exc.strerror)
             ) from exc
+
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        return False
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
         try:
@@ -240,6 +245,9 @@ class RegistrySource:
         return TranslatedStream(
             self._call(lambda: self.client.open_blob(self.ref.repository, digest, offset, length)), self._call
         )
+
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        return False
 
     def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
         url = self._call(lambda: self.client.blob_url(self.ref.repository, digest))

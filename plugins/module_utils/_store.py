@@ -45,18 +45,19 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     InvalidReference,
     names_hint,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._upload import (
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import (
+    BlobLocation,
     BlobStream,
+    ResumableRead,
+    backoff_delay,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._upload import (
     ByteCounter,
     upload_blob,
     upload_stream,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._walk import Document
 
-# Network read size while receiving a blob, as a fetch reads (DOWNLOAD_CHUNK): 64 KiB reads cost
-# a copy into a layout a sixth of its CPU time in per-read overhead. A read broken by a reset
-# loses what it gathered, at most this much, and the resume starts after what was written.
-RECEIVE_CHUNK = 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
 # Pause between attempts of a layout's own resume loop when the source has no backoff of its own.
 LOCAL_BACKOFF = 0.2
@@ -102,6 +103,12 @@ class ImageSource(t.Protocol):
     def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream: ...
 
     def local_blob_path(self, digest: str) -> str | None: ...
+
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        """After a blob failed verification: True when another source may serve it (mirrors), else False."""
+
+    def blob_location(self, digest: str) -> BlobLocation:
+        """Where a plain client reads the blob (info's layer URLs, HTTP boot); an ImageError when it cannot say."""
 
     def retry_pause(self, attempt: int, what: str, reason: str) -> None: ...
 
@@ -255,8 +262,17 @@ class LayoutStore:
     def local_blob_path(self, digest: str) -> str | None:
         return self.layout.blob_path(digest)
 
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        return False
+
+    def blob_location(self, digest: str) -> BlobLocation:
+        try:
+            return BlobLocation("file://" + self.layout.blob_path(digest), {})
+        except LayoutError as exc:
+            raise StoreError(str(exc)) from exc
+
     def retry_pause(self, attempt: int, what: str, reason: str) -> None:
-        time.sleep(LOCAL_BACKOFF)
+        time.sleep(backoff_delay(attempt - 1, base=LOCAL_BACKOFF))
 
     # ---- writing --------------------------------------------------------
 
@@ -326,8 +342,7 @@ class LayoutStore:
             except _Corrupt as exc:
                 if not resume:
                     # A mirrored source (_mirrors) drops the mirrors that served wrong bytes and offers the next.
-                    reject = getattr(source, "reject_blob", None)
-                    if reject is None or not reject(digest, str(exc)):
+                    if not source.reject_blob(digest, str(exc)):
                         raise
                 # The kept bytes may be what was wrong: a clean attempt from byte 0.
                 resume = False
@@ -347,7 +362,7 @@ class LayoutStore:
             resumed = resume_hash(out, size) if resume else None
             # Kept on an interruption, so that the next attempt (or run) continues with Range.
             out.keep_partial = True
-            hashed = _Receiver(source, digest, size, out, resumed or HashingCounter(), counter).run(retries)
+            hashed = _Receiver(source, digest, size, out, resumed or HashingCounter(), counter, retries).receive()
             if hashed.size != size or hashed.digest != digest:
                 out.keep_partial = False
                 raise _Corrupt(
@@ -378,7 +393,7 @@ def _layout_name_candidates(name: str) -> list[str]:
     return candidates
 
 
-class _Receiver:
+class _Receiver(ResumableRead):
     """Appends a blob's bytes to an open partial file, continuing with Range after interruptions."""
 
     def __init__(
@@ -389,64 +404,48 @@ class _Receiver:
         out: AtomicFile,
         hashed: HashingCounter,
         counter: ByteCounter,
+        retries: int,
         verb: str = "copying",
     ):
+        super().__init__("%s blob %s from %s" % (verb, digest, source.describe()), 0, size, retries)
         self.source = source
         self.digest = digest
-        self.size = size
         self.out = out
         # Hashed in a second thread, beside the receive and the write.
         self.hashed: HashingCounter = BackgroundHashingCounter(hashed)
+        self.received = self.hashed.size
         self.counter = counter
-        self.what = "%s blob %s from %s" % (verb, digest, source.describe())
 
-    def append_from(self, offset: int) -> None:
-        # A resumed transfer asks for the bounded rest (bytes=X-Y), as fetch does.
-        stream = self.source.open_blob(self.digest, offset, self.size - offset if offset > 0 else None)
-        try:
-            if stream.offset != offset:
-                if stream.offset != 0:
-                    raise StoreError(
-                        "%s failed: the source answered from byte %d when asked for byte %d"
-                        % (self.what, stream.offset, offset)
-                    )
-                # The source sent the whole blob: start over.
-                self.out.file.seek(0)
-                self.out.file.truncate()
-                self.hashed = BackgroundHashingCounter()
-            for chunk in stream.iter_chunks(RECEIVE_CHUNK):
-                if self.hashed.size + len(chunk) > self.size:
-                    self.out.keep_partial = False
-                    raise _Corrupt(
-                        "%s failed: the blob is larger than the %d bytes its descriptor says" % (self.what, self.size)
-                    )
-                self.out.write(chunk)
-                self.hashed.update(chunk)
-                self.counter.add(len(chunk))
-        finally:
-            stream.close()
+    def open_at(self, offset: int, length: int | None) -> BlobStream:
+        return self.source.open_blob(self.digest, offset, length)
 
-    def run(self, retries: int) -> HashingCounter:
-        failures = 0
-        while self.hashed.size < self.size:
-            before = self.hashed.size
-            try:
-                self.append_from(before)
-                if self.hashed.size < self.size:
-                    raise StoreError(
-                        "%s failed: the blob ended after %d of %d bytes" % (self.what, self.hashed.size, self.size),
-                        retryable=True,
-                    )
-            except ImageError as exc:
-                if not exc.retryable:
-                    raise
-                # Progress proves the link works: only attempts that gained nothing count.
-                failures = 0 if self.hashed.size > before else failures + 1
-                if failures > retries:
-                    raise StoreError(
-                        "%s; %d of %d bytes are kept: run again to resume" % (exc, self.hashed.size, self.size)
-                    ) from exc
-                self.source.retry_pause(failures, self.what, "%d of %d bytes received" % (self.hashed.size, self.size))
+    def restart(self) -> None:
+        self.out.file.seek(0)
+        self.out.file.truncate()
+        self.hashed = BackgroundHashingCounter()
+
+    def accept(self, chunk: t.Any) -> None:
+        self.out.write(chunk)
+        self.hashed.update(chunk)
+        self.counter.add(len(chunk))
+
+    def mismatch(self, answered: int, asked: int) -> ImageError:
+        return StoreError(
+            "%s failed: the source answered from byte %d when asked for byte %d" % (self.what, answered, asked)
+        )
+
+    def overrun(self) -> ImageError:
+        self.out.keep_partial = False
+        return _Corrupt("%s failed: the blob is larger than the %d bytes its descriptor says" % (self.what, self.size))
+
+    def give_up(self, exc: ImageError) -> ImageError:
+        return StoreError("%s; %d of %d bytes are kept: run again to resume" % (exc, self.received, self.size))
+
+    def pause(self, failures: int) -> None:
+        self.source.retry_pause(failures, self.what, "%d of %d bytes received" % (self.received, self.size))
+
+    def receive(self) -> HashingCounter:
+        self.run()
         return self.hashed
 
 
@@ -459,8 +458,8 @@ def download_blob(source: ImageSource, digest: str, size: int, path: str) -> Non
     the bytes are not the blob; `path` is then not created.
     """
     with AtomicFile(path) as out:
-        receiver = _Receiver(source, digest, size, out, HashingCounter(), ByteCounter(), verb="downloading")
-        hashed = receiver.run(source.retries)
+        receiver = _Receiver(source, digest, size, out, HashingCounter(), ByteCounter(), source.retries, "downloading")
+        hashed = receiver.receive()
         if hashed.size != size or hashed.digest != digest:
             raise _Corrupt(
                 "blob %s from %s hashes to %s (%d bytes); the source is corrupt"
@@ -529,6 +528,13 @@ class RegistryStore:
 
     def local_blob_path(self, digest: str) -> str | None:
         return None
+
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        return False
+
+    def blob_location(self, digest: str) -> BlobLocation:
+        repository = str(self.repository)
+        return BlobLocation(self.client.blob_url(repository, digest), dict(self.client.auth_headers(repository)))
 
     def retry_pause(self, attempt: int, what: str, reason: str) -> None:
         # `attempt` counts from 1 here; the client's backoff from 0.

@@ -23,6 +23,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._client import (
     RegistryError,
     UploadSession,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobStream
 
 OCTET_STREAM = "application/octet-stream"
 # Codes after which a new upload session may well succeed.
@@ -67,16 +68,6 @@ class FileSlice:
         self._remaining -= len(data)
         self._counter.add(len(data))
         return data
-
-
-class BlobStream(t.Protocol):
-    """A blob body from some offset on (the registry client's BlobStream, a layout's file stream)."""
-
-    offset: int
-
-    def iter_chunks(self, size: int) -> t.Iterator[t.Any]: ...
-
-    def close(self) -> None: ...
 
 
 class StreamSlice:

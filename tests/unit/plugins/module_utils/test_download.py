@@ -32,6 +32,9 @@ class Interrupting:
         self.offsets: list[int] = []
         self.lengths: list[int | None] = []
 
+    def reject_blob(self, digest: str, reason: str) -> bool:
+        return False
+
     def open_blob(self, digest: str, offset: int = 0, length: int | None = None):
         self.offsets.append(offset)
         self.lengths.append(length)
