@@ -265,7 +265,7 @@ def _platforms(release: Release) -> tuple[list[str], list[str]]:
     return sorted(platforms), sorted(architectures)
 
 
-def _created(store: RegistryStore, release: Release) -> str | None:
+def created_of(store: RegistryStore, release: Release) -> str | None:
     """The creation time the image records: an annotation, else a config's `created`."""
     for document in reversed(release.graph.documents):
         value = (document.body.get("annotations") or {}).get(CREATED_ANNOTATION)
@@ -308,7 +308,7 @@ def describe_release(store: RegistryStore, release: Release, keys: t.Sequence[t.
         "architectures": architectures,
         "size": size,
         "size_human": human_size(size),
-        "created": _created(store, release),
+        "created": created_of(store, release),
         "signed": bool(signature["signed"]),
         "signers": signers,
         "referrers": list_referrers_digests(store, release.digest),

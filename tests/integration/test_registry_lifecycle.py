@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 from helpers.images import build_ours
+from helpers.registry import start_registry
 from helpers.signing import http_put_manifest, make_key, sig_tag
 
 PUSH = "ironcore.image.ironcore_image_push"
@@ -111,3 +112,131 @@ def test_info_groups_many_aliases_into_one_release(ansible, registry_plain, key,
     [release] = listed["releases"]
     assert release["digest"] == digests["2.0"]
     assert set(aliases) <= set(release["tags"])
+
+
+def skopeo_copy_all(registry, reference: str, target: str) -> None:
+    proc = subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--all",
+            "--quiet",
+            *registry.skopeo_flags("src-"),
+            "docker://%s/%s" % (registry.host, reference),
+            "dir:" + target,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, (reference, proc.stderr)
+
+
+def snapshot(registry, repository: str) -> dict[str, bytes]:
+    """tag -> the exact bytes skopeo reads for it."""
+    return {tag: raw(registry, "%s:%s" % (repository, tag)) for tag in registry_tags(registry, repository)}
+
+
+def listing(ansible, registry, repository: str) -> list[dict]:
+    listed = ansible.module(INFO, dict(registry.registry_args, name="%s/%s" % (registry.host, repository)))
+    assert listed.get("failed") is not True, listed
+    return listed["releases"]
+
+
+@pytest.mark.parametrize("fixture", ["registry_plain", "registry_referrers"])
+def test_prune_keeps_the_newest_releases_check_mode_first(ansible, key, tmp_path, request, fixture):
+    registry = request.getfixturevalue(fixture)
+    repository = "lifecycle/prune"
+    digests = publish(ansible, registry, tmp_path, repository, key, versions=("1.0", "1.1", "1.2", "1.3"))
+    releases = listing(ansible, registry, repository)
+    old = [r for r in releases if r["digest"] in (digests["1.0"], digests["1.1"])]
+    args = dict(registry.registry_args, name="%s/%s" % (registry.host, repository), keep=2)
+    before = snapshot(registry, repository)
+
+    dry = ansible.module(PRUNE, args, check=True, diff=True)
+
+    assert dry["changed"] is True, dry
+    assert [r["digest"] for r in dry["releases_removed"]] == [digests["1.1"], digests["1.0"]]
+    assert [r["digest"] for r in dry["releases_kept"]] == [digests["1.3"], digests["1.2"]]
+    assert set(dry["removed"]) == {tag for r in old for tag in r["tags"]} | {
+        tag for tag in before if tag.startswith("sha256-") and tag not in _attachments_of_kept(before, releases, old)
+    }
+    assert snapshot(registry, repository) == before
+
+    pruned = ansible.module(PRUNE, args, diff=True)
+
+    assert pruned["changed"] is True, pruned
+    assert pruned["manifests_deleted"] == dry["manifests_deleted"]
+    after = snapshot(registry, repository)
+    assert set(after) == set(before) - set(dry["removed"])
+    # What stays is byte-identical, complete (skopeo copies every platform) and signed.
+    assert all(after[tag] == before[tag] for tag in after)
+    for tag in after:
+        if not tag.startswith("sha256-"):
+            skopeo_copy_all(registry, "%s:%s" % (repository, tag), str(tmp_path / ("copy-" + tag)))
+    assert [r["digest"] for r in listing(ansible, registry, repository)] == [digests["1.3"], digests["1.2"]]
+    # No signature or referrers tag of a removed release remains.
+    removed_digests = set(pruned["manifests_deleted"])
+    assert not [tag for tag in after if tag.startswith("sha256-") and "sha256:" + tag[7:71] in removed_digests]
+    again = ansible.module(PRUNE, args)
+    assert again["changed"] is False, again
+
+
+def _attachments_of_kept(before: dict[str, bytes], releases: list[dict], old: list[dict]) -> set[str]:
+    """The sha256-* tags whose subject is not a document of an old release: they stay."""
+    old_tags = {tag for r in old for tag in r["tags"]}
+    return {tag for tag in before if tag.startswith("sha256-")} - {
+        tag for tag in before if tag.startswith("sha256-") and _subject_in_old(before, tag, old_tags)
+    }
+
+
+def _subject_in_old(before: dict[str, bytes], tag: str, old_tags: set[str]) -> bool:
+    subject = "sha256:" + tag[7:71]
+    documents = set()
+    for name in old_tags:
+        documents.add("sha256:" + __import__("hashlib").sha256(before[name]).hexdigest())
+        body = json.loads(before[name])
+        documents |= {entry["digest"] for entry in body.get("manifests", [])}
+    return subject in documents
+
+
+def test_remove_of_one_release_leaves_the_others_byte_identical(ansible, registry_plain, key, tmp_path):
+    repository = "lifecycle/remove"
+    digests = publish(ansible, registry_plain, tmp_path, repository, key)
+    before = snapshot(registry_plain, repository)
+    args = dict(registry_plain.registry_args, names=["%s/%s:1.1" % (registry_plain.host, repository)])
+
+    dry = ansible.module(REMOVE, args, check=True, diff=True)
+    assert dry["changed"] is True and digests["1.1"] in dry["manifests_deleted"], dry
+    assert snapshot(registry_plain, repository) == before
+
+    removed = ansible.module(REMOVE, args, diff=True)
+
+    assert removed["manifests_deleted"] == dry["manifests_deleted"]
+    after = snapshot(registry_plain, repository)
+    assert all(after[tag] == before[tag] for tag in after)
+    gone = set(before) - set(after)
+    assert {"1.1", "1.1-baremetal", "1.1-kvm-arm64", sig_tag(digests["1.1"])} <= gone
+    assert not {tag for tag in gone if tag.startswith(("1.0", "1.2"))}
+    assert [r["digest"] for r in listing(ansible, registry_plain, repository)] == [digests["1.2"], digests["1.0"]]
+
+
+@pytest.fixture(scope="module")
+def registry_no_delete(tmp_path_factory):
+    registry = start_registry("nodelete", str(tmp_path_factory.mktemp("registry-nodelete")), delete=False)
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
+
+def test_remove_where_deletion_is_disabled_fails_in_one_line(ansible, registry_no_delete, key, tmp_path):
+    publish(ansible, registry_no_delete, tmp_path, "lifecycle/nodelete", key, versions=("1.0",))
+    before = snapshot(registry_no_delete, "lifecycle/nodelete")
+    failed = ansible.module(
+        REMOVE, dict(registry_no_delete.registry_args, names=["%s/lifecycle/nodelete:1.0" % registry_no_delete.host])
+    )
+    assert failed.get("failed") is True, failed
+    assert "\n" not in failed["msg"]
+    assert "deletion is disabled on this registry: set REGISTRY_STORAGE_DELETE_ENABLED=true" in failed["msg"]
+    assert snapshot(registry_no_delete, "lifecycle/nodelete") == before
