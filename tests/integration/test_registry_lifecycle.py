@@ -132,8 +132,29 @@ def skopeo_copy_all(registry, reference: str, target: str) -> None:
     assert proc.returncode == 0, (reference, proc.stderr)
 
 
+ACCEPT = ", ".join(
+    "application/vnd.%s" % kind
+    for kind in (
+        "oci.image.index.v1+json",
+        "oci.image.manifest.v1+json",
+        "docker.distribution.manifest.list.v2+json",
+        "docker.distribution.manifest.v2+json",
+    )
+)
+
+
 def snapshot(registry, repository: str) -> dict[str, bytes]:
-    """tag -> the exact bytes skopeo reads for it."""
+    """tag -> the exact bytes the registry serves for it (plain HTTP GETs: a skopeo per tag is slow here)."""
+    snapshot = {}
+    for tag in registry_tags(registry, repository):
+        url = "http://%s/v2/%s/manifests/%s" % (registry.host, repository, tag)
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": ACCEPT})) as answer:
+            snapshot[tag] = answer.read()
+    return snapshot
+
+
+def skopeo_snapshot(registry, repository: str) -> dict[str, bytes]:
+    """tag -> the exact bytes `skopeo inspect --raw` reads for it."""
     return {tag: raw(registry, "%s:%s" % (repository, tag)) for tag in registry_tags(registry, repository)}
 
 
@@ -203,7 +224,7 @@ def _subject_in_old(before: dict[str, bytes], tag: str, old_tags: set[str]) -> b
 def test_remove_of_one_release_leaves_the_others_byte_identical(ansible, registry_plain, key, tmp_path):
     repository = "lifecycle/remove"
     digests = publish(ansible, registry_plain, tmp_path, repository, key)
-    before = snapshot(registry_plain, repository)
+    before = skopeo_snapshot(registry_plain, repository)
     args = dict(registry_plain.registry_args, names=["%s/%s:1.1" % (registry_plain.host, repository)])
 
     dry = ansible.module(REMOVE, args, check=True, diff=True)
@@ -213,7 +234,7 @@ def test_remove_of_one_release_leaves_the_others_byte_identical(ansible, registr
     removed = ansible.module(REMOVE, args, diff=True)
 
     assert removed["manifests_deleted"] == dry["manifests_deleted"]
-    after = snapshot(registry_plain, repository)
+    after = skopeo_snapshot(registry_plain, repository)
     assert all(after[tag] == before[tag] for tag in after)
     gone = set(before) - set(after)
     assert {"1.1", "1.1-baremetal", "1.1-kvm-arm64", sig_tag(digests["1.1"])} <= gone
@@ -240,3 +261,23 @@ def test_remove_where_deletion_is_disabled_fails_in_one_line(ansible, registry_n
     assert "\n" not in failed["msg"]
     assert "deletion is disabled on this registry: set REGISTRY_STORAGE_DELETE_ENABLED=true" in failed["msg"]
     assert snapshot(registry_no_delete, "lifecycle/nodelete") == before
+
+
+def test_remove_never_deletes_what_a_kept_tag_reaches(ansible, registry_plain, key, tmp_path):
+    """`mix` lists a manifest of 1.0 and one of 1.1 (a release of its own): removing 1.0 keeps the shared one."""
+    repository = "lifecycle/shared"
+    publish(ansible, registry_plain, tmp_path, repository, key, versions=("1.0", "1.1"))
+    first, second = (json.loads(raw(registry_plain, "%s:%s" % (repository, v))) for v in ("1.0", "1.1"))
+    mix = dict(first, manifests=[first["manifests"][0], second["manifests"][0]])
+    mixed = json.dumps(mix).encode()
+    http_put_manifest(registry_plain, repository, "mix", mixed, mix["mediaType"])
+
+    names = ["%s/%s:1.0" % (registry_plain.host, repository)]
+    removed = ansible.module(REMOVE, dict(registry_plain.registry_args, names=names))
+
+    assert removed["changed"] is True, removed
+    assert first["manifests"][0]["digest"] not in removed["manifests_deleted"]
+    tags = registry_tags(registry_plain, repository)
+    assert "mix" in tags and "1.0" not in tags and "1.1" in tags
+    assert raw(registry_plain, "%s:mix" % repository) == mixed
+    skopeo_copy_all(registry_plain, "%s:mix" % repository, str(tmp_path / "mix"))
