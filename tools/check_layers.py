@@ -29,6 +29,8 @@ DIRECTORY = os.path.join("plugins", "module_utils")
 # (row, its files), the top row first. Files on one row must not import each other.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("orchestration", ("_build.py", "_push.py", "_copy_image.py", "_fetch.py", "_info.py", "_lifecycle.py")),
+    ("registry lifecycle", ("_registry_lifecycle.py",)),
+    ("releases", ("_releases.py",)),
     ("delta fetch", ("_delta.py",)),
     ("copy engine", ("_copy.py",)),
     ("signatures", ("_signatures.py",)),

@@ -21,6 +21,10 @@ description:
     by the order of evidence M(ironcore.image.ironcore_image_fetch) describes.
   - With O(layout) and no O(name), lists every name the layout records in RV(images) instead, each with its
     digest, the platforms and architectures it serves and the bytes of all the blobs it reaches.
+  - With O(name) a registry repository without a tag, lists its releases in RV(releases), newest first. Every
+    tag is read through the paginated C(/v2/<name>/tags/list); tags are grouped by digest, so a release's platform
+    tags and aliases, its C(.sig) tags and its referrers-tag-schema (C(sha256-<hex>)) tags belong to it rather than
+    standing as releases of their own. See C(docs/lifecycle.md).
   - Reads only; every manifest is checked against its digest and refused above 4 MiB.
 author:
   - IronCore image collection maintainers (@ironcore-dev)
@@ -43,6 +47,8 @@ options:
       - Image reference, with a tag or an C(@sha256:) digest, for example V(registry.example.com/os/gardenlinux:1.0).
       - Without O(layout) it must start with the registry host (and port).
       - Required unless O(layout) is given; without it the layout's names are listed in RV(images).
+      - A registry repository without a tag or digest (V(registry.example.com/os/gardenlinux)) lists its releases
+        in RV(releases) instead, every tag grouped by the image it points into.
     type: str
   layout:
     description:
@@ -143,6 +149,12 @@ EXAMPLES = r"""
     include_credentials: true
   register: boot
   no_log: true
+
+- name: Which releases does the repository hold, newest first?
+  ironcore.image.ironcore_image_info:
+    name: registry.example.com/os/gardenlinux
+    signature_keys: [/etc/ironcore/release.pub]
+  register: releases
 
 - name: Which images does the layout hold, and how big is each?
   ironcore.image.ironcore_image_info:
@@ -314,6 +326,65 @@ sbom:
       type: list
       elements: str
   version_added: 0.2.0
+releases:
+  description:
+    - With O(name) a registry repository without a tag, its releases, newest first (by creation time, then by the
+      highest version among the tags).
+  returned: when O(name) is a repository without a tag
+  type: list
+  elements: dict
+  version_added: 0.2.0
+  contains:
+    tags:
+      description: Every tag that points into the release (its name, platform tags, aliases), sorted.
+      type: list
+      elements: str
+    digest:
+      description: Digest of the release's combined index (the largest document its tags reach).
+      type: str
+    platforms:
+      description: The platforms its manifests serve.
+      type: list
+      elements: str
+    architectures:
+      description: The architectures of its manifests.
+      type: list
+      elements: str
+    size:
+      description: Bytes of its documents and blobs, each counted once.
+      type: int
+    size_human:
+      description: RV(releases[].size) in binary units, for example V(1.5 GiB).
+      type: str
+    created:
+      description:
+        - The C(org.opencontainers.image.created) annotation, else the C(created) of a config; null when neither
+          records it.
+      type: str
+    signed:
+      description: Whether the index digest has a C(.sig).
+      type: bool
+    signers:
+      description:
+        - With O(signature_keys), the fingerprint of the key whose signature verified (empty when none did);
+          without, the fingerprints the signatures claim, unverified.
+      type: list
+      elements: str
+    referrers:
+      description: Digests of the referrers of the index (provenance, SBOM).
+      type: list
+      elements: str
+  sample:
+    - tags: ["1.2", "1.2-baremetal", "1.2-kvm", "latest"]
+      digest: sha256:0f3c...
+      platforms: [baremetal, virtualization]
+      architectures: [amd64, arm64]
+      size: 1073751234
+      size_human: 1.0 GiB
+      created: "2026-05-04T10:00:00Z"
+      signed: true
+      signers: ["SHA256:4b1e..."]
+      referrers: ["sha256:9a1d..."]
 images:
   description: With O(layout) and no O(name), every name the layout records, sorted by name.
   returned: when O(name) is not given
@@ -366,6 +437,8 @@ mirror_errors:
 """
 
 
+import typing as t
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
@@ -408,10 +481,16 @@ def main() -> None:
         needs += ("cryptography",)
     if needs:
         require(module, *needs)
-    if module.params["name"]:
-        run(module, lambda: warn_mirror_errors(image_info(module.params), module.warn))
-    else:
-        run(module, lambda: layout_images(module.params))
+    run(module, lambda: _describe(module.params, module.warn))
+
+
+def _describe(params: dict, warn: t.Callable[[str], None]) -> dict:
+    # Imported here: only a repository listing needs the signatures layer.
+    from ansible_collections.ironcore.image.plugins.module_utils._releases import registry_releases, wants_releases
+
+    if wants_releases(params):
+        return registry_releases(params)
+    return warn_mirror_errors(image_info(params), warn) if params["name"] else layout_images(params)
 
 
 if __name__ == "__main__":

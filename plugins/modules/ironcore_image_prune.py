@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: ironcore_image_prune
-short_description: Delete the blobs of an OCI image layout that no name reaches
+short_description: Delete the blobs of an OCI image layout that no name reaches, or old releases from a registry
 version_added: 0.2.0
 description:
   - Walks every entry of the layout's C(index.json) (named or not) through its indexes and manifests to the
@@ -28,10 +28,16 @@ description:
     reach, as long as the digest they are about is reached; they never keep that digest alive themselves. Those
     whose digest no name reaches any more (and whose document is older than O(grace_period)) are dropped from
     C(index.json) and listed in RV(names_removed), and their blobs are freed.
+  - With O(name) a registry repository instead of O(layout), keeps the O(keep) newest releases and those O(keep_tags)
+    names, and removes the others with their signatures and referrers, as M(ironcore.image.ironcore_image_remove)
+    does. The tags are listed again before each deletion, so a release pushed during the prune is not lost. Check
+    mode and diff list what would go. See C(docs/lifecycle.md) for what a registry needs for deletes and for its
+    garbage collection.
 author:
   - IronCore image collection maintainers (@ironcore-dev)
 extends_documentation_fragment:
   - ironcore.image.attributes
+  - ironcore.image.registry
 attributes:
   check_mode:
     support: full
@@ -44,9 +50,38 @@ attributes:
     details: Once the unreachable blobs are gone, a second run reports RV(ignore:changed=false).
 options:
   layout:
-    description: Path of the OCI image layout directory.
+    description:
+      - Path of the OCI image layout directory.
+      - Without it, O(name) is a registry repository whose old releases are deleted (see O(keep)).
     type: path
-    required: true
+  name:
+    description:
+      - A registry repository without a tag (V(registry.example.com/os/gardenlinux)), instead of O(layout).
+      - Its releases (as M(ironcore.image.ironcore_image_info) lists them) are ordered by O(order); the O(keep)
+        newest and those with a tag matching O(keep_tags) stay, the others are removed as
+        M(ironcore.image.ironcore_image_remove) removes a release, with their signatures and referrers.
+    type: str
+    version_added: 0.2.0
+  keep:
+    description: With O(name), how many of the newest releases to keep (besides those O(keep_tags) keeps).
+    type: int
+    version_added: 0.2.0
+  keep_tags:
+    description:
+      - With O(name), shell patterns (V(stable), V(lts-*)); a release with a tag matching one is never removed.
+    type: list
+    elements: str
+    default: []
+    version_added: 0.2.0
+  order:
+    description:
+      - With O(name), what "newest" means. V(semver), the highest version among a release's tags (numbers compare
+        as numbers, a leading V(v) ignored, pre-releases before their release); V(created), the creation time the
+        image records, then the version; V(tag), the highest tag in plain string order.
+    type: str
+    choices: [semver, created, tag]
+    default: semver
+    version_added: 0.2.0
   allow_shared_dest:
     description:
       - Work in a O(layout) whose directory, or whose C(blobs) or C(blobs/sha256) directory, other users can write
@@ -95,36 +130,66 @@ EXAMPLES = r"""
 - name: Report
   ansible.builtin.debug:
     msg: "{{ pruned.blobs_removed }} blobs, {{ pruned.bytes_freed }} bytes freed"
+
+- name: Keep the three newest releases and every stable or LTS one in the registry
+  ironcore.image.ironcore_image_prune:
+    name: registry.example.com/os/gardenlinux
+    keep: 3
+    keep_tags: [stable, lts-*]
 """
 
 RETURN = r"""
+releases_removed:
+  description: With O(name), the releases removed (in check mode, that would be), each with C(tags) and C(digest).
+  returned: with O(name)
+  type: list
+  elements: dict
+  version_added: 0.2.0
+releases_kept:
+  description: With O(name), the releases kept, each with C(tags) and C(digest).
+  returned: with O(name)
+  type: list
+  elements: dict
+  version_added: 0.2.0
+manifests_deleted:
+  description: With O(name), the digests of the manifests deleted (in check mode, that would be), in order.
+  returned: with O(name)
+  type: list
+  elements: str
+  version_added: 0.2.0
+removed:
+  description: With O(name), the tags removed (in check mode, that would be), sorted.
+  returned: with O(name)
+  type: list
+  elements: str
+  version_added: 0.2.0
 blobs_removed:
   description: How many blobs were deleted (in check mode, would be).
-  returned: always
+  returned: with O(layout)
   type: int
   sample: 7
 bytes_freed:
   description: Their size in bytes.
-  returned: always
+  returned: with O(layout)
   type: int
   sample: 1073741824
 digests:
   description: The digests of the deleted blobs, sorted, at most the first 100.
-  returned: always
+  returned: with O(layout)
   type: list
   elements: str
 digests_truncated:
   description: True when more blobs were deleted than RV(digests) lists.
-  returned: always
+  returned: with O(layout)
   type: bool
 blobs_kept_young:
   description: Unreachable blobs kept because they are younger than O(grace_period).
-  returned: always
+  returned: with O(layout)
   type: int
 names_removed:
   description:
     - The signature and referrers names dropped because the digest they are about is no longer reached, sorted.
-  returned: always
+  returned: with O(layout)
   type: list
   elements: str
 """
@@ -134,18 +199,39 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import prune_layout
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
+    REGISTRY_ARGUMENT_SPEC,
+    REGISTRY_REQUIRED_TOGETHER,
+)
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={
-            "layout": {"type": "path", "required": True},
-            "allow_shared_dest": {"type": "bool", "default": False},
-            "grace_period": {"type": "int", "default": 3600},
-        },
+        argument_spec=dict(
+            REGISTRY_ARGUMENT_SPEC,
+            layout={"type": "path"},
+            allow_shared_dest={"type": "bool", "default": False},
+            grace_period={"type": "int", "default": 3600},
+            name={"type": "str"},
+            keep={"type": "int"},
+            keep_tags={"type": "list", "elements": "str", "default": []},
+            order={"type": "str", "choices": ["semver", "created", "tag"], "default": "semver"},
+        ),
+        required_one_of=[("layout", "name")],
+        mutually_exclusive=[("layout", "name")],
+        required_by={"name": "keep"},
+        required_together=REGISTRY_REQUIRED_TOGETHER,
         supports_check_mode=True,
     )
-    run(module, lambda: prune_layout(module.params, module.check_mode))
+    run(module, lambda: _prune(module.params, module.check_mode))
+
+
+def _prune(params: dict, check_mode: bool) -> dict:
+    if params["layout"]:
+        return prune_layout(params, check_mode)
+    from ansible_collections.ironcore.image.plugins.module_utils._registry_lifecycle import prune_registry
+
+    return prune_registry(params, check_mode)
 
 
 if __name__ == "__main__":

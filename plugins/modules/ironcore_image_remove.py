@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: ironcore_image_remove
-short_description: Remove names of IronCore OS images from an OCI image layout
+short_description: Remove names of IronCore OS images from an OCI image layout or releases from a registry
 version_added: 0.2.0
 description:
   - Removes each name of O(names) from the C(index.json) of a local OCI image layout.
@@ -20,14 +20,23 @@ description:
     removes nothing reports RV(ignore:changed=false).
   - The signatures (C(sha256-<hex>.sig)) and referrers tag-schema indexes (C(sha256-<hex>)) of the digests that only
     the removed names reached go too, and are listed in RV(removed).
+  - Without O(layout), O(names) are registry names (V(registry.example.com/os/gardenlinux:1.0)) and each one's whole
+    release goes from its repository (its name, every platform tag and alias pointing into the same image, as
+    M(ironcore.image.ironcore_image_info) groups them). The manifests no remaining tag reaches are deleted by digest,
+    roots first, then their C(.sig) manifests, referrers-tag-schema indexes and referrers. A manifest a kept tag
+    still reaches is never deleted, and before each deletion the tags are listed again, so a tag pushed meanwhile
+    keeps what it reaches. The registry must allow deletes (distribution's C(REGISTRY_STORAGE_DELETE_ENABLED=true));
+    a registry that does not fails in one line. Its blobs are freed by the registry's own garbage collection. See
+    C(docs/lifecycle.md).
 author:
   - IronCore image collection maintainers (@ironcore-dev)
 extends_documentation_fragment:
   - ironcore.image.attributes
+  - ironcore.image.registry
 attributes:
   check_mode:
     support: full
-    details: Reports the names that would go; writes nothing.
+    details: Reports the names (and on a registry the manifests) that would go; writes nothing.
   diff_mode:
     support: full
     details: Shows each removed name with the digest it pointed at.
@@ -36,9 +45,10 @@ attributes:
     details: Once the names are gone, a second run reports RV(ignore:changed=false).
 options:
   layout:
-    description: Path of the OCI image layout directory.
+    description:
+      - Path of the OCI image layout directory.
+      - Without it, O(names) are registry names and their releases are deleted from the registry.
     type: path
-    required: true
   allow_shared_dest:
     description:
       - Work in a O(layout) whose directory, or whose C(blobs) or C(blobs/sha256) directory, other users can write
@@ -79,9 +89,19 @@ EXAMPLES = r"""
     - name: Delete the blobs no name reaches
       ironcore.image.ironcore_image_prune:
         layout: /var/lib/ironcore/layout
+
+- name: Delete release 0.9, its platform tags, aliases, signatures and referrers from the registry
+  ironcore.image.ironcore_image_remove:
+    names: [registry.example.com/os/gardenlinux:0.9]
 """
 
 RETURN = r"""
+manifests_deleted:
+  description: On a registry, the digests of the manifests deleted (in check mode, that would be), in order.
+  returned: without O(layout)
+  type: list
+  elements: str
+  version_added: 0.2.0
 removed:
   description:
     - The names removed by this run, platform names, signatures and referrers included, sorted; empty when none
@@ -93,23 +113,39 @@ removed:
 """
 
 
+import typing as t
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import remove_names
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
+from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
+    REGISTRY_ARGUMENT_SPEC,
+    REGISTRY_REQUIRED_TOGETHER,
+)
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={
-            "layout": {"type": "path", "required": True},
-            "allow_shared_dest": {"type": "bool", "default": False},
-            "names": {"type": "list", "elements": "str", "required": True},
-            "platform_tags": {"type": "bool", "default": True},
-        },
+        argument_spec=dict(
+            REGISTRY_ARGUMENT_SPEC,
+            layout={"type": "path"},
+            allow_shared_dest={"type": "bool", "default": False},
+            names={"type": "list", "elements": "str", "required": True},
+            platform_tags={"type": "bool", "default": True},
+        ),
+        required_together=REGISTRY_REQUIRED_TOGETHER,
         supports_check_mode=True,
     )
-    run(module, lambda: remove_names(module.params, module.check_mode, module.warn))
+    run(module, lambda: _remove(module.params, module.check_mode, module.warn))
+
+
+def _remove(params: dict, check_mode: bool, warn: t.Callable[[str], None]) -> dict:
+    if params["layout"]:
+        return remove_names(params, check_mode, warn)
+    from ansible_collections.ironcore.image.plugins.module_utils._registry_lifecycle import remove_registry_names
+
+    return remove_registry_names(params, check_mode)
 
 
 if __name__ == "__main__":

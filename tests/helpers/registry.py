@@ -319,14 +319,17 @@ class Registry:
             self.token_server.stop()
 
 
-def _config_yaml(port: int, storage: str, tls: TestPki | None, auth: dict[str, t.Any] | None) -> str:
+def _config_yaml(
+    port: int, storage: str, tls: TestPki | None, auth: dict[str, t.Any] | None, delete: bool = True
+) -> str:
     # JSON is YAML: no YAML library needed to write the registry's config.
     config: dict[str, t.Any] = {
         "version": 0.1,
         "log": {"level": "info", "accesslog": {"disabled": True}},
         "storage": {
             "filesystem": {"rootdirectory": storage},
-            "delete": {"enabled": True},
+            # storage.delete.enabled (REGISTRY_STORAGE_DELETE_ENABLED): without it, manifest DELETEs are refused.
+            "delete": {"enabled": delete},
             "maintenance": {"uploadpurging": {"enabled": False}},
         },
         "http": {"addr": "127.0.0.1:%d" % port, "secret": base64.b16encode(os.urandom(16)).decode()},
@@ -338,8 +341,10 @@ def _config_yaml(port: int, storage: str, tls: TestPki | None, auth: dict[str, t
     return json.dumps(config, indent=2)
 
 
-def start_registry(name: str, directory: str, tls: bool = False, auth: str | None = None) -> Registry:
-    """Start docker-registry: auth None (anonymous), "htpasswd" (bcrypt Basic) or "token"."""
+def start_registry(
+    name: str, directory: str, tls: bool = False, auth: str | None = None, delete: bool = True
+) -> Registry:
+    """Start docker-registry: auth None (anonymous), "htpasswd" (Basic) or "token"; delete=False refuses deletes."""
     if shutil.which(REGISTRY_BINARY) is None:
         raise RuntimeError(
             "%s is not installed: run `make system-deps` (Debian package docker-registry)" % REGISTRY_BINARY
@@ -366,7 +371,9 @@ def start_registry(name: str, directory: str, tls: bool = False, auth: str | Non
             }
         }
     port = free_port()
-    config = _write(os.path.join(directory, "config.yml"), _config_yaml(port, storage, pki, auth_config).encode())
+    config = _write(
+        os.path.join(directory, "config.yml"), _config_yaml(port, storage, pki, auth_config, delete).encode()
+    )
     log_path = os.path.join(directory, "registry.log")
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
