@@ -121,7 +121,7 @@ def starters() -> dict[int, int]:
     except OSError:
         return found
     pid = leader
-    for _ in range(2):
+    for _generation in range(2):
         if pid <= 1:
             break
         known = _process_start(pid)
