@@ -31,6 +31,7 @@ description:
 author:
   - IronCore image collection maintainers (@ironcore-dev)
 extends_documentation_fragment:
+  - ironcore.image.shared_layout
   - ironcore.image.attributes
   - ironcore.image.registry
 attributes:
@@ -49,18 +50,6 @@ options:
       - Path of the OCI image layout directory.
       - Without it, O(names) are registry names and their releases are deleted from the registry.
     type: path
-  allow_shared_dest:
-    description:
-      - Work in a O(layout) whose directory, or whose C(blobs) or C(blobs/sha256) directory, other users can write
-        to (writable by its group or others without the sticky bit, or owned by another user than root or the one
-        running the module).
-      - By default such a layout is refused, since whoever can write there could plant links or swap files where
-        the module writes C(index.json), as root.
-      - A symbolic link at C(blobs) or C(blobs/sha256) is refused even then.
-      - Set it only when everyone who can write to the directory is trusted.
-    type: bool
-    default: false
-    version_added: 0.2.0
   names:
     description:
       - The names to remove, as recorded or in their normalised form (V(registry.example.com/os/gardenlinux)

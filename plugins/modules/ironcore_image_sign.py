@@ -23,6 +23,7 @@ description:
   - The private key is read from O(key), never copied, logged or returned; the results give its public key's
     fingerprint.
 extends_documentation_fragment:
+  - ironcore.image.shared_layout
   - ironcore.image.attributes
   - ironcore.image.registry
 author:
@@ -50,18 +51,6 @@ options:
       - Sign the image in this OCI image layout instead of a registry. The C(.sig) manifests are recorded as
         names of the layout, C(<repository>:sha256-<hex>.sig).
     type: path
-  allow_shared_dest:
-    description:
-      - With O(layout), sign in a layout whose directory, or whose C(blobs) or C(blobs/sha256) directory, other
-        users can write to (writable by its group or others without the sticky bit, or owned by another user than
-        root or the one running the module).
-      - By default such a layout is refused, since whoever can write there could plant links or swap files where
-        the module writes blobs and C(index.json), as root.
-      - A symbolic link at C(blobs) or C(blobs/sha256) is refused even then.
-      - Set it only when everyone who can write to the directory is trusted.
-    type: bool
-    default: false
-    version_added: 0.2.0
   key:
     description:
       - PEM file of the EC P-256 private key, PKCS#8 (C(BEGIN PRIVATE KEY), C(BEGIN ENCRYPTED PRIVATE KEY)) or
