@@ -290,7 +290,7 @@ def created_of(store: RegistryStore, release: Release) -> str | None:
 
 def version_key(tag: str) -> tuple[t.Any, ...]:
     """Semantic-version order of a tag: numbers compare as numbers, `v` prefixes ignored, pre-releases first."""
-    core, _, pre = tag.lstrip("vV").partition("-")
+    core, _dash, pre = tag.lstrip("vV").partition("-")
     numbers = [int(part) if part.isdigit() else -1 for part in re.split(r"[.+]", core)]
     return (numbers, 0 if pre else 1, pre)
 
@@ -341,7 +341,8 @@ def wants_releases(params: t.Mapping[str, t.Any]) -> bool:
 
 def repository_store(params: t.Mapping[str, t.Any]) -> RegistryStore:
     store = open_store(dict(params, layout=None))
-    assert isinstance(store, RegistryStore)
+    if not isinstance(store, RegistryStore):
+        raise AssertionError("open_store without a layout returned %r" % (store,))
     return store
 
 

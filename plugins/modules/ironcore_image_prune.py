@@ -189,7 +189,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import prune_layout
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
-    REGISTRY_ARGUMENT_SPEC,
+    CONNECTION_ARGUMENT_SPEC,
     REGISTRY_REQUIRED_TOGETHER,
 )
 
@@ -197,7 +197,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._registry_args impo
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            REGISTRY_ARGUMENT_SPEC,
+            CONNECTION_ARGUMENT_SPEC,
             layout={"type": "path"},
             allow_shared_dest={"type": "bool", "default": False},
             grace_period={"type": "int", "default": 3600},
