@@ -206,7 +206,10 @@ def bad_cases(paths, tmp_path):
         ),
         ({"artifacts": [dict(amd, kernel=folder)]}, "artifacts[0].kernel: %s is a directory" % folder),
         ({"artifacts": [dict(amd, initramfs=device)]}, "artifacts[0].initramfs: /dev/null is not a regular file"),
-        ({"artifacts": [dict(amd, architecture="x86")]}, "architecture must be one of: amd64, arm64, got: x86"),
+        (
+            {"artifacts": [dict(amd, architecture="x86")]},
+            "architecture must be one of: amd64, arm64, x86_64, aarch64, got: x86",
+        ),
         (
             {"platforms": ["cloud"]},
             "value of platforms must be one or more of: baremetal, virtualization, metal, kvm. Got no match for: cloud",

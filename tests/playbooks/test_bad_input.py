@@ -165,7 +165,7 @@ def test_build_missing_artifacts_listed_in_one_message(ansible, tmp_path):
     )
     assert "missing required arguments: build_name" in failures["no-name"][1]
     assert (
-        "value of architecture must be one of: amd64, arm64, got: sparc found in build_artifacts"
+        "value of architecture must be one of: amd64, arm64, x86_64, aarch64, got: sparc found in build_artifacts"
         in failures["bad-arch"][1]
     )
     assert_nothing_changed(document, str(layout))
