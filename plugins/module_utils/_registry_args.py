@@ -37,6 +37,11 @@ TRANSFER_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
 
 REGISTRY_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {**CONNECTION_ARGUMENT_SPEC, **TRANSFER_ARGUMENT_SPEC}
 
+# For modules that send requests but move no blob (remove and prune on a registry): no concurrency.
+REQUEST_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
+    name: spec for name, spec in REGISTRY_ARGUMENT_SPEC.items() if name != "concurrency"
+}
+
 # For AnsibleModule(required_together=...): a user without a password (or the
 # reverse) is always a mistake.
 REGISTRY_REQUIRED_TOGETHER: list[list[str]] = [["username", "password"]]

@@ -189,15 +189,15 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import prune_layout
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
-    CONNECTION_ARGUMENT_SPEC,
     REGISTRY_REQUIRED_TOGETHER,
+    REQUEST_ARGUMENT_SPEC,
 )
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            CONNECTION_ARGUMENT_SPEC,
+            REQUEST_ARGUMENT_SPEC,
             layout={"type": "path"},
             allow_shared_dest={"type": "bool", "default": False},
             grace_period={"type": "int", "default": 3600},
