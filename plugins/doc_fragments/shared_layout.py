@@ -1,7 +1,7 @@
 # Copyright (c) IronCore image collection contributors
 # Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
 
-"""The refusal of a layout that other users can write to, documented once for the modules that change a layout."""
+"""Options of the modules that change a layout, documented once: the shared-directory refusal and the lock wait."""
 
 from __future__ import annotations
 
@@ -21,5 +21,17 @@ options:
       - Set it only when everyone who can write to the directory is trusted.
     type: bool
     default: false
+    version_added: 0.2.0
+"""
+
+    # ironcore.image.shared_layout.lock_timeout: build and copy, which wait for the layout's locks.
+    LOCK_TIMEOUT = r"""
+options:
+  lock_timeout:
+    description:
+      - Seconds to wait for another run that changes the same layout (a build, a copy into it, a prune) before
+        failing in one line. Unset waits as long as that run takes.
+      - A run that has to wait says so at once in a warning naming the layout and since when.
+    type: float
     version_added: 0.2.0
 """

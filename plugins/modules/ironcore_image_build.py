@@ -36,6 +36,7 @@ requirements:
   - jsonschema >= 4.0
 extends_documentation_fragment:
   - ironcore.image.attributes
+  - ironcore.image.shared_layout.lock_timeout
 attributes:
   check_mode:
     support: full
@@ -182,13 +183,6 @@ options:
         warrants).
     type: int
     default: 4096
-    version_added: 0.2.0
-  lock_timeout:
-    description:
-      - Seconds to wait for another run that changes the same layout (a build, a copy into it, a prune) before
-        failing in one line. Unset waits as long as that run takes.
-      - A run that has to wait says so at once in a warning naming the layout and since when.
-    type: float
     version_added: 0.2.0
 seealso:
   - module: ironcore.image.ironcore_image_push

@@ -29,6 +29,7 @@ description:
     result is not changed.
 extends_documentation_fragment:
   - ironcore.image.attributes
+  - ironcore.image.shared_layout.lock_timeout
   - ironcore.image.registry.endpoints
 author:
   - IronCore image collection maintainers (@ironcore-dev)
@@ -86,13 +87,6 @@ options:
       - A symbolic link at C(blobs) or C(blobs/sha256) is refused even then.
     type: bool
     default: false
-  lock_timeout:
-    description:
-      - Seconds to wait for another run that changes the same layout (a build, a copy into it, a prune) before
-        failing in one line. Unset waits as long as that run takes.
-      - A run that has to wait says so at once in a warning naming the layout and since when.
-    type: float
-    version_added: 0.2.0
 notes:
   - SIGINT, SIGTERM and SIGHUP (Ctrl-C in C(ansible-playbook), a cancelled AWX job) end the module within
     seconds with C(interrupted by SIGTERM; partial downloads are kept and the next run resumes); its locks are
