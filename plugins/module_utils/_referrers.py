@@ -24,7 +24,6 @@ The stores are the copy engine's (`_store.py`), every document is checked by
 from __future__ import annotations
 
 import contextlib
-import io
 import random
 import re
 import threading
@@ -267,45 +266,9 @@ def _measure(blob: ReferrerBlob) -> _Layer:
 def _put_blob(store: Store, layer: _Layer) -> None:
     blob = layer.blob
     if blob.data is not None:
-        put_small_blob(store, blob.data)
-        return
-    if isinstance(store, LayoutStore):
-        try:
-            digest, _size, _written = store.layout.import_file(str(blob.path))
-        except (LayoutError, OSError) as exc:
-            raise ReferrersError("storing a referrer blob in %s failed: %s" % (store.describe(), exc)) from exc
-        if digest != layer.digest:
-            raise ReferrersError("referrer blob %s changed while it was stored; nothing was attached" % blob.path)
-        return
-    if store.has_blob(layer.digest, layer.size):
-        return
-    from ansible_collections.ironcore.image.plugins.module_utils._upload import upload_blob
-
-    upload_blob(store.client, str(store.repository), layer.digest, layer.size, str(blob.path), store.chunk_size)
-
-
-def put_small_blob(store: Store, data: bytes) -> None:
-    """Store a small blob held in memory, unless the store has it."""
-    if isinstance(store, LayoutStore):
-        try:
-            store.layout.put_bytes(data)
-        except (LayoutError, OSError) as exc:
-            raise ReferrersError("storing a blob in %s failed: %s" % (store.describe(), exc)) from exc
-        return
-    digest = sha256_digest(data)
-    if store.has_blob(digest, len(data)):
-        return
-    # Only the upload helpers know how to send a body; a small blob in memory is its own file.
-    from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter, FileSlice, upload_from
-
-    counter = ByteCounter()
-    upload_from(
-        store.client,
-        str(store.repository),
-        digest,
-        len(data),
-        lambda start, length: FileSlice(io.BytesIO(data), start, length, counter),
-    )
+        store.put_small_blob(blob.data)
+    else:
+        store.put_file_blob(str(blob.path), layer.digest, layer.size)
 
 
 # ---- listing ----------------------------------------------------------------

@@ -24,6 +24,7 @@ cannot even read.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import time
 import typing as t
@@ -36,6 +37,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
     FileStream,
     HashingCounter,
     resume_hash,
+    sha256_digest,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -53,7 +55,9 @@ from ansible_collections.ironcore.image.plugins.module_utils._transfer import (
 )
 from ansible_collections.ironcore.image.plugins.module_utils._upload import (
     ByteCounter,
+    FileSlice,
     upload_blob,
+    upload_from,
     upload_stream,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._walk import Document
@@ -61,6 +65,11 @@ from ansible_collections.ironcore.image.plugins.module_utils._walk import Docume
 PARTIAL_SUFFIX = ".partial"
 # Pause between attempts of a layout's own resume loop when the source has no backoff of its own.
 LOCAL_BACKOFF = 0.2
+
+
+def _reason(exc: Exception) -> str:
+    """An OSError's own words without its errno prefix; other errors as they are."""
+    return str(exc.strerror) if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 class StoreError(ImageError):
@@ -136,6 +145,12 @@ class ImageDestination(t.Protocol):
     def put_blob(self, source: ImageSource, digest: str, size: int, counter: ByteCounter, retries: int) -> None: ...
 
     def put_document(self, document: Document) -> None: ...
+
+    def put_small_blob(self, data: bytes) -> None: ...
+
+    def put_file_blob(self, path: str, digest: str, size: int) -> None: ...
+
+    def writing(self, check_mode: bool) -> t.ContextManager[t.Any]: ...
 
     def current_name(self, name: str) -> dict[str, t.Any] | None: ...
 
@@ -324,6 +339,44 @@ class LayoutStore:
 
     def mount_blob(self, digest: str, from_repository: str) -> bool:
         return False
+
+    def put_small_blob(self, data: bytes) -> None:
+        """Store a blob held in memory (a signature payload, a config), unless the layout has it."""
+        try:
+            self.layout.put_bytes(data)
+        except (LayoutError, OSError) as exc:
+            raise StoreError("storing a blob in %s failed: %s" % (self.describe(), _reason(exc))) from exc
+
+    def put_file_blob(self, path: str, digest: str, size: int) -> None:
+        """Store a local file as the blob `digest`, unless the layout has it; refuse a file that changed."""
+        try:
+            stored, _size, _written = self.layout.import_file(path)
+        except (LayoutError, OSError) as exc:
+            raise StoreError("storing %s in %s failed: %s" % (path, self.describe(), _reason(exc))) from exc
+        if stored != digest:
+            raise StoreError("%s changed while it was stored in %s; run again" % (path, self.describe()))
+
+    @contextlib.contextmanager
+    def writing(self, check_mode: bool) -> t.Iterator[LayoutStore]:
+        """The span of one write: the blob lock from the first "have I got it" until the names are
+        recorded, so a prune waits (see hold_blobs); a new layout takes it in prepare(). Nested spans
+        keep the outer one's lock; check mode takes none."""
+        held_before = self._holding is not None
+        if not check_mode and self.layout.exists():
+            self.hold_blobs()
+        try:
+            yield self
+        finally:
+            if not held_before:
+                self.close()
+
+    def name_for_tag(self, ref: ImageReference, tag: str) -> str:
+        """A layout records full references, so that one layout holds several repositories."""
+        return str(ref.with_tag(tag))
+
+    def name_to_resolve(self, ref: ImageReference, given: str) -> str:
+        """What resolve() takes for a name: the name as given (resolve tries its other spellings)."""
+        return given
 
     def partial_path(self, digest: str) -> str:
         """Stable per blob, so an interrupted copy finds what the last one received."""
@@ -583,6 +636,37 @@ class RegistryStore:
         upload_stream(
             self.client, repository, digest, size, lambda offset: source.open_blob(digest, offset), counter, session
         )
+
+    def put_small_blob(self, data: bytes) -> None:
+        """Upload a blob held in memory (a signature payload, a config), unless the repository has it."""
+        digest = sha256_digest(data)
+        if self.has_blob(digest, len(data)):
+            return
+        upload_from(
+            self.client,
+            str(self.repository),
+            digest,
+            len(data),
+            lambda start, length: FileSlice(io.BytesIO(data), start, length, ByteCounter()),
+        )
+
+    def put_file_blob(self, path: str, digest: str, size: int) -> None:
+        """Upload a local file as the blob `digest`, unless the repository has it (the upload verifies it)."""
+        if not self.has_blob(digest, size):
+            upload_blob(self.client, str(self.repository), digest, size, path, self.chunk_size)
+
+    @contextlib.contextmanager
+    def writing(self, check_mode: bool) -> t.Iterator[RegistryStore]:
+        """A registry has no lock to hold across a write: its names are set by single PUTs."""
+        yield self
+
+    def name_for_tag(self, ref: ImageReference, tag: str) -> str:
+        """A repository's names are its tags."""
+        return tag
+
+    def name_to_resolve(self, ref: ImageReference, given: str) -> str:
+        """What resolve() takes for a name: its tag or digest within this repository."""
+        return ref.reference
 
     def put_document(self, document: Document) -> None:
         self._put(document, document.digest)
