@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import random
+import threading
 import time
 import typing as t
 
@@ -41,6 +43,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
 )
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    OCI_MANIFEST,
     REF_NAME_ANNOTATION,
     SHA256_DIGEST_RE,
     ImageReference,
@@ -63,6 +66,18 @@ from ansible_collections.ironcore.image.plugins.module_utils._upload import (
 from ansible_collections.ironcore.image.plugins.module_utils._walk import Document
 
 PARTIAL_SUFFIX = ".partial"
+# The header a registry with the referrers API answers a manifest PUT with when it indexed its subject.
+SUBJECT_HEADER = "OCI-Subject"
+# Read-modify-write rounds of a registry name (a tag-schema index) before giving up on concurrent writers.
+NAME_UPDATE_ATTEMPTS = 6
+# After our write, a pause before the re-read, so that a writer who read before our write has landed
+# its own write by then (jittered); and the base of the backoff between rounds (_transfer.backoff_delay).
+SETTLE_SECONDS = 0.1
+NAME_BACKOFF_SECONDS = 0.2
+
+# Threads of one process that update the same registry name wait for each other (processes cannot).
+_NAME_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
+_NAME_LOCKS_GUARD = threading.Lock()
 # Pause between attempts of a layout's own resume loop when the source has no backoff of its own.
 LOCAL_BACKOFF = 0.2
 
@@ -151,6 +166,10 @@ class ImageDestination(t.Protocol):
     def put_file_blob(self, path: str, digest: str, size: int) -> None: ...
 
     def writing(self, check_mode: bool) -> t.ContextManager[t.Any]: ...
+
+    def put_referrer(self, digest: str, manifest: bytes) -> bool: ...
+
+    def update_name(self, name: str, change: t.Callable[[], Document | None]) -> None: ...
 
     def current_name(self, name: str) -> dict[str, t.Any] | None: ...
 
@@ -356,6 +375,22 @@ class LayoutStore:
         if stored != digest:
             raise StoreError("%s changed while it was stored in %s; run again" % (path, self.describe()))
 
+    def put_referrer(self, digest: str, manifest: bytes) -> bool:
+        """Store a referrer manifest; False: a layout lists referrers only in their tag-schema index."""
+        self.put_small_blob(manifest)
+        return False
+
+    def update_name(self, name: str, change: t.Callable[[], Document | None]) -> None:
+        """Point `name` at what `change()` makes of it, under the index lock (None: it says so already)."""
+        try:
+            with self.layout.locked():
+                document = change()
+                if document is not None:
+                    self.layout.put_bytes(document.data)
+                    self.layout.set_refs({name: document.descriptor})
+        except (LayoutError, OSError) as exc:
+            raise StoreError("updating %s in %s failed: %s" % (name, self.describe(), _reason(exc))) from exc
+
     @contextlib.contextmanager
     def writing(self, check_mode: bool) -> t.Iterator[LayoutStore]:
         """The span of one write: the blob lock from the first "have I got it" until the names are
@@ -431,6 +466,15 @@ class LayoutStore:
         self.layout.put_bytes(document.data)
         with self.layout.locked():
             self.layout.set_refs({name: descriptor})
+
+
+@contextlib.contextmanager
+def _name_lock(store: RegistryStore, name: str) -> t.Iterator[None]:
+    key = (str(store.registry), str(store.repository), name)
+    with _NAME_LOCKS_GUARD:
+        lock = _NAME_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        yield
 
 
 def _layout_name_candidates(name: str) -> list[str]:
@@ -659,6 +703,35 @@ class RegistryStore:
     def writing(self, check_mode: bool) -> t.Iterator[RegistryStore]:
         """A registry has no lock to hold across a write: its names are set by single PUTs."""
         yield self
+
+    def put_referrer(self, digest: str, manifest: bytes) -> bool:
+        """PUT a referrer manifest by digest; True when the registry says (OCI-Subject) that it indexed the subject."""
+        what = "pushing referrer %s to %s" % (digest, self.describe())
+        _digest, headers = self.client.put_manifest_answer(str(self.repository), digest, manifest, OCI_MANIFEST, what)
+        return bool(headers.get(SUBJECT_HEADER))
+
+    def update_name(self, name: str, change: t.Callable[[], Document | None]) -> None:
+        """Point `name` at what `change()` makes of it (None: it says so already), with no lock to take.
+
+        Write, pause so that a writer who read before our write lands its own,
+        re-read, and go again while change() still has something to add (a
+        concurrent write dropped ours). Threads of this process take turns.
+        """
+        with _name_lock(self, name):
+            for attempt in range(NAME_UPDATE_ATTEMPTS):
+                document = change()
+                if document is None:
+                    return
+                self.set_name(name, document.descriptor, document)
+                time.sleep(SETTLE_SECONDS * random.uniform(0.5, 1.5))
+                if change() is None:
+                    return
+                time.sleep(backoff_delay(attempt, base=NAME_BACKOFF_SECONDS))
+        raise StoreError(
+            "%s in %s kept losing our change to concurrent writers (%d attempts); run again"
+            % (name, self.describe(), NAME_UPDATE_ATTEMPTS),
+            retryable=True,
+        )
 
     def name_for_tag(self, ref: ImageReference, tag: str) -> str:
         """A repository's names are its tags."""

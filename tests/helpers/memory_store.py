@@ -183,6 +183,15 @@ class MemoryStore:
             raise StoreError("%s is not the blob %s its descriptor says" % (path, digest))
         self.blobs[digest] = data
 
+    def put_referrer(self, digest: str, manifest: bytes) -> bool:
+        self.documents[digest] = manifest
+        return False
+
+    def update_name(self, name: str, change: t.Callable[[], Document | None]) -> None:
+        document = change()
+        if document is not None:
+            self.set_name(name, document.descriptor, document)
+
     @contextlib.contextmanager
     def writing(self, check_mode: bool) -> t.Iterator[MemoryStore]:
         yield self
