@@ -41,7 +41,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
     Store,
     attach_manifest,
     list_referrers,
-    put_small_blob,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._sign import SIGNATURE_ANNOTATION
 from ansible_collections.ironcore.image.plugins.module_utils._signatures import (
@@ -509,7 +508,7 @@ def _carry(source: ImageSource, destination: ImageDestination, attachment: Attac
         return 0
     store = t.cast(Store, destination)
     for data in attachment.extra.values():
-        put_small_blob(store, data)
+        store.put_small_blob(data)
     documents = [document for document in attachment.graph.documents if document.digest != attachment.document.digest]
     for document in documents:
         destination.put_document(document)

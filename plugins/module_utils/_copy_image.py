@@ -16,7 +16,6 @@ refused is refused before the first write.
 
 from __future__ import annotations
 
-import contextlib
 import typing as t
 from dataclasses import dataclass
 
@@ -165,13 +164,9 @@ def copy_image(
         else None
     )
     plan = plan_copy(source_store, pairs, carry)
-    with contextlib.ExitStack() as held:
-        if isinstance(destination_store, LayoutStore):
-            # The blob lock from the copy's first question about what the layout has (its names and signatures
-            # too) until its names are recorded; a new layout takes it in prepare(). Let go when the copy ends.
-            if not check_mode and destination_store.layout.exists():
-                destination_store.hold_blobs()
-            held.enter_context(destination_store)
+    # A layout's blob lock from the copy's first question about what it has (its names and signatures too)
+    # until its names are recorded.
+    with destination_store.writing(check_mode):
         result = copy(
             source_store,
             destination_store,

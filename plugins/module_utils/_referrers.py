@@ -23,19 +23,13 @@ The stores are the copy engine's (`_store.py`), every document is checked by
 
 from __future__ import annotations
 
-import contextlib
-import io
-import random
 import re
-import threading
-import time
 import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError, load_json
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import canonical_json, hash_file, sha256_digest
-from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     MAX_DOCUMENT_SIZE,
     MAX_INDEX_ENTRIES,
@@ -44,7 +38,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     SHA256_DIGEST_RE,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._store import ImageSource, LayoutStore, RegistryStore
-from ansible_collections.ironcore.image.plugins.module_utils._transfer import backoff_delay
 from ansible_collections.ironcore.image.plugins.module_utils._walk import (
     Document,
     WalkError,
@@ -56,22 +49,9 @@ from ansible_collections.ironcore.image.plugins.module_utils._walk import (
 EMPTY_CONFIG_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 # The OCI empty descriptor's blob: digest sha256:44136fa3...a, size 2.
 EMPTY_CONFIG = b"{}"
-# The header a registry with the referrers API answers a manifest PUT with when it indexed its subject.
-SUBJECT_HEADER = "OCI-Subject"
 # A referrer manifest lists a handful of layers; more than this is not one we write or read.
 MAX_REFERRER_LAYERS = 256
-# Read-modify-write rounds of a registry's tag-schema index before giving up on concurrent writers.
-TAG_SCHEMA_ATTEMPTS = 6
-# After our write, a pause before the re-read, so that a writer who read before our write has landed
-# its own write by then (jittered); and the base of the backoff between rounds (_transfer.backoff_delay).
-SETTLE_SECONDS = 0.1
-BACKOFF_SECONDS = 0.2
-
 Store = t.Union[LayoutStore, RegistryStore]
-
-# Threads of one process that update the same tag-schema index wait for each other (processes cannot).
-_TAG_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
-_TAG_LOCKS_GUARD = threading.Lock()
 
 
 class ReferrersError(ImageError):
@@ -267,45 +247,9 @@ def _measure(blob: ReferrerBlob) -> _Layer:
 def _put_blob(store: Store, layer: _Layer) -> None:
     blob = layer.blob
     if blob.data is not None:
-        put_small_blob(store, blob.data)
-        return
-    if isinstance(store, LayoutStore):
-        try:
-            digest, _size, _written = store.layout.import_file(str(blob.path))
-        except (LayoutError, OSError) as exc:
-            raise ReferrersError("storing a referrer blob in %s failed: %s" % (store.describe(), exc)) from exc
-        if digest != layer.digest:
-            raise ReferrersError("referrer blob %s changed while it was stored; nothing was attached" % blob.path)
-        return
-    if store.has_blob(layer.digest, layer.size):
-        return
-    from ansible_collections.ironcore.image.plugins.module_utils._upload import upload_blob
-
-    upload_blob(store.client, str(store.repository), layer.digest, layer.size, str(blob.path), store.chunk_size)
-
-
-def put_small_blob(store: Store, data: bytes) -> None:
-    """Store a small blob held in memory, unless the store has it."""
-    if isinstance(store, LayoutStore):
-        try:
-            store.layout.put_bytes(data)
-        except (LayoutError, OSError) as exc:
-            raise ReferrersError("storing a blob in %s failed: %s" % (store.describe(), exc)) from exc
-        return
-    digest = sha256_digest(data)
-    if store.has_blob(digest, len(data)):
-        return
-    # Only the upload helpers know how to send a body; a small blob in memory is its own file.
-    from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter, FileSlice, upload_from
-
-    counter = ByteCounter()
-    upload_from(
-        store.client,
-        str(store.repository),
-        digest,
-        len(data),
-        lambda start, length: FileSlice(io.BytesIO(data), start, length, counter),
-    )
+        store.put_small_blob(blob.data)
+    else:
+        store.put_file_blob(str(blob.path), layer.digest, layer.size)
 
 
 # ---- listing ----------------------------------------------------------------
@@ -423,111 +367,31 @@ def attach_manifest(
     Shared by attach_referrer() and the copy engine, which carries referrers
     from one store to another with their exact bytes.
     """
-    if isinstance(store, LayoutStore):
-        return _attach_to_layout(store, subject_digest, referrer, manifest, put_blobs, check_mode)
-    return _attach_to_registry(store, subject_digest, referrer, manifest, put_blobs, check_mode)
-
-
-def _attach_to_layout(
-    store: LayoutStore,
-    subject_digest: str,
-    referrer: Referrer,
-    manifest: bytes,
-    put_blobs: t.Callable[[], None],
-    check_mode: bool,
-) -> bool:
     tag = referrers_tag(subject_digest)
-    store.require()
-    layout = store.layout
-    if check_mode:
-        current = _tag_schema(store, tag)
-        return not _lists(current, referrer)
-    try:
-        # The blob lock first (a prune waits until the name is recorded), then the index lock.
-        with layout.adding_blobs():
-            current = _tag_schema(store, tag)
-            if _lists(current, referrer):
-                return False
-            put_blobs()
-            layout.put_bytes(manifest)
-            with layout.locked():
-                current = _tag_schema(store, tag)
-                if _lists(current, referrer):
-                    return False
-                data = referrers_index(merged(current[1] if current else [], referrer))
-                layout.put_bytes(data)
-                layout.set_refs({tag: Document(sha256_digest(data), OCI_INDEX, data, True).descriptor})
-    except (LayoutError, OSError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise ReferrersError(
-            "attaching a referrer to %s in %s failed: %s" % (subject_digest, store.describe(), reason)
-        ) from exc
+    # A layout's blob lock first (a prune waits until the name is recorded), then its index lock in update_name().
+    with store.writing(check_mode):
+        listed, by_api = _listing(store, subject_digest)
+        if any(entry.digest == referrer.digest for entry in listed):
+            return False
+        if check_mode:
+            return True
+        put_blobs()
+        if store.put_referrer(referrer.digest, manifest) or by_api:
+            # The registry lists it by itself.
+            return True
+        store.update_name(tag, lambda: _index_with(store, tag, referrer))
     return True
+
+
+def _index_with(store: Store, tag: str, referrer: Referrer) -> Document | None:
+    """The tag-schema index `tag` with `referrer` added; None when it lists it already."""
+    current = _tag_schema(store, tag)
+    if _lists(current, referrer):
+        return None
+    data = referrers_index(merged(current[1] if current else [], referrer))
+    return Document(sha256_digest(data), OCI_INDEX, data, True)
 
 
 def _lists(tag_schema: tuple[dict[str, t.Any], list[Referrer]] | None, referrer: Referrer) -> bool:
     """Whether a tag-schema index (as _tag_schema() reads it; None when there is none) lists `referrer`."""
     return tag_schema is not None and any(entry.digest == referrer.digest for entry in tag_schema[1])
-
-
-def _attach_to_registry(
-    store: RegistryStore,
-    subject_digest: str,
-    referrer: Referrer,
-    manifest: bytes,
-    put_blobs: t.Callable[[], None],
-    check_mode: bool,
-) -> bool:
-    tag = referrers_tag(subject_digest)
-    listed, by_api = _listing(store, subject_digest)
-    if any(entry.digest == referrer.digest for entry in listed):
-        return False
-    if check_mode:
-        return True
-    put_blobs()
-    indexed = _put_manifest(store, referrer.digest, manifest)
-    if indexed or by_api:
-        # The registry lists it by itself.
-        return True
-    with _thread_lock(store, tag):
-        _update_tag_schema(store, tag, referrer)
-    return True
-
-
-def _put_manifest(store: RegistryStore, digest: str, manifest: bytes) -> bool:
-    """PUT the referrer by digest; True when the registry says (OCI-Subject) that it indexed the subject."""
-    what = "pushing referrer %s to %s" % (digest, store.describe())
-    _digest, headers = store.client.put_manifest_answer(str(store.repository), digest, manifest, OCI_MANIFEST, what)
-    return bool(headers.get(SUBJECT_HEADER))
-
-
-def _update_tag_schema(store: RegistryStore, tag: str, referrer: Referrer) -> None:
-    """Read-modify-write the tag-schema index; re-read after each write, again while a concurrent writer drops us."""
-    for attempt in range(TAG_SCHEMA_ATTEMPTS):
-        current = _tag_schema(store, tag)
-        entries = current[1] if current else []
-        if any(entry.digest == referrer.digest for entry in entries):
-            return
-        data = referrers_index(merged(entries, referrer))
-        document = Document(sha256_digest(data), OCI_INDEX, data, True)
-        store.set_name(tag, document.descriptor, document)
-        # A writer who read the index before our write lands its own write by now, then we see it.
-        time.sleep(SETTLE_SECONDS * random.uniform(0.5, 1.5))
-        after = _tag_schema(store, tag)
-        if _lists(after, referrer):
-            return
-        time.sleep(backoff_delay(attempt, base=BACKOFF_SECONDS))
-    raise ReferrersError(
-        "the referrers index %s in %s kept losing referrer %s to concurrent writers (%d attempts); run again"
-        % (tag, store.describe(), referrer.digest, TAG_SCHEMA_ATTEMPTS),
-        retryable=True,
-    )
-
-
-@contextlib.contextmanager
-def _thread_lock(store: RegistryStore, tag: str) -> t.Iterator[None]:
-    key = (str(store.registry), str(store.repository), tag)
-    with _TAG_LOCKS_GUARD:
-        lock = _TAG_LOCKS.setdefault(key, threading.Lock())
-    with lock:
-        yield

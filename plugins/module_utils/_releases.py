@@ -33,7 +33,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import deci
 from ansible_collections.ironcore.image.plugins.module_utils._signatures import (
     _describe_digest,
     _read_small_blob,
-    open_store,
+    open_registry_store,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._store import RegistryStore
 from ansible_collections.ironcore.image.plugins.module_utils._walk import Graph, walk
@@ -340,10 +340,7 @@ def wants_releases(params: t.Mapping[str, t.Any]) -> bool:
 
 
 def repository_store(params: t.Mapping[str, t.Any]) -> RegistryStore:
-    store = open_store(dict(params, layout=None))
-    if not isinstance(store, RegistryStore):
-        raise AssertionError("open_store without a layout returned %r" % (store,))
-    return store
+    return open_registry_store(params)
 
 
 def registry_releases(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:

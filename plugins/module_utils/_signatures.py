@@ -39,7 +39,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
     ReferrerBlob,
     attach_referrer,
     list_referrers,
-    put_small_blob,
     read_referrer,
     source_store,
 )
@@ -104,7 +103,7 @@ class SignResult:
 def signature_name(store: Store, ref: ImageReference, digest: str) -> str:
     """What the store calls the `.sig` of `digest`: the tag in a registry, the full reference in a layout."""
     tag = signature_tag(digest)
-    return str(ref.with_tag(tag)) if isinstance(store, LayoutStore) else tag
+    return store.name_for_tag(ref, tag)
 
 
 def read_signatures(store: Store, ref: ImageReference, digest: str) -> list[SignedPayload] | None:
@@ -255,8 +254,8 @@ def sign_digest(store: Store, ref: ImageReference, digest: str, key: t.Any, chec
             "layers": layers,
         }
     )
-    put_small_blob(store, payload)
-    put_small_blob(store, config)
+    store.put_small_blob(payload)
+    store.put_small_blob(config)
     signed = Document(sha256_digest(document), OCI_MANIFEST, document, False)
     store.set_name(signature_name(store, ref, digest), signed.descriptor, signed)
     return True
@@ -272,11 +271,8 @@ def sign_image(
     sbom: bool = False,
 ) -> SignResult:
     """Sign the digest `name` resolves to and every index and manifest it reaches; attach provenance and SBOM."""
-    with contextlib.ExitStack() as held:
-        if isinstance(store, LayoutStore) and not check_mode:
-            # From the first blob stored (or found stored) to the last name: a prune waits (see hold_blobs).
-            store.hold_blobs()
-            held.enter_context(store)
+    # From the first blob stored (or found stored) to the last name: a prune waits.
+    with store.writing(check_mode):
         return _sign_image(store, name, key_path, passphrase, check_mode, provenance, sbom)
 
 
@@ -291,7 +287,7 @@ def _sign_image(
 ) -> SignResult:
     ref = _parse(name)
     key = load_private_key(key_path, passphrase)
-    root = store.resolve(ref.reference if isinstance(store, RegistryStore) else name)
+    root = store.resolve(store.name_to_resolve(ref, name))
     graph = walk(store.read_document, [root], store.describe())
     result = SignResult(digest=str(root["digest"]), fingerprint=fingerprint(key))
     # Children first, as the walk returns them; the image's own digest last.
@@ -320,6 +316,13 @@ def open_store(params: t.Mapping[str, t.Any], on_retry: t.Callable[[str], None] 
         store.require()
         store.refuse_shared()
         return store
+    return open_registry_store(params, on_retry)
+
+
+def open_registry_store(
+    params: t.Mapping[str, t.Any], on_retry: t.Callable[[str], None] | None = None
+) -> RegistryStore:
+    """The registry repository of `name`, through the module's registry options."""
     from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
     from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
         InvalidRegistryOptions,

@@ -24,7 +24,10 @@ cannot even read.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import random
+import threading
 import time
 import typing as t
 
@@ -36,9 +39,11 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
     FileStream,
     HashingCounter,
     resume_hash,
+    sha256_digest,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    OCI_MANIFEST,
     REF_NAME_ANNOTATION,
     SHA256_DIGEST_RE,
     ImageReference,
@@ -53,14 +58,33 @@ from ansible_collections.ironcore.image.plugins.module_utils._transfer import (
 )
 from ansible_collections.ironcore.image.plugins.module_utils._upload import (
     ByteCounter,
+    FileSlice,
     upload_blob,
+    upload_from,
     upload_stream,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._walk import Document
 
 PARTIAL_SUFFIX = ".partial"
+# The header a registry with the referrers API answers a manifest PUT with when it indexed its subject.
+SUBJECT_HEADER = "OCI-Subject"
+# Read-modify-write rounds of a registry name (a tag-schema index) before giving up on concurrent writers.
+NAME_UPDATE_ATTEMPTS = 6
+# After our write, a pause before the re-read, so that a writer who read before our write has landed
+# its own write by then (jittered); and the base of the backoff between rounds (_transfer.backoff_delay).
+SETTLE_SECONDS = 0.1
+NAME_BACKOFF_SECONDS = 0.2
+
+# Threads of one process that update the same registry name wait for each other (processes cannot).
+_NAME_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
+_NAME_LOCKS_GUARD = threading.Lock()
 # Pause between attempts of a layout's own resume loop when the source has no backoff of its own.
 LOCAL_BACKOFF = 0.2
+
+
+def _reason(exc: Exception) -> str:
+    """An OSError's own words without its errno prefix; other errors as they are."""
+    return str(exc.strerror) if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 class StoreError(ImageError):
@@ -136,6 +160,16 @@ class ImageDestination(t.Protocol):
     def put_blob(self, source: ImageSource, digest: str, size: int, counter: ByteCounter, retries: int) -> None: ...
 
     def put_document(self, document: Document) -> None: ...
+
+    def put_small_blob(self, data: bytes) -> None: ...
+
+    def put_file_blob(self, path: str, digest: str, size: int) -> None: ...
+
+    def writing(self, check_mode: bool) -> t.ContextManager[t.Any]: ...
+
+    def put_referrer(self, digest: str, manifest: bytes) -> bool: ...
+
+    def update_name(self, name: str, change: t.Callable[[], Document | None]) -> None: ...
 
     def current_name(self, name: str) -> dict[str, t.Any] | None: ...
 
@@ -325,6 +359,60 @@ class LayoutStore:
     def mount_blob(self, digest: str, from_repository: str) -> bool:
         return False
 
+    def put_small_blob(self, data: bytes) -> None:
+        """Store a blob held in memory (a signature payload, a config), unless the layout has it."""
+        try:
+            self.layout.put_bytes(data)
+        except (LayoutError, OSError) as exc:
+            raise StoreError("storing a blob in %s failed: %s" % (self.describe(), _reason(exc))) from exc
+
+    def put_file_blob(self, path: str, digest: str, size: int) -> None:
+        """Store a local file as the blob `digest`, unless the layout has it; refuse a file that changed."""
+        try:
+            stored, _size, _written = self.layout.import_file(path)
+        except (LayoutError, OSError) as exc:
+            raise StoreError("storing %s in %s failed: %s" % (path, self.describe(), _reason(exc))) from exc
+        if stored != digest:
+            raise StoreError("%s changed while it was stored in %s; run again" % (path, self.describe()))
+
+    def put_referrer(self, digest: str, manifest: bytes) -> bool:
+        """Store a referrer manifest; False: a layout lists referrers only in their tag-schema index."""
+        self.put_small_blob(manifest)
+        return False
+
+    def update_name(self, name: str, change: t.Callable[[], Document | None]) -> None:
+        """Point `name` at what `change()` makes of it, under the index lock (None: it says so already)."""
+        try:
+            with self.layout.locked():
+                document = change()
+                if document is not None:
+                    self.layout.put_bytes(document.data)
+                    self.layout.set_refs({name: document.descriptor})
+        except (LayoutError, OSError) as exc:
+            raise StoreError("updating %s in %s failed: %s" % (name, self.describe(), _reason(exc))) from exc
+
+    @contextlib.contextmanager
+    def writing(self, check_mode: bool) -> t.Iterator[LayoutStore]:
+        """The span of one write: the blob lock from the first "have I got it" until the names are
+        recorded, so a prune waits (see hold_blobs); a new layout takes it in prepare(). Nested spans
+        keep the outer one's lock; check mode takes none."""
+        held_before = self._holding is not None
+        if not check_mode and self.layout.exists():
+            self.hold_blobs()
+        try:
+            yield self
+        finally:
+            if not held_before:
+                self.close()
+
+    def name_for_tag(self, ref: ImageReference, tag: str) -> str:
+        """A layout records full references, so that one layout holds several repositories."""
+        return str(ref.with_tag(tag))
+
+    def name_to_resolve(self, ref: ImageReference, given: str) -> str:
+        """What resolve() takes for a name: the name as given (resolve tries its other spellings)."""
+        return given
+
     def partial_path(self, digest: str) -> str:
         """Stable per blob, so an interrupted copy finds what the last one received."""
         blob = self.layout.blob_path(digest)
@@ -378,6 +466,15 @@ class LayoutStore:
         self.layout.put_bytes(document.data)
         with self.layout.locked():
             self.layout.set_refs({name: descriptor})
+
+
+@contextlib.contextmanager
+def _name_lock(store: RegistryStore, name: str) -> t.Iterator[None]:
+    key = (str(store.registry), str(store.repository), name)
+    with _NAME_LOCKS_GUARD:
+        lock = _NAME_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        yield
 
 
 def _layout_name_candidates(name: str) -> list[str]:
@@ -583,6 +680,66 @@ class RegistryStore:
         upload_stream(
             self.client, repository, digest, size, lambda offset: source.open_blob(digest, offset), counter, session
         )
+
+    def put_small_blob(self, data: bytes) -> None:
+        """Upload a blob held in memory (a signature payload, a config), unless the repository has it."""
+        digest = sha256_digest(data)
+        if self.has_blob(digest, len(data)):
+            return
+        upload_from(
+            self.client,
+            str(self.repository),
+            digest,
+            len(data),
+            lambda start, length: FileSlice(io.BytesIO(data), start, length, ByteCounter()),
+        )
+
+    def put_file_blob(self, path: str, digest: str, size: int) -> None:
+        """Upload a local file as the blob `digest`, unless the repository has it (the upload verifies it)."""
+        if not self.has_blob(digest, size):
+            upload_blob(self.client, str(self.repository), digest, size, path, self.chunk_size)
+
+    @contextlib.contextmanager
+    def writing(self, check_mode: bool) -> t.Iterator[RegistryStore]:
+        """A registry has no lock to hold across a write: its names are set by single PUTs."""
+        yield self
+
+    def put_referrer(self, digest: str, manifest: bytes) -> bool:
+        """PUT a referrer manifest by digest; True when the registry says (OCI-Subject) that it indexed the subject."""
+        what = "pushing referrer %s to %s" % (digest, self.describe())
+        _digest, headers = self.client.put_manifest_answer(str(self.repository), digest, manifest, OCI_MANIFEST, what)
+        return bool(headers.get(SUBJECT_HEADER))
+
+    def update_name(self, name: str, change: t.Callable[[], Document | None]) -> None:
+        """Point `name` at what `change()` makes of it (None: it says so already), with no lock to take.
+
+        Write, pause so that a writer who read before our write lands its own,
+        re-read, and go again while change() still has something to add (a
+        concurrent write dropped ours). Threads of this process take turns.
+        """
+        with _name_lock(self, name):
+            for attempt in range(NAME_UPDATE_ATTEMPTS):
+                document = change()
+                if document is None:
+                    return
+                self.set_name(name, document.descriptor, document)
+                time.sleep(SETTLE_SECONDS * random.uniform(0.5, 1.5))
+                if change() is None:
+                    return
+                time.sleep(backoff_delay(attempt, base=NAME_BACKOFF_SECONDS))
+        raise StoreError(
+            "%s in %s kept losing our change to concurrent writers (%d attempts); run again"
+            % (name, self.describe(), NAME_UPDATE_ATTEMPTS),
+            retryable=True,
+        )
+
+    def name_for_tag(self, ref: ImageReference, tag: str) -> str:
+        """A repository's names are its tags."""
+        return tag
+
+    def name_to_resolve(self, ref: ImageReference, given: str) -> str:
+        """What resolve() takes for a name: its tag or digest within this repository."""
+        return ref.reference
 
     def put_document(self, document: Document) -> None:
         self._put(document, document.digest)

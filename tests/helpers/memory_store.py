@@ -7,6 +7,7 @@ mypy checks it against the protocols (`_typed` below), so a protocol change show
 
 from __future__ import annotations
 
+import contextlib
 import typing as t
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
@@ -171,6 +172,29 @@ class MemoryStore:
 
     def put_document(self, document: Document) -> None:
         self.documents[document.digest] = document.data
+
+    def put_small_blob(self, data: bytes) -> None:
+        self.blobs[sha256_digest(data)] = data
+
+    def put_file_blob(self, path: str, digest: str, size: int) -> None:
+        with open(path, "rb") as blob:
+            data = blob.read()
+        if len(data) != size or sha256_digest(data) != digest:
+            raise StoreError("%s is not the blob %s its descriptor says" % (path, digest))
+        self.blobs[digest] = data
+
+    def put_referrer(self, digest: str, manifest: bytes) -> bool:
+        self.documents[digest] = manifest
+        return False
+
+    def update_name(self, name: str, change: t.Callable[[], Document | None]) -> None:
+        document = change()
+        if document is not None:
+            self.set_name(name, document.descriptor, document)
+
+    @contextlib.contextmanager
+    def writing(self, check_mode: bool) -> t.Iterator[MemoryStore]:
+        yield self
 
     def set_name(self, name: str, descriptor: t.Mapping[str, t.Any], document: Document) -> None:
         self.documents[document.digest] = document.data
