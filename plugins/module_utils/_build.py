@@ -143,17 +143,20 @@ def _check_artifact_file(where: str, path: t.Any) -> str:
     if not isinstance(path, str) or not path:
         raise BuildError("%s must be a path, got %r" % (where, path))
     try:
-        mode = os.stat(path).st_mode
+        status = os.stat(path)
     except FileNotFoundError as exc:
         raise BuildError("%s: file %s does not exist" % (where, path)) from exc
     except OSError as exc:
         raise BuildError("%s: cannot read %s (%s)" % (where, path, exc.strerror)) from exc
-    if stat.S_ISDIR(mode):
+    if stat.S_ISDIR(status.st_mode):
         raise BuildError("%s: %s is a directory, not a regular file" % (where, path))
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(status.st_mode):
         raise BuildError("%s: %s is not a regular file (device, socket or pipe)" % (where, path))
     if not os.access(path, os.R_OK):
         raise BuildError("%s: %s is not readable" % (where, path))
+    if status.st_size == 0:
+        # No kernel, initramfs or disk is empty: a 0-byte file is a build step that failed or has not run yet.
+        raise BuildError("%s: %s is empty (0 bytes); give the artifact the build produced" % (where, path))
     return path
 
 

@@ -63,6 +63,8 @@ options:
   artifacts:
     description:
       - One entry per CPU architecture, each listing that architecture's files on the build host.
+      - Each file must be a readable regular file; an empty (0-byte) one is refused, since it is a build step
+        that failed or has not run.
     type: list
     elements: dict
     required: true
@@ -101,7 +103,8 @@ options:
         description:
           - Kernel command line, stored in the image config as C(commandLine).
           - It ends up on the C(kernel) line of an iPXE script, so control characters (newlines included), C($),
-            a token C(;), C(&&) or C(||), and a token starting with C(#) are refused; a trailing newline is trimmed.
+            a token C(;), C(&&) or C(||), a token starting with C(#) and a double quote that is never closed (the
+            kernel would read the rest of the line as one value) are refused; a trailing newline is trimmed.
         type: str
   platforms:
     description:
