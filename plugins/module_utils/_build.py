@@ -137,6 +137,15 @@ class BuildPlan:
     manifests: list[dict[str, t.Any]] = field(default_factory=list)
     refs: dict[str, dict[str, t.Any]] = field(default_factory=dict)
     index: dict[str, t.Any] = field(default_factory=dict)
+    # Digest -> size of every blob the combined index reaches (manifests, configs, layers), each once.
+    reached: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        """The image's bytes, as info's layout listing counts them: the combined index and all it reaches, each once."""
+        return int(self.index["size"]) + sum(
+            size for digest, size in self.reached.items() if digest != self.index["digest"]
+        )
 
 
 def _check_artifact_file(where: str, path: t.Any) -> str:
@@ -501,6 +510,9 @@ def plan_build(
             )
             manifest_desc = descriptor_for(OCI_MANIFEST, manifest)
             plan.blobs[manifest_desc["digest"]] = manifest
+            config_desc = descriptor_for(CONFIG_MEDIA_TYPE, config)
+            for reached in (manifest_desc, config_desc, *manifest_layers):
+                plan.reached[str(reached["digest"])] = int(reached["size"])
             block_indexes = {
                 layer["digest"]: indexes.for_manifest(manifest_desc, layer, plan)
                 for layer in manifest_layers
@@ -608,7 +620,8 @@ def build_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.
         "changed": changed,
         "name": str(plan.ref),
         "digest": plan.index["digest"],
-        "size": plan.index["size"],
+        "size": plan.image_size,
+        "index_size": plan.index["size"],
         "manifests": plan.manifests,
         "refs": sorted(plan.refs),
         "diff": {

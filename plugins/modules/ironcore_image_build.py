@@ -236,9 +236,19 @@ digest:
   type: str
   sample: sha256:0f3c...
 size:
-  description: Size in bytes of the combined index.
+  description:
+    - The image's bytes - the combined index and every manifest, config and layer it reaches, each blob counted
+      once (a rootfs shared by both platforms once), as M(ironcore.image.ironcore_image_info) counts a layout's
+      images. Block indexes, which are referrers beside the image, are not counted.
   returned: always
   type: int
+  sample: 1073751234
+index_size:
+  description: Size in bytes of the combined index document (what a descriptor of RV(digest) gives as C(size)).
+  returned: always
+  type: int
+  sample: 1234
+  version_added: 0.2.0
 manifests:
   description: One entry per architecture and platform, in index order.
   returned: always
