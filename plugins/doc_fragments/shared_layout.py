@@ -24,13 +24,14 @@ options:
     version_added: 0.2.0
 """
 
-    # ironcore.image.shared_layout.lock_timeout: build and copy, which wait for the layout's locks.
+    # ironcore.image.shared_layout.lock_timeout: every module that waits for a layout's locks.
     LOCK_TIMEOUT = r"""
 options:
   lock_timeout:
     description:
-      - Seconds to wait for another run that changes the same layout (a build, a copy into it, a prune) before
-        failing in one line. Unset waits as long as that run takes.
+      - Seconds to wait for another run that changes the same layout (a build, a copy into it, a tag, a remove, a
+        sign or a prune) before failing in one line. Unset waits as long as that run takes.
+      - Only a layout has these locks; with a registry the option changes nothing.
       - A run that has to wait says so at once in a warning naming the layout and since when.
     type: float
     version_added: 0.2.0

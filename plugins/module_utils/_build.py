@@ -137,23 +137,35 @@ class BuildPlan:
     manifests: list[dict[str, t.Any]] = field(default_factory=list)
     refs: dict[str, dict[str, t.Any]] = field(default_factory=dict)
     index: dict[str, t.Any] = field(default_factory=dict)
+    # Digest -> size of every blob the combined index reaches (manifests, configs, layers), each once.
+    reached: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        """The image's bytes, as info's layout listing counts them: the combined index and all it reaches, each once."""
+        return int(self.index["size"]) + sum(
+            size for digest, size in self.reached.items() if digest != self.index["digest"]
+        )
 
 
 def _check_artifact_file(where: str, path: t.Any) -> str:
     if not isinstance(path, str) or not path:
         raise BuildError("%s must be a path, got %r" % (where, path))
     try:
-        mode = os.stat(path).st_mode
+        status = os.stat(path)
     except FileNotFoundError as exc:
         raise BuildError("%s: file %s does not exist" % (where, path)) from exc
     except OSError as exc:
         raise BuildError("%s: cannot read %s (%s)" % (where, path, exc.strerror)) from exc
-    if stat.S_ISDIR(mode):
+    if stat.S_ISDIR(status.st_mode):
         raise BuildError("%s: %s is a directory, not a regular file" % (where, path))
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(status.st_mode):
         raise BuildError("%s: %s is not a regular file (device, socket or pipe)" % (where, path))
     if not os.access(path, os.R_OK):
         raise BuildError("%s: %s is not readable" % (where, path))
+    if status.st_size == 0:
+        # No kernel, initramfs or disk is empty: a 0-byte file is a build step that failed or has not run yet.
+        raise BuildError("%s: %s is empty (0 bytes); give the artifact the build produced" % (where, path))
     return path
 
 
@@ -498,6 +510,9 @@ def plan_build(
             )
             manifest_desc = descriptor_for(OCI_MANIFEST, manifest)
             plan.blobs[manifest_desc["digest"]] = manifest
+            config_desc = descriptor_for(CONFIG_MEDIA_TYPE, config)
+            for reached in (manifest_desc, config_desc, *manifest_layers):
+                plan.reached[str(reached["digest"])] = int(reached["size"])
             block_indexes = {
                 layer["digest"]: indexes.for_manifest(manifest_desc, layer, plan)
                 for layer in manifest_layers
@@ -605,7 +620,8 @@ def build_image(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.
         "changed": changed,
         "name": str(plan.ref),
         "digest": plan.index["digest"],
-        "size": plan.index["size"],
+        "size": plan.image_size,
+        "index_size": plan.index["size"],
         "manifests": plan.manifests,
         "refs": sorted(plan.refs),
         "diff": {

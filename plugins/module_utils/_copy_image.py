@@ -16,12 +16,14 @@ refused is refused before the first write.
 
 from __future__ import annotations
 
+import os
 import typing as t
 from dataclasses import dataclass
 
 from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
-from ansible_collections.ironcore.image.plugins.module_utils._copy import SignatureNames, copy, plan_copy
+from ansible_collections.ironcore.image.plugins.module_utils._copy import CopyPlan, SignatureNames, copy, plan_copy
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._io import check_room
 from ansible_collections.ironcore.image.plugins.module_utils._mirrors import mirrored_store, store_mirror_results
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
@@ -135,6 +137,28 @@ def copy_names(source: Side, destination: Side, source_store: t.Any, platform_ta
     return pairs
 
 
+def bytes_to_store(plan: CopyPlan, store: LayoutStore) -> int:
+    """What a copy into the layout `store` writes: every blob and document it lacks, less what kept partials hold.
+
+    The signatures and referrers that travel with the image count too; a
+    copy that turns out to move no name writes less, never more.
+    """
+    wanted: dict[str, int] = {}
+    for graph in [plan.graph, *(attachment.graph for attachment in plan.attachments)]:
+        wanted.update(graph.blobs)
+        wanted.update((document.digest, len(document.data)) for document in graph.documents)
+    needed = 0
+    for digest, size in wanted.items():
+        if store.has_blob(digest, size):
+            continue
+        try:
+            kept = os.lstat(store.partial_path(digest)).st_size
+        except OSError:
+            kept = 0
+        needed += max(size - kept, 0)
+    return needed
+
+
 def copy_image(
     params: t.Mapping[str, t.Any], check_mode: bool, on_retry: t.Callable[[str], None] | None = None
 ) -> dict[str, t.Any]:
@@ -164,6 +188,14 @@ def copy_image(
         else None
     )
     plan = plan_copy(source_store, pairs, carry)
+    if destination.layout:
+        # Before the layout (or its lock file) is created: a full disk is found before the first byte.
+        check_room(
+            destination.layout,
+            bytes_to_store(plan, destination_store),
+            "the copy into destination.layout %s" % destination.layout,
+            "or choose another destination.layout",
+        )
     # A layout's blob lock from the copy's first question about what it has (its names and signatures too)
     # until its names are recorded.
     with destination_store.writing(check_mode):

@@ -37,6 +37,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._download import (
     Staged,
     default_max_unpacked_size,
     derive_content_digest,
+    partial_path,
     stage,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
@@ -44,6 +45,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
     LockWait,
     UnsafeFileError,
     canonical_json,
+    check_room,
     flocked,
     hash_stream,
     open_directory,
@@ -293,6 +295,66 @@ def plan_files(
     return plans
 
 
+def _kept_bytes(path: str) -> int:
+    """The size of a regular file at `path` (a partial a resume continues), else 0."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return 0
+    return status.st_size if stat.S_ISREG(status.st_mode) else 0
+
+
+def bytes_to_write(
+    layers: t.Sequence[SelectedLayer],
+    dest: str,
+    names: t.Mapping[str, str],
+    state: DeliveryState,
+    partial_dirs: t.Sequence[str],
+) -> int:
+    """At least what delivering `layers` into dest will write, worked out without reading a file's content.
+
+    A file that looks in place (a raw file of the blob's size, or a record
+    that names this blob and still matches the file) counts nothing: hashing
+    multi-GiB files twice to size a check is not worth it, and the check
+    only has to be a lower bound. The rest count whole: the new file is
+    staged beside the old one, which stays until the rename; a delta builds
+    a whole file too. A packed layer counts its blob and, when the record
+    knows it, what it unpacks to. Bytes a kept partial already holds count
+    nothing.
+    """
+    needed = 0
+    for layer in layers:
+        filename = names[layer.role]
+        path = os.path.join(dest, filename)
+        entry = state.get(filename) or {}
+        try:
+            status: os.stat_result | None = os.lstat(path)
+        except OSError:
+            status = None
+        if status is not None and stat.S_ISREG(status.st_mode):
+            if not layer.packed and status.st_size == layer.size:
+                continue
+            if entry.get("digest") == layer.digest and entry.get("identity") == stat_identity(status):
+                continue
+        kept = max(
+            (_kept_bytes(partial_path(directory, filename, layer.digest)) for directory in partial_dirs), default=0
+        )
+        needed += max(layer.size - kept, 0)
+        if layer.packed and entry.get("digest") == layer.digest and isinstance(entry.get("content_size"), int):
+            needed += max(int(entry["content_size"]), 0)
+    return needed
+
+
+def refuse_without_room(
+    layers: t.Sequence[SelectedLayer], dest: str, state_dir: str | None, names: t.Mapping[str, str]
+) -> None:
+    """Refuse, before dest or the state directory is created, a fetch its filesystem cannot hold."""
+    chosen = state_directory(dest, state_dir)
+    partial_dirs = [chosen, os.path.join(dest, STATE_SUBDIR)]
+    needed = bytes_to_write(layers, dest, names, DeliveryState(chosen), partial_dirs)
+    check_room(dest, needed, "the fetch into %s" % dest, "or choose another dest")
+
+
 @contextlib.contextmanager
 def locked(state_dir: str, wait: LockWait | None = None) -> t.Iterator[None]:
     """One fetch at a time per destination: they would share partial files and the state record."""
@@ -468,12 +530,19 @@ def _deliver_all(
         item.sweep()
 
 
+def _file_label(plan: FilePlan) -> str:
+    """The layer's role, and its file name when that differs: `rootfs`, `rootfs (disk.raw)`."""
+    if plan.filename == plan.layer.role:
+        return plan.layer.role
+    return "%s (%s)" % (plan.layer.role, plan.filename)
+
+
 def _as_fetch_error(plan: FilePlan, error: BaseException) -> BaseException:
     if not isinstance(error, Exception):
         # KeyboardInterrupt and the like end the run as they are.
         return error
     if isinstance(error, ImageError):
-        return FetchError("%s (%s): %s" % (plan.layer.role, plan.filename, error), retryable=error.retryable)
+        return FetchError("%s: %s" % (_file_label(plan), error), retryable=error.retryable)
     if isinstance(error, OSError):
         return FetchError("%s: writing %s failed: %s" % (plan.layer.role, plan.path, error.strerror or error))
     # Anything else is a bug of ours: left as it is, for _module.run to report as an internal error.
@@ -586,6 +655,7 @@ def _fetch(
         except DeliveryError as exc:
             raise FetchError("%s: verify could not re-read its blob: %s" % (layer.role, exc)) from exc
 
+    refuse_without_room(layers, dest, params.get("state_dir"), names)
     if check_mode:
         plans = _plan_check_mode(
             layers,

@@ -20,7 +20,11 @@ import typing as t
 from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import BlobWalk, LayoutError, OciLayout
-from ansible_collections.ironcore.image.plugins.module_utils._mirrors import mirror_results, with_mirrors
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import (
+    ATTACHMENT_NAME_RE,
+    mirror_results,
+    with_mirrors,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._model import canonical_platform, descriptors
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     Document,
@@ -178,8 +182,22 @@ def _named(name: str, action: t.Callable[[], t.Any]) -> t.Any:
         raise InfoError("%s: %s" % (name, exc)) from exc
 
 
+def attachment_subject(name: str) -> str | None:
+    """The digest a referrers (`sha256-<hex>`) or signature (`sha256-<hex>.sig`) name is about, else None.
+
+    The tag is what follows the last `:` (a registry port comes before a `/`,
+    so it never matches); a bare tag, as skopeo records names, is the whole name.
+    """
+    tag = name.rsplit(":", 1)[-1]
+    return "sha256:" + tag[len("sha256-") :][:64] if ATTACHMENT_NAME_RE.fullmatch(tag) else None
+
+
 def _describe_name(
-    walk: BlobWalk, entry: t.Mapping[str, t.Any], document: Document, architectures: t.Mapping[str, str]
+    walk: BlobWalk,
+    entry: t.Mapping[str, t.Any],
+    document: Document,
+    architectures: t.Mapping[str, str],
+    subject: str | None = None,
 ) -> dict[str, t.Any]:
     pairs: list[dict[str, t.Any]] = []
     for child, child_digest in _manifests_of(entry, document):
@@ -189,8 +207,10 @@ def _describe_name(
         for pair in _platform_pairs(walk, child_digest, child, architectures):
             if pair not in pairs:
                 pairs.append(pair)
-    # Each blob once: the rootfs both platforms share is stored, and counted, once.
-    return {"digest": str(entry.get("digest")), "platforms": pairs, "size": sum(walk.reach(entry).values())}
+    # Each blob once: the rootfs both platforms share is stored, and counted, once. A signature or referrer
+    # counts its own documents and blobs, not the image it is about (its `subject`).
+    size = sum(walk.reach(entry, follow_subject=subject is None).values())
+    return {"digest": str(entry.get("digest")), "platforms": pairs, "size": size, "subject": subject}
 
 
 def layout_images(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
@@ -215,7 +235,9 @@ def layout_images(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
                     architectures.setdefault(str(child.get("digest")), str(platform["architecture"]))
         images = []
         for name in sorted(refs):
-            describe = functools.partial(_describe_name, walk, refs[name], tops[name], architectures)
+            describe = functools.partial(
+                _describe_name, walk, refs[name], tops[name], architectures, attachment_subject(name)
+            )
             images.append(dict({"name": name}, **_named(name, describe)))
     except LayoutError as exc:
         raise InfoError(str(exc)) from exc

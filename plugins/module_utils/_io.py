@@ -241,6 +241,67 @@ def _acquire(lock: int, operation: int, path: str, wait: LockWait | None) -> Non
                 ) from None
 
 
+class NoRoomError(ImageError):
+    """The filesystem cannot hold what a run is about to write; refused before the first byte."""
+
+
+def human_size(size: int) -> str:
+    """Bytes for people: 512 bytes, 8.0 KiB, 10.5 MiB, 3.2 GiB."""
+    if size < 1024:
+        return "%d bytes" % size
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return "%.1f %s" % (value, unit)
+
+
+def _nearest_existing(path: str) -> str:
+    """`path`, or its closest ancestor that exists: where a directory not yet created would be made."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def free_bytes(path: str) -> int:
+    """What an unprivileged writer may still store on the filesystem that holds (or would hold) `path`."""
+    stats = os.statvfs(_nearest_existing(path))
+    return stats.f_bavail * stats.f_frsize
+
+
+def check_room(path: str, needed: int, what: str, advice: str) -> None:
+    """Refuse, in one line, `needed` bytes that the filesystem of `path` cannot hold.
+
+    `what` says what would be written ("fetch into /srv/boot"), `advice` what
+    else to do besides freeing space ("or choose another dest"). Called
+    before anything is written, so a full disk is found before the first
+    byte rather than half-way through the largest layer.
+    """
+    if needed <= 0:
+        return
+    free = free_bytes(path)
+    if needed <= free:
+        return
+    raise NoRoomError(
+        "%s needs %s (%d bytes) but %s has %s free, %s short; free at least %s %s and run again; nothing was written"
+        % (
+            what,
+            human_size(needed),
+            needed,
+            _nearest_existing(path),
+            human_size(free),
+            human_size(needed - free),
+            human_size(needed - free),
+            advice,
+        )
+    )
+
+
 class AtomicFile:
     """A file written beside its destination and renamed over it on commit.
 

@@ -71,7 +71,9 @@ def check_command_line(cmdline: str) -> str:
       - a token (split at spaces) that is exactly `;`, `&&` or `||`: iPXE
         separates commands there even on one line;
       - a token starting with `#`: iPXE drops it and the rest of the line as a
-        comment.
+        comment;
+      - a double quote that is never closed: the kernel would read the rest of
+        the line, and whatever boot.ipxe appends to it, as one value.
     Trailing newlines, which images built by older tools carry, are trimmed,
     not refused. Returns the command line to store.
     """
@@ -88,7 +90,30 @@ def check_command_line(cmdline: str) -> str:
             raise UnsafeCommandLine("%r would end iPXE's kernel command and start another" % token)
         if token.startswith("#"):
             raise UnsafeCommandLine("%r starts with '#', which iPXE takes for a comment to the end of the line" % token)
+    opening = unclosed_quote(trimmed)
+    if opening is not None:
+        raise UnsafeCommandLine(
+            "%r opens a double quote that is never closed; the kernel would read the rest of the line as one value"
+            % opening
+        )
     return trimmed
+
+
+def unclosed_quote(cmdline: str) -> str | None:
+    """The word that opens a double quote the command line never closes, else None.
+
+    The kernel's parser (`next_arg()` in lib/cmdline.c) knows double quotes
+    alone and no escapes: a quote opens, the next one closes. Single quotes
+    mean nothing to it, so `shlex` (which knows both) would refuse good lines.
+    """
+    inside, opened = False, None
+    for token in cmdline.split(" "):
+        for char in token:
+            if char == '"':
+                inside = not inside
+                if inside:
+                    opened = token
+    return opened if inside else None
 
 
 def config_document(cmdline: str | None) -> bytes:

@@ -63,6 +63,8 @@ options:
   artifacts:
     description:
       - One entry per CPU architecture, each listing that architecture's files on the build host.
+      - Each file must be a readable regular file; an empty (0-byte) one is refused, since it is a build step
+        that failed or has not run.
     type: list
     elements: dict
     required: true
@@ -101,7 +103,8 @@ options:
         description:
           - Kernel command line, stored in the image config as C(commandLine).
           - It ends up on the C(kernel) line of an iPXE script, so control characters (newlines included), C($),
-            a token C(;), C(&&) or C(||), and a token starting with C(#) are refused; a trailing newline is trimmed.
+            a token C(;), C(&&) or C(||), a token starting with C(#) and a double quote that is never closed (the
+            kernel would read the rest of the line as one value) are refused; a trailing newline is trimmed.
         type: str
   platforms:
     description:
@@ -233,9 +236,19 @@ digest:
   type: str
   sample: sha256:0f3c...
 size:
-  description: Size in bytes of the combined index.
+  description:
+    - The image's bytes - the combined index and every manifest, config and layer it reaches, each blob counted
+      once (a rootfs shared by both platforms once), as M(ironcore.image.ironcore_image_info) counts a layout's
+      images. Block indexes, which are referrers beside the image, are not counted.
   returned: always
   type: int
+  sample: 1073751234
+index_size:
+  description: Size in bytes of the combined index document (what a descriptor of RV(digest) gives as C(size)).
+  returned: always
+  type: int
+  sample: 1234
+  version_added: 0.2.0
 manifests:
   description: One entry per architecture and platform, in index order.
   returned: always

@@ -25,6 +25,10 @@ description:
   - Into a layout, each blob streams into a partial file beside the blob store, is hashed as it arrives,
     checked, synced and renamed into place; an interrupted copy continues with an HTTP C(Range) request, in the
     same run and on the next one.
+  - Into a layout, the bytes of every blob and document the layout lacks (less what kept partial files hold)
+    are added up before the first write; when the layout's filesystem has less free space, the copy fails in one
+    line giving what is needed, what is free and the shortfall, and writes nothing (not even the layout's
+    directories or lock file).
   - When every name at the destination already points at the source's digests nothing is copied and the
     result is not changed.
 extends_documentation_fragment:

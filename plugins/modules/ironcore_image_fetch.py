@@ -33,6 +33,11 @@ description:
   - Each blob streams into a partial file in the state directory (see O(state_dir)), is hashed as it arrives,
     checked for size and digest, synced to disk and only then renamed into place in O(dest). A mismatch fails the
     task and leaves any existing file as it was.
+  - Before anything is written (O(dest), the state directory and its lock file included), the layers that are
+    not in place are added up (a tar+gzip layer counts its blob, and what it unpacks to when the state record
+    knows it; a kept partial file counts what it still lacks; a delta update counts its whole file). When the
+    filesystem of O(dest) has less free space, the fetch fails in one line giving what is needed, what is free
+    and the shortfall, in check mode too.
   - An interrupted transfer continues from where it stopped with an HTTP C(Range) request, both within a run
     and, from the partial file it keeps, on the next run.
   - A small state record in the state directory (C(.ironcore-fetch.state.json)) remembers which blob each file

@@ -404,8 +404,17 @@ images:
       type: list
       elements: dict
     size:
-      description: Bytes of every blob the name reaches (index, manifests, configs, layers), each blob counted once.
+      description:
+        - Bytes of every blob the name reaches (index, manifests, configs, layers), each blob counted once.
+        - For a signature or referrers name (see RV(images[].subject)), its own documents and blobs only, never the
+          image it is about.
       type: int
+    subject:
+      description:
+        - For a signature (C(sha256-<hex>.sig)) or a referrers list (C(sha256-<hex>), the tag schema), the digest
+          of the image or manifest it is about; V(null) for every other name.
+      type: str
+      version_added: 0.2.0
   sample:
     - name: registry.example.com/os/gardenlinux:1.0
       digest: sha256:0f3c...
@@ -415,6 +424,12 @@ images:
         - platform: virtualization
           architecture: amd64
       size: 1073751234
+      subject: null
+    - name: registry.example.com/os/gardenlinux:sha256-0f3c....sig
+      digest: sha256:77c0...
+      platforms: []
+      size: 1234
+      subject: sha256:0f3c...
 bytes_from_origin:
   description:
     - With O(mirrors) only. Bytes of documents the origin served in this run, what the mirrors did not take off it.

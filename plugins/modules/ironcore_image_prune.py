@@ -37,6 +37,7 @@ author:
   - IronCore image collection maintainers (@ironcore-dev)
 extends_documentation_fragment:
   - ironcore.image.shared_layout
+  - ironcore.image.shared_layout.lock_timeout
   - ironcore.image.attributes
   - ironcore.image.registry
 attributes:
@@ -186,6 +187,7 @@ names_removed:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.ironcore.image.plugins.module_utils._layout import wait_for_layout_locks
 from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import prune_layout
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
@@ -200,6 +202,7 @@ def main() -> None:
             REQUEST_ARGUMENT_SPEC,
             layout={"type": "path"},
             allow_shared_dest={"type": "bool", "default": False},
+            lock_timeout={"type": "float"},
             grace_period={"type": "int", "default": 3600},
             name={"type": "str"},
             keep={"type": "int"},
@@ -212,6 +215,7 @@ def main() -> None:
         required_together=REGISTRY_REQUIRED_TOGETHER,
         supports_check_mode=True,
     )
+    wait_for_layout_locks(module.params["lock_timeout"], module.warn)
     run(module, lambda: _prune(module.params, module.check_mode))
 
 

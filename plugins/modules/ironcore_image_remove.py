@@ -32,6 +32,7 @@ author:
   - IronCore image collection maintainers (@ironcore-dev)
 extends_documentation_fragment:
   - ironcore.image.shared_layout
+  - ironcore.image.shared_layout.lock_timeout
   - ironcore.image.attributes
   - ironcore.image.registry
 attributes:
@@ -106,6 +107,7 @@ import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.ironcore.image.plugins.module_utils._layout import wait_for_layout_locks
 from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import remove_names
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
@@ -120,12 +122,14 @@ def main() -> None:
             REQUEST_ARGUMENT_SPEC,
             layout={"type": "path"},
             allow_shared_dest={"type": "bool", "default": False},
+            lock_timeout={"type": "float"},
             names={"type": "list", "elements": "str", "required": True},
             platform_tags={"type": "bool", "default": True},
         ),
         required_together=REGISTRY_REQUIRED_TOGETHER,
         supports_check_mode=True,
     )
+    wait_for_layout_locks(module.params["lock_timeout"], module.warn)
     run(module, lambda: _remove(module.params, module.check_mode, module.warn))
 
 

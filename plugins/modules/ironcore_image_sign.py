@@ -24,6 +24,7 @@ description:
     fingerprint.
 extends_documentation_fragment:
   - ironcore.image.shared_layout
+  - ironcore.image.shared_layout.lock_timeout
   - ironcore.image.attributes
   - ironcore.image.registry
 author:
@@ -183,6 +184,7 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
+from ansible_collections.ironcore.image.plugins.module_utils._layout import wait_for_layout_locks
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
     REGISTRY_ARGUMENT_SPEC,
@@ -197,6 +199,7 @@ def main() -> None:
         name={"type": "str", "required": True},
         layout={"type": "path"},
         allow_shared_dest={"type": "bool", "default": False},
+        lock_timeout={"type": "float"},
         key={"type": "path", "required": True, "no_log": False},
         key_passphrase={"type": "str", "no_log": True},
         provenance={"type": "bool", "default": False},
@@ -206,6 +209,7 @@ def main() -> None:
         argument_spec=argument_spec, required_together=REGISTRY_REQUIRED_TOGETHER, supports_check_mode=True
     )
     require(module, "cryptography", *(() if module.params["layout"] else ("requests",)))
+    wait_for_layout_locks(module.params["lock_timeout"], module.warn)
     from ansible_collections.ironcore.image.plugins.module_utils._signatures import open_store, sign_image
 
     def sign() -> dict[str, t.Any]:

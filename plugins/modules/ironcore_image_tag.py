@@ -23,6 +23,7 @@ author:
   - IronCore image collection maintainers (@ironcore-dev)
 extends_documentation_fragment:
   - ironcore.image.shared_layout
+  - ironcore.image.shared_layout.lock_timeout
   - ironcore.image.attributes
 attributes:
   check_mode:
@@ -109,6 +110,7 @@ names:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.ironcore.image.plugins.module_utils._layout import wait_for_layout_locks
 from ansible_collections.ironcore.image.plugins.module_utils._lifecycle import tag_image
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
 
@@ -118,6 +120,7 @@ def main() -> None:
         argument_spec={
             "layout": {"type": "path", "required": True},
             "allow_shared_dest": {"type": "bool", "default": False},
+            "lock_timeout": {"type": "float"},
             "name": {"type": "str", "required": True},
             "tags": {"type": "list", "elements": "str", "required": True},
             "platform_tags": {"type": "bool", "default": True},
@@ -125,6 +128,7 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
+    wait_for_layout_locks(module.params["lock_timeout"], module.warn)
     run(module, lambda: tag_image(module.params, module.check_mode))
 
 

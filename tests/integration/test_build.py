@@ -81,6 +81,20 @@ def test_build_check_real_idempotent(ansible, artifacts, tmp_path):
     ]
     assert "sha256:" + __import__("hashlib").sha256(skopeo_raw(layout, NAME)).hexdigest() == built["digest"]
 
+    # size: the whole image, each blob once (a platform's rootfs is shared by its two manifests); index_size: the index.
+    def blob_file(digest):
+        return os.path.join(layout, "blobs", "sha256", digest[7:])
+
+    reached = {built["digest"]: len(skopeo_raw(layout, NAME))}
+    for entry in index["manifests"]:
+        reached[entry["digest"]] = os.path.getsize(blob_file(entry["digest"]))
+        with open(blob_file(entry["digest"]), "rb") as stream:
+            document = json.load(stream)
+        for blob in [document["config"], *document["layers"]]:
+            reached[blob["digest"]] = os.path.getsize(blob_file(blob["digest"]))
+    assert (built["size"], built["index_size"]) == (sum(reached.values()), len(skopeo_raw(layout, NAME)))
+    assert (checked["size"], checked["index_size"]) == (built["size"], built["index_size"])
+
     per_platform = json.loads(skopeo_raw(layout, NAME + "-baremetal"))
     assert [m["platform"] for m in per_platform["manifests"]] == [
         {"architecture": "amd64", "os": "linux"},

@@ -380,9 +380,7 @@ def test_corrupt_blob_in_layout_fails_and_every_old_file_stays(ansible, images, 
         stream.write(b"CORRUPT")
     (failed,) = run_tasks(ansible, str(tmp_path), [(MODULE, dict(args, name="registry.example.com/os/c:2"))])
     assert failed["failed"] is True
-    assert "rootfs (rootfs): blob %s failed verification" % new.blobs[("amd64", "rootfs")] in failed["msg"], failed[
-        "msg"
-    ]
+    assert "rootfs: blob %s failed verification" % new.blobs[("amd64", "rootfs")] in failed["msg"], failed["msg"]
     # Nothing was replaced, not even the layers that verified: no mix of versions in dest.
     assert files_in(dest) == {role: old.files[("amd64", role)] for role in ("initramfs", "kernel", "rootfs")}
     # Verified layers may wait as partial files for the next run; nothing of the corrupt one is left.
@@ -568,9 +566,7 @@ def test_corrupted_blob_in_registry_storage(ansible, registry_plain, faulty, tmp
         ansible, str(tmp_path), [(MODULE, dict(args, name="%s/faults/image:4" % registry_plain.host))]
     )
     assert failed["failed"] is True
-    assert "rootfs (rootfs): blob %s failed verification: its content hashes to sha256:" % rootfs in failed["msg"], (
-        failed["msg"]
-    )
+    assert "rootfs: blob %s failed verification: its content hashes to sha256:" % rootfs in failed["msg"], failed["msg"]
     assert files_in(dest) == before
     leftovers = leftovers_in(dest, ("initramfs", "kernel", "rootfs"))
     assert not [name for name in leftovers if "rootfs" in name or name.endswith(".tmp")], leftovers

@@ -191,7 +191,7 @@ def test_hostile_layer_is_refused_and_leaves_nothing(ansible, tmp_path, make_lay
     report = str(tmp_path / "rss")
     result = ansible.module(MODULE, fetch_args(layout, dest), wrapper=peak_rss_wrapper(report))
     assert_refused(result, message, dest)
-    assert result["msg"].startswith("rootfs (rootfs): the tar+gzip layer "), result["msg"]
+    assert result["msg"].startswith("rootfs: the tar+gzip layer "), result["msg"]
     assert_bounded_memory(report)
 
 

@@ -192,3 +192,53 @@ def test_registry_image_and_blob_urls_a_plain_client_can_use(ansible, request, i
         )
     if registry.password:
         assert registry.password not in json.dumps([ours, upstream])
+
+
+def test_layout_listing_names_the_subject_of_signatures_and_referrers_with_their_own_size(ansible, tmp_path):
+    from helpers.signing import make_key
+
+    layout = str(tmp_path / "layout")
+    name = "registry.example.com/os/signed:1.0"
+    image = write_upstream_image(layout, name, architectures=("amd64",))
+    key = make_key(tmp_path, "signer")
+    signed, listing = run_tasks(
+        ansible,
+        str(tmp_path),
+        [
+            (
+                "ironcore.image.ironcore_image_sign",
+                {"layout": layout, "name": name, "key": key["sec1"], "provenance": True},
+            ),
+            (MODULE, {"layout": layout}),
+        ],
+    )
+    assert signed["changed"] is True, signed
+    entries = {entry["name"]: entry for entry in listing["images"]}
+    attachments = {
+        entry_name: entry
+        for entry_name, entry in entries.items()
+        if entry_name != name and entry["subject"] is not None
+    }
+    tag = "sha256-" + image.digest[len("sha256:") :]
+    # Signatures of the index and of its manifest, named after the image's repository; the index's referrers
+    # list (its provenance) is a bare tag, as the tag schema has it.
+    tags = sorted(entry_name.rsplit(":", 1)[-1] for entry_name in attachments)
+    assert tags == sorted([tag, tag + ".sig", "sha256-%s.sig" % image.manifests["amd64"][len("sha256:") :]]), tags
+    assert entries[name]["subject"] is None
+
+    def blob(digest):
+        with open("%s/blobs/sha256/%s" % (layout, digest[len("sha256:") :]), "rb") as stream:
+            return stream.read()
+
+    def own_size(digest):
+        """The document, and what it lists (manifests, config, layers), never its subject."""
+        data = blob(digest)
+        document = json.loads(data)
+        children = document.get("manifests", [])
+        total = len(data) + sum(own_size(child["digest"]) for child in children)
+        return total + sum(part["size"] for part in [document.get("config"), *document.get("layers", [])] if part)
+
+    image_size = entries[name]["size"]
+    for entry_name, entry in attachments.items():
+        assert entry["subject"] == "sha256:" + entry_name.rsplit("sha256-", 1)[1][:64], entry
+        assert entry["size"] == own_size(entry["digest"]) < image_size, entry

@@ -22,6 +22,8 @@ from helpers.layout_server import LayoutServer
 from helpers.registry import PASSWORD, BlackHole, free_port, start_registry
 from helpers.signing import make_key
 
+from ansible_collections.ironcore.image.plugins.module_utils._io import human_size
+
 MODULE = "ironcore.image.ironcore_image_fetch"
 PROVISION = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "playbooks", "provision.yml"
@@ -404,16 +406,16 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(mountpoint)], check=False)
 
 
-def test_disk_full_removes_the_partial_and_says_how_much_is_needed(ansible, site, small_disk):
+def test_disk_full_is_refused_before_the_first_byte_and_says_how_much_is_needed(ansible, site, small_disk):
     dest = small_disk / "dest"
     result = ansible.module(MODULE, origin_args(site, dest))
     assert result["failed"] is True
     message = result["msg"]
     assert "\n" not in message and "Traceback" not in message
-    assert "No space left on device" in message
-    assert "the partial file was removed" in message
-    assert "needs %d bytes" % SIZE in message and "bytes are free" in message
+    assert "needs %s (%d bytes)" % (human_size(SIZE), SIZE) in message and " short; free at least " in message
+    assert "nothing was written" in message
     assert_nothing_left(dest)
+    assert os.listdir(small_disk) == []
     # The space is given back: the next service on the node finds the disk as it was.
     stats = os.statvfs(str(small_disk))
     assert stats.f_bavail * stats.f_frsize > 3 * 1024 * 1024

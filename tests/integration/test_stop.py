@@ -347,3 +347,43 @@ def test_a_build_waiting_for_the_layout_lock_warns_and_gives_up_after_lock_timeo
     ), blocked["msg"]
     (warning,) = blocked["warnings"]
     assert warning.startswith("waiting for another run that changes the layout %s since " % layout), warning
+
+
+def test_tag_remove_prune_and_sign_give_up_after_lock_timeout(ansible, tmp_path):
+    (tmp_path / "rootfs.raw").write_bytes(os.urandom(4096))
+    layout = tmp_path / "layout"
+    name = "registry.example.com/stop/lifecycle:1.0"
+    build_image(
+        {
+            "layout": str(layout),
+            "name": name,
+            "artifacts": [{"architecture": "amd64", "rootfs": str(tmp_path / "rootfs.raw")}],
+            "platforms": ["virtualization"],
+            "layer_format": "raw",
+            "annotations": None,
+            "platform_tags": False,
+        },
+        check_mode=False,
+    )
+    key = make_key(tmp_path, "signer")
+    common = {"layout": str(layout), "lock_timeout": 1}
+    tasks = [
+        ("ironcore.image.ironcore_image_tag", dict(common, name=name, tags=["2.0"])),
+        ("ironcore.image.ironcore_image_remove", dict(common, names=[name])),
+        ("ironcore.image.ironcore_image_prune", dict(common, grace_period=0)),
+        (SIGN, dict(common, name=name, key=key["sec1"])),
+    ]
+    # This test process plays a build that holds both of the layout's locks.
+    holders = [os.open(layout / lock, os.O_RDONLY) for lock in (".ironcore.blobs.lock", ".ironcore.lock")]
+    try:
+        for holder in holders:
+            fcntl.flock(holder, fcntl.LOCK_EX)
+        results = run_tasks(ansible, str(tmp_path), tasks)
+    finally:
+        for holder in holders:
+            os.close(holder)
+    expected = "gave up waiting for another run that changes the layout %s after 1 seconds (lock_timeout" % layout
+    for (module, _args), result in zip(tasks, results, strict=True):
+        assert result["failed"] is True, (module, result)
+        assert result["msg"].startswith(expected) and "\n" not in result["msg"], (module, result["msg"])
+    assert ansible.module("ironcore.image.ironcore_image_info", {"layout": str(layout)})["images"][0]["name"] == name

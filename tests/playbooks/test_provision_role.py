@@ -57,6 +57,10 @@ def test_ipxe_injection_is_refused_before_anything_is_written(ansible, tmp_path)
     write_upstream_image(layout, clean, architectures=("amd64",), cmdline="console=ttyS0")
     hosts["kernel-args"] = {"provision_name": clean, "provision_kernel_args": "quiet ${x}"}
     hosts["boot-url"] = {"provision_name": clean, "provision_boot_url": "http://pxe.example.com/boot #x"}
+    quoted = "registry.example.com/os/quoted:1"
+    write_upstream_image(layout, quoted, architectures=("amd64",), cmdline='console=ttyS0 dyndbg="file x.c +p')
+    hosts["image-quote"] = {"provision_name": quoted}
+    hosts["kernel-args-quote"] = {"provision_name": clean, "provision_kernel_args": 'quiet x="a b'}
     for host, host_vars in hosts.items():
         # What a boot server already serves must stay exactly as it is.
         (boot_dir / host / provision_slug(host_vars["provision_name"])).mkdir(parents=True)
@@ -85,6 +89,12 @@ def test_ipxe_injection_is_refused_before_anything_is_written(ansible, tmp_path)
         task,
         'provision_boot_url carries "#x", which iPXE would run as a command in boot.ipxe: remove it',
     )
+    unclosed = (
+        " opens a double quote it never closes; the kernel would read the rest of the kernel line in boot.ipxe as"
+        " one value: close or remove it"
+    )
+    assert failures["image-quote"] == (task, "config.commandLine of the image" + unclosed)
+    assert failures["kernel-args-quote"] == (task, "provision_kernel_args" + unclosed)
     assert outcomes(document)["changed"] == []
     assert tree(boot_dir) == before
 

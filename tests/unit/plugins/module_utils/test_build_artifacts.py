@@ -100,3 +100,13 @@ def test_x86_64_is_recorded_as_amd64_and_counts_as_it(files):
     twice = [artifact(files, "rootfs"), dict(artifact(files, "rootfs"), architecture="x86_64")]
     with pytest.raises(build.BuildError, match=r"artifacts\[1\].architecture: amd64 is listed twice"):
         build.parse_artifacts(twice, ["virtualization"])
+
+
+def test_an_empty_artifact_is_refused(files):
+    with open(files["rootfs"], "wb"):
+        pass
+    with pytest.raises(build.BuildError) as error:
+        build.parse_artifacts([artifact(files, "rootfs")], ["virtualization"])
+    assert str(error.value) == (
+        "artifacts[0].rootfs: %s is empty (0 bytes); give the artifact the build produced" % files["rootfs"]
+    )

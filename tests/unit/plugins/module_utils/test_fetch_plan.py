@@ -133,3 +133,23 @@ def test_a_refusal_while_staging_is_a_one_line_fetch_error_with_the_file(tmp_pat
     wrapped = fetch._as_fetch_error(plan, ImageError("the registry dropped\nthe connection", retryable=True))
     assert isinstance(wrapped, fetch.FetchError) and wrapped.retryable
     assert str(wrapped) == "rootfs (disk.raw): the registry dropped the connection"
+
+
+def test_bytes_to_write_counts_what_is_not_in_place(tmp_path):
+    kernel, rootfs, packed = layer(b"k" * 100, "kernel"), layer(b"r" * 1000), layer(b"i" * 50, "initramfs", True)
+    names = fetch.check_filenames(None)
+    state = fetch.DeliveryState(str(tmp_path / "state"))
+    partials = str(tmp_path / "state")
+    layers = [kernel, rootfs, packed]
+    # Nothing there: every blob whole.
+    assert fetch.bytes_to_write(layers, str(tmp_path), names, state, [partials]) == 1150
+    # A raw file of the blob's size looks in place; a kept partial counts only what it lacks.
+    (tmp_path / "kernel").write_bytes(b"k" * 100)
+    os.mkdir(partials)
+    partial = os.path.join(partials, ".ironcore-fetch.rootfs.%s.partial" % rootfs.digest.split(":")[1][:16])
+    with open(partial, "wb") as stream:
+        stream.write(b"r" * 400)
+    assert fetch.bytes_to_write(layers, str(tmp_path), names, state, [partials]) == 650
+    # A packed layer the record knows counts its blob and what it unpacks to.
+    state.files["initramfs"] = {"digest": packed.digest, "content_size": 70, "identity": []}
+    assert fetch.bytes_to_write(layers, str(tmp_path), names, state, [partials]) == 720

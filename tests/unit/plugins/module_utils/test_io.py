@@ -354,3 +354,21 @@ def test_copy_and_hash_fails_when_the_chunk_callback_fails_after_the_ring_went_r
             io.copy_and_hash(stream, out, on_chunk=refuse_late)
     assert bytes(seen) == data[: len(seen)]
     assert sorted(os.listdir(tmp_path)) == ["rootfs"]
+
+
+@pytest.mark.parametrize(
+    "size, text",
+    [(0, "0 bytes"), (1023, "1023 bytes"), (1024, "1.0 KiB"), (10 * 1024 * 1024, "10.0 MiB"), (3 << 40, "3.0 TiB")],
+)
+def test_human_size(size, text):
+    assert io.human_size(size) == text
+
+
+def test_check_room_refuses_in_one_line(tmp_path):
+    free = io.free_bytes(str(tmp_path / "not" / "yet"))
+    io.check_room(str(tmp_path), free, "the fetch into x", "or choose another dest")
+    with pytest.raises(io.NoRoomError) as error:
+        io.check_room(str(tmp_path / "not" / "yet"), free + (1 << 40), "the fetch into x", "or choose another dest")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("the fetch into x needs ") and "1.0 TiB short" in message
+    assert not (tmp_path / "not").exists()

@@ -149,6 +149,7 @@ def test_index_annotations_must_be_strings():
         "console=ttyS0 root=LABEL=ROOT",
         "console=ttyS0,115200n8 ro quiet",
         "init=/sbin/init a;b x&&y opt=#1 100%",
+        'dyndbg="file drivers/usb/* +p" it\'s=fine x=""',
         "",
     ],
 )
@@ -173,6 +174,8 @@ def test_trailing_newline_of_legacy_images_is_trimmed(ending):
         ("ro && shell", "'&&'", "end iPXE's kernel command"),
         ("ro || shell", "'||'", "end iPXE's kernel command"),
         ("ro #hidden rest", "'#hidden'", "comment"),
+        ('ro dyndbg="file x.c +p', "'dyndbg=\"file'", "double quote that is never closed"),
+        ('a="b" c="d e" f="g', "'f=\"g'", "double quote that is never closed"),
     ],
 )
 def test_command_lines_iPXE_would_run_are_refused(cmdline, token, reason):
