@@ -31,6 +31,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     InvalidReference,
     platform_refs,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._progress import recording
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
     InvalidRegistryOptions,
     registry_options,
@@ -166,6 +167,7 @@ def copy_image(
     )
     plan = plan_copy(source_store, pairs, carry)
     with contextlib.ExitStack() as held:
+        progress = held.enter_context(recording(None if check_mode else params.get("progress_file")))
         if isinstance(destination_store, LayoutStore):
             # The blob lock from the copy's first question about what the layout has (its names and signatures
             # too) until its names are recorded; a new layout takes it in prepare(). Let go when the copy ends.
@@ -180,6 +182,7 @@ def copy_image(
             retries=options.retries,
             check_mode=check_mode,
             overwrite=params.get("overwrite", True) is not False,
+            progress=progress,
         )
     return {
         "changed": result.changed,
