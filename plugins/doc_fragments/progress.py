@@ -19,8 +19,8 @@ options:
         V(finished) or V(failed)), C(done) (V(true) once the names are set), C(started) and C(updated) (Unix
         time), C(bytes_done) and C(bytes_total) of the blobs this run sends (blobs the destination has, or
         mounts, count for nothing), and the same two per blob under C(layers.<digest>)."
-      - The first record replaces an earlier run's as the task starts, so with C(async) and C(poll: 0) a play can
-        read it with M(ansible.builtin.slurp) while the transfer runs; the C(build) role does so.
+      - "The first record replaces an earlier run's as the task starts, so with C(async) and C(poll: 0) a play can
+        read it with M(ansible.builtin.slurp) while the transfer runs; the C(build) role does so."
       - The directory must exist; a record that cannot be written when the task starts fails it in one line.
     type: path
     version_added: 0.2.0

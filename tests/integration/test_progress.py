@@ -1,17 +1,14 @@
-"""The user guide's background fetch with progress, run as written against a registry that holds a blob back."""
+"""The progress record of fetch, push and copy: read while they run (a blob held back, a slow link) and at the end."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
 import threading
 
 import pytest
-from helpers.ansible import task_results
 from helpers.images import skopeo_push
-from test_user_guide import guide_plays  # type: ignore[import-not-found]  # pytest puts this directory on sys.path
 
 from ansible_collections.ironcore.image.plugins.module_utils._build import build_image
 from ansible_collections.ironcore.image.plugins.module_utils._copy import plan_copy
@@ -20,14 +17,14 @@ from ansible_collections.ironcore.image.plugins.module_utils._store import Layou
 pytestmark = pytest.mark.integration
 
 ROOTFS_SIZE = 24 * 1024 * 1024
-# How long the proxy holds the rootfs back, part-way: the play polls every second meanwhile.
+# How long the proxy holds the rootfs back, part-way: the record is read meanwhile.
 HOLD_SECONDS = 4.0
 # Push and copy: about three seconds each through the throttled proxy (more than the socket buffers hold).
 PUSHED_ROOTFS_SIZE = 12 * 1024 * 1024
 THROTTLE_RATE = 4 * 1024 * 1024
 
 
-def test_guide_progress_play_sees_the_fetch_move_and_end(ansible, registry_plain, fault_proxy, tmp_path):
+def test_fetch_progress_record_moves_and_ends(ansible, registry_plain, fault_proxy, tmp_path):
     rootfs = tmp_path / "rootfs.raw"
     data = os.urandom(ROOTFS_SIZE)
     rootfs.write_bytes(data)
@@ -52,25 +49,23 @@ def test_guide_progress_play_sees_the_fetch_move_and_end(ansible, registry_plain
         "pause_response", method="GET", path="/blobs/" + digest, after_bytes=4 * 1024 * 1024, seconds=HOLD_SECONDS
     )
 
-    plays = guide_plays()
-    (tmp_path / "fetch-progress.yml").write_text(plays["progress"])
-    (tmp_path / "fetch-progress-round.yml").write_text(plays["progress-round"])
     boot = tmp_path / "boot"
-    rc, document, stderr = ansible.playbook(
-        str(tmp_path / "fetch-progress.yml"), extra_vars={"registry": proxy.host, "boot_dir": str(boot)}
-    )
-    results = task_results(document)
-    assert rc == 0, (stderr, [result.get("msg") for _task, _host, result in results])
+    with RecordWatcher(str(boot / ".ironcore" / "progress.json")) as watcher:
+        status = ansible.module(
+            "ironcore.image.ironcore_image_fetch",
+            {
+                "name": "%s/os/gardenlinux:1.0" % proxy.host,
+                "platform": "virtualization",
+                "architecture": "amd64",
+                "dest": str(boot),
+                "plain_http": True,
+            },
+        )
+    assert status.get("failed") is not True, status
     assert hold.hits == 1, proxy.log
-
-    read = [
-        json.loads(base64.b64decode(result["content"]))
-        for task, _host, result in results
-        if task == "Read the progress record" and result.get("content")
-    ]
-    assert any(not record["done"] and record["bytes_done"] < record["bytes_total"] for record in read), read
-    printed = [result["msg"] for task, _host, result in results if task == "Print the progress" and "msg" in result]
-    assert any(" of 24.0 MiB" in line for line in printed), printed
+    assert any(
+        r["phase"] == "download" and not r["done"] and 0 < r["bytes_done"] < r["bytes_total"] for r in watcher.seen
+    ), watcher.seen
 
     with open(boot / ".ironcore" / "progress.json", "rb") as stream:
         final = json.load(stream)
@@ -78,7 +73,6 @@ def test_guide_progress_play_sees_the_fetch_move_and_end(ansible, registry_plain
     assert final["bytes_done"] == final["bytes_total"] == ROOTFS_SIZE
     assert final["layers"] == {"rootfs": {"bytes_done": ROOTFS_SIZE, "bytes_total": ROOTFS_SIZE}}
 
-    (status,) = [r for task, _host, r in results if task == "Ask whether the fetch has ended" and r.get("finished")]
     assert status["bytes_downloaded"] == ROOTFS_SIZE and status["retries"] == 0, status
     # elapsed is rounded to milliseconds in the result, the rate is not.
     assert status["elapsed"] > 0 and status["bytes_per_second"] > 0, status
@@ -206,8 +200,13 @@ def test_push_and_copy_keep_the_progress_record_of_fetch(ansible, registry_plain
     missing = tmp_path / "no-such-directory" / "progress.json"
     refused = ansible.module(
         "ironcore.image.ironcore_image_push",
-        {"layout": layout, "name": name, "destination": destination + "-x", "plain_http": True, "progress_file": str(missing)},
+        {
+            "layout": layout,
+            "name": name,
+            "destination": destination + "-x",
+            "plain_http": True,
+            "progress_file": str(missing),
+        },
     )
     assert refused.get("failed") is True and refused["msg"].startswith("progress_file: cannot write "), refused
     assert "\n" not in refused["msg"]
-
