@@ -440,8 +440,8 @@ class Fault:
     `pad_response` forwards a 2xx answer without its `Content-Length` (its body then ends when the connection
     closes) and sends `extra_bytes` of junk after the body, counting in `padded` how many of them went out before
     the client hung up. `throttle` forwards both ways at no more than `rate` bytes a second (a slow link,
-    for transfers that must last a few seconds). `times` matching requests are broken (-1: all), after letting `skip` matching requests
-    through. `redirect` answers
+    for transfers that must last a few seconds). `times` matching requests are broken (-1: all), after
+    letting `skip` matching requests through. `redirect` answers
     `status` (307 unless given otherwise) with `Location: <location><path>`.
     """
 
