@@ -19,8 +19,8 @@ API (every method is thread-safe; one recorder is shared by a transfer's workers
     recorder.finish()              # done: the final record, with "done": true, is written now
     recorder.finish("failed", done=False)   # or: the transfer stopped; pollers stop waiting on "phase"
 
-    with recording(path) as recorder:   # push and copy: None without a path; the first record is
-        ...                             # written at once (OSError when it cannot be), the last on leaving
+    with recording(path) as recorder:   # push and copy: None without a path; the first record is written
+        ...                             # at once (ProgressFileError when it cannot be), the last on leaving
 
 `advance` only counts; the record is written when `interval` seconds or
 `every_bytes` bytes have passed since the last write, never per chunk, so
