@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import canonical_json, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import OCI_MANIFEST
+from ansible_collections.ironcore.image.plugins.module_utils._progress import ProgressRecorder
 from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
     Referrer,
     Store,
@@ -275,6 +276,28 @@ def mount_candidates(source: ImageSource, destination: ImageDestination, mount_f
 # ---- copying ------------------------------------------------------------------
 
 
+class _ProgressCounter(ByteCounter):
+    """The copier's byte counter for one blob: adds to the shared count and to the blob's progress.
+
+    A retried upload sends some bytes twice; its progress stops at the blob's size.
+    """
+
+    def __init__(self, shared: ByteCounter, recorder: ProgressRecorder, digest: str, size: int):
+        super().__init__()
+        self._shared = shared
+        self._recorder = recorder
+        self._digest = digest
+        self._left = size
+
+    def add(self, count: int) -> None:
+        self._shared.add(count)
+        with self._lock:
+            counted = min(count, self._left)
+            self._left -= counted
+        if counted:
+            self._recorder.advance(self._digest, counted)
+
+
 class _BlobCopier:
     def __init__(
         self,
@@ -283,6 +306,7 @@ class _BlobCopier:
         candidates: t.Sequence[str],
         check_mode: bool,
         retries: int,
+        progress: ProgressRecorder | None = None,
     ):
         self.source = source
         self.destination = destination
@@ -290,21 +314,33 @@ class _BlobCopier:
         self.check_mode = check_mode
         self.retries = retries
         self.counter = ByteCounter()
+        self.progress = None if check_mode else progress
 
-    def transfer(self, item: tuple[str, int]) -> str:
+    def missing(self, item: tuple[str, int]) -> bool:
+        digest, size = item
+        return not self.destination.has_blob(digest, size)
+
+    def transfer(self, item: tuple[str, int], missing: bool = True) -> str:
         """One blob: 'skipped', 'mounted' or 'copied' (in check mode: what would happen)."""
         digest, size = item
-        if self.destination.has_blob(digest, size):
+        if not missing:
             return "skipped"
         for repository in self.candidates:
             if not self.destination.can_mount(digest, size, repository):
                 continue
             if self.check_mode or self.destination.mount_blob(digest, repository):
+                if self.progress is not None:
+                    # No byte of it moves.
+                    self.progress.start(digest, 0)
                 return "mounted"
             # Refused: upload instead (into the session the refusal may have opened).
             break
         if not self.check_mode:
-            self.destination.put_blob(self.source, digest, size, self.counter, self.retries)
+            counter = self.counter
+            if self.progress is not None:
+                self.progress.start(digest, size)
+                counter = _ProgressCounter(self.counter, self.progress, digest, size)
+            self.destination.put_blob(self.source, digest, size, counter, self.retries)
         return "copied"
 
     def run(self, blobs: t.Mapping[str, int], concurrency: int) -> BlobCounts:
@@ -312,7 +348,13 @@ class _BlobCopier:
         items = blob_order(blobs)
         # The counter is the copier's, shared by its runs: this run's bytes are what it adds.
         sent_before = self.counter.value
-        outcomes = run_parallel(concurrency, self.transfer, items)
+        # What the destination lacks is asked first, so that the progress record's total is known from the start.
+        missing = run_parallel(concurrency, self.missing, items)
+        if self.progress is not None:
+            for (digest, size), absent in zip(items, missing):
+                if absent:
+                    self.progress.start(digest, size)
+        outcomes = run_parallel(concurrency, lambda pair: self.transfer(*pair), list(zip(items, missing)))
         counts = BlobCounts()
         for (_digest, size), outcome in zip(items, outcomes):
             setattr(counts, outcome, getattr(counts, outcome) + 1)
@@ -333,8 +375,13 @@ def copy(
     check_mode: bool = False,
     overwrite: bool = True,
     mount_from: t.Sequence[str] = (),
+    progress: ProgressRecorder | None = None,
 ) -> CopyResult:
-    """Copy what `plan` names from `source` to `destination`; see the module docstring for the order."""
+    """Copy what `plan` names from `source` to `destination`; see the module docstring for the order.
+
+    `progress` (outside check mode) counts the bytes of each blob sent, by digest, in phase "copy";
+    phase "commit" is the documents and names after them.
+    """
     started = time.monotonic()
     names = [root.name for root in plan.roots]
 
@@ -353,9 +400,13 @@ def copy(
         if not check_mode:
             destination.prepare()
         candidates = mount_candidates(source, destination, mount_from)
-        copier = _BlobCopier(source, destination, candidates, check_mode, retries)
+        copier = _BlobCopier(source, destination, candidates, check_mode, retries, progress)
+        if copier.progress is not None:
+            copier.progress.set_phase("copy")
         if moved:
             counts = copier.run(plan.graph.blobs, concurrency)
+            if copier.progress is not None:
+                copier.progress.set_phase("commit")
             if not check_mode:
                 for document in documents_to_put(plan):
                     destination.put_document(document)

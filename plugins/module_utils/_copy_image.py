@@ -16,6 +16,7 @@ refused is refused before the first write.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import typing as t
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     InvalidReference,
     platform_refs,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._progress import recording
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
     InvalidRegistryOptions,
     registry_options,
@@ -196,9 +198,11 @@ def copy_image(
             "the copy into destination.layout %s" % destination.layout,
             "or choose another destination.layout",
         )
-    # A layout's blob lock from the copy's first question about what it has (its names and signatures too)
-    # until its names are recorded.
-    with destination_store.writing(check_mode):
+    with contextlib.ExitStack() as held:
+        progress = held.enter_context(recording(None if check_mode else params.get("progress_file")))
+        # A layout's blob lock from the copy's first question about what it has (its names and signatures too)
+        # until its names are recorded.
+        held.enter_context(destination_store.writing(check_mode))
         result = copy(
             source_store,
             destination_store,
@@ -207,6 +211,7 @@ def copy_image(
             retries=options.retries,
             check_mode=check_mode,
             overwrite=params.get("overwrite", True) is not False,
+            progress=progress,
         )
     return {
         "changed": result.changed,

@@ -19,6 +19,9 @@ API (every method is thread-safe; one recorder is shared by a transfer's workers
     recorder.finish()              # done: the final record, with "done": true, is written now
     recorder.finish("failed", done=False)   # or: the transfer stopped; pollers stop waiting on "phase"
 
+    with recording(path) as recorder:   # push and copy: None without a path; the first record is written
+        ...                             # at once (ProgressFileError when it cannot be), the last on leaving
+
 `advance` only counts; the record is written when `interval` seconds or
 `every_bytes` bytes have passed since the last write, never per chunk, so
 the hot path stays a lock and an addition. The record (JSON):
@@ -35,10 +38,12 @@ errors are the caller's.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import typing as t
 
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import write_bytes_atomic
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json
 
@@ -47,6 +52,10 @@ PROGRESS_VERSION = 1
 # How often the record may be rewritten while a transfer runs.
 DEFAULT_INTERVAL = 0.5
 DEFAULT_EVERY_BYTES = 64 * 1024 * 1024
+
+
+class ProgressFileError(ImageError):
+    """The progress record cannot be written where the task asked for it; one line."""
 
 
 class ProgressRecorder:
@@ -110,6 +119,13 @@ class ProgressRecorder:
             record = self._due_record(force=True)
         self._write(record, final=True)
 
+    def begin(self, phase: str) -> None:
+        """Like set_phase, but a record that cannot be written is an OSError: the path is the caller's to fix."""
+        with self._lock:
+            self.phase = phase
+            record = self._due_record(force=True)
+        self._write(record, final=True)
+
     def snapshot(self) -> dict[str, t.Any]:
         """The record as it would be written now."""
         with self._lock:
@@ -153,3 +169,35 @@ class ProgressRecorder:
                     raise
                 return
             self._written_sequence = sequence
+
+
+@contextlib.contextmanager
+def recording(path: str | None, phase: str = "plan") -> t.Iterator[ProgressRecorder | None]:
+    """A recorder writing to `path` for the time of the block (None when there is no path).
+
+    The first record replaces an earlier run's at once, so a poller never takes
+    its "done" for this run's; when it cannot be written, ProgressFileError
+    (the option is `progress_file`, as push and copy call it). Leaving the
+    block writes the final record, "finished", or "failed" (done: false) when
+    the block raised, whatever it raised.
+    """
+    if not path:
+        yield None
+        return
+    recorder = ProgressRecorder(path)
+    try:
+        recorder.begin(phase)
+    except OSError as exc:
+        raise ProgressFileError(
+            "progress_file: cannot write %s: %s; give a path in a directory that exists and that the task's user"
+            " may write to" % (path, exc.strerror or exc),
+            option="progress_file",
+        ) from exc
+    try:
+        yield recorder
+    except BaseException:
+        # The transfer's own error is what the user must see.
+        with contextlib.suppress(OSError):
+            recorder.finish("failed", done=False)
+        raise
+    recorder.finish()

@@ -28,6 +28,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     InvalidReference,
     platform_refs,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._progress import recording
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
     InvalidRegistryOptions,
     registry_options,
@@ -136,18 +137,20 @@ def push_image(
     if params.get("chunk_size") is not None and int(params["chunk_size"]) < 0:
         raise PushError("chunk_size must be 0 (one streaming PUT per blob) or a positive number of bytes")
     try:
-        client = RegistryClient(destination.registry, options, on_retry)
-        client.ping()
-        result = copy(
-            LayoutStore(params["layout"]),
-            RegistryStore(client, destination.repository, int(params.get("chunk_size") or 0)),
-            plan,
-            concurrency=options.concurrency,
-            retries=options.retries,
-            check_mode=check_mode,
-            overwrite=params.get("overwrite", True) is not False,
-            mount_from=mount_sources(name, destination, params.get("mount_from") or []),
-        )
+        with recording(None if check_mode else params.get("progress_file")) as progress:
+            client = RegistryClient(destination.registry, options, on_retry)
+            client.ping()
+            result = copy(
+                LayoutStore(params["layout"]),
+                RegistryStore(client, destination.repository, int(params.get("chunk_size") or 0)),
+                plan,
+                concurrency=options.concurrency,
+                retries=options.retries,
+                check_mode=check_mode,
+                overwrite=params.get("overwrite", True) is not False,
+                mount_from=mount_sources(name, destination, params.get("mount_from") or []),
+                progress=progress,
+            )
     except ImageError as exc:
         raise PushError(str(exc)) from exc
     return {

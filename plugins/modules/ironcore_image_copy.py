@@ -35,6 +35,7 @@ extends_documentation_fragment:
   - ironcore.image.attributes
   - ironcore.image.shared_layout.lock_timeout
   - ironcore.image.registry.endpoints
+  - ironcore.image.progress
 author:
   - IronCore image collection maintainers (@ironcore-dev)
 attributes:
@@ -256,6 +257,7 @@ def main() -> None:
         destination=endpoint_option(),
         platform_tags={"type": "bool", "default": True},
         overwrite={"type": "bool", "default": True},
+        progress_file={"type": "path"},
         allow_shared_dest={"type": "bool", "default": False},
         carry_referrers={"type": "bool", "default": True},
         lock_timeout={"type": "float"},

@@ -27,6 +27,7 @@ extends_documentation_fragment:
   - ironcore.image.attributes
   - ironcore.image.registry
   - ironcore.image.registry.transfer
+  - ironcore.image.progress
 author:
   - IronCore image collection maintainers (@ironcore-dev)
 attributes:
@@ -227,6 +228,7 @@ def main() -> None:
         chunk_size={"type": "int", "default": 0},
         mount_from={"type": "list", "elements": "str", "default": []},
         overwrite={"type": "bool", "default": True},
+        progress_file={"type": "path"},
         carry_referrers={"type": "bool", "default": True},
     )
     module = AnsibleModule(

@@ -424,6 +424,7 @@ FAULT_ACTIONS = (
     "redirect",
     "drop_header",
     "pad_response",
+    "throttle",
 )
 
 
@@ -438,8 +439,9 @@ class Fault:
     `drop_header` forwards the request without its `header` (a `Range` the registry then never sees);
     `pad_response` forwards a 2xx answer without its `Content-Length` (its body then ends when the connection
     closes) and sends `extra_bytes` of junk after the body, counting in `padded` how many of them went out before
-    the client hung up. `times` matching requests are broken (-1: all), after letting `skip` matching requests
-    through. `redirect` answers
+    the client hung up. `throttle` forwards both ways at no more than `rate` bytes a second (a slow link,
+    for transfers that must last a few seconds). `times` matching requests are broken (-1: all), after
+    letting `skip` matching requests through. `redirect` answers
     `status` (307 unless given otherwise) with `Location: <location><path>`.
     """
 
@@ -454,6 +456,7 @@ class Fault:
     location: str = ""
     header: str = ""
     extra_bytes: int = 0
+    rate: int = 0
     release: threading.Event | None = None
     hits: int = 0
     seen: int = 0
@@ -642,6 +645,9 @@ class FaultProxy(LoopbackListener):
                 stopping = fault.release or self.stopping
                 self._relay(client, upstream, rest, fault.after_bytes, pause=fault.seconds, stopping=stopping)
                 return
+            if fault is not None and fault.action == "throttle":
+                self._relay(client, upstream, rest, None, rate=fault.rate)
+                return
             limit = fault.after_bytes if fault is not None and fault.action == "reset_response" else None
             self._relay(client, upstream, rest, limit)
         except (OSError, ValueError):
@@ -696,10 +702,12 @@ class FaultProxy(LoopbackListener):
         limit: int | None,
         pause: float | None = None,
         stopping: threading.Event | None = None,
+        rate: int = 0,
     ) -> None:
         """Copy both ways in one thread, so a reset never races a reader blocked in another.
 
         At `limit` bytes of the answer: reset both, or with `pause`, wait that long and go on.
+        With `rate`, the bytes moved (both ways together) never run ahead of `rate` a second.
 
         Non-blocking: with TLS, a readable socket may hold only a session
         ticket, and a blocking read would then stall the other direction.
@@ -710,7 +718,8 @@ class FaultProxy(LoopbackListener):
             sock.setblocking(False)
         client_open = True
         sent_back = 0
-        idle_since = time.monotonic()
+        idle_since = started = time.monotonic()
+        relayed = 0
         while time.monotonic() - idle_since < 120:
             moved = False
             for sock in (client, upstream) if client_open else (upstream,):
@@ -718,6 +727,9 @@ class FaultProxy(LoopbackListener):
                 if data is None:
                     continue
                 moved = True
+                if rate > 0:
+                    relayed += len(data)
+                    time.sleep(max(0.0, started + relayed / rate - time.monotonic()))
                 if sock is client:
                     if data:
                         _send_all(upstream, data)

@@ -46,8 +46,6 @@ def test_guide_has_the_tested_plays():
         "lifecycle",
         "mirror",
         "pin",
-        "progress",
-        "progress-round",
         "promote",
         "push-basic",
         "push-docker-config",

@@ -3,8 +3,16 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
+
+from ansible_collections.ironcore.image.plugins.module_utils._copy import _ProgressCounter
 from ansible_collections.ironcore.image.plugins.module_utils._fetch import transfer_rate
-from ansible_collections.ironcore.image.plugins.module_utils._progress import ProgressRecorder
+from ansible_collections.ironcore.image.plugins.module_utils._progress import (
+    ProgressFileError,
+    ProgressRecorder,
+    recording,
+)
+from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter
 
 
 class Clock:
@@ -93,3 +101,41 @@ def test_transfer_rate():
     assert transfer_rate(0, 2.0) == {"elapsed": 2.0, "bytes_per_second": 0}
     assert transfer_rate(1000, 0.0) == {"elapsed": 0.0, "bytes_per_second": 0}
     assert transfer_rate(1000, 0.5) == {"elapsed": 0.5, "bytes_per_second": 2000}
+
+
+def test_recording_replaces_at_once_and_ends_finished_or_failed(tmp_path):
+    path = tmp_path / "progress.json"
+    path.write_text(json.dumps({"done": True, "phase": "finished"}))
+    with recording(str(path)) as recorder:
+        assert recorder is not None
+        # An earlier run's "done" is gone before the first byte.
+        assert read(path)["phase"] == "plan" and read(path)["done"] is False
+        recorder.start("sha256:aa", 10)
+        recorder.advance("sha256:aa", 10)
+    assert read(path)["phase"] == "finished" and read(path)["done"] is True and read(path)["bytes_done"] == 10
+
+    with pytest.raises(KeyboardInterrupt), recording(str(path)) as recorder:
+        raise KeyboardInterrupt
+    assert read(path)["phase"] == "failed" and read(path)["done"] is False
+
+    with recording(None) as recorder:
+        assert recorder is None
+
+
+def test_recording_to_a_path_that_cannot_be_written_is_one_line(tmp_path):
+    missing = tmp_path / "missing" / "progress.json"
+    with pytest.raises(ProgressFileError, match=r"^progress_file: cannot write .*missing/progress\.json: "), recording(
+        str(missing)
+    ):
+        pass
+
+
+def test_a_resent_upload_counts_no_more_than_the_blob(tmp_path):
+    path = tmp_path / "progress.json"
+    recorder = ProgressRecorder(str(path), interval=0.0)
+    shared = ByteCounter()
+    counter = _ProgressCounter(shared, recorder, "sha256:bb", 100)
+    counter.add(80)
+    counter.add(80)  # a retry sends the first bytes again
+    assert shared.value == 160  # what went over the network
+    assert read(path)["layers"]["sha256:bb"]["bytes_done"] == 100
