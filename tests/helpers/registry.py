@@ -531,13 +531,22 @@ def _wait_until_sent(sock: socket.socket, limit: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+# The first byte of a TLS ClientHello record.
+TLS_HANDSHAKE = b"\x16"
+
+
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The request or answer head and what came after it; (b"", b"") when there is none to read."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
             return b"", b""
         data += chunk
+        if data.startswith(TLS_HANDSHAKE):
+            # A TLS hello to a plain-HTTP proxy (skopeo tries https first): closed at once, as a plain
+            # registry's 400 would be, so the client falls back to http now, not after its 10 s handshake timeout.
+            return b"", b""
         if len(data) > 1024 * 1024:
             return b"", b""
     head, _blank, rest = data.partition(b"\r\n\r\n")
