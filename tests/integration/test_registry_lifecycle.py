@@ -22,6 +22,7 @@ SIGN = "ironcore.image.ironcore_image_sign"
 INFO = "ironcore.image.ironcore_image_info"
 REMOVE = "ironcore.image.ironcore_image_remove"
 PRUNE = "ironcore.image.ironcore_image_prune"
+TAG = "ironcore.image.ironcore_image_tag"
 NAME = "registry.example.com/os/gardenlinux:1.0"
 VERSIONS = ("1.0", "1.1", "1.2")
 
@@ -281,3 +282,51 @@ def test_remove_never_deletes_what_a_kept_tag_reaches(ansible, registry_plain, k
     assert "mix" in tags and "1.0" not in tags and "1.1" in tags
     assert raw(registry_plain, "%s:mix" % repository) == mixed
     skopeo_copy_all(registry_plain, "%s:mix" % repository, str(tmp_path / "mix"))
+
+
+def stored_blob_count(registry) -> int:
+    """Files under the registry's own blob store: a tag must not add any layer or config."""
+    blobs = os.path.join(registry.storage, "docker", "registry", "v2", "blobs")
+    return sum(1 for _root, _dirs, files in os.walk(blobs) for name in files if name == "data")
+
+
+def test_tag_on_a_registry_puts_the_same_manifests_under_new_tags(ansible, registry_plain, key, tmp_path):
+    repository = "lifecycle/tag"
+    publish(ansible, registry_plain, tmp_path, repository, key, versions=("1.0", "1.1"))
+    base = "%s/%s" % (registry_plain.host, repository)
+    release = "1.0"
+    platform = [tag[len(release) :] for tag in registry_tags(registry_plain, repository) if tag.startswith("1.0-")]
+    assert "-baremetal-amd64" in platform and "-kvm" in platform
+    blobs = stored_blob_count(registry_plain)
+    args = dict(registry_plain.registry_args, name="%s:1.0" % base, tags=["stable", "%s:weekly" % base])
+    before = snapshot(registry_plain, repository)
+
+    checked = ansible.module(TAG, args, check=True, diff=True)
+
+    assert checked["changed"] is True, checked
+    wanted = sorted("%s:%s%s" % (repository, tag, suffix) for tag in ("stable", "weekly") for suffix in ["", *platform])
+    assert checked["names"] == ["%s/%s" % (registry_plain.host, name) for name in wanted]
+    assert snapshot(registry_plain, repository) == before
+
+    tagged = ansible.module(TAG, args, diff=True)
+
+    assert tagged["changed"] is True and tagged["names"] == checked["names"], tagged
+    assert tagged["digest"] == checked["digest"]
+    # skopeo reads the very bytes of 1.0 (and of each platform tag) under every new name; no blob moved.
+    for new in ("stable", "weekly"):
+        for suffix in ["", *platform]:
+            assert raw(registry_plain, "%s:%s%s" % (repository, new, suffix)) == before[release + suffix], suffix
+    assert stored_blob_count(registry_plain) == blobs
+    skopeo_copy_all(registry_plain, "%s:stable" % repository, str(tmp_path / "stable"))
+    assert ansible.module(TAG, args)["changed"] is False
+
+    # overwrite: false refuses to move stable to 1.1, in one line, before writing anything.
+    moved = dict(args, name="%s:1.1" % base, tags=["stable"], overwrite=False)
+    middle = snapshot(registry_plain, repository)
+    refused = ansible.module(TAG, moved)
+    assert refused.get("failed") is True, refused
+    assert "\n" not in refused["msg"] and "stable" in refused["msg"] and "already points at" in refused["msg"]
+    assert snapshot(registry_plain, repository) == middle
+    forced = ansible.module(TAG, dict(moved, overwrite=True))
+    assert forced["changed"] is True, forced
+    assert raw(registry_plain, "%s:stable-baremetal" % repository) == middle["1.1-baremetal"]
