@@ -34,7 +34,7 @@ description:
     mode and diff list what would go. See C(docs/lifecycle.md) for what a registry needs for deletes and for its
     garbage collection.
   - With O(layout) and O(keep), the same selection on the layout, per repository of its names (of O(name) alone
-    when given): the names of the other releases are dropped from C(index.json) first, under the layout's locks,
+    when given). The names of the other releases are dropped from C(index.json) first, under the layout's locks,
     then the sweep above frees their blobs, signatures and referrers (subject to O(grace_period)).
 author:
   - IronCore image collection maintainers (@ironcore-dev)
