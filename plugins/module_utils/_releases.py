@@ -25,9 +25,12 @@ from dataclasses import dataclass, field
 from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError, load_json
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    ARCHITECTURES,
     MAX_DOCUMENT_SIZE,
+    PLATFORMS,
     ImageReference,
     InvalidReference,
+    platform_refs,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._referrers import list_referrers
 from ansible_collections.ironcore.image.plugins.module_utils._select import decide_platform, platform_of
@@ -205,7 +208,53 @@ def group_releases(store: Store, descriptors: t.Mapping[str, t.Mapping[str, t.An
             for release in releases:
                 if digest in release.documents:
                     release.tags.append(tag)
-    return releases
+    return _merge_pending(releases)
+
+
+# `baremetal`, `baremetal-amd64`, `metal-arm64`, ...: the suffixes push gives platform tags, longest first.
+PLATFORM_SUFFIXES = sorted(
+    {
+        key.replace("/", "-")
+        for key in platform_refs(ImageReference("", "r", "t", None), PLATFORMS, ARCHITECTURES, True)
+    },
+    key=lambda suffix: (-len(suffix), suffix),
+)
+
+
+def pending_base(tags: t.Iterable[str]) -> str | None:
+    """`1.2` when every tag is a platform tag of `1.2` (`1.2-baremetal`, `1.2-kvm-arm64`, ...), else None."""
+    bases: set[str] = set()
+    for tag in tags:
+        suffix = next((s for s in PLATFORM_SUFFIXES if tag.endswith("-" + s) and len(tag) > len(s) + 1), None)
+        if suffix is None:
+            return None
+        bases.add(tag[: -len(suffix) - 1])
+    return next(iter(bases)) if len(bases) == 1 else None
+
+
+def _merge_pending(releases: list[Release]) -> list[Release]:
+    """Platform tags whose combined tag is not there are one release under that name.
+
+    A push writes the per-architecture tags, then the platform indexes, then the
+    combined name: a listing taken meanwhile sees parts that share no manifest.
+    Counted apart, a prune would take most of the newest release for old ones.
+    """
+    tags = {tag for release in releases for tag in release.tags}
+    holders: dict[str, Release] = {}
+    merged: list[Release] = []
+    for release in releases:
+        base = pending_base(release.tags)
+        holder = holders.get(base) if base is not None else None
+        if base is None or base in tags:
+            merged.append(release)
+        elif holder is None:
+            holders[base] = release
+            merged.append(release)
+        else:
+            holder.members[release.digest] = release.graph
+            holder.members.update(release.members)
+            holder.tags = sorted(holder.tags + release.tags)
+    return merged
 
 
 def leaves(graph: Graph) -> set[str]:

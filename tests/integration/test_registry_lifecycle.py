@@ -7,6 +7,7 @@ tags list, never with the collection's reader.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -16,6 +17,9 @@ import pytest
 from helpers.images import build_ours
 from helpers.registry import start_registry
 from helpers.signing import http_put_manifest, make_key, sig_tag
+
+from ansible_collections.ironcore.image.plugins.module_utils._referrers import ReferrerBlob, attach_referrer
+from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore
 
 PUSH = "ironcore.image.ironcore_image_push"
 SIGN = "ironcore.image.ironcore_image_sign"
@@ -159,9 +163,15 @@ def skopeo_snapshot(registry, repository: str) -> dict[str, bytes]:
     return {tag: raw(registry, "%s:%s" % (repository, tag)) for tag in registry_tags(registry, repository)}
 
 
-def listing(ansible, registry, repository: str) -> list[dict]:
-    listed = ansible.module(INFO, dict(registry.registry_args, name="%s/%s" % (registry.host, repository)))
+def listing(ansible, registry, repository: str, key: dict | None = None) -> list[dict]:
+    """info's releases; with `key`, each one's signature is verified by the collection against it."""
+    keys = {"signature_keys": [key["pub"]]} if key else {}
+    listed = ansible.module(INFO, dict(registry.registry_args, name="%s/%s" % (registry.host, repository), **keys))
     assert listed.get("failed") is not True, listed
+    if key:
+        assert all(r["signed"] is True and r["signers"] for r in listed["releases"]), [
+            (r["tags"][0], r["signed"], r["signers"]) for r in listed["releases"]
+        ]
     return listed["releases"]
 
 
@@ -196,7 +206,8 @@ def test_prune_keeps_the_newest_releases_check_mode_first(ansible, key, tmp_path
     for tag in after:
         if not tag.startswith("sha256-"):
             skopeo_copy_all(registry, "%s:%s" % (repository, tag), str(tmp_path / ("copy-" + tag)))
-    assert [r["digest"] for r in listing(ansible, registry, repository)] == [digests["1.3"], digests["1.2"]]
+    # Every release left is signed, and its signature verifies against the release key.
+    assert [r["digest"] for r in listing(ansible, registry, repository, key)] == [digests["1.3"], digests["1.2"]]
     # No signature or referrers tag of a removed release remains.
     removed_digests = set(pruned["manifests_deleted"])
     assert not [tag for tag in after if tag.startswith("sha256-") and "sha256:" + tag[7:71] in removed_digests]
@@ -330,3 +341,83 @@ def test_tag_on_a_registry_puts_the_same_manifests_under_new_tags(ansible, regis
     forced = ansible.module(TAG, dict(moved, overwrite=True))
     assert forced["changed"] is True, forced
     assert raw(registry_plain, "%s:stable-baremetal" % repository) == middle["1.1-baremetal"]
+
+
+def skopeo_copy_name(registry, layout: str, name: str, repository: str, tag: str) -> None:
+    proc = subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            *registry.skopeo_flags("dest-"),
+            "oci:%s:%s" % (layout, name),
+            "docker://%s/%s:%s" % (registry.host, repository, tag),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, (name, proc.stderr)
+
+
+def prepared_release(ansible, root, name: str, key: dict) -> tuple[str, str]:
+    """A tiny release built, signed (for its registry name) and given a referrer in its own layout, as a push
+    carries all three; (layout, digest of the referrer)."""
+    version = name.rsplit(":", 1)[1]
+    layout = os.path.join(str(root), "layout-" + version)
+    workdir = os.path.join(str(root), "in-" + version)
+    os.makedirs(workdir, exist_ok=True)
+    build_ours(layout, name, workdir, tag="race-" + version)
+    signed = ansible.module(SIGN, {"layout": layout, "name": name, "key": key["key"]})
+    assert signed["changed"] is True, signed
+    store = LayoutStore(layout)
+    subject = {field: store.resolve(name)[field] for field in ("mediaType", "digest", "size")}
+    blob = ReferrerBlob("application/json", data=('{"release": "%s"}' % version).encode())
+    changed, referrer = attach_referrer(store, subject, "application/vnd.in-toto+json", [blob])
+    assert changed is True
+    return layout, referrer
+
+
+def test_a_push_during_a_prune_loses_nothing_of_the_new_release(ansible, registry_plain, key, tmp_path):
+    """Three rounds: a new release pushed while prunes (keep 1) run; it stays whole, signed and referred to."""
+    repository = "lifecycle/race"
+    base = "%s/%s" % (registry_plain.host, repository)
+    publish(ansible, registry_plain, tmp_path, repository, key, versions=("1.0",))
+    prune = dict(registry_plain.registry_args, name=base, keep=1)
+    previous = "1.0"
+    for round_number in range(3):
+        version = "2.%d" % round_number
+        name = "%s:%s" % (base, version)
+        layout, referrer = prepared_release(ansible, tmp_path, name, key)
+        push = dict(registry_plain.registry_args, layout=layout, name=name)
+        if round_number == 0:
+            # First, deterministically, the moment between a push's per-architecture tags and the rest.
+            parts = [version + "-baremetal-amd64", version + "-virtualization-arm64"]
+            for part in parts:
+                skopeo_copy_name(registry_plain, layout, "%s-%s" % (name, part[len(version) + 1 :]), repository, part)
+            midway = ansible.module(PRUNE, prune)
+            assert midway.get("failed") is not True, midway
+            assert [sorted(parts)] == [r["tags"] for r in midway["releases_kept"]], midway
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pushing = pool.submit(ansible.module, PUSH, push)
+            prunes = [ansible.module(PRUNE, prune)]
+            while not pushing.done():
+                prunes.append(ansible.module(PRUNE, prune))
+        pushed = pushing.result()
+        assert pushed.get("failed") is not True and pushed["changed"] is True, pushed
+        assert all(result.get("failed") is not True for result in prunes), prunes
+        settled = ansible.module(PRUNE, prune)
+        assert settled.get("failed") is not True, settled
+
+        tags = registry_tags(registry_plain, repository)
+        digest = pushed["digest"]
+        assert {version, version + "-baremetal-amd64", version + "-kvm", sig_tag(digest)} <= set(tags), tags
+        # The referrer went out under the tag schema (docker-registry has no referrers API), and is still there.
+        assert "sha256-" + digest[7:] in tags
+        assert referrer in raw(registry_plain, "%s:sha256-%s" % (repository, digest[7:])).decode()
+        assert not [tag for tag in tags if tag == previous or tag.startswith(previous + "-")], tags
+        skopeo_copy_all(registry_plain, "%s:%s" % (repository, version), str(tmp_path / ("copy-" + version)))
+        previous = version
+    [left] = listing(ansible, registry_plain, repository, key)
+    assert left["digest"] == pushed["digest"]
