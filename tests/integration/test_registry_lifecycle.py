@@ -421,3 +421,36 @@ def test_a_push_during_a_prune_loses_nothing_of_the_new_release(ansible, registr
         previous = version
     [left] = listing(ansible, registry_plain, repository, key)
     assert left["digest"] == pushed["digest"]
+
+
+def skopeo_tags(registry, repository: str) -> list[str]:
+    proc = subprocess.run(
+        ["skopeo", "list-tags", *registry.skopeo_flags(), "docker://%s/%s" % (registry.host, repository)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return sorted(json.loads(proc.stdout)["Tags"])
+
+
+def test_prune_and_remove_on_the_token_registry(ansible, registry_token, key, tmp_path):
+    """The token set-up: the module asks for pull,push,delete in the repository scope, and gets it."""
+    repository = "lifecycle/token"
+    digests = publish(ansible, registry_token, tmp_path, repository, key, versions=("1.0", "1.1", "1.2"))
+    base = "%s/%s" % (registry_token.host, repository)
+    before = {tag: raw(registry_token, "%s:%s" % (repository, tag)) for tag in skopeo_tags(registry_token, repository)}
+    args = dict(registry_token.registry_args, name=base, keep=2)
+
+    pruned = ansible.module(PRUNE, args)
+
+    assert pruned.get("failed") is not True and pruned["changed"] is True, pruned
+    assert [r["digest"] for r in pruned["releases_removed"]] == [digests["1.0"]]
+    removed = ansible.module(REMOVE, dict(registry_token.registry_args, names=["%s:1.1" % base]))
+    assert removed.get("failed") is not True and digests["1.1"] in removed["manifests_deleted"], removed
+    scopes = {scope for request in registry_token.token_server.requests for scope in request["scopes"]}
+    assert "repository:%s:pull,push,delete" % repository in scopes
+    after = skopeo_tags(registry_token, repository)
+    assert after and all(tag.startswith(("1.2", "sha256-")) for tag in after), after
+    assert all(raw(registry_token, "%s:%s" % (repository, tag)) == before[tag] for tag in after)
+    assert [r["digest"] for r in listing(ansible, registry_token, repository, key)] == [digests["1.2"]]
