@@ -8,6 +8,7 @@ tags list, never with the collection's reader.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import urllib.request
 
 import pytest
 from helpers.images import build_ours
+from helpers.inventory import local_host, write_inventory
 from helpers.registry import start_registry
 from helpers.signing import http_put_manifest, make_key, sig_tag
 
@@ -28,6 +30,7 @@ REMOVE = "ironcore.image.ironcore_image_remove"
 PRUNE = "ironcore.image.ironcore_image_prune"
 TAG = "ironcore.image.ironcore_image_tag"
 NAME = "registry.example.com/os/gardenlinux:1.0"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VERSIONS = ("1.0", "1.1", "1.2")
 
 pytestmark = pytest.mark.integration
@@ -227,7 +230,7 @@ def _subject_in_old(before: dict[str, bytes], tag: str, old_tags: set[str]) -> b
     subject = "sha256:" + tag[7:71]
     documents = set()
     for name in old_tags:
-        documents.add("sha256:" + __import__("hashlib").sha256(before[name]).hexdigest())
+        documents.add("sha256:" + hashlib.sha256(before[name]).hexdigest())
         body = json.loads(before[name])
         documents |= {entry["digest"] for entry in body.get("manifests", [])}
     return subject in documents
@@ -454,3 +457,41 @@ def test_prune_and_remove_on_the_token_registry(ansible, registry_token, key, tm
     assert after and all(tag.startswith(("1.2", "sha256-")) for tag in after), after
     assert all(raw(registry_token, "%s:%s" % (repository, tag)) == before[tag] for tag in after)
     assert [r["digest"] for r in listing(ansible, registry_token, repository, key)] == [digests["1.2"]]
+
+
+def test_build_role_keeps_releases_and_the_clean_up_playbook_prunes(ansible, registry_plain, key, tmp_path):
+    """build_keep_releases after the role's push; then playbooks/prune.yml as the weekly AWX job runs it."""
+    repository = "lifecycle/role"
+    digests = publish(ansible, registry_plain, tmp_path, repository, key, versions=("1.0", "1.1"))
+    artifact = {"architecture": "amd64"}
+    for role in ("kernel", "initramfs", "rootfs"):
+        path = tmp_path / ("role-" + role)
+        path.write_bytes(role.encode() * 300)
+        artifact[role] = str(path)
+    base = "%s/%s" % (registry_plain.host, repository)
+    builder = local_host(
+        build_name=base + ":1.2",
+        build_layout=str(tmp_path / "role-layout"),
+        build_artifacts=[artifact],
+        build_push=True,
+        build_registry_plain_http=True,
+        build_keep_releases=2,
+    )
+    inventory = write_inventory(str(tmp_path / "hosts.yml"), {"build_hosts": {"builder": builder}})
+
+    rc, _document, stderr = ansible.playbook(os.path.join(REPO, "playbooks", "build.yml"), inventory=inventory)
+
+    assert rc == 0, stderr
+    newest = "sha256:" + hashlib.sha256(raw(registry_plain, repository + ":1.2")).hexdigest()
+    assert [r["digest"] for r in listing(ansible, registry_plain, repository)] == [newest, digests["1.1"]]
+
+    # The clean-up job: keep 0, but 1.2 is pinned through a survey's text area (one pattern per line).
+    rc, _document, stderr = ansible.playbook(
+        os.path.join(REPO, "playbooks", "prune.yml"),
+        inventory=inventory,
+        extra_vars={"prune_repository": base, "prune_keep": "0", "prune_keep_tags": "stable\n1.2-kvm\n"},
+    )
+
+    assert rc == 0, stderr
+    assert [r["digest"] for r in listing(ansible, registry_plain, repository)] == [newest]
+    assert not [tag for tag in registry_tags(registry_plain, repository) if tag.startswith("1.1")]
