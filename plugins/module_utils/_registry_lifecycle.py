@@ -149,13 +149,15 @@ def remove_releases(
 # ---- the modules' calls ---------------------------------------------------------------
 
 
-def _tag_of(name: str) -> tuple[str, str]:
+def _tag_of(name: str, option: str = "names") -> tuple[str, str]:
     try:
         ref = ImageReference.parse(name)
     except InvalidReference as exc:
-        raise RegistryLifecycleError("names: %s" % exc) from exc
+        raise RegistryLifecycleError("%s: %s" % (option, exc)) from exc
     if not ref.registry:
-        raise RegistryLifecycleError("names: %s names no registry host; write it as host[:port]/repository:tag" % name)
+        raise RegistryLifecycleError(
+            "%s: %s names no registry host; write it as host[:port]/repository:tag (or give layout)" % (option, name)
+        )
     return ref.name, ref.digest or str(ref.tag)
 
 
@@ -260,7 +262,7 @@ def _source_image(store: RegistryStore, reference: str, name: str) -> tuple[dict
 
 def plan_registry_tag(store: RegistryStore, params: t.Mapping[str, t.Any]) -> tuple[str, dict[str, Document]]:
     """(digest of name, new tag -> the document it gets), every refusal before anything is written."""
-    repository, reference = _tag_of(params["name"])
+    repository, reference = _tag_of(params["name"], "name")
     descriptor, graph = _source_image(store, reference, params["name"])
     digest = str(descriptor["digest"])
     platforms: dict[str, Document] = {}
@@ -292,7 +294,7 @@ def tag_registry(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t
     """ironcore_image_tag without a layout: the manifests of name put under new tags of its repository."""
     if not params["tags"]:
         raise RegistryLifecycleError("tags must list at least one new name")
-    repository, reference = _tag_of(params["name"])
+    repository, reference = _tag_of(params["name"], "name")
     store = repository_store(dict(params, name=repository))
     digest, wanted = plan_registry_tag(store, params)
     before: dict[str, str | None] = {}
