@@ -595,6 +595,10 @@ def test_prune_keep_on_a_layout_drops_old_releases_with_their_attachments(ansibl
         names[UPSTREAM],
     }
     assert checked["removed"] == old and checked["names_removed"] == sorted(attachments)
+    # With name, only that repository's releases count: the upstream image is its only one, and stays.
+    upstream = ansible.module(PRUNE, dict(args, name=UPSTREAM.rsplit(":", 1)[0], keep=0, keep_tags=[]), check=True)
+    assert [r["digest"] for r in upstream["releases_removed"]] == [names[UPSTREAM]], upstream
+    assert upstream["releases_kept"] == [] and upstream["removed"] == [UPSTREAM]
     assert snapshot(layout) == before
 
     pruned = ansible.module(PRUNE, args)
