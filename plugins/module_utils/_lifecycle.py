@@ -30,7 +30,13 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ImageReference,
     InvalidReference,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._releases import (
+    Release,
+    choose_releases,
+    group_releases,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._select import decide_without_manifest
+from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore
 
 # Results stay readable: a prune of thousands of blobs lists the first ones only.
 MAX_LISTED_DIGESTS = 100
@@ -411,6 +417,55 @@ def _written_after(layout: OciLayout, cutoff: float) -> t.Callable[[t.Mapping[st
     return young
 
 
+@dataclass
+class ReleasePlan:
+    """Prune with `keep` on a layout: the releases kept and going, with their recorded names."""
+
+    kept: list[dict[str, t.Any]] = field(default_factory=list)
+    going: list[dict[str, t.Any]] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)
+    documents: set[str] = field(default_factory=set)
+
+
+def _repositories(refs: t.Mapping[str, t.Mapping[str, t.Any]], only: str | None) -> dict[str, dict[str, t.Any]]:
+    """repository -> tag -> descriptor of every name that is no signature or referrers name."""
+    found: dict[str, dict[str, t.Any]] = {}
+    for name, entry in refs.items():
+        split = split_name(name)
+        if split is None or attachment_subject(name) is not None or (only is not None and split[0] != only):
+            continue
+        found.setdefault(split[0], {})[split[1]] = entry
+    return found
+
+
+def plan_releases(layout: OciLayout, params: t.Mapping[str, t.Any]) -> ReleasePlan:
+    """The releases of each repository (of `name` alone when given) the layout names, grouped and chosen
+    as on a registry (`_releases.group_releases`, `_releases.choose_releases`)."""
+    only = None
+    if params.get("name"):
+        try:
+            only = ImageReference.parse(params["name"], default_tag=None).name
+        except InvalidReference as exc:
+            raise LifecycleError("name: %s" % exc) from exc
+    store = LayoutStore(layout.path)
+    plan = ReleasePlan()
+    for repository, descriptors in sorted(_repositories(layout.refs(), only).items()):
+        try:
+            kept, going = choose_releases(store, group_releases(store, descriptors), params)
+        except ImageError as exc:
+            raise LifecycleError("%s; nothing was pruned" % exc) from exc
+        plan.kept += [_release_result(repository, release) for release in kept]
+        plan.going += [_release_result(repository, release) for release in going]
+        for release in going:
+            plan.names.update({join_name(repository, tag): str(descriptors[tag]["digest"]) for tag in release.tags})
+            plan.documents |= release.documents
+    return plan
+
+
+def _release_result(repository: str, release: Release) -> dict[str, t.Any]:
+    return {"tags": [join_name(repository, tag) for tag in release.tags], "digest": release.digest}
+
+
 @contextlib.contextmanager
 def _prune_locked(layout: OciLayout, check_mode: bool) -> t.Iterator[None]:
     if check_mode:
@@ -431,12 +486,21 @@ def prune_layout(params: t.Mapping[str, t.Any], check_mode: bool, now: float | N
     freed = 0
     kept_young = 0
     orphans: dict[str, str] = {}
+    releases: ReleasePlan | None = None
     try:
         # Listed and deleted through descriptors of blobs/sha256: never through a link, never outside the layout.
         with _prune_locked(layout, check_mode), layout.blob_directory(allow_shared) as directory:
             # Taken under the lock: the clock that counts is the one when nothing can start naming.
             cutoff = (time.time() if now is None else now) - grace
-            reached, orphans = reachable(layout, _written_after(layout, cutoff))
+            # With `keep`, the old releases' names go first (decided under the lock), then the sweep frees them.
+            releases = plan_releases(layout, params) if params.get("keep") is not None else None
+            going = releases.names if releases is not None else {}
+            if going and not check_mode:
+                layout.drop_refs(going)
+            reached, orphans = reachable(layout, _written_after(layout, cutoff), ignore=going)
+            if releases is not None:
+                refs = layout.refs()
+                releases.documents |= {str(refs[name].get("digest")) for name in orphans if name in refs}
             # Signatures and referrers of what no name reaches go first, then the blobs only they reached.
             if orphans and not check_mode:
                 layout.drop_refs(orphans)
@@ -456,8 +520,8 @@ def prune_layout(params: t.Mapping[str, t.Any], check_mode: bool, now: float | N
     except OSError as exc:
         raise LifecycleError("pruning layout %s failed: %s" % (layout.path, exc.strerror or exc)) from exc
     listed = removed[:MAX_LISTED_DIGESTS]
-    return {
-        "changed": bool(removed or orphans),
+    result = {
+        "changed": bool(removed or orphans or (releases and releases.names)),
         "blobs_removed": len(removed),
         "names_removed": sorted(orphans),
         "bytes_freed": freed,
@@ -465,4 +529,23 @@ def prune_layout(params: t.Mapping[str, t.Any], check_mode: bool, now: float | N
         "digests_truncated": len(removed) > len(listed),
         "blobs_kept_young": kept_young,
         "diff": {"before": {"blobs": listed, "names": sorted(orphans)}, "after": {"blobs": [], "names": []}},
+    }
+    if releases is not None:
+        result.update(_release_results(releases, removed, orphans))
+    return result
+
+
+def _release_results(releases: ReleasePlan, removed: t.Sequence[str], orphans: t.Mapping[str, str]) -> dict[str, t.Any]:
+    """The results prune gives on a registry, for a layout: releases, names and the documents freed."""
+    documents = releases.documents
+    names = sorted(releases.names)
+    return {
+        "releases_removed": releases.going,
+        "releases_kept": releases.kept,
+        "removed": names,
+        "manifests_deleted": [digest for digest in removed if digest in documents],
+        "diff": {
+            "before": {"blobs": removed[:MAX_LISTED_DIGESTS], "names": sorted([*names, *orphans])},
+            "after": {"blobs": [], "names": []},
+        },
     }

@@ -18,27 +18,26 @@ deletion the tags are listed again: a tag that appeared since the listing
 
 from __future__ import annotations
 
-import fnmatch
 import typing as t
 
 from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, RegistryError
-from ansible_collections.ironcore.image.plugins.module_utils._model import ImageReference, InvalidReference
+from ansible_collections.ironcore.image.plugins.module_utils._model import TAG_RE, ImageReference, InvalidReference
 from ansible_collections.ironcore.image.plugins.module_utils._releases import (
     Listing,
     Release,
-    created_of,
+    choose_releases,
+    leaves,
     list_all_tags,
     read_listing,
     repository_store,
     subject_of,
-    version_key,
     walk_cached,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._store import RegistryStore
+from ansible_collections.ironcore.image.plugins.module_utils._walk import Document, Graph
 
 DELETION_DISABLED = "deletion is disabled on this registry: set REGISTRY_STORAGE_DELETE_ENABLED=true"
-ORDERS = ("semver", "created", "tag")
 
 
 class RegistryLifecycleError(ImageError):
@@ -150,13 +149,15 @@ def remove_releases(
 # ---- the modules' calls ---------------------------------------------------------------
 
 
-def _tag_of(name: str) -> tuple[str, str]:
+def _tag_of(name: str, option: str = "names") -> tuple[str, str]:
     try:
         ref = ImageReference.parse(name)
     except InvalidReference as exc:
-        raise RegistryLifecycleError("names: %s" % exc) from exc
+        raise RegistryLifecycleError("%s: %s" % (option, exc)) from exc
     if not ref.registry:
-        raise RegistryLifecycleError("names: %s names no registry host; write it as host[:port]/repository:tag" % name)
+        raise RegistryLifecycleError(
+            "%s: %s names no registry host; write it as host[:port]/repository:tag (or give layout)" % (option, name)
+        )
     return ref.name, ref.digest or str(ref.tag)
 
 
@@ -188,43 +189,141 @@ def _listing(store: RegistryStore) -> Listing:
         raise RegistryLifecycleError("listing the releases of %s failed: %s" % (store.describe(), exc)) from exc
 
 
-def _newest_key(order: str) -> t.Callable[[tuple[Release, str | None]], t.Any]:
-    def key(item: tuple[Release, str | None]) -> t.Any:
-        release, created = item
-        if order == "created":
-            return (created or "", max((version_key(tag) for tag in release.tags), default=()))
-        if order == "tag":
-            return max(release.tags, default="")
-        return max((version_key(tag) for tag in release.tags), default=())
-
-    return key
-
-
-def split_releases(
-    releases: t.Sequence[tuple[Release, str | None]], keep: int, keep_tags: t.Sequence[str], order: str
-) -> tuple[list[Release], list[Release]]:
-    """(kept, going): releases with a tag matching keep_tags, and the `keep` newest of the others by `order`."""
-    pinned = [r for r, _c in releases if any(fnmatch.fnmatchcase(tag, p) for tag in r.tags for p in keep_tags)]
-    rest = sorted((item for item in releases if all(item[0] is not p for p in pinned)), key=_newest_key(order))
-    rest.reverse()
-    kept = pinned + [release for release, _c in rest[:keep]]
-    going = [release for release, _c in rest[keep:]]
-    return kept, going
-
-
 def prune_registry(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.Any]:
     """ironcore_image_prune with `name` a repository: keep the newest `keep` releases and `keep_tags`."""
-    order = params.get("order") or "semver"
-    keep = params.get("keep")
-    if keep is None or keep < 0:
-        raise RegistryLifecycleError("keep: give the number of newest releases to keep (0 or more)")
     store = repository_store(params)
     listing = _listing(store)
-    dated = [(release, created_of(store, release) if order == "created" else None) for release in listing.releases]
-    kept, going = split_releases(dated, keep, params.get("keep_tags") or [], order)
+    kept, going = choose_releases(store, listing.releases, params)
     done = remove_releases(store, listing, going, check_mode)
     return dict(
         done,
         releases_removed=[{"tags": r.tags, "digest": r.digest} for r in going],
         releases_kept=[{"tags": r.tags, "digest": r.digest} for r in kept],
     )
+
+
+# ---- tag ----------------------------------------------------------------------------
+
+
+def _new_tag(text: t.Any, repository: str, where: str) -> str:
+    """A new tag in `repository`: a bare tag, or a reference into the same repository (no blob moves)."""
+    if not isinstance(text, str) or not text:
+        raise RegistryLifecycleError("%s must be a tag or an image reference, got %r" % (where, text))
+    if TAG_RE.match(text):
+        return text
+    try:
+        ref = ImageReference.parse(text)
+    except InvalidReference as exc:
+        raise RegistryLifecycleError("%s: neither a tag nor a valid reference: %s" % (where, exc)) from exc
+    if ref.digest:
+        raise RegistryLifecycleError("%s: %s names a digest; a name needs a tag" % (where, text))
+    if ref.name != repository:
+        raise RegistryLifecycleError(
+            "%s: %s is not in %s; a tag on a registry stays in the repository of name "
+            "(use ironcore_image_copy to put the image into another one)" % (where, text, repository)
+        )
+    return str(ref.tag)
+
+
+def _platform_tags(store: RegistryStore, tag: str, digest: str, graph: Graph) -> dict[str, Document]:
+    """suffix -> document of every `<tag>-<suffix>` tag that holds a part of the image `tag` holds.
+
+    The registry's grouping rule (`_releases.group_releases`): a tag belongs to the image when
+    every manifest it reaches is one of the image's, so aliases follow and `1.0-rc1` never does.
+    """
+    found: dict[str, Document] = {}
+    image = leaves(graph)
+    walker = walk_cached(store, {})
+    for other in list_all_tags(store):
+        if not other.startswith(tag + "-") or other == tag + "-" or subject_of(other) is not None:
+            continue
+        descriptor = store.current_name(other)
+        if descriptor is None:
+            continue
+        other_digest = str(descriptor["digest"])
+        part = graph.by_digest.get(other_digest)
+        if part is None:
+            candidate = walker([descriptor])
+            part = candidate.by_digest[other_digest] if leaves(candidate) <= image else None
+        if part is not None and other_digest != digest:
+            found[other[len(tag) + 1 :]] = part
+    return found
+
+
+def _source_image(store: RegistryStore, reference: str, name: str) -> tuple[dict[str, t.Any], Graph]:
+    descriptor = store.current_name(reference)
+    if descriptor is None:
+        raise RegistryLifecycleError("name: %s is not in the registry; push it first" % name)
+    try:
+        return descriptor, walk_cached(store, {})([descriptor])
+    except DocumentError as exc:
+        raise RegistryLifecycleError("reading %s failed: %s" % (name, exc)) from exc
+
+
+def plan_registry_tag(store: RegistryStore, params: t.Mapping[str, t.Any]) -> tuple[str, dict[str, Document]]:
+    """(digest of name, new tag -> the document it gets), every refusal before anything is written."""
+    repository, reference = _tag_of(params["name"], "name")
+    descriptor, graph = _source_image(store, reference, params["name"])
+    digest = str(descriptor["digest"])
+    platforms: dict[str, Document] = {}
+    if params["platform_tags"] and not reference.startswith("sha256:"):
+        try:
+            platforms = _platform_tags(store, reference, digest, graph)
+        except DocumentError as exc:
+            raise RegistryLifecycleError("reading the platform tags of %s failed: %s" % (params["name"], exc)) from exc
+    wanted: dict[str, Document] = {}
+    for position, text in enumerate(params["tags"] or []):
+        where = "tags[%d]" % position
+        tag = _new_tag(text, repository, where)
+        for new, document in [(tag, graph.by_digest[digest])] + [
+            ("%s-%s" % (tag, suffix), part) for suffix, part in sorted(platforms.items())
+        ]:
+            if not TAG_RE.match(new):
+                raise RegistryLifecycleError("%s: the platform tag %s would be no valid tag (too long?)" % (where, new))
+            earlier = wanted.get(new)
+            if earlier is not None and earlier.digest != document.digest:
+                raise RegistryLifecycleError(
+                    "%s: %s would point at both %s and %s; drop one of the tags"
+                    % (where, new, earlier.digest, document.digest)
+                )
+            wanted[new] = document
+    return digest, wanted
+
+
+def tag_registry(params: t.Mapping[str, t.Any], check_mode: bool) -> dict[str, t.Any]:
+    """ironcore_image_tag without a layout: the manifests of name put under new tags of its repository."""
+    if not params["tags"]:
+        raise RegistryLifecycleError("tags must list at least one new name")
+    repository, reference = _tag_of(params["name"], "name")
+    store = repository_store(dict(params, name=repository))
+    digest, wanted = plan_registry_tag(store, params)
+    before: dict[str, str | None] = {}
+    for tag, document in list(wanted.items()):
+        current = store.current_name(tag)
+        if current is None:
+            before[tag] = None
+        elif current["digest"] == document.digest:
+            del wanted[tag]
+        elif not params["force"]:
+            raise RegistryLifecycleError(
+                "tags: %s:%s already points at %s, not at %s; set force=true (or overwrite=true) to move it"
+                % (repository, tag, current["digest"], document.digest)
+            )
+        else:
+            before[tag] = str(current["digest"])
+    if not check_mode:
+        # Manifests before the indexes that list them, the name itself last: a reader never meets a tag
+        # whose children are missing (the documents exist already; this keeps the order push uses).
+        for tag in sorted(wanted, key=lambda tag: (wanted[tag].is_index, wanted[tag].digest == digest, tag)):
+            store.set_name(tag, wanted[tag].descriptor, wanted[tag])
+    names = sorted("%s:%s" % (repository, tag) for tag in wanted)
+    return {
+        "changed": bool(wanted),
+        "name": "%s%s%s" % (repository, "@" if reference.startswith("sha256:") else ":", reference),
+        "digest": digest,
+        "names": names,
+        "diff": {
+            "before": {"%s:%s" % (repository, tag): before[tag] for tag in sorted(wanted)},
+            "after": {"%s:%s" % (repository, tag): wanted[tag].digest for tag in sorted(wanted)},
+        },
+    }

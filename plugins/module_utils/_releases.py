@@ -17,6 +17,7 @@ referrers through the listing functions fetch and info use.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import typing as t
 from dataclasses import dataclass, field
@@ -24,13 +25,17 @@ from dataclasses import dataclass, field
 from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError, load_json
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    ARCHITECTURES,
     MAX_DOCUMENT_SIZE,
+    PLATFORMS,
     ImageReference,
     InvalidReference,
+    platform_refs,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._referrers import list_referrers
 from ansible_collections.ironcore.image.plugins.module_utils._select import decide_platform, platform_of
 from ansible_collections.ironcore.image.plugins.module_utils._signatures import (
+    Store,
     _describe_digest,
     _read_small_blob,
     open_registry_store,
@@ -46,6 +51,7 @@ TAGS_PER_PAGE = 100
 # A registry whose Link never ends would keep a listing going forever.
 MAX_TAG_PAGES = 10000
 CREATED_ANNOTATION = "org.opencontainers.image.created"
+ORDERS = ("semver", "created", "tag")
 
 
 class ReleasesError(ImageError):
@@ -159,9 +165,7 @@ def read_listing(store: RegistryStore, with_referrers: bool = True) -> Listing:
     return Listing(tags=tags, releases=releases)
 
 
-def walk_cached(
-    store: RegistryStore, cache: dict[str, bytes]
-) -> t.Callable[[t.Sequence[t.Mapping[str, t.Any]]], Graph]:
+def walk_cached(store: Store, cache: dict[str, bytes]) -> t.Callable[[t.Sequence[t.Mapping[str, t.Any]]], Graph]:
     """walk() over the store, each document read once however many roots reach it."""
 
     def read(digest: str, size: int) -> bytes:
@@ -172,13 +176,14 @@ def walk_cached(
     return lambda roots: walk(read, roots, store.describe())
 
 
-def group_releases(store: RegistryStore, descriptors: t.Mapping[str, t.Mapping[str, t.Any]]) -> list[Release]:
+def group_releases(store: Store, descriptors: t.Mapping[str, t.Mapping[str, t.Any]]) -> list[Release]:
     """The releases the non-attachment tags form.
 
     A root (a tagged document) whose manifests all lie in a larger root's belongs
     to that release: the platform indexes of a build list the manifests its
     combined index lists. Tags are grouped by the digest they point at, never by
-    their spelling.
+    their spelling. The store is a registry repository, or a layout whose names
+    of one repository are given by their tags.
     """
     walker = walk_cached(store, {})
     graphs: dict[str, Graph] = {}
@@ -191,8 +196,8 @@ def group_releases(store: RegistryStore, descriptors: t.Mapping[str, t.Mapping[s
     releases: list[Release] = []
     # The largest graphs first, so that each smaller root finds the release that holds it.
     for digest in sorted(graphs, key=lambda d: (-len(graphs[d].by_digest), d)):
-        leaves = _leaves(graphs[digest])
-        holder = next((r for r in releases if leaves <= _leaves(r.graph)), None)
+        held = leaves(graphs[digest])
+        holder = next((r for r in releases if held <= leaves(r.graph)), None)
         if holder is None:
             releases.append(Release(digest=digest, descriptor=roots[digest], graph=graphs[digest]))
         else:
@@ -203,13 +208,59 @@ def group_releases(store: RegistryStore, descriptors: t.Mapping[str, t.Mapping[s
             for release in releases:
                 if digest in release.documents:
                     release.tags.append(tag)
-    return releases
+    return _merge_pending(releases)
 
 
-def _leaves(graph: Graph) -> set[str]:
+# `baremetal`, `baremetal-amd64`, `metal-arm64`, ...: the suffixes push gives platform tags, longest first.
+PLATFORM_SUFFIXES = sorted(
+    {
+        key.replace("/", "-")
+        for key in platform_refs(ImageReference("", "r", "t", None), PLATFORMS, ARCHITECTURES, True)
+    },
+    key=lambda suffix: (-len(suffix), suffix),
+)
+
+
+def pending_base(tags: t.Iterable[str]) -> str | None:
+    """`1.2` when every tag is a platform tag of `1.2` (`1.2-baremetal`, `1.2-kvm-arm64`, ...), else None."""
+    bases: set[str] = set()
+    for tag in tags:
+        suffix = next((s for s in PLATFORM_SUFFIXES if tag.endswith("-" + s) and len(tag) > len(s) + 1), None)
+        if suffix is None:
+            return None
+        bases.add(tag[: -len(suffix) - 1])
+    return next(iter(bases)) if len(bases) == 1 else None
+
+
+def _merge_pending(releases: list[Release]) -> list[Release]:
+    """Platform tags whose combined tag is not there are one release under that name.
+
+    A push writes the per-architecture tags, then the platform indexes, then the
+    combined name: a listing taken meanwhile sees parts that share no manifest.
+    Counted apart, a prune would take most of the newest release for old ones.
+    """
+    tags = {tag for release in releases for tag in release.tags}
+    holders: dict[str, Release] = {}
+    merged: list[Release] = []
+    for release in releases:
+        base = pending_base(release.tags)
+        holder = holders.get(base) if base is not None else None
+        if base is None or base in tags:
+            merged.append(release)
+        elif holder is None:
+            holders[base] = release
+            merged.append(release)
+        else:
+            holder.members[release.digest] = release.graph
+            holder.members.update(release.members)
+            holder.tags = sorted(holder.tags + release.tags)
+    return merged
+
+
+def leaves(graph: Graph) -> set[str]:
     """The manifests (documents that are no index) a graph holds; its root when it holds none."""
-    leaves = {document.digest for document in graph.documents if not document.is_index}
-    return leaves or set(graph.by_digest)
+    manifests = {document.digest for document in graph.documents if not document.is_index}
+    return manifests or set(graph.by_digest)
 
 
 def _attach(store: RegistryStore, release: Release, tags: t.Mapping[str, str], with_referrers: bool) -> None:
@@ -265,7 +316,7 @@ def _platforms(release: Release) -> tuple[list[str], list[str]]:
     return sorted(platforms), sorted(architectures)
 
 
-def created_of(store: RegistryStore, release: Release) -> str | None:
+def created_of(store: Store, release: Release) -> str | None:
     """The creation time the image records: an annotation, else a config's `created`."""
     for document in reversed(release.graph.documents):
         value = (document.body.get("annotations") or {}).get(CREATED_ANNOTATION)
@@ -293,6 +344,44 @@ def version_key(tag: str) -> tuple[t.Any, ...]:
     core, _dash, pre = tag.lstrip("vV").partition("-")
     numbers = [int(part) if part.isdigit() else -1 for part in re.split(r"[.+]", core)]
     return (numbers, 0 if pre else 1, pre)
+
+
+def _newest_key(order: str) -> t.Callable[[tuple[Release, str | None]], t.Any]:
+    def key(item: tuple[Release, str | None]) -> t.Any:
+        release, created = item
+        if order == "created":
+            return (created or "", max((version_key(tag) for tag in release.tags), default=()))
+        if order == "tag":
+            return max(release.tags, default="")
+        return max((version_key(tag) for tag in release.tags), default=())
+
+    return key
+
+
+def split_releases(
+    releases: t.Sequence[tuple[Release, str | None]], keep: int, keep_tags: t.Sequence[str], order: str
+) -> tuple[list[Release], list[Release]]:
+    """(kept, going): releases with a tag matching keep_tags, and the `keep` newest of the others by `order`."""
+    pinned = [r for r, _c in releases if any(fnmatch.fnmatchcase(tag, p) for tag in r.tags for p in keep_tags)]
+    rest = sorted((item for item in releases if all(item[0] is not p for p in pinned)), key=_newest_key(order))
+    rest.reverse()
+    kept = pinned + [release for release, _c in rest[:keep]]
+    going = [release for release, _c in rest[keep:]]
+    return kept, going
+
+
+def choose_releases(
+    store: Store, releases: t.Sequence[Release], params: t.Mapping[str, t.Any]
+) -> tuple[list[Release], list[Release]]:
+    """(kept, going) by prune's `keep`, `keep_tags` and `order`: the one selection of a registry and a layout."""
+    order = params.get("order") or "semver"
+    keep = params.get("keep")
+    if keep is None or keep < 0:
+        raise ReleasesError("keep: give the number of newest releases to keep (0 or more)")
+    if order not in ORDERS:
+        raise ReleasesError("order: %s is none of %s" % (order, ", ".join(ORDERS)))
+    dated = [(release, created_of(store, release) if order == "created" else None) for release in releases]
+    return split_releases(dated, keep, params.get("keep_tags") or [], order)
 
 
 def describe_release(store: RegistryStore, release: Release, keys: t.Sequence[t.Any]) -> dict[str, t.Any]:

@@ -33,6 +33,9 @@ description:
     does. The tags are listed again before each deletion, so a release pushed during the prune is not lost. Check
     mode and diff list what would go. See C(docs/lifecycle.md) for what a registry needs for deletes and for its
     garbage collection.
+  - With O(layout) and O(keep), the same selection on the layout, per repository of its names (of O(name) alone
+    when given). The names of the other releases are dropped from C(index.json) first, under the layout's locks,
+    then the sweep above frees their blobs, signatures and referrers (subject to O(grace_period)).
 author:
   - IronCore image collection maintainers (@ironcore-dev)
 extends_documentation_fragment:
@@ -59,25 +62,30 @@ options:
   name:
     description:
       - A registry repository without a tag (V(registry.example.com/os/gardenlinux)), instead of O(layout).
+      - With O(layout), the repository whose releases O(keep) counts; without it, every repository the layout names,
+        each on its own.
       - Its releases (as M(ironcore.image.ironcore_image_info) lists them) are ordered by O(order); the O(keep)
         newest and those with a tag matching O(keep_tags) stay, the others are removed as
         M(ironcore.image.ironcore_image_remove) removes a release, with their signatures and referrers.
     type: str
     version_added: 0.2.0
   keep:
-    description: With O(name), how many of the newest releases to keep (besides those O(keep_tags) keeps).
+    description:
+      - How many of the newest releases to keep (besides those O(keep_tags) keeps), in the registry repository
+        O(name) or in O(layout).
+      - Without it, a prune of a layout removes no name and frees only what no name reaches.
     type: int
     version_added: 0.2.0
   keep_tags:
     description:
-      - With O(name), shell patterns (V(stable), V(lts-*)); a release with a tag matching one is never removed.
+      - With O(keep), shell patterns (V(stable), V(lts-*)); a release with a tag matching one is never removed.
     type: list
     elements: str
     default: []
     version_added: 0.2.0
   order:
     description:
-      - With O(name), what "newest" means. V(semver), the highest version among a release's tags (numbers compare
+      - With O(keep), what "newest" means. V(semver), the highest version among a release's tags (numbers compare
         as numbers, a leading V(v) ignored, pre-releases before their release); V(created), the creation time the
         image records, then the version; V(tag), the highest tag in plain string order.
     type: str
@@ -126,30 +134,43 @@ EXAMPLES = r"""
     name: registry.example.com/os/gardenlinux
     keep: 3
     keep_tags: [stable, lts-*]
+
+- name: The same retention on a build host's layout, then free what the old releases held
+  ironcore.image.ironcore_image_prune:
+    layout: /var/lib/ironcore/layout
+    keep: 3
+    keep_tags: [stable]
 """
 
 RETURN = r"""
 releases_removed:
-  description: With O(name), the releases removed (in check mode, that would be), each with C(tags) and C(digest).
-  returned: with O(name)
+  description:
+    - With O(keep), the releases removed (in check mode, that would be), each with C(tags) and C(digest).
+    - On a layout the tags are the names as C(index.json) records them.
+  returned: with O(keep)
   type: list
   elements: dict
   version_added: 0.2.0
 releases_kept:
-  description: With O(name), the releases kept, each with C(tags) and C(digest).
-  returned: with O(name)
+  description: With O(keep), the releases kept, each with C(tags) and C(digest).
+  returned: with O(keep)
   type: list
   elements: dict
   version_added: 0.2.0
 manifests_deleted:
-  description: With O(name), the digests of the manifests deleted (in check mode, that would be), in order.
-  returned: with O(name)
+  description:
+    - With O(keep), the digests of the manifests deleted (in check mode, that would be), in order.
+    - On a layout, the documents of the removed releases and of the signatures and referrers dropped with them
+      whose blobs were freed.
+  returned: with O(keep)
   type: list
   elements: str
   version_added: 0.2.0
 removed:
-  description: With O(name), the tags removed (in check mode, that would be), sorted.
-  returned: with O(name)
+  description:
+    - With O(keep), the tags removed (in check mode, that would be), sorted; on a layout, the names of the removed
+      releases (their signature and referrers names are in RV(names_removed)).
+  returned: with O(keep)
   type: list
   elements: str
   version_added: 0.2.0
@@ -210,7 +231,6 @@ def main() -> None:
             order={"type": "str", "choices": ["semver", "created", "tag"], "default": "semver"},
         ),
         required_one_of=[("layout", "name")],
-        mutually_exclusive=[("layout", "name")],
         required_by={"name": "keep"},
         required_together=REGISTRY_REQUIRED_TOGETHER,
         supports_check_mode=True,

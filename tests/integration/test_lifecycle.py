@@ -566,3 +566,50 @@ def test_bad_input_is_one_line_and_changes_nothing(ansible, layout, tmp_path):
         assert "\n" not in result["msg"] and "Traceback" not in result["msg"]
     assert snapshot(layout) == before
     assert a_file.read_text() == "keep me" and os.listdir(foreign) == ["data"] and not os.path.exists(missing)
+
+
+# ---- retention on a layout (keep, keep_tags, order) ----------------------------------------
+
+
+def test_prune_keep_on_a_layout_drops_old_releases_with_their_attachments(ansible, tmp_path):
+    """Three releases of one repository and another repository's image: keep 1 (and lts-*) per repository."""
+    layout = str(tmp_path / "layout")
+    for version in ("1.0", "1.1", "1.2"):
+        build_ours(layout, NAME.replace("1.0", version), tmp_path, tag="keep" + version)
+    write_upstream_image(layout, UPSTREAM)
+    ansible.module(TAG, {"layout": layout, "name": NAME.replace("1.0", "1.1"), "tags": ["lts-1"]})
+    attachments = signed_and_referred(ansible, layout, tmp_path)
+    make_old(layout)
+    names = index_names(layout)
+    old = sorted(name for name in names if name.startswith(NAME) and not name.endswith(tuple(attachments)))
+    args = {"layout": layout, "grace_period": 0, "keep": 1, "keep_tags": ["lts-*"]}
+    before = snapshot(layout)
+
+    checked = ansible.module(PRUNE, args, check=True, diff=True)
+
+    assert checked["changed"] is True, checked
+    assert checked["releases_removed"] == [{"tags": old, "digest": names[NAME]}]
+    assert {r["digest"] for r in checked["releases_kept"]} == {
+        names[NAME.replace("1.0", "1.1")],
+        names[NAME.replace("1.0", "1.2")],
+        names[UPSTREAM],
+    }
+    assert checked["removed"] == old and checked["names_removed"] == sorted(attachments)
+    # With name, only that repository's releases count: the upstream image is its only one, and stays.
+    upstream = ansible.module(PRUNE, dict(args, name=UPSTREAM.rsplit(":", 1)[0], keep=0, keep_tags=[]), check=True)
+    assert [r["digest"] for r in upstream["releases_removed"]] == [names[UPSTREAM]], upstream
+    assert upstream["releases_kept"] == [] and upstream["removed"] == [UPSTREAM]
+    assert snapshot(layout) == before
+
+    pruned = ansible.module(PRUNE, args)
+
+    assert pruned["changed"] is True, pruned
+    for key in ("releases_removed", "releases_kept", "removed", "names_removed", "manifests_deleted", "digests"):
+        assert pruned[key] == checked[key], key
+    assert names[NAME] in pruned["manifests_deleted"]
+    left = index_names(layout)
+    assert not set(old) & set(left) and not attachments & set(left)
+    assert "registry.example.com/os/gardenlinux:lts-1-baremetal-amd64" in left and UPSTREAM in left
+    # Every name left copies in full, and nothing but what they reach is stored.
+    assert stored_blobs(layout) == assert_every_name_complete(layout, str(tmp_path))
+    assert ansible.module(PRUNE, args)["changed"] is False

@@ -260,3 +260,17 @@ def test_credential_type_injects_the_registry_variables_of_both_roles():
     for variable in injected:
         role, field = variable.split("_registry_")
         assert role_options(role)[variable]["type"] == option_types[field], variable
+
+
+def test_prune_survey_asks_for_the_variables_of_the_clean_up_playbook():
+    with open(os.path.join(REPO, "docs", "awx", "prune-survey.json")) as stream:
+        spec = json.load(stream)
+    with open(os.path.join(REPO, "playbooks", "prune.yml")) as stream:
+        playbook = stream.read()
+    assert spec["name"] and spec["description"] and spec["spec"]
+    for question in spec["spec"]:
+        assert {"question_name", "required", "type", "variable"} <= set(question), question
+        assert question["type"] in SURVEY_TYPES
+        assert question["variable"] in playbook, question["variable"]
+    orders = next(q for q in spec["spec"] if q["variable"] == "prune_order")["choices"].split("\n")
+    assert orders == ["semver", "created", "tag"]

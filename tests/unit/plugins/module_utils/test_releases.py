@@ -13,13 +13,18 @@ import pytest
 from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import RegistryOptions
 from ansible_collections.ironcore.image.plugins.module_utils._releases import (
+    Release,
     ReleasesError,
+    _merge_pending,
     human_size,
     list_all_tags,
+    pending_base,
+    split_releases,
     subject_of,
     version_key,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._store import RegistryStore
+from ansible_collections.ironcore.image.plugins.module_utils._walk import Graph
 
 TAGS = ["t%03d" % n for n in range(250)]
 
@@ -97,3 +102,28 @@ def test_human_size() -> None:
     assert human_size(512) == "512 B"
     assert human_size(1536) == "1.5 KiB"
     assert human_size(3 * 1024**3) == "3.0 GiB"
+
+
+def _release(digest: str, *tags: str) -> Release:
+    return Release(digest=digest, descriptor={"digest": digest}, graph=Graph(), tags=list(tags))
+
+
+def test_pending_base_is_the_combined_name_of_platform_tags_only() -> None:
+    assert pending_base(["1.2-baremetal-amd64", "1.2-metal-amd64"]) == "1.2"
+    assert pending_base(["1.2-virtualization", "1.2-kvm", "1.2-kvm-arm64"]) == "1.2"
+    assert pending_base(["1.2-rc1"]) is None
+    assert pending_base(["1.2-baremetal", "1.3-baremetal"]) is None
+    assert pending_base(["stable", "1.2-baremetal"]) is None
+    assert pending_base(["-baremetal"]) is None
+
+
+def test_a_push_in_progress_counts_as_one_release_and_the_newest() -> None:
+    """Listed between a push's platform tags and its combined tag: keep 1 keeps the whole new release."""
+    old = _release("sha256:old", "1.1", "1.1-baremetal", "1.1-virtualization")
+    parts = [_release("sha256:bm", "1.2-baremetal", "1.2-metal"), _release("sha256:vm", "1.2-virtualization-arm64")]
+    releases = _merge_pending([old, *parts])
+    assert [r.digest for r in releases] == ["sha256:old", "sha256:bm"]
+    assert releases[1].tags == ["1.2-baremetal", "1.2-metal", "1.2-virtualization-arm64"]
+    assert "sha256:vm" in releases[1].members
+    kept, going = split_releases([(r, None) for r in releases], 1, [], "semver")
+    assert [r.digest for r in kept] == ["sha256:bm"] and [r.digest for r in going] == ["sha256:old"]
