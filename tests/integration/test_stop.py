@@ -247,6 +247,22 @@ def waiting_for_lock(path) -> bool:
         return any("->" in line and line.split()[-3].endswith(":%d" % inode) for line in stream)
 
 
+def build_rootfs_image(layout: str, name: str, rootfs: t.Any) -> None:
+    """A one-architecture virtualization image of `rootfs`, built in this process (no play needed)."""
+    build_image(
+        {
+            "layout": layout,
+            "name": name,
+            "artifacts": [{"architecture": "amd64", "rootfs": str(rootfs)}],
+            "platforms": ["virtualization"],
+            "layer_format": "raw",
+            "annotations": None,
+            "platform_tags": False,
+        },
+        check_mode=False,
+    )
+
+
 def registry_tags(registry, repository: str) -> list[str]:
     proc = subprocess.run(
         ["skopeo", "list-tags", *registry.skopeo_flags(), "docker://%s/%s" % (registry.host, repository)],
@@ -286,18 +302,7 @@ def test_sigint_to_the_play_ends_the_push_and_leaves_no_dangling_signature(
     digest_hex = hashlib.sha256(data).hexdigest()
     layout = str(tmp_path / "layout")
     name = "registry.example.com/stop/pushed:1.0"
-    build_image(
-        {
-            "layout": layout,
-            "name": name,
-            "artifacts": [{"architecture": "amd64", "rootfs": str(tmp_path / "rootfs.raw")}],
-            "platforms": ["virtualization"],
-            "layer_format": "raw",
-            "annotations": None,
-            "platform_tags": False,
-        },
-        check_mode=False,
-    )
+    build_rootfs_image(layout, name, tmp_path / "rootfs.raw")
     key = make_key(tmp_path, "signer")
     signed = ansible.module(SIGN, {"layout": layout, "name": name, "key": key["sec1"]})
     assert signed["changed"] is True, signed
@@ -353,18 +358,7 @@ def test_tag_remove_prune_and_sign_give_up_after_lock_timeout(ansible, tmp_path)
     (tmp_path / "rootfs.raw").write_bytes(os.urandom(4096))
     layout = tmp_path / "layout"
     name = "registry.example.com/stop/lifecycle:1.0"
-    build_image(
-        {
-            "layout": str(layout),
-            "name": name,
-            "artifacts": [{"architecture": "amd64", "rootfs": str(tmp_path / "rootfs.raw")}],
-            "platforms": ["virtualization"],
-            "layer_format": "raw",
-            "annotations": None,
-            "platform_tags": False,
-        },
-        check_mode=False,
-    )
+    build_rootfs_image(str(layout), name, tmp_path / "rootfs.raw")
     key = make_key(tmp_path, "signer")
     common = {"layout": str(layout), "lock_timeout": 1}
     tasks = [
