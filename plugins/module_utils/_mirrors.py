@@ -758,6 +758,9 @@ class MirroredStore:
     def retries(self) -> int:
         return int(self.store.retries)
 
+    def name_for_tag(self, ref: ImageReference, tag: str) -> str:
+        return str(self.store.name_for_tag(ref, tag))
+
     def describe(self) -> str:
         return str(self.store.describe())
 

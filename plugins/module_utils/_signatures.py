@@ -59,6 +59,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._sign import (
     verifying_key,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._store import (
+    ImageSource,
     LayoutStore,
     RegistryStore,
     StoreError,
@@ -100,13 +101,13 @@ class SignResult:
 # ---- where signatures live ------------------------------------------------------
 
 
-def signature_name(store: Store, ref: ImageReference, digest: str) -> str:
+def signature_name(store: ImageSource, ref: ImageReference, digest: str) -> str:
     """What the store calls the `.sig` of `digest`: the tag in a registry, the full reference in a layout."""
     tag = signature_tag(digest)
     return store.name_for_tag(ref, tag)
 
 
-def read_signatures(store: Store, ref: ImageReference, digest: str) -> list[SignedPayload] | None:
+def read_signatures(store: ImageSource, ref: ImageReference, digest: str) -> list[SignedPayload] | None:
     """The signed payloads of `digest`, or None when it has no `.sig` at all."""
     manifest = _signature_manifest(store, ref, digest)
     if manifest is None:
@@ -114,7 +115,7 @@ def read_signatures(store: Store, ref: ImageReference, digest: str) -> list[Sign
     return [_read_entry(store, layer) for layer in manifest.get("layers", [])]
 
 
-def _signature_manifest(store: Store, ref: ImageReference, digest: str) -> dict[str, t.Any] | None:
+def _signature_manifest(store: ImageSource, ref: ImageReference, digest: str) -> dict[str, t.Any] | None:
     name = signature_name(store, ref, digest)
     descriptor = store.current_name(name)
     if descriptor is None:
@@ -132,7 +133,7 @@ def _signature_manifest(store: Store, ref: ImageReference, digest: str) -> dict[
     return manifest
 
 
-def _read_entry(store: Store, layer: t.Any) -> SignedPayload:
+def _read_entry(store: ImageSource, layer: t.Any) -> SignedPayload:
     """One layer: its payload read in full (it is tiny) and checked against its digest; never trusted yet."""
     try:
         blob_digest, size = check_descriptor(layer, "a layer of a signature manifest")
@@ -160,7 +161,7 @@ def _names_digest(entry: SignedPayload, digest: str) -> bool:
     return named == digest
 
 
-def names_this_digest(store: Store, layer: t.Any, digest: str) -> bool:
+def names_this_digest(store: ImageSource, layer: t.Any, digest: str) -> bool:
     """Whether a `.sig` layer is worth keeping in a merge or an append: a simple-signing payload naming `digest`.
 
     Anything else (another media type, a payload for another digest, bytes
@@ -170,7 +171,7 @@ def names_this_digest(store: Store, layer: t.Any, digest: str) -> bool:
     return isinstance(layer, dict) and _names_digest(_read_entry(store, layer), digest)
 
 
-def _read_small_blob(store: Store, digest: str, size: int) -> bytes | None:
+def _read_small_blob(store: ImageSource, digest: str, size: int) -> bytes | None:
     """The blob's bytes when they are what its descriptor says, else None."""
     stream = store.open_blob(digest, 0)
     data = bytearray()
@@ -350,7 +351,7 @@ def _parse(name: str) -> ImageReference:
 
 
 def verify_digests(
-    store: Store, ref: ImageReference, digests: t.Iterable[str], keys: t.Sequence[t.Any]
+    store: ImageSource, ref: ImageReference, digests: t.Iterable[str], keys: t.Sequence[t.Any]
 ) -> dict[str, str]:
     """{digest: fingerprint of the key that verified it}; SignatureError at the first that fails."""
     verified: dict[str, str] = {}
@@ -360,9 +361,9 @@ def verify_digests(
     return verified
 
 
-def _store_of(source: t.Any) -> Store:
+def _store_of(source: t.Any) -> ImageSource:
     """The store behind a fetch source (_referrers.source_store), typed as the stores this file writes to."""
-    return t.cast(Store, source_store(source))
+    return source_store(source)
 
 
 def verify_before_delivery(
@@ -403,7 +404,7 @@ def verify_before_delivery(
 # ---- provenance and SBOM referrers ------------------------------------------------
 
 
-def _blob_json(store: Store, descriptor: t.Mapping[str, t.Any], limit: int = MAX_DOCUMENT_SIZE) -> t.Any:
+def _blob_json(store: ImageSource, descriptor: t.Mapping[str, t.Any], limit: int = MAX_DOCUMENT_SIZE) -> t.Any:
     """A small JSON blob (a config), checked against its descriptor; None when it is not one."""
     try:
         digest, size = check_descriptor(descriptor, "a config")
@@ -446,7 +447,7 @@ def image_documents(store: Store, root: t.Mapping[str, t.Any], graph: t.Any) -> 
     return ImageDocuments(subject, index, manifests, configs)
 
 
-def _first_layer(store: Store, referrer: t.Any, limit: int) -> bytes:
+def _first_layer(store: ImageSource, referrer: t.Any, limit: int) -> bytes:
     """The bytes of a referrer's first layer, checked against its descriptor; b"" when there are none to trust."""
     manifest = read_referrer(store, referrer)
     layers = manifest.get("layers") if isinstance(manifest, dict) else None
@@ -483,7 +484,7 @@ def verifiable_from_mirror(store: t.Any, subject_digest: str, referrer: Referrer
     return signed and subject_digest in digests
 
 
-def _referrer_blobs(store: Store, subject_digest: str, artifact_type: str, limit: int) -> list[bytes]:
+def _referrer_blobs(store: ImageSource, subject_digest: str, artifact_type: str, limit: int) -> list[bytes]:
     """The first layer of each referrer of `artifact_type` (at most MAX_SIGNERS of them)."""
     referrers = list_referrers(store, subject_digest, artifact_type)[:MAX_SIGNERS]
     return [_first_layer(store, referrer, limit) for referrer in referrers]
@@ -585,7 +586,7 @@ def attach_sbom(
 
 
 def verify_provenance(
-    store: Store,
+    store: ImageSource,
     ref: ImageReference,
     digest: str,
     keys: t.Sequence[t.Any],
@@ -610,7 +611,7 @@ def _claimed_signers(entries: t.Sequence[SignedPayload] | None) -> list[str]:
     )
 
 
-def _describe_digest(store: Store, ref: ImageReference, digest: str, keys: t.Sequence[t.Any]) -> dict[str, t.Any]:
+def _describe_digest(store: ImageSource, ref: ImageReference, digest: str, keys: t.Sequence[t.Any]) -> dict[str, t.Any]:
     """Whether `digest` has a `.sig`, who its writers say signed, and with keys which one verifies (or why none)."""
     described: dict[str, t.Any] = {"signed": False, "signers": [], "verified_by": None, "reason": None}
     try:
@@ -627,7 +628,7 @@ def _describe_digest(store: Store, ref: ImageReference, digest: str, keys: t.Seq
 
 
 def _describe_referrers(
-    store: Store, ref: ImageReference, digest: str, artifact_type: str, keys: t.Sequence[t.Any] | None
+    store: ImageSource, ref: ImageReference, digest: str, artifact_type: str, keys: t.Sequence[t.Any] | None
 ) -> dict[str, t.Any]:
     """The referrer manifests of `artifact_type`; for provenance with keys, also the verdict."""
     found = [referrer.digest for referrer in list_referrers(store, digest, artifact_type)]

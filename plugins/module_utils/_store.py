@@ -136,6 +136,9 @@ class ImageSource(t.Protocol):
 
     def retry_pause(self, attempt: int, what: str, reason: str) -> None: ...
 
+    def name_for_tag(self, ref: ImageReference, tag: str) -> str:
+        """What the store calls `tag` of `ref`'s repository (a `.sig`, a referrers index)."""
+
 
 class ImageDestination(t.Protocol):
     """Where an image is written to."""

@@ -12,7 +12,8 @@ import typing as t
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json, sha256_digest
-from ansible_collections.ironcore.image.plugins.module_utils._model import OCI_INDEX, OCI_MANIFEST
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import MirroredStore
+from ansible_collections.ironcore.image.plugins.module_utils._model import OCI_INDEX, OCI_MANIFEST, ImageReference
 from ansible_collections.ironcore.image.plugins.module_utils._store import ImageDestination, ImageSource, StoreError
 from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobLocation
 from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter
@@ -173,6 +174,9 @@ class MemoryStore:
     def put_document(self, document: Document) -> None:
         self.documents[document.digest] = document.data
 
+    def name_for_tag(self, ref: ImageReference, tag: str) -> str:
+        return tag
+
     def put_small_blob(self, data: bytes) -> None:
         self.blobs[sha256_digest(data)] = data
 
@@ -204,3 +208,8 @@ class MemoryStore:
 def _typed(store: MemoryStore) -> tuple[ImageSource, ImageDestination]:
     """Never called: mypy checks here that MemoryStore satisfies both protocols."""
     return store, store
+
+
+def _mirrored_is_a_source(store: MirroredStore) -> ImageSource:
+    """Never called: mypy checks here that the mirror wrapper answers everything a source is asked."""
+    return store
