@@ -84,7 +84,7 @@ def test_another_predicate_type_is_refused(key):
     body["predicateType"] = "https://slsa.dev/provenance/v1"
     envelope = provenance.envelope_document(key, json.dumps(body).encode())
     data = json.dumps({"mediaType": bundle.BUNDLE_MEDIA_TYPE, "dsseEnvelope": envelope}).encode()
-    with pytest.raises(SignatureError, match="predicate type is https://slsa.dev/provenance/v1"):
+    with pytest.raises(SignatureError, match="predicate type is https://slsa"):
         bundle.check_bundles(DIGEST, REPOSITORY, [data], [key.public_key()])
 
 
