@@ -761,6 +761,10 @@ class MirroredStore:
     def describe(self) -> str:
         return str(self.store.describe())
 
+    def name_for_tag(self, ref: t.Any, tag: str) -> str:
+        """The origin's name for a tag: fetch's signature check asks it for each `.sig` (a crash without it)."""
+        return str(self.store.name_for_tag(ref, tag))
+
     def _ask_origin(self, action: t.Callable[[], t.Any]) -> t.Any:
         """action() at the origin, unless it was found unreachable before in this run.
 
