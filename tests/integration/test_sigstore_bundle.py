@@ -21,6 +21,7 @@ from helpers.signing import image_digests, make_key, skopeo_bytes, skopeo_raw
 
 SIGN = "ironcore.image.ironcore_image_sign"
 FETCH = "ironcore.image.ironcore_image_fetch"
+INFO = "ironcore.image.ironcore_image_info"
 NAME = "registry.example.com/os/bundled:1.0"
 BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 PREDICATE = "https://sigstore.dev/cosign/sign/v1"
@@ -120,6 +121,11 @@ def test_bundles_verify_with_sigstore_and_fetch_accepts_a_bundle_alone(ansible, 
     assert fetched.get("failed") is not True, fetched
     assert set(fetched["signature_formats"].values()) == {"bundle"} and len(fetched["signature_formats"]) == 2
     assert set(fetched["signatures"].values()) == {first["fingerprint"]}
+    # Info reports the bundles it finds and which format verified.
+    info = ansible.module(INFO, dict(registry_plain.registry_args, name=alone, signature_keys=[first["pub"]]))
+    described = info["signatures"][fetched["digest"]]
+    assert described["bundles"] == [only["bundles"][fetched["digest"]]] and described["signed"] is True, described
+    assert described["verified_format"] == "bundle" and described["verified_by"] == first["fingerprint"], described
     # Another key's public key: the bundle is refused, nothing is fetched.
     other = ansible.module(FETCH, dict(fetch, dest=str(tmp_path / "other"), signature_keys=[stranger["pub"]]))
     assert other.get("failed") is True and "Sigstore bundle signed by an unknown key" in other["msg"], other
