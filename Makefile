@@ -15,12 +15,15 @@ CONTAINER_RUNTIME ?= podman
 # Debian packages the tests drive for real: registry, OCI client, emulator, sshd, ...
 # (docker-registry's package also starts a registry service on :5000 where systemd runs.)
 APT_PACKAGES := python3-venv docker-registry skopeo qemu-system-x86 qemu-system-arm qemu-utils openssh-server openssh-client \
-	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync shellcheck libvirt-clients nginx-light
+	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync shellcheck libvirt-clients nginx-light nodejs
 # What `make demo` needs and nothing more: no service is started, no port opened.
 DEMO_APT_PACKAGES := python3-venv skopeo
 # The demo's own light virtualenv: ansible-core and the modules' requirements, no test or lint tools.
 DEMO_VENV ?= $(BUILD)/demo-venv
 DEMO_BIN := $(DEMO_VENV)/bin
+# The independent verifier of our Sigstore bundles (npm @sigstore/verify), pinned by its package-lock.json.
+SIGSTORE_DIR := tests/sigstore
+SIGSTORE_VERIFIER := $(SIGSTORE_DIR)/node_modules/.package-lock.json
 
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_COLLECTIONS_SCAN_SYS_PATH := false
@@ -29,7 +32,7 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps demo-deps venv demo-venv collection demo test pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-fleet bench-delta ee-context ee
+.PHONY: help system-deps demo-deps venv sigstore-verifier demo-venv collection demo test pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-fleet bench-delta ee-context ee
 
 help:
 	@echo "make demo       build a sample two-platform image into a local OCI layout and show it (light install)"
@@ -57,6 +60,11 @@ endef
 
 system-deps:
 	$(call apt_install,$(APT_PACKAGES))
+	@# Debian's npm, unless the nodejs installed brings its own (NodeSource's does, and conflicts with Debian's).
+	@if ! command -v npm >/dev/null; then \
+		echo "installing Debian packages: npm"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
+	fi
 	@if ! ls /var/lib/apt/lists/ 2>/dev/null | grep -q '_Packages'; then \
 		echo "apt has no package lists (the boot test downloads a kernel package): apt-get update"; \
 		apt-get update -qq; \
@@ -110,8 +118,14 @@ ee: ee-context
 test: system-deps venv collection lint docs-lint sanity galaxy pytest
 
 # PYTEST_ARGS="tests/integration/test_copy.py -k mirror" to run a part of it.
-pytest: system-deps venv collection
+pytest: system-deps venv collection sigstore-verifier
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# npm ci installs exactly the lock file's versions; again only when the lock file changes.
+sigstore-verifier: $(SIGSTORE_VERIFIER)
+$(SIGSTORE_VERIFIER): $(SIGSTORE_DIR)/package-lock.json | system-deps
+	cd $(SIGSTORE_DIR) && npm ci --no-audit --no-fund
+	@touch $@
 
 # The unit tests import module_utils directly: they need the virtualenv and the collection link, nothing else.
 unit: venv collection

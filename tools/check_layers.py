@@ -44,6 +44,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("registry auth", ("_auth.py",)),
     ("layout store", ("_layout.py",)),
     ("SBOM", ("_sbom.py",)),
+    ("sigstore bundles", ("_bundle.py",)),
     ("provenance", ("_provenance.py",)),
     ("signing", ("_sign.py",)),
     ("progress", ("_progress.py",)),

@@ -759,6 +759,7 @@ class MirroredStore:
         return int(self.store.retries)
 
     def name_for_tag(self, ref: ImageReference, tag: str) -> str:
+        """The origin's name for a tag: fetch's signature check asks it for each `.sig`."""
         return str(self.store.name_for_tag(ref, tag))
 
     def describe(self) -> str:

@@ -22,7 +22,7 @@ import base64
 import binascii
 import json
 import typing as t
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
@@ -174,15 +174,21 @@ def statement(
 # ---- the envelope -------------------------------------------------------------------
 
 
+def envelope_document(key: t.Any, body: bytes) -> dict[str, t.Any]:
+    """The DSSE envelope of `body` as JSON data, signed by `key` over the PAE; keyid is the key's fingerprint.
+
+    A Sigstore bundle (`_bundle.py`) embeds this same document as its `dsseEnvelope`.
+    """
+    return {
+        "payloadType": PAYLOAD_TYPE,
+        "payload": base64.b64encode(body).decode("ascii"),
+        "signatures": [{"keyid": fingerprint(key), "sig": sign(key, pae(PAYLOAD_TYPE, body))}],
+    }
+
+
 def envelope(key: t.Any, body: bytes) -> bytes:
-    """The DSSE envelope of `body`, signed by `key` over the PAE; keyid is the key's fingerprint."""
-    return canonical_json(
-        {
-            "payloadType": PAYLOAD_TYPE,
-            "payload": base64.b64encode(body).decode("ascii"),
-            "signatures": [{"keyid": fingerprint(key), "sig": sign(key, pae(PAYLOAD_TYPE, body))}],
-        }
-    )
+    """The DSSE envelope of `body` as the bytes a provenance referrer carries."""
+    return canonical_json(envelope_document(key, body))
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,14 @@ def open_envelope(data: bytes) -> OpenedEnvelope:
     """The parts of a DSSE envelope; ProvenanceError ("malformed envelope") when it is not one."""
     try:
         document = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ProvenanceError("malformed envelope: not DSSE JSON with payloadType, payload and signatures") from exc
+    return envelope_parts(document)
+
+
+def envelope_parts(document: t.Any) -> OpenedEnvelope:
+    """The parts of a parsed DSSE envelope (a provenance's, or a Sigstore bundle's `dsseEnvelope`)."""
+    try:
         payload_type = document["payloadType"]
         payload = base64.b64decode(document["payload"], validate=True)
         signatures = document["signatures"]
@@ -211,15 +225,49 @@ def open_envelope(data: bytes) -> OpenedEnvelope:
 
 def subject_digests(body: bytes) -> tuple[list[str], str]:
     """(sha256 digests of the subjects, predicate type) of an in-toto statement; ProvenanceError if it is not one."""
+    subjects, predicate_type = statement_subjects(body)
+    return [digest for _name, digest in subjects], predicate_type
+
+
+def statement_subjects(body: bytes) -> tuple[list[tuple[str, str]], str]:
+    """([(name, sha256 digest)] of the subjects, predicate type) of an in-toto statement."""
     try:
         document = json.loads(body)
         kind, predicate_type, subjects = document["_type"], document["predicateType"], document["subject"]
-        digests = ["sha256:" + str(subject["digest"]["sha256"]) for subject in subjects]
-    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        named = [(str(subject.get("name")), "sha256:" + str(subject["digest"]["sha256"])) for subject in subjects]
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         raise ProvenanceError("malformed envelope: its payload is not an in-toto statement") from exc
     if kind != STATEMENT_TYPE:
         raise ProvenanceError("malformed envelope: its payload is a %r, not an in-toto Statement v1" % str(kind)[:80])
-    return digests, str(predicate_type)
+    return named, str(predicate_type)
+
+
+@dataclass
+class Refusals:
+    """Why the envelopes read so far verified nothing, kept to report the most telling reason."""
+
+    changed: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    malformed: list[str] = field(default_factory=list)
+
+
+def envelope_signer(opened: OpenedEnvelope, keys: t.Sequence[t.Any], refusals: Refusals) -> t.Any | None:
+    """The key in `keys` whose signature over the envelope's PAE verifies, else None (and why, in `refusals`)."""
+    trusted = {fingerprint(key) for key in keys}
+    for keyid, sig in opened.signatures:
+        try:
+            key = verifying_key(keys, pae(PAYLOAD_TYPE, opened.payload), sig)
+        except SignatureError:
+            refusals.malformed.append("malformed envelope: a signature is not base64")
+            continue
+        if key is not None:
+            return key
+        if keyid in trusted:
+            # A trusted key's signature that no longer matches: the payload was edited.
+            refusals.changed.append(str(keyid))
+        else:
+            refusals.unknown.append(str(keyid)[:71] if isinstance(keyid, str) and keyid else "no keyid")
+    return None
 
 
 @dataclass(frozen=True)
@@ -252,33 +300,17 @@ def check_provenance(
             "%s has no provenance (no %s referrer); sign it with ironcore_image_sign provenance=true"
             % (where, PROVENANCE_ARTIFACT_TYPE)
         )
-    trusted = {fingerprint(key) for key in keys}
     other_digests: list[str] = []
     other_types: list[str] = []
-    changed: list[str] = []
-    unknown: list[str] = []
-    malformed: list[str] = []
+    refusals = Refusals()
+    changed, unknown, malformed = refusals.changed, refusals.unknown, refusals.malformed
     for data in envelopes:
         try:
             opened = open_envelope(data)
         except ProvenanceError as exc:
             malformed.append(str(exc))
             continue
-        signed_by = None
-        for keyid, sig in opened.signatures:
-            try:
-                key = verifying_key(keys, pae(PAYLOAD_TYPE, opened.payload), sig)
-            except SignatureError:
-                malformed.append("malformed envelope: a signature is not base64")
-                continue
-            if key is not None:
-                signed_by = key
-                break
-            if keyid in trusted:
-                # A trusted key's signature that no longer matches: the payload was edited.
-                changed.append(str(keyid))
-            else:
-                unknown.append(str(keyid)[:71] if isinstance(keyid, str) and keyid else "no keyid")
+        signed_by = envelope_signer(opened, keys, refusals)
         if signed_by is None:
             continue
         try:

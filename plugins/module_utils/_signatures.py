@@ -21,7 +21,7 @@ import tempfile
 import typing as t
 from dataclasses import dataclass, field
 
-from ansible_collections.ironcore.image.plugins.module_utils import _provenance, _sbom
+from ansible_collections.ironcore.image.plugins.module_utils import _bundle, _provenance, _sbom
 from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError, load_json
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json, sha256_digest
@@ -82,6 +82,8 @@ MAX_SIGNERS = 64
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
 Store = t.Union[LayoutStore, RegistryStore]
+# ironcore_image_sign's signature_format: which formats it writes.
+SIGNATURE_FORMATS = ("legacy", "bundle", "both")
 
 
 @dataclass
@@ -90,6 +92,8 @@ class SignResult:
     fingerprint: str
     signed: list[str] = field(default_factory=list)
     signatures: dict[str, str] = field(default_factory=dict)
+    # digest -> the bundle referrer's digest (None in check mode when it would be new).
+    bundles: dict[str, str | None] = field(default_factory=dict)
     provenance: dict[str, t.Any] | None = None
     sbom: dict[str, t.Any] | None = None
 
@@ -262,6 +266,26 @@ def sign_digest(store: Store, ref: ImageReference, digest: str, key: t.Any, chec
     return True
 
 
+def attach_bundle(
+    store: Store, ref: ImageReference, subject: t.Mapping[str, t.Any], key: t.Any, check_mode: bool
+) -> tuple[bool, str | None]:
+    """Attach a Sigstore bundle signing `subject` as its referrer; (changed, referrer digest).
+
+    Unchanged when a bundle referrer already verifies with this key for this
+    repository and digest: a new bundle's signature differs each time.
+    """
+    digest = str(subject["digest"])
+    public = key.public_key()
+    for referrer in list_referrers(store, digest, _bundle.BUNDLE_MEDIA_TYPE):
+        if _bundle.signed_for(_first_layer(store, referrer, _bundle.MAX_BUNDLE_SIZE), public, ref.name, digest):
+            return False, referrer.digest
+    blob = ReferrerBlob(_bundle.BUNDLE_MEDIA_TYPE, data=_bundle.make_bundle(key, ref.name, digest))
+    changed, referrer_digest = attach_referrer(
+        store, subject, _bundle.BUNDLE_MEDIA_TYPE, [blob], _bundle.REFERRER_ANNOTATIONS, check_mode
+    )
+    return changed, None if check_mode and changed else referrer_digest
+
+
 def sign_image(
     store: Store,
     name: str,
@@ -270,11 +294,14 @@ def sign_image(
     check_mode: bool,
     provenance: bool = False,
     sbom: bool = False,
+    signature_format: str = "both",
 ) -> SignResult:
     """Sign the digest `name` resolves to and every index and manifest it reaches; attach provenance and SBOM."""
+    if signature_format not in SIGNATURE_FORMATS:
+        raise SignatureError("signature_format: %r is none of %s" % (signature_format, ", ".join(SIGNATURE_FORMATS)))
     # From the first blob stored (or found stored) to the last name: a prune waits.
     with store.writing(check_mode):
-        return _sign_image(store, name, key_path, passphrase, check_mode, provenance, sbom)
+        return _sign_image(store, name, key_path, passphrase, check_mode, provenance, sbom, signature_format)
 
 
 def _sign_image(
@@ -285,6 +312,7 @@ def _sign_image(
     check_mode: bool,
     provenance: bool,
     sbom: bool,
+    signature_format: str,
 ) -> SignResult:
     ref = _parse(name)
     key = load_private_key(key_path, passphrase)
@@ -293,9 +321,15 @@ def _sign_image(
     result = SignResult(digest=str(root["digest"]), fingerprint=fingerprint(key))
     # Children first, as the walk returns them; the image's own digest last.
     for document in graph.documents:
-        if sign_digest(store, ref, document.digest, key, check_mode):
+        changed = False
+        if signature_format in ("legacy", "both"):
+            changed = sign_digest(store, ref, document.digest, key, check_mode)
+            result.signatures[document.digest] = signature_tag(document.digest)
+        if signature_format in ("bundle", "both"):
+            attached, result.bundles[document.digest] = attach_bundle(store, ref, document.descriptor, key, check_mode)
+            changed = attached or changed
+        if changed:
             result.signed.append(document.digest)
-        result.signatures[document.digest] = signature_tag(document.digest)
     if provenance or sbom:
         documents = image_documents(store, root, graph)
         # In check mode a referrer that would be new has no digest yet (an envelope's signature differs each time).
@@ -350,14 +384,57 @@ def _parse(name: str) -> ImageReference:
 # ---- verifying --------------------------------------------------------------------
 
 
+def read_bundles(store: Store, digest: str) -> list[bytes]:
+    """The Sigstore bundles attached to `digest` as referrers (at most MAX_SIGNERS), not yet trusted."""
+    return _referrer_blobs(store, digest, _bundle.BUNDLE_MEDIA_TYPE, _bundle.MAX_BUNDLE_SIZE)
+
+
+def _bundles_of(store: Store, digest: str) -> t.Callable[[], list[bytes]]:
+    return lambda: read_bundles(store, digest)
+
+
+def check_digest(
+    digest: str,
+    repository: str,
+    entries: t.Sequence[SignedPayload] | None,
+    read_more: t.Callable[[], t.Sequence[bytes]],
+    keys: t.Sequence[t.Any],
+) -> tuple[str, str]:
+    """(fingerprint, "legacy" or "bundle") of the signature that verifies `digest`, or SignatureError saying why not.
+
+    Either format is enough; `read_more()` gives the bundles, read only when
+    the legacy format does not verify. When both are there and neither
+    verifies, the legacy format's reason is reported, as before bundles existed.
+    """
+    try:
+        return check_signed(digest, repository, entries, keys), "legacy"
+    except SignatureError as legacy:
+        bundles = read_more()
+        if not bundles:
+            if entries:
+                raise
+            raise SignatureError(
+                "%s@%s is unsigned: there is no signature %s and no Sigstore bundle referrer; sign it with"
+                " ironcore_image_sign" % (repository, digest, signature_tag(digest))
+            ) from legacy
+        try:
+            return _bundle.check_bundles(digest, repository, bundles, keys), "bundle"
+        except SignatureError:
+            if entries:
+                raise legacy from None
+            raise
+
+
 def verify_digests(
     store: ImageSource, ref: ImageReference, digests: t.Iterable[str], keys: t.Sequence[t.Any]
-) -> dict[str, str]:
-    """{digest: fingerprint of the key that verified it}; SignatureError at the first that fails."""
-    verified: dict[str, str] = {}
+) -> dict[str, tuple[str, str]]:
+    """{digest: (fingerprint of the key that verified it, format)}; SignatureError at the first that fails."""
+    verified: dict[str, tuple[str, str]] = {}
     for digest in digests:
-        if digest not in verified:
-            verified[digest] = check_signed(digest, ref.name, read_signatures(store, ref, digest), keys)
+        if digest in verified:
+            continue
+        entries = read_signatures(store, ref, digest)
+        verified[digest] = check_digest(digest, ref.name, entries, _bundles_of(store, digest), keys)
     return verified
 
 
@@ -379,7 +456,7 @@ def verify_before_delivery(
         required = bool(keys_given)
     with_provenance = bool(params.get("require_provenance"))
     if not required and not with_provenance:
-        return {"signatures": {}, "provenance": None}
+        return {"signatures": {}, "signature_formats": {}, "provenance": None}
     if not keys_given:
         option = "require_signature" if required else "require_provenance"
         raise SignatureError("%s is true but signature_keys is empty; give the public keys to trust" % option)
@@ -387,7 +464,7 @@ def verify_before_delivery(
     keys = [load_public_key(text) for text in keys_given]
     ref = source.ref
     store = _store_of(source)
-    verified: dict[str, str] = {}
+    verified: dict[str, tuple[str, str]] = {}
     provenance = None
     try:
         if required:
@@ -398,7 +475,11 @@ def verify_before_delivery(
         raise SignatureError("%s; nothing was fetched" % exc) from exc
     except ImageError as exc:
         raise SignatureError("reading the signatures of %s failed: %s; nothing was fetched" % (ref, exc)) from exc
-    return {"signatures": verified, "provenance": provenance}
+    return {
+        "signatures": {digest: signer for digest, (signer, _format) in verified.items()},
+        "signature_formats": {digest: kind for digest, (_signer, kind) in verified.items()},
+        "provenance": provenance,
+    }
 
 
 # ---- provenance and SBOM referrers ------------------------------------------------
@@ -463,20 +544,23 @@ def _first_layer(store: ImageSource, referrer: t.Any, limit: int) -> bytes:
 
 
 def verifiable_from_mirror(store: t.Any, subject_digest: str, referrer: Referrer) -> bool:
-    """Whether a referrer that a mirror listed can be checked on its own: a signed DSSE provenance of this digest.
+    """Whether a referrer that a mirror listed can be checked on its own: a signed provenance or bundle of this digest.
 
     What else a mirror lists (an SBOM, a block index, ...) carries no signature
     that whoever receives it could check, so the mirror may have made it up; a
     copy carries such referrers only from the origin. The signatures are
     checked against keys where the provenance is used (fetch's require_provenance).
     """
-    if referrer.artifact_type != _provenance.PROVENANCE_ARTIFACT_TYPE:
+    if referrer.artifact_type not in (_provenance.PROVENANCE_ARTIFACT_TYPE, _bundle.BUNDLE_MEDIA_TYPE):
         return False
     try:
         subject = read_referrer(store, referrer).get("subject")
         if not isinstance(subject, dict) or subject.get("digest") != subject_digest:
             return False
-        opened = _provenance.open_envelope(_first_layer(store, referrer, _provenance.MAX_ENVELOPE_SIZE))
+        if referrer.artifact_type == _bundle.BUNDLE_MEDIA_TYPE:
+            opened = _bundle.open_bundle(_first_layer(store, referrer, _bundle.MAX_BUNDLE_SIZE))
+        else:
+            opened = _provenance.open_envelope(_first_layer(store, referrer, _provenance.MAX_ENVELOPE_SIZE))
         digests, _predicate_type = _provenance.subject_digests(opened.payload)
     except ImageError:
         return False
@@ -612,16 +696,27 @@ def _claimed_signers(entries: t.Sequence[SignedPayload] | None) -> list[str]:
 
 
 def _describe_digest(store: ImageSource, ref: ImageReference, digest: str, keys: t.Sequence[t.Any]) -> dict[str, t.Any]:
-    """Whether `digest` has a `.sig`, who its writers say signed, and with keys which one verifies (or why none)."""
-    described: dict[str, t.Any] = {"signed": False, "signers": [], "verified_by": None, "reason": None}
+    """Whether `digest` has a `.sig` or bundles, who signed (as claimed), and with keys which verifies (or why none)."""
+    described: dict[str, t.Any] = {
+        "signed": False,
+        "signers": [],
+        "bundles": [],
+        "verified_by": None,
+        "verified_format": None,
+        "reason": None,
+    }
+    bundles = list_referrers(store, digest, _bundle.BUNDLE_MEDIA_TYPE)
+    described["bundles"] = [referrer.digest for referrer in bundles]
     try:
         entries = read_signatures(store, ref, digest)
     except SignatureError as exc:
         return dict(described, signed=True, reason=str(exc))
-    described.update(signed=entries is not None, signers=_claimed_signers(entries))
+    described.update(signed=entries is not None or bool(bundles), signers=_claimed_signers(entries))
     if keys:
         try:
-            described["verified_by"] = check_signed(digest, ref.name, entries, keys)
+            described["verified_by"], described["verified_format"] = check_digest(
+                digest, ref.name, entries, _bundles_of(store, digest), keys
+            )
         except SignatureError as exc:
             described["reason"] = str(exc)
     return described

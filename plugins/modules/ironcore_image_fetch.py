@@ -402,6 +402,15 @@ signatures:
   returned: always
   type: dict
   sample: {"sha256:0f3c...": "SHA256:4b1e..."}
+signature_formats:
+  description:
+    - For each digest in RV(signatures), the format of the signature that verified it, V(legacy) (a
+      C(sha256-<hex>.sig)) or V(bundle) (a Sigstore bundle referrer). The legacy format is checked first.
+    - Empty when no signature was required.
+  returned: always
+  type: dict
+  sample: {"sha256:0f3c...": "bundle"}
+  version_added: 0.2.0
 bytes_from_origin:
   description:
     - With O(mirrors) only. Bytes the origin served in this run (blobs and documents), what the mirrors did not

@@ -275,22 +275,33 @@ selected:
 signatures:
   description:
     - With O(show_signatures) or O(signature_keys), for the digest O(name) resolves to and each manifest it lists,
-      what its C(sha256-<hex>.sig) holds; null otherwise.
+      what its C(sha256-<hex>.sig) and its Sigstore bundle referrers hold; null otherwise.
   returned: when O(name) is given
   type: dict
-  sample: {"sha256:0f3c...": {"signed": true, "signers": ["SHA256:4b1e..."], "verified_by": "SHA256:4b1e...",
-                              "reason": null}}
+  sample: {"sha256:0f3c...": {"signed": true, "signers": ["SHA256:4b1e..."], "bundles": ["sha256:5d2a..."],
+                              "verified_by": "SHA256:4b1e...", "verified_format": "legacy", "reason": null}}
   contains:
     signed:
-      description: Whether the digest has a C(.sig) at all.
+      description: Whether the digest has a C(.sig) or a Sigstore bundle referrer at all.
       type: bool
     signers:
       description: The fingerprints the signatures claim (recorded by their writer, not verified).
       type: list
       elements: str
+    bundles:
+      description: The digests of the referrer manifests carrying a Sigstore bundle of the digest (not verified).
+      type: list
+      elements: str
+      version_added: 0.2.0
     verified_by:
       description: With O(signature_keys), the fingerprint of the key whose signature verified; null if none did.
       type: str
+    verified_format:
+      description:
+        - With O(signature_keys), the format of the signature that verified, V(legacy) or V(bundle); null if none
+          did.
+      type: str
+      version_added: 0.2.0
     reason:
       description: With O(signature_keys), the one-line reason no signature verified (what fetch would fail with).
       type: str

@@ -20,6 +20,8 @@ description:
     ECDSA P-256/SHA-256 signature over the payload's bytes.
   - A second key appends its signature as another layer. Signing again with a key that already signed a
     digest changes nothing.
+  - With O(signature_format=bundle) or V(both) (the default), each digest also gets a Sigstore bundle, the format
+    cosign 3 writes; see O(signature_format).
   - The private key is read from O(key), never copied, logged or returned; the results give its public key's
     fingerprint.
 extends_documentation_fragment:
@@ -76,6 +78,25 @@ options:
       - Attaching it again with the same key changes nothing.
     type: bool
     default: false
+  signature_format:
+    description:
+      - Which signature formats to write for each digest.
+      - V(legacy) is cosign's C(sha256-<hex>.sig) manifest described above.
+      - V(bundle) is a Sigstore bundle v0.3 (C(application/vnd.dev.sigstore.bundle.v0.3+json)), what cosign 3 writes
+        for C(cosign sign). It is keyed (C(verificationMaterial.publicKey.hint), the base64 SHA-256 of the DER
+        public key; no certificate) and with no transparency-log entry. It holds a DSSE envelope around an in-toto
+        Statement v1 whose C(predicateType) is C(https://sigstore.dev/cosign/sign/v1) and whose subject names the
+        repository and the digest. It is attached as an OCI referrer of the digest as cosign's bundle specification
+        describes (C(artifactType) the bundle media type, the empty config, one layer holding the bundle, the
+        annotations C(dev.sigstore.bundle.content=dsse-envelope) and C(dev.sigstore.bundle.predicateType)); on a
+        registry without the referrers API it is listed in the C(sha256-<hex>) tag-schema index. C(@sigstore/verify)
+        verifies it with the public key as trust material (see docs/signing.md).
+      - V(both) writes the two. A digest that already has a bundle verifying with O(key) gets no new one.
+      - Fetch and info accept either format.
+    type: str
+    choices: [legacy, bundle, both]
+    default: both
+    version_added: 0.2.0
   sbom:
     description:
       - Also attach a CycloneDX 1.5 JSON SBOM of the image as a referrer (C(artifactType)
@@ -139,10 +160,19 @@ signed:
   type: list
   elements: str
 signatures:
-  description: Every digest of the image, mapped to the tag of its signatures.
+  description:
+    - Every digest of the image, mapped to the tag of its legacy signatures; empty with O(signature_format=bundle).
   returned: always
   type: dict
   sample: {"sha256:0f3c...": "sha256-0f3c....sig"}
+bundles:
+  description:
+    - With O(signature_format=bundle) or V(both), every digest of the image, mapped to the digest of the referrer
+      manifest carrying its Sigstore bundle (null in check mode when it would be new); empty with V(legacy).
+  returned: always
+  type: dict
+  sample: {"sha256:0f3c...": "sha256:5d2a..."}
+  version_added: 0.2.0
 provenance:
   description: The provenance referrer, with O(provenance); null otherwise.
   returned: always
@@ -204,6 +234,7 @@ def main() -> None:
         key_passphrase={"type": "str", "no_log": True},
         provenance={"type": "bool", "default": False},
         sbom={"type": "bool", "default": False},
+        signature_format={"type": "str", "default": "both", "choices": ["legacy", "bundle", "both"]},
     )
     module = AnsibleModule(
         argument_spec=argument_spec, required_together=REGISTRY_REQUIRED_TOGETHER, supports_check_mode=True
@@ -222,6 +253,7 @@ def main() -> None:
             module.check_mode,
             provenance=module.params["provenance"],
             sbom=module.params["sbom"],
+            signature_format=module.params["signature_format"],
         )
         return {
             "changed": result.changed,
@@ -229,6 +261,7 @@ def main() -> None:
             "fingerprint": result.fingerprint,
             "signed": result.signed,
             "signatures": result.signatures,
+            "bundles": result.bundles,
             "provenance": result.provenance,
             "sbom": result.sbom,
         }

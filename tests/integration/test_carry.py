@@ -37,6 +37,8 @@ from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
 from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore
 
 SIGN = "ironcore.image.ironcore_image_sign"
+# The `.sig` format alone: the counts of referrers carried here are those the tests attach themselves.
+LEGACY = {"signature_format": "legacy"}
 PUSH = "ironcore.image.ironcore_image_push"
 COPY = "ironcore.image.ironcore_image_copy"
 FETCH = "ironcore.image.ironcore_image_fetch"
@@ -74,7 +76,7 @@ def signed(ansible, registry_plain, keys, tmp_path_factory):
     name = "%s/carry/push:1.0" % registry_plain.host
     os.makedirs(str(root / "in"))
     build_ours(layout, name, root / "in", tag="carry")
-    result = ansible.module(SIGN, {"layout": layout, "name": name, "key": keys["first"]["sec1"]})
+    result = ansible.module(SIGN, {"layout": layout, "name": name, "key": keys["first"]["sec1"], **LEGACY})
     assert result["changed"] is True and len(result["signed"]) == SIGNED, result
     store = LayoutStore(layout)
     index = {key: store.resolve(name)[key] for key in ("mediaType", "digest", "size")}
@@ -186,7 +188,9 @@ def test_a_new_signer_at_the_source_is_appended_at_the_destination(ansible, regi
     args = dict(registry_plain.registry_args, layout=signed["layout"], name=signed["name"])
     ansible.module(PUSH, dict(args, destination="%s/carry/merge:1.0" % registry_plain.host))
     remote_name = "%s/carry/merge:1.0" % registry_plain.host
-    at_registry = ansible.module(SIGN, dict(registry_plain.registry_args, name=remote_name, key=keys["second"]["sec1"]))
+    at_registry = ansible.module(
+        SIGN, dict(registry_plain.registry_args, name=remote_name, key=keys["second"]["sec1"], **LEGACY)
+    )
     assert at_registry["changed"] is True
     # The source has nothing the destination lacks: nothing to do.
     unchanged = ansible.module(PUSH, dict(args, destination=remote_name))
@@ -194,7 +198,9 @@ def test_a_new_signer_at_the_source_is_appended_at_the_destination(ansible, regi
 
     layout = str(tmp_path / "layout")
     subprocess.run(["cp", "-a", signed["layout"], layout], check=True)
-    assert ansible.module(SIGN, {"layout": layout, "name": signed["name"], "key": keys["third"]["sec1"]})["changed"]
+    assert ansible.module(SIGN, {"layout": layout, "name": signed["name"], "key": keys["third"]["sec1"], **LEGACY})[
+        "changed"
+    ]
     merged = ansible.module(PUSH, dict(args, layout=layout, destination=remote_name))
     assert merged["changed"] is True and merged["signatures"] == SIGNED and merged["referrers"] == 0, merged
     # Signed for carry/push, so the payloads name that repository: only openssl's verdict is asked here.

@@ -207,7 +207,7 @@ def test_layout_listing_names_the_subject_of_signatures_and_referrers_with_their
         [
             (
                 "ironcore.image.ironcore_image_sign",
-                {"layout": layout, "name": name, "key": key["sec1"], "provenance": True},
+                {"layout": layout, "name": name, "key": key["sec1"], "provenance": True, "signature_format": "legacy"},
             ),
             (MODULE, {"layout": layout}),
         ],

@@ -455,7 +455,7 @@ def test_info_lists_every_name_with_platforms_and_size(ansible, tmp_path):
 def signed_and_referred(ansible, layout: str, workdir) -> set[str]:
     """The image signed by ironcore_image_sign and given a referrer; returns the names of both kinds."""
     key = make_key(workdir, "lifecycle")
-    signed = ansible.module(SIGN, {"layout": layout, "name": NAME, "key": key["sec1"]})
+    signed = ansible.module(SIGN, {"layout": layout, "name": NAME, "key": key["sec1"], "signature_format": "legacy"})
     assert signed["changed"] is True, signed
     store = LayoutStore(layout)
     subject = {key: store.resolve(NAME)[key] for key in ("mediaType", "digest", "size")}

@@ -44,6 +44,8 @@ pytestmark = pytest.mark.integration
 BUILD = "ironcore.image.ironcore_image_build"
 PUSH = "ironcore.image.ironcore_image_push"
 SIGN = "ironcore.image.ironcore_image_sign"
+# The `.sig` format alone: these tests count and edit the provenance and SBOM referrers.
+LEGACY = {"signature_format": "legacy"}
 FETCH = "ironcore.image.ironcore_image_fetch"
 COPY = "ironcore.image.ironcore_image_copy"
 INFO = "ironcore.image.ironcore_image_info"
@@ -163,7 +165,7 @@ def test_sign_attaches_provenance_and_sbom_as_referrers(ansible, request, fixtur
     layout = build(ansible, tmp_path / "image")
     reference = push(ansible, registry, layout, "attest/reg")
     repository = reference.rsplit(":", 1)[0]
-    args = dict(registry.registry_args, name=reference, key=keys["first"]["key"], provenance=True, sbom=True)
+    args = dict(registry.registry_args, name=reference, key=keys["first"]["key"], provenance=True, sbom=True, **LEGACY)
 
     # Check mode writes nothing: no tag-schema index appears.
     digests = image_digests(registry, reference)
@@ -268,7 +270,7 @@ def attested(ansible, registry_plain, keys, tmp_path_factory):
     host = registry_plain.host
 
     def sign(reference: str, key: str, provenance: bool) -> dict:
-        args = dict(registry_plain.registry_args, name=reference, key=keys[key]["key"], provenance=provenance)
+        args = dict(registry_plain.registry_args, name=reference, key=keys[key]["key"], provenance=provenance, **LEGACY)
         signed = ansible.module(SIGN, args)
         assert signed.get("failed") is not True, signed
         return signed
@@ -481,7 +483,13 @@ def test_build_playbook_attaches_both_and_provision_playbook_requires_provenance
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert sorted(entry["artifactType"] for entry in json.loads(proc.stdout)["manifests"]) == [CYCLONEDX, IN_TOTO]
+    # The role signs in both formats (ironcore_image_sign's default): the Sigstore bundle is a referrer too.
+    bundle = "application/vnd.dev.sigstore.bundle.v0.3+json"
+    assert sorted(entry["artifactType"] for entry in json.loads(proc.stdout)["manifests"]) == [
+        CYCLONEDX,
+        bundle,
+        IN_TOTO,
+    ]
 
     inventory = write_inventory(str(tmp_path / "nodes.yml"), {"baremetal": {"node": node}})
     rc, document, stderr = ansible.playbook(os.path.join(REPO, "playbooks", "provision.yml"), inventory=inventory)
@@ -552,7 +560,7 @@ def test_provenance_and_sbom_from_an_api_registry_directly_and_through_a_mirror(
         )
         assert pushed["changed"] is True, pushed
         args = dict(registry_referrers.registry_args, name=reference, key=keys["first"]["key"])
-        signed = ansible.module(SIGN, dict(args, provenance=True, sbom=True))
+        signed = ansible.module(SIGN, dict(args, provenance=True, sbom=True, **LEGACY))
         assert signed.get("failed") is not True, signed
         digest = signed["digest"]
         provenance, sbom = signed["provenance"]["referrer"], signed["sbom"]["referrer"]

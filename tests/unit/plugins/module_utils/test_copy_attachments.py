@@ -46,7 +46,7 @@ def source(tmp_path):
     layout = str(tmp_path / "source")
     build_ours(layout, NAME, tmp_path)
     store = LayoutStore(layout)
-    sign_image(store, NAME, key_file(tmp_path, "first"), None, False)
+    sign_image(store, NAME, key_file(tmp_path, "first"), None, False, signature_format="legacy")
     index = {key: store.resolve(NAME)[key] for key in ("mediaType", "digest", "size")}
     changed, referrer = attach_referrer(store, index, "application/x-about", [ReferrerBlob("text/plain", data=b"hi")])
     assert changed
@@ -89,7 +89,7 @@ def test_signatures_and_referrers_travel_and_a_second_copy_sends_nothing(source,
 def test_a_destination_signer_is_kept_and_the_source_signer_appended(source, tmp_path):
     destination = LayoutStore(str(tmp_path / "destination"))
     engine.copy(source, destination, engine.plan_copy(source, [(NAME, NAME)]))
-    sign_image(destination, NAME, key_file(tmp_path, "second"), None, False)
+    sign_image(destination, NAME, key_file(tmp_path, "second"), None, False, signature_format="legacy")
     digest = destination.resolve(NAME)["digest"]
     theirs = read_signatures(destination, REF, digest)
     ours = read_signatures(source, REF, digest)
@@ -116,7 +116,7 @@ class ListedByAMirror(LayoutStore):
 
 
 def test_from_a_mirror_only_signatures_and_signed_provenance_travel(source, tmp_path):
-    sign_image(source, NAME, key_file(tmp_path, "second"), None, False, provenance=True)
+    sign_image(source, NAME, key_file(tmp_path, "second"), None, False, provenance=True, signature_format="legacy")
     index = source.resolve(NAME)["digest"]
     [provenance] = list_referrers(source, index, "application/vnd.in-toto+json")
     [about] = list_referrers(source, index, "application/x-about")

@@ -222,4 +222,8 @@ def test_require_provenance_without_keys_is_refused_before_reading_anything():
         "require_provenance is true but signature_keys is empty; give the public keys to trust"
     )
     # Nothing asked for, nothing checked.
-    assert signatures.verify_before_delivery(None, {}, INDEX, OTHER) == {"signatures": {}, "provenance": None}
+    assert signatures.verify_before_delivery(None, {}, INDEX, OTHER) == {
+        "signatures": {},
+        "signature_formats": {},
+        "provenance": None,
+    }
