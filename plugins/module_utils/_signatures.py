@@ -384,12 +384,12 @@ def _parse(name: str) -> ImageReference:
 # ---- verifying --------------------------------------------------------------------
 
 
-def read_bundles(store: Store, digest: str) -> list[bytes]:
+def read_bundles(store: ImageSource, digest: str) -> list[bytes]:
     """The Sigstore bundles attached to `digest` as referrers (at most MAX_SIGNERS), not yet trusted."""
     return _referrer_blobs(store, digest, _bundle.BUNDLE_MEDIA_TYPE, _bundle.MAX_BUNDLE_SIZE)
 
 
-def _bundles_of(store: Store, digest: str) -> t.Callable[[], list[bytes]]:
+def _bundles_of(store: ImageSource, digest: str) -> t.Callable[[], list[bytes]]:
     return lambda: read_bundles(store, digest)
 
 
