@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import gzip
 import os
@@ -95,9 +96,16 @@ def _private_apt_dir(architecture: str, cache_dir: str) -> str:
 
 
 def update_foreign_lists(architecture: str, options: list[str], cache_dir: str = CACHE_DIR) -> None:
-    """Fill the private package lists of a foreign architecture once (apt-get update while they are empty)."""
-    if not glob.glob(os.path.join(_private_apt_dir(architecture, cache_dir), "lists", "*_Packages*")):
-        _run(["apt-get", *options, "-q", "update"])
+    """Fill the private package lists of a foreign architecture once (apt-get update while they are empty).
+
+    Under a lock: pytest-xdist workers share the cache, and a second apt-get update on the same lists
+    would fail on apt's own lock instead of waiting.
+    """
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(os.path.join(cache_dir, ".lists.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not glob.glob(os.path.join(_private_apt_dir(architecture, cache_dir), "lists", "*_Packages*")):
+            _run(["apt-get", *options, "-q", "update"])
 
 
 def resolve_kernel_package(
