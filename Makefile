@@ -19,14 +19,15 @@ EE_CA_BUNDLE ?=
 # EE_PIP_INDEX=1: pip inside the build installs from the package index instead of the host's wheelhouse.
 EE_PIP_INDEX ?=
 PODMAN ?= podman
-# What `make ee` needs: podman (runc for hosts with cgroup v1 or hybrid cgroups), mmdebstrap for the base.
+# What `make ee` needs (make test too, for tests/playbooks/test_ee.py): podman, runc for hosts with cgroup v1
+# or hybrid cgroups (crun refuses them), mmdebstrap for the Debian base.
 EE_APT_PACKAGES := podman runc mmdebstrap
 
 # Debian packages the tests drive for real: registry, OCI client, emulator, sshd, ...
 # (docker-registry's package also starts a registry service on :5000 where systemd runs.)
 APT_PACKAGES := python3-venv docker-registry skopeo qemu-system-x86 qemu-system-arm qemu-utils openssh-server openssh-client \
 	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync shellcheck libvirt-clients nginx-light nodejs \
-	$(EE_APT_PACKAGES)
+	podman runc mmdebstrap
 # What `make demo` needs and nothing more: no service is started, no port opened.
 DEMO_APT_PACKAGES := python3-venv skopeo
 # The demo's own light virtualenv: ansible-core and the modules' requirements, no test or lint tools.
