@@ -364,12 +364,19 @@ def build(args: argparse.Namespace) -> None:
     with open(os.path.join(context, "Containerfile"), "w") as stream:
         stream.write(containerfile(base, install_system, args.pip_index, ca_bundle))
 
-    # No network at all unless the package manager or pip must reach an index.
+    # No network at all unless the package manager or pip must reach an index. No layer cache: the RUN
+    # step's cache key is its text, which stays the same when the mounted wheels or collection change.
     network = "host" if (args.base_image or args.pip_index) else "none"
-    command = [*podman, "build", "--pull=never", "--network", network, "--file", "Containerfile"]
+    command = [*podman, "build", "--no-cache", "--pull=never", "--network", network, "--file", "Containerfile"]
     if args.base_image:
         command[command.index("--pull=never")] = "--pull=missing"
+    previous = subprocess.run(
+        [*podman, "image", "inspect", "--format", "{{.Id}}", args.tag], capture_output=True, text=True, check=False
+    ).stdout.strip()
     run([*command, "--tag", args.tag, "."], cwd=context)
+    if previous:
+        # The image the tag named before is left without a name: remove it unless a container still uses it.
+        subprocess.run([*podman, "rmi", previous], capture_output=True, check=False)
     size = run([*podman, "image", "inspect", "--format", "{{.Size}}", args.tag]).stdout.strip()
     print(
         "built %s from %s in %.0f s: %.0f MB (podman image inspect)"
