@@ -21,6 +21,7 @@ Usage: tools/build_ee.py --tag TAG --build-dir DIR [--base-image IMAGE] [--ca-bu
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -232,6 +233,10 @@ def debian_base(podman: list[str], build_dir: str, packages: list[str]) -> str:
         command += ["--dpkgopt=path-exclude=%s" % pattern for pattern in DPKG_EXCLUDES]
         run([*command, DEBIAN_SUITE, tarball + ".partial", *DEBIAN_MIRRORS])
         os.replace(tarball + ".partial", tarball)
+        # Bases of earlier package lists are not used again: about 200 MB each.
+        for stale in glob.glob(os.path.join(build_dir, "debian-base-*.tar")):
+            if stale != tarball:
+                os.remove(stale)
     run([*podman, "import", "--change", 'CMD ["/bin/bash"]', tarball, image])
     return image
 
