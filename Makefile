@@ -7,15 +7,27 @@ BUILD := $(CURDIR)/.build
 COLLECTIONS := $(BUILD)/collections
 COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/ironcore/image
 DEMO_DIR ?= $(BUILD)/demo
-# Execution environment for AWX: build context (offline) and image.
+# Execution environment for AWX: ansible-builder's context (make ee-context), and the image (make ee, docs/awx.md).
 EE_CONTEXT ?= $(BUILD)/ee/context
-EE_TAG ?= ironcore-image-ee:latest
-CONTAINER_RUNTIME ?= podman
+EE_TAG ?= localhost/ironcore-image-ee:latest
+# The image's working directory: the cached Debian base tarball, the wheelhouse, the context, containers.conf.
+EE_BUILD_DIR ?= $(BUILD)/ee/image
+# EE_BASE_IMAGE: a base image instead of the local Debian 12 (its package manager installs bindep.txt's packages).
+EE_BASE_IMAGE ?=
+# EE_CA_BUNDLE: a CA bundle (PEM) for the package manager and pip inside the build, where they reach an index.
+EE_CA_BUNDLE ?=
+# EE_PIP_INDEX=1: pip inside the build installs from the package index instead of the host's wheelhouse.
+EE_PIP_INDEX ?=
+PODMAN ?= podman
+# What `make ee` needs (make test too, for tests/playbooks/test_ee.py): podman, runc for hosts with cgroup v1
+# or hybrid cgroups (crun refuses them), mmdebstrap for the Debian base.
+EE_APT_PACKAGES := podman runc mmdebstrap
 
 # Debian packages the tests drive for real: registry, OCI client, emulator, sshd, ...
 # (docker-registry's package also starts a registry service on :5000 where systemd runs.)
 APT_PACKAGES := python3-venv docker-registry skopeo qemu-system-x86 qemu-system-arm qemu-utils openssh-server openssh-client \
-	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync shellcheck libvirt-clients nginx-light nodejs
+	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync shellcheck libvirt-clients nginx-light nodejs \
+	podman runc mmdebstrap
 # What `make demo` needs and nothing more: no service is started, no port opened.
 DEMO_APT_PACKAGES := python3-venv skopeo
 # The demo's own light virtualenv: ansible-core and the modules' requirements, no test or lint tools.
@@ -32,7 +44,7 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps demo-deps venv sigstore-verifier demo-venv collection demo test pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-fleet bench-delta ee-context ee
+.PHONY: help system-deps ee-deps demo-deps venv sigstore-verifier demo-venv collection demo test pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-fleet bench-delta ee-context ee
 
 help:
 	@echo "make demo       build a sample two-platform image into a local OCI layout and show it (light install)"
@@ -43,7 +55,8 @@ help:
 	@echo "make sanity     ansible-test sanity, every test, no ignore entries"
 	@echo "make galaxy     build the tarball, galaxy-importer, install it, run the demo from it"
 	@echo "make docs       regenerate docs/reference from the modules' and roles' own docs"
-	@echo "make ee         build the execution environment image for AWX (make ee-context: only its build context)"
+	@echo "make ee         build the execution environment image for AWX with podman, offline (docs/awx.md)"
+	@echo "make ee-context only ansible-builder's build context of the execution environment"
 	@echo "make bench      every benchmark against its peer tool and its limit, table in .build/bench/report.md (not in make test)"
 	@echo "make bench-build / bench-push / bench-fetch / bench-copy / bench-scale / bench-profile   one of them (docs/performance.md)"
 	@echo "make bench-fleet N nodes at once through the mirror role's site cache, the origin and a pull-through cache (docs/fleet.md)"
@@ -72,6 +85,9 @@ system-deps:
 
 demo-deps:
 	$(call apt_install,$(DEMO_APT_PACKAGES))
+
+ee-deps:
+	$(call apt_install,$(EE_APT_PACKAGES))
 
 $(BIN)/.installed: requirements.txt meta/requirements.txt requirements-dev.txt requirements-gates.txt
 	$(PYTHON) -m venv $(VENV)
@@ -111,8 +127,12 @@ ee-context: venv collection
 	$(BIN)/ansible-builder create --file meta/execution-environment.yml --context $(EE_CONTEXT) \
 		--output-filename Containerfile
 
-ee: ee-context
-	$(CONTAINER_RUNTIME) build --file $(EE_CONTEXT)/Containerfile --tag $(EE_TAG) $(EE_CONTEXT)
+# The image, with podman and no network inside the build (tools/build_ee.py says how): the podman settings
+# this host needs (runc, cgroupfs, ulimits) are detected and written to $(EE_BUILD_DIR)/containers.conf.
+ee: ee-deps venv
+	$(BIN)/python tools/build_ee.py --tag $(EE_TAG) --build-dir $(EE_BUILD_DIR) --podman $(PODMAN) \
+		$(if $(EE_BASE_IMAGE),--base-image $(EE_BASE_IMAGE)) $(if $(EE_CA_BUNDLE),--ca-bundle $(EE_CA_BUNDLE)) \
+		$(if $(EE_PIP_INDEX),--pip-index)
 
 # The quality gates first (fast ones first), the test suite last so its summary closes the output.
 test: system-deps venv collection lint docs-lint sanity galaxy pytest
@@ -140,7 +160,7 @@ lint: venv collection
 	$(BIN)/python tools/check_layers.py
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --config-file mypy.ini $(COLLECTION_LINK)/plugins tests tools/check_layers.py
+	$(BIN)/mypy --config-file mypy.ini $(COLLECTION_LINK)/plugins tests tools/check_layers.py tools/build_ee.py
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint
 
