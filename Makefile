@@ -15,7 +15,8 @@ CONTAINER_RUNTIME ?= podman
 # Debian packages the tests drive for real: registry, OCI client, emulator, sshd, ...
 # (docker-registry's package also starts a registry service on :5000 where systemd runs.)
 APT_PACKAGES := python3-venv docker-registry skopeo qemu-system-x86 qemu-system-arm qemu-utils openssh-server openssh-client \
-	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync shellcheck libvirt-clients nginx-light nodejs
+	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync shellcheck libvirt-clients nginx-light nodejs \
+	systemd-boot-efi sbsigntool ovmf qemu-efi-aarch64 ipxe
 # What `make demo` needs and nothing more: no service is started, no port opened.
 DEMO_APT_PACKAGES := python3-venv skopeo
 # The demo's own light virtualenv: ansible-core and the modules' requirements, no test or lint tools.

@@ -202,6 +202,34 @@ def debian_busybox(architecture: str, cache_dir: str = CACHE_DIR) -> str:
     return _unpack_one("busybox-static", version, options, "bin/busybox", target, cache_dir)
 
 
+EFI_STUB_DIR = "/usr/lib/systemd/boot/efi"
+EFI_STUB_NAMES = {"amd64": "linuxx64.efi.stub", "arm64": "linuxaa64.efi.stub"}
+
+
+def debian_efi_stub(architecture: str, cache_dir: str = CACHE_DIR) -> str:
+    """systemd-boot-efi's EFI stub for `architecture`: this machine's own, or that architecture's .deb fetched once."""
+    options = apt_options(architecture, cache_dir)
+    name = EFI_STUB_NAMES[architecture]
+    if not options:
+        path = os.path.join(EFI_STUB_DIR, name)
+        if not os.path.isfile(path):
+            raise BootSetupError("%s is missing; install systemd-boot-efi (make system-deps)" % path)
+        return path
+    pattern = os.path.join(cache_dir, "systemd-boot-efi_*_%s" % architecture, name)
+    try:
+        update_foreign_lists(architecture, options, cache_dir)
+        version = _candidate_version("systemd-boot-efi", options)
+    except BootSetupError:
+        cached = sorted(glob.glob(pattern))
+        if cached:
+            return cached[-1]
+        raise
+    target = os.path.join(cache_dir, "systemd-boot-efi_%s_%s" % (version.replace(":", "_"), architecture), name)
+    if os.path.isfile(target):
+        return target
+    return _unpack_one("systemd-boot-efi", version, options, "usr/lib/systemd/boot/efi/" + name, target, cache_dir)
+
+
 def make_initramfs(path: str, busybox: str = BUSYBOX) -> str:
     """Write a gzip'd newc cpio with busybox and the marker-printing /init to `path`."""
     if not os.path.isfile(busybox):
