@@ -33,7 +33,7 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps demo-deps venv sigstore-verifier demo-venv collection demo test pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-fleet bench-delta ee-context ee
+.PHONY: help system-deps demo-deps venv sigstore-verifier demo-venv collection demo test test-arm64-uefi pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-fleet bench-delta ee-context ee
 
 help:
 	@echo "make demo       build a sample two-platform image into a local OCI layout and show it (light install)"
@@ -117,6 +117,12 @@ ee: ee-context
 
 # The quality gates first (fast ones first), the test suite last so its summary closes the output.
 test: system-deps venv collection lint docs-lint sanity galaxy pytest
+
+# arm64 in UEFI firmware (AAVMF, Secure Boot with the snakeoil test key), emulated: minutes, so not in make test.
+# The arm64 kernel, busybox and systemd stub come from Debian's arm64 packages (apt-get download through
+# private package lists), cached under .build/boot.
+test-arm64-uefi: system-deps venv collection
+	$(BIN)/pytest -m arm64_uefi tests/playbooks/test_uefi_boot_arm64.py
 
 # PYTEST_ARGS="tests/integration/test_copy.py -k mirror" to run a part of it.
 pytest: system-deps venv collection sigstore-verifier

@@ -38,6 +38,8 @@ KERNEL_META_PACKAGE = os.environ.get("IRONCORE_TEST_KERNEL_PACKAGE", "linux-imag
 BUSYBOX = "/bin/busybox"  # from busybox-static: no shared libraries needed inside the initramfs
 MARKER_PREFIX = "IRONCORE-BOOT-MARKER"
 MARKER_PARAMETER = "ironcore.marker"
+# The test init prints its /proc/cmdline after this word.
+CMDLINE_PREFIX = "IRONCORE-CMDLINE"
 # What qemu's slirp network shows the guest for the host's 127.0.0.1.
 GUEST_HOST_ADDRESS = "10.0.2.2"
 
@@ -51,6 +53,7 @@ for word in $(/bin/busybox cat /proc/cmdline); do
     {MARKER_PARAMETER}=*) echo "{MARKER_PREFIX} ${{word#{MARKER_PARAMETER}=}}" ;;
   esac
 done
+echo "{CMDLINE_PREFIX} $(/bin/busybox cat /proc/cmdline)"
 /bin/busybox poweroff -f
 """
 
