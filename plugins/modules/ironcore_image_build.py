@@ -143,7 +143,7 @@ options:
     version_added: 0.2.0
   uki_sign_cert:
     description:
-      - PEM certificate of O(uki_sign_key): the one firmware must trust (enrolled in C(db), or as a MOK for shim).
+      - PEM certificate of O(uki_sign_key), the one firmware must trust (enrolled in C(db), or as a MOK for shim).
     type: path
     version_added: 0.2.0
   uki_sign_key_passphrase:
