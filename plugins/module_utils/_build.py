@@ -196,7 +196,8 @@ def parse_artifacts(artifacts: t.Any, platforms: t.Sequence[str]) -> list[Artifa
             for role in ROLES
             if item.get(role) and not (role == "uki" and uki_auto)
         }
-        if uki_auto and not all(role in files for role in ("kernel", "initramfs")):
+        # Only baremetal manifests carry a UKI: a virtualization-only build ignores uki: auto.
+        if uki_auto and "baremetal" in platforms and not all(role in files for role in ("kernel", "initramfs")):
             raise BuildError(
                 "%s.uki: auto needs the kernel and initramfs of %s, which the artifacts lack" % (where, arch)
             )
