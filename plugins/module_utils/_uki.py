@@ -368,7 +368,8 @@ def plain_key(key_path: str, passphrase: str | None) -> t.Iterator[str]:
             pem = stream.read()
     except OSError as exc:
         raise UkiError("cannot read uki_sign_key %s: %s" % (key_path, exc.strerror)) from exc
-    if passphrase is None and b"ENCRYPTED" not in pem:
+    # "ENCRYPTED PRIVATE KEY" (PKCS#8) or "Proc-Type: 4,ENCRYPTED" (traditional): anything else sbsign reads as it is.
+    if b"ENCRYPTED" not in pem:
         yield key_path
         return
     if passphrase is None:
