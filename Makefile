@@ -27,7 +27,7 @@ EE_APT_PACKAGES := podman runc mmdebstrap
 # (docker-registry's package also starts a registry service on :5000 where systemd runs.)
 APT_PACKAGES := python3-venv docker-registry skopeo qemu-system-x86 qemu-system-arm qemu-utils openssh-server openssh-client \
 	busybox-static apache2-utils e2fsprogs curl openssl cpio rsync shellcheck libvirt-clients nginx-light nodejs \
-	podman runc mmdebstrap
+	podman runc mmdebstrap systemd-boot-efi sbsigntool ovmf qemu-efi-aarch64 ipxe
 # What `make demo` needs and nothing more: no service is started, no port opened.
 DEMO_APT_PACKAGES := python3-venv skopeo
 # The demo's own light virtualenv: ansible-core and the modules' requirements, no test or lint tools.
@@ -44,7 +44,7 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps ee-deps demo-deps venv sigstore-verifier demo-venv collection demo test pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-fleet bench-delta ee-context ee
+.PHONY: help system-deps ee-deps demo-deps venv sigstore-verifier demo-venv collection demo test test-arm64-uefi pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-fleet bench-delta ee-context ee
 
 help:
 	@echo "make demo       build a sample two-platform image into a local OCI layout and show it (light install)"
@@ -136,6 +136,12 @@ ee: ee-deps venv
 
 # The quality gates first (fast ones first), the test suite last so its summary closes the output.
 test: system-deps venv collection lint docs-lint sanity galaxy pytest
+
+# arm64 in UEFI firmware (AAVMF, Secure Boot with the snakeoil test key), emulated: minutes, so not in make test.
+# The arm64 kernel, busybox and systemd stub come from Debian's arm64 packages (apt-get download through
+# private package lists), cached under .build/boot.
+test-arm64-uefi: system-deps venv collection
+	$(BIN)/pytest -m arm64_uefi tests/playbooks/test_uefi_boot_arm64.py
 
 # PYTEST_ARGS="tests/integration/test_copy.py -k mirror" to run a part of it.
 # Tests run in pytest-xdist workers, one per core and at most 4: most of a test's time is one ansible

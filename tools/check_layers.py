@@ -48,6 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("provenance", ("_provenance.py",)),
     ("signing", ("_sign.py",)),
     ("progress", ("_progress.py",)),
+    ("unified kernel images", ("_uki.py",)),
     ("documents", ("_manifest.py", "_blockindex.py", "_select.py")),
     ("document reader", ("_document.py",)),
     ("transfer policy", ("_transfer.py",)),

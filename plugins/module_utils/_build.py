@@ -19,6 +19,7 @@ import tempfile
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.ironcore.image.plugins.module_utils import _uki
 from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
     ARTIFACT_TYPE,
     DEFAULT_BLOCK_SIZE,
@@ -83,12 +84,19 @@ class BuildError(ImageError):
     """Bad input or an unusable layout; the message names the field."""
 
 
+UKI_AUTO = "auto"
+
+
 @dataclass
 class ArtifactSet:
     architecture: str
     files: dict[str, str]
     cmdline: str | None
     position: int
+    # uki: auto: the build assembles the UKI from the kernel, initramfs and cmdline.
+    uki_auto: bool = False
+    uki_stub: str | None = None
+    os_release: str | None = None
 
 
 def _referrers() -> t.Any:
@@ -139,6 +147,8 @@ class BuildPlan:
     index: dict[str, t.Any] = field(default_factory=dict)
     # Digest -> size of every blob the combined index reaches (manifests, configs, layers), each once.
     reached: dict[str, int] = field(default_factory=dict)
+    # The directory the UKIs of uki: auto are assembled in (a TemporaryDirectory), kept as long as the plan.
+    uki_scratch: t.Any = field(default=None, repr=False)
 
     @property
     def image_size(self) -> int:
@@ -180,7 +190,17 @@ def parse_artifacts(artifacts: t.Any, platforms: t.Sequence[str]) -> list[Artifa
         arch = canonical_architecture(item.get("architecture")) or item.get("architecture")
         if any(existing.architecture == arch for existing in result):
             raise BuildError("%s.architecture: %s is listed twice; give each architecture once" % (where, arch))
-        files = {role: _check_artifact_file("%s.%s" % (where, role), item[role]) for role in ROLES if item.get(role)}
+        uki_auto = item.get("uki") == UKI_AUTO
+        files = {
+            role: _check_artifact_file("%s.%s" % (where, role), item[role])
+            for role in ROLES
+            if item.get(role) and not (role == "uki" and uki_auto)
+        }
+        # Only baremetal manifests carry a UKI: a virtualization-only build ignores uki: auto.
+        if uki_auto and "baremetal" in platforms and not all(role in files for role in ("kernel", "initramfs")):
+            raise BuildError(
+                "%s.uki: auto needs the kernel and initramfs of %s, which the artifacts lack" % (where, arch)
+            )
         for platform in platforms:
             missing = [role for role in PROFILES[platform].required if role not in files]
             if missing:
@@ -194,8 +214,22 @@ def parse_artifacts(artifacts: t.Any, platforms: t.Sequence[str]) -> list[Artifa
                     "%s: platform %s needs a root for %s: give a %s, which the artifacts lack"
                     % (where, platform, arch, " or a ".join(live_root))
                 )
-        result.append(ArtifactSet(arch, files, _command_line(where, item.get("cmdline")), position))
+        result.append(
+            ArtifactSet(
+                arch,
+                files,
+                _command_line(where, item.get("cmdline")),
+                position,
+                uki_auto=uki_auto,
+                uki_stub=_optional_file(where, "uki_stub", item.get("uki_stub")),
+                os_release=_optional_file(where, "os_release", item.get("os_release")),
+            )
+        )
     return result
+
+
+def _optional_file(where: str, key: str, path: t.Any) -> str | None:
+    return _check_artifact_file("%s.%s" % (where, key), path) if path else None
 
 
 def _command_line(where: str, cmdline: str | None) -> str | None:
@@ -242,10 +276,13 @@ class _BlobDigests:
         self.cache_dirty = True
 
     def digest(
-        self, path: str, packed_as: str | None, store: bool, on_chunk: ChunkHook | None = None
+        self, path: str, packed_as: str | None, store: bool, on_chunk: ChunkHook | None = None, cache: bool = True
     ) -> tuple[str, int]:
-        """The blob's digest and size; `on_chunk` sees its bytes only when the file is read (no cache hit)."""
-        hit = self.cached(path, packed_as)
+        """The blob's digest and size; `on_chunk` sees its bytes only when the file is read (no cache hit).
+
+        With cache=False (a file this run made, such as an assembled UKI) nothing is looked up or remembered.
+        """
+        hit = self.cached(path, packed_as) if cache else None
         if hit:
             return hit
         identity = file_identity(path)
@@ -256,7 +293,7 @@ class _BlobDigests:
             written = not self.layout.has_blob(digest, size)
         self.blobs_added = self.blobs_added or written
         # Only trust the result if the file did not change while being read.
-        if file_identity(path) == identity:
+        if cache and file_identity(path) == identity:
             self.remember(path, packed_as, digest, size, identity)
         return digest, size
 
@@ -479,6 +516,9 @@ def plan_build(
     if in_flight is not None:
         # The referrers to attach point at the scratch files: removed once the build is done with them.
         in_flight.callback(indexes.close)
+    signers = _prepare_ukis(params, artifacts, platforms, plan, digests)
+    if in_flight is not None and plan.uki_scratch is not None:
+        in_flight.callback(plan.uki_scratch.cleanup)
     packed = params["layer_format"] == "tar+gzip"
     combined: list[dict[str, t.Any]] = []
     by_platform: dict[str, list[dict[str, t.Any]]] = {platform: [] for platform in platforms}
@@ -491,10 +531,16 @@ def plan_build(
             if not any(role in PROFILES[platform].roles for platform in platforms):
                 continue
             hasher = indexes.hasher(role, path, packed)
-            digest, size = digests.digest(path, role if packed else None, store, hasher.update if hasher else None)
+            made_here = role == "uki" and artifact.uki_auto
+            digest, size = digests.digest(
+                path, role if packed else None, store, hasher.update if hasher else None, cache=not made_here
+            )
             indexes.fed(hasher, digest, size)
+            annotations = {TITLE_ANNOTATION: role}
+            if role == "uki" and signers.get(artifact.architecture):
+                annotations[_uki.SIGNER_ANNOTATION] = str(signers[artifact.architecture])
             layers[role] = descriptor(
-                layer_media_type(role, params["layer_format"]), digest, size, annotations={TITLE_ANNOTATION: role}
+                layer_media_type(role, params["layer_format"]), digest, size, annotations=annotations
             )
             if indexes.wanted(role, layers[role], packed):
                 indexed.add(digest)
@@ -545,6 +591,119 @@ def plan_build(
             for word in platform_tag_words(platform, aliases):
                 plan.refs[str(extra_names[word])] = platform_desc
     return plan, digests
+
+
+def _signing_key(params: t.Mapping[str, t.Any]) -> _uki.SigningKey | None:
+    key, cert = params.get("uki_sign_key"), params.get("uki_sign_cert")
+    if key and not cert:
+        raise BuildError("uki_sign_key needs uki_sign_cert, the PEM certificate firmware checks the UKI against")
+    if params.get("uki_require_signature") and not cert:
+        raise BuildError("uki_require_signature needs uki_sign_cert, the certificate every UKI must be signed by")
+    return _uki.SigningKey(key, cert, params.get("uki_sign_key_passphrase")) if key and cert else None
+
+
+def _prepare_ukis(
+    params: t.Mapping[str, t.Any],
+    artifacts: t.Sequence[ArtifactSet],
+    platforms: t.Sequence[str],
+    plan: BuildPlan,
+    digests: _BlobDigests,
+) -> dict[str, str | None]:
+    """Assemble (and sign) every uki: auto, check every UKI when a signature is required.
+
+    Returns the signing certificate's fingerprint per architecture whose UKI
+    is known to carry its signature (signed here, or checked with sbverify).
+    """
+    if "baremetal" not in platforms:
+        return {}
+    signing = _signing_key(params)
+    require = bool(params.get("uki_require_signature"))
+    signers: dict[str, str | None] = {}
+    for artifact in artifacts:
+        where = "artifacts[%d].uki" % artifact.position
+        if artifact.uki_auto:
+            if require and signing is None:
+                raise BuildError(
+                    "%s: auto would make an unsigned UKI, which uki_require_signature refuses: give uki_sign_key"
+                    % where
+                )
+            artifact.files["uki"] = _assemble_uki(artifact, plan, signing, digests)
+        if "uki" not in artifact.files:
+            continue
+        cert = params.get("uki_sign_cert")
+        if require and cert:
+            refusal = _uki.verify(artifact.files["uki"], cert)
+            if refusal:
+                raise BuildError(
+                    "%s: %s is not signed by uki_sign_cert %s (sbverify: %s); sign it with that certificate's key"
+                    % (where, artifact.files["uki"], cert, refusal)
+                )
+        if (artifact.uki_auto and signing) or require:
+            signers[artifact.architecture] = _uki.cert_fingerprint(str(cert))
+    return signers
+
+
+def _assemble_uki(
+    artifact: ArtifactSet, plan: BuildPlan, signing: _uki.SigningKey | None, digests: _BlobDigests
+) -> str:
+    """The UKI of uki: auto, in the plan's scratch directory (the system's temporary one, never the layout).
+
+    The unsigned assembly is reproducible, an Authenticode signature is not
+    (sbsign records the signing time): a rebuild whose unsigned UKI and
+    certificate are unchanged takes the signed UKI the layout already holds,
+    so an unchanged image keeps its digest.
+    """
+    where = "artifacts[%d]" % artifact.position
+    if plan.uki_scratch is None:
+        plan.uki_scratch = tempfile.TemporaryDirectory(prefix=".ironcore-uki-")
+    kernel = artifact.files["kernel"]
+    release = _uki.kernel_release(kernel)
+    if not release:
+        raise BuildError(
+            "%s.kernel: %s names no kernel release (no Linux version banner); is it a kernel?" % (where, kernel)
+        )
+    if artifact.os_release:
+        with open(artifact.os_release, "rb") as stream:
+            osrel = stream.read(_uki.MAX_OS_RELEASE + 1)
+        if len(osrel) > _uki.MAX_OS_RELEASE:
+            raise BuildError(
+                "%s.os_release: %s is larger than %d bytes; give an os-release file"
+                % (where, artifact.os_release, _uki.MAX_OS_RELEASE)
+            )
+    else:
+        osrel = _uki.os_release(plan.ref.repository.rsplit("/", 1)[-1], plan.ref.tag or "latest")
+    out = os.path.join(plan.uki_scratch.name, "uki-%s.efi" % artifact.architecture)
+    unsigned = out + ".unsigned" if signing else out
+    try:
+        _uki.assemble(
+            unsigned,
+            artifact.architecture,
+            artifact.uki_stub or _uki.default_stub(artifact.architecture),
+            kernel,
+            artifact.files["initramfs"],
+            artifact.cmdline,
+            osrel,
+            release,
+        )
+        if signing is None:
+            return out
+        unsigned_digest, _size = hash_file(unsigned)
+        key = "uki-signed|%s|%s" % (unsigned_digest, _uki.cert_fingerprint(signing.cert))
+        earlier = digests.cache.get(key)
+        if (
+            isinstance(earlier, dict)
+            and SHA256_DIGEST_RE.fullmatch(str(earlier.get("digest")))
+            and isinstance(earlier.get("size"), int)
+            and plan.layout.has_blob(str(earlier["digest"]), earlier["size"])
+        ):
+            return plan.layout.blob_path(str(earlier["digest"]))
+        _uki.sign(unsigned, out, signing.key, signing.cert, signing.passphrase)
+    except _uki.UkiError as exc:
+        raise BuildError("%s.uki: %s" % (where, exc)) from exc
+    signed_digest, signed_size = hash_file(out)
+    digests.cache[key] = {"digest": signed_digest, "size": signed_size}
+    digests.cache_dirty = True
+    return out
 
 
 def _layer_summary(layer: t.Mapping[str, t.Any], block_index: t.Mapping[str, t.Any] | None) -> dict[str, t.Any]:

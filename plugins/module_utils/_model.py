@@ -61,6 +61,8 @@ LEGACY_CONFIG_MEDIA_TYPE = MEDIA_TYPE_PREFIX + "config.v1alpha1+json"
 TITLE_ANNOTATION = "org.opencontainers.image.title"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 PLATFORM_ANNOTATION = "io.ironcore.image.platform"
+# On a uki layer: the sha256 fingerprint of the certificate whose key signed the UKI for Secure Boot.
+UKI_SIGNER_ANNOTATION = "io.ironcore.image.uki.signer"
 # The published spec's manifest annotations (also written on our index entries).
 VARIANT_ANNOTATION = "variant"
 ARCHITECTURE_ANNOTATION = "architecture"

@@ -30,6 +30,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._model import (
     PLATFORM_ANNOTATION,
     SHA256_DIGEST_RE,
     TITLE_ANNOTATION,
+    UKI_SIGNER_ANNOTATION,
     descriptors,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._sign import (
@@ -102,6 +103,10 @@ def _dependencies(manifests: t.Mapping[str, t.Mapping[str, t.Any]]) -> list[dict
                     "annotations": {"architecture": architecture, "platforms": []},
                 },
             )
+            signer = _annotations(layer).get(UKI_SIGNER_ANNOTATION)
+            if isinstance(signer, str):
+                # The certificate whose key signed the UKI for Secure Boot: what firmware must trust.
+                entry["annotations"]["secure_boot_signer"] = signer
             if isinstance(platform, str) and platform not in entry["annotations"]["platforms"]:
                 entry["annotations"]["platforms"].append(platform)
     return [found[key] for key in sorted(found)]

@@ -34,6 +34,7 @@ author:
   - IronCore image collection maintainers (@ironcore-dev)
 requirements:
   - jsonschema >= 4.0
+  - cryptography, sbsign and sbverify (Debian's sbsigntool), with O(uki_sign_key) or O(uki_require_signature)
 extends_documentation_fragment:
   - ironcore.image.attributes
   - ironcore.image.shared_layout.lock_timeout
@@ -94,8 +95,31 @@ options:
           - Without O(artifacts[].rootfs) it is the baremetal node's live root (the Garden Linux PXE layout).
         type: path
       uki:
-        description: Path of a unified kernel image; added to V(baremetal) manifests only.
+        description:
+          - Path of a unified kernel image; added to V(baremetal) manifests only, as layer C(uki) with media type
+            C(application/vnd.ironcore.image.uki), which boot-operator serves for UEFI HTTP boot.
+          - V(auto) assembles one from this entry's O(artifacts[].kernel), O(artifacts[].initramfs) and
+            O(artifacts[].cmdline), an os-release (O(artifacts[].os_release), or one naming the image and its tag)
+            and the kernel's release (read from the kernel image), on systemd's EFI stub
+            (O(artifacts[].uki_stub)) with the sections C(.osrel), C(.cmdline), C(.uname), C(.initrd) and
+            C(.linux) appended, each at a virtual address aligned to the stub's section alignment. The same inputs
+            give the same bytes. With O(uki_sign_key) it is signed for Secure Boot. A file named C(auto) is given as
+            C(./auto).
         type: path
+      uki_stub:
+        description:
+          - With O(artifacts[].uki=auto), the systemd EFI stub to build on.
+          - Defaults to C(/usr/lib/systemd/boot/efi/linuxx64.efi.stub) for V(amd64) and C(linuxaa64.efi.stub) for
+            V(arm64), from Debian's C(systemd-boot-efi) of that architecture (on an amd64 build host, unpack the arm64
+            package with C(apt-get download systemd-boot-efi:arm64) and C(dpkg-deb -x) and give its stub here).
+        type: path
+        version_added: 0.2.0
+      os_release:
+        description:
+          - With O(artifacts[].uki=auto), the os-release file for the C(.osrel) section (what boot menus show).
+          - Without it, one with C(NAME), C(ID), C(VERSION_ID) (the tag of O(name)) and C(PRETTY_NAME) is made.
+        type: path
+        version_added: 0.2.0
       iso:
         description: Path of an ISO image; added to V(baremetal) manifests only.
         type: path
@@ -106,6 +130,35 @@ options:
             a token C(;), C(&&) or C(||), a token starting with C(#) and a double quote that is never closed (the
             kernel would read the rest of the line as one value) are refused; a trailing newline is trimmed.
         type: str
+  uki_sign_key:
+    description:
+      - PEM private key to sign every UKI of O(artifacts[].uki=auto) with for Secure Boot (an Authenticode signature
+        made by C(sbsign) from Debian's C(sbsigntool), after every section is in place and before the UKI is hashed
+        into its layer). Needs O(uki_sign_cert).
+      - A UKI given as a path is taken as it is.
+      - The layer of a UKI signed here (or checked with O(uki_require_signature)) carries the annotation
+        C(io.ironcore.image.uki.signer), the certificate's C(sha256:) fingerprint, which the image's provenance
+        names.
+    type: path
+    version_added: 0.2.0
+  uki_sign_cert:
+    description:
+      - PEM certificate of O(uki_sign_key), the one firmware must trust (enrolled in C(db), or as a MOK for shim).
+    type: path
+    version_added: 0.2.0
+  uki_sign_key_passphrase:
+    description:
+      - Passphrase of a passphrase-protected O(uki_sign_key). The key is decrypted into a temporary file only
+        the module's user can read, removed once C(sbsign) is done; neither is ever printed.
+    type: str
+    version_added: 0.2.0
+  uki_require_signature:
+    description:
+      - Refuse the build unless every UKI (assembled or given) is signed by O(uki_sign_cert), as C(sbverify --cert)
+        checks it. Needs O(uki_sign_cert).
+    type: bool
+    default: false
+    version_added: 0.2.0
   platforms:
     description:
       - Platforms to build manifests for. Order does not matter; baremetal is always listed first.
@@ -214,6 +267,23 @@ EXAMPLES = r"""
         rootfs: out/arm64/rootfs.raw
   register: image
 
+- name: Build a bare-metal image with a Secure Boot signed UKI assembled from the kernel and initramfs
+  ironcore.image.ironcore_image_build:
+    layout: /var/lib/ironcore/layout
+    name: registry.example.com/os/gardenlinux:1.1
+    platforms: [baremetal]
+    uki_sign_key: /etc/ironcore/secureboot/db.key
+    uki_sign_cert: /etc/ironcore/secureboot/db.pem
+    uki_sign_key_passphrase: "{{ vault_db_key_passphrase }}"
+    uki_require_signature: true
+    artifacts:
+      - architecture: amd64
+        kernel: out/amd64/vmlinuz
+        initramfs: out/amd64/initrd
+        squashfs: out/amd64/root.squashfs
+        cmdline: console=ttyS0
+        uki: auto
+
 - name: Build a hypervisor-only image
   ironcore.image.ironcore_image_build:
     layout: /var/lib/ironcore/layout
@@ -301,6 +371,8 @@ def main() -> None:
     artifact_options: dict[str, dict[str, t.Any]] = {role: {"type": "path"} for role in ROLES}
     artifact_options["architecture"] = {"type": "str", "required": True, "choices": list(ARCHITECTURE_CHOICES)}
     artifact_options["cmdline"] = {"type": "str"}
+    artifact_options["uki_stub"] = {"type": "path"}
+    artifact_options["os_release"] = {"type": "path"}
     module = AnsibleModule(
         argument_spec={
             "layout": {"type": "path", "required": True},
@@ -321,10 +393,15 @@ def main() -> None:
             "block_index": {"type": "bool", "default": True},
             "block_index_block_size": {"type": "int", "default": 4096},
             "lock_timeout": {"type": "float"},
+            "uki_sign_key": {"type": "path"},
+            "uki_sign_cert": {"type": "path"},
+            "uki_sign_key_passphrase": {"type": "str", "no_log": True},
+            "uki_require_signature": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
-    require(module, "jsonschema")
+    uki_signing = module.params["uki_sign_key"] or module.params["uki_require_signature"]
+    require(module, "jsonschema", *(("cryptography",) if uki_signing else ()))
     wait_for_layout_locks(module.params["lock_timeout"], module.warn)
     run(module, lambda: build_image(module.params, module.check_mode))
 

@@ -39,6 +39,8 @@ KERNEL_META_PACKAGE = os.environ.get("IRONCORE_TEST_KERNEL_PACKAGE", "linux-imag
 BUSYBOX = "/bin/busybox"  # from busybox-static: no shared libraries needed inside the initramfs
 MARKER_PREFIX = "IRONCORE-BOOT-MARKER"
 MARKER_PARAMETER = "ironcore.marker"
+# The test init prints its /proc/cmdline after this word.
+CMDLINE_PREFIX = "IRONCORE-CMDLINE"
 # What qemu's slirp network shows the guest for the host's 127.0.0.1.
 GUEST_HOST_ADDRESS = "10.0.2.2"
 
@@ -52,6 +54,7 @@ for word in $(/bin/busybox cat /proc/cmdline); do
     {MARKER_PARAMETER}=*) echo "{MARKER_PREFIX} ${{word#{MARKER_PARAMETER}=}}" ;;
   esac
 done
+echo "{CMDLINE_PREFIX} $(/bin/busybox cat /proc/cmdline)"
 /bin/busybox poweroff -f
 """
 
@@ -208,6 +211,34 @@ def debian_busybox(architecture: str, cache_dir: str = CACHE_DIR) -> str:
     if os.path.isfile(target):
         return target
     return _unpack_one("busybox-static", version, options, "bin/busybox", target, cache_dir)
+
+
+EFI_STUB_DIR = "/usr/lib/systemd/boot/efi"
+EFI_STUB_NAMES = {"amd64": "linuxx64.efi.stub", "arm64": "linuxaa64.efi.stub"}
+
+
+def debian_efi_stub(architecture: str, cache_dir: str = CACHE_DIR) -> str:
+    """systemd-boot-efi's EFI stub for `architecture`: this machine's own, or that architecture's .deb fetched once."""
+    options = apt_options(architecture, cache_dir)
+    name = EFI_STUB_NAMES[architecture]
+    if not options:
+        path = os.path.join(EFI_STUB_DIR, name)
+        if not os.path.isfile(path):
+            raise BootSetupError("%s is missing; install systemd-boot-efi (make system-deps)" % path)
+        return path
+    pattern = os.path.join(cache_dir, "systemd-boot-efi_*_%s" % architecture, name)
+    try:
+        update_foreign_lists(architecture, options, cache_dir)
+        version = _candidate_version("systemd-boot-efi", options)
+    except BootSetupError:
+        cached = sorted(glob.glob(pattern))
+        if cached:
+            return cached[-1]
+        raise
+    target = os.path.join(cache_dir, "systemd-boot-efi_%s_%s" % (version.replace(":", "_"), architecture), name)
+    if os.path.isfile(target):
+        return target
+    return _unpack_one("systemd-boot-efi", version, options, "usr/lib/systemd/boot/efi/" + name, target, cache_dir)
 
 
 def make_initramfs(path: str, busybox: str = BUSYBOX) -> str:

@@ -43,6 +43,8 @@ def test_provision_bad_input_fails_per_host_before_changing_anything(ansible, la
                 "unconfirmed-device": baremetal("unconfirmed-device", provision_rootfs_device="/dev/loop7"),
                 "no-boot-url": baremetal("no-boot-url", provision_boot_url=None),
                 "ftp-boot-url": baremetal("ftp-boot-url", provision_boot_url="ftp://pxe.example.com/boot"),
+                # The image has no uki layer.
+                "uki-mode": baremetal("uki-mode", provision_boot_mode="uki"),
             },
         },
     )
@@ -50,7 +52,7 @@ def test_provision_bad_input_fails_per_host_before_changing_anything(ansible, la
     assert rc != 0
     failures = failures_by_host(document)
     assert sorted(failures) == sorted(
-        ["no-name", "no-layout", "no-reference", "unconfirmed-device", "no-boot-url", "ftp-boot-url"]
+        ["no-name", "no-layout", "no-reference", "unconfirmed-device", "no-boot-url", "ftp-boot-url", "uki-mode"]
     ), ({host: failure[1] for host, failure in failures.items()}, stderr)
 
     def message(host):
@@ -69,6 +71,9 @@ def test_provision_bad_input_fails_per_host_before_changing_anything(ansible, la
         message("ftp-boot-url")
         == "provision_boot_url must be an http:// or https:// URL, got ftp://pxe.example.com/boot"
     )
+    assert message("uki-mode").startswith(
+        "provision_boot_mode: uki, but %s has no uki layer for amd64; build it with uki: auto" % layout_image.name
+    ), message("uki-mode")
     for text in map(message, failures):
         assert "Traceback" not in text
     assert_nothing_changed(document, str(base))

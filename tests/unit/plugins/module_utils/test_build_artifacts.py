@@ -110,3 +110,33 @@ def test_an_empty_artifact_is_refused(files):
     assert str(error.value) == (
         "artifacts[0].rootfs: %s is empty (0 bytes); give the artifact the build produced" % files["rootfs"]
     )
+
+
+def test_uki_auto_is_no_file_and_needs_kernel_and_initramfs(files):
+    (parsed,) = build.parse_artifacts(
+        [dict(artifact(files, "kernel", "initramfs", "rootfs"), uki="auto")], ["baremetal"]
+    )
+    assert parsed.uki_auto and "uki" not in parsed.files
+    # A virtualization-only build (build_uki: auto sets it on every artifact) carries no UKI: nothing is needed.
+    (vm,) = build.parse_artifacts([dict(artifact(files, "rootfs"), uki="auto")], ["virtualization"])
+    assert vm.uki_auto and "uki" not in vm.files
+    with pytest.raises(build.BuildError, match=r"artifacts\[0\]\.uki: auto needs the kernel and initramfs of amd64"):
+        build.parse_artifacts([dict(artifact(files, "squashfs"), uki="auto")], ["baremetal"])
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"uki_sign_key": "db.key"}, "uki_sign_key needs uki_sign_cert"),
+        ({"uki_require_signature": True}, "uki_require_signature needs uki_sign_cert"),
+    ],
+)
+def test_uki_signing_options_that_do_not_go_together(params, message):
+    with pytest.raises(build.BuildError, match=message):
+        build._signing_key(params)
+
+
+def test_uki_signing_key_with_its_certificate():
+    key = build._signing_key({"uki_sign_key": "db.key", "uki_sign_cert": "db.pem", "uki_sign_key_passphrase": "x"})
+    assert key is not None and (key.key, key.cert, key.passphrase) == ("db.key", "db.pem", "x")
+    assert build._signing_key({"uki_sign_cert": "db.pem"}) is None

@@ -86,6 +86,15 @@ def test_statement_names_the_index_the_artifacts_and_the_build():
     assert body() == body()
 
 
+def test_a_signed_uki_names_its_secure_boot_certificate():
+    signed = manifest("baremetal", "amd64", [("kernel", KERNEL), ("uki", OTHER)])
+    signed["layers"][1]["annotations"]["io.ironcore.image.uki.signer"] = "sha256:" + "c" * 64
+    document = json.loads(provenance.statement(REPOSITORY, INDEX, INDEX_DOCUMENT, {INDEX: signed}, {}))
+    found = {d["name"]: d["annotations"] for d in document["predicate"]["buildDefinition"]["resolvedDependencies"]}
+    assert found["uki"]["secure_boot_signer"] == "sha256:" + "c" * 64
+    assert "secure_boot_signer" not in found["kernel"]
+
+
 def test_collection_version_is_galaxy_yml_version():
     root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..")
     with open(os.path.join(root, "galaxy.yml")) as stream:
