@@ -274,8 +274,9 @@ selected:
         auth_scheme: Bearer
 signatures:
   description:
-    - With O(show_signatures) or O(signature_keys), for the digest O(name) resolves to and each manifest it lists,
-      what its C(sha256-<hex>.sig) and its Sigstore bundle referrers hold; null otherwise.
+    - With O(show_signatures) or O(signature_keys), for the digest O(name) resolves to, the digests its platform
+      names (C(<tag>-metal), C(<tag>-kvm-arm64), ...) point at and each manifest it lists, what its
+      C(sha256-<hex>.sig) and its Sigstore bundle referrers hold; null otherwise.
   returned: when O(name) is given
   type: dict
   sample: {"sha256:0f3c...": {"signed": true, "signers": ["SHA256:4b1e..."], "bundles": ["sha256:5d2a..."],
@@ -305,6 +306,18 @@ signatures:
     reason:
       description: With O(signature_keys), the one-line reason no signature verified (what fetch would fail with).
       type: str
+  version_added: 0.2.0
+unsigned:
+  description:
+    - With O(show_signatures) or O(signature_keys), the names a node could fetch that are not signed: O(name), the
+      platform names beside it that exist (C(<tag>-baremetal), C(<tag>-metal), C(<tag>-kvm-amd64), ...), and
+      each manifest the image lists (as C(<repository>@<digest>)). Empty when all are signed; null otherwise.
+    - With O(signature_keys), unsigned means that no signature by one of the keys verifies (what fetch would refuse);
+      without, that there is no C(.sig) and no Sigstore bundle at all.
+  returned: when O(name) is given
+  type: list
+  elements: str
+  sample: ["registry.example.com/os/gardenlinux:1.0-metal"]
   version_added: 0.2.0
 provenance:
   description:

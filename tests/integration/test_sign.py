@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 from helpers.images import build_ours, push_built_image
+from helpers.inventory import local_host, outcomes, write_inventory
 from helpers.registry import blob_data_path
 from helpers.signing import (
     assert_refused,
@@ -34,6 +35,8 @@ NAME = "registry.example.com/os/signed:1.0"
 SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE = "dev.cosignproject.cosign/signature"
 PASSPHRASE = "correct horse battery staple"
+PLATFORM_SUFFIXES = ("-baremetal", "-virtualization")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +79,10 @@ def test_sign_in_a_registry_is_cosign_format_verified_by_openssl(ansible, regist
     assert signed["changed"] is True, signed
     digests = image_digests(registry_plain, reference)
     assert signed["digest"] == digests[0]
-    assert sorted(signed["signed"]) == sorted(digests)
+    # The platform indexes the -baremetal and -virtualization names point at are documents of their own.
+    platform_indexes = [image_digests(registry_plain, reference + suffix)[0] for suffix in PLATFORM_SUFFIXES]
+    assert sorted(signed["signed"]) == sorted(digests + platform_indexes)
+    digests += platform_indexes
     assert signed["fingerprint"] == keys["first"]["fingerprint"]
     for digest in digests:
         [(payload, signature)] = signature_layers(registry_plain, repository, digest)
@@ -339,3 +345,85 @@ def test_sign_given_a_public_key_says_it_needs_the_private_one(ansible, keys, tm
     assert failed["failed"] is True
     assert failed["msg"].startswith("key %s is a public key; sign needs the private key" % keys["first"]["pub"])
     assert "\n" not in failed["msg"]
+
+
+# Every name build.yml publishes, with the platform a node fetches it for.
+PUBLISHED = {
+    "": "baremetal",
+    "-metal": "baremetal",
+    "-kvm": "virtualization",
+    "-baremetal": "baremetal",
+    "-virtualization": "virtualization",
+}
+PUBLISHED_CHECK = """\
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - name: Every published name is fetched with the public key
+      ironcore.image.ironcore_image_fetch:
+        layout: "{{ layout }}"
+        name: "{{ image }}{{ item.key }}"
+        platform: "{{ item.value }}"
+        architecture: amd64
+        dest: "{{ dest }}/{{ item.value }}{{ item.key }}"
+        signature_keys: ["{{ public }}"]
+      loop: "{{ published | dict2items }}"
+      register: fetched
+    - name: Info finds nothing unsigned with the key, and every name unsigned by a stranger's
+      ironcore.image.ironcore_image_info:
+        layout: "{{ layout }}"
+        name: "{{ image }}"
+        signature_keys: ["{{ item }}"]
+      loop: ["{{ public }}", "{{ stranger }}"]
+      register: described
+    - name: Hand the results back
+      ansible.builtin.debug:
+        msg: {fetched: "{{ fetched.results | map(attribute='signatures') }}",
+              unsigned: "{{ described.results | map(attribute='unsigned') }}"}
+"""
+
+
+def test_build_playbook_signs_every_published_name(ansible, keys, tmp_path):
+    """build.yml signs V; V, V-metal, V-kvm, V-baremetal and V-virtualization each fetch with the key."""
+    layout = str(tmp_path / "layout")
+    files = {}
+    for role in ("kernel", "initramfs", "rootfs"):
+        files[role] = str(tmp_path / role)
+        (tmp_path / role).write_bytes(role.encode() * 64)
+    builder = local_host(
+        build_name=NAME,
+        build_layout=layout,
+        build_platforms=["baremetal", "virtualization"],
+        build_artifacts=[dict(files, architecture="amd64", cmdline="console=ttyS0")],
+        build_sign_key=keys["first"]["key"],
+        build_provenance=False,
+        build_sbom=False,
+    )
+    inventory = write_inventory(str(tmp_path / "hosts.yml"), {"build_hosts": {"builder": builder}})
+    rc, document, stderr = ansible.playbook(os.path.join(REPO, "playbooks", "build.yml"), inventory=inventory)
+    assert rc == 0, (json.dumps(document)[-3000:], stderr)
+
+    play = tmp_path / "check.yml"
+    play.write_text(PUBLISHED_CHECK)
+    extra = dict(
+        layout=layout,
+        image=NAME,
+        published=PUBLISHED,
+        dest=str(tmp_path / "dest"),
+        public=keys["first"]["pub"],
+        stranger=keys["stranger"]["pub"],
+    )
+    rc, document, stderr = ansible.playbook(str(play), extra_vars=extra)
+    failed = [
+        item.get("msg") for _h, _t, result in outcomes(document)["failed"] for item in result.get("results", [result])
+    ]
+    assert rc == 0, (failed, stderr)
+    handed = document["plays"][0]["tasks"][-1]["hosts"]["localhost"]["msg"]
+    assert len(handed["fetched"]) == len(PUBLISHED)
+    for signatures in handed["fetched"]:
+        assert set(signatures.values()) == {keys["first"]["fingerprint"]}, signatures
+    with_key, with_stranger = handed["unsigned"]
+    assert with_key == []
+    assert {NAME + suffix for suffix in PUBLISHED} <= set(with_stranger)
+    assert NAME + "-kvm-amd64" in with_stranger
