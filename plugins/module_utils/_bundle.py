@@ -22,8 +22,8 @@ import json
 import typing as t
 
 from ansible_collections.ironcore.image.plugins.module_utils import _provenance
-from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json
 from ansible_collections.ironcore.image.plugins.module_utils._identity import SignedIdentity
+from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json
 from ansible_collections.ironcore.image.plugins.module_utils._sign import DEFAULT_IDENTITY, SignatureError, fingerprint
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"

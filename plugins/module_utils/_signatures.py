@@ -716,7 +716,11 @@ def _claimed_signers(entries: t.Sequence[SignedPayload] | None) -> list[str]:
 
 
 def _describe_digest(
-    store: ImageSource, ref: ImageReference, digest: str, keys: t.Sequence[t.Any], identity: SignedIdentity
+    store: ImageSource,
+    ref: ImageReference,
+    digest: str,
+    keys: t.Sequence[t.Any],
+    identity: SignedIdentity = DEFAULT_IDENTITY,
 ) -> dict[str, t.Any]:
     """Whether `digest` has a `.sig` or bundles, who signed (as claimed), and with keys which verifies (or why none)."""
     described: dict[str, t.Any] = {
@@ -761,7 +765,7 @@ def _describe_referrers(
 
 
 def _published_names(store: ImageSource, ref: ImageReference, image_digest: str) -> dict[str, dict[str, t.Any]]:
-    """{reference text: descriptor} of the name given and the platform names beside it (`<tag>-metal`, ...) that exist."""
+    """{reference text: descriptor} of the name given and the platform names beside it (`<tag>-metal`, ...)."""
     names = {str(ref): {"digest": image_digest}}
     if ref.digest or not ref.tag:
         return names

@@ -31,6 +31,7 @@ from helpers.signing import (
 SIGN = "ironcore.image.ironcore_image_sign"
 PUSH = "ironcore.image.ironcore_image_push"
 FETCH = "ironcore.image.ironcore_image_fetch"
+COPY = "ironcore.image.ironcore_image_copy"
 NAME = "registry.example.com/os/signed:1.0"
 SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE = "dev.cosignproject.cosign/signature"
@@ -406,14 +407,14 @@ def test_build_playbook_signs_every_published_name(ansible, keys, tmp_path):
 
     play = tmp_path / "check.yml"
     play.write_text(PUBLISHED_CHECK)
-    extra = dict(
-        layout=layout,
-        image=NAME,
-        published=PUBLISHED,
-        dest=str(tmp_path / "dest"),
-        public=keys["first"]["pub"],
-        stranger=keys["stranger"]["pub"],
-    )
+    extra = {
+        "layout": layout,
+        "image": NAME,
+        "published": PUBLISHED,
+        "dest": str(tmp_path / "dest"),
+        "public": keys["first"]["pub"],
+        "stranger": keys["stranger"]["pub"],
+    }
     rc, document, stderr = ansible.playbook(str(play), extra_vars=extra)
     failed = [
         item.get("msg") for _h, _t, result in outcomes(document)["failed"] for item in result.get("results", [result])
@@ -427,3 +428,69 @@ def test_build_playbook_signs_every_published_name(ansible, keys, tmp_path):
     assert with_key == []
     assert {NAME + suffix for suffix in PUBLISHED} <= set(with_stranger)
     assert NAME + "-kvm-amd64" in with_stranger
+
+
+# ---- promotion and air gaps ------------------------------------------------------
+
+
+def test_promoted_copies_verify_with_remap_identity_resign_key_and_offline_layouts(
+    ansible, registry_plain, keys, tmp_path
+):
+    """A signed image copied to another repository and into a layout: each way to keep it verifiable."""
+    host, first = registry_plain.host, [keys["first"]["pub"]]
+    _layout, home = push_image(ansible, registry_plain, tmp_path, "sign/home")
+    assert ansible.module(SIGN, dict(registry_plain.registry_args, name=home, key=keys["first"]["key"]))["changed"]
+
+    def copy(destination: dict, **extra) -> dict:
+        sides = {"source": dict(registry_plain.registry_args, name=home), "destination": destination}
+        copied = ansible.module(COPY, dict(sides, **extra))
+        assert copied.get("failed") is not True, copied
+        return copied
+
+    # Carried signatures name sign/home: refused at sign/promoted by default, in one line naming what it expects.
+    promoted = "%s/sign/promoted:1.0" % host
+    copy(dict(registry_plain.registry_args, name=promoted))
+    refused = fetch(ansible, registry_plain, promoted, tmp_path / "refused", first)
+    assert_refused(refused, "payload is for another repository (%s/sign/home), where signature_identity" % host)
+    remap = {"type": "remapIdentity", "prefix": "%s/sign/promoted" % host, "signed_prefix": "%s/sign/home" % host}
+    remapped = fetch(ansible, registry_plain, promoted, tmp_path / "remapped", first, signature_identity=remap)
+    assert remapped.get("failed") is not True, remapped
+    assert set(remapped["signatures"].values()) == {keys["first"]["fingerprint"]}
+    # A remap to a repository the signatures do not name is refused.
+    wrong = dict(remap, signed_prefix="%s/sign/elsewhere" % host)
+    refused = fetch(ansible, registry_plain, promoted, tmp_path / "wrong", first, signature_identity=wrong)
+    assert_refused(refused, "expects %s/sign/elsewhere" % host)
+
+    # Re-signed at the destination with the second key: the source's signatures stay behind.
+    resigned_name = "%s/sign/resigned:1.0" % host
+    resigned = copy(
+        dict(registry_plain.registry_args, name=resigned_name),
+        resign_key=keys["second"]["key"],
+        resign_key_passphrase=PASSPHRASE,
+    )
+    assert resigned["resigned"]["fingerprint"] == keys["second"]["fingerprint"] and resigned["resigned"]["signed"]
+    assert PASSPHRASE not in resigned["_stdout"] + resigned["_stderr"]
+    second = fetch(ansible, registry_plain, resigned_name, tmp_path / "second", [keys["second"]["pub"]])
+    assert second.get("failed") is not True, second
+    assert_refused(fetch(ansible, registry_plain, resigned_name, tmp_path / "first", first), "unknown key")
+
+    # Into a layout under another name: signatures and bundles travel; verified offline with exactRepository.
+    offline = str(tmp_path / "offline")
+    carried = copy({"layout": offline, "name": "offline/gardenlinux:1.0"})
+    assert carried["signatures"] and carried["referrers"]
+    exact = {"type": "exactRepository", "repository": "%s/sign/home" % home.split("/")[0]}
+    args = {
+        "layout": offline,
+        "name": "offline/gardenlinux:1.0-metal",
+        "platform": "baremetal",
+        "architecture": "amd64",
+    }
+    delivered = ansible.module(
+        FETCH, dict(args, dest=str(tmp_path / "air"), signature_keys=first, signature_identity=exact)
+    )
+    assert delivered.get("failed") is not True, delivered
+    assert set(delivered["signature_formats"].values()) == {"legacy"}
+    assert_refused(
+        ansible.module(FETCH, dict(args, dest=str(tmp_path / "strict"), signature_keys=first)),
+        "another repository (%s/sign/home)" % host,
+    )

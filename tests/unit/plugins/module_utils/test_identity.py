@@ -79,3 +79,26 @@ def test_an_incomplete_policy_is_refused_in_one_line(given, message):
     with pytest.raises(IdentityError, match=message) as raised:
         SignedIdentity.from_params(given)
     assert "\n" not in str(raised.value)
+
+
+def test_the_identities_docs_signing_md_shows_are_valid():
+    """Each signature_identity of docs/signing.md's YAML is accepted, and its policy.json is JSON."""
+    import json
+    import os
+    import re
+    import textwrap
+
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+    with open(os.path.join(root, "docs", "signing.md"), encoding="utf-8") as stream:
+        text = stream.read()
+    shown = []
+    for block in re.findall(r"```yaml\n(.*?)\n *```", text, re.S):
+        for task in yaml.safe_load(textwrap.dedent(block)) or []:
+            for args in task.values() if isinstance(task, dict) else []:
+                if isinstance(args, dict) and "signature_identity" in args:
+                    shown.append(SignedIdentity.from_params(args["signature_identity"]).type)
+    assert sorted(shown) == ["exactRepository", "remapIdentity"]
+    [policy] = re.findall(r"```json\n(.*?)```", text, re.S)
+    assert json.loads(policy)["default"] == [{"type": "reject"}]
