@@ -36,6 +36,7 @@ NAME = "registry.example.com/os/signed:1.0"
 SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE = "dev.cosignproject.cosign/signature"
 PASSPHRASE = "correct horse battery staple"
+REF_NAME = "org.opencontainers.image.ref.name"
 PLATFORM_SUFFIXES = ("-baremetal", "-virtualization")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -331,6 +332,16 @@ def test_build_role_signs_and_provision_role_checks(ansible, keys, tmp_path):
     )
     assert rc != 0 and "is signed, but by an unknown key (%s)" % keys["first"]["fingerprint"] in json.dumps(document)
     assert not boot.exists() or not any(boot.iterdir())
+    # The trusted key, but an identity the signatures do not name: provision_signature_identity reaches the fetch.
+    elsewhere = {"type": "exactRepository", "repository": "registry.example.com/os/elsewhere"}
+    rc, document, stderr = ansible.playbook(
+        str(play),
+        extra_vars=dict(
+            common, provision_signature_keys=[keys["first"]["pub"]], provision_signature_identity=elsewhere
+        ),
+    )
+    assert rc != 0 and "expects registry.example.com/os/elsewhere" in json.dumps(document)
+    assert not boot.exists() or not any(boot.iterdir())
     rc, document, stderr = ansible.playbook(
         str(play), extra_vars=dict(common, provision_signature_keys=[keys["first"]["pub"]])
     )
@@ -381,6 +392,7 @@ PUBLISHED_CHECK = """\
     - name: Hand the results back
       ansible.builtin.debug:
         msg: {fetched: "{{ fetched.results | map(attribute='signatures') }}",
+              formats: "{{ fetched.results | map(attribute='signature_formats') }}",
               unsigned: "{{ described.results | map(attribute='unsigned') }}"}
 """
 
@@ -398,6 +410,7 @@ def test_build_playbook_signs_every_published_name(ansible, keys, tmp_path):
         build_platforms=["baremetal", "virtualization"],
         build_artifacts=[dict(files, architecture="amd64", cmdline="console=ttyS0")],
         build_sign_key=keys["first"]["key"],
+        build_signature_format="bundle",
         build_provenance=False,
         build_sbom=False,
     )
@@ -424,6 +437,11 @@ def test_build_playbook_signs_every_published_name(ansible, keys, tmp_path):
     assert len(handed["fetched"]) == len(PUBLISHED)
     for signatures in handed["fetched"]:
         assert set(signatures.values()) == {keys["first"]["fingerprint"]}, signatures
+    # build_signature_format: bundle reached the sign step: bundles only, no .sig.
+    assert {kind for formats in handed["formats"] for kind in formats.values()} == {"bundle"}
+    with open(os.path.join(layout, "index.json")) as stream:
+        names = [entry.get("annotations", {}).get(REF_NAME, "") for entry in json.load(stream)["manifests"]]
+    assert names and not [name for name in names if name.endswith(".sig")]
     with_key, with_stranger = handed["unsigned"]
     assert with_key == []
     assert {NAME + suffix for suffix in PUBLISHED} <= set(with_stranger)
