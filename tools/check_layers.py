@@ -47,6 +47,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sigstore bundles", ("_bundle.py",)),
     ("provenance", ("_provenance.py",)),
     ("signing", ("_sign.py",)),
+    ("signed identity", ("_identity.py",)),
     ("progress", ("_progress.py",)),
     ("unified kernel images", ("_uki.py",)),
     ("documents", ("_manifest.py", "_blockindex.py", "_select.py")),

@@ -22,8 +22,9 @@ import json
 import typing as t
 
 from ansible_collections.ironcore.image.plugins.module_utils import _provenance
+from ansible_collections.ironcore.image.plugins.module_utils._identity import SignedIdentity
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json
-from ansible_collections.ironcore.image.plugins.module_utils._sign import SignatureError, fingerprint
+from ansible_collections.ironcore.image.plugins.module_utils._sign import DEFAULT_IDENTITY, SignatureError, fingerprint
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 SIGN_PREDICATE_TYPE = "https://sigstore.dev/cosign/sign/v1"
@@ -86,7 +87,14 @@ def signed_for(data: bytes, public: t.Any, repository: str, digest: str) -> bool
     return True
 
 
-def check_bundles(digest: str, repository: str, bundles: t.Sequence[bytes], keys: t.Sequence[t.Any]) -> str:
+def check_bundles(
+    digest: str,
+    repository: str,
+    bundles: t.Sequence[bytes],
+    keys: t.Sequence[t.Any],
+    identity: SignedIdentity = DEFAULT_IDENTITY,
+    tag: str | None = None,
+) -> str:
     """The fingerprint of the key whose bundle signs `digest` for `repository`, or SignatureError saying why none does.
 
     As for the legacy format, the most telling failure is reported: a trusted
@@ -113,11 +121,11 @@ def check_bundles(digest: str, repository: str, bundles: t.Sequence[bytes], keys
             other_digests.extend(named for _name, named in subjects)
         elif predicate_type != SIGN_PREDICATE_TYPE:
             other_types.append(predicate_type[:120])
-        elif repository not in names:
+        elif not any(identity.accepts(repository, tag, name) for name in names):
             other_repositories.extend(names)
         else:
             return fingerprint(signer)
-    raise _refusal(where, other_digests, other_repositories, other_types, refusals)
+    raise _refusal(where, other_digests, other_repositories, other_types, refusals, identity.describe(repository))
 
 
 def _refusal(
@@ -126,6 +134,7 @@ def _refusal(
     other_repositories: list[str],
     other_types: list[str],
     refusals: _provenance.Refusals,
+    expected: str,
 ) -> SignatureError:
     if other_digests:
         return SignatureError(
@@ -134,8 +143,8 @@ def _refusal(
         )
     if other_repositories:
         return SignatureError(
-            "%s has a Sigstore bundle whose statement is for another repository (%s); refusing it"
-            % (where, ", ".join(sorted(set(other_repositories))))
+            "%s has a Sigstore bundle whose statement is for another repository (%s), where %s; refusing it"
+            % (where, ", ".join(sorted(set(other_repositories))), expected)
         )
     if other_types:
         return SignatureError(

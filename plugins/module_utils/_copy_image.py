@@ -21,8 +21,15 @@ import os
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.ironcore.image.plugins.module_utils._bundle import BUNDLE_MEDIA_TYPE
 from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
-from ansible_collections.ironcore.image.plugins.module_utils._copy import CopyPlan, SignatureNames, copy, plan_copy
+from ansible_collections.ironcore.image.plugins.module_utils._copy import (
+    Attachment,
+    CopyPlan,
+    SignatureNames,
+    copy,
+    plan_copy,
+)
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import check_room
 from ansible_collections.ironcore.image.plugins.module_utils._mirrors import mirrored_store, store_mirror_results
@@ -190,6 +197,9 @@ def copy_image(
         else None
     )
     plan = plan_copy(source_store, pairs, carry)
+    if params.get("resign_key"):
+        # Re-signed at the destination: the source's signatures (made for its repository) stay behind.
+        plan.attachments = [attachment for attachment in plan.attachments if not is_signature(attachment)]
     if destination.layout:
         # Before the layout (or its lock file) is created: a full disk is found before the first byte.
         check_room(
@@ -213,8 +223,10 @@ def copy_image(
             overwrite=params.get("overwrite", True) is not False,
             progress=progress,
         )
+    resigned = _resign(params, destination, destination_store, plan, result.moved, check_mode)
     return {
-        "changed": result.changed,
+        "changed": result.changed or bool(resigned and resigned["signed"]),
+        "resigned": resigned,
         "digest": result.digest,
         "names": [destination.reference_text(name) for name in result.moved],
         "blobs": result.blobs.as_dict(),
@@ -230,3 +242,39 @@ def copy_image(
             "after": {destination.reference_text(name): digest for name, digest in result.after.items()},
         },
     }
+
+
+def is_signature(attachment: Attachment) -> bool:
+    """A `.sig` or a Sigstore bundle referrer: what resign_key replaces."""
+    if attachment.signature_names is not None:
+        return True
+    return attachment.referrer is not None and attachment.referrer.artifact_type == BUNDLE_MEDIA_TYPE
+
+
+def _resign(
+    params: t.Mapping[str, t.Any],
+    destination: Side,
+    store: t.Any,
+    plan: CopyPlan,
+    moved: t.Sequence[str],
+    check_mode: bool,
+) -> dict[str, t.Any] | None:
+    """With resign_key, sign the copy under the destination's name (ironcore_image_sign's routine); else None.
+
+    In check mode a destination that does not hold the image yet cannot be
+    read: every document the copy would bring is reported as to be signed.
+    """
+    if not params.get("resign_key"):
+        return None
+    from ansible_collections.ironcore.image.plugins.module_utils._signatures import sign_image
+
+    if check_mode and moved:
+        digests = [document.digest for document in plan.graph.documents]
+        return {"fingerprint": None, "signed": digests}
+    try:
+        signed = sign_image(
+            store, str(destination.ref), params["resign_key"], params.get("resign_key_passphrase"), check_mode
+        )
+    except ImageError as exc:
+        raise CopyImageError("re-signing %s at the destination failed: %s" % (destination.ref, exc)) from exc
+    return {"fingerprint": signed.fingerprint, "signed": signed.signed}

@@ -119,10 +119,12 @@ def _signatures_of(
     """Signatures, provenance and SBOM referrers, when asked for (they cost requests per digest)."""
     keys = params.get("signature_keys") or []
     if not keys and not params.get("show_signatures"):
-        return {"signatures": None, "provenance": None, "sbom": None}
+        return {"signatures": None, "unsigned": None, "provenance": None, "sbom": None}
+    from ansible_collections.ironcore.image.plugins.module_utils._identity import SignedIdentity
     from ansible_collections.ironcore.image.plugins.module_utils._signatures import describe_signatures
 
-    return describe_signatures(source, image_digest, manifest_digests, keys)
+    identity = SignedIdentity.from_params(params.get("signature_identity"))
+    return describe_signatures(source, image_digest, manifest_digests, keys, identity)
 
 
 def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError, load_json
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._identity import SignedIdentity
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
     MAX_DOCUMENT_SIZE,
@@ -384,11 +385,13 @@ def choose_releases(
     return split_releases(dated, keep, params.get("keep_tags") or [], order)
 
 
-def describe_release(store: RegistryStore, release: Release, keys: t.Sequence[t.Any]) -> dict[str, t.Any]:
+def describe_release(
+    store: RegistryStore, release: Release, keys: t.Sequence[t.Any], identity: SignedIdentity | None = None
+) -> dict[str, t.Any]:
     platforms, architectures = _platforms(release)
     size = sum(release.graph.blobs.values()) + sum(len(document.data) for document in release.graph.documents)
     ref = ImageReference(str(store.registry), str(store.repository), None, None)
-    signature = _describe_digest(store, ref, release.digest, keys)
+    signature = _describe_digest(store, ref, release.digest, keys, identity or SignedIdentity())
     signers = ([signature["verified_by"]] if signature["verified_by"] else []) if keys else signature["signers"]
     return {
         "tags": release.tags,
@@ -439,10 +442,11 @@ def registry_releases(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
         from ansible_collections.ironcore.image.plugins.module_utils._sign import load_public_key
 
         keys = [load_public_key(text) for text in params["signature_keys"]]
+    identity = SignedIdentity.from_params(params.get("signature_identity"))
     store = repository_store(params)
     try:
         listing = read_listing(store, with_referrers=False)
-        described = [describe_release(store, release, keys) for release in listing.releases]
+        described = [describe_release(store, release, keys, identity) for release in listing.releases]
     except DocumentError as exc:
         raise ReleasesError("listing the releases of %s failed: %s" % (store.describe(), exc)) from exc
     return {"changed": False, "name": store.describe(), "releases": newest_first(described)}

@@ -23,6 +23,7 @@ import typing as t
 from dataclasses import dataclass
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._identity import SignedIdentity
 from ansible_collections.ironcore.image.plugins.module_utils._io import read_bounded
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import SHA256_DIGEST_RE
@@ -208,15 +209,25 @@ class SignedPayload:
     claimed_fingerprint: t.Any = None
 
 
+DEFAULT_IDENTITY = SignedIdentity()
+
+
 def check_signed(
-    digest: str, repository: str, entries: t.Sequence[SignedPayload] | None, keys: t.Sequence[t.Any]
+    digest: str,
+    repository: str,
+    entries: t.Sequence[SignedPayload] | None,
+    keys: t.Sequence[t.Any],
+    identity: SignedIdentity = DEFAULT_IDENTITY,
+    tag: str | None = None,
 ) -> str:
     """The fingerprint of the key that signed `digest` for `repository`, or SignatureError saying why none did.
 
     `entries` is None when the digest has no `.sig` at all. Of all the ways
     a signature can fail, the one reported is the most telling: a valid
     signature by a trusted key over the wrong digest or repository says
-    more than a signature by an unknown key.
+    more than a signature by an unknown key. The repository a payload names
+    must satisfy `identity` for the image in `repository` fetched by `tag`
+    (None: by digest).
     """
     where = "%s@%s" % (repository, digest)
     if not entries:
@@ -249,7 +260,7 @@ def check_signed(
             continue
         if named_digest != digest:
             wrong_digest.append(named_digest)
-        elif named_repository != repository:
+        elif not identity.accepts(repository, tag, named_repository):
             wrong_repository.append(named_repository)
         else:
             return fingerprint(key)
@@ -260,8 +271,8 @@ def check_signed(
         )
     if wrong_repository:
         raise SignatureError(
-            "%s has a signature whose payload is for another repository (%s); refusing it"
-            % (where, ", ".join(sorted(set(wrong_repository))))
+            "%s has a signature whose payload is for another repository (%s), where %s; refusing it"
+            % (where, ", ".join(sorted(set(wrong_repository))), identity.describe(repository))
         )
     if unknown:
         raise SignatureError(

@@ -24,15 +24,19 @@ from dataclasses import dataclass, field
 from ansible_collections.ironcore.image.plugins.module_utils import _bundle, _provenance, _sbom
 from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError, load_json
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
+from ansible_collections.ironcore.image.plugins.module_utils._identity import SignedIdentity
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json, sha256_digest
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
+    ARCHITECTURES,
     MAX_DOCUMENT_SIZE,
     OCI_LAYER_TAR_GZIP,
     OCI_MANIFEST,
+    PLATFORMS,
     ImageReference,
     InvalidReference,
     descriptors,
     layer_role,
+    platform_refs,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
     Referrer,
@@ -43,6 +47,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
     source_store,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._sign import (
+    DEFAULT_IDENTITY,
     FINGERPRINT_ANNOTATION,
     SIGNATURE_ANNOTATION,
     SIMPLESIGNING_MEDIA_TYPE,
@@ -319,8 +324,9 @@ def _sign_image(
     root = store.resolve(store.name_to_resolve(ref, name))
     graph = walk(store.read_document, [root], store.describe())
     result = SignResult(digest=str(root["digest"]), fingerprint=fingerprint(key))
-    # Children first, as the walk returns them; the image's own digest last.
-    for document in graph.documents:
+    # The platform indexes (`<tag>-metal`, ...) first, then children first as the walk returns them; the image's
+    # own digest last.
+    for document in [*platform_indexes(store, ref, graph), *graph.documents]:
         changed = False
         if signature_format in ("legacy", "both"):
             changed = sign_digest(store, ref, document.digest, key, check_mode)
@@ -399,6 +405,8 @@ def check_digest(
     entries: t.Sequence[SignedPayload] | None,
     read_more: t.Callable[[], t.Sequence[bytes]],
     keys: t.Sequence[t.Any],
+    identity: SignedIdentity = DEFAULT_IDENTITY,
+    tag: str | None = None,
 ) -> tuple[str, str]:
     """(fingerprint, "legacy" or "bundle") of the signature that verifies `digest`, or SignatureError saying why not.
 
@@ -407,7 +415,7 @@ def check_digest(
     verifies, the legacy format's reason is reported, as before bundles existed.
     """
     try:
-        return check_signed(digest, repository, entries, keys), "legacy"
+        return check_signed(digest, repository, entries, keys, identity, tag), "legacy"
     except SignatureError as legacy:
         bundles = read_more()
         if not bundles:
@@ -418,7 +426,7 @@ def check_digest(
                 " ironcore_image_sign" % (repository, digest, signature_tag(digest))
             ) from legacy
         try:
-            return _bundle.check_bundles(digest, repository, bundles, keys), "bundle"
+            return _bundle.check_bundles(digest, repository, bundles, keys, identity, tag), "bundle"
         except SignatureError:
             if entries:
                 raise legacy from None
@@ -426,7 +434,11 @@ def check_digest(
 
 
 def verify_digests(
-    store: ImageSource, ref: ImageReference, digests: t.Iterable[str], keys: t.Sequence[t.Any]
+    store: ImageSource,
+    ref: ImageReference,
+    digests: t.Iterable[str],
+    keys: t.Sequence[t.Any],
+    identity: SignedIdentity = DEFAULT_IDENTITY,
 ) -> dict[str, tuple[str, str]]:
     """{digest: (fingerprint of the key that verified it, format)}; SignatureError at the first that fails."""
     verified: dict[str, tuple[str, str]] = {}
@@ -434,8 +446,15 @@ def verify_digests(
         if digest in verified:
             continue
         entries = read_signatures(store, ref, digest)
-        verified[digest] = check_digest(digest, ref.name, entries, _bundles_of(store, digest), keys)
+        verified[digest] = check_digest(
+            digest, ref.name, entries, _bundles_of(store, digest), keys, identity, _fetched_tag(ref)
+        )
     return verified
+
+
+def _fetched_tag(ref: ImageReference) -> str | None:
+    """The tag an image is fetched by, None when by digest (what matchRepoDigestOrExact compares)."""
+    return None if ref.digest else ref.tag
 
 
 def _store_of(source: t.Any) -> ImageSource:
@@ -462,13 +481,14 @@ def verify_before_delivery(
         raise SignatureError("%s is true but signature_keys is empty; give the public keys to trust" % option)
     predicate_types = list(params.get("provenance_predicate_types") or _provenance.DEFAULT_PREDICATE_TYPES)
     keys = [load_public_key(text) for text in keys_given]
+    identity = SignedIdentity.from_params(params.get("signature_identity"))
     ref = source.ref
     store = _store_of(source)
     verified: dict[str, tuple[str, str]] = {}
     provenance = None
     try:
         if required:
-            verified = verify_digests(store, ref, [image_digest, manifest_digest], keys)
+            verified = verify_digests(store, ref, [image_digest, manifest_digest], keys, identity)
         if with_provenance:
             provenance = verify_provenance(store, ref, image_digest, keys, predicate_types)
     except SignatureError as exc:
@@ -695,7 +715,13 @@ def _claimed_signers(entries: t.Sequence[SignedPayload] | None) -> list[str]:
     )
 
 
-def _describe_digest(store: ImageSource, ref: ImageReference, digest: str, keys: t.Sequence[t.Any]) -> dict[str, t.Any]:
+def _describe_digest(
+    store: ImageSource,
+    ref: ImageReference,
+    digest: str,
+    keys: t.Sequence[t.Any],
+    identity: SignedIdentity = DEFAULT_IDENTITY,
+) -> dict[str, t.Any]:
     """Whether `digest` has a `.sig` or bundles, who signed (as claimed), and with keys which verifies (or why none)."""
     described: dict[str, t.Any] = {
         "signed": False,
@@ -715,7 +741,7 @@ def _describe_digest(store: ImageSource, ref: ImageReference, digest: str, keys:
     if keys:
         try:
             described["verified_by"], described["verified_format"] = check_digest(
-                digest, ref.name, entries, _bundles_of(store, digest), keys
+                digest, ref.name, entries, _bundles_of(store, digest), keys, identity, _fetched_tag(ref)
             )
         except SignatureError as exc:
             described["reason"] = str(exc)
@@ -738,19 +764,63 @@ def _describe_referrers(
     return described
 
 
+def _published_names(store: ImageSource, ref: ImageReference, image_digest: str) -> dict[str, dict[str, t.Any]]:
+    """{reference text: descriptor} of the name given and the platform names beside it (`<tag>-metal`, ...)."""
+    names = {str(ref): {"digest": image_digest}}
+    if ref.digest or not ref.tag:
+        return names
+    for platform_ref in platform_refs(ref, PLATFORMS, ARCHITECTURES, aliases=True).values():
+        descriptor = store.current_name(store.name_for_tag(ref, str(platform_ref.tag)))
+        if descriptor is not None and isinstance(descriptor.get("digest"), str):
+            names[str(platform_ref)] = descriptor
+    return names
+
+
+def platform_indexes(store: ImageSource, ref: ImageReference, graph: t.Any) -> list[Document]:
+    """The documents the platform names beside `ref` point at that the image's own walk does not reach.
+
+    A platform index (`1.0-metal`, `1.0-kvm`) is a document of its own,
+    not an entry of the combined index, so it is signed (and described) by
+    name. Only one whose manifests all belong to the image counts: a
+    leftover name from another build is not this image's to sign.
+    """
+    found: dict[str, Document] = {}
+    for descriptor in _published_names(store, ref, str(graph.documents[-1].digest)).values():
+        digest = str(descriptor["digest"])
+        if digest in graph.by_digest or digest in found:
+            continue
+        own = walk(store.read_document, [descriptor], store.describe())
+        if all(document.digest in graph.by_digest for document in own.documents[:-1]):
+            found[digest] = own.documents[-1]
+    return list(found.values())
+
+
+def _is_unsigned(described: t.Mapping[str, t.Any], with_keys: bool) -> bool:
+    """With keys, no signature verified; without, there is none at all."""
+    return described["verified_by"] is None if with_keys else not described["signed"]
+
+
 def describe_signatures(
-    source: t.Any, image_digest: str, manifest_digests: t.Sequence[str], keys_given: t.Sequence[str]
+    source: t.Any,
+    image_digest: str,
+    manifest_digests: t.Sequence[str],
+    keys_given: t.Sequence[str],
+    identity: SignedIdentity = DEFAULT_IDENTITY,
 ) -> dict[str, t.Any]:
-    """Info's view: {"signatures": {digest: ...}, "provenance": ..., "sbom": ...}; reports, never refuses.
+    """Info's view: {"signatures": {digest: ...}, "unsigned", "provenance", "sbom"}; reports, never refuses.
 
     Without keys the signers are only those the `.sig` layers claim, unverified.
+    `unsigned` lists the published names (the one given and its platform
+    names) and the manifests whose digest is unsigned (with keys: carries no
+    signature that verifies).
     """
     keys = [load_public_key(text) for text in keys_given]
     store, ref = _store_of(source), source.ref
     try:
+        names = {name: str(found["digest"]) for name, found in _published_names(store, ref, image_digest).items()}
         signatures = {
-            digest: _describe_digest(store, ref, digest, keys)
-            for digest in dict.fromkeys([image_digest, *manifest_digests])
+            digest: _describe_digest(store, ref, digest, keys, identity)
+            for digest in dict.fromkeys([image_digest, *names.values(), *manifest_digests])
         }
         provenance = _describe_referrers(store, ref, image_digest, _provenance.PROVENANCE_ARTIFACT_TYPE, keys)
         sbom = _describe_referrers(store, ref, image_digest, _sbom.SBOM_ARTIFACT_TYPE, None)
@@ -758,4 +828,10 @@ def describe_signatures(
         if isinstance(exc, SignatureError):
             raise
         raise SignatureError("reading the signatures of %s failed: %s" % (ref, exc)) from exc
-    return {"signatures": signatures, "provenance": provenance, "sbom": sbom}
+    unsigned = [name for name, digest in names.items() if _is_unsigned(signatures[digest], bool(keys))]
+    unsigned += [
+        "%s@%s" % (ref.name, digest)
+        for digest in dict.fromkeys(manifest_digests)
+        if digest not in names.values() and _is_unsigned(signatures[digest], bool(keys))
+    ]
+    return {"signatures": signatures, "unsigned": unsigned, "provenance": provenance, "sbom": sbom}

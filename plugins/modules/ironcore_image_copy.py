@@ -82,6 +82,23 @@ options:
         and signed provenance of the digest); the rest is reported in RV(referrers_left_out).
     type: bool
     default: true
+  resign_key:
+    description:
+      - Sign the copy at the destination with this key (a PEM EC P-256 private key file, as
+        O(ironcore.image.ironcore_image_sign#module:key)), under the destination's repository, instead of carrying
+        the source's signatures.
+      - The source's C(.sig) signatures and Sigstore bundles stay behind (they name the source's repository); other
+        referrers (provenance, SBOM, block indexes) travel as with O(carry_referrers). The image, its platform
+        indexes and its manifests are signed in both formats, as M(ironcore.image.ironcore_image_sign) does,
+        after the names are set; signing again with the same key changes nothing.
+      - Nodes then verify the copy with the key's public key and no
+        O(ironcore.image.ironcore_image_fetch#module:signature_identity).
+    type: path
+    version_added: 0.2.0
+  resign_key_passphrase:
+    description: The passphrase of an encrypted O(resign_key); never logged or returned.
+    type: str
+    version_added: 0.2.0
   allow_shared_dest:
     description:
       - Copy into a O(destination.layout) whose directory, or whose C(blobs) or C(blobs/sha256) directory, other
@@ -226,6 +243,14 @@ referrers_left_out:
   elements: dict
   sample: []
   version_added: 0.2.0
+resigned:
+  description:
+    - With O(resign_key), C(fingerprint) (of the key; null in check mode when the destination lacks the image) and
+      C(signed) (the digests that got a new signature, or would); null without O(resign_key).
+  returned: always
+  type: dict
+  sample: {"fingerprint": "SHA256:4b1e...", "signed": ["sha256:0f3c..."]}
+  version_added: 0.2.0
 retries:
   description:
     - How many registry requests were retried, on either side (after a connection error, a timeout or an answer
@@ -260,11 +285,15 @@ def main() -> None:
         progress_file={"type": "path"},
         allow_shared_dest={"type": "bool", "default": False},
         carry_referrers={"type": "bool", "default": True},
+        resign_key={"type": "path", "no_log": False},
+        resign_key_passphrase={"type": "str", "no_log": True},
         lock_timeout={"type": "float"},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not (module.params["source"].get("layout") and module.params["destination"].get("layout")):
         require(module, "requests")
+    if module.params["resign_key"]:
+        require(module, "cryptography")
     wait_for_layout_locks(module.params["lock_timeout"], module.warn)
     run(module, lambda: warn_mirror_errors(copy_image(module.params, module.check_mode, module.warn), module.warn))
 

@@ -61,6 +61,7 @@ author:
 extends_documentation_fragment:
   - ansible.builtin.files
   - ironcore.image.attributes
+  - ironcore.image.signature_identity
   - ironcore.image.registry
   - ironcore.image.registry.mirrors
   - ironcore.image.registry.transfer
@@ -471,6 +472,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
 from ansible_collections.ironcore.image.plugins.module_utils._fetch import fetch_image
+from ansible_collections.ironcore.image.plugins.module_utils._identity import SIGNATURE_IDENTITY_SPEC
 from ansible_collections.ironcore.image.plugins.module_utils._mirrors import warn_mirror_errors
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
@@ -491,6 +493,7 @@ def main() -> None:
         state_dir={"type": "path"},
         allow_shared_dest={"type": "bool", "default": False},
         signature_keys={"type": "list", "elements": "str", "no_log": False},
+        signature_identity=SIGNATURE_IDENTITY_SPEC,
         require_signature={"type": "bool"},
         require_provenance={"type": "bool", "default": False},
         provenance_predicate_types={"type": "list", "elements": "str", "default": ["https://slsa.dev/provenance/v1"]},

@@ -30,6 +30,7 @@ author:
   - IronCore image collection maintainers (@ironcore-dev)
 extends_documentation_fragment:
   - ironcore.image.attributes
+  - ironcore.image.signature_identity
   - ironcore.image.registry
   - ironcore.image.registry.mirrors
 attributes:
@@ -274,8 +275,9 @@ selected:
         auth_scheme: Bearer
 signatures:
   description:
-    - With O(show_signatures) or O(signature_keys), for the digest O(name) resolves to and each manifest it lists,
-      what its C(sha256-<hex>.sig) and its Sigstore bundle referrers hold; null otherwise.
+    - With O(show_signatures) or O(signature_keys), for the digest O(name) resolves to, the digests its platform
+      names (C(<tag>-metal), C(<tag>-kvm-arm64), ...) point at and each manifest it lists, what its
+      C(sha256-<hex>.sig) and its Sigstore bundle referrers hold; null otherwise.
   returned: when O(name) is given
   type: dict
   sample: {"sha256:0f3c...": {"signed": true, "signers": ["SHA256:4b1e..."], "bundles": ["sha256:5d2a..."],
@@ -305,6 +307,18 @@ signatures:
     reason:
       description: With O(signature_keys), the one-line reason no signature verified (what fetch would fail with).
       type: str
+  version_added: 0.2.0
+unsigned:
+  description:
+    - With O(show_signatures) or O(signature_keys), the names a node could fetch that are not signed (O(name), the
+      platform names beside it that exist (C(<tag>-baremetal), C(<tag>-metal), C(<tag>-kvm-amd64), ...), and
+      each manifest the image lists, as C(<repository>@<digest>)). Empty when all are signed; null otherwise.
+    - With O(signature_keys), unsigned means that no signature by one of the keys verifies (what fetch would refuse);
+      without, that there is no C(.sig) and no Sigstore bundle at all.
+  returned: when O(name) is given
+  type: list
+  elements: str
+  sample: ["registry.example.com/os/gardenlinux:1.0-metal"]
   version_added: 0.2.0
 provenance:
   description:
@@ -468,6 +482,7 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ironcore.image.plugins.module_utils._deps import require
+from ansible_collections.ironcore.image.plugins.module_utils._identity import SIGNATURE_IDENTITY_SPEC
 from ansible_collections.ironcore.image.plugins.module_utils._info import image_info, layout_images
 from ansible_collections.ironcore.image.plugins.module_utils._mirrors import warn_mirror_errors
 from ansible_collections.ironcore.image.plugins.module_utils._module import run
@@ -483,6 +498,7 @@ def argument_spec() -> dict:
         image_argument_spec(platform_required=False),
         include_credentials={"type": "bool", "default": False},
         signature_keys={"type": "list", "elements": "str", "no_log": False},
+        signature_identity=SIGNATURE_IDENTITY_SPEC,
         show_signatures={"type": "bool", "default": False},
         url_from={"type": "str", "choices": ["origin", "mirror"], "default": "origin"},
     )

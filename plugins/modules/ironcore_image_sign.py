@@ -11,8 +11,11 @@ module: ironcore_image_sign
 short_description: Sign an IronCore OS image in cosign's signature format, offline, with a local key
 version_added: 0.2.0
 description:
-  - Signs the digest O(name) resolves to and every platform index and manifest it reaches, in a registry
-    repository or, with O(layout), in an OCI image layout.
+  - Signs the digest O(name) resolves to and every manifest it reaches, in a registry repository or, with
+    O(layout), in an OCI image layout.
+  - Also signs the platform indexes the names beside O(name) point at (C(<tag>-baremetal), C(<tag>-metal),
+    C(<tag>-virtualization), C(<tag>-kvm)), whose manifests all belong to the image, so that a node can fetch
+    every name the build published with signature checking on.
   - Uses cosign's legacy signature format, which cosign, containers/image, Kyverno and policy-controller read.
     The signatures of a digest are the manifest tagged C(sha256-<hex>.sig) beside it. Each of its layers is a
     simple-signing payload (C(application/vnd.dev.cosign.simplesigning.v1+json)) naming the repository and

@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 from helpers.images import build_ours, push_built_image
+from helpers.inventory import local_host, outcomes, write_inventory
 from helpers.registry import blob_data_path
 from helpers.signing import (
     assert_refused,
@@ -30,10 +31,14 @@ from helpers.signing import (
 SIGN = "ironcore.image.ironcore_image_sign"
 PUSH = "ironcore.image.ironcore_image_push"
 FETCH = "ironcore.image.ironcore_image_fetch"
+COPY = "ironcore.image.ironcore_image_copy"
 NAME = "registry.example.com/os/signed:1.0"
 SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE = "dev.cosignproject.cosign/signature"
 PASSPHRASE = "correct horse battery staple"
+REF_NAME = "org.opencontainers.image.ref.name"
+PLATFORM_SUFFIXES = ("-baremetal", "-virtualization")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +81,10 @@ def test_sign_in_a_registry_is_cosign_format_verified_by_openssl(ansible, regist
     assert signed["changed"] is True, signed
     digests = image_digests(registry_plain, reference)
     assert signed["digest"] == digests[0]
-    assert sorted(signed["signed"]) == sorted(digests)
+    # The platform indexes the -baremetal and -virtualization names point at are documents of their own.
+    platform_indexes = [image_digests(registry_plain, reference + suffix)[0] for suffix in PLATFORM_SUFFIXES]
+    assert sorted(signed["signed"]) == sorted(digests + platform_indexes)
+    digests += platform_indexes
     assert signed["fingerprint"] == keys["first"]["fingerprint"]
     for digest in digests:
         [(payload, signature)] = signature_layers(registry_plain, repository, digest)
@@ -324,6 +332,16 @@ def test_build_role_signs_and_provision_role_checks(ansible, keys, tmp_path):
     )
     assert rc != 0 and "is signed, but by an unknown key (%s)" % keys["first"]["fingerprint"] in json.dumps(document)
     assert not boot.exists() or not any(boot.iterdir())
+    # The trusted key, but an identity the signatures do not name: provision_signature_identity reaches the fetch.
+    elsewhere = {"type": "exactRepository", "repository": "registry.example.com/os/elsewhere"}
+    rc, document, stderr = ansible.playbook(
+        str(play),
+        extra_vars=dict(
+            common, provision_signature_keys=[keys["first"]["pub"]], provision_signature_identity=elsewhere
+        ),
+    )
+    assert rc != 0 and "expects registry.example.com/os/elsewhere" in json.dumps(document)
+    assert not boot.exists() or not any(boot.iterdir())
     rc, document, stderr = ansible.playbook(
         str(play), extra_vars=dict(common, provision_signature_keys=[keys["first"]["pub"]])
     )
@@ -339,3 +357,158 @@ def test_sign_given_a_public_key_says_it_needs_the_private_one(ansible, keys, tm
     assert failed["failed"] is True
     assert failed["msg"].startswith("key %s is a public key; sign needs the private key" % keys["first"]["pub"])
     assert "\n" not in failed["msg"]
+
+
+# Every name build.yml publishes, with the platform a node fetches it for.
+PUBLISHED = {
+    "": "baremetal",
+    "-metal": "baremetal",
+    "-kvm": "virtualization",
+    "-baremetal": "baremetal",
+    "-virtualization": "virtualization",
+}
+PUBLISHED_CHECK = """\
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - name: Every published name is fetched with the public key
+      ironcore.image.ironcore_image_fetch:
+        layout: "{{ layout }}"
+        name: "{{ image }}{{ item.key }}"
+        platform: "{{ item.value }}"
+        architecture: amd64
+        dest: "{{ dest }}/{{ item.value }}{{ item.key }}"
+        signature_keys: ["{{ public }}"]
+      loop: "{{ published | dict2items }}"
+      register: fetched
+    - name: Info finds nothing unsigned with the key, and every name unsigned by a stranger's
+      ironcore.image.ironcore_image_info:
+        layout: "{{ layout }}"
+        name: "{{ image }}"
+        signature_keys: ["{{ item }}"]
+      loop: ["{{ public }}", "{{ stranger }}"]
+      register: described
+    - name: Hand the results back
+      ansible.builtin.debug:
+        msg: {fetched: "{{ fetched.results | map(attribute='signatures') }}",
+              formats: "{{ fetched.results | map(attribute='signature_formats') }}",
+              unsigned: "{{ described.results | map(attribute='unsigned') }}"}
+"""
+
+
+def test_build_playbook_signs_every_published_name(ansible, keys, tmp_path):
+    """build.yml signs V; V, V-metal, V-kvm, V-baremetal and V-virtualization each fetch with the key."""
+    layout = str(tmp_path / "layout")
+    files = {}
+    for role in ("kernel", "initramfs", "rootfs"):
+        files[role] = str(tmp_path / role)
+        (tmp_path / role).write_bytes(role.encode() * 64)
+    builder = local_host(
+        build_name=NAME,
+        build_layout=layout,
+        build_platforms=["baremetal", "virtualization"],
+        build_artifacts=[dict(files, architecture="amd64", cmdline="console=ttyS0")],
+        build_sign_key=keys["first"]["key"],
+        build_signature_format="bundle",
+        build_provenance=False,
+        build_sbom=False,
+    )
+    inventory = write_inventory(str(tmp_path / "hosts.yml"), {"build_hosts": {"builder": builder}})
+    rc, document, stderr = ansible.playbook(os.path.join(REPO, "playbooks", "build.yml"), inventory=inventory)
+    assert rc == 0, (json.dumps(document)[-3000:], stderr)
+
+    play = tmp_path / "check.yml"
+    play.write_text(PUBLISHED_CHECK)
+    extra = {
+        "layout": layout,
+        "image": NAME,
+        "published": PUBLISHED,
+        "dest": str(tmp_path / "dest"),
+        "public": keys["first"]["pub"],
+        "stranger": keys["stranger"]["pub"],
+    }
+    rc, document, stderr = ansible.playbook(str(play), extra_vars=extra)
+    failed = [
+        item.get("msg") for _h, _t, result in outcomes(document)["failed"] for item in result.get("results", [result])
+    ]
+    assert rc == 0, (failed, stderr)
+    handed = document["plays"][0]["tasks"][-1]["hosts"]["localhost"]["msg"]
+    assert len(handed["fetched"]) == len(PUBLISHED)
+    for signatures in handed["fetched"]:
+        assert set(signatures.values()) == {keys["first"]["fingerprint"]}, signatures
+    # build_signature_format: bundle reached the sign step: bundles only, no .sig.
+    assert {kind for formats in handed["formats"] for kind in formats.values()} == {"bundle"}
+    with open(os.path.join(layout, "index.json")) as stream:
+        names = [entry.get("annotations", {}).get(REF_NAME, "") for entry in json.load(stream)["manifests"]]
+    assert names and not [name for name in names if name.endswith(".sig")]
+    with_key, with_stranger = handed["unsigned"]
+    assert with_key == []
+    assert {NAME + suffix for suffix in PUBLISHED} <= set(with_stranger)
+    assert NAME + "-kvm-amd64" in with_stranger
+
+
+# ---- promotion and air gaps ------------------------------------------------------
+
+
+def test_promoted_copies_verify_with_remap_identity_resign_key_and_offline_layouts(
+    ansible, registry_plain, keys, tmp_path
+):
+    """A signed image copied to another repository and into a layout: each way to keep it verifiable."""
+    host, first = registry_plain.host, [keys["first"]["pub"]]
+    _layout, home = push_image(ansible, registry_plain, tmp_path, "sign/home")
+    assert ansible.module(SIGN, dict(registry_plain.registry_args, name=home, key=keys["first"]["key"]))["changed"]
+
+    def copy(destination: dict, **extra) -> dict:
+        sides = {"source": dict(registry_plain.registry_args, name=home), "destination": destination}
+        copied = ansible.module(COPY, dict(sides, **extra))
+        assert copied.get("failed") is not True, copied
+        return copied
+
+    # Carried signatures name sign/home: refused at sign/promoted by default, in one line naming what it expects.
+    promoted = "%s/sign/promoted:1.0" % host
+    copy(dict(registry_plain.registry_args, name=promoted))
+    refused = fetch(ansible, registry_plain, promoted, tmp_path / "refused", first)
+    assert_refused(refused, "payload is for another repository (%s/sign/home), where signature_identity" % host)
+    remap = {"type": "remapIdentity", "prefix": "%s/sign/promoted" % host, "signed_prefix": "%s/sign/home" % host}
+    remapped = fetch(ansible, registry_plain, promoted, tmp_path / "remapped", first, signature_identity=remap)
+    assert remapped.get("failed") is not True, remapped
+    assert set(remapped["signatures"].values()) == {keys["first"]["fingerprint"]}
+    # A remap to a repository the signatures do not name is refused.
+    wrong = dict(remap, signed_prefix="%s/sign/elsewhere" % host)
+    refused = fetch(ansible, registry_plain, promoted, tmp_path / "wrong", first, signature_identity=wrong)
+    assert_refused(refused, "expects %s/sign/elsewhere" % host)
+
+    # Re-signed at the destination with the second key: the source's signatures stay behind.
+    resigned_name = "%s/sign/resigned:1.0" % host
+    resigned = copy(
+        dict(registry_plain.registry_args, name=resigned_name),
+        resign_key=keys["second"]["key"],
+        resign_key_passphrase=PASSPHRASE,
+    )
+    assert resigned["resigned"]["fingerprint"] == keys["second"]["fingerprint"] and resigned["resigned"]["signed"]
+    assert PASSPHRASE not in resigned["_stdout"] + resigned["_stderr"]
+    second = fetch(ansible, registry_plain, resigned_name, tmp_path / "second", [keys["second"]["pub"]])
+    assert second.get("failed") is not True, second
+    assert_refused(fetch(ansible, registry_plain, resigned_name, tmp_path / "first", first), "unknown key")
+
+    # Into a layout under another name: signatures and bundles travel; verified offline with exactRepository.
+    offline = str(tmp_path / "offline")
+    carried = copy({"layout": offline, "name": "offline/gardenlinux:1.0"})
+    assert carried["signatures"] and carried["referrers"]
+    exact = {"type": "exactRepository", "repository": "%s/sign/home" % home.split("/")[0]}
+    args = {
+        "layout": offline,
+        "name": "offline/gardenlinux:1.0-metal",
+        "platform": "baremetal",
+        "architecture": "amd64",
+    }
+    delivered = ansible.module(
+        FETCH, dict(args, dest=str(tmp_path / "air"), signature_keys=first, signature_identity=exact)
+    )
+    assert delivered.get("failed") is not True, delivered
+    assert set(delivered["signature_formats"].values()) == {"legacy"}
+    assert_refused(
+        ansible.module(FETCH, dict(args, dest=str(tmp_path / "strict"), signature_keys=first)),
+        "another repository (%s/sign/home)" % host,
+    )

@@ -63,7 +63,9 @@ def test_bundles_verify_with_sigstore_and_fetch_accepts_a_bundle_alone(ansible, 
     # The default writes both formats; check mode first writes nothing.
     checked = ansible.module(SIGN, args, check=True)
     assert checked["changed"] is True and set(checked["bundles"].values()) == {None}, checked
+    # The image's index and manifests, then the platform indexes its -baremetal and -virtualization names point at.
     digests = image_digests(registry_plain, reference)
+    digests += [image_digests(registry_plain, reference + suffix)[0] for suffix in ("-baremetal", "-virtualization")]
     referrers_tag = "docker://%s:%s" % (repository, digests[0].replace(":", "-"))
     missing = subprocess.run(
         ["skopeo", "inspect", "--raw", *registry_plain.skopeo_flags(), referrers_tag], capture_output=True, check=False
