@@ -45,8 +45,8 @@ FETCH = "ironcore.image.ironcore_image_fetch"
 SIGNATURE = "dev.cosignproject.cosign/signature"
 BLOCK_INDEX = "application/vnd.ironcore.image.blockindex.v1"
 IN_TOTO = "application/vnd.in-toto+json"
-# The combined index and its four platform manifests are signed.
-SIGNED = 5
+# The combined index, the two platform indexes its platform tags name and its four manifests are signed.
+SIGNED = 7
 
 pytestmark = pytest.mark.integration
 
