@@ -1,7 +1,8 @@
-"""arm64 in UEFI firmware (AAVMF, emulated): the build module assembles a UKI on the arm64 systemd stub from a
-Debian arm64 kernel and a busybox-static arm64 initramfs and signs it with the snakeoil test key; AAVMF with the
-snakeoil certificate enrolled boots it, and refuses it unsigned. Slow under TCG: `make test-arm64-uefi` runs it
-(CI runs that after `make test`); `make test` leaves it out (marker arm64_uefi)."""
+"""arm64 in UEFI firmware (AAVMF, emulated): playbooks/build.yml assembles UKIs for amd64 and arm64 (the arm64 one
+on the arm64 systemd stub, from a Debian arm64 kernel and a busybox-static arm64 initramfs) and signs both with the
+snakeoil test key, which sbverify accepts; AAVMF with the snakeoil certificate enrolled boots the arm64 one, and
+refuses it unsigned. Slow under TCG: `make test-arm64-uefi` runs it (CI runs that after `make test`); `make test`
+leaves it out (marker arm64_uefi)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import os
 
 import pytest
 from helpers import boot, uefi
+from helpers.inventory import local_host, outcomes, write_inventory
 
 pytestmark = [pytest.mark.integration, pytest.mark.arm64_uefi]
 
-MODULE = "ironcore.image.ironcore_image_build"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.path.join(REPO, "playbooks", "build.yml")
 
 
 def test_arm64_signed_uki_boots_in_secure_boot_firmware(ansible, boot_artifacts, tmp_path, record_property):
@@ -22,36 +25,56 @@ def test_arm64_signed_uki_boots_in_secure_boot_firmware(ansible, boot_artifacts,
     marker = boot_artifacts.marker + "-arm64"
     command_line = "console=ttyAMA0 panic=-1 %s=%s" % (boot.MARKER_PARAMETER, marker)
     layout = str(tmp_path / "layout")
-    built = ansible.module(
-        MODULE,
+    # What a release engineer runs: build.yml with build_uki: auto and a signing key, for both architectures.
+    # This amd64 host has no arm64 stub installed, so that artifact names the one unpacked from Debian's arm64
+    # systemd-boot-efi package.
+    inventory = write_inventory(
+        str(tmp_path / "hosts.yml"),
         {
-            "layout": layout,
-            "name": "registry.example.com/ironcore/uefi-proof-arm64:1.0",
-            "platforms": ["baremetal"],
-            "uki_sign_key": uefi.SNAKEOIL_KEY,
-            "uki_sign_cert": uefi.SNAKEOIL_CERT,
-            "uki_sign_key_passphrase": uefi.SNAKEOIL_PASSPHRASE,
-            "uki_require_signature": True,
-            "artifacts": [
-                {
-                    "architecture": "arm64",
-                    "kernel": kernel,
-                    "initramfs": initramfs,
-                    "rootfs": boot_artifacts.rootfs,
-                    "cmdline": command_line,
-                    "uki": "auto",
-                    "uki_stub": boot.debian_efi_stub("arm64"),
-                }
-            ],
+            "build_hosts": {
+                "builder": local_host(
+                    build_name="registry.example.com/ironcore/uefi-proof-arm64:1.0",
+                    build_layout=layout,
+                    build_platforms=["baremetal"],
+                    build_uki="auto",
+                    build_uki_sign_key=uefi.SNAKEOIL_KEY,
+                    build_uki_sign_cert=uefi.SNAKEOIL_CERT,
+                    build_uki_sign_key_passphrase=uefi.SNAKEOIL_PASSPHRASE,
+                    build_uki_require_signature=True,
+                    build_artifacts=[
+                        {
+                            "architecture": "amd64",
+                            "kernel": boot_artifacts.kernel,
+                            "initramfs": boot_artifacts.initramfs,
+                            "rootfs": boot_artifacts.rootfs,
+                            "cmdline": boot_artifacts.command_line,
+                        },
+                        {
+                            "architecture": "arm64",
+                            "kernel": kernel,
+                            "initramfs": initramfs,
+                            "rootfs": boot_artifacts.rootfs,
+                            "cmdline": command_line,
+                            "uki_stub": boot.debian_efi_stub("arm64"),
+                        },
+                    ],
+                )
+            }
         },
     )
-    assert built.get("changed") is True, built
-    (layers,) = [m["layers"] for m in built["manifests"]]
-    (uki_layer,) = [layer for layer in layers if layer["title"] == "uki"]
-    uki = os.path.join(layout, "blobs", "sha256", uki_layer["digest"].split(":", 1)[1])
-    checked = uefi.sbverify(uki)
-    assert checked.returncode == 0 and "Signature verification OK" in checked.stdout, checked
+    rc, built, stderr = ansible.playbook(BUILD, inventory=inventory)
+    assert rc == 0, (built, stderr)
     assert uefi.SNAKEOIL_PASSPHRASE not in json.dumps(built)
+    (build_result,) = [r for task, _h, r in outcomes(built)["changed"] if task == "Build the image into the layout"]
+    ukis = {}
+    for manifest in build_result["manifests"]:
+        (uki_layer,) = [layer for layer in manifest["layers"] if layer["title"] == "uki"]
+        ukis[manifest["architecture"]] = os.path.join(layout, "blobs", "sha256", uki_layer["digest"].split(":", 1)[1])
+    assert sorted(ukis) == ["amd64", "arm64"], build_result["manifests"]
+    for architecture, path in ukis.items():
+        checked = uefi.sbverify(path)
+        assert checked.returncode == 0 and "Signature verification OK" in checked.stdout, (architecture, checked)
+    uki = ukis["arm64"]
 
     result = uefi.boot_uefi(str(tmp_path / "sb"), uki, secure_boot=True, architecture="arm64", timeout=600)
     record_property("arm64_secure_boot_seconds", round(result.seconds, 1))
