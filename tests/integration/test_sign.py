@@ -452,10 +452,12 @@ def test_build_playbook_signs_every_published_name(ansible, keys, tmp_path):
 
 
 def test_promoted_copies_verify_with_remap_identity_resign_key_and_offline_layouts(
-    ansible, registry_plain, keys, tmp_path
+    ansible, registry_plain, registry_referrers, keys, tmp_path
 ):
-    """A signed image copied to another repository and into a layout: each way to keep it verifiable."""
+    """A signed image promoted to a second registry and copied into a layout: each way to keep it verifiable."""
     host, first = registry_plain.host, [keys["first"]["pub"]]
+    # The second registry has the OCI referrers API, the first has not: the bundles move from tag to API.
+    target = registry_referrers
     _layout, home = push_image(ansible, registry_plain, tmp_path, "sign/home")
     assert ansible.module(SIGN, dict(registry_plain.registry_args, name=home, key=keys["first"]["key"]))["changed"]
 
@@ -465,32 +467,37 @@ def test_promoted_copies_verify_with_remap_identity_resign_key_and_offline_layou
         assert copied.get("failed") is not True, copied
         return copied
 
-    # Carried signatures name sign/home: refused at sign/promoted by default, in one line naming what it expects.
-    promoted = "%s/sign/promoted:1.0" % host
-    copy(dict(registry_plain.registry_args, name=promoted))
-    refused = fetch(ansible, registry_plain, promoted, tmp_path / "refused", first)
+    # Carried signatures name sign/home on the first registry: refused at the second by default, in one line
+    # naming what it expects.
+    promoted = "%s/sign/promoted:1.0" % target.host
+    copy(dict(target.registry_args, name=promoted))
+    refused = fetch(ansible, target, promoted, tmp_path / "refused", first)
     assert_refused(refused, "payload is for another repository (%s/sign/home), where signature_identity" % host)
-    remap = {"type": "remapIdentity", "prefix": "%s/sign/promoted" % host, "signed_prefix": "%s/sign/home" % host}
-    remapped = fetch(ansible, registry_plain, promoted, tmp_path / "remapped", first, signature_identity=remap)
+    remap = {
+        "type": "remapIdentity",
+        "prefix": "%s/sign/promoted" % target.host,
+        "signed_prefix": "%s/sign/home" % host,
+    }
+    remapped = fetch(ansible, target, promoted, tmp_path / "remapped", first, signature_identity=remap)
     assert remapped.get("failed") is not True, remapped
     assert set(remapped["signatures"].values()) == {keys["first"]["fingerprint"]}
     # A remap to a repository the signatures do not name is refused.
     wrong = dict(remap, signed_prefix="%s/sign/elsewhere" % host)
-    refused = fetch(ansible, registry_plain, promoted, tmp_path / "wrong", first, signature_identity=wrong)
+    refused = fetch(ansible, target, promoted, tmp_path / "wrong", first, signature_identity=wrong)
     assert_refused(refused, "expects %s/sign/elsewhere" % host)
 
-    # Re-signed at the destination with the second key: the source's signatures stay behind.
-    resigned_name = "%s/sign/resigned:1.0" % host
+    # Re-signed at the second registry with the second key: the source's signatures stay behind.
+    resigned_name = "%s/sign/resigned:1.0" % target.host
     resigned = copy(
-        dict(registry_plain.registry_args, name=resigned_name),
+        dict(target.registry_args, name=resigned_name),
         resign_key=keys["second"]["key"],
         resign_key_passphrase=PASSPHRASE,
     )
     assert resigned["resigned"]["fingerprint"] == keys["second"]["fingerprint"] and resigned["resigned"]["signed"]
     assert PASSPHRASE not in resigned["_stdout"] + resigned["_stderr"]
-    second = fetch(ansible, registry_plain, resigned_name, tmp_path / "second", [keys["second"]["pub"]])
+    second = fetch(ansible, target, resigned_name, tmp_path / "second", [keys["second"]["pub"]])
     assert second.get("failed") is not True, second
-    assert_refused(fetch(ansible, registry_plain, resigned_name, tmp_path / "first", first), "unknown key")
+    assert_refused(fetch(ansible, target, resigned_name, tmp_path / "first", first), "unknown key")
 
     # Into a layout under another name: signatures and bundles travel; verified offline with exactRepository.
     offline = str(tmp_path / "offline")
