@@ -462,8 +462,9 @@ def signed_and_referred(ansible, layout: str, workdir) -> set[str]:
     blob = ReferrerBlob("application/json", data=b'{"statement": "about 1.0"}')
     assert attach_referrer(store, subject, "application/vnd.in-toto+json", [blob])[0] is True
     attachments = {name for name in index_names(layout) if name.endswith(".sig") or name.startswith("sha256-")}
-    # The combined index and its four manifests are signed; the index has the referrer.
-    assert len(attachments) == len(signed["signed"]) + 1 == 6
+    # The combined index, the two platform indexes its platform tags name and its four manifests are signed;
+    # the index has the referrer.
+    assert len(attachments) == len(signed["signed"]) + 1 == 8
     return attachments
 
 
