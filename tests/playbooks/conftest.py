@@ -42,6 +42,16 @@ class BootArtifacts:
         # panic=-1: if anything goes wrong the kernel reboots, which ends qemu (-no-reboot) at once.
         return "console=ttyS0 panic=-1 %s=%s" % (boot.MARKER_PARAMETER, self.marker)
 
+    def build_artifact(self) -> dict[str, str]:
+        """The amd64 entry of build_artifacts (the build role's variable) for these files."""
+        return {
+            "architecture": "amd64",
+            "kernel": self.kernel,
+            "initramfs": self.initramfs,
+            "rootfs": self.rootfs,
+            "cmdline": self.command_line,
+        }
+
 
 @pytest.fixture(scope="session")
 def boot_artifacts(tmp_path_factory) -> BootArtifacts:

@@ -55,15 +55,7 @@ def test_built_pushed_provisioned_image_boots(
                     build_name=name,
                     build_layout=str(tmp_path / "layout"),
                     build_push=True,
-                    build_artifacts=[
-                        {
-                            "architecture": "amd64",
-                            "kernel": boot_artifacts.kernel,
-                            "initramfs": boot_artifacts.initramfs,
-                            "rootfs": boot_artifacts.rootfs,
-                            "cmdline": boot_artifacts.command_line,
-                        }
-                    ],
+                    build_artifacts=[boot_artifacts.build_artifact()],
                     **registry_vars("build_", registry_tls),
                 )
             },

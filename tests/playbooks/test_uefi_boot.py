@@ -53,15 +53,7 @@ def test_signed_uki_boots_in_secure_boot_firmware_and_altered_ones_do_not(
                     build_uki_sign_cert=uefi.SNAKEOIL_CERT,
                     build_uki_sign_key_passphrase=uefi.SNAKEOIL_PASSPHRASE,
                     build_uki_require_signature=True,
-                    build_artifacts=[
-                        {
-                            "architecture": "amd64",
-                            "kernel": boot_artifacts.kernel,
-                            "initramfs": boot_artifacts.initramfs,
-                            "rootfs": boot_artifacts.rootfs,
-                            "cmdline": boot_artifacts.command_line,
-                        }
-                    ],
+                    build_artifacts=[boot_artifacts.build_artifact()],
                 )
             },
             "baremetal": {"uki": boot_server("uki"), "kernel": boot_server("kernel")},

@@ -42,13 +42,7 @@ def test_arm64_signed_uki_boots_in_secure_boot_firmware(ansible, boot_artifacts,
                     build_uki_sign_key_passphrase=uefi.SNAKEOIL_PASSPHRASE,
                     build_uki_require_signature=True,
                     build_artifacts=[
-                        {
-                            "architecture": "amd64",
-                            "kernel": boot_artifacts.kernel,
-                            "initramfs": boot_artifacts.initramfs,
-                            "rootfs": boot_artifacts.rootfs,
-                            "cmdline": boot_artifacts.command_line,
-                        },
+                        boot_artifacts.build_artifact(),
                         {
                             "architecture": "arm64",
                             "kernel": kernel,
