@@ -11,6 +11,7 @@ hypervisors a disk equal to the image's rootfs; a second run changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import urllib.request
@@ -138,6 +139,9 @@ def node_vars(delivery: Delivery, tmp_path, boot_port: int, registry_vars: dict)
             provision_boot_dir=str(tmp_path / "boot" / delivery.host),
             provision_boot_url="http://127.0.0.1:%d/%s/" % (boot_port, delivery.host),
             provision_kernel_args=LIVE_ROOT_ARGS,
+            # The kernel + initrd script on every shape, the UKI of those that carry one included (auto would
+            # chain the UKI: tests/playbooks/test_uefi_boot.py boots that path).
+            provision_boot_mode="ipxe-kernel",
             **common,
         )
     return local_host(provision_pool_dir=str(tmp_path / "pool" / delivery.host), **common)
@@ -164,8 +168,10 @@ def assert_boot_server(delivery: Delivery, tmp_path, boot_port: int) -> None:
     assert entry.endswith("-current"), (delivery.host, entry)
     assert os.readlink(boot_dir / entry / "current") == "../" + slug
     image_dir = boot_dir / slug
-    # The boot files and the script; the fetch's state directory is the only other entry.
-    assert sorted(os.listdir(image_dir)) == sorted([*delivery.files, "boot.ipxe", STATE_DIR]), delivery.host
+    # The boot files, the UKI also under boot-operator's name, and the script; the fetch's state directory is the
+    # only other entry.
+    served_as = ["sha256-%s.efi" % hashlib.sha256(delivery.files["uki"]).hexdigest()] if "uki" in delivery.files else []
+    assert sorted(os.listdir(image_dir)) == sorted([*delivery.files, *served_as, "boot.ipxe", STATE_DIR]), delivery.host
     assert (image_dir / STATE_DIR).is_dir()
     for role, data in delivery.files.items():
         assert (image_dir / role).read_bytes() == data, (delivery.host, role)
