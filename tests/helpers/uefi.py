@@ -49,6 +49,14 @@ REMOVABLE_MEDIA_PATH = {"amd64": "BOOTX64.EFI", "arm64": "BOOTAA64.EFI"}
 SNAKEOIL_KEY = "/usr/share/ovmf/PkKek-1-snakeoil.key"
 SNAKEOIL_CERT = "/usr/share/ovmf/PkKek-1-snakeoil.pem"
 SNAKEOIL_PASSPHRASE = "snakeoil"
+# The build role's variables that assemble every UKI (build_uki: auto) and sign it with the snakeoil test key.
+SNAKEOIL_BUILD_VARS = {
+    "build_uki": "auto",
+    "build_uki_sign_key": SNAKEOIL_KEY,
+    "build_uki_sign_cert": SNAKEOIL_CERT,
+    "build_uki_sign_key_passphrase": SNAKEOIL_PASSPHRASE,
+    "build_uki_require_signature": True,
+}
 IPXE_EFI = "/usr/lib/ipxe/ipxe.efi"
 CMDLINE_PREFIX = boot.CMDLINE_PREFIX
 # What OVMF's boot manager prints when Secure Boot refuses an image.

@@ -48,11 +48,7 @@ def test_signed_uki_boots_in_secure_boot_firmware_and_altered_ones_do_not(
                     build_name=name,
                     build_layout=layout,
                     build_platforms=["baremetal"],
-                    build_uki="auto",
-                    build_uki_sign_key=uefi.SNAKEOIL_KEY,
-                    build_uki_sign_cert=uefi.SNAKEOIL_CERT,
-                    build_uki_sign_key_passphrase=uefi.SNAKEOIL_PASSPHRASE,
-                    build_uki_require_signature=True,
+                    **uefi.SNAKEOIL_BUILD_VARS,
                     build_artifacts=[boot_artifacts.build_artifact()],
                 )
             },

@@ -36,11 +36,7 @@ def test_arm64_signed_uki_boots_in_secure_boot_firmware(ansible, boot_artifacts,
                     build_name="registry.example.com/ironcore/uefi-proof-arm64:1.0",
                     build_layout=layout,
                     build_platforms=["baremetal"],
-                    build_uki="auto",
-                    build_uki_sign_key=uefi.SNAKEOIL_KEY,
-                    build_uki_sign_cert=uefi.SNAKEOIL_CERT,
-                    build_uki_sign_key_passphrase=uefi.SNAKEOIL_PASSPHRASE,
-                    build_uki_require_signature=True,
+                    **uefi.SNAKEOIL_BUILD_VARS,
                     build_artifacts=[
                         boot_artifacts.build_artifact(),
                         {
