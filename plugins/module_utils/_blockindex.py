@@ -94,7 +94,7 @@ def zero_map_size(blocks: int) -> int:
 
 def check_hash(name: str, hash_length: int) -> None:
     if name not in FORMAT_VERSIONS:
-        raise BlockIndexError("block hash %r is not one of %s" % (name, ", ".join(HASHES)), option="block_index_hash")
+        raise BlockIndexError("block hash %r is not one of %s" % (name, ", ".join(HASHES)))
     if not MIN_HASH_LENGTH <= hash_length <= DIGEST_SIZES[name]:
         raise BlockIndexError(
             "hash length %d is not between %d and %d for %s" % (hash_length, MIN_HASH_LENGTH, DIGEST_SIZES[name], name)
