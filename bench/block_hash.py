@@ -67,7 +67,7 @@ def _hash_all(function: Hash, data: bytes) -> None:
 def per_call_ns(function: Hash, calls: int = 200_000) -> float:
     empty = memoryview(b"")
     start = time.perf_counter()
-    for _ in range(calls):
+    for _call in range(calls):
         function(empty)
     return (time.perf_counter() - start) / calls * 1e9
 
@@ -85,7 +85,7 @@ def threads(function: Hash, data: bytes, count: int) -> float:
         barrier.wait()
         _hash_all(function, data)
 
-    workers = [threading.Thread(target=work) for _ in range(count)]
+    workers = [threading.Thread(target=work) for _worker in range(count)]
     for worker in workers:
         worker.start()
     barrier.wait()
@@ -118,10 +118,10 @@ def measure(size_mib: int, rounds: int) -> list[list[str]]:
         if not callable(function):
             rows.append([name, function, "", "", "", "", ""])
             continue
-        ns = min(per_call_ns(function) for _ in range(rounds))
-        single = max(one_core(function, data) for _ in range(rounds))
-        two_threads = max(threads(function, data, 2) for _ in range(rounds))
-        two_processes = max(processes(name, size_mib * MiB, 2) for _ in range(rounds))
+        ns = min(per_call_ns(function) for _round in range(rounds))
+        single = max(one_core(function, data) for _round in range(rounds))
+        two_threads = max(threads(function, data, 2) for _round in range(rounds))
+        two_processes = max(processes(name, size_mib * MiB, 2) for _round in range(rounds))
         baseline = baseline or single
         rows.append(
             [

@@ -332,7 +332,7 @@ def test_a_delta_works_from_v1_and_v2_indexes_and_each_keeps_its_own_seed_cache(
     first = fetch(ansible, registry_plain, v1_a.name, dest)
     assert first["files"]["rootfs"]["delta"] == {"used": False, "reason": "no seed to build from"}, first
     # The delivered file's cache entry came from the v1 index: sha256 hashes.
-    (v1_cache,) = seed_caches(dest)
+    (v1_cache,) = list(seed_caches(dest))
     assert ".sha256." in v1_cache, v1_cache
     # A v2 index: the sha256 entry of the seed is not read as xxh3-128 hashes; the seed is hashed again.
     second = fetch(ansible, registry_plain, v2_b.name, dest)
