@@ -10,9 +10,13 @@ import urllib.request
 
 import pytest
 import xxhash
+from helpers.inventory import local_host, write_inventory
 from helpers.referrers_registry import ReferrersRegistry, api_listing
 
 MODULE = "ironcore.image.ironcore_image_build"
+BUILD_PLAYBOOK = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "playbooks", "build.yml"
+)
 NAME = "registry.example.com/os/gardenlinux:2.0"
 MiB = 1024 * 1024
 INDEX_MEDIA_TYPE = "application/vnd.ironcore.image.blockindex.v1"
@@ -348,3 +352,28 @@ def test_push_carries_the_block_index_to_the_registry(ansible, rootfs, boot_file
         data = response.read()
     assert data == layout_blob(layout, index_layer["digest"])
     check_index(data, rootfs, rootfs_summaries(built)[0]["digest"], 4096)
+
+
+def index_headers(layout: str) -> list[dict]:
+    """The header of every block index blob the layout holds, found by its first bytes."""
+    headers = []
+    directory = os.path.join(layout, "blobs", "sha256")
+    for name in os.listdir(directory):
+        with open(os.path.join(directory, name), "rb") as stream:
+            head = stream.read(4096)
+        if head.startswith(b'{"blockSize":'):
+            headers.append(json.loads(head.split(b"\n", 1)[0]))
+    return headers
+
+
+def test_the_build_role_passes_its_block_index_hash(ansible, rootfs, boot_files, tmp_path):
+    artifacts = [{"architecture": "amd64", "rootfs": rootfs, **boot_files}]
+    hosts = {
+        label: local_host(build_name=NAME, build_layout=str(tmp_path / label), build_artifacts=artifacts, **extra)
+        for label, extra in (("v2", {}), ("v1", {"build_block_index_hash": "sha256"}))
+    }
+    inventory = write_inventory(str(tmp_path / "hosts.yml"), {"build_hosts": hosts})
+    rc, _document, stderr = ansible.playbook(BUILD_PLAYBOOK, inventory=inventory)
+    assert rc == 0, stderr
+    assert [(h["version"], h["hash"]) for h in index_headers(str(tmp_path / "v2"))] == [(2, "xxh3-128")]
+    assert [(h["version"], h["hash"]) for h in index_headers(str(tmp_path / "v1"))] == [(1, "sha256")]
