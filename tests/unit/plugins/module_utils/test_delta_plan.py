@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 
 import pytest
 
@@ -442,3 +443,14 @@ def index_of_with(data: bytes, block_size: int, hash_length: int) -> bytes:
     hasher = BlockHasher(block_size, hash_length, hash_name="sha256")
     hasher.update(data)
     return hasher.finish(digest_of(data)).hashes
+
+
+def test_an_index_whose_hash_this_host_cannot_compute_means_a_full_fetch(monkeypatch):
+    # xxh3-128 without the xxhash package: refused from the header, with what to install, as a delta reason.
+    monkeypatch.setitem(sys.modules, "xxhash", None)
+    with pytest.raises(delta.DeltaAbandoned) as caught:
+        delta.check_index_shape(delta.Header(digest_of(b"layer"), 10**9, BLOCK, 16, "xxh3-128"))
+    assert str(caught.value) == (
+        "the block index is unusable: the block hash xxh3-128 needs the Python package xxhash: pip install xxhash"
+    )
+    delta.check_index_shape(delta.Header(digest_of(b"layer"), 10**9, BLOCK, 16, "sha256"))
