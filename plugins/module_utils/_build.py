@@ -23,12 +23,15 @@ from ansible_collections.ironcore.image.plugins.module_utils import _uki
 from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
     ARTIFACT_TYPE,
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_HASH,
+    DEFAULT_HASH_LENGTH,
     LAYER_ANNOTATION,
     MAX_HEADER_SIZE,
     MEDIA_TYPE,
     BlockHasher,
     BlockIndexError,
     Header,
+    block_hash_function,
     check_block_size,
     decode_header,
     wants_index,
@@ -320,10 +323,11 @@ class _BlockIndexes:
     the layout (check mode writes nothing there), and vanish when closed.
     """
 
-    def __init__(self, layout: OciLayout, block_size: int | None):
+    def __init__(self, layout: OciLayout, block_size: int | None, hash_name: str = DEFAULT_HASH):
         self.layout = layout
         self.enabled = block_size is not None
         self.block_size = block_size or DEFAULT_BLOCK_SIZE
+        self.hash_name = hash_name
         self._made: dict[str, _StoredIndex] = {}
         self._scratch: list[t.Any] = []
 
@@ -334,7 +338,7 @@ class _BlockIndexes:
         return self._new_hasher()
 
     def _new_hasher(self) -> BlockHasher:
-        return BlockHasher(self.block_size, spill=self._scratch_file(tempfile.TemporaryFile))
+        return BlockHasher(self.block_size, spill=self._scratch_file(tempfile.TemporaryFile), hash_name=self.hash_name)
 
     def _scratch_file(self, make: t.Callable[..., t.Any]) -> t.Any:
         scratch = make(prefix=".ironcore-blockindex-")
@@ -377,10 +381,10 @@ class _BlockIndexes:
             self._made[digest] = self._attached_elsewhere(layer) or self.index(digest, layer["size"])
         stored = self._made[digest]
         plan.index_referrers.append(IndexReferrer(subject, digest, stored.path))
-        return {"digest": stored.digest, "size": stored.size, "block_size": self.block_size}
+        return {"digest": stored.digest, "size": stored.size, "block_size": self.block_size, "hash": self.hash_name}
 
     def _attached(self, subject_digest: str, layer: t.Mapping[str, t.Any]) -> dict[str, t.Any] | None:
-        """The result entry of an index of this layer, at this block size, already attached to the manifest."""
+        """The result entry of an index of this layer, at this block size and hash, already attached to the manifest."""
         referrers, store = _referrers(), _layout_store(self.layout)
         for referrer in referrers.list_referrers(store, subject_digest, ARTIFACT_TYPE):
             if referrer.annotations.get(LAYER_ANNOTATION) != layer["digest"]:
@@ -392,12 +396,18 @@ class _BlockIndexes:
                     and header.layer_digest == layer["digest"]
                     and header.layer_size == layer["size"]
                     and header.block_size == self.block_size
+                    and header.hash == self.hash_name
                 ):
-                    return {"digest": blob["digest"], "size": blob["size"], "block_size": header.block_size}
+                    return {
+                        "digest": blob["digest"],
+                        "size": blob["size"],
+                        "block_size": header.block_size,
+                        "hash": header.hash,
+                    }
         return None
 
     def _attached_elsewhere(self, layer: t.Mapping[str, t.Any]) -> _StoredIndex | None:
-        """An index of this layer, at this block size, that the layout holds for any manifest; None if none."""
+        """An index of this layer, at this block size and hash, that the layout holds for any manifest; None if none."""
         for name in self.layout.refs():
             if not _referrers().REFERRERS_TAG_RE.fullmatch(name):
                 continue
@@ -452,6 +462,17 @@ def _block_size(params: t.Mapping[str, t.Any]) -> int | None:
         return check_block_size(DEFAULT_BLOCK_SIZE if block_size is None else block_size)
     except BlockIndexError as exc:
         raise BuildError("block_index_block_size: %s" % exc, option="block_index_block_size") from exc
+
+
+def _block_hash(params: t.Mapping[str, t.Any], enabled: bool) -> str:
+    """The block index's hash; refused up front when this host cannot compute it (xxhash missing)."""
+    name = params.get("block_index_hash") or DEFAULT_HASH
+    if enabled:
+        try:
+            block_hash_function(name, DEFAULT_HASH_LENGTH)
+        except BlockIndexError as exc:
+            raise BuildError("block_index_hash: %s" % exc, option="block_index_hash") from exc
+    return str(name)
 
 
 def _refuse_shared_layout(layout: OciLayout, allow_shared: bool) -> None:
@@ -511,7 +532,7 @@ def plan_build(
         if in_flight is not None:
             in_flight.enter_context(layout.adding_blobs())
     digests = _BlobDigests(layout)
-    indexes = _BlockIndexes(layout, block_size)
+    indexes = _BlockIndexes(layout, block_size, _block_hash(params, block_size is not None))
     plan = BuildPlan(ref=ref, layout=layout, index_files=indexes)
     if in_flight is not None:
         # The referrers to attach point at the scratch files: removed once the build is done with them.

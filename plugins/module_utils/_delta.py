@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
     ARTIFACT_TYPE,
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_HASH,
     DEFAULT_HASH_LENGTH,
     LAYER_ANNOTATION,
     MAX_BLOCK_SIZE,
@@ -47,6 +48,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._blockindex import 
     BlockIndexError,
     Header,
     block_count,
+    block_hash_function,
     decode,
     decode_header,
 )
@@ -87,7 +89,8 @@ MAX_INDEX_SIZE = 64 * 1024 * 1024
 DELTA_HASH_LENGTH = DEFAULT_HASH_LENGTH
 DELTA_MIN_BLOCK_SIZE = DEFAULT_BLOCK_SIZE
 SEED_CACHE_PREFIX = PARTIAL_PREFIX + "seed."
-SEED_CACHE_VERSION = 1
+# 2: the record names the block hash (an entry of version 1, all sha256, is never read as another hash's).
+SEED_CACHE_VERSION = 2
 # A seed block number and the seed it comes from, packed into one int: seed << _SEED_SHIFT | block.
 _SEED_SHIFT = 40
 _NOT_FOUND = -1
@@ -152,6 +155,11 @@ def check_index_shape(header: Header) -> None:
             "the block index has %d-byte blocks; a delta uses blocks of %d bytes to %d MiB (a power of two)"
             % (block_size, DELTA_MIN_BLOCK_SIZE, MAX_BLOCK_SIZE // (1024 * 1024))
         )
+    try:
+        # A hash this host cannot compute (xxh3-128 without the xxhash package) is refused before the index is read.
+        header.hash_function()
+    except BlockIndexError as exc:
+        raise DeltaAbandoned("the block index is unusable: %s" % exc) from exc
 
 
 def parse_index(data: bytes, layer: SelectedLayer) -> BlockIndex:
@@ -251,18 +259,22 @@ def open_seeds(paths: t.Sequence[str], own: t.Sequence[str], warn: Warn) -> list
     return seeds
 
 
-def _cache_path(cache_dir: str, seed: Seed, block_size: int, hash_length: int) -> str:
-    # Named after the seed's path; what it holds is only used when the recorded identity still matches.
+def _cache_path(cache_dir: str, seed: Seed, block_size: int, hash_length: int, hash_name: str) -> str:
+    # Named after the seed's path and the index's shape, hash included, so that indexes of both formats keep
+    # an entry each; what it holds is only used when the recorded identity and hash still match.
     name = hashlib.sha256(os.path.abspath(seed.path).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return os.path.join(cache_dir, "%s%s.%d.%d.hashes" % (SEED_CACHE_PREFIX, name, block_size, hash_length))
+    return os.path.join(
+        cache_dir, "%s%s.%s.%d.%d.hashes" % (SEED_CACHE_PREFIX, name, hash_name, block_size, hash_length)
+    )
 
 
-def _cache_header(seed: Seed, block_size: int, hash_length: int) -> dict[str, t.Any]:
+def _cache_header(seed: Seed, block_size: int, hash_length: int, hash_name: str) -> dict[str, t.Any]:
     return {
         "version": SEED_CACHE_VERSION,
         "path": os.path.abspath(seed.path),
         "identity": seed.identity,
         "blockSize": block_size,
+        "hash": hash_name,
         "hashLength": hash_length,
     }
 
@@ -276,7 +288,7 @@ def seed_read_size(block_size: int) -> int:
     return max(SEED_READ, block_size)
 
 
-def _open_cached(path: str, seed: Seed, block_size: int, hash_length: int) -> t.BinaryIO | None:
+def _open_cached(path: str, seed: Seed, block_size: int, hash_length: int, hash_name: str) -> t.BinaryIO | None:
     """The cache file positioned at its first hash, when its record matches the seed and its size the hashes."""
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
     try:
@@ -290,7 +302,7 @@ def _open_cached(path: str, seed: Seed, block_size: int, hash_length: int) -> t.
         if not stat.S_ISREG(status.st_mode) or status.st_uid != os.geteuid() or status.st_mode & 0o022:
             raise ValueError("not a private regular file")
         head = stream.readline(MAX_HEADER_SIZE)
-        if not head.endswith(b"\n") or json.loads(head) != _cache_header(seed, block_size, hash_length):
+        if not head.endswith(b"\n") or json.loads(head) != _cache_header(seed, block_size, hash_length, hash_name):
             raise ValueError("another seed's record")
         if status.st_size != len(head) + block_count(seed.size, block_size) * hash_length:
             raise ValueError("not this seed's size")
@@ -312,13 +324,15 @@ def _cached_hashes(stream: t.BinaryIO, seed: Seed, block_size: int, hash_length:
             yield data
 
 
-def _hashed(seed: Seed, block_size: int, hash_length: int, cache: str | None) -> t.Iterator[bytes]:
-    """The seed read once, in order; with `cache`, the hashes go to the cache file as they are made."""
+def _hashed(seed: Seed, block_size: int, hash_length: int, hash_name: str, cache: str | None) -> t.Iterator[bytes]:
+    """The seed read once, in order, hashed with the index's hash; with `cache`, the hashes go to the cache file
+    as they are made."""
+    block_hash = block_hash_function(hash_name, hash_length)
     out = None
     if cache is not None:
         try:
             out = AtomicFile(cache, mode=0o600)
-            out.write(canonical_json(_cache_header(seed, block_size, hash_length)) + b"\n")
+            out.write(canonical_json(_cache_header(seed, block_size, hash_length, hash_name)) + b"\n")
         except OSError:
             out = None
     try:
@@ -327,10 +341,7 @@ def _hashed(seed: Seed, block_size: int, hash_length: int, cache: str | None) ->
             data = memoryview(os.pread(seed.fd, min(seed_read_size(block_size), seed.size - offset), offset))
             if not data:
                 break
-            batch = b"".join(
-                hashlib.sha256(data[start : start + block_size]).digest()[:hash_length]
-                for start in range(0, len(data), block_size)
-            )
+            batch = b"".join(block_hash(data[start : start + block_size]) for start in range(0, len(data), block_size))
             offset += len(data)
             out = _cache_write(out, batch)
             yield batch
@@ -364,7 +375,9 @@ def _cacheable(block_size: int, hash_length: int) -> bool:
     return block_size // hash_length >= DEFAULT_BLOCK_SIZE // DEFAULT_HASH_LENGTH
 
 
-def seed_hashes(seed: Seed, block_size: int, hash_length: int, cache_dir: str | None) -> t.Iterator[bytes]:
+def seed_hashes(
+    seed: Seed, block_size: int, hash_length: int, cache_dir: str | None, hash_name: str = DEFAULT_HASH
+) -> t.Iterator[bytes]:
     """The seed's block hashes in order, in batches: from the cache beside the fetch's state when the seed is
     unchanged since, else read once and hashed, the cache written as the hashes come.
 
@@ -375,11 +388,11 @@ def seed_hashes(seed: Seed, block_size: int, hash_length: int, cache_dir: str | 
     """
     cache = None
     if cache_dir is not None and not seed.device and _cacheable(block_size, hash_length):
-        cache = _cache_path(cache_dir, seed, block_size, hash_length)
-        cached = _open_cached(cache, seed, block_size, hash_length)
+        cache = _cache_path(cache_dir, seed, block_size, hash_length, hash_name)
+        cached = _open_cached(cache, seed, block_size, hash_length, hash_name)
         if cached is not None:
             return _cached_hashes(cached, seed, block_size, hash_length)
-    return _hashed(seed, block_size, hash_length, cache)
+    return _hashed(seed, block_size, hash_length, hash_name, cache)
 
 
 def remember_hashes(path: str, index: BlockIndex, cache_dir: str) -> None:
@@ -395,10 +408,9 @@ def remember_hashes(path: str, index: BlockIndex, cache_dir: str) -> None:
         header = index.header
         if seed.device or seed.size != header.layer_size:
             return
-        document = canonical_json(_cache_header(seed, header.block_size, header.hash_length))
-        write_bytes_atomic(
-            _cache_path(cache_dir, seed, header.block_size, header.hash_length), document + b"\n" + index.hashes, 0o600
-        )
+        shape = (header.block_size, header.hash_length, header.hash)
+        document = canonical_json(_cache_header(seed, *shape))
+        write_bytes_atomic(_cache_path(cache_dir, seed, *shape), document + b"\n" + index.hashes, 0o600)
     except OSError:
         pass
     finally:
@@ -486,9 +498,8 @@ def locate_blocks(index: BlockIndex, seeds: t.Sequence[Seed], cache_dir: str | N
     wanted = wanted_hashes(index)
     check_seeds_could_pay(index, wanted, seeds)
     for number, seed in enumerate(seeds):
-        find_in_seed(
-            wanted, number, seed_hashes(seed, header.block_size, header.hash_length, cache_dir), header.hash_length
-        )
+        hashes = seed_hashes(seed, header.block_size, header.hash_length, cache_dir, header.hash)
+        find_in_seed(wanted, number, hashes, header.hash_length)
     return wanted
 
 
@@ -583,13 +594,10 @@ class _Counters:
             self.requests += requests
 
 
-def _block_matches(index: BlockIndex, number: int, data: t.Any) -> bool:
-    return hashlib.sha256(data).digest()[: index.header.hash_length] == index.block_hash(number)
-
-
 def copy_from_seeds(index: BlockIndex, plan: Plan, seeds: t.Sequence[Seed], fd: int) -> tuple[int, list[int]]:
     """Write every planned seed block that still hashes right; returns (bytes written, blocks to fetch instead)."""
     block_size = index.header.block_size
+    block_hash = index.header.hash_function()
     written = 0
     refetch: list[int] = []
     for first, seed_number, seed_block, count in plan.copies:
@@ -599,7 +607,7 @@ def copy_from_seeds(index: BlockIndex, plan: Plan, seeds: t.Sequence[Seed], fd: 
         for k in range(count):
             piece = data[k * block_size : min((k + 1) * block_size, length)]
             expected = min(block_size, length - k * block_size)
-            if len(piece) == expected and _block_matches(index, first + k, piece):
+            if len(piece) == expected and block_hash(piece) == index.block_hash(first + k):
                 if good_start < 0:
                     good_start = k
                 continue

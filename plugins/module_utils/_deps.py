@@ -23,6 +23,8 @@ _LIBRARIES = {
     "jsonschema": ("jsonschema", "jsonschema>=4.0"),
     "requests": ("requests", "requests>=2.28"),
     "cryptography": ("cryptography.hazmat.primitives.asymmetric.ec", "cryptography>=3.3"),
+    # The block index's default hash (xxh3-128); only a build that writes such an index needs it.
+    "xxhash": ("xxhash", "xxhash>=3.0"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The block index ironcore_image_build writes, read back from the layout and recomputed here with hashlib."""
+"""The block index ironcore_image_build writes, read back from the layout and recomputed here (hashlib, xxhash)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,22 @@ import subprocess
 import urllib.request
 
 import pytest
+import xxhash
+from helpers.inventory import local_host, write_inventory
 from helpers.referrers_registry import ReferrersRegistry, api_listing
 
 MODULE = "ironcore.image.ironcore_image_build"
+BUILD_PLAYBOOK = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "playbooks", "build.yml"
+)
 NAME = "registry.example.com/os/gardenlinux:2.0"
 MiB = 1024 * 1024
 INDEX_MEDIA_TYPE = "application/vnd.ironcore.image.blockindex.v1"
 LAYER_ANNOTATION = "org.ironcore.image.blockindex.layer"
 REF_NAME = "org.opencontainers.image.ref.name"
+# Each block hash as its own library computes it, and the format version that goes with it.
+BLOCK_HASHES = {"xxh3-128": xxhash.xxh3_128_digest, "sha256": lambda block: hashlib.sha256(block).digest()[:16]}
+VERSIONS = {"xxh3-128": 2, "sha256": 1}
 EMPTY_CONFIG = {
     "mediaType": "application/vnd.oci.empty.v1+json",
     "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
@@ -64,8 +72,8 @@ def build_args(layout: str, rootfs: str, boot_files: dict[str, str], **options) 
     return {"layout": layout, "name": NAME, "artifacts": [artifact], **options}
 
 
-def expected_index(path: str, block_size: int) -> tuple[bytes, bytes]:
-    """(truncated sha256 of every block, the all-zero bitmap) of a file, block by block."""
+def expected_index(path: str, block_size: int, hash_name: str) -> tuple[bytes, bytes]:
+    """(the 16-byte hash of every block, the all-zero bitmap) of a file, block by block."""
     hashes = bytearray()
     zeros = bytearray()
     number = 0
@@ -78,7 +86,7 @@ def expected_index(path: str, block_size: int) -> tuple[bytes, bytes]:
                 zeros.append(0)
             if block.count(0) == len(block):
                 zeros[number // 8] |= 1 << (number % 8)
-            hashes += hashlib.sha256(block).digest()[:16]
+            hashes += BLOCK_HASHES[hash_name](block)
             number += 1
     return bytes(hashes), bytes(zeros)
 
@@ -130,7 +138,7 @@ def rootfs_summaries(result: dict) -> list[dict]:
     return [layer for manifest in result["manifests"] for layer in manifest["layers"] if layer["title"] == "rootfs"]
 
 
-def check_index(data: bytes, rootfs: str, layer_digest: str, block_size: int) -> None:
+def check_index(data: bytes, rootfs: str, layer_digest: str, block_size: int, hash_name: str = "xxh3-128") -> None:
     """Every field, every block hash and every zero bit, against the rootfs file itself."""
     header_line, _newline, body = data.partition(b"\n")
     header = json.loads(header_line)
@@ -138,14 +146,14 @@ def check_index(data: bytes, rootfs: str, layer_digest: str, block_size: int) ->
     blocks = -(-size // block_size)
     assert header == {
         "mediaType": INDEX_MEDIA_TYPE,
-        "version": 1,
+        "version": VERSIONS[hash_name],
         "layer": {"digest": layer_digest, "size": size},
         "blockSize": block_size,
-        "hash": "sha256",
+        "hash": hash_name,
         "hashLength": 16,
         "blocks": blocks,
     }
-    hashes, zeros = expected_index(rootfs, block_size)
+    hashes, zeros = expected_index(rootfs, block_size, hash_name)
     assert body[: len(hashes)] == hashes
     assert body[len(hashes) :] == zeros
     # The fixture's zero holes are there, and the blocks touched by random bytes are not among them.
@@ -172,7 +180,7 @@ def test_build_writes_a_block_index_of_every_block(ansible, rootfs, boot_files, 
     assert len(summaries) == 2 and summaries[0] == summaries[1]
     assert summaries[0]["digest"] == layer_digest
     block_index = summaries[0]["block_index"]
-    assert block_index["block_size"] == 4096
+    assert block_index["block_size"] == 4096 and block_index["hash"] == "xxh3-128"
     # Check mode hashed the same bytes and reports the same index.
     assert rootfs_summaries(checked) == summaries
     # Layers under 64 MiB get none.
@@ -266,6 +274,25 @@ def test_block_size_option(ansible, rootfs, boot_files, tmp_path):
     assert not os.path.exists(str(tmp_path / "refused"))
 
 
+def test_block_index_hash_option(ansible, rootfs, boot_files, tmp_path):
+    layout = str(tmp_path / "layout")
+    # sha256 writes format v1, what nodes with releases before v2 read.
+    v1 = ansible.module(MODULE, build_args(layout, rootfs, boot_files, block_index_hash="sha256"))
+    v1_index = rootfs_summaries(v1)[0]["block_index"]
+    assert v1_index["hash"] == "sha256", v1_index
+    check_index(layout_blob(layout, v1_index["digest"]), rootfs, rootfs_summaries(v1)[0]["digest"], 4096, "sha256")
+    # The default hash is another index, attached beside the v1 one rather than taken for it.
+    v2 = ansible.module(MODULE, build_args(layout, rootfs, boot_files))
+    assert v2["changed"] is True, v2
+    v2_index = rootfs_summaries(v2)[0]["block_index"]
+    assert v2_index["hash"] == "xxh3-128" and v2_index["digest"] != v1_index["digest"], v2_index
+    check_index(layout_blob(layout, v2_index["digest"]), rootfs, rootfs_summaries(v2)[0]["digest"], 4096)
+    manifest = v2["manifests"][0]["digest"]
+    assert sorted(layer["digest"] for _referrer, layer in attached_indexes(layout, manifest)) == sorted(
+        [v1_index["digest"], v2_index["digest"]]
+    )
+
+
 def test_tar_gzip_layers_get_no_block_index(ansible, rootfs, boot_files, tmp_path):
     built = ansible.module(
         MODULE, build_args(str(tmp_path / "layout"), rootfs, boot_files, layer_format="tar+gzip", platforms=["kvm"])
@@ -325,3 +352,28 @@ def test_push_carries_the_block_index_to_the_registry(ansible, rootfs, boot_file
         data = response.read()
     assert data == layout_blob(layout, index_layer["digest"])
     check_index(data, rootfs, rootfs_summaries(built)[0]["digest"], 4096)
+
+
+def index_headers(layout: str) -> list[dict]:
+    """The header of every block index blob the layout holds, found by its first bytes."""
+    headers = []
+    directory = os.path.join(layout, "blobs", "sha256")
+    for name in os.listdir(directory):
+        with open(os.path.join(directory, name), "rb") as stream:
+            head = stream.read(4096)
+        if head.startswith(b'{"blockSize":'):
+            headers.append(json.loads(head.split(b"\n", 1)[0]))
+    return headers
+
+
+def test_the_build_role_passes_its_block_index_hash(ansible, rootfs, boot_files, tmp_path):
+    artifacts = [{"architecture": "amd64", "rootfs": rootfs, **boot_files}]
+    hosts = {
+        label: local_host(build_name=NAME, build_layout=str(tmp_path / label), build_artifacts=artifacts, **extra)
+        for label, extra in (("v2", {}), ("v1", {"build_block_index_hash": "sha256"}))
+    }
+    inventory = write_inventory(str(tmp_path / "hosts.yml"), {"build_hosts": hosts})
+    rc, _document, stderr = ansible.playbook(BUILD_PLAYBOOK, inventory=inventory)
+    assert rc == 0, stderr
+    assert [(h["version"], h["hash"]) for h in index_headers(str(tmp_path / "v2"))] == [(2, "xxh3-128")]
+    assert [(h["version"], h["hash"]) for h in index_headers(str(tmp_path / "v1"))] == [(1, "sha256")]

@@ -261,7 +261,7 @@ def test_a_bad_index_costs_a_full_fetch_never_a_wrong_byte(ansible, registry_pla
     if fault in ("small_blocks", "long_hashes"):
         # Valid, but finer than the build writes: 512-byte blocks, or 32-byte hashes. Either would make the
         # node's plan and seed cache grow past the layer's share (a seed cache of 1/32 of the seed).
-        hasher = BlockHasher(512) if fault == "small_blocks" else BlockHasher(4096, 32)
+        hasher = BlockHasher(512) if fault == "small_blocks" else BlockHasher(4096, 32, hash_name="sha256")
         with open(b_path, "rb") as stream:
             for chunk in iter(lambda: stream.read(1 << 20), b""):
                 hasher.update(chunk)
@@ -296,6 +296,56 @@ def test_a_bad_index_costs_a_full_fetch_never_a_wrong_byte(ansible, registry_pla
     # What the index made the node keep on disk: never more than a 256th of the seed (A) or the file (B).
     largest = max(os.path.getsize(releases["a"].path), os.path.getsize(b_path))
     assert all(size <= largest // 256 + 4096 for size in seed_caches(dest).values()), seed_caches(dest)
+
+
+def v1_index_by_hand(path: str, layer_digest: str) -> bytes:
+    """A block index as releases before format v2 wrote it, made here without the collection's code: its header,
+    the first 16 bytes of the sha256 of every 4 KiB block, and the map of all-zero blocks."""
+    size = os.path.getsize(path)
+    blocks = -(-size // 4096)
+    header = {
+        "blockSize": 4096,
+        "blocks": blocks,
+        "hash": "sha256",
+        "hashLength": 16,
+        "layer": {"digest": layer_digest, "size": size},
+        "mediaType": MEDIA_TYPE,
+        "version": 1,
+    }
+    hashes, zeros = bytearray(), bytearray(-(-blocks // 8))
+    with open(path, "rb") as stream:
+        for number, block in enumerate(iter(lambda: stream.read(4096), b"")):
+            hashes += hashlib.sha256(block).digest()[:16]
+            if not any(block):
+                zeros[number // 8] |= 1 << (number % 8)
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode() + b"\n" + bytes(hashes) + bytes(zeros)
+
+
+def test_a_delta_works_from_v1_and_v2_indexes_and_each_keeps_its_own_seed_cache(
+    ansible, registry_plain, releases, tmp_path
+):
+    a, b = releases["a"], releases["b"]
+    v1_a = push_rootfs(registry_plain, releases["layout"], "v1-a", a.path, "v1-a")
+    attach_index(registry_plain, v1_a, v1_index_by_hand(a.path, a.layer_digest))
+    v2_b = fault_image(registry_plain, releases, "v2-b", index_of(b.path).encode())
+    dest = str(tmp_path / "dest")
+    first = fetch(ansible, registry_plain, v1_a.name, dest)
+    assert first["files"]["rootfs"]["delta"] == {"used": False, "reason": "no seed to build from"}, first
+    # The delivered file's cache entry came from the v1 index: sha256 hashes.
+    (v1_cache,) = list(seed_caches(dest))
+    assert ".sha256." in v1_cache, v1_cache
+    # A v2 index: the sha256 entry of the seed is not read as xxh3-128 hashes; the seed is hashed again.
+    second = fetch(ansible, registry_plain, v2_b.name, dest)
+    delta = second["files"]["rootfs"]["delta"]
+    assert delta["used"] is True and delta["seed_bytes"] > 3 * delta["fetched_bytes"], delta
+    assert same_bytes(os.path.join(dest, "rootfs"), b.path)
+    assert {name.split(".")[4] for name in seed_caches(dest)} == {"sha256", "xxh3-128"}, seed_caches(dest)
+    # And back with the v1 index, release B's xxh3-128 entry in the cache: a delta all the same.
+    third = fetch(ansible, registry_plain, v1_a.name, dest)
+    delta = third["files"]["rootfs"]["delta"]
+    assert third["changed"] is True and delta["used"] is True, third
+    assert delta["fetched_bytes"] < 0.3 * a.layer_size, delta
+    assert same_bytes(os.path.join(dest, "rootfs"), a.path)
 
 
 def test_no_index_is_a_full_fetch(ansible, registry_plain, releases, tmp_path):

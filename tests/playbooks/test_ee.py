@@ -86,7 +86,7 @@ def test_ee_holds_the_collection_its_requirements_and_tools(ee):
     # No network in the container: everything it needs is in the image.
     check = (
         "ansible-doc ironcore.image.ironcore_image_fetch | head -1"
-        " && python3 -c 'import jsonschema, requests, cryptography, ansible_runner; print(\"imports ok\")'"
+        " && python3 -c 'import jsonschema, requests, cryptography, xxhash, ansible_runner; print(\"imports ok\")'"
         " && debugfs -V 2>&1 | head -1 && qemu-img --version | head -1 && command -v ssh"
     )
     proc = ee("run", "--rm", "--network", "none", IMAGE, "sh", "-c", check)

@@ -85,7 +85,10 @@ def test_prepared_node_runs_the_modules_from_its_virtualenv(ansible, registry_pl
     # An independent look: a real virtualenv whose Python imports what the modules need.
     assert (venv / "pyvenv.cfg").is_file()
     proc = subprocess.run(
-        [str(python), "-c", "import jsonschema, requests, cryptography"], capture_output=True, text=True, check=False
+        [str(python), "-c", "import jsonschema, requests, cryptography, xxhash"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
 

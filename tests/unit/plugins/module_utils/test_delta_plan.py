@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
+import sys
 
 import pytest
 
@@ -123,6 +125,32 @@ def test_seed_hashes_are_cached_and_dropped_when_the_seed_changes(tmp_path):
     seed = delta.open_seed(str(seed_path))
     assert b"".join(delta.seed_hashes(seed, BLOCK, 16, str(cache))) == index_of(data[::-1]).hashes
     seed.close()
+
+
+def test_a_seed_cache_of_one_block_hash_is_never_read_for_another(tmp_path):
+    seed_path = tmp_path / "old.img"
+    data = b"".join(blocks(8, 5))
+    seed_path.write_bytes(data)
+    cache = tmp_path / "state"
+    cache.mkdir(mode=0o700)
+    seed = delta.open_seed(str(seed_path))
+    assert isinstance(seed, delta.Seed)
+    try:
+        sha256 = b"".join(delta.seed_hashes(seed, BLOCK, 16, str(cache), "sha256"))
+        assert sha256 == b"".join(hashlib.sha256(block).digest()[:16] for block in blocks(8, 5))
+        (v1_entry,) = list(cache.iterdir())
+        assert ".sha256." in v1_entry.name
+        # The sha256 entry, even under the xxh3-128 entry's name, is not taken for xxh3-128 hashes.
+        v2_name = v1_entry.name.replace(".sha256.", ".xxh3-128.")
+        (cache / v2_name).write_bytes(v1_entry.read_bytes())
+        (cache / v2_name).chmod(0o600)
+        assert b"".join(delta.seed_hashes(seed, BLOCK, 16, str(cache), "xxh3-128")) == index_of(data).hashes
+        assert json.loads((cache / v2_name).read_bytes().split(b"\n", 1)[0])["hash"] == "xxh3-128"
+        # Each format keeps its own entry, and each is used for its own hash.
+        assert sorted(path.name for path in cache.iterdir()) == sorted([v1_entry.name, v2_name])
+        assert b"".join(delta.seed_hashes(seed, BLOCK, 16, str(cache), "sha256")) == sha256
+    finally:
+        seed.close()
 
 
 def test_seeds_that_cannot_be_read_are_skipped_with_a_warning(tmp_path):
@@ -339,7 +367,7 @@ def test_a_fine_index_is_refused_from_its_header_before_any_seed_is_read(
 ):
     old, new = old_and_new()
     setup = Setup(tmp_path, old, new)
-    hasher = BlockHasher(block_size, hash_length)
+    hasher = BlockHasher(block_size, hash_length, hash_name="sha256")
     hasher.update(new)
     descriptor = setup.add_index(hasher.finish(setup.digest).encode())
 
@@ -405,13 +433,24 @@ def test_a_hash_list_finer_than_the_default_is_never_cached(tmp_path):
     assert isinstance(seed, delta.Seed)
     try:
         assert b"".join(delta.seed_hashes(seed, 512, 16, str(cache))) == index_of(data, 512).hashes
-        assert b"".join(delta.seed_hashes(seed, BLOCK, 32, str(cache))) == index_of_with(data, BLOCK, 32)
+        assert b"".join(delta.seed_hashes(seed, BLOCK, 32, str(cache), "sha256")) == index_of_with(data, BLOCK, 32)
     finally:
         seed.close()
     assert list(cache.iterdir()) == []
 
 
 def index_of_with(data: bytes, block_size: int, hash_length: int) -> bytes:
-    hasher = BlockHasher(block_size, hash_length)
+    hasher = BlockHasher(block_size, hash_length, hash_name="sha256")
     hasher.update(data)
     return hasher.finish(digest_of(data)).hashes
+
+
+def test_an_index_whose_hash_this_host_cannot_compute_means_a_full_fetch(monkeypatch):
+    # xxh3-128 without the xxhash package: refused from the header, with what to install, as a delta reason.
+    monkeypatch.setitem(sys.modules, "xxhash", None)
+    with pytest.raises(delta.DeltaAbandoned) as caught:
+        delta.check_index_shape(delta.Header(digest_of(b"layer"), 10**9, BLOCK, 16, "xxh3-128"))
+    assert str(caught.value) == (
+        "the block index is unusable: the block hash xxh3-128 needs the Python package xxhash: pip install xxhash"
+    )
+    delta.check_index_shape(delta.Header(digest_of(b"layer"), 10**9, BLOCK, 16, "sha256"))

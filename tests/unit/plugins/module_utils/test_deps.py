@@ -19,7 +19,7 @@ class RecordingModule:
 
 
 def test_installed_libraries_pass():
-    deps.require(RecordingModule(), "jsonschema", "requests", "cryptography")
+    deps.require(RecordingModule(), "jsonschema", "requests", "cryptography", "xxhash")
 
 
 def test_missing_library_fails_with_what_to_install(monkeypatch):
