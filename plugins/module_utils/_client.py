@@ -397,7 +397,7 @@ class RegistryClient:
             session.mount("https://", adapter)
             session.verify = self.verify
             self._local.session = session
-        return session
+        return t.cast("requests.Session", session)
 
     def url(self, repository: str, kind: str, reference: str = "") -> str:
         return "%s/v2/%s/%s/%s" % (self.base_url, repository, kind, reference)
