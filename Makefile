@@ -44,7 +44,7 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps ee-deps demo-deps venv sigstore-verifier demo-venv collection demo test test-arm64-uefi pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-fleet bench-delta bench-hash ee-context ee
+.PHONY: help system-deps ee-deps demo-deps venv sigstore-verifier demo-venv collection demo test test-arm64-uefi pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-fleet bench-delta bench-hash bench-startup ee-context ee
 
 help:
 	@echo "make demo       build a sample two-platform image into a local OCI layout and show it (light install)"
@@ -62,6 +62,7 @@ help:
 	@echo "make bench-fleet N nodes at once through the mirror role's site cache, the origin and a pull-through cache (docs/fleet.md)"
 	@echo "make bench-delta    release B fetched onto a node holding A: bytes, time over a 100 Mbit/s link, RSS (docs/delta.md)"
 	@echo "make bench-hash     block index hash candidates per 4 KiB block: GiB/s on one core and two (docs/performance.md)"
+	@echo "make bench-startup  each module's AnsiballZ payload and the time of a call with nothing to do, beside ping"
 
 # $(call apt_install,PACKAGES): install those of PACKAGES that dpkg does not have.
 define apt_install
@@ -220,6 +221,10 @@ bench-delta: system-deps venv collection
 bench-hash: venv
 	$(BIN)/pip install -q blake3
 	$(BIN)/python bench/block_hash.py $(BENCH_ARGS)
+
+# BENCH_ARGS="--rounds=9" for more calls per module; table in .build/bench/startup.md (docs/performance.md).
+bench-startup: system-deps venv collection
+	$(BIN)/python bench/startup.py $(BENCH_ARGS)
 
 bench-copy: system-deps venv collection
 	$(BIN)/python bench/copy_image.py $(BENCH_ARGS)

@@ -105,8 +105,8 @@ class ArtifactSet:
 def _referrers() -> t.Any:
     """The referrers API, imported only by a build that indexes a layer.
 
-    Through the image stores it loads the registry client and requests, which
-    a build of small layers (or with block_index: false) has no use for.
+    Through the image stores it loads the registry client, which a build of
+    small layers (or with block_index: false) has no use for.
     """
     from ansible_collections.ironcore.image.plugins.module_utils import _referrers as referrers
 

@@ -19,33 +19,18 @@ origin as theirs. The client knows nothing of images or platforms.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import socket
-import ssl
 import threading
 import time
 import typing as t
 import urllib.parse
 from dataclasses import dataclass
-from http.cookiejar import DefaultCookiePolicy
 
-try:
+if t.TYPE_CHECKING:  # only for annotations: the import itself is deferred, see _requests()
     import requests
-    import requests.adapters
-    import urllib3.exceptions
-except ImportError:  # modules report it through _deps.require(module, "requests")
-    _HTTPAdapter: t.Any = object
-    _RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = ()
-else:
-    _HTTPAdapter = requests.adapters.HTTPAdapter
-    _RETRY_EXCEPTIONS = (
-        requests.exceptions.ConnectionError,
-        requests.exceptions.Timeout,
-        requests.exceptions.ChunkedEncodingError,
-    )
-# What a dropped or refused connection raises, whichever layer notices it first.
-_TRANSPORT_EXCEPTIONS: tuple[type[BaseException], ...] = (*_RETRY_EXCEPTIONS, OSError)
 
 from ansible_collections.ironcore.image.plugins.module_utils._auth import (
     MAX_TOKEN_RESPONSE,
@@ -101,12 +86,45 @@ Body = t.Union[None, bytes, t.Mapping[str, str], t.Callable[[], t.Any]]
 # ---- transport -------------------------------------------------------------
 
 
-class _Adapter(_HTTPAdapter):
-    """Connection pool that sends bodies in large writes."""
+# requests (with urllib3 and ssl) is the largest import of a module's start, tens of milliseconds. A module on
+# a path that sends no request (a fetch, info or sign from a layout) never pays it: requests is imported on the
+# first request, not when this file is. A missing requests is reported by the modules' _deps.require() first.
+@functools.lru_cache(maxsize=None)
+def _requests() -> t.Any:
+    """The requests package, imported on first use."""
+    import requests
+    import requests.adapters
 
-    def init_poolmanager(self, *args: t.Any, **kwargs: t.Any) -> None:
-        kwargs["blocksize"] = SEND_BLOCK_SIZE
-        super().init_poolmanager(*args, **kwargs)
+    return requests
+
+
+@functools.lru_cache(maxsize=None)
+def _retry_exceptions() -> tuple[type[BaseException], ...]:
+    """What requests raises for a connection that dropped, timed out or broke mid-body (none without it)."""
+    try:
+        exceptions = _requests().exceptions
+    except ImportError:
+        return ()
+    return (exceptions.ConnectionError, exceptions.Timeout, exceptions.ChunkedEncodingError)
+
+
+def _transport_exceptions() -> tuple[type[BaseException], ...]:
+    """What a dropped or refused connection raises, whichever layer notices it first."""
+    return (*_retry_exceptions(), OSError)
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter_class() -> t.Any:
+    """requests' HTTPAdapter that sends bodies in large writes (a class built on first use, see _requests())."""
+
+    class _Adapter(_requests().adapters.HTTPAdapter):  # type: ignore[misc]
+        """Connection pool that sends bodies in large writes."""
+
+        def init_poolmanager(self, *args: t.Any, **kwargs: t.Any) -> None:
+            kwargs["blocksize"] = SEND_BLOCK_SIZE
+            super().init_poolmanager(*args, **kwargs)
+
+    return _Adapter
 
 
 def _causes(exc: BaseException) -> t.Iterator[BaseException]:
@@ -126,6 +144,8 @@ def _causes(exc: BaseException) -> t.Iterator[BaseException]:
 
 def connection_failure(exc: BaseException, what: str, registry: str, options: RegistryOptions) -> RegistryError:
     """A clear message for a request that got no HTTP answer."""
+    import ssl  # deferred with requests (see _requests()): only a failed request gets here
+
     causes = list(_causes(exc))
     if any(isinstance(cause, ssl.SSLCertVerificationError) for cause in causes):
         detail = next(c for c in causes if isinstance(c, ssl.SSLCertVerificationError))
@@ -163,8 +183,10 @@ def connection_failure(exc: BaseException, what: str, registry: str, options: Re
             "%s failed: the host name of registry %s does not resolve; check the registry name" % (what, registry),
             code="NAME_RESOLUTION",
         )
+    import urllib3.exceptions  # loaded with requests, which raised what is examined here
+
     if any(
-        isinstance(cause, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
+        isinstance(cause, (_requests().exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
         for cause in causes
     ):
         return RegistryError(
@@ -277,7 +299,7 @@ class BlobStream:
                 yield from self._guarded_chunks(size, rate)
             else:
                 yield from self._response.iter_content(size)
-        except _TRANSPORT_EXCEPTIONS as exc:
+        except _transport_exceptions() as exc:
             error = connection_failure(exc, self._what, self._client.registry, self._client.options)
             error.retryable = True
             raise error from exc
@@ -365,15 +387,17 @@ class RegistryClient:
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
+            from http.cookiejar import DefaultCookiePolicy  # deferred with requests (see _requests())
+
+            session = _requests().Session()
             # Registries that set cookies would take us for a browser: keep none.
             session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-            adapter = _Adapter(pool_connections=1, pool_maxsize=2, max_retries=0)
+            adapter = _adapter_class()(pool_connections=1, pool_maxsize=2, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.verify = self.verify
             self._local.session = session
-        return session
+        return t.cast("requests.Session", session)
 
     def url(self, repository: str, kind: str, reference: str = "") -> str:
         return "%s/v2/%s/%s/%s" % (self.base_url, repository, kind, reference)
@@ -478,9 +502,9 @@ class RegistryClient:
             send.authorization = authorize()
             try:
                 response, final_url = self._send_following_redirects(send, what)
-            except requests.exceptions.SSLError as exc:
+            except _requests().exceptions.SSLError as exc:
                 raise connection_failure(exc, what, self.registry, self.options) from exc
-            except _TRANSPORT_EXCEPTIONS as exc:
+            except _transport_exceptions() as exc:
                 error = connection_failure(exc, what, self.registry, self.options)
                 if safe and error.retryable and attempt < self.options.retries:
                     self.wait_before_retry(attempt, what, str(error).partition(" failed: ")[2])
@@ -520,7 +544,7 @@ class RegistryClient:
                         "%s failed: %s answered with more than %s; refusing it"
                         % (what, origin_text(url), _size_text(cap))
                     )
-        except requests.exceptions.RequestException as exc:
+        except _requests().exceptions.RequestException as exc:
             raise connection_failure(exc, what, self.registry, self.options) from exc
         finally:
             response.close()

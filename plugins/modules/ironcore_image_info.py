@@ -527,11 +527,13 @@ def main() -> None:
 
 
 def _describe(params: dict, warn: t.Callable[[str], None]) -> dict:
-    # Imported here: only a repository listing needs the signatures layer.
-    from ansible_collections.ironcore.image.plugins.module_utils._releases import registry_releases, wants_releases
+    # Imported here, and never for a layout (which is not a repository listing): only a listing needs the
+    # signatures layer, and through it the image stores and the registry client.
+    if not params["layout"]:
+        from ansible_collections.ironcore.image.plugins.module_utils._releases import registry_releases, wants_releases
 
-    if wants_releases(params):
-        return registry_releases(params)
+        if wants_releases(params):
+            return registry_releases(params)
     return warn_mirror_errors(image_info(params), warn) if params["name"] else layout_images(params)
 
 
