@@ -148,10 +148,11 @@ test-arm64-uefi: system-deps venv collection
 # PYTEST_ARGS="tests/integration/test_copy.py -k mirror" to run a part of it.
 # Tests run in pytest-xdist workers, one per core and at most 4: most of a test's time is one ansible
 # process on one core, and each worker starts its own registries, sshd and caches. PYTEST_WORKERS=0 runs
-# them in this one process (pdb, -s).
+# them in this one process (pdb, -s). --dist loadgroup keeps the collection order that tests/conftest.py
+# sets (slowest first) and runs the tests of one xdist_group on one worker.
 PYTEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n > 4 ? 4 : n )))
 pytest: system-deps venv collection sigstore-verifier
-	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # npm ci installs exactly the lock file's versions; again only when the lock file changes.
 sigstore-verifier: $(SIGSTORE_VERIFIER)

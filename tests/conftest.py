@@ -18,6 +18,35 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 
 from helpers.ansible import AnsibleRunner  # noqa: E402
 
+# ---- test order ---------------------------------------------------------------
+# pytest-xdist hands tests to its workers in collection order, and collection puts
+# tests/playbooks (the slowest, 1-3 minutes each) after everything else: the run then
+# ended with one worker busy on a long playbook while the other sat idle. The slowest
+# tests go first, longest first (as measured by --durations in CI), so the short ones
+# fill the gaps at the end. Only the order changes; every test still runs.
+SLOWEST_FIRST = (
+    "tests/playbooks/test_provision_role.py::test_retention_keeps_versions_and_spares_disks_in_use",
+    "tests/playbooks/test_provision_layout.py",
+    "tests/playbooks/test_provision_ecosystem.py",
+    "tests/playbooks/test_prepare.py",
+    "tests/playbooks/test_ee.py",
+    "tests/playbooks/test_provision_boot_entry.py",
+    "tests/playbooks/test_boot_proof.py",
+    "tests/playbooks/test_uefi_boot.py",
+    "tests/playbooks/",
+)
+
+
+def _rank(nodeid: str) -> int:
+    for rank, prefix in enumerate(SLOWEST_FIRST):
+        if nodeid.startswith(prefix):
+            return rank
+    return len(SLOWEST_FIRST)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: _rank(item.nodeid))  # stable: the order within a rank stays
+
 
 @pytest.fixture(scope="session")
 def ansible() -> AnsibleRunner:

@@ -23,7 +23,8 @@ import yaml
 from helpers.inventory import clean_ansible_env, provision_slug, tool
 from helpers.signing import make_key, skopeo_bytes, skopeo_raw
 
-pytestmark = pytest.mark.integration
+# One worker builds the EE once into .build/ee/test and runs both tests with it.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ee")]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE = "localhost/ironcore-image-ee:test"

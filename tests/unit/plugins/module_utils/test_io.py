@@ -366,9 +366,13 @@ def test_human_size(size, text):
 
 def test_check_room_refuses_in_one_line(tmp_path):
     free = io.free_bytes(str(tmp_path / "not" / "yet"))
-    io.check_room(str(tmp_path), free, "the fetch into x", "or choose another dest")
+    # Other jobs write to this disk while the test runs: half the free space always fits, and a
+    # shortfall of 1 TiB + 1 GiB still prints as 1.0 TiB when the free space moves by less than 1 GiB.
+    io.check_room(str(tmp_path), free // 2, "the fetch into x", "or choose another dest")
     with pytest.raises(io.NoRoomError) as error:
-        io.check_room(str(tmp_path / "not" / "yet"), free + (1 << 40), "the fetch into x", "or choose another dest")
+        io.check_room(
+            str(tmp_path / "not" / "yet"), free + (1 << 40) + (1 << 30), "the fetch into x", "or choose another dest"
+        )
     message = str(error.value)
     assert "\n" not in message and message.startswith("the fetch into x needs ") and "1.0 TiB short" in message
     assert not (tmp_path / "not").exists()
