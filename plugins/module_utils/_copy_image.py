@@ -268,10 +268,15 @@ def _resign(
         return None
     from ansible_collections.ironcore.image.plugins.module_utils._signatures import sign_image
 
-    if check_mode and moved:
-        digests = [document.digest for document in plan.graph.documents]
-        return {"fingerprint": None, "signed": digests}
     try:
+        if check_mode and moved:
+            # Nothing is at the destination to read back, but the key is still opened: a wrong path or
+            # passphrase fails in check mode as it would for real, and the result names the signer.
+            from ansible_collections.ironcore.image.plugins.module_utils._sign import fingerprint, load_private_key
+
+            key = load_private_key(params["resign_key"], params.get("resign_key_passphrase"))
+            digests = [document.digest for document in plan.graph.documents]
+            return {"fingerprint": fingerprint(key), "signed": digests}
         signed = sign_image(
             store, str(destination.ref), params["resign_key"], params.get("resign_key_passphrase"), check_mode
         )

@@ -488,6 +488,24 @@ def test_promoted_copies_verify_with_remap_identity_resign_key_and_offline_layou
 
     # Re-signed at the second registry with the second key: the source's signatures stay behind.
     resigned_name = "%s/sign/resigned:1.0" % target.host
+    # Check mode names the signer and what it would sign, refuses a wrong passphrase as a real run does,
+    # and leaves the destination without the image.
+    resign = {
+        "source": dict(registry_plain.registry_args, name=home),
+        "destination": dict(target.registry_args, name=resigned_name),
+        "resign_key": keys["second"]["key"],
+    }
+    planned = ansible.module(COPY, dict(resign, resign_key_passphrase=PASSPHRASE), check=True)
+    assert planned["changed"] and planned["resigned"]["fingerprint"] == keys["second"]["fingerprint"], planned
+    assert planned["resigned"]["signed"]
+    wrong_passphrase = ansible.module(COPY, dict(resign, resign_key_passphrase="not-" + PASSPHRASE), check=True)
+    assert wrong_passphrase.get("failed") is True and "re-signing" in wrong_passphrase["msg"], wrong_passphrase
+    absent = subprocess.run(
+        ["skopeo", "inspect", "--raw", *target.skopeo_flags(), "docker://" + resigned_name],
+        capture_output=True,
+        check=False,
+    )
+    assert absent.returncode != 0
     resigned = copy(
         dict(target.registry_args, name=resigned_name),
         resign_key=keys["second"]["key"],
