@@ -486,7 +486,11 @@ def test_the_provision_role_updates_a_hypervisor_and_a_boot_server_from_a_to_b(
         assert delta["fetched_bytes"] < 0.3 * b.layer_size, (host, delta)
         assert same_bytes(str(path), b.path), host
     # Release A is still kept (provision_keep_versions: 2), and was the seed.
-    assert same_bytes(str(tmp_path / "pool" / (provision_slug(a.name) + ".raw")), a.path)
+    kept = str(tmp_path / "pool" / (provision_slug(a.name) + ".raw"))
+    assert same_bytes(kept, a.path)
+    # Both raw disks are sparse: A's first delivery (no seed) fetched no zero block, and B's zeros are holes.
+    for disk in (kept, str(delivered["hv"])):
+        assert os.stat(disk).st_blocks * 512 < 0.6 * os.path.getsize(disk), disk
 
 
 @pytest.mark.parametrize("fixture", ["registry_plain", "registry_referrers"])
