@@ -547,3 +547,45 @@ def test_the_digest_of_a_sparse_file_is_that_of_its_bytes(tmp_path):
     finally:
         os.close(fd)
     assert (counter.digest, counter.size) == (digest_of(bytes(data)), len(data))
+
+
+def test_the_digest_reads_everything_where_the_file_system_cannot_tell_holes(tmp_path, monkeypatch):
+    path = tmp_path / "file"
+    data = bytes(3 * 1024 * 1024) + b"data" + bytes(5000)
+    path.write_bytes(data)
+    real_lseek = os.lseek
+
+    def no_seek_data(fd: int, offset: int, whence: int) -> int:
+        if whence in (os.SEEK_DATA, os.SEEK_HOLE):
+            raise OSError(22, "Invalid argument")
+        return real_lseek(fd, offset, whence)
+
+    monkeypatch.setattr(os, "lseek", no_seek_data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        counter = delta.file_digest(fd, len(data))
+    finally:
+        os.close(fd)
+    assert (counter.digest, counter.size) == (digest_of(data), len(data))
+
+
+def test_sparse_writes_at_any_offset_give_the_bytes_and_skip_only_zero_grains(tmp_path):
+    generator = random.Random(3)
+    size = 64 * BLOCK
+    expected = bytearray(size)
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        position = 0
+        while position < size:
+            length = min(size - position, generator.randint(1, 3 * BLOCK))
+            piece = bytearray(length) if generator.random() < 0.5 else bytearray(generator.randbytes(length))
+            if length > 10 and generator.random() < 0.5:
+                piece[length // 2] = 1
+            delta._pwrite_sparse(fd, piece, position)
+            expected[position : position + length] = piece
+            position += length
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(expected)
