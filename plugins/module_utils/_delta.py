@@ -815,9 +815,14 @@ def fetch_ranges(
     backoff: float,
     counters: _Counters,
     progress: t.Callable[[int], None] | None = None,
+    done: t.Callable[[int], None] | None = None,
 ) -> None:
+    """The ranges into the file, `concurrency` at a time; `done` is told the offset of each range received whole."""
+
     def one(item: tuple[int, int]) -> None:
         fetch_range(source, digest, item[0], item[1], fd, retries, backoff, counters, progress)
+        if done is not None:
+            done(item[0])
 
     run_parallel(max(1, concurrency), one, ranges)
 
@@ -841,18 +846,28 @@ def _next_hole(fd: int, offset: int, size: int) -> int:
 
 
 def file_digest(fd: int, size: int) -> HashingCounter:
-    """Every byte of the assembled file, in order, holes included.
+    """Every byte of the assembled file, in order, holes included."""
+    counter = HashingCounter()
+    hash_span(fd, counter, 0, size)
+    return counter
+
+
+_HASH_STEP = DOWNLOAD_CHUNK * 4
+
+
+def hash_span(fd: int, counter: HashingCounter, offset: int, size: int, zeros: memoryview | None = None) -> None:
+    """Bytes [offset, size) of the file into `counter`, in order, holes included.
 
     sha256 has no shortcut for zeros, so a hole is hashed like data; but it
     is not read: SEEK_DATA and SEEK_HOLE find the holes, and their zeros come
-    from one buffer made here. Should the file system report a hole where
-    there are bytes, the digest would not match and the delta is abandoned:
-    a wrong answer costs a full download, never a wrong file.
+    from one buffer (`zeros`, or one made here). Should the file system
+    report a hole where there are bytes, the digest would not match and the
+    delta is abandoned: a wrong answer costs a full download, never a wrong
+    file.
     """
-    counter = HashingCounter()
-    step = DOWNLOAD_CHUNK * 4
-    zeros = memoryview(bytes(step))
-    offset = 0
+    step = _HASH_STEP
+    if zeros is None:
+        zeros = memoryview(bytes(step))
     while offset < size:
         data_at = _next_data(fd, offset, size)
         while offset < data_at:
@@ -866,9 +881,74 @@ def file_digest(fd: int, size: int) -> HashingCounter:
         while offset < hole_at:
             data = os.pread(fd, min(step, hole_at - offset), offset)
             if not data:
-                return counter
+                return
             counter.update(data)
             offset += len(data)
+
+
+class _Received:
+    """The ranges received whole so far, for a digest that follows the download in file order."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._offsets: set[int] = set()
+        self._ended = False
+
+    def add(self, offset: int) -> None:
+        with self._condition:
+            self._offsets.add(offset)
+            self._condition.notify_all()
+
+    def end(self) -> None:
+        with self._condition:
+            self._ended = True
+            self._condition.notify_all()
+
+    def wait_for(self, offset: int) -> bool:
+        """Whether the range at `offset` arrived; False when the download ended (failed) without it."""
+        with self._condition:
+            while offset not in self._offsets and not self._ended:
+                self._condition.wait()
+            return offset in self._offsets
+
+
+def fetch_and_hash(
+    fetch: t.Callable[..., None], ranges: t.Sequence[tuple[int, int]], fd: int, size: int, stop: threading.Event
+) -> HashingCounter:
+    """With no seed: the ranges fetched in the background while the file is hashed in order behind them.
+
+    A full download hashes as it streams; this keeps that overlap, so the
+    digest pass does not wait for the last range on a slow link. Every part
+    hashed is final: a fetched range once it has arrived whole, the holes
+    before it (nothing else writes to the file).
+    """
+    counter = HashingCounter()
+    zeros = memoryview(bytes(_HASH_STEP))
+    received = _Received()
+    hashed = 0
+
+    def download() -> None:
+        try:
+            fetch(ranges, done=received.add)
+        finally:
+            received.end()
+
+    with ThreadPoolExecutor(max_workers=1) as background:
+        downloading = background.submit(download)
+        try:
+            for offset, length in ranges:
+                if not received.wait_for(offset):
+                    break
+                hash_span(fd, counter, hashed, offset + length, zeros)
+                hashed = offset + length
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            # Never leave while a download still writes to the file.
+            wait([downloading])
+        downloading.result()
+    hash_span(fd, counter, hashed, size, zeros)
     return counter
 
 
@@ -921,12 +1001,16 @@ def assemble(job: DeltaJob, index: BlockIndex, report: DeltaReport) -> Staged:
             if job.progress is not None:
                 job.progress.advance(layer.role, count)
 
-        def fetch(ranges: t.Sequence[tuple[int, int]]) -> None:
+        def fetch(ranges: t.Sequence[tuple[int, int]], done: t.Callable[[int], None] | None = None) -> None:
             fetch_ranges(
-                job.source, layer.digest, ranges, fd, job.concurrency, job.retries, job.backoff, counters, advance
+                job.source, layer.digest, ranges, fd, job.concurrency, job.retries, job.backoff, counters, advance, done
             )
 
         try:
+            if not job.seeds:
+                assembled = fetch_and_hash(fetch, plan.ranges, fd, layer.size, counters.stopped)
+                advance(layer.size - plan.fetch_bytes)
+                return _verified(out, layer, assembled, counters)
             # The ranges download while the seed blocks are read and confirmed: the network waits, the
             # hashing works (hashlib lets go of the GIL), and the two write different parts of the file.
             with ThreadPoolExecutor(max_workers=1) as background:
@@ -948,15 +1032,18 @@ def assemble(job: DeltaJob, index: BlockIndex, report: DeltaReport) -> Staged:
             report.seed_bytes = counters.seed_bytes
             report.fetched_bytes = counters.fetched_bytes
             report.requests = counters.requests
-        assembled = file_digest(fd, layer.size)
-        if assembled.size != layer.size or assembled.digest != layer.digest:
-            raise DeltaAbandoned(
-                "the assembled file hashes to %s, not the layer digest; abandoned (the block index is wrong"
-                " or a seed changed)" % assembled.digest
-            )
+        return _verified(out, layer, file_digest(fd, layer.size), counters)
     except BaseException:
         out.discard()
         raise
+
+
+def _verified(out: AtomicFile, layer: SelectedLayer, assembled: HashingCounter, counters: _Counters) -> Staged:
+    if assembled.size != layer.size or assembled.digest != layer.digest:
+        raise DeltaAbandoned(
+            "the assembled file hashes to %s, not the layer digest; abandoned (the block index is wrong"
+            " or a seed changed)" % assembled.digest
+        )
     return Staged(out, Delivered(layer.digest, layer.size, counters.fetched_bytes))
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import sys
+import threading
 
 import pytest
 
@@ -589,3 +590,30 @@ def test_sparse_writes_at_any_offset_give_the_bytes_and_skip_only_zero_grains(tm
     finally:
         os.close(fd)
     assert path.read_bytes() == bytes(expected)
+
+
+def test_the_digest_follows_ranges_arriving_out_of_order_and_stops_when_the_download_fails(tmp_path):
+    new = mostly_zeros()
+    ranges = delta.sparse_plan(index_of(new)).ranges
+    assert len(ranges) == 4
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, len(new))
+
+        def backwards(wanted, done):
+            for offset, length in reversed(wanted):
+                os.pwrite(fd, new[offset : offset + length], offset)
+                done(offset)
+
+        counter = delta.fetch_and_hash(backwards, ranges, fd, len(new), threading.Event())
+        assert (counter.digest, counter.size) == (digest_of(new), len(new))
+
+        def breaks(wanted, done):
+            done(wanted[0][0])
+            raise delta.DeltaAbandoned("a range request failed")
+
+        with pytest.raises(delta.DeltaAbandoned, match="a range request failed"):
+            delta.fetch_and_hash(breaks, ranges, fd, len(new), threading.Event())
+    finally:
+        os.close(fd)
