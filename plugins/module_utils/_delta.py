@@ -623,11 +623,11 @@ def check_sparse_worth_it(plan: Plan, layer_size: int) -> None:
     """The same bar as a delta's, for the same reasons.
 
     Against a full download, ranges into a sparse file save the zero bytes
-    on the wire and on disk, but cost a request per range and a second pass
-    over the file for its digest (a full download hashes as it streams).
-    Below 40 % of zeros that second pass takes back most of what a fast link
-    saved, and the disk room is the smaller gain; from there on the saving
-    wins on every link, and on a slow one by far.
+    on the wire and on disk, but cost a request per range, and the zeros
+    must still be hashed (sha256 has no shortcut), behind the ranges. Below
+    40 % of zeros the requests and that hashing take back most of what a
+    fast link saved, and the disk room is the smaller gain; from there on the
+    saving wins on every link, and on a slow one by far.
     """
     if plan.fetch_bytes > MAX_FETCH_SHARE * layer_size:
         raise DeltaAbandoned(
