@@ -44,7 +44,7 @@ export ANSIBLE_NOCOLOR := 1
 export ANSIBLE_PYTHON_INTERPRETER := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help system-deps ee-deps demo-deps venv sigstore-verifier demo-venv collection demo test test-arm64-uefi pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-fleet bench-delta bench-hash bench-startup ee-context ee
+.PHONY: help system-deps ee-deps demo-deps venv sigstore-verifier demo-venv collection demo test test-arm64-uefi pytest unit lint sanity docs-lint docs galaxy changelog clean bench bench-build bench-push bench-fetch bench-copy bench-scale bench-profile bench-fleet bench-delta bench-sparse bench-hash bench-startup ee-context ee
 
 help:
 	@echo "make demo       build a sample two-platform image into a local OCI layout and show it (light install)"
@@ -61,6 +61,7 @@ help:
 	@echo "make bench-build / bench-push / bench-fetch / bench-copy / bench-scale / bench-profile   one of them (docs/performance.md)"
 	@echo "make bench-fleet N nodes at once through the mirror role's site cache, the origin and a pull-through cache (docs/fleet.md)"
 	@echo "make bench-delta    release B fetched onto a node holding A: bytes, time over a 100 Mbit/s link, RSS (docs/delta.md)"
+	@echo "make bench-sparse   a first install with no seed: only the non-zero blocks of an ext4 image, beside a full fetch"
 	@echo "make bench-hash     block index hash candidates per 4 KiB block: GiB/s on one core and two (docs/performance.md)"
 	@echo "make bench-startup  each module's AnsiballZ payload and the time of a call with nothing to do, beside ping"
 
@@ -217,6 +218,10 @@ bench-fetch: system-deps venv collection
 
 bench-delta: system-deps venv collection
 	$(BIN)/python bench/delta.py $(BENCH_ARGS)
+
+# BENCH_ARGS=--size-mib=4096 for the issue's figures (docs/delta.md); --size-mib=256 to try it.
+bench-sparse: system-deps venv collection
+	$(BIN)/python bench/sparse.py $(BENCH_ARGS)
 
 # blake3 is only a candidate the benchmark measures, not a requirement of the modules: installed here.
 bench-hash: venv

@@ -27,9 +27,11 @@ whole blob the usual way.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import stat
 import threading
 import typing as t
@@ -111,6 +113,8 @@ class DeltaReport:
     seed_bytes: int = 0
     fetched_bytes: int = 0
     requests: int = 0
+    # Zero blocks left as holes: neither fetched nor read from a seed.
+    zero_bytes: int = 0
     # The index, when it may describe the delivered file's blocks (kept for the seed cache; not a result).
     index: BlockIndex | None = None
 
@@ -122,6 +126,7 @@ class DeltaReport:
             "seed_bytes": self.seed_bytes,
             "fetched_bytes": self.fetched_bytes,
             "requests": self.requests,
+            "zero_bytes": self.zero_bytes,
         }
 
 
@@ -439,6 +444,11 @@ class Plan:
     def seed_bytes(self) -> int:
         return sum(self.span(first, count)[1] for first, _seed, _block, count in self.copies)
 
+    @property
+    def hole_bytes(self) -> int:
+        """The zero blocks that are neither fetched nor copied: holes in the file (ranges and copies never overlap)."""
+        return self.layer_size - self.fetch_bytes - self.seed_bytes
+
     def span(self, first: int, count: int) -> tuple[int, int]:
         offset = first * self.block_size
         return offset, min(count * self.block_size, self.layer_size - offset)
@@ -568,6 +578,64 @@ def make_plan(index: BlockIndex, found: t.Mapping[bytes, int]) -> Plan:
     return plan
 
 
+_ZERO_MAP_RUNS = re.compile(rb"\x00+|\xff+|[\x01-\xfe]")
+
+
+def nonzero_runs(index: BlockIndex) -> list[tuple[int, int]]:
+    """[first, end) block runs of the layer that are not all-zero, read from the zero map a byte at a time
+    (eight blocks) where the map allows: a 4 GiB layer has a million blocks, and a mostly empty one few runs."""
+    runs: list[tuple[int, int]] = []
+
+    def add(first: int, end: int) -> None:
+        end = min(end, index.blocks)
+        if first >= end:
+            return
+        if runs and runs[-1][1] == first:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((first, end))
+
+    for match in _ZERO_MAP_RUNS.finditer(index.zeros):
+        first, end = match.start() * 8, match.end() * 8
+        kind = match.group()[0]
+        if kind == 0x00:
+            add(first, end)
+        elif kind != 0xFF:
+            for bit in range(8):
+                if not kind & (1 << bit):
+                    add(first + bit, first + bit + 1)
+    return runs
+
+
+def sparse_plan(index: BlockIndex) -> Plan:
+    """With no seed: every non-zero block fetched in coalesced ranges, every zero block left a hole.
+
+    Built from the zero map alone, without the per-block dictionary a seed
+    lookup needs.
+    """
+    header = index.header
+    plan = Plan(header.block_size, header.layer_size)
+    plan.ranges = coalesce(nonzero_runs(index), header.block_size, header.layer_size)
+    return plan
+
+
+def check_sparse_worth_it(plan: Plan, layer_size: int) -> None:
+    """The same bar as a delta's, for the same reasons.
+
+    Against a full download, ranges into a sparse file save the zero bytes
+    on the wire and on disk, but cost a request per range, and the zeros
+    must still be hashed (sha256 has no shortcut), behind the ranges. Below
+    40 % of zeros the requests and that hashing take back most of what a
+    fast link saved, and the disk room is the smaller gain; from there on the
+    saving wins on every link, and on a slow one by far.
+    """
+    if plan.fetch_bytes > MAX_FETCH_SHARE * layer_size:
+        raise DeltaAbandoned(
+            "no seed to build from, and a sparse fetch would leave only %d of the layer's %d bytes as holes (it"
+            " needs at least %d %% zero blocks)" % (plan.hole_bytes, layer_size, 100 - int(MAX_FETCH_SHARE * 100))
+        )
+
+
 def check_worth_it(plan: Plan, layer_size: int) -> None:
     if plan.fetch_bytes > MAX_FETCH_SHARE * layer_size:
         raise DeltaAbandoned(
@@ -630,6 +698,30 @@ def _pwrite_all(fd: int, data: t.Any, position: int) -> int:
     return written
 
 
+# Zero blocks inside a fetched range (a gap of up to MAX_GAP between two changed runs) are not written, so they
+# stay holes like the others: the grain of a file system's holes.
+HOLE_GRAIN = 4096
+_ZERO_GRAIN = bytes(HOLE_GRAIN)
+
+
+def _pwrite_sparse(fd: int, data: t.Any, position: int) -> int:
+    """Write `data` at `position` into a part of the file never written before (a hole), except its aligned
+    all-zero grains: reading them back gives zeros all the same, and the file stays sparse."""
+    piece = memoryview(data)
+    # The first grain boundary at or after `position`, relative to the piece.
+    cut = -position % HOLE_GRAIN
+    written_from = 0
+    while cut + HOLE_GRAIN <= len(piece):
+        if piece[cut : cut + HOLE_GRAIN] == _ZERO_GRAIN:
+            if written_from < cut:
+                _pwrite_all(fd, piece[written_from:cut], position + written_from)
+            written_from = cut + HOLE_GRAIN
+        cut += HOLE_GRAIN
+    if written_from < len(piece):
+        _pwrite_all(fd, piece[written_from:], position + written_from)
+    return len(piece)
+
+
 def _write_run(fd: int, data: memoryview, start: int, end: int, block_size: int, offset: int) -> int:
     return _pwrite_all(fd, data[start * block_size : end * block_size], offset + start * block_size)
 
@@ -685,7 +777,7 @@ class _RangeReader(ResumableRead):
     def accept(self, chunk: t.Any) -> None:
         if self.counters.stopped.is_set():
             raise DeltaAbandoned("stopped: the assembly failed")
-        _pwrite_all(self.fd, chunk, self.start + self.received - len(chunk))
+        _pwrite_sparse(self.fd, chunk, self.start + self.received - len(chunk))
         self.counters.add(fetched=len(chunk))
         if self.progress is not None:
             self.progress(len(chunk))
@@ -723,23 +815,140 @@ def fetch_ranges(
     backoff: float,
     counters: _Counters,
     progress: t.Callable[[int], None] | None = None,
+    done: t.Callable[[int], None] | None = None,
 ) -> None:
+    """The ranges into the file, `concurrency` at a time; `done` is told the offset of each range received whole."""
+
     def one(item: tuple[int, int]) -> None:
         fetch_range(source, digest, item[0], item[1], fd, retries, backoff, counters, progress)
+        if done is not None:
+            done(item[0])
 
     run_parallel(max(1, concurrency), one, ranges)
+
+
+def _next_data(fd: int, offset: int, size: int) -> int:
+    """Where the next data at or after `offset` starts (`size` when only a hole follows); `offset` itself where
+    the file system cannot tell holes apart, which then reads them like data."""
+    try:
+        return min(os.lseek(fd, offset, os.SEEK_DATA), size)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return size
+        return offset
+
+
+def _next_hole(fd: int, offset: int, size: int) -> int:
+    try:
+        return min(os.lseek(fd, offset, os.SEEK_HOLE), size)
+    except OSError:
+        return size
 
 
 def file_digest(fd: int, size: int) -> HashingCounter:
     """Every byte of the assembled file, in order, holes included."""
     counter = HashingCounter()
-    offset = 0
+    hash_span(fd, counter, 0, size)
+    return counter
+
+
+_HASH_STEP = DOWNLOAD_CHUNK * 4
+
+
+def hash_span(fd: int, counter: HashingCounter, offset: int, size: int, zeros: memoryview | None = None) -> None:
+    """Bytes [offset, size) of the file into `counter`, in order, holes included.
+
+    sha256 has no shortcut for zeros, so a hole is hashed like data; but it
+    is not read: SEEK_DATA and SEEK_HOLE find the holes, and their zeros come
+    from one buffer (`zeros`, or one made here). Should the file system
+    report a hole where there are bytes, the digest would not match and the
+    delta is abandoned: a wrong answer costs a full download, never a wrong
+    file.
+    """
+    step = _HASH_STEP
+    if zeros is None:
+        zeros = memoryview(bytes(step))
     while offset < size:
-        data = os.pread(fd, min(DOWNLOAD_CHUNK * 4, size - offset), offset)
-        if not data:
-            break
-        counter.update(data)
-        offset += len(data)
+        data_at = _next_data(fd, offset, size)
+        while offset < data_at:
+            count = min(step, data_at - offset)
+            counter.update(zeros[:count])
+            offset += count
+        hole_at = _next_hole(fd, offset, size) if offset < size else size
+        if hole_at <= offset:
+            # Not a hole after all (the file system cannot tell): read one step.
+            hole_at = min(offset + step, size)
+        while offset < hole_at:
+            data = os.pread(fd, min(step, hole_at - offset), offset)
+            if not data:
+                return
+            counter.update(data)
+            offset += len(data)
+
+
+class _Received:
+    """The ranges received whole so far, for a digest that follows the download in file order."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._offsets: set[int] = set()
+        self._ended = False
+
+    def add(self, offset: int) -> None:
+        with self._condition:
+            self._offsets.add(offset)
+            self._condition.notify_all()
+
+    def end(self) -> None:
+        with self._condition:
+            self._ended = True
+            self._condition.notify_all()
+
+    def wait_for(self, offset: int) -> bool:
+        """Whether the range at `offset` arrived; False when the download ended (failed) without it."""
+        with self._condition:
+            while offset not in self._offsets and not self._ended:
+                self._condition.wait()
+            return offset in self._offsets
+
+
+def fetch_and_hash(
+    fetch: t.Callable[..., None], ranges: t.Sequence[tuple[int, int]], fd: int, size: int, stop: threading.Event
+) -> HashingCounter:
+    """With no seed: the ranges fetched in the background while the file is hashed in order behind them.
+
+    A full download hashes as it streams; this keeps that overlap, so the
+    digest pass does not wait for the last range on a slow link. Every part
+    hashed is final: a fetched range once it has arrived whole, the holes
+    before it (nothing else writes to the file).
+    """
+    counter = HashingCounter()
+    zeros = memoryview(bytes(_HASH_STEP))
+    received = _Received()
+    hashed = 0
+
+    def download() -> None:
+        try:
+            fetch(ranges, done=received.add)
+        finally:
+            received.end()
+
+    with ThreadPoolExecutor(max_workers=1) as background:
+        downloading = background.submit(download)
+        try:
+            for offset, length in ranges:
+                if not received.wait_for(offset):
+                    break
+                hash_span(fd, counter, hashed, offset + length, zeros)
+                hashed = offset + length
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            # Never leave while a download still writes to the file.
+            wait([downloading])
+        downloading.result()
+    hash_span(fd, counter, hashed, size, zeros)
     return counter
 
 
@@ -772,10 +981,15 @@ def assemble(job: DeltaJob, index: BlockIndex, report: DeltaReport) -> Staged:
     if 0 <= kept < layer.size:
         # An interrupted full download of this very blob: continuing it is cheaper than starting over.
         raise DeltaAbandoned("a partial download of this layer is continued instead")
-    found = locate_blocks(index, job.seeds, job.cache_dir)
-    plan = make_plan(index, found)
-    del found
-    check_worth_it(plan, layer.size)
+    if job.seeds:
+        found = locate_blocks(index, job.seeds, job.cache_dir)
+        plan = make_plan(index, found)
+        del found
+        check_worth_it(plan, layer.size)
+    else:
+        plan = sparse_plan(index)
+        check_sparse_worth_it(plan, layer.size)
+    report.zero_bytes = plan.hole_bytes
     out = AtomicFile(job.path, temp_path=partial)
     try:
         fd = out.file.fileno()
@@ -787,12 +1001,16 @@ def assemble(job: DeltaJob, index: BlockIndex, report: DeltaReport) -> Staged:
             if job.progress is not None:
                 job.progress.advance(layer.role, count)
 
-        def fetch(ranges: t.Sequence[tuple[int, int]]) -> None:
+        def fetch(ranges: t.Sequence[tuple[int, int]], done: t.Callable[[int], None] | None = None) -> None:
             fetch_ranges(
-                job.source, layer.digest, ranges, fd, job.concurrency, job.retries, job.backoff, counters, advance
+                job.source, layer.digest, ranges, fd, job.concurrency, job.retries, job.backoff, counters, advance, done
             )
 
         try:
+            if not job.seeds:
+                assembled = fetch_and_hash(fetch, plan.ranges, fd, layer.size, counters.stopped)
+                advance(layer.size - plan.fetch_bytes)
+                return _verified(out, layer, assembled, counters)
             # The ranges download while the seed blocks are read and confirmed: the network waits, the
             # hashing works (hashlib lets go of the GIL), and the two write different parts of the file.
             with ThreadPoolExecutor(max_workers=1) as background:
@@ -814,15 +1032,18 @@ def assemble(job: DeltaJob, index: BlockIndex, report: DeltaReport) -> Staged:
             report.seed_bytes = counters.seed_bytes
             report.fetched_bytes = counters.fetched_bytes
             report.requests = counters.requests
-        assembled = file_digest(fd, layer.size)
-        if assembled.size != layer.size or assembled.digest != layer.digest:
-            raise DeltaAbandoned(
-                "the assembled file hashes to %s, not the layer digest; abandoned (the block index is wrong"
-                " or a seed changed)" % assembled.digest
-            )
+        return _verified(out, layer, file_digest(fd, layer.size), counters)
     except BaseException:
         out.discard()
         raise
+
+
+def _verified(out: AtomicFile, layer: SelectedLayer, assembled: HashingCounter, counters: _Counters) -> Staged:
+    if assembled.size != layer.size or assembled.digest != layer.digest:
+        raise DeltaAbandoned(
+            "the assembled file hashes to %s, not the layer digest; abandoned (the block index is wrong"
+            " or a seed changed)" % assembled.digest
+        )
     return Staged(out, Delivered(layer.digest, layer.size, counters.fetched_bytes))
 
 
@@ -876,9 +1097,8 @@ def try_delta(job: DeltaJob, find_index: IndexFinder) -> tuple[Staged | None, De
             raise DeltaAbandoned("the image has no block index for this layer")
         index = read_index_blob(job.source, descriptor, job.layer)
         if not job.seeds:
-            # The first delivery: the index will spare the next update hashing this file.
+            # The first delivery, sparse or whole: the index will spare the next update hashing this file.
             report.index = index
-            raise DeltaAbandoned("no seed to build from")
         staged = assemble(job, index, report)
         report.index = index
     except DeltaAbandoned as exc:

@@ -207,9 +207,11 @@ options:
       - V(auto) builds a raw layer that has a block index (attached to the platform manifest as a referrer, see
         docs/delta.md) from the blocks local O(seeds) already hold, and fetches only the other blocks, with
         single-range GETs. Every block read from a seed is hashed again before it is used, all-zero blocks become
-        holes, and the assembled file must hash to the layer digest before it replaces anything; otherwise, and
-        whenever the image has no index, the index does not fit the layer, the delta would download more than
-        60 % of the layer, or the source ignores Range, the whole blob is downloaded as with V(never).
+        holes, and the assembled file must hash to the layer digest before it replaces anything. With no seed (the
+        first delivery), a layer whose index marks at least 40 % of it as zero blocks is fetched the same way, only
+        its non-zero blocks, into a sparse file. Otherwise, and whenever the image has no index, the index does not
+        fit the layer, the delta would download more than 60 % of the layer, or the source ignores Range, the whole
+        blob is downloaded as with V(never).
       - Only indexes shaped as the build writes them are used (16-byte hashes, blocks of 4 KiB to 16 MiB), so that
         what a node spends on its seeds stays a fixed share of the layer whatever the index claims. Each seed is
         read once and its blocks looked up as they stream past; seeds too small to supply 40 % of the layer are
@@ -362,9 +364,12 @@ files:
     delta:
       description:
         - "How the file was delivered: C(used) V(true) with C(seed_bytes) (taken from seeds), C(fetched_bytes)
-          (received in ranges) and C(requests) (range GETs sent, retries included); or C(used) V(false) with
-          C(reason), for example that the image has no block index, the index was wrong (the file was then
-          downloaded whole), or that nothing was downloaded."
+          (received in ranges), C(requests) (range GETs sent, retries included) and C(zero_bytes) (all-zero blocks
+          neither fetched nor read, left as holes in the sparse file); or C(used) V(false) with C(reason), for
+          example that the image has no block index, the index was wrong (the file was then downloaded whole), or
+          that nothing was downloaded."
+        - With no seed (a first delivery), C(used) is V(true) with C(seed_bytes) V(0) when only the non-zero blocks
+          were fetched (see O(delta)).
       type: dict
       version_added: 0.2.0
   sample:

@@ -22,7 +22,7 @@ from helpers.images import skopeo_push
 from helpers.inventory import local_host, outcomes, provision_slug, write_inventory
 from helpers.layout_server import LayoutServer
 from helpers.referrers_registry import ReferrersRegistry
-from helpers.registry import free_port
+from helpers.registry import blob_data_path, free_port
 
 from ansible_collections.ironcore.image.plugins.module_utils._blockindex import (
     ARTIFACT_TYPE,
@@ -178,10 +178,10 @@ def releases(tmp_path_factory, registry_plain):
     }
 
 
-def fetch(ansible, registry, name: str, dest: str, **extra) -> dict:
+def fetch(ansible, registry, name: str, dest: str, check: bool = False, **extra) -> dict:
     args = dict(registry.registry_args, name=name, platform="virtualization", architecture="amd64", dest=dest)
     args.update(extra)
-    return ansible.module(MODULE, args)
+    return ansible.module(MODULE, args, check=check)
 
 
 def dest_with_release_a(tmp_path, releases) -> str:
@@ -206,7 +206,10 @@ def test_release_b_is_built_from_release_a_and_the_changed_blocks(ansible, regis
     dest = str(tmp_path / "dest")
     first = fetch(ansible, registry_plain, a.name, dest)
     assert first["changed"] is True, first
-    assert first["files"]["rootfs"]["delta"] == {"used": False, "reason": "no seed to build from"}
+    # No seed yet: the ext4 image's zero blocks stay holes, only the others are fetched.
+    sparse = first["files"]["rootfs"]["delta"]
+    assert sparse["used"] is True and sparse["seed_bytes"] == 0, sparse
+    assert sparse["fetched_bytes"] + sparse["zero_bytes"] == a.layer_size, sparse
     second = fetch(ansible, registry_plain, b.name, dest)
     assert second["changed"] is True, second
     delta = second["files"]["rootfs"]["delta"]
@@ -330,7 +333,10 @@ def test_a_delta_works_from_v1_and_v2_indexes_and_each_keeps_its_own_seed_cache(
     v2_b = fault_image(registry_plain, releases, "v2-b", index_of(b.path).encode())
     dest = str(tmp_path / "dest")
     first = fetch(ansible, registry_plain, v1_a.name, dest)
-    assert first["files"]["rootfs"]["delta"] == {"used": False, "reason": "no seed to build from"}, first
+    # No seed: a sparse fetch, with the v1 index as with a v2 one.
+    sparse = first["files"]["rootfs"]["delta"]
+    assert sparse["used"] is True and sparse["seed_bytes"] == 0 and sparse["zero_bytes"] > 0, first
+    assert same_bytes(os.path.join(dest, "rootfs"), a.path)
     # The delivered file's cache entry came from the v1 index: sha256 hashes.
     (v1_cache,) = list(seed_caches(dest))
     assert ".sha256." in v1_cache, v1_cache
@@ -480,7 +486,11 @@ def test_the_provision_role_updates_a_hypervisor_and_a_boot_server_from_a_to_b(
         assert delta["fetched_bytes"] < 0.3 * b.layer_size, (host, delta)
         assert same_bytes(str(path), b.path), host
     # Release A is still kept (provision_keep_versions: 2), and was the seed.
-    assert same_bytes(str(tmp_path / "pool" / (provision_slug(a.name) + ".raw")), a.path)
+    kept = str(tmp_path / "pool" / (provision_slug(a.name) + ".raw"))
+    assert same_bytes(kept, a.path)
+    # Both raw disks are sparse: A's first delivery (no seed) fetched no zero block, and B's zeros are holes.
+    for disk in (kept, str(delivered["hv"])):
+        assert os.stat(disk).st_blocks * 512 < 0.6 * os.path.getsize(disk), disk
 
 
 @pytest.mark.parametrize("fixture", ["registry_plain", "registry_referrers"])
@@ -516,7 +526,8 @@ def test_images_built_and_pushed_by_the_collection_carry_the_index_the_delta_use
         digests[release] = pushed["digest"]
     dest = str(tmp_path / "dest")
     first = fetch(ansible, registry, names["a"], dest)
-    assert first["files"]["rootfs"]["delta"] == {"used": False, "reason": "no seed to build from"}, first
+    sparse = first["files"]["rootfs"]["delta"]
+    assert sparse["used"] is True and sparse["seed_bytes"] == 0 and sparse["zero_bytes"] > 0, first
     second = fetch(ansible, registry, names["b"], dest)
     delta = second["files"]["rootfs"]["delta"]
     assert delta["used"] is True, delta
@@ -545,3 +556,93 @@ def tags_of(registry, repository: str) -> list[str]:
         check=True,
     )
     return list(json.loads(proc.stdout)["Tags"])
+
+
+def write_mostly_zeros(path: str) -> int:
+    """A raw disk just above the size that gets a block index: zeros, but for 40 scattered blocks, a 1 MiB run and
+    a short tail. Written sparse itself; returns its non-zero bytes."""
+    rng = random.Random(27)
+    size = IMAGE_MIB * 1024 * 1024 + 4096 + 3
+    written = 0
+    with open(path, "wb") as out:
+        out.truncate(size)
+        for number in sorted(rng.sample(range(1, IMAGE_MIB * 256), 40)):
+            out.seek(number * 4096)
+            written += out.write(rng.randbytes(4096))
+        out.seek(20 * 1024 * 1024)
+        written += out.write(rng.randbytes(1024 * 1024))
+        out.seek(size - 3)
+        written += out.write(b"end")
+    return written
+
+
+def allocated(path: str) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+@pytest.mark.parametrize("block_hash", ["xxh3-128", "sha256"])
+def test_a_first_fetch_with_no_seed_sends_only_the_non_zero_blocks_and_writes_holes(
+    ansible, registry_plain, fault_proxy, tmp_path, block_hash
+):
+    """Built and pushed by the collection, with a v2 (xxh3-128) or a v1 (sha256) index, and fetched with no seed:
+    the registry serves the non-zero blocks, and the file is sparse and equals the layer."""
+    image = str(tmp_path / "disk.raw")
+    non_zero = write_mostly_zeros(image)
+    layout = str(tmp_path / "layout")
+    name = "registry.example.com/os/sparse:1"
+    built = ansible.module(
+        "ironcore.image.ironcore_image_build",
+        {
+            "layout": layout,
+            "name": name,
+            "artifacts": [{"rootfs": image, "architecture": "amd64", "cmdline": "console=ttyS0"}],
+            "platforms": ["virtualization"],
+            "block_index_hash": block_hash,
+        },
+    )
+    (layer,) = [layer for layer in built["manifests"][0]["layers"] if layer["title"] == "rootfs"]
+    assert layer["block_index"]["hash"] == block_hash, layer
+    destination = "%s/delta/sparse-%s:1" % (registry_plain.host, block_hash.replace("-", ""))
+    pushed = ansible.module(
+        "ironcore.image.ironcore_image_push",
+        dict(registry_plain.registry_args, layout=layout, name=name, destination=destination),
+    )
+    assert pushed["changed"] is True, pushed
+    counted = ByteCountingProxy(registry_plain.host)
+    dest = str(tmp_path / "dest")
+    try:
+        result = fetch(ansible, registry_plain, destination.replace(registry_plain.host, counted.host), dest)
+    finally:
+        counted.stop()
+    assert result["changed"] is True, result
+    size = os.path.getsize(image)
+    delta = result["files"]["rootfs"]["delta"]
+    assert delta["used"] is True and delta["seed_bytes"] == 0, delta
+    # The non-zero blocks, with the zeros of the gaps (up to 64 KiB) between close ones; the rest are holes.
+    assert non_zero <= delta["fetched_bytes"] <= non_zero + 40 * 64 * 1024, delta
+    assert delta["zero_bytes"] == size - delta["fetched_bytes"], delta
+    assert result["bytes_downloaded"] == delta["fetched_bytes"]
+    # Independently: all the registry sent (documents and the block index included).
+    assert counted.sent_back < delta["fetched_bytes"] + 512 * 1024, (counted.sent_back, delta)
+    delivered = os.path.join(dest, "rootfs")
+    # Only the non-zero blocks take room: not even the zeros fetched in the gaps were written.
+    assert allocated(delivered) < non_zero + 256 * 1024 < size // 20, allocated(delivered)
+    assert os.path.getsize(delivered) == size
+    assert same_bytes(delivered, blob_data_path(registry_plain.storage, layer["digest"]))
+    if block_hash == "sha256":
+        # A registry or proxy that ignores Range: the whole blob, as for a delta.
+        proxy = fault_proxy(registry_plain)
+        proxy.add("drop_header", method="GET", path="/blobs/%s" % layer["digest"], header="Range", times=-1)
+        whole = str(tmp_path / "whole")
+        ignored = fetch(ansible, proxy, destination.replace(registry_plain.host, proxy.host), whole)
+        delta = ignored["files"]["rootfs"]["delta"]
+        assert delta["used"] is False and "whole blob" in delta["reason"], delta
+        assert same_bytes(os.path.join(whole, "rootfs"), image)
+        return
+    # Check mode writes nothing, and says nothing was downloaded; a second run changes nothing.
+    fresh = str(tmp_path / "fresh")
+    checked = fetch(ansible, registry_plain, destination, fresh, check=True)
+    assert checked["changed"] is True and checked["bytes_downloaded"] == 0, checked
+    assert not os.path.exists(fresh)
+    again = fetch(ansible, registry_plain, destination, dest)
+    assert again["changed"] is False and again["bytes_downloaded"] == 0, again

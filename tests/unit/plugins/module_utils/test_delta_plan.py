@@ -7,6 +7,7 @@ import json
 import os
 import random
 import sys
+import threading
 
 import pytest
 
@@ -230,6 +231,8 @@ def test_assembly_rebuilds_the_layer_from_seed_and_ranges(tmp_path):
     assert result["seed_bytes"] == len(new) - 3 * BLOCK - result["fetched_bytes"]
     # Two ranges: the three rewritten blocks, and the new blocks with the tail.
     assert result["requests"] == 2
+    # The three zero blocks are holes.
+    assert result["zero_bytes"] == 3 * BLOCK
 
 
 def test_a_wrong_index_is_abandoned_and_nothing_reaches_dest(tmp_path):
@@ -454,3 +457,163 @@ def test_an_index_whose_hash_this_host_cannot_compute_means_a_full_fetch(monkeyp
         "the block index is unusable: the block hash xxh3-128 needs the Python package xxhash: pip install xxhash"
     )
     delta.check_index_shape(delta.Header(digest_of(b"layer"), 10**9, BLOCK, 16, "sha256"))
+
+
+def test_nonzero_runs_read_from_the_zero_map_agree_with_every_block():
+    generator = random.Random(7)
+    for _round in range(50):
+        count = generator.randint(1, 200)
+        # Long zero stretches (whole 0xff map bytes), long data ones (0x00 bytes), and mixed bytes.
+        zero = [generator.random() < 0.5 for _number in range(count)]
+        for _stretch in range(3):
+            start = generator.randrange(count)
+            value = generator.random() < 0.5
+            for number in range(start, min(count, start + generator.randint(1, 40))):
+                zero[number] = value
+        data = b"".join(bytes(BLOCK) if z else b"\x01" + bytes(BLOCK - 1) for z in zero) + b"\x02"
+        index = index_of(data)
+        expected = [n for n in range(index.blocks) if not index.is_zero(n)]
+        runs = delta.nonzero_runs(index)
+        assert [n for first, end in runs for n in range(first, end)] == expected
+        # Runs are maximal: none touches the next.
+        assert all(left[1] < right[0] for left, right in zip(runs, runs[1:]))
+
+
+def mostly_zeros() -> bytes:
+    """200 blocks: data at 0, at 50 and 52 (a zero block between, within a coalesced range), 120-129, and a tail."""
+    data = bytearray(200 * BLOCK)
+    for number in (0, 50, 52, *range(120, 130)):
+        data[number * BLOCK : (number + 1) * BLOCK] = random.Random(number).randbytes(BLOCK)
+    return bytes(data) + b"tail"
+
+
+def test_with_no_seed_only_the_non_zero_blocks_are_fetched_into_a_sparse_file(tmp_path):
+    new = mostly_zeros()
+    setup = Setup(tmp_path, b"", new)
+    descriptor = setup.add_index(index_of(new).encode())
+    job = setup.job()
+    assert job.seeds == []
+    staged, report = delta.try_delta(job, lambda _layer: descriptor)
+    assert report.reason is None and staged is not None, report.reason
+    staged.commit()
+    path = setup.dest / "rootfs"
+    assert path.read_bytes() == new
+    result = report.as_result()
+    # Block 0; 50 to 52 in one range (block 51's zeros travel, they are not written); 120 to 129; the tail.
+    assert result == {
+        "used": True,
+        "seed_bytes": 0,
+        "fetched_bytes": 14 * BLOCK + 4,
+        "requests": 4,
+        "zero_bytes": len(new) - 14 * BLOCK - 4,
+    }
+    # Holes, the zero block within the fetched range among them.
+    assert os.stat(path).st_blocks * 512 <= 16 * BLOCK
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 51 * BLOCK, os.SEEK_HOLE) == 51 * BLOCK
+    finally:
+        os.close(fd)
+    # The index is kept: the next update reads this file's hashes from the cache.
+    assert report.index is not None
+
+
+def test_with_no_seed_and_too_few_zero_blocks_the_blob_is_downloaded_whole(tmp_path):
+    _old, new = old_and_new()
+    setup = Setup(tmp_path, b"", new)
+    descriptor = setup.add_index(index_of(new).encode())
+    staged, report = delta.try_delta(setup.job(), lambda _layer: descriptor)
+    assert staged is None
+    assert report.reason == (
+        "no seed to build from, and a sparse fetch would leave only %d of the layer's %d bytes as holes (it needs"
+        " at least 40 %% zero blocks)" % (BLOCK, len(new))
+    )
+    assert report.index is not None and report.fetched_bytes == 0
+
+
+def test_the_digest_of_a_sparse_file_is_that_of_its_bytes(tmp_path):
+    path = tmp_path / "sparse"
+    data = bytearray(9 * 1024 * 1024 + 5)
+    data[5 * 1024 * 1024 : 5 * 1024 * 1024 + 3] = b"abc"
+    data[-1:] = b"z"
+    with open(path, "wb") as out:
+        out.truncate(len(data))
+        out.seek(5 * 1024 * 1024)
+        out.write(b"abc")
+        out.seek(len(data) - 1)
+        out.write(b"z")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        counter = delta.file_digest(fd, len(data))
+    finally:
+        os.close(fd)
+    assert (counter.digest, counter.size) == (digest_of(bytes(data)), len(data))
+
+
+def test_the_digest_reads_everything_where_the_file_system_cannot_tell_holes(tmp_path, monkeypatch):
+    path = tmp_path / "file"
+    data = bytes(3 * 1024 * 1024) + b"data" + bytes(5000)
+    path.write_bytes(data)
+    real_lseek = os.lseek
+
+    def no_seek_data(fd: int, offset: int, whence: int) -> int:
+        if whence in (os.SEEK_DATA, os.SEEK_HOLE):
+            raise OSError(22, "Invalid argument")
+        return real_lseek(fd, offset, whence)
+
+    monkeypatch.setattr(os, "lseek", no_seek_data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        counter = delta.file_digest(fd, len(data))
+    finally:
+        os.close(fd)
+    assert (counter.digest, counter.size) == (digest_of(data), len(data))
+
+
+def test_sparse_writes_at_any_offset_give_the_bytes_and_skip_only_zero_grains(tmp_path):
+    generator = random.Random(3)
+    size = 64 * BLOCK
+    expected = bytearray(size)
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        position = 0
+        while position < size:
+            length = min(size - position, generator.randint(1, 3 * BLOCK))
+            piece = bytearray(length) if generator.random() < 0.5 else bytearray(generator.randbytes(length))
+            if length > 10 and generator.random() < 0.5:
+                piece[length // 2] = 1
+            delta._pwrite_sparse(fd, piece, position)
+            expected[position : position + length] = piece
+            position += length
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(expected)
+
+
+def test_the_digest_follows_ranges_arriving_out_of_order_and_stops_when_the_download_fails(tmp_path):
+    new = mostly_zeros()
+    ranges = delta.sparse_plan(index_of(new)).ranges
+    assert len(ranges) == 4
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, len(new))
+
+        def backwards(wanted, done):
+            for offset, length in reversed(wanted):
+                os.pwrite(fd, new[offset : offset + length], offset)
+                done(offset)
+
+        counter = delta.fetch_and_hash(backwards, ranges, fd, len(new), threading.Event())
+        assert (counter.digest, counter.size) == (digest_of(new), len(new))
+
+        def breaks(wanted, done):
+            done(wanted[0][0])
+            raise delta.DeltaAbandoned("a range request failed")
+
+        with pytest.raises(delta.DeltaAbandoned, match="a range request failed"):
+            delta.fetch_and_hash(breaks, ranges, fd, len(new), threading.Event())
+    finally:
+        os.close(fd)
