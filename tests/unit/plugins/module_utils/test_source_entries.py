@@ -6,6 +6,8 @@ import pytest
 
 from ansible_collections.ironcore.image.plugins.module_utils import _source as source
 from ansible_collections.ironcore.image.plugins.module_utils._model import ImageReference
+from ansible_collections.ironcore.image.plugins.module_utils._select import SelectionError
+from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore
 
 NAME = "registry.example.com/os/image:1.0"
 
@@ -13,7 +15,7 @@ NAME = "registry.example.com/os/image:1.0"
 @pytest.fixture
 def layout_source(tmp_path):
     (tmp_path / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    return source.LayoutSource(str(tmp_path), ImageReference.parse(NAME), NAME)
+    return source.NamedSource(LayoutStore(str(tmp_path)), ImageReference.parse(NAME), NAME)
 
 
 @pytest.mark.parametrize(
@@ -28,6 +30,6 @@ def layout_source(tmp_path):
 )
 def test_an_index_entry_without_a_valid_digest_and_size_is_refused_by_name(layout_source, entry):
     entry = dict(entry, platform={"os": "linux", "architecture": "arm64"})
-    with pytest.raises(source.SourceError) as error:
+    with pytest.raises(SelectionError) as error:
         source.child_manifest(layout_source, entry)
     assert str(error.value) == "%s: index entry linux/arm64 lacks a valid digest and size" % layout_source.describe()
