@@ -33,3 +33,23 @@ def test_an_index_entry_without_a_valid_digest_and_size_is_refused_by_name(layou
     with pytest.raises(SelectionError) as error:
         source.child_manifest(layout_source, entry)
     assert str(error.value) == "%s: index entry linux/arm64 lacks a valid digest and size" % layout_source.describe()
+
+
+def test_a_config_a_mirror_serves_wrong_is_read_from_the_next_source():
+    """read_config through the mirror wrapper: wrong bytes lose the mirror the blob (reject_blob), the origin serves."""
+    from helpers.memory_store import MemoryStore
+
+    from ansible_collections.ironcore.image.plugins.module_utils._mirrors import MirroredSource
+
+    origin, mirror = MemoryStore("origin.example", "os"), MemoryStore("mirror.example", "copy-of-os")
+    manifest_descriptor = origin.add_manifest(config=b'{"commandLine": "quiet"}')
+    mirror.documents = dict(origin.documents)
+    config = source.load_json(origin.documents[manifest_descriptor["digest"]], "manifest")["config"]
+    mirror.blobs[config["digest"]] = b'{"commandLine": "evil"}'
+    mirrored = MirroredSource(origin, [mirror], resolve_tags=False, pinned=None)
+    image = source.NamedSource(mirrored, ImageReference.parse(NAME), NAME)
+    manifest = source.load_json(mirrored.read_document(manifest_descriptor["digest"], 0), "manifest")
+    assert source.read_config(image, manifest) == {"commandLine": "quiet"}
+    assert [(error["url"], "failed verification" in error["reason"]) for error in mirrored.errors] == [
+        ("memory://copy-of-os", True)
+    ]
