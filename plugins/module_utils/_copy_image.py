@@ -32,7 +32,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._copy import (
 )
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._io import check_room
-from ansible_collections.ironcore.image.plugins.module_utils._mirrors import mirrored_store, store_mirror_results
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import MirrorConfigError, with_mirrors
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURES,
     PLATFORMS,
@@ -46,7 +46,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._registry_args impo
     registry_options,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._sign import signature_tag
-from ansible_collections.ironcore.image.plugins.module_utils._source import SourceError
 from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore, RegistryStore
 
 
@@ -126,8 +125,8 @@ def _open_store(side: Side, params: t.Mapping[str, t.Any], on_retry: t.Callable[
         raise CopyImageError("%s: %s" % (side.label, exc)) from exc
     store = RegistryStore(RegistryClient(side.ref.registry, options, on_retry), side.ref.repository)
     try:
-        return mirrored_store(store, side.ref, params[side.label], params)
-    except SourceError as exc:
+        return with_mirrors(store, side.ref, dict(params[side.label], timeout=params.get("timeout")))
+    except MirrorConfigError as exc:
         raise CopyImageError("%s.%s" % (side.label, exc)) from exc
 
 
@@ -233,7 +232,7 @@ def copy_image(
         "signatures": len(result.signatures),
         "referrers": len(result.referrers),
         "retries": source_store.retries + destination_store.retries,
-        **store_mirror_results(source_store),
+        **source_store.mirror_report(),
         **({"referrers_left_out": plan.left_out} if params["source"].get("mirrors") else {}),
         "elapsed": round(result.elapsed, 3),
         "bytes_per_second": result.bytes_per_second,

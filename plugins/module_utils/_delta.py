@@ -71,7 +71,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
 )
 from ansible_collections.ironcore.image.plugins.module_utils._progress import ProgressRecorder
 from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer
-from ansible_collections.ironcore.image.plugins.module_utils._source import Source, SourceError
+from ansible_collections.ironcore.image.plugins.module_utils._store import ImageSource
 from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobStream, ResumableRead, run_parallel
 
 DELTA_CHOICES = ("auto", "never")
@@ -741,7 +741,7 @@ class _RangeReader(ResumableRead):
 
     def __init__(
         self,
-        source: Source,
+        source: ImageSource,
         digest: str,
         offset: int,
         length: int,
@@ -787,7 +787,7 @@ class _RangeReader(ResumableRead):
 
 
 def fetch_range(
-    source: Source,
+    source: ImageSource,
     digest: str,
     offset: int,
     length: int,
@@ -800,13 +800,15 @@ def fetch_range(
     """GET bytes [offset, offset+length) into the file at the same offset; a broken transfer continues where it was."""
     try:
         _RangeReader(source, digest, offset, length, fd, retries, backoff, counters, progress).run()
-    except SourceError as exc:
+    except DeltaAbandoned:
+        raise
+    except ImageError as exc:
         # Not retryable (the reader retries the others).
         raise DeltaAbandoned("a range request failed: %s" % exc) from exc
 
 
 def fetch_ranges(
-    source: Source,
+    source: ImageSource,
     digest: str,
     ranges: t.Sequence[tuple[int, int]],
     fd: int,
@@ -956,7 +958,7 @@ def fetch_and_hash(
 class DeltaJob:
     """Everything a delta of one layer needs besides the index."""
 
-    source: Source
+    source: ImageSource
     layer: SelectedLayer
     path: str
     partial_dir: str | None
@@ -1055,7 +1057,7 @@ def close_seeds(seeds: t.Iterable[Seed]) -> None:
 # ---- finding the index, and the whole delta -------------------------------------------
 
 
-def read_index_blob(source: Source, descriptor: t.Mapping[str, t.Any], layer: SelectedLayer) -> BlockIndex:
+def read_index_blob(source: ImageSource, descriptor: t.Mapping[str, t.Any], layer: SelectedLayer) -> BlockIndex:
     """The index blob the referrer names: bounded by its descriptor, refused from its header on if it is not
     this layer's, and checked against its own digest."""
     size = check_index_descriptor(descriptor.get("size"), layer)
@@ -1075,7 +1077,9 @@ def read_index_blob(source: Source, descriptor: t.Mapping[str, t.Any], layer: Se
                         raise DeltaAbandoned("the block index's size disagrees with its header")
         finally:
             stream.close()
-    except SourceError as exc:
+    except DeltaAbandoned:
+        raise
+    except ImageError as exc:
         raise DeltaAbandoned("the block index cannot be read: %s" % exc) from exc
     if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
         raise DeltaAbandoned("the block index does not match its digest")
@@ -1113,24 +1117,19 @@ def try_delta(job: DeltaJob, find_index: IndexFinder) -> tuple[Staged | None, De
     return staged, report
 
 
-def index_finder(source: Source, manifest_digest: str) -> IndexFinder:
+def index_finder(source: ImageSource, manifest_digest: str) -> IndexFinder:
     """Finds a layer's block index among the platform manifest's referrers (listed once for every layer)."""
     listed: list[dict[str, t.Any]] | None = None
 
     def indexes() -> list[dict[str, t.Any]]:
         # Here, not at the top: reading a local layout must not need the registry client's HTTP library.
-        from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
-            list_referrers,
-            read_referrer,
-            source_store,
-        )
+        from ansible_collections.ironcore.image.plugins.module_utils._referrers import list_referrers, read_referrer
 
         # Behind mirrors, listed at the origin and at the mirrors when it cannot answer (as signatures
         # are); the ranges still go to whichever source serves the blob.
-        store = source_store(source)
         found: list[dict[str, t.Any]] = []
-        for referrer in list_referrers(store, manifest_digest, ARTIFACT_TYPE):
-            manifest = read_referrer(store, referrer)
+        for referrer in list_referrers(source, manifest_digest, ARTIFACT_TYPE):
+            manifest = read_referrer(source, referrer)
             found.extend(layer for layer in manifest.get("layers", []) if isinstance(layer, dict))
         return found
 
@@ -1152,7 +1151,7 @@ class DeltaFetch:
 
     def __init__(
         self,
-        source: Source,
+        source: ImageSource,
         manifest_digest: str,
         params: t.Mapping[str, t.Any],
         state_dir: str | None,

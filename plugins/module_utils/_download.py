@@ -33,7 +33,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
 )
 from ansible_collections.ironcore.image.plugins.module_utils._progress import ProgressRecorder
 from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer
-from ansible_collections.ironcore.image.plugins.module_utils._source import Source, SourceError
+from ansible_collections.ironcore.image.plugins.module_utils._store import ImageSource
 from ansible_collections.ironcore.image.plugins.module_utils._tar import (
     TarError,
     check_end,
@@ -111,7 +111,7 @@ class _Receiver(ResumableRead):
 
     def __init__(
         self,
-        source: Source,
+        source: ImageSource,
         layer: SelectedLayer,
         out: AtomicFile,
         counter: HashingCounter,
@@ -142,7 +142,7 @@ class _Receiver(ResumableRead):
         """Open at `offset`; the source has already retried the request itself, so a failure here is final."""
         try:
             return self.source.open_blob(self.layer.digest, offset, length)
-        except SourceError as exc:
+        except ImageError as exc:
             if offset > 0:
                 raise DeliveryError(
                     "%s; %d of %d bytes are kept, run again to resume" % (exc, offset, self.layer.size)
@@ -183,7 +183,9 @@ class _Receiver(ResumableRead):
     def receive(self) -> HashingCounter:
         try:
             self.run()
-        except SourceError as exc:
+        except DeliveryError:
+            raise
+        except ImageError as exc:
             # Not retryable (the loop retries the others): the delivery fails with the source's reason.
             raise DeliveryError(str(exc)) from exc
         return self.counter
@@ -300,7 +302,7 @@ class _BlobReader:
             pass
 
 
-def derive_content_digest(source: Source, layer: SelectedLayer, max_size: int | None) -> str:
+def derive_content_digest(source: ImageSource, layer: SelectedLayer, max_size: int | None) -> str:
     """What a packed layer unpacks to, from the blob itself: read again, verified, nothing written.
 
     With verify, this is what an unpacked file is checked against, so that a
@@ -308,13 +310,15 @@ def derive_content_digest(source: Source, layer: SelectedLayer, max_size: int | 
     """
     try:
         stream = source.open_blob(layer.digest, 0)
-    except SourceError as exc:
+    except ImageError as exc:
         raise DeliveryError(str(exc)) from exc
     try:
         reader = _BlobReader(stream, layer)
         content = unpack_stream(reader, _Discard(), max_size)
         reader.drain()
-    except SourceError as exc:
+    except DeliveryError:
+        raise
+    except ImageError as exc:
         raise DeliveryError(str(exc)) from exc
     finally:
         stream.close()
@@ -356,7 +360,7 @@ class Staged:
 
 
 def _attempt(
-    source: Source,
+    source: ImageSource,
     layer: SelectedLayer,
     path: str,
     partial: str,
@@ -433,7 +437,7 @@ def _unpack_staged(blob: AtomicFile, path: str, partial: str, tally: _Tally, max
 
 
 def stage(
-    source: Source,
+    source: ImageSource,
     layer: SelectedLayer,
     path: str,
     retries: int,

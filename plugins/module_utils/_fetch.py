@@ -55,7 +55,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
     stat_identity,
     write_bytes_atomic,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._mirrors import blob_sources, mirror_results, with_mirrors
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     MAX_DOCUMENT_SIZE,
     ROLES,
@@ -70,12 +69,13 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import (
     select_layers,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._source import (
-    SourceError,
+    NamedSource,
     open_source,
     read_config,
     resolve_image,
     select_manifest,
 )
+from ansible_collections.ironcore.image.plugins.module_utils._store import ImageSource
 from ansible_collections.ironcore.image.plugins.module_utils._transfer import run_parallel
 
 STATE_FILE = PARTIAL_PREFIX + "state.json"
@@ -463,7 +463,7 @@ def unpacked_limit(params: t.Mapping[str, t.Any], layer: SelectedLayer) -> int:
 
 
 def _verify_before_delivery(
-    source: t.Any, params: t.Mapping[str, t.Any], image_digest: str, manifest_digest: str
+    source: NamedSource, params: t.Mapping[str, t.Any], image_digest: str, manifest_digest: str
 ) -> dict[str, t.Any]:
     """_signatures.verify_before_delivery(), imported only by a fetch that asks for a signature check.
 
@@ -475,11 +475,11 @@ def _verify_before_delivery(
         return {"signatures": {}, "signature_formats": {}, "provenance": None}
     from ansible_collections.ironcore.image.plugins.module_utils._signatures import verify_before_delivery
 
-    return verify_before_delivery(source, params, image_digest, manifest_digest)
+    return verify_before_delivery(source.store, source.ref, params, image_digest, manifest_digest)
 
 
 def _deliver_all(
-    source: t.Any,
+    source: ImageSource,
     plans: t.Sequence[FilePlan],
     concurrency: int,
     retries: int,
@@ -601,7 +601,7 @@ def fetch_image(
     started = time.monotonic()
     try:
         result = _fetch(params, check_mode, apply_attributes, on_retry, warn or (lambda _message: None))
-    except (SourceError, SelectionError, DocumentError, DeliveryError) as exc:
+    except (SelectionError, DocumentError, DeliveryError) as exc:
         raise FetchError(str(exc)) from exc
     except OSError as exc:
         raise FetchError("dest %s: %s" % (params["dest"], exc.strerror or exc)) from exc
@@ -636,7 +636,8 @@ def _fetch(
     if params.get("layout") and os.path.isdir(params["layout"]):
         refuse_shared(os.path.abspath(params["layout"]), "layout", allow_shared)
 
-    source = with_mirrors(open_source(params, on_retry), params)
+    source = open_source(params, on_retry)
+    store = source.store
     image = resolve_image(source)
     _check_pin(params, image.digest, source.describe())
     chosen = select_manifest(source, image, platform, architecture)
@@ -666,7 +667,7 @@ def _fetch(
 
     def derive(layer: SelectedLayer) -> str:
         try:
-            return derive_content_digest(source, layer, limit(layer))
+            return derive_content_digest(store, layer, limit(layer))
         except DeliveryError as exc:
             raise FetchError("%s: verify could not re-read its blob: %s" % (layer.role, exc)) from exc
 
@@ -694,11 +695,11 @@ def _fetch(
             progress = ProgressRecorder(os.path.join(bookkeeping.state_dir, PROGRESS_FILE))
             progress.set_phase("plan")
             plans = plan_files(layers, dest, names, state, params["verify"], derive)
-            delta = DeltaFetch(source, chosen.digest, params, bookkeeping.state_dir, warn)
+            delta = DeltaFetch(store, chosen.digest, params, bookkeeping.state_dir, warn)
             succeeded = False
             try:
                 _deliver_all(
-                    source,
+                    store,
                     plans,
                     int(params.get("concurrency") or 1),
                     int(params.get("retries") or 0),
@@ -728,18 +729,18 @@ def _fetch(
     files = {plan.layer.role: _file_result(plan) for plan in plans}
     # With mirrors: who served each file's bytes, and what the origin sent.
     for plan in plans:
-        served = blob_sources(source, plan.layer.digest)
+        served = store.served(plan.layer.digest)
         if served is not None:
             files[plan.layer.role]["sources"] = served
     result["files"] = files
-    result.update(mirror_results(source))
+    result.update(store.mirror_report())
     result["changed"] = any(plan.changed for plan in plans)
     # A layout source has no requests to retry; a broken transfer that was resumed is a retry too.
     resumes = [line for plan in plans if plan.delivered for line in plan.delivered.resumes]
     for line in resumes:
         if on_retry is not None:
             on_retry(line)
-    result["retries"] = source.retries + len(resumes)
+    result["retries"] = store.retries + len(resumes)
     return result
 
 

@@ -20,11 +20,7 @@ import typing as t
 from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import BlobWalk, LayoutError, OciLayout
-from ansible_collections.ironcore.image.plugins.module_utils._mirrors import (
-    ATTACHMENT_NAME_RE,
-    mirror_results,
-    with_mirrors,
-)
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import ATTACHMENT_NAME_RE
 from ansible_collections.ironcore.image.plugins.module_utils._model import canonical_platform, descriptors
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
     Document,
@@ -38,9 +34,8 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import (
     select_layers,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._source import (
+    NamedSource,
     ResolvedImage,
-    Source,
-    SourceError,
     child_manifest,
     open_source,
     read_config,
@@ -54,7 +49,7 @@ class InfoError(ImageError):
 
 
 def _describe_manifest(
-    source: Source, digest: str, size: int, document: Document, entry: t.Mapping[str, t.Any] | None
+    source: NamedSource, digest: str, size: int, document: Document, entry: t.Mapping[str, t.Any] | None
 ) -> dict[str, t.Any]:
     layers = manifest_layers(document)
     platform = platform_of(entry) if entry else {}
@@ -93,7 +88,7 @@ def _visible_headers(headers: t.Mapping[str, str], include_credentials: bool | N
 
 
 def _selected(
-    source: Source, params: t.Mapping[str, t.Any], image: ResolvedImage, documents: t.Mapping[str, Document]
+    source: NamedSource, params: t.Mapping[str, t.Any], image: ResolvedImage, documents: t.Mapping[str, Document]
 ) -> dict[str, t.Any]:
     platform = canonical_platform(params["platform"]) or params["platform"]
     architecture = node_architecture(params["architecture"])
@@ -102,7 +97,7 @@ def _selected(
     layers = select_layers(chosen.document, platform, params.get("layers"))
     described = []
     for layer in layers:
-        url, headers = source.blob_location(layer.digest)
+        url, headers = source.store.blob_location(layer.digest)
         described.append(dict(layer.summary(), url=url, **_visible_headers(headers, params.get("include_credentials"))))
     return {
         "platform": platform,
@@ -114,7 +109,7 @@ def _selected(
 
 
 def _signatures_of(
-    source: Source, params: t.Mapping[str, t.Any], image_digest: str, manifest_digests: list[str]
+    source: NamedSource, params: t.Mapping[str, t.Any], image_digest: str, manifest_digests: list[str]
 ) -> dict[str, t.Any]:
     """Signatures, provenance and SBOM referrers, when asked for (they cost requests per digest)."""
     keys = params.get("signature_keys") or []
@@ -124,13 +119,13 @@ def _signatures_of(
     from ansible_collections.ironcore.image.plugins.module_utils._signatures import describe_signatures
 
     identity = SignedIdentity.from_params(params.get("signature_identity"))
-    return describe_signatures(source, image_digest, manifest_digests, keys, identity)
+    return describe_signatures(source.store, source.ref, image_digest, manifest_digests, keys, identity)
 
 
 def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
     """The module's one call."""
     try:
-        source = with_mirrors(open_source(params), params)
+        source = open_source(params)
         image = resolve_image(source)
         documents: dict[str, Document] = {}
         manifests = []
@@ -152,9 +147,9 @@ def image_info(params: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
             "selected": _selected(source, params, image, documents) if params.get("platform") else None,
         }
         described.update(_signatures_of(source, params, image.digest, [str(m["digest"]) for m in manifests]))
-        described.update(mirror_results(source))
+        described.update(source.store.mirror_report())
         return described
-    except (SourceError, SelectionError, DocumentError) as exc:
+    except (SelectionError, DocumentError) as exc:
         raise InfoError(str(exc)) from exc
 
 

@@ -255,19 +255,6 @@ def _put_blob(store: Store, layer: _Layer) -> None:
 # ---- listing ----------------------------------------------------------------
 
 
-def source_store(source: t.Any) -> ImageSource:
-    """The store that lists the referrers and signatures of what a fetch or info source reads.
-
-    It shares the source's client (and its tokens) or its layout. Behind
-    mirrors (_mirrors.MirroredSource.over_store) they are listed the way the
-    image is read: at the origin, at the mirrors when the origin cannot answer;
-    what a mirror hands out is checked like the origin's.
-    """
-    if source.client is None:
-        return LayoutStore(source.layout.path)
-    return t.cast(ImageSource, source.over_store(RegistryStore(source.client, source.ref.repository)))
-
-
 def list_referrers(store: ImageSource, subject_digest: str, artifact_type: str | None = None) -> list[Referrer]:
     """The referrers of a subject (of one artifact type, when given); [] when it has none."""
     referrers, _by_api = _listing(store, subject_digest, artifact_type)
@@ -278,7 +265,7 @@ def _listing(store: ImageSource, subject_digest: str, artifact_type: str | None 
     """(referrers, whether the store's referrers API answered) of a subject: the API first, the tag schema otherwise.
 
     The one way every caller lists referrers, through any store: a layout, a
-    registry, or a registry behind mirrors (_mirrors.MirroredStore, which asks
+    registry, or a registry behind mirrors (_mirrors.MirroredSource, which asks
     the origin first and its mirrors when the origin cannot answer).
     """
     where = "of %s in %s" % (subject_digest, store.describe())

@@ -44,7 +44,6 @@ from ansible_collections.ironcore.image.plugins.module_utils._referrers import (
     attach_referrer,
     list_referrers,
     read_referrer,
-    source_store,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._sign import (
     DEFAULT_IDENTITY,
@@ -457,13 +456,8 @@ def _fetched_tag(ref: ImageReference) -> str | None:
     return None if ref.digest else ref.tag
 
 
-def _store_of(source: t.Any) -> ImageSource:
-    """The store behind a fetch source (_referrers.source_store), typed as the stores this file writes to."""
-    return source_store(source)
-
-
 def verify_before_delivery(
-    source: t.Any, params: t.Mapping[str, t.Any], image_digest: str, manifest_digest: str
+    store: ImageSource, ref: ImageReference, params: t.Mapping[str, t.Any], image_digest: str, manifest_digest: str
 ) -> dict[str, t.Any]:
     """Fetch's check, before any blob byte is written: {"signatures", "provenance"} or a one-line failure.
 
@@ -482,8 +476,6 @@ def verify_before_delivery(
     predicate_types = list(params.get("provenance_predicate_types") or _provenance.DEFAULT_PREDICATE_TYPES)
     keys = [load_public_key(text) for text in keys_given]
     identity = SignedIdentity.from_params(params.get("signature_identity"))
-    ref = source.ref
-    store = _store_of(source)
     verified: dict[str, tuple[str, str]] = {}
     provenance = None
     try:
@@ -801,7 +793,8 @@ def _is_unsigned(described: t.Mapping[str, t.Any], with_keys: bool) -> bool:
 
 
 def describe_signatures(
-    source: t.Any,
+    store: ImageSource,
+    ref: ImageReference,
     image_digest: str,
     manifest_digests: t.Sequence[str],
     keys_given: t.Sequence[str],
@@ -815,7 +808,6 @@ def describe_signatures(
     signature that verifies).
     """
     keys = [load_public_key(text) for text in keys_given]
-    store, ref = _store_of(source), source.ref
     try:
         names = {name: str(found["digest"]) for name, found in _published_names(store, ref, image_digest).items()}
         signatures = {

@@ -4,12 +4,16 @@
 # Private to the ironcore.image collection: no compatibility promise for
 # anything outside it.
 
-"""Where an image is read from: a local OCI layout or a registry.
+"""The image fetch and info read: its store opened from the module's options, resolved and selected.
 
-Both sources answer the same few questions (what does a name resolve to,
-give me this manifest, stream this blob from an offset), so fetch and info
-neither know nor care which one they talk to. Every document handed out has
-been checked against its digest and the 4 MiB cap.
+`open_source()` turns the options of a module that reads an image into an
+`_store.ImageSource` (a `LayoutStore` for `layout`, a `RegistryStore` for the
+registry of `name`, behind `_mirrors.MirroredSource` when `mirrors` are
+given) and the name it is read by; there is no other way to read an image.
+The rest is the glue between that store and `_select`'s rules: resolve the
+name, read an index entry's manifest, pick the manifest for a node, read its
+config. Every document handed out has been checked against its digest and
+the 4 MiB cap.
 """
 
 from __future__ import annotations
@@ -20,22 +24,16 @@ from dataclasses import dataclass
 from ansible_collections.ironcore.image.plugins.module_utils._document import DocumentError, load_json, parse_document
 from ansible_collections.ironcore.image.plugins.module_utils._document import check_descriptor as check_one_descriptor
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
-from ansible_collections.ironcore.image.plugins.module_utils._io import (
-    CHUNK_SIZE,
-    FileStream,
-    sha256_digest,
-)
-from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError, OciLayout
+from ansible_collections.ironcore.image.plugins.module_utils._io import CHUNK_SIZE, sha256_digest
+from ansible_collections.ironcore.image.plugins.module_utils._layout import LayoutError
 from ansible_collections.ironcore.image.plugins.module_utils._model import (
     ARCHITECTURE_CHOICES,
     MAX_DOCUMENT_SIZE,
     MAX_INDEX_ENTRIES,
     PLATFORM_CHOICES,
     ROLES,
-    SHA256_DIGEST_RE,
     ImageReference,
     InvalidReference,
-    names_hint,
 )
 from ansible_collections.ironcore.image.plugins.module_utils._registry_args import REGISTRY_ARGUMENT_SPEC
 from ansible_collections.ironcore.image.plugins.module_utils._select import (
@@ -48,232 +46,22 @@ from ansible_collections.ironcore.image.plugins.module_utils._select import (
     normalise_config,
     select_entry,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobStream
+from ansible_collections.ironcore.image.plugins.module_utils._store import ImageSource, LayoutStore
 
 
-class SourceError(ImageError):
-    """Reading from the source failed; `retryable` says whether trying again may help."""
+@dataclass(frozen=True)
+class NamedSource:
+    """The store an image is read from, and the name it is read by (as given, and parsed)."""
 
-
-class Source(t.Protocol):
+    store: ImageSource
     ref: ImageReference
-
-    @property
-    def retries(self) -> int:
-        """Requests retried so far (a registry's client counts them; a layout never retries)."""
-
-    def describe(self) -> str: ...
-
-    def resolve(self) -> tuple[bytes, str | None, str]: ...
-
-    def manifest(self, digest: str) -> tuple[bytes, str | None]: ...
-
-    def read_small_blob(self, digest: str, size: int) -> bytes: ...
-
-    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream: ...
-
-    def blob_location(self, digest: str) -> tuple[str, dict[str, str]]: ...
-
-    def reject_blob(self, digest: str, reason: str) -> bool:
-        """After a blob failed verification: True when another source may serve it (mirrors), else False."""
-
-
-def _check_document(data: bytes, digest: str, what: str) -> bytes:
-    if len(data) > MAX_DOCUMENT_SIZE:
-        raise SourceError("%s %s is larger than 4 MiB; refusing it" % (what, digest))
-    if sha256_digest(data) != digest:
-        raise SourceError("%s %s does not match its digest; the source is corrupt" % (what, digest))
-    return data
-
-
-class LayoutSource:
-    """An image in a local OCI image layout (as written by ironcore_image_build or skopeo)."""
-
-    # What _referrers.source_store() asks every source: its client (none), its layout, the wrapper of its store.
-    client = None
-
-    @staticmethod
-    def over_store(store: t.Any) -> t.Any:
-        return store
-
-    def __init__(self, path: str, ref: ImageReference, name: str):
-        self.layout = OciLayout(path)
-        self.ref = ref
-        self.name = name
-        if not self.layout.exists():
-            raise SourceError("layout: %s is not an OCI image layout (no oci-layout file)" % self.layout.path)
-
-    @property
-    def retries(self) -> int:
-        return 0
+    name: str
 
     def describe(self) -> str:
-        return "%s in layout %s" % (self.name, self.layout.path)
-
-    def _document(self, digest: str, what: str) -> bytes:
-        try:
-            return self.layout.read_document(digest)
-        except LayoutError as exc:
-            raise SourceError("%s: %s" % (what, exc)) from exc
-
-    def resolve(self) -> tuple[bytes, str | None, str]:
-        if self.ref.digest:
-            return self._document(self.ref.digest, self.name), None, self.ref.digest
-        try:
-            names = self.layout.refs()
-        except LayoutError as exc:
-            raise SourceError(str(exc)) from exc
-        # Names as given, as this collection records them, or a bare tag as `skopeo copy oci:DIR:TAG` does.
-        for candidate in (self.name, str(self.ref), self.ref.tag):
-            if candidate in names:
-                entry = names[candidate]
-                digest = entry.get("digest")
-                if not isinstance(digest, str) or not SHA256_DIGEST_RE.fullmatch(digest):
-                    raise SourceError(
-                        "%s is recorded in layout %s without a valid digest" % (candidate, self.layout.path)
-                    )
-                data = self._document(digest, self.name)
-                return data, entry.get("mediaType"), digest
-        hint = names_hint(self.name, names)
-        raise SourceError(
-            "%s is not recorded in layout %s (names there, closest first: %s)" % (self.name, self.layout.path, hint)
-        )
-
-    def manifest(self, digest: str) -> tuple[bytes, str | None]:
-        return self._document(digest, "manifest"), None
-
-    def read_small_blob(self, digest: str, size: int) -> bytes:
-        return self._document(digest, "blob")
-
-    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
-        try:
-            return FileStream(self.layout.blob_path(digest), offset, length)
-        except LayoutError as exc:
-            raise SourceError(str(exc)) from exc
-        except FileNotFoundError as exc:
-            raise SourceError("blob %s is missing from layout %s" % (digest, self.layout.path)) from exc
-        except OSError as exc:
-            raise SourceError(
-                "cannot read blob %s in layout %s: %s" % (digest, self.layout.path, exc.strerror)
-            ) from exc
-
-    def reject_blob(self, digest: str, reason: str) -> bool:
-        return False
-
-    def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
-        try:
-            return "file://" + self.layout.blob_path(digest), {}
-        except LayoutError as exc:
-            raise SourceError(str(exc)) from exc
-
-
-class RegistrySource:
-    """An image in an OCI registry, through the collection's registry client."""
-
-    # What _referrers.source_store() asks every source: its client, its layout (none), the wrapper of its store.
-    layout = None
-
-    @staticmethod
-    def over_store(store: t.Any) -> t.Any:
-        return store
-
-    def __init__(
-        self,
-        ref: ImageReference,
-        params: t.Mapping[str, t.Any],
-        on_retry: t.Callable[[str], None] | None = None,
-    ):
-        # Imported here so that reading a local layout needs no HTTP library.
-        from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient, RegistryError
-        from ansible_collections.ironcore.image.plugins.module_utils._registry_args import (
-            InvalidRegistryOptions,
-            registry_options,
-        )
-
-        if not ref.registry:
-            raise SourceError("name: %s names no registry host; write it as host[:port]/repository[:tag]" % ref)
-        try:
-            options = registry_options(params)
-        except InvalidRegistryOptions as exc:
-            raise SourceError(str(exc)) from exc
-        self.ref = ref
-        self._error_type = RegistryError
-        try:
-            # Reads docker_config (and runs credential helpers) already.
-            self.client = RegistryClient(ref.registry, options, on_retry)
-        except RegistryError as exc:
-            raise SourceError(str(exc)) from exc
-
-    def describe(self) -> str:
+        """The image for messages: `name in layout PATH`, or the registry reference."""
+        if self.store.registry is None:
+            return "%s in %s" % (self.name, self.store.describe())
         return str(self.ref)
-
-    @property
-    def retries(self) -> int:
-        """How many requests the client retried so far."""
-        return int(self.client.retries)
-
-    def _call(self, action: t.Callable[[], t.Any]) -> t.Any:
-        try:
-            return action()
-        except self._error_type as exc:
-            raise SourceError(str(exc), retryable=bool(getattr(exc, "retryable", False))) from exc
-
-    def resolve(self) -> tuple[bytes, str | None, str]:
-        data, media_type, digest = self._call(lambda: self.client.get_manifest(self.ref.repository, self.ref.reference))
-        return data, media_type, digest
-
-    def manifest(self, digest: str) -> tuple[bytes, str | None]:
-        data, media_type, _digest = self._call(lambda: self.client.get_manifest(self.ref.repository, digest))
-        return _check_document(data, digest, "manifest"), media_type
-
-    def read_small_blob(self, digest: str, size: int) -> bytes:
-        if size > MAX_DOCUMENT_SIZE:
-            raise SourceError("blob %s is %d bytes, more than a config may be (4 MiB); refusing it" % (digest, size))
-        stream = self.open_blob(digest)
-        try:
-            data = bytearray()
-            for chunk in stream.iter_chunks(CHUNK_SIZE):
-                data += chunk
-                if len(data) > MAX_DOCUMENT_SIZE:
-                    break
-        finally:
-            stream.close()
-        return _check_document(bytes(data), digest, "blob")
-
-    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
-        """From `offset` on; with `length`, only that many bytes (a single-range GET)."""
-        return TranslatedStream(
-            self._call(lambda: self.client.open_blob(self.ref.repository, digest, offset, length)), self._call
-        )
-
-    def reject_blob(self, digest: str, reason: str) -> bool:
-        return False
-
-    def blob_location(self, digest: str) -> tuple[str, dict[str, str]]:
-        url = self._call(lambda: self.client.blob_url(self.ref.repository, digest))
-        headers = self._call(lambda: self.client.auth_headers(self.ref.repository))
-        return url, dict(headers)
-
-
-class TranslatedStream:
-    """A client stream with its errors turned into SourceError as they surface (through `call`)."""
-
-    def __init__(self, stream: t.Any, call: t.Callable[[t.Callable[[], t.Any]], t.Any]):
-        self._stream = stream
-        self._call = call
-        self.offset = stream.offset
-        self.ranged: bool | None = getattr(stream, "ranged", None)
-
-    def iter_chunks(self, size: int) -> t.Iterator[t.Any]:
-        chunks = self._stream.iter_chunks(size)
-        while True:
-            chunk = self._call(lambda: next(chunks, None))
-            if chunk is None:
-                return
-            yield chunk
-
-    def close(self) -> None:
-        self._stream.close()
 
 
 def image_argument_spec(platform_required: bool) -> dict[str, dict[str, t.Any]]:
@@ -289,18 +77,47 @@ def image_argument_spec(platform_required: bool) -> dict[str, dict[str, t.Any]]:
     return spec
 
 
-def open_source(params: t.Mapping[str, t.Any], on_retry: t.Callable[[str], None] | None = None) -> Source:
-    """The source the module parameters name: `layout` when given, else the registry of `name`.
+def open_source(params: t.Mapping[str, t.Any], on_retry: t.Callable[[str], None] | None = None) -> NamedSource:
+    """The store the module parameters name: `layout` when given, else the registry of `name`; behind `mirrors`.
 
     `on_retry` is told of every retried registry request (modules pass module.warn).
     """
     try:
         ref = ImageReference.parse(params["name"])
     except InvalidReference as exc:
-        raise SourceError("name: %s" % exc) from exc
+        raise ImageError("name: %s" % exc, option="name") from exc
+    store: ImageSource
     if params.get("layout"):
-        return LayoutSource(params["layout"], ref, params["name"])
-    return RegistrySource(ref, params, on_retry)
+        layout = LayoutStore(params["layout"])
+        try:
+            layout.layout.require()
+        except LayoutError as exc:
+            raise ImageError("layout: %s" % exc, option="layout") from exc
+        store = layout
+    else:
+        store = _registry_store(ref, params, on_retry)
+    if params.get("mirrors"):
+        # Imported here: most reads have no mirrors.
+        from ansible_collections.ironcore.image.plugins.module_utils._mirrors import with_mirrors
+
+        store = with_mirrors(store, ref, params)
+    return NamedSource(store, ref, params["name"])
+
+
+def _registry_store(
+    ref: ImageReference, params: t.Mapping[str, t.Any], on_retry: t.Callable[[str], None] | None
+) -> ImageSource:
+    # Imported here so that reading a local layout needs no HTTP library.
+    from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient
+    from ansible_collections.ironcore.image.plugins.module_utils._registry_args import registry_options
+    from ansible_collections.ironcore.image.plugins.module_utils._store import RegistryStore
+
+    if not ref.registry:
+        raise ImageError(
+            "name: %s names no registry host; write it as host[:port]/repository[:tag]" % ref, option="name"
+        )
+    # Reads docker_config (and runs credential helpers) already; its errors are ImageErrors of their own.
+    return RegistryStore(RegistryClient(ref.registry, registry_options(params), on_retry), ref.repository)
 
 
 @dataclass
@@ -322,38 +139,50 @@ class SelectedManifest:
     decided_by: str
 
 
-def resolve_image(source: Source) -> ResolvedImage:
-    data, media_type, digest = source.resolve()
+def resolve_image(source: NamedSource) -> ResolvedImage:
+    """The document the name points at: by its digest when it has one, else as the store resolves the name."""
+    store, ref = source.store, source.ref
+    media_type: str | None = None
+    if ref.digest:
+        digest = ref.digest
+        data = store.read_document(digest, 0)
+    else:
+        descriptor = store.resolve(store.name_to_resolve(ref, source.name))
+        digest = str(descriptor["digest"])
+        data = store.read_document(digest, int(descriptor["size"]))
+        media_type = descriptor.get("mediaType")
     document = load_json(data, "%s (%s)" % (source.describe(), digest))
     index = is_index(document, media_type)
     entries = document.get("manifests")
     # Each entry is a manifest to read and keep: a 4 MiB index could name some 20,000.
     if index and isinstance(entries, list) and len(entries) > MAX_INDEX_ENTRIES:
-        raise SourceError(
+        raise DocumentError(
             "%s (%s) lists %d manifests, more than the %d an image index may have here; refusing it"
             % (source.describe(), digest, len(entries), MAX_INDEX_ENTRIES)
         )
     return ResolvedImage(data, media_type, digest, document, index)
 
 
-def child_manifest(source: Source, entry: t.Mapping[str, t.Any]) -> Document:
+def child_manifest(source: NamedSource, entry: t.Mapping[str, t.Any]) -> Document:
     """The manifest an index entry points at, checked against the entry."""
     try:
         check_descriptor(entry, "index entry %s" % entry_label(entry))
     except SelectionError as exc:
-        raise SourceError("%s: %s" % (source.describe(), exc)) from exc
+        raise SelectionError("%s: %s" % (source.describe(), exc)) from exc
     digest, size = str(entry["digest"]), int(entry["size"])
     if size > MAX_DOCUMENT_SIZE:
-        raise SourceError("manifest %s is %d bytes, more than a manifest may be (4 MiB); refusing it" % (digest, size))
-    data, media_type = source.manifest(digest)
+        raise DocumentError(
+            "manifest %s is %d bytes, more than a manifest may be (4 MiB); refusing it" % (digest, size)
+        )
+    data = source.store.read_document(digest, size)
     document = parse_document(data, entry, source.describe()).body
-    if is_index(document, media_type or entry.get("mediaType")):
-        raise SourceError("index entry %s points at another index; nested indexes are not supported" % digest)
+    if is_index(document, entry.get("mediaType")):
+        raise DocumentError("index entry %s points at another index; nested indexes are not supported" % digest)
     return document
 
 
 def select_manifest(
-    source: Source,
+    source: NamedSource,
     image: ResolvedImage,
     platform: str,
     architecture: str,
@@ -375,21 +204,42 @@ def select_manifest(
             return SelectedManifest(image.digest, image.document, decision.rule)
         entry, decision = select_entry(image.document, platform, architecture, source.ref.tag, load)
     except SelectionError as exc:
-        raise SourceError("%s: %s" % (source.describe(), exc)) from exc
+        raise SelectionError("%s: %s" % (source.describe(), exc)) from exc
     return SelectedManifest(str(entry["digest"]), load(entry), decision.rule)
 
 
-def read_config(source: Source, manifest: t.Mapping[str, t.Any]) -> Document | None:
+def read_small_blob(store: ImageSource, digest: str, size: int) -> bytes:
+    """A blob of at most 4 MiB (a config) read whole and checked against its digest.
+
+    Behind mirrors, a source whose bytes do not match loses the blob (`reject_blob`) and the next is read.
+    """
+    if size > MAX_DOCUMENT_SIZE:
+        raise DocumentError("blob %s is %d bytes, more than a config may be (4 MiB); refusing it" % (digest, size))
+    while True:
+        data = bytearray()
+        stream = store.open_blob(digest, 0, None)
+        try:
+            for chunk in stream.iter_chunks(CHUNK_SIZE):
+                data += chunk
+                if len(data) > MAX_DOCUMENT_SIZE:
+                    break
+        finally:
+            stream.close()
+        if len(data) <= MAX_DOCUMENT_SIZE and sha256_digest(bytes(data)) == digest:
+            return bytes(data)
+        reason = "blob %s from %s does not match its digest; the source is corrupt" % (digest, store.describe())
+        if not store.reject_blob(digest, reason):
+            raise DocumentError(reason)
+
+
+def read_config(source: NamedSource, manifest: t.Mapping[str, t.Any]) -> Document | None:
     """The parsed image config (e.g. `commandLine`), or None when there is no JSON object config."""
     config = manifest.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("digest"), str):
         return None
-    try:
-        digest, size = check_one_descriptor(config, "the config descriptor of %s" % source.describe())
-    except DocumentError as exc:
-        # A missing size was once read as 0; it is refused like any other invalid one.
-        raise SourceError(str(exc)) from exc
-    data = source.read_small_blob(digest, size)
+    # A missing size was once read as 0; it is refused like any other invalid one.
+    digest, size = check_one_descriptor(config, "the config descriptor of %s" % source.describe())
+    data = read_small_blob(source.store, digest, size)
     try:
         return normalise_config(load_json(data, "config"))
     except DocumentError:

@@ -31,7 +31,6 @@ import threading
 import time
 import typing as t
 
-from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient, UploadSession
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError, RegistryError
 from ansible_collections.ironcore.image.plugins.module_utils._io import (
     AtomicFile,
@@ -56,14 +55,12 @@ from ansible_collections.ironcore.image.plugins.module_utils._transfer import (
     ResumableRead,
     backoff_delay,
 )
-from ansible_collections.ironcore.image.plugins.module_utils._upload import (
-    ByteCounter,
-    FileSlice,
-    upload_blob,
-    upload_from,
-    upload_stream,
-)
 from ansible_collections.ironcore.image.plugins.module_utils._walk import Document
+
+if t.TYPE_CHECKING:
+    # Only for the types: a fetch or info from a layout must not load the registry client (docs/performance.md).
+    from ansible_collections.ironcore.image.plugins.module_utils._client import RegistryClient, UploadSession
+    from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter
 
 PARTIAL_SUFFIX = ".partial"
 # The header a registry with the referrers API answers a manifest PUT with when it indexed its subject.
@@ -107,6 +104,9 @@ class ImageSource(t.Protocol):
 
     def describe(self) -> str: ...
 
+    def source_url(self) -> str:
+        """How results name the store: a registry's base URL, a layout's file:// URL, a mirror's url."""
+
     def resolve(self, name: str) -> dict[str, t.Any]: ...
 
     def current_name(self, name: str) -> dict[str, t.Any] | None: ...
@@ -138,6 +138,15 @@ class ImageSource(t.Protocol):
 
     def name_for_tag(self, ref: ImageReference, tag: str) -> str:
         """What the store calls `tag` of `ref`'s repository (a `.sig`, a referrers index)."""
+
+    def name_to_resolve(self, ref: ImageReference, given: str) -> str:
+        """What resolve() takes for the name `given` (parsed: `ref`): a layout's name as given, a repository's tag."""
+
+    def served(self, digest: str) -> list[dict[str, t.Any]] | None:
+        """Who served how many bytes of a blob ([{url, bytes}]) behind mirrors; None for a store that serves alone."""
+
+    def mirror_report(self) -> dict[str, t.Any]:
+        """`bytes_from_origin` and `mirror_errors` behind mirrors; {} for a store that serves alone."""
 
 
 class ImageDestination(t.Protocol):
@@ -198,6 +207,15 @@ class LayoutStore:
 
     def describe(self) -> str:
         return "layout %s" % self.layout.path
+
+    def source_url(self) -> str:
+        return "file://" + self.layout.path
+
+    def served(self, digest: str) -> list[dict[str, t.Any]] | None:
+        return None
+
+    def mirror_report(self) -> dict[str, t.Any]:
+        return {}
 
     def __enter__(self) -> LayoutStore:
         return self
@@ -557,6 +575,8 @@ def download_blob(source: ImageSource, digest: str, size: int, path: str) -> Non
     resumes with Range after interruptions, as a copy does. StoreError when
     the bytes are not the blob; `path` is then not created.
     """
+    from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter
+
     with AtomicFile(path) as out:
         receiver = _Receiver(source, digest, size, out, HashingCounter(), ByteCounter(), source.retries, "downloading")
         hashed = receiver.receive()
@@ -590,6 +610,15 @@ class RegistryStore:
 
     def describe(self) -> str:
         return "%s/%s" % (self.client.registry, self.repository)
+
+    def source_url(self) -> str:
+        return str(self.client.base_url)
+
+    def served(self, digest: str) -> list[dict[str, t.Any]] | None:
+        return None
+
+    def mirror_report(self) -> dict[str, t.Any]:
+        return {}
 
     # ---- reading --------------------------------------------------------
 
@@ -674,6 +703,8 @@ class RegistryStore:
         return False
 
     def put_blob(self, source: ImageSource, digest: str, size: int, counter: ByteCounter, retries: int) -> None:
+        from ansible_collections.ironcore.image.plugins.module_utils._upload import upload_blob, upload_stream
+
         session = self._sessions.pop(digest, None)
         path = source.local_blob_path(digest)
         repository = str(self.repository)
@@ -686,6 +717,8 @@ class RegistryStore:
 
     def put_small_blob(self, data: bytes) -> None:
         """Upload a blob held in memory (a signature payload, a config), unless the repository has it."""
+        from ansible_collections.ironcore.image.plugins.module_utils._upload import ByteCounter, FileSlice, upload_from
+
         digest = sha256_digest(data)
         if self.has_blob(digest, len(data)):
             return
@@ -699,6 +732,8 @@ class RegistryStore:
 
     def put_file_blob(self, path: str, digest: str, size: int) -> None:
         """Upload a local file as the blob `digest`, unless the repository has it (the upload verifies it)."""
+        from ansible_collections.ironcore.image.plugins.module_utils._upload import upload_blob
+
         if not self.has_blob(digest, size):
             upload_blob(self.client, str(self.repository), digest, size, path, self.chunk_size)
 

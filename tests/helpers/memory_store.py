@@ -12,7 +12,7 @@ import typing as t
 
 from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._manifest import canonical_json, sha256_digest
-from ansible_collections.ironcore.image.plugins.module_utils._mirrors import MirroredStore
+from ansible_collections.ironcore.image.plugins.module_utils._mirrors import MirroredSource
 from ansible_collections.ironcore.image.plugins.module_utils._model import OCI_INDEX, OCI_MANIFEST, ImageReference
 from ansible_collections.ironcore.image.plugins.module_utils._store import ImageDestination, ImageSource, StoreError
 from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobLocation
@@ -91,6 +91,15 @@ class MemoryStore:
 
     def describe(self) -> str:
         return "memory:%s" % (self.repository or "store")
+
+    def source_url(self) -> str:
+        return "memory://%s" % (self.repository or "store")
+
+    def served(self, digest: str) -> list[dict[str, t.Any]] | None:
+        return None
+
+    def mirror_report(self) -> dict[str, t.Any]:
+        return {}
 
     def resolve(self, name: str) -> dict[str, t.Any]:
         found = self.current_name(name)
@@ -177,6 +186,9 @@ class MemoryStore:
     def name_for_tag(self, ref: ImageReference, tag: str) -> str:
         return tag
 
+    def name_to_resolve(self, ref: ImageReference, given: str) -> str:
+        return given
+
     def put_small_blob(self, data: bytes) -> None:
         self.blobs[sha256_digest(data)] = data
 
@@ -210,6 +222,6 @@ def _typed(store: MemoryStore) -> tuple[ImageSource, ImageDestination]:
     return store, store
 
 
-def _mirrored_is_a_source(store: MirroredStore) -> ImageSource:
+def _mirrored_is_a_source(store: MirroredSource) -> ImageSource:
     """Never called: mypy checks here that the mirror wrapper answers everything a source is asked."""
     return store

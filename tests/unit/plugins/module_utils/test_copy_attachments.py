@@ -109,7 +109,7 @@ def test_a_destination_signer_is_kept_and_the_source_signer_appended(source, tmp
 
 
 class ListedByAMirror(LayoutStore):
-    """A source whose referrers a mirror listed (the origin could not answer), as _mirrors.MirroredStore says."""
+    """A source whose referrers a mirror listed (the origin could not answer), as _mirrors.MirroredSource says."""
 
     def listed_by_mirror(self, subject_digest: str) -> str | None:
         return "http://mirror.example"

@@ -14,9 +14,8 @@ import pytest
 from ansible_collections.ironcore.image.plugins.module_utils import _delta as delta
 from ansible_collections.ironcore.image.plugins.module_utils._blockindex import BlockHasher, BlockIndex
 from ansible_collections.ironcore.image.plugins.module_utils._io import FileStream
-from ansible_collections.ironcore.image.plugins.module_utils._model import ImageReference
 from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer
-from ansible_collections.ironcore.image.plugins.module_utils._source import LayoutSource
+from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore
 
 BLOCK = 4096
 
@@ -200,7 +199,7 @@ class Setup:
         self.state.mkdir(mode=0o700)
         self.seed_path = tmp_path / "seed.img"
         self.seed_path.write_bytes(old)
-        self.source = LayoutSource(str(self.layout), ImageReference.parse("os:1"), "os:1")
+        self.source = LayoutStore(str(self.layout))
         self.layer = SelectedLayer("rootfs", "application/vnd.ironcore.image.rootfs", self.digest, len(new), False)
 
     def job(self) -> delta.DeltaJob:

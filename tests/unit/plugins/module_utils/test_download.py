@@ -10,21 +10,22 @@ from helpers.images import packed
 
 from ansible_collections.ironcore.image.plugins.module_utils import _download as download
 from ansible_collections.ironcore.image.plugins.module_utils import _fetch as fetch
+from ansible_collections.ironcore.image.plugins.module_utils._errors import ImageError
 from ansible_collections.ironcore.image.plugins.module_utils._layout import OciLayout
-from ansible_collections.ironcore.image.plugins.module_utils._model import ImageReference
 from ansible_collections.ironcore.image.plugins.module_utils._select import SelectedLayer
-from ansible_collections.ironcore.image.plugins.module_utils._source import LayoutSource, SourceError
+from ansible_collections.ironcore.image.plugins.module_utils._store import LayoutStore
+from ansible_collections.ironcore.image.plugins.module_utils._transfer import BlobStream
 
 DATA = os.urandom(3 * 1024 * 1024 + 123)
 
 
-class Interrupting:
-    """A layout source whose streams break after `cut` bytes, the first `times` times."""
+class Interrupting(LayoutStore):
+    """A real layout store whose streams break after `cut` bytes, the first `times` times."""
 
     def __init__(
-        self, source: LayoutSource, cut: int, times: int = 1, retryable: bool = True, ignore_range: bool = False
+        self, source: LayoutStore, cut: int, times: int = 1, retryable: bool = True, ignore_range: bool = False
     ):
-        self.source = source
+        super().__init__(source.layout.path)
         self.cut = cut
         self.times = times
         self.retryable = retryable
@@ -32,13 +33,10 @@ class Interrupting:
         self.offsets: list[int] = []
         self.lengths: list[int | None] = []
 
-    def reject_blob(self, digest: str, reason: str) -> bool:
-        return False
-
-    def open_blob(self, digest: str, offset: int = 0, length: int | None = None):
+    def open_blob(self, digest: str, offset: int = 0, length: int | None = None) -> BlobStream:
         self.offsets.append(offset)
         self.lengths.append(length)
-        stream = self.source.open_blob(digest, 0 if self.ignore_range else offset)
+        stream = super().open_blob(digest, 0 if self.ignore_range else offset)
         if self.times <= 0:
             return stream
         self.times -= 1
@@ -46,7 +44,7 @@ class Interrupting:
 
 
 class _Breaking:
-    def __init__(self, stream, cut: int, retryable: bool):
+    def __init__(self, stream: BlobStream, cut: int, retryable: bool):
         self._stream = stream
         self.offset = stream.offset
         self._cut = cut
@@ -57,7 +55,7 @@ class _Breaking:
         for chunk in self._stream.iter_chunks(min(size, 65536)):
             if sent + len(chunk) > self._cut:
                 yield bytes(chunk[: self._cut - sent])
-                raise SourceError("connection reset by peer", retryable=self._retryable)
+                raise ImageError("connection reset by peer", retryable=self._retryable)
             sent += len(chunk)
             yield chunk
 
@@ -80,8 +78,8 @@ def layer_for(store: OciLayout, data: bytes, role: str = "rootfs", is_packed: bo
     return SelectedLayer(role, media_type, digest, size, is_packed)
 
 
-def source_of(store: OciLayout) -> LayoutSource:
-    return LayoutSource(store.path, ImageReference.parse("r.io/x:1"), "r.io/x:1")
+def source_of(store: OciLayout) -> LayoutStore:
+    return LayoutStore(store.path)
 
 
 def deliver(source, layer, path: str, retries: int, backoff: float = 0.5) -> download.Delivered:

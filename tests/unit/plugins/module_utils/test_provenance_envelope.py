@@ -222,16 +222,21 @@ def test_the_most_telling_failure_wins(key):
 
 
 def test_require_provenance_without_keys_is_refused_before_reading_anything():
-    from ansible_collections.ironcore.image.plugins.module_utils import _signatures as signatures
+    from helpers.memory_store import MemoryStore
 
-    # No source to read: the refusal must come first.
+    from ansible_collections.ironcore.image.plugins.module_utils import _signatures as signatures
+    from ansible_collections.ironcore.image.plugins.module_utils._model import ImageReference
+
+    store, ref = MemoryStore(), ImageReference.parse("registry.example/os:1")
+    # The refusal comes before anything is read.
     with pytest.raises(signatures.SignatureError) as caught:
-        signatures.verify_before_delivery(None, {"require_provenance": True}, INDEX, OTHER)
+        signatures.verify_before_delivery(store, ref, {"require_provenance": True}, INDEX, OTHER)
     assert str(caught.value) == (
         "require_provenance is true but signature_keys is empty; give the public keys to trust"
     )
     # Nothing asked for, nothing checked.
-    assert signatures.verify_before_delivery(None, {}, INDEX, OTHER) == {
+    assert store.reads == []
+    assert signatures.verify_before_delivery(store, ref, {}, INDEX, OTHER) == {
         "signatures": {},
         "signature_formats": {},
         "provenance": None,
