@@ -85,8 +85,9 @@ def test_no_seed_means_everything_but_zeros_is_fetched():
 
 def test_coalesce_merges_gaps_up_to_64_kib_and_splits_long_ranges():
     gap = delta.MAX_GAP // BLOCK
-    runs = [(0, 1), (1 + gap, 2 + gap), (3 + 2 * gap, 4 + 2 * gap)]
-    assert delta.coalesce(runs, BLOCK, 10**9) == [(0, (2 + gap) * BLOCK), ((3 + 2 * gap) * BLOCK, BLOCK)]
+    # Runs of 100 blocks: a 64 KiB gap is within the budget (1/8 of the runs' bytes), a larger one never is.
+    runs = [(0, 100), (100 + gap, 200 + gap), (201 + 2 * gap, 301 + 2 * gap)]
+    assert delta.coalesce(runs, BLOCK, 10**9) == [(0, (200 + gap) * BLOCK), ((201 + 2 * gap) * BLOCK, 100 * BLOCK)]
     assert delta.coalesce([(0, 1), (2, 3)], BLOCK, 10**9, max_gap=0) == [(0, BLOCK), (2 * BLOCK, BLOCK)]
     # The last block is cut at the layer's end.
     assert delta.coalesce([(0, 2)], BLOCK, BLOCK + 10) == [(0, BLOCK + 10)]
@@ -357,6 +358,29 @@ def test_a_delta_uses_only_the_index_shapes_the_build_writes(block_size, hash_le
     with pytest.raises(delta.DeltaAbandoned) as caught:
         delta.check_index_shape(header)
     assert refusal in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_coalesce_fills_the_smallest_gaps_first_and_wastes_at_most_an_eighth_of_the_missing_bytes():
+    # A package update: single missing blocks a few blocks apart. Filling every gap of up to 64 KiB would
+    # fetch several times the missing bytes; the budget keeps the unchanged blocks fetched to 1/8 of them.
+    generator = random.Random(7)
+    runs, at = [], 0
+    for _number in range(400):
+        at += generator.choice([1, 2, 4, 5, 8, 12, 16])
+        runs.append((at, at + 1))
+        at += 1
+    ranges = delta.coalesce(runs, BLOCK, 10**9)
+    missing = len(runs) * BLOCK
+    fetched = sum(length for _offset, length in ranges)
+    # The goal of issue 27: at most 1.25 times the missing bytes (the budget is 1/8).
+    assert missing < fetched <= missing * 1.25
+    assert len(ranges) < len(runs)
+    # Every missing block is fetched; the gaps that were filled are the smallest ones.
+    covered = {n for offset, length in ranges for n in range(offset // BLOCK, (offset + length) // BLOCK)}
+    assert {first for first, _end in runs} <= covered
+    filled = [runs[n + 1][0] - runs[n][1] for n in range(len(runs) - 1) if runs[n][1] in covered]
+    left = [runs[n + 1][0] - runs[n][1] for n in range(len(runs) - 1) if runs[n][1] not in covered]
+    assert max(filled) <= min(left)
 
 
 @pytest.mark.parametrize(
