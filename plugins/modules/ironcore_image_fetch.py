@@ -362,7 +362,8 @@ files:
     delta:
       description:
         - "How the file was delivered: C(used) V(true) with C(seed_bytes) (taken from seeds), C(fetched_bytes)
-          (received in ranges) and C(requests) (range GETs sent, retries included); or C(used) V(false) with
+          (received in ranges), C(requests) (range GETs sent, retries included) and C(seed_hashed_bytes) (seed
+          bytes read to hash them, 0 when every seed's cached hashes answered); or C(used) V(false) with
           C(reason), for example that the image has no block index, the index was wrong (the file was then
           downloaded whole), or that nothing was downloaded."
       type: dict
