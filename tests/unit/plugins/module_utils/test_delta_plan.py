@@ -581,3 +581,9 @@ def test_an_index_whose_hash_this_host_cannot_compute_means_a_full_fetch(monkeyp
         "the block index is unusable: the block hash xxh3-128 needs the Python package xxhash: pip install xxhash"
     )
     delta.check_index_shape(delta.Header(digest_of(b"layer"), 10**9, BLOCK, 16, "sha256"))
+
+
+def test_the_state_directory_looked_in_beside_a_seed_is_the_fetchs_default():
+    from ansible_collections.ironcore.image.plugins.module_utils._fetch import STATE_SUBDIR
+
+    assert delta.DEFAULT_STATE_SUBDIR == STATE_SUBDIR
