@@ -906,6 +906,9 @@ class InOrderDigest:
                     return None
                 ready = self._ready
             while counter.size < ready:
+                if self._stopped:
+                    # Stopped in the middle of a long part (a stop signal): not a gigabyte later.
+                    return None
                 count = os.preadv(self.fd, [buffer[: min(len(buffer), ready - counter.size)]], counter.size)
                 if not count:
                     # Shorter than it was made: the size check after says so.

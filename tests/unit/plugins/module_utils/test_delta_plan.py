@@ -293,7 +293,7 @@ def test_the_in_order_digest_follows_the_parts_as_they_finish(tmp_path):
         data = bytearray(data)
         for start, end in [(5 * BLOCK, 7 * BLOCK), (17 * BLOCK, 20 * BLOCK)]:
             data[start:end] = bytes(end - start)
-        digest = delta.InOrderDigest(fd, len(data), [(offset, length) for offset, length in parts])
+        digest = delta.InOrderDigest(fd, len(data), parts)
         with ThreadPoolExecutor(max_workers=1) as pool:
             running = pool.submit(digest.run)
             # Written and finished last part first: nothing may be hashed before the first part is there.
