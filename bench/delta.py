@@ -6,7 +6,11 @@ edited with an insertion, 40 removed, 10 MB added), rebuilt from scratch so file
 built with ironcore_image_build and pushed with ironcore_image_push; when the image carries no block
 index yet, the benchmark attaches one (the build's own index, once it writes one, is used as it is).
 The node fetches A, then B: over the registry directly, and through an nginx with `limit_rate`
-(100 Mbit/s, a site link) against a full fetch (`delta: never`) over the same link.
+(100 Mbit/s, a site link) against a full fetch (`delta: never`) over the same link. Unthrottled on
+loopback it also fetches B onto an empty directory with A given in `seeds`, twice: first with the seed's
+hash cache cold (the seed is hashed), then warm (the same seed again: its cache answers), against a full
+fetch over the same loopback. The bytes fetched are set against the bytes of B's blocks that A does not
+hold (counted here from both images), plus the index.
 Run: make bench-delta BENCH_ARGS=--size-mib=1024
 """
 
@@ -33,6 +37,11 @@ LINK_BYTES_PER_SECOND = 12_500_000  # 100 Mbit/s
 GOAL_BYTES_SHARE = 0.10
 GOAL_TIME_SHARE = 0.25
 GOAL_RSS_MIB = 100.0
+# Unthrottled on loopback: a delta must beat the full fetch (issue 27's goals).
+GOAL_WARM_SHARE = 0.8
+GOAL_COLD_SHARE = 1.0
+# The ranges may cost this much over the bytes of the blocks that no seed holds (the index comes on top).
+GOAL_MISSING_FACTOR = 1.25
 ROOTFS = "application/vnd.ironcore.image.rootfs"
 
 
@@ -163,6 +172,29 @@ def ensure_index(registry: c.Registry, destination: str, rootfs: str) -> str:
     return "bench"
 
 
+def missing_bytes(image_a: str, image_b: str) -> tuple[int, int]:
+    """(bytes of B's non-zero blocks whose hash A does not hold at a block boundary, size of B's index)."""
+    from ansible_collections.ironcore.image.plugins.module_utils import _blockindex as bi
+
+    def index_of(path: str) -> t.Any:
+        hasher = bi.BlockHasher()
+        with open(path, "rb") as stream:
+            for chunk in iter(lambda: stream.read(c.CHUNK), b""):
+                hasher.update(chunk)
+        return hasher.finish("sha256:" + "0" * 64)
+
+    seed = index_of(image_a)
+    length = seed.header.hash_length
+    held = {seed.hashes[at : at + length] for at in range(0, len(seed.hashes), length)}
+    del seed
+    wanted = index_of(image_b)
+    missing = 0
+    for number in range(wanted.blocks):
+        if not wanted.is_zero(number) and wanted.block_hash(number) not in held:
+            missing += wanted.block_span(number)[1]
+    return missing, len(wanted.encode())
+
+
 # ---- the limited link ------------------------------------------------------------
 
 
@@ -277,12 +309,27 @@ def bench(ansible: c.Ansible, ping: c.Run, workdir: str, size_mib: int, _rounds:
         again, again_result = fetch(name_b, os.path.join(workdir, "direct"))
         if again_result["changed"]:
             raise c.BenchError("fetching B again reported a change")
+        # Unthrottled: B onto an empty directory, A given as a seed, cold then warm, against a full fetch.
+        loopback = os.path.join(workdir, "loopback")
+        full_direct, _result = fetch(name_b, os.path.join(workdir, "full-direct"), delta="never")
+        cold, cold_result = fetch(name_b, loopback, seeds=[image_a])
+        os.unlink(os.path.join(loopback, "rootfs"))
+        warm, warm_result = fetch(name_b, loopback, seeds=[image_a])
+        for label, result in (("cold", cold_result), ("warm", warm_result)):
+            if not result["files"]["rootfs"]["delta"].get("used"):
+                raise c.BenchError("the delta with a %s seed was not used" % label)
     finally:
         if link is not None:
             link.stop()
         registry.stop()
     fetched = delta["fetched_bytes"]
     share = fetched / layer_size
+    missing, index_size = missing_bytes(image_a, image_b)
+    over_missing = fetched / missing if missing else 0.0
+    warm_share, cold_share = warm.seconds / full_direct.seconds, cold.seconds / full_direct.seconds
+    hashed = "%s/%s" % tuple(
+        _mib(result["files"]["rootfs"]["delta"].get("seed_hashed_bytes")) for result in (cold_result, warm_result)
+    )
     time_share = slow.seconds / full.seconds
     module_rss = direct.module_rss_mib or 0.0
     ping_rss = ping.module_rss_mib or 0.0
@@ -316,6 +363,24 @@ def bench(ansible: c.Ansible, ping: c.Run, workdir: str, size_mib: int, _rounds:
                     "<= %.0f MiB %s" % (GOAL_RSS_MIB, _met(module_rss - ping_rss <= GOAL_RSS_MIB)),
                 ],
                 ["no-op re-run", "%.2f s" % again.seconds, ""],
+                ["blocks no seed holds / index", "%.1f MiB / %.1f MiB" % (missing / c.MiB, index_size / c.MiB), ""],
+                [
+                    "fetched / missing blocks",
+                    "%.2f" % over_missing,
+                    "<= %.2f %s" % (GOAL_MISSING_FACTOR, _met(over_missing <= GOAL_MISSING_FACTOR)),
+                ],
+                ["full fetch, loopback", "%.2f s" % full_direct.seconds, ""],
+                [
+                    "delta, loopback, seed cache cold",
+                    "%.2f s (%.2f)" % (cold.seconds, cold_share),
+                    "<= %.2f %s" % (GOAL_COLD_SHARE, _met(cold_share <= GOAL_COLD_SHARE)),
+                ],
+                [
+                    "delta, loopback, seed cache warm",
+                    "%.2f s (%.2f)" % (warm.seconds, warm_share),
+                    "<= %.2f %s" % (GOAL_WARM_SHARE, _met(warm_share <= GOAL_WARM_SHARE)),
+                ],
+                ["seed hashed, cold/warm", hashed, "warm: 0"],
             ],
         ),
         "",
@@ -335,6 +400,10 @@ def bench(ansible: c.Ansible, ping: c.Run, workdir: str, size_mib: int, _rounds:
         ping,
         again,
     )
+
+
+def _mib(value: t.Any) -> str:
+    return "-" if value is None else "%.1f MiB" % (value / c.MiB)
 
 
 def _met(ok: bool) -> str:

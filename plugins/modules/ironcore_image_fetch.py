@@ -364,10 +364,11 @@ files:
     delta:
       description:
         - "How the file was delivered: C(used) V(true) with C(seed_bytes) (taken from seeds), C(fetched_bytes)
-          (received in ranges), C(requests) (range GETs sent, retries included) and C(zero_bytes) (all-zero blocks
-          neither fetched nor read, left as holes in the sparse file); or C(used) V(false) with C(reason), for
-          example that the image has no block index, the index was wrong (the file was then downloaded whole), or
-          that nothing was downloaded."
+          (received in ranges), C(requests) (range GETs sent, retries included), C(zero_bytes) (all-zero blocks
+          neither fetched nor read, left as holes in the sparse file) and C(seed_hashed_bytes) (seed bytes read to
+          hash them, 0 when every seed's cached hashes answered); or C(used) V(false) with C(reason), for example
+          that the image has no block index, the index was wrong (the file was then downloaded whole), or that
+          nothing was downloaded."
         - With no seed (a first delivery), C(used) is V(true) with C(seed_bytes) V(0) when only the non-zero blocks
           were fetched (see O(delta)).
       type: dict

@@ -245,6 +245,29 @@ def test_seeds_given_elsewhere_are_used_and_bad_ones_skipped_with_a_warning(
     assert same_bytes(os.path.join(dest, "rootfs"), b.path)
     warnings = " ".join(result.get("warnings", []))
     assert "is a directory" in warnings and "does not exist" in warnings
+    # The seed was read whole to hash it, once: a second delta with it reads its cache entry instead.
+    assert result["files"]["rootfs"]["delta"]["seed_hashed_bytes"] == os.path.getsize(releases["a"].path)
+    entry = seed_cache_of(dest, releases["a"].path)
+    before = os.stat(entry)
+    os.unlink(os.path.join(dest, "rootfs"))
+    again = fetch(ansible, registry_plain, b.name, dest, seeds=[releases["a"].path])
+    assert again["files"]["rootfs"]["delta"]["used"] is True, again
+    assert again["files"]["rootfs"]["delta"]["seed_hashed_bytes"] == 0, again
+    assert same_bytes(os.path.join(dest, "rootfs"), b.path)
+    # The seed's entry is the one the first run wrote: neither rewritten nor replaced.
+    after = os.stat(entry)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def seed_cache_of(dest: str, seed: str) -> str:
+    """The path of the seed hash cache entry under dest that records `seed` (its header names the seed)."""
+    for directory, _dirs, files in os.walk(dest):
+        for name in files:
+            if name.startswith(".ironcore-fetch.seed."):
+                with open(os.path.join(directory, name), "rb") as stream:
+                    if json.loads(stream.readline()).get("path") == os.path.abspath(seed):
+                        return os.path.join(directory, name)
+    raise AssertionError("no seed cache entry under %s records %s" % (dest, seed))
 
 
 def seed_caches(dest: str) -> dict[str, int]:
@@ -491,6 +514,10 @@ def test_the_provision_role_updates_a_hypervisor_and_a_boot_server_from_a_to_b(
     # Both raw disks are sparse: A's first delivery (no seed) fetched no zero block, and B's zeros are holes.
     for disk in (kept, str(delivered["hv"])):
         assert os.stat(disk).st_blocks * 512 < 0.6 * os.path.getsize(disk), disk
+    # Neither node read release A to hash it: the hypervisor's cache entry is in the pool's state directory,
+    # the boot server's beside A in A's own directory, where the fetch that delivered A left it.
+    for host in delivered:
+        assert fetched[host]["delta"]["seed_hashed_bytes"] == 0, (host, fetched[host]["delta"])
 
 
 @pytest.mark.parametrize("fixture", ["registry_plain", "registry_referrers"])

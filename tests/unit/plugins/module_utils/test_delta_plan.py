@@ -7,7 +7,7 @@ import json
 import os
 import random
 import sys
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -85,8 +85,9 @@ def test_no_seed_means_everything_but_zeros_is_fetched():
 
 def test_coalesce_merges_gaps_up_to_64_kib_and_splits_long_ranges():
     gap = delta.MAX_GAP // BLOCK
-    runs = [(0, 1), (1 + gap, 2 + gap), (3 + 2 * gap, 4 + 2 * gap)]
-    assert delta.coalesce(runs, BLOCK, 10**9) == [(0, (2 + gap) * BLOCK), ((3 + 2 * gap) * BLOCK, BLOCK)]
+    # Runs of 100 blocks: a 64 KiB gap is within the budget (1/5 of the runs' bytes), a larger one never is.
+    runs = [(0, 100), (100 + gap, 200 + gap), (201 + 2 * gap, 301 + 2 * gap)]
+    assert delta.coalesce(runs, BLOCK, 10**9) == [(0, (200 + gap) * BLOCK), ((201 + 2 * gap) * BLOCK, 100 * BLOCK)]
     assert delta.coalesce([(0, 1), (2, 3)], BLOCK, 10**9, max_gap=0) == [(0, BLOCK), (2 * BLOCK, BLOCK)]
     # The last block is cut at the layer's end.
     assert delta.coalesce([(0, 2)], BLOCK, BLOCK + 10) == [(0, BLOCK + 10)]
@@ -234,6 +235,108 @@ def test_assembly_rebuilds_the_layer_from_seed_and_ranges(tmp_path):
     assert result["zero_bytes"] == 3 * BLOCK
 
 
+def test_a_second_delta_with_the_same_seed_reads_its_cache_instead_of_the_seed(tmp_path):
+    old, new = old_and_new()
+    setup = Setup(tmp_path, old, new)
+    descriptor = setup.add_index(index_of(new).encode())
+    job = setup.job()
+    staged, report = delta.try_delta(job, lambda _layer: descriptor)
+    delta.close_seeds(job.seeds)
+    assert staged is not None, report.reason
+    staged.discard()
+    # The first run read the whole seed to hash it, and left its hashes in the state directory.
+    assert report.as_result()["seed_hashed_bytes"] == len(old)
+    (entry,) = [p for p in setup.state.iterdir() if p.name.startswith(delta.SEED_CACHE_PREFIX)]
+    before = entry.stat()
+    job = setup.job()
+    staged, report = delta.try_delta(job, lambda _layer: descriptor)
+    delta.close_seeds(job.seeds)
+    assert staged is not None, report.reason
+    staged.commit()
+    assert (setup.dest / "rootfs").read_bytes() == new
+    # The second read the cache: no byte of the seed hashed, the entry neither rewritten nor replaced.
+    assert report.as_result()["seed_hashed_bytes"] == 0
+    after = entry.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_a_seed_delivered_into_another_directory_is_read_from_the_cache_the_fetch_left_beside_it(tmp_path):
+    _old, new = old_and_new()
+    # The provision role gives every version of a boot server its own directory, and so its own state.
+    earlier = tmp_path / "boot" / "os-1"
+    (earlier / ".ironcore").mkdir(parents=True, mode=0o700)
+    path = earlier / "rootfs"
+    path.write_bytes(new)
+    index = index_of(new)
+    # Marked: if the file were hashed, these would not come back.
+    marked = BlockIndex(index.header, bytes(len(index.hashes)), index.zeros)
+    delta.remember_hashes(str(path), marked, str(earlier / ".ironcore"))
+    state = tmp_path / "boot" / "os-2" / ".ironcore"
+    state.mkdir(parents=True, mode=0o700)
+    seed = delta.open_seed(str(path))
+    assert isinstance(seed, delta.Seed)
+    try:
+        assert b"".join(delta.seed_hashes(seed, BLOCK, 16, str(state))) == marked.hashes
+    finally:
+        seed.close()
+    assert seed.hashed_bytes == 0
+    assert list(state.iterdir()) == []
+
+
+def test_the_in_order_digest_follows_the_parts_as_they_finish(tmp_path):
+    data = os.urandom(40 * BLOCK + 100)
+    path = tmp_path / "file"
+    path.write_bytes(bytes(len(data)))
+    parts = [(0, 5 * BLOCK), (7 * BLOCK, 10 * BLOCK), (20 * BLOCK, 20 * BLOCK + 100)]
+    with open(path, "r+b") as handle:
+        fd = handle.fileno()
+        # Between the parts: holes, zero in the file and in the data alike.
+        data = bytearray(data)
+        for start, end in [(5 * BLOCK, 7 * BLOCK), (17 * BLOCK, 20 * BLOCK)]:
+            data[start:end] = bytes(end - start)
+        digest = delta.InOrderDigest(fd, len(data), parts)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            running = pool.submit(digest.run)
+            # Written and finished last part first: nothing may be hashed before the first part is there.
+            for offset, length in reversed(parts):
+                os.pwrite(fd, bytes(data[offset : offset + length]), offset)
+                digest.finished(offset)
+            counter = running.result(timeout=30)
+        assert counter is not None
+        assert (counter.size, counter.digest) == (len(data), digest_of(bytes(data)))
+        stopped = delta.InOrderDigest(fd, len(data), parts)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            running = pool.submit(stopped.run)
+            stopped.stop()
+            assert running.result(timeout=30) is None
+
+
+def test_the_wanted_hashes_and_the_seed_lookup_agree_with_a_block_by_block_walk():
+    generator = random.Random(5)
+    chosen = blocks(20, 9)
+    # Repeated blocks, runs of zero blocks of every length, and a last block of a few bytes.
+    layer = [bytes(BLOCK) if generator.random() < 0.4 else generator.choice(chosen) for _number in range(203)]
+    data = b"".join(layer) + b"end"
+    index = index_of(data)
+    expected = {}
+    for number in range(index.blocks):
+        if not index.is_zero(number):
+            expected.setdefault(index.block_hash(number), -1)
+    wanted = delta.wanted_hashes(index)
+    assert wanted == expected
+    seed = b"".join(generator.choice(chosen) for _number in range(50))
+    seed_hashes = index_of(seed).hashes
+    delta.find_in_seed(wanted, 1, [seed_hashes[: 16 * 7], seed_hashes[16 * 7 :]], 16)
+    listed = [seed_hashes[at : at + 16] for at in range(0, len(seed_hashes), 16)]
+    for digest, where in wanted.items():
+        if digest in listed:
+            # The first block of the seed with that content.
+            assert (where >> 40, where & ((1 << 40) - 1)) == (1, listed.index(digest))
+        else:
+            assert where == -1
+    assert sum(where != -1 for where in wanted.values()) >= 10
+
+
 def test_a_wrong_index_is_abandoned_and_nothing_reaches_dest(tmp_path):
     old, new = old_and_new()
     setup = Setup(tmp_path, old, new)
@@ -359,6 +462,29 @@ def test_a_delta_uses_only_the_index_shapes_the_build_writes(block_size, hash_le
     with pytest.raises(delta.DeltaAbandoned) as caught:
         delta.check_index_shape(header)
     assert refusal in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_coalesce_fills_the_smallest_gaps_first_and_wastes_at_most_a_fifth_of_the_missing_bytes():
+    # A package update: single missing blocks a few blocks apart. Filling every gap of up to 64 KiB would
+    # fetch several times the missing bytes; the budget keeps the unchanged blocks fetched to 1/5 of them.
+    generator = random.Random(7)
+    runs, at = [], 0
+    for _number in range(400):
+        at += generator.choice([1, 2, 4, 5, 8, 12, 16])
+        runs.append((at, at + 1))
+        at += 1
+    ranges = delta.coalesce(runs, BLOCK, 10**9)
+    missing = len(runs) * BLOCK
+    fetched = sum(length for _offset, length in ranges)
+    # The goal of issue 27: at most 1.25 times the missing bytes (the budget is 1/5).
+    assert missing < fetched <= missing * 1.25
+    assert len(ranges) < len(runs)
+    # Every missing block is fetched; the gaps that were filled are the smallest ones.
+    covered = {n for offset, length in ranges for n in range(offset // BLOCK, (offset + length) // BLOCK)}
+    assert {first for first, _end in runs} <= covered
+    filled = [runs[n + 1][0] - runs[n][1] for n in range(len(runs) - 1) if runs[n][1] in covered]
+    left = [runs[n + 1][0] - runs[n][1] for n in range(len(runs) - 1) if runs[n][1] not in covered]
+    assert max(filled) <= min(left)
 
 
 @pytest.mark.parametrize(
@@ -505,6 +631,7 @@ def test_with_no_seed_only_the_non_zero_blocks_are_fetched_into_a_sparse_file(tm
         "fetched_bytes": 14 * BLOCK + 4,
         "requests": 4,
         "zero_bytes": len(new) - 14 * BLOCK - 4,
+        "seed_hashed_bytes": 0,
     }
     # Holes, the zero block within the fetched range among them.
     assert os.stat(path).st_blocks * 512 <= 16 * BLOCK
@@ -591,28 +718,7 @@ def test_sparse_writes_at_any_offset_give_the_bytes_and_skip_only_zero_grains(tm
     assert path.read_bytes() == bytes(expected)
 
 
-def test_the_digest_follows_ranges_arriving_out_of_order_and_stops_when_the_download_fails(tmp_path):
-    new = mostly_zeros()
-    ranges = delta.sparse_plan(index_of(new)).ranges
-    assert len(ranges) == 4
-    path = tmp_path / "out"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        os.ftruncate(fd, len(new))
+def test_the_state_directory_looked_in_beside_a_seed_is_the_fetchs_default():
+    from ansible_collections.ironcore.image.plugins.module_utils._fetch import STATE_SUBDIR
 
-        def backwards(wanted, done):
-            for offset, length in reversed(wanted):
-                os.pwrite(fd, new[offset : offset + length], offset)
-                done(offset)
-
-        counter = delta.fetch_and_hash(backwards, ranges, fd, len(new), threading.Event())
-        assert (counter.digest, counter.size) == (digest_of(new), len(new))
-
-        def breaks(wanted, done):
-            done(wanted[0][0])
-            raise delta.DeltaAbandoned("a range request failed")
-
-        with pytest.raises(delta.DeltaAbandoned, match="a range request failed"):
-            delta.fetch_and_hash(breaks, ranges, fd, len(new), threading.Event())
-    finally:
-        os.close(fd)
+    assert delta.DEFAULT_STATE_SUBDIR == STATE_SUBDIR
