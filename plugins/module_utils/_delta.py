@@ -501,41 +501,10 @@ def wanted_hashes(index: BlockIndex) -> dict[bytes, int]:
     """
     length = index.header.hash_length
     keys: list[bytes] = []
-    for first, end in _nonzero_runs(index):
+    for first, end in nonzero_runs(index):
         run = index.hashes[first * length : end * length]
         keys.extend([run[at : at + length] for at in range(0, len(run), length)])
     return dict.fromkeys(keys, _NOT_FOUND)
-
-
-# A byte of the zero map: all eight blocks data, all eight zero, or a mix looked at bit by bit.
-_ZERO_MAP_BYTES = re.compile(rb"\x00+|\xff+|[\x01-\xfe]")
-
-
-def _nonzero_runs(index: BlockIndex) -> list[tuple[int, int]]:
-    """[first, end) runs of the blocks that the index does not mark as zero, in order."""
-    runs: list[tuple[int, int]] = []
-
-    def add(first: int, end: int) -> None:
-        end = min(end, index.blocks)
-        if first >= end:
-            return
-        if runs and runs[-1][1] == first:
-            runs[-1] = (runs[-1][0], end)
-        else:
-            runs.append((first, end))
-
-    for match in _ZERO_MAP_BYTES.finditer(index.zeros):
-        first, end = match.start() * 8, match.end() * 8
-        value = index.zeros[match.start()]
-        if value == 0:
-            add(first, end)
-        elif value != 0xFF:
-            for bit in range(8):
-                if not value & (1 << bit):
-                    add(first + bit, first + bit + 1)
-    # The map's bytes cover every block; blocks past its end (a short map) count as data.
-    add(len(index.zeros) * 8, index.blocks)
-    return runs
 
 
 def find_in_seed(wanted: dict[bytes, int], seed_number: int, batches: t.Iterable[bytes], hash_length: int) -> None:
@@ -675,6 +644,7 @@ def make_plan(index: BlockIndex, found: t.Mapping[bytes, int]) -> Plan:
     return plan
 
 
+# A byte of the zero map: all eight blocks data, all eight zero, or a mix looked at bit by bit.
 _ZERO_MAP_RUNS = re.compile(rb"\x00+|\xff+|[\x01-\xfe]")
 
 
