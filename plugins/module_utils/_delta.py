@@ -929,13 +929,6 @@ def _next_hole(fd: int, offset: int, size: int) -> int:
         return size
 
 
-def file_digest(fd: int, size: int) -> HashingCounter:
-    """Every byte of the assembled file, in order, holes included."""
-    counter = HashingCounter()
-    hash_span(fd, counter, 0, size)
-    return counter
-
-
 _HASH_STEP = DOWNLOAD_CHUNK * 4
 
 
