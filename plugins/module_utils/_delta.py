@@ -66,6 +66,7 @@ from ansible_collections.ironcore.image.plugins.module_utils._io import (
     AtomicFile,
     HashingCounter,
     canonical_json,
+    start_writeback,
     stat_identity,
     write_bytes_atomic,
 )
@@ -360,8 +361,10 @@ def _hashed(seed: Seed, block_size: int, hash_length: int, hash_name: str, cache
             out = None
     try:
         offset = 0
+        # One buffer for every read: a new 4 MiB bytes per read cost a mapping and its page faults each time.
+        buffer = memoryview(bytearray(seed_read_size(block_size)))
         while offset < seed.size:
-            data = memoryview(os.pread(seed.fd, min(seed_read_size(block_size), seed.size - offset), offset))
+            data = buffer[: os.preadv(seed.fd, [buffer[: seed.size - offset]], offset)]
             if not data:
                 break
             batch = b"".join(block_hash(data[start : start + block_size]) for start in range(0, len(data), block_size))
@@ -557,20 +560,67 @@ def locate_blocks(index: BlockIndex, seeds: t.Sequence[Seed], cache_dir: str | N
     return wanted
 
 
+def _locations(index: BlockIndex, found: t.Mapping[bytes, int], first: int, end: int) -> list[int]:
+    """Where the seeds hold each block of [first, end) (seed << shift | block), _NOT_FOUND where none does.
+
+    One comprehension over the run's slice of the hash list: a method call
+    per block (is_zero, block_hash) was most of the plan's time.
+    """
+    length = index.header.hash_length
+    run = index.hashes[first * length : end * length]
+    return [found[run[at : at + length]] for at in range(0, len(run), length)]
+
+
 def _missing_runs(index: BlockIndex, found: t.Mapping[bytes, int]) -> list[tuple[int, int]]:
     """[first, end) block runs that no seed has and that are not zero."""
     runs: list[tuple[int, int]] = []
-    start = -1
-    for number in range(index.blocks):
-        missing = not index.is_zero(number) and found.get(index.block_hash(number), _NOT_FOUND) == _NOT_FOUND
-        if missing and start < 0:
-            start = number
-        elif not missing and start >= 0:
-            runs.append((start, number))
-            start = -1
-    if start >= 0:
-        runs.append((start, index.blocks))
+    for first, end in nonzero_runs(index):
+        locations = _locations(index, found, first, end)
+        at = 0
+        while True:
+            try:
+                # list.index scans in C: the found blocks, nearly all of them, cost no Python step each.
+                at = locations.index(_NOT_FOUND, at)
+            except ValueError:
+                break
+            stop = at + 1
+            while stop < len(locations) and locations[stop] == _NOT_FOUND:
+                stop += 1
+            runs.append((first + at, first + stop))
+            at = stop
     return runs
+
+
+def _seed_stretches(locations: list[int]) -> t.Iterator[tuple[int, int]]:
+    """[start, end) of the stretches of `locations` found in one seed, block after block (missing ones left out)."""
+    breaks = [
+        number
+        for number, (before, after) in enumerate(zip(locations, locations[1:]), 1)
+        if after != before + 1 or before == _NOT_FOUND
+    ]
+    start = 0
+    for end in [*breaks, len(locations)]:
+        if locations[start] != _NOT_FOUND:
+            yield start, end
+        start = end
+
+
+def _not_fetched(
+    first: int, end: int, fetched: list[tuple[int, int]], cursor: list[int]
+) -> t.Iterator[tuple[int, int]]:
+    """The parts of block run [first, end) outside the fetched block runs (sorted; `cursor` keeps the place,
+    as the runs asked about come in order)."""
+    while cursor[0] < len(fetched) and fetched[cursor[0]][1] <= first:
+        cursor[0] += 1
+    number = cursor[0]
+    while first < end and number < len(fetched) and fetched[number][0] < end:
+        start, stop = fetched[number]
+        if first < start:
+            yield first, start
+        first = max(first, stop)
+        number += 1
+    if first < end:
+        yield first, end
 
 
 def coalesce(
@@ -621,26 +671,20 @@ def make_plan(index: BlockIndex, found: t.Mapping[bytes, int]) -> Plan:
     block_size = index.header.block_size
     plan = Plan(block_size, index.header.layer_size)
     plan.ranges = coalesce(_missing_runs(index, found), block_size, index.header.layer_size)
-    fetched = iter(plan.ranges)
-    current = next(fetched, None)
+    # Blocks of a joined gap are fetched with their neighbours, not copied.
+    fetched = [(offset // block_size, -(-(offset + length) // block_size)) for offset, length in plan.ranges]
+    cursor = [0]
     per_run = max(1, SEED_RUN // block_size)
     mask = (1 << _SEED_SHIFT) - 1
-    for number in range(index.blocks):
-        offset = number * block_size
-        while current is not None and offset >= current[0] + current[1]:
-            current = next(fetched, None)
-        if current is not None and offset >= current[0]:
-            continue
-        if index.is_zero(number):
-            continue
-        where = found[index.block_hash(number)]
-        seed, block = where >> _SEED_SHIFT, where & mask
-        if plan.copies:
-            first, last_seed, last_block, count = plan.copies[-1]
-            if first + count == number and last_seed == seed and last_block + count == block and count < per_run:
-                plan.copies[-1] = (first, seed, last_block, count + 1)
-                continue
-        plan.copies.append((number, seed, block, 1))
+    for first, end in nonzero_runs(index):
+        locations = _locations(index, found, first, end)
+        for start, stop in _seed_stretches(locations):
+            for copy_first, copy_end in _not_fetched(first + start, first + stop, fetched, cursor):
+                where = locations[copy_first - first]
+                seed, block = where >> _SEED_SHIFT, where & mask
+                for piece in range(copy_first, copy_end, per_run):
+                    count = min(per_run, copy_end - piece)
+                    plan.copies.append((piece, seed, block + piece - copy_first, count))
     return plan
 
 
@@ -1030,6 +1074,9 @@ class InOrderDigest:
                 if counter.size == before:
                     # Shorter than it was made: the size check after says so.
                     return counter
+                # Hashed, so written for good: the disk takes it now, and the fsync before the rename
+                # waits only for the tail (as a download's AtomicFile does every few MiB).
+                start_writeback(self.fd, before, counter.size - before)
         return counter
 
 

@@ -370,7 +370,7 @@ class AtomicFile:
         self.file.flush()
         end = self.file.tell()
         if end > self._hinted_to:
-            _start_writeback(self.file.fileno(), self._hinted_to, end - self._hinted_to)
+            start_writeback(self.file.fileno(), self._hinted_to, end - self._hinted_to)
         self._hinted_to = end
 
     def commit(self, path: str | None = None) -> None:
@@ -759,7 +759,7 @@ class _ReadBackHasher:
             except BaseException as exc:  # pylint: disable=broad-exception-caught  # re-raised in the caller
                 self._failure = exc
             else:
-                _start_writeback(self._fd, *item)
+                start_writeback(self._fd, *item)
 
     def _hash(self, own_buffer: memoryview, offset: int, length: int) -> None:
         hook = self._hook
@@ -777,7 +777,7 @@ class _ReadBackHasher:
             length -= count
 
 
-def _start_writeback(fd: int, offset: int, length: int) -> None:
+def start_writeback(fd: int, offset: int, length: int) -> None:
     """Have the kernel start writing a range to disk now, not at the commit's fsync.
 
     The disk then writes while the rest is copied, received or hashed, and the

@@ -337,6 +337,58 @@ def test_the_wanted_hashes_and_the_seed_lookup_agree_with_a_block_by_block_walk(
     assert sum(where != -1 for where in wanted.values()) >= 10
 
 
+def plan_block_by_block(index: BlockIndex, found: dict[bytes, int]) -> tuple[list[tuple[int, int]], list[tuple]]:
+    """The plan walked one block at a time, the plainest way: missing runs, then copies that skip fetched blocks."""
+    runs: list[tuple[int, int]] = []
+    for number in range(index.blocks):
+        if not index.is_zero(number) and found[index.block_hash(number)] == -1:
+            if runs and runs[-1][1] == number:
+                runs[-1] = (runs[-1][0], number + 1)
+            else:
+                runs.append((number, number + 1))
+    ranges = delta.coalesce(runs, BLOCK, index.header.layer_size)
+    fetched = {n for offset, length in ranges for n in range(offset // BLOCK, -(-(offset + length) // BLOCK))}
+    copies: list[tuple] = []
+    per_run = delta.SEED_RUN // BLOCK
+    for number in range(index.blocks):
+        if number in fetched or index.is_zero(number):
+            continue
+        where = found[index.block_hash(number)]
+        seed, block = where >> 40, where & ((1 << 40) - 1)
+        if copies:
+            first, last_seed, last_block, count = copies[-1]
+            if first + count == number and last_seed == seed and last_block + count == block and count < per_run:
+                copies[-1] = (first, seed, last_block, count + 1)
+                continue
+        copies.append((number, seed, block, 1))
+    return ranges, copies
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_plan_agrees_with_a_block_by_block_walk(seed):
+    generator = random.Random(seed)
+    old = blocks(700, 10 + seed)
+    new_blocks = blocks(40, 50 + seed)
+    layer = []
+    while len(layer) < 900:
+        pick = generator.random()
+        if pick < 0.15:
+            layer.extend([bytes(BLOCK)] * generator.randint(1, 20))
+        elif pick < 0.3:
+            layer.extend(generator.sample(new_blocks, generator.randint(1, 5)))
+        else:
+            # A stretch of the seed, long enough at times to be cut at SEED_RUN.
+            start = generator.randrange(len(old))
+            layer.extend(old[start : start + generator.choice([1, 3, 30, 300])])
+    data = b"".join(layer) + b"x" * generator.randrange(BLOCK)
+    index = index_of(data)
+    # Two seeds: the second holds a part of the first again, so the first seed's block is the one found.
+    found = found_in(index, [index_of(b"".join(old)).hashes, index_of(b"".join(old[100:400])).hashes])
+    plan = delta.make_plan(index, found)
+    assert (plan.ranges, plan.copies) == plan_block_by_block(index, found)
+    assert any(count == delta.SEED_RUN // BLOCK for _f, _s, _b, count in plan.copies)
+
+
 def test_a_wrong_index_is_abandoned_and_nothing_reaches_dest(tmp_path):
     old, new = old_and_new()
     setup = Setup(tmp_path, old, new)
