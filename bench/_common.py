@@ -611,6 +611,7 @@ def run_benchmark(doc: str, prefix: str, bench: t.Callable[..., t.Any]) -> None:
 
     `bench(ansible, ping, workdir, size_mib, rounds)` returns one Result or a list of them.
     """
+    started = time.monotonic()
     options = parser(doc.splitlines()[0]).parse_args()
     workdir = scratch(options.workdir, prefix)
     try:
@@ -620,6 +621,12 @@ def run_benchmark(doc: str, prefix: str, bench: t.Callable[..., t.Any]) -> None:
     finally:
         if not options.workdir:
             remove(workdir)
+    print("(%.0f s in all)" % (time.monotonic() - started))
+
+
+def met(ok: bool) -> str:
+    """A goal's verdict in a table."""
+    return "met" if ok else "MISSED"
 
 
 def parser(description: str) -> t.Any:

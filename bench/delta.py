@@ -23,7 +23,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import typing as t
 
 import _common as c
@@ -108,9 +107,12 @@ def make_ext4(tree: str, image: str, size_mib: int) -> None:
     c.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", tree, image, "%dM" % size_mib])
 
 
-def build_and_push(ansible: c.Ansible, workdir: str, registry: c.Registry, release: str, rootfs: str) -> str:
+def build_and_push(
+    ansible: c.Ansible, workdir: str, registry: c.Registry, release: str, rootfs: str, repository: str = REPOSITORY
+) -> str:
+    """The rootfs built into a layout as a virtualization image and pushed as `repository`:`release`."""
     layout = os.path.join(workdir, "layout-" + release)
-    name = "bench.example.com/os/delta:%s" % release
+    name = "bench.example.com/os/%s:%s" % (repository.rsplit("/", 1)[-1], release)
     args = {
         "layout": layout,
         "name": name,
@@ -118,7 +120,7 @@ def build_and_push(ansible: c.Ansible, workdir: str, registry: c.Registry, relea
         "platforms": ["virtualization"],
     }
     ansible.module("ironcore.image.ironcore_image_build", args)
-    destination = "%s/%s:%s" % (registry.host, REPOSITORY, release)
+    destination = "%s/%s:%s" % (registry.host, repository, release)
     ansible.module(
         "ironcore.image.ironcore_image_push",
         dict(registry.registry_args, layout=layout, name=name, destination=destination),
@@ -347,7 +349,7 @@ def bench(ansible: c.Ansible, ping: c.Run, workdir: str, size_mib: int, _rounds:
                 [
                     "fetched / raw layer",
                     "%.1f %%" % (share * 100),
-                    "<= %.0f %% %s" % (GOAL_BYTES_SHARE * 100, _met(share <= GOAL_BYTES_SHARE)),
+                    "<= %.0f %% %s" % (GOAL_BYTES_SHARE * 100, c.met(share <= GOAL_BYTES_SHARE)),
                 ],
                 ["delta, direct", "%.2f s" % direct.seconds, ""],
                 ["delta, 100 Mbit/s", "%.2f s" % slow.seconds, ""],
@@ -355,30 +357,30 @@ def bench(ansible: c.Ansible, ping: c.Run, workdir: str, size_mib: int, _rounds:
                 [
                     "delta / full over the link",
                     "%.2f" % time_share,
-                    "<= %.2f %s" % (GOAL_TIME_SHARE, _met(time_share <= GOAL_TIME_SHARE)),
+                    "<= %.2f %s" % (GOAL_TIME_SHARE, c.met(time_share <= GOAL_TIME_SHARE)),
                 ],
                 [
                     "module peak RSS - ping's",
                     "%.1f - %.1f = %+.1f MiB" % (module_rss, ping_rss, module_rss - ping_rss),
-                    "<= %.0f MiB %s" % (GOAL_RSS_MIB, _met(module_rss - ping_rss <= GOAL_RSS_MIB)),
+                    "<= %.0f MiB %s" % (GOAL_RSS_MIB, c.met(module_rss - ping_rss <= GOAL_RSS_MIB)),
                 ],
                 ["no-op re-run", "%.2f s" % again.seconds, ""],
                 ["blocks no seed holds / index", "%.1f MiB / %.1f MiB" % (missing / c.MiB, index_size / c.MiB), ""],
                 [
                     "fetched / missing blocks",
                     "%.2f" % over_missing,
-                    "<= %.2f %s" % (GOAL_MISSING_FACTOR, _met(over_missing <= GOAL_MISSING_FACTOR)),
+                    "<= %.2f %s" % (GOAL_MISSING_FACTOR, c.met(over_missing <= GOAL_MISSING_FACTOR)),
                 ],
                 ["full fetch, loopback", "%.2f s" % full_direct.seconds, ""],
                 [
                     "delta, loopback, seed cache cold",
                     "%.2f s (%.2f)" % (cold.seconds, cold_share),
-                    "<= %.2f %s" % (GOAL_COLD_SHARE, _met(cold_share <= GOAL_COLD_SHARE)),
+                    "<= %.2f %s" % (GOAL_COLD_SHARE, c.met(cold_share <= GOAL_COLD_SHARE)),
                 ],
                 [
                     "delta, loopback, seed cache warm",
                     "%.2f s (%.2f)" % (warm.seconds, warm_share),
-                    "<= %.2f %s" % (GOAL_WARM_SHARE, _met(warm_share <= GOAL_WARM_SHARE)),
+                    "<= %.2f %s" % (GOAL_WARM_SHARE, c.met(warm_share <= GOAL_WARM_SHARE)),
                 ],
                 ["seed hashed, cold/warm", hashed, "warm: 0"],
             ],
@@ -406,14 +408,8 @@ def _mib(value: t.Any) -> str:
     return "-" if value is None else "%.1f MiB" % (value / c.MiB)
 
 
-def _met(ok: bool) -> str:
-    return "met" if ok else "MISSED"
-
-
 def main() -> None:
-    started = time.monotonic()
     c.run_benchmark(__doc__ or "", "delta-", bench)
-    print("(%.0f s in all)" % (time.monotonic() - started))
 
 
 if __name__ == "__main__":

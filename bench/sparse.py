@@ -12,7 +12,6 @@ Run: make bench-sparse BENCH_ARGS=--size-mib=4096
 from __future__ import annotations
 
 import os
-import time
 import typing as t
 
 import _common as c
@@ -40,25 +39,6 @@ def non_zero_bytes(path: str) -> int:
     return found
 
 
-def build_and_push(ansible: c.Ansible, workdir: str, registry: c.Registry, rootfs: str) -> str:
-    layout = os.path.join(workdir, "layout")
-    name = "bench.example.com/os/sparse:1"
-    args = {
-        "layout": layout,
-        "name": name,
-        "artifacts": [{"rootfs": rootfs, "architecture": "amd64", "cmdline": "console=ttyS0"}],
-        "platforms": ["virtualization"],
-    }
-    ansible.module("ironcore.image.ironcore_image_build", args)
-    destination = "%s/%s:1" % (registry.host, REPOSITORY)
-    ansible.module(
-        "ironcore.image.ironcore_image_push",
-        dict(registry.registry_args, layout=layout, name=name, destination=destination),
-    )
-    c.remove(layout)
-    return destination
-
-
 def allocated(path: str) -> int:
     return os.stat(path).st_blocks * 512
 
@@ -78,7 +58,7 @@ def bench(ansible: c.Ansible, ping: c.Run, workdir: str, size_mib: int, _rounds:
     registry = start_registry("bench-sparse", os.path.join(workdir, "registry"))
     link = None
     try:
-        name = build_and_push(ansible, workdir, registry, image)
+        name = d.build_and_push(ansible, workdir, registry, "1", image, REPOSITORY)
         c.warm(c.tree_files(registry.storage))
         link = d.LimitedLink(workdir, registry)
 
@@ -133,7 +113,7 @@ def bench(ansible: c.Ansible, ping: c.Run, workdir: str, size_mib: int, _rounds:
                     "fetched / non-zero",
                     "%.3f" % over,
                     "",
-                    "<= %.2f %s" % (GOAL_BYTES_OVER_NON_ZERO, _met(over <= GOAL_BYTES_OVER_NON_ZERO)),
+                    "<= %.2f %s" % (GOAL_BYTES_OVER_NON_ZERO, c.met(over <= GOAL_BYTES_OVER_NON_ZERO)),
                 ],
                 [
                     "on disk (st_blocks)",
@@ -147,7 +127,7 @@ def bench(ansible: c.Ansible, ping: c.Run, workdir: str, size_mib: int, _rounds:
                     "sparse / full over the link",
                     "%.2f" % time_share,
                     "",
-                    "<= %.2f %s" % (GOAL_TIME_SHARE, _met(time_share <= GOAL_TIME_SHARE)),
+                    "<= %.2f %s" % (GOAL_TIME_SHARE, c.met(time_share <= GOAL_TIME_SHARE)),
                 ],
             ],
         ),
@@ -169,14 +149,8 @@ def bench(ansible: c.Ansible, ping: c.Run, workdir: str, size_mib: int, _rounds:
     )
 
 
-def _met(ok: bool) -> str:
-    return "met" if ok else "MISSED"
-
-
 def main() -> None:
-    started = time.monotonic()
     c.run_benchmark(__doc__ or "", "sparse-", bench)
-    print("(%.0f s in all)" % (time.monotonic() - started))
 
 
 if __name__ == "__main__":
