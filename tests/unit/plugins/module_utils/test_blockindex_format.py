@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 
 import pytest
 import xxhash
@@ -57,6 +58,18 @@ def test_blocks_that_only_start_with_zeros_are_hashed_not_taken_for_zero(as_view
     for number in range(4):
         block = data[number * BLOCK : (number + 1) * BLOCK]
         assert index.block_hash(number) == REFERENCE[hash_name](block)
+
+
+@pytest.mark.parametrize("hash_name", sorted(REFERENCE))
+@pytest.mark.parametrize("chunk", [BLOCK, 5 * BLOCK + 1, 1 << 20])
+def test_the_zero_map_is_exact_across_its_bytes_in_any_chunking(chunk, hash_name):
+    generator = random.Random(chunk)
+    zero = [generator.random() < 0.5 for _number in range(301)]
+    data = b"".join(bytes(BLOCK) if is_zero else generator.randbytes(BLOCK) for is_zero in zero)
+    index = index_of(data, chunk, hash_name=hash_name)
+    assert [index.is_zero(n) for n in range(index.blocks)] == zero
+    assert len(index.zeros) == 38
+    assert index.hashes == b"".join(REFERENCE[hash_name](data[at : at + BLOCK]) for at in range(0, len(data), BLOCK))
 
 
 def test_a_block_whose_hash_equals_the_zero_blocks_is_only_zero_when_its_bytes_are(monkeypatch):
