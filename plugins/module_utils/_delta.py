@@ -571,11 +571,10 @@ def _locations(index: BlockIndex, found: t.Mapping[bytes, int], first: int, end:
     return [found[run[at : at + length]] for at in range(0, len(run), length)]
 
 
-def _missing_runs(index: BlockIndex, found: t.Mapping[bytes, int]) -> list[tuple[int, int]]:
-    """[first, end) block runs that no seed has and that are not zero."""
+def _missing_runs(located: t.Iterable[tuple[int, list[int]]]) -> list[tuple[int, int]]:
+    """[first, end) block runs that no seed has and that are not zero, from each non-zero run's locations."""
     runs: list[tuple[int, int]] = []
-    for first, end in nonzero_runs(index):
-        locations = _locations(index, found, first, end)
+    for first, locations in located:
         at = 0
         while True:
             try:
@@ -670,14 +669,15 @@ def make_plan(index: BlockIndex, found: t.Mapping[bytes, int]) -> Plan:
     """Which blocks come from which seed (`found`, from locate_blocks), and which byte ranges are fetched."""
     block_size = index.header.block_size
     plan = Plan(block_size, index.header.layer_size)
-    plan.ranges = coalesce(_missing_runs(index, found), block_size, index.header.layer_size)
+    # The locations of every non-zero block, a run at a time: a list of the dict's own ints, 8 bytes a block.
+    located = [(first, _locations(index, found, first, end)) for first, end in nonzero_runs(index)]
+    plan.ranges = coalesce(_missing_runs(located), block_size, index.header.layer_size)
     # Blocks of a joined gap are fetched with their neighbours, not copied.
     fetched = [(offset // block_size, -(-(offset + length) // block_size)) for offset, length in plan.ranges]
     cursor = [0]
     per_run = max(1, SEED_RUN // block_size)
     mask = (1 << _SEED_SHIFT) - 1
-    for first, end in nonzero_runs(index):
-        locations = _locations(index, found, first, end)
+    for first, locations in located:
         for start, stop in _seed_stretches(locations):
             for copy_first, copy_end in _not_fetched(first + start, first + stop, fetched, cursor):
                 where = locations[copy_first - first]
@@ -696,9 +696,10 @@ def nonzero_runs(index: BlockIndex) -> list[tuple[int, int]]:
     """[first, end) block runs of the layer that are not all-zero, read from the zero map a byte at a time
     (eight blocks) where the map allows: a 4 GiB layer has a million blocks, and a mostly empty one few runs."""
     runs: list[tuple[int, int]] = []
+    blocks = index.blocks
 
     def add(first: int, end: int) -> None:
-        end = min(end, index.blocks)
+        end = min(end, blocks)
         if first >= end:
             return
         if runs and runs[-1][1] == first:
