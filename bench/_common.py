@@ -226,14 +226,22 @@ def rounds(contenders: t.Mapping[str, Contender], count: int) -> dict[str, Run]:
     """Every contender once per round, the order reversed each round; the median time of each.
 
     Alternating the order spreads whatever the machine does meanwhile (page cache, other load) over
-    all contenders. Peak RSS is the largest seen in any round.
+    all contenders. Peak RSS is the largest seen in any round. A round in which another tool fails
+    (skopeo once got a 500 from the registry in the middle of a 4 GiB upload) is printed and left out
+    of its median, so that one failure does not cost the whole run; a failure of ours stops the benchmark.
     """
     names = list(contenders)
     seen: dict[str, list[Run]] = {name: [] for name in names}
     for number in range(count):
         order = names if number % 2 == 0 else names[::-1]
         for name in order:
-            measured = contenders[name](number)
+            try:
+                measured = contenders[name](number)
+            except BenchError as exc:
+                if name == "ours" or (number == count - 1 and not seen[name]):
+                    raise
+                print("  round %d  %-6s failed, left out of its median: %s" % (number + 1, name, str(exc)[:300]))
+                continue
             seen[name].append(measured)
             module = "" if measured.module_rss_mib is None else "  (module %.1f MiB)" % measured.module_rss_mib
             print(
