@@ -47,9 +47,11 @@ def bench(ansible: c.Ansible, ping: c.Run, workdir: str, size_mib: int, rounds: 
             return targets[round_number]
 
         def fresh(round_number: int, who: str) -> str:
-            path = os.path.join(workdir, "%s-%d" % (who, round_number))
-            c.remove(path)
-            return path
+            # Only this round's copy is kept: at 4 GiB, three contenders times three rounds of layouts filled
+            # the disk, and the registries answered 500.
+            for earlier in range(round_number + 1):
+                c.remove(os.path.join(workdir, "%s-%d" % (who, earlier)))
+            return os.path.join(workdir, "%s-%d" % (who, round_number))
 
         to_layout = to_layout_contenders(ansible, source, image, fresh)
         to_registry = to_registry_contenders(ansible, source, image, target)
@@ -59,6 +61,8 @@ def bench(ansible: c.Ansible, ping: c.Run, workdir: str, size_mib: int, rounds: 
                 del contenders["ours"]
             print(" ", label)
             medians = c.rounds(contenders, rounds)
+            for who in ("ours-layout", "peer-layout", "limit-layout"):
+                fresh(rounds, who)
             results.append(
                 c.Result(
                     "copy",
