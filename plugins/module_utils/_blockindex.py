@@ -390,12 +390,12 @@ def decode_header(line: bytes) -> Header:
     return decoded
 
 
-def decode(data: bytes, layer_digest: str | None = None, layer_size: int | None = None) -> BlockIndex:
+def decode(data: bytes | bytearray, layer_digest: str | None = None, layer_size: int | None = None) -> BlockIndex:
     """Parse and check an index; with `layer_digest`/`layer_size`, it must describe that layer."""
     end = data.find(b"\n", 0, MAX_HEADER_SIZE)
     if end < 0:
         raise BlockIndexError("block index has no header line")
-    header = decode_header(data[:end])
+    header = decode_header(bytes(data[:end]))
     if layer_digest is not None and header.layer_digest != layer_digest:
         raise BlockIndexError(f"block index describes {header.layer_digest}, not {layer_digest}")
     if layer_size is not None and header.layer_size != layer_size:

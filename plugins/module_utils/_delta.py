@@ -184,7 +184,7 @@ def check_index_shape(header: Header) -> None:
         raise DeltaAbandoned("the block index is unusable: %s" % exc) from exc
 
 
-def parse_index(data: bytes, layer: SelectedLayer) -> BlockIndex:
+def parse_index(data: bytes | bytearray, layer: SelectedLayer) -> BlockIndex:
     """The index, checked to describe exactly this layer (digest and size) in a shape a delta uses."""
     try:
         index = decode(data, layer.digest, layer.size)
@@ -1223,7 +1223,8 @@ def read_index_blob(source: ImageSource, descriptor: t.Mapping[str, t.Any], laye
         raise DeltaAbandoned("the block index cannot be read: %s" % exc) from exc
     if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
         raise DeltaAbandoned("the block index does not match its digest")
-    return parse_index(bytes(data), layer)
+    # The bytearray itself: a copy into bytes held the index (16 MiB for a 4 GiB layer) once more.
+    return parse_index(data, layer)
 
 
 IndexFinder = t.Callable[[SelectedLayer], t.Optional[t.Mapping[str, t.Any]]]
