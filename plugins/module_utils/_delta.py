@@ -604,22 +604,19 @@ def _seed_stretches(locations: list[int]) -> t.Iterator[tuple[int, int]]:
         start = end
 
 
-def _not_fetched(
-    first: int, end: int, fetched: list[tuple[int, int]], cursor: list[int]
-) -> t.Iterator[tuple[int, int]]:
-    """The parts of block run [first, end) outside the fetched block runs (sorted; `cursor` keeps the place,
-    as the runs asked about come in order)."""
-    while cursor[0] < len(fetched) and fetched[cursor[0]][1] <= first:
-        cursor[0] += 1
-    number = cursor[0]
-    while first < end and number < len(fetched) and fetched[number][0] < end:
-        start, stop = fetched[number]
-        if first < start:
-            yield first, start
-        first = max(first, stop)
-        number += 1
-    if first < end:
-        yield first, end
+def _drop_fetched(located: list[tuple[int, list[int]]], fetched: list[tuple[int, int]]) -> None:
+    """Mark the blocks that a range fetches anyway (a gap joined between two missing runs) as _NOT_FOUND, so
+    that no copy writes them too. Both lists are in block order."""
+    number = 0
+    for first, locations in located:
+        end = first + len(locations)
+        while number < len(fetched) and fetched[number][1] <= first:
+            number += 1
+        overlapping = number
+        while overlapping < len(fetched) and fetched[overlapping][0] < end:
+            start, stop = max(fetched[overlapping][0], first), min(fetched[overlapping][1], end)
+            locations[start - first : stop - first] = [_NOT_FOUND] * (stop - start)
+            overlapping += 1
 
 
 def coalesce(
@@ -673,18 +670,16 @@ def make_plan(index: BlockIndex, found: t.Mapping[bytes, int]) -> Plan:
     located = [(first, _locations(index, found, first, end)) for first, end in nonzero_runs(index)]
     plan.ranges = coalesce(_missing_runs(located), block_size, index.header.layer_size)
     # Blocks of a joined gap are fetched with their neighbours, not copied.
-    fetched = [(offset // block_size, -(-(offset + length) // block_size)) for offset, length in plan.ranges]
-    cursor = [0]
+    _drop_fetched(
+        located, [(offset // block_size, -(-(offset + length) // block_size)) for offset, length in plan.ranges]
+    )
     per_run = max(1, SEED_RUN // block_size)
     mask = (1 << _SEED_SHIFT) - 1
     for first, locations in located:
         for start, stop in _seed_stretches(locations):
-            for copy_first, copy_end in _not_fetched(first + start, first + stop, fetched, cursor):
-                where = locations[copy_first - first]
-                seed, block = where >> _SEED_SHIFT, where & mask
-                for piece in range(copy_first, copy_end, per_run):
-                    count = min(per_run, copy_end - piece)
-                    plan.copies.append((piece, seed, block + piece - copy_first, count))
+            seed, block = locations[start] >> _SEED_SHIFT, locations[start] & mask
+            for piece in range(start, stop, per_run):
+                plan.copies.append((first + piece, seed, block + piece - start, min(per_run, stop - piece)))
     return plan
 
 

@@ -376,6 +376,9 @@ def test_the_plan_agrees_with_a_block_by_block_walk(seed):
             layer.extend([bytes(BLOCK)] * generator.randint(1, 20))
         elif pick < 0.3:
             layer.extend(generator.sample(new_blocks, generator.randint(1, 5)))
+        elif pick < 0.4:
+            # A seed block between two new ones: the gap is joined, and the seed block fetched, not copied.
+            layer.extend([generator.choice(new_blocks), generator.choice(old), generator.choice(new_blocks)])
         else:
             # A stretch of the seed, long enough at times to be cut at SEED_RUN.
             start = generator.randrange(len(old))
@@ -387,6 +390,18 @@ def test_the_plan_agrees_with_a_block_by_block_walk(seed):
     plan = delta.make_plan(index, found)
     assert (plan.ranges, plan.copies) == plan_block_by_block(index, found)
     assert any(count == delta.SEED_RUN // BLOCK for _f, _s, _b, count in plan.copies)
+
+
+def test_a_seed_block_in_a_joined_gap_is_fetched_not_copied():
+    old, new = blocks(40, 21), blocks(10, 22)
+    data = b"".join([*new[:5], old[5], *new[5:], *old[20:40]])
+    index = index_of(data)
+    found = found_in(index, [index_of(b"".join(old)).hashes])
+    plan = delta.make_plan(index, found)
+    # Ten missing blocks allow two blocks of gap: the seed block between them travels with them.
+    assert plan.ranges == [(0, 11 * BLOCK)]
+    assert plan.copies == [(11, 0, 20, 20)]
+    assert (plan.ranges, plan.copies) == plan_block_by_block(index, found)
 
 
 def test_a_wrong_index_is_abandoned_and_nothing_reaches_dest(tmp_path):
