@@ -14,7 +14,8 @@ options:
     description:
       - While it runs (not in check mode), keep a progress record at this path, the same record
         M(ironcore.image.ironcore_image_fetch) keeps in its state directory. Unset, no record is kept.
-      - "The record is JSON, replaced atomically at most every half second (or every 64 MiB) and once at the end:
+      - "The record is JSON, replaced atomically at most every half second (or every 64 MiB), never more than half
+        a second behind the bytes (also while a transfer stalls), and once at the end:
         C(phase) (V(plan), V(copy) while blobs move, V(commit) while documents and names are written, then
         V(finished) or V(failed)), C(done) (V(true) once the names are set), C(started) and C(updated) (Unix
         time), C(bytes_done) and C(bytes_total) of the blobs this run sends (blobs the destination has, or

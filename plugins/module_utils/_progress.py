@@ -24,7 +24,10 @@ API (every method is thread-safe; one recorder is shared by a transfer's workers
 
 `advance` only counts; the record is written when `interval` seconds or
 `every_bytes` bytes have passed since the last write, never per chunk, so
-the hot path stays a lock and an addition. The record (JSON):
+the hot path stays a lock and an addition. Bytes counted between two writes
+are written by a timer at most `interval` seconds later even when no more
+arrive: a transfer that stalls shows how far it got, not where the last
+write happened to fall. The record (JSON):
 
     {"version": 1, "phase": "download", "done": false,
      "started": <unix time>, "updated": <unix time>,
@@ -54,6 +57,18 @@ DEFAULT_INTERVAL = 0.5
 DEFAULT_EVERY_BYTES = 64 * 1024 * 1024
 
 
+class _Cancellable(t.Protocol):
+    def cancel(self) -> None: ...
+
+
+def _start_timer(delay: float, action: t.Callable[[], None]) -> _Cancellable:
+    timer = threading.Timer(delay, action)
+    # A pending write must never keep the module's process alive.
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 class ProgressFileError(ImageError):
     """The progress record cannot be written where the task asked for it; one line."""
 
@@ -69,6 +84,7 @@ class ProgressRecorder:
         every_bytes: int = DEFAULT_EVERY_BYTES,
         clock: t.Callable[[], float] = time.monotonic,
         wall_clock: t.Callable[[], float] = time.time,
+        schedule: t.Callable[[float, t.Callable[[], None]], _Cancellable] = _start_timer,
     ):
         self.path = path
         self.phase = phase
@@ -76,11 +92,14 @@ class ProgressRecorder:
         self._every_bytes = every_bytes
         self._clock = clock
         self._wall_clock = wall_clock
+        self._schedule = schedule
+        self._pending_flush: _Cancellable | None = None
         self._lock = threading.Lock()
         # Writes happen outside _lock, so workers never wait for the disk; this orders them.
         self._write_lock = threading.Lock()
         self._layers: dict[str, list[int]] = {}
         self._done = False
+        self._finished = False
         self._started = wall_clock()
         self._last_write = clock()
         self._bytes_since_write = 0
@@ -101,6 +120,8 @@ class ProgressRecorder:
             entry[0] += n
             self._bytes_since_write += n
             record = self._due_record(force=False)
+            if record is None:
+                self._flush_later()
         if record is not None:
             self._write(record, final=False)
 
@@ -116,7 +137,11 @@ class ProgressRecorder:
         with self._lock:
             self.phase = phase
             self._done = done
+            self._finished = True
+            pending, self._pending_flush = self._pending_flush, None
             record = self._due_record(force=True)
+        if pending is not None:
+            pending.cancel()
         self._write(record, final=True)
 
     def begin(self, phase: str) -> None:
@@ -130,6 +155,22 @@ class ProgressRecorder:
         """The record as it would be written now."""
         with self._lock:
             return self._record()
+
+    def _flush_later(self) -> None:
+        """Under _lock: have the bytes counted but not written written once the interval is over."""
+        if self._pending_flush is not None or self._finished:
+            return
+        delay = max(0.0, self._interval - (self._clock() - self._last_write))
+        self._pending_flush = self._schedule(delay, self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._pending_flush = None
+            # Written meanwhile by a worker, or over: the final record must stay the last.
+            if self._finished or self._bytes_since_write == 0:
+                return
+            record = self._due_record(force=True)
+        self._write(record, final=False)
 
     def _due_record(self, force: bool) -> tuple[int, dict[str, t.Any]] | None:
         """Under _lock: the record to write when one is due (or forced), else None."""

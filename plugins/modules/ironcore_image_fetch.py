@@ -45,7 +45,8 @@ description:
     unchanged files. Files without a matching record are hashed once. The record is only ever used to skip a hash
     when it is a regular file owned by the user running the module and writable by no one else.
   - "While it runs (not in check mode), the fetch keeps a progress record, C(progress.json) in the state
-    directory, replaced atomically at most every half second (or every 64 MiB) and once at the end: C(phase)
+    directory, replaced atomically at most every half second (or every 64 MiB), never more than half a second
+    behind the bytes (also while a download stalls), and once at the end: C(phase)
     (V(plan), V(download), V(commit), then V(finished) or V(failed)), C(done) (V(true) once every file is in
     place), C(started) and C(updated) (Unix time), C(bytes_done) and C(bytes_total) of the layers it downloads,
     and the same two per layer under C(layers.<role>). With C(async) and C(poll: 0), a play can read it with

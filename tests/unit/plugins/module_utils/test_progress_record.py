@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -23,6 +24,34 @@ class Clock:
         return self.now
 
 
+class Timer:
+    def __init__(self, delay, action) -> None:
+        self.delay = delay
+        self.action = action
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Timers:
+    """Holds the writes a recorder schedules; the test fires them."""
+
+    def __init__(self) -> None:
+        self.pending: list[Timer] = []
+
+    def __call__(self, delay, action) -> Timer:
+        timer = Timer(delay, action)
+        self.pending.append(timer)
+        return timer
+
+    def fire_all(self) -> None:
+        timers, self.pending = self.pending, []
+        for timer in timers:
+            if not timer.cancelled:
+                timer.action()
+
+
 def read(path) -> dict:
     with open(path, "rb") as stream:
         return json.load(stream)
@@ -31,7 +60,9 @@ def read(path) -> dict:
 def test_record_is_written_on_start_then_only_when_due(tmp_path):
     path = tmp_path / "progress.json"
     clock = Clock()
-    recorder = ProgressRecorder(str(path), interval=0.5, every_bytes=1000, clock=clock, wall_clock=lambda: 1.0e9)
+    recorder = ProgressRecorder(
+        str(path), interval=0.5, every_bytes=1000, clock=clock, wall_clock=lambda: 1.0e9, schedule=Timers()
+    )
     recorder.start("rootfs", 5000)
     first = read(path)
     assert first["bytes_done"] == 0 and first["bytes_total"] == 5000 and first["done"] is False
@@ -48,6 +79,54 @@ def test_record_is_written_on_start_then_only_when_due(tmp_path):
     final = read(path)
     assert final["done"] is True and final["phase"] == "finished"
     assert final["started"] == 1.0e9 and final["updated"] == 1.0e9
+
+
+def test_bytes_of_a_transfer_that_stalls_are_written_when_the_interval_is_over(tmp_path):
+    path = tmp_path / "progress.json"
+    clock = Clock()
+    timers = Timers()
+    recorder = ProgressRecorder(str(path), interval=0.5, every_bytes=1000, clock=clock, schedule=timers)
+    recorder.start("rootfs", 5000)
+    clock.now += 0.2
+    recorder.advance("rootfs", 300)
+    recorder.advance("rootfs", 100)
+    assert [timer.delay for timer in timers.pending] == [pytest.approx(0.3)]  # one write, when the interval is over
+    assert read(path)["bytes_done"] == 0
+
+    timers.fire_all()  # no more bytes came: the timer writes what did
+    assert read(path)["bytes_done"] == 400
+
+    timers.fire_all()
+    clock.now += 0.6
+    recorder.advance("rootfs", 100)  # due: written at once, nothing scheduled
+    assert read(path)["bytes_done"] == 500 and timers.pending == []
+
+
+def test_a_write_pending_at_the_end_never_replaces_the_final_record(tmp_path):
+    path = tmp_path / "progress.json"
+    timers = Timers()
+    recorder = ProgressRecorder(str(path), interval=0.5, every_bytes=1000, schedule=timers)
+    recorder.start("rootfs", 5000)
+    recorder.advance("rootfs", 400)
+    pending = list(timers.pending)
+    recorder.finish("failed", done=False)
+    assert [timer.cancelled for timer in pending] == [True]
+    for timer in pending:  # a timer already running when finish came
+        timer.action()
+    assert read(path)["phase"] == "failed" and read(path)["bytes_done"] == 400
+
+
+def test_the_real_timer_writes_the_bytes_of_a_stalled_transfer(tmp_path):
+    path = tmp_path / "progress.json"
+    recorder = ProgressRecorder(str(path), interval=0.05)
+    recorder.start("rootfs", 5000)
+    recorder.advance("rootfs", 400)
+    seen = [read(path)]
+    while seen[-1]["bytes_done"] != 400 and len(seen) < 200:  # no more bytes come: the timer must write these
+        time.sleep(0.05)
+        seen.append(read(path))
+    recorder.finish()
+    assert seen[-1]["bytes_done"] == 400 and seen[-1]["done"] is False, seen[-1]
 
 
 def test_start_again_starts_the_layer_over_and_totals_add_up(tmp_path):
