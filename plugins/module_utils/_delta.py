@@ -27,8 +27,10 @@ whole blob the usual way.
 
 from __future__ import annotations
 
+import array
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -110,6 +112,10 @@ SEED_CACHE_VERSION = 2
 # A seed block number and the seed it comes from, packed into one int: seed << _SEED_SHIFT | block.
 _SEED_SHIFT = 40
 _NOT_FOUND = -1
+# The most non-zero blocks whose hashes are looked for in one pass over the seeds (1 GiB of 4 KiB blocks): the
+# wanted-hash dictionary costs about 100 bytes a block, 26 MiB at this size, where a 4 GiB layer's whole
+# dictionary took some 100 MiB. A pass more costs a read of each seed's cached hashes, 1/256 of the seed.
+PASS_BLOCKS = 1 << 18
 
 Warn = t.Callable[[str], None]
 
@@ -224,7 +230,6 @@ class Seed:
     size: int
     identity: list[int]
     device: bool
-    hashes: bytes = b""
     # Bytes of the seed read and hashed in this run: 0 when its cache answered.
     hashed_bytes: int = 0
 
@@ -336,9 +341,14 @@ def _open_cached(path: str, seed: Seed, block_size: int, hash_length: int, hash_
     return stream
 
 
+def hash_batch_size(block_size: int, hash_length: int) -> int:
+    """The bytes of block hashes of one seed read: the batch a seed's hashes come in."""
+    return seed_read_size(block_size) // block_size * hash_length
+
+
 def _cached_hashes(stream: t.BinaryIO, seed: Seed, block_size: int, hash_length: int) -> t.Iterator[bytes]:
     left = block_count(seed.size, block_size) * hash_length
-    batch = seed_read_size(block_size) // block_size * hash_length
+    batch = hash_batch_size(block_size, hash_length)
     with stream:
         while left > 0:
             data = stream.read(min(batch, left))
@@ -494,17 +504,16 @@ class Plan:
         return offset, min(count * self.block_size, self.layer_size - offset)
 
 
-def wanted_hashes(index: BlockIndex) -> dict[bytes, int]:
-    """Hash of every non-zero block of the new layer -> _NOT_FOUND, for the seeds to fill in.
+def wanted_hashes(index: BlockIndex, runs: t.Iterable[tuple[int, int]] | None = None) -> dict[bytes, int]:
+    """Hash of every non-zero block of the new layer (of `runs` when given) -> _NOT_FOUND, for the seeds to fill in.
 
-    One entry per distinct hash: the only per-block structure built, about
-    100 bytes per block of the new layer, made from the index before any
-    seed is read. Taken a run of non-zero blocks at a time: one call per
-    block was a second per GiB of layer.
+    One entry per distinct hash, about 100 bytes each: match_blocks builds
+    it for at most PASS_BLOCKS blocks at a time. Taken a run of non-zero
+    blocks at a time: one call per block was a second per GiB of layer.
     """
     length = index.header.hash_length
     keys: list[bytes] = []
-    for first, end in nonzero_runs(index):
+    for first, end in nonzero_runs(index) if runs is None else runs:
         run = index.hashes[first * length : end * length]
         keys.extend([run[at : at + length] for at in range(0, len(run), length)])
     return dict.fromkeys(keys, _NOT_FOUND)
@@ -530,71 +539,166 @@ def find_in_seed(wanted: dict[bytes, int], seed_number: int, batches: t.Iterable
         block += len(keys)
 
 
-def check_seeds_could_pay(index: BlockIndex, wanted: t.Mapping[bytes, int], seeds: t.Sequence[Seed]) -> None:
+def check_seeds_could_pay(index: BlockIndex, runs: t.Sequence[tuple[int, int]], seeds: t.Sequence[Seed]) -> None:
     """Give up before any seed is read when they are too small to hold enough of the layer.
 
     Each seed block can supply at most one distinct hash, so at least the
     distinct hashes beyond the seeds' block count are fetched, a block each.
+    The non-zero blocks bound the distinct hashes: they are only counted
+    when the seeds are smaller than that bound.
     """
     block_size = index.header.block_size
-    seed_blocks = sum(block_count(seed.size, block_size) for seed in seeds)
-    # Less one block for the layer's last, which may be short.
-    at_least = max(len(wanted) - seed_blocks - 1, 0) * block_size
     layer_size = index.header.layer_size
-    if at_least > MAX_FETCH_SHARE * layer_size:
+    seed_blocks = sum(block_count(seed.size, block_size) for seed in seeds)
+
+    def at_least(needed: int) -> int:
+        # Less one block for the layer's last, which may be short.
+        return max(needed - seed_blocks - 1, 0) * block_size
+
+    if at_least(sum(end - first for first, end in runs)) <= MAX_FETCH_SHARE * layer_size:
+        return
+    distinct = distinct_hashes(index, runs)
+    if at_least(distinct) > MAX_FETCH_SHARE * layer_size:
         raise DeltaAbandoned(
             "the seeds hold %d blocks, the layer needs %d distinct ones: the delta would download at least %d of"
             " its %d bytes (more than %d %%)"
-            % (seed_blocks, len(wanted), at_least, layer_size, int(MAX_FETCH_SHARE * 100))
+            % (seed_blocks, distinct, at_least(distinct), layer_size, int(MAX_FETCH_SHARE * 100))
         )
 
 
-def locate_blocks(index: BlockIndex, seeds: t.Sequence[Seed], cache_dir: str | None) -> dict[bytes, int]:
-    """Where the seeds hold each wanted block: the index's wanted set first, then every seed streamed once."""
-    header = index.header
-    wanted = wanted_hashes(index)
-    check_seeds_could_pay(index, wanted, seeds)
-    for number, seed in enumerate(seeds):
-        hashes = seed_hashes(seed, header.block_size, header.hash_length, cache_dir, header.hash)
-        find_in_seed(wanted, number, hashes, header.hash_length)
-    return wanted
-
-
-def _locations(index: BlockIndex, found: t.Mapping[bytes, int], first: int, end: int) -> list[int]:
-    """Where the seeds hold each block of [first, end) (seed << shift | block), _NOT_FOUND where none does.
-
-    One comprehension over the run's slice of the hash list: a method call
-    per block (is_zero, block_hash) was most of the plan's time.
-    """
+def distinct_hashes(index: BlockIndex, runs: t.Sequence[tuple[int, int]]) -> int:
+    """How many distinct hashes the blocks of `runs` have: counted a share of the hash space at a time, so that
+    no set holds more than about PASS_BLOCKS of them."""
     length = index.header.hash_length
-    run = index.hashes[first * length : end * length]
-    return [found[run[at : at + length]] for at in range(0, len(run), length)]
+    shares = min(256, max(1, -(-sum(end - first for first, end in runs) // PASS_BLOCKS)))
+    distinct = 0
+    for share in range(shares):
+        low, high = 256 * share // shares, 256 * (share + 1) // shares
+        seen: set[bytes] = set()
+        for first, end in runs:
+            run = index.hashes[first * length : end * length]
+            seen.update([run[at : at + length] for at in range(0, len(run), length) if low <= run[at] < high])
+        distinct += len(seen)
+    return distinct
 
 
-def _missing_runs(located: t.Iterable[tuple[int, list[int]]]) -> list[tuple[int, int]]:
-    """[first, end) block runs that no seed has and that are not zero, from each non-zero run's locations."""
-    runs: list[tuple[int, int]] = []
-    for first, locations in located:
-        at = 0
+SeedHashes = t.Callable[[], t.Iterable[bytes]]
+
+
+def match_blocks(index: BlockIndex, seeds: t.Sequence[SeedHashes], pass_blocks: int | None = None) -> array.array[int]:
+    """Where the seeds hold each block of the layer: seed << shift | block, _NOT_FOUND where none does and for
+    zero blocks. Each of `seeds` gives that seed's block hashes, in batches, every time it is called.
+
+    The wanted hashes of at most `pass_blocks` non-zero blocks are in the
+    dictionary at a time, and every pass streams the seeds' hashes again:
+    the dictionary, about 100 bytes a block, would otherwise be the one
+    part of a delta's memory that grows with the layer. The answer is an
+    array of 8 bytes a block.
+    """
+    locations = array.array("q", [_NOT_FOUND]) * index.blocks
+    for runs in _passes(nonzero_runs(index), pass_blocks or PASS_BLOCKS):
+        _match_pass(index, runs, seeds, locations)
+    return locations
+
+
+def _match_pass(
+    index: BlockIndex, runs: t.Sequence[tuple[int, int]], seeds: t.Sequence[SeedHashes], locations: array.array[int]
+) -> None:
+    """One pass of match_blocks: its dictionary is gone before the next pass builds its own."""
+    length = index.header.hash_length
+    wanted = wanted_hashes(index, runs)
+    for number, hashes in enumerate(seeds):
+        find_in_seed(wanted, number, hashes(), length)
+    for first, end in runs:
+        run = index.hashes[first * length : end * length]
+        locations[first:end] = array.array("q", [wanted[run[at : at + length]] for at in range(0, len(run), length)])
+
+
+def _passes(runs: t.Sequence[tuple[int, int]], pass_blocks: int) -> t.Iterator[list[tuple[int, int]]]:
+    """The runs in groups of at most `pass_blocks` blocks, a run cut where a group is full."""
+    group: list[tuple[int, int]] = []
+    room = pass_blocks
+    for first, end in runs:
+        while first < end:
+            stop = min(end, first + room)
+            group.append((first, stop))
+            room -= stop - first
+            first = stop
+            if room == 0:
+                yield group
+                group, room = [], pass_blocks
+    if group:
+        yield group
+
+
+class _ReplayedHashes:
+    """A seed's block hashes for match_blocks, once per pass. The first pass reads the cache or hashes the
+    seed, writing its cache; later ones read that cache. A seed that gets no cache (a block device) keeps
+    the first pass's hashes in memory instead, 16 bytes a block, rather than be read again per pass."""
+
+    def __init__(self, seed: Seed, header: Header, cache_dir: str | None, passes: int):
+        self._seed = seed
+        self._header = header
+        self._cache_dir = cache_dir
+        self._keep = passes > 1 and (
+            cache_dir is None or seed.device or not _cacheable(header.block_size, header.hash_length)
+        )
+        self._kept: bytearray | None = None
+
+    def __call__(self) -> t.Iterable[bytes]:
+        header = self._header
+        if self._kept is not None:
+            return _batches(self._kept, hash_batch_size(header.block_size, header.hash_length))
+        hashes = seed_hashes(self._seed, header.block_size, header.hash_length, self._cache_dir, header.hash)
+        return self._keeping(hashes) if self._keep else hashes
+
+    def _keeping(self, hashes: t.Iterable[bytes]) -> t.Iterator[bytes]:
+        kept = bytearray()
+        for batch in hashes:
+            kept += batch
+            yield batch
+        self._kept = kept
+
+
+def _batches(data: bytearray, size: int) -> t.Iterator[bytes]:
+    view = memoryview(data)
+    for at in range(0, len(data), size):
+        yield bytes(view[at : at + size])
+
+
+def locate_blocks(index: BlockIndex, seeds: t.Sequence[Seed], cache_dir: str | None) -> array.array[int]:
+    """Where the seeds hold each block of the layer (match_blocks), after checking that they could pay."""
+    runs = nonzero_runs(index)
+    check_seeds_could_pay(index, runs, seeds)
+    passes = -(-sum(end - first for first, end in runs) // PASS_BLOCKS)
+    return match_blocks(index, [_ReplayedHashes(seed, index.header, cache_dir, passes) for seed in seeds])
+
+
+def _missing_runs(locations: array.array[int], runs: t.Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[first, end) block runs that no seed has and that are not zero: the missing stretches of each non-zero run."""
+    missing: list[tuple[int, int]] = []
+    for first, end in runs:
+        at = first
         while True:
             try:
-                # list.index scans in C: the found blocks, nearly all of them, cost no Python step each.
-                at = locations.index(_NOT_FOUND, at)
+                # array.index scans in C: the found blocks, nearly all of them, cost no Python step each.
+                at = locations.index(_NOT_FOUND, at, end)
             except ValueError:
                 break
             stop = at + 1
-            while stop < len(locations) and locations[stop] == _NOT_FOUND:
+            while stop < end and locations[stop] == _NOT_FOUND:
                 stop += 1
-            runs.append((first + at, first + stop))
+            missing.append((at, stop))
             at = stop
-    return runs
+    return missing
 
 
-def _seed_stretches(locations: list[int]) -> t.Iterator[tuple[int, int]]:
+def _seed_stretches(locations: t.Sequence[int]) -> t.Iterator[tuple[int, int]]:
     """[start, end) of the stretches of `locations` found in one seed, block after block (missing ones left out)."""
     breaks = [
         number
-        for number, (before, after) in enumerate(zip(locations, locations[1:]), 1)
+        # islice, not a slice: a copy of a 4 GiB layer's run would be 8 MiB more at the plan's peak.
+        for number, (before, after) in enumerate(zip(locations, itertools.islice(locations, 1, None)), 1)
         if after != before + 1 or before == _NOT_FOUND
     ]
     start = 0
@@ -604,19 +708,23 @@ def _seed_stretches(locations: list[int]) -> t.Iterator[tuple[int, int]]:
         start = end
 
 
-def _drop_fetched(located: list[tuple[int, list[int]]], fetched: list[tuple[int, int]]) -> None:
-    """Mark the blocks that a range fetches anyway (a gap joined between two missing runs) as _NOT_FOUND, so
-    that no copy writes them too. Both lists are in block order."""
+def _copyable_runs(
+    locations: array.array[int], runs: t.Iterable[tuple[int, int]], fetched: list[tuple[int, int]]
+) -> t.Iterator[tuple[int, array.array[int]]]:
+    """Each non-zero run's locations, with the blocks a range fetches anyway (a gap joined between two missing
+    runs) marked _NOT_FOUND, so that no copy writes them too. Both lists are in block order; `locations` is
+    left as it is."""
     number = 0
-    for first, locations in located:
-        end = first + len(locations)
+    for first, end in runs:
+        run = locations[first:end]
         while number < len(fetched) and fetched[number][1] <= first:
             number += 1
         overlapping = number
         while overlapping < len(fetched) and fetched[overlapping][0] < end:
             start, stop = max(fetched[overlapping][0], first), min(fetched[overlapping][1], end)
-            locations[start - first : stop - first] = [_NOT_FOUND] * (stop - start)
+            run[start - first : stop - first] = array.array("q", [_NOT_FOUND]) * (stop - start)
             overlapping += 1
+        yield first, run
 
 
 def coalesce(
@@ -662,22 +770,18 @@ def _gaps_to_join(runs: t.Sequence[tuple[int, int]], gap_blocks: int) -> set[int
     return joined
 
 
-def make_plan(index: BlockIndex, found: t.Mapping[bytes, int]) -> Plan:
-    """Which blocks come from which seed (`found`, from locate_blocks), and which byte ranges are fetched."""
+def make_plan(index: BlockIndex, locations: array.array[int]) -> Plan:
+    """Which blocks come from which seed (`locations`, from locate_blocks), and which byte ranges are fetched."""
     block_size = index.header.block_size
     plan = Plan(block_size, index.header.layer_size)
-    # The locations of every non-zero block, a run at a time: a list of the dict's own ints, 8 bytes a block.
-    located = [(first, _locations(index, found, first, end)) for first, end in nonzero_runs(index)]
-    plan.ranges = coalesce(_missing_runs(located), block_size, index.header.layer_size)
-    # Blocks of a joined gap are fetched with their neighbours, not copied.
-    _drop_fetched(
-        located, [(offset // block_size, -(-(offset + length) // block_size)) for offset, length in plan.ranges]
-    )
+    runs = nonzero_runs(index)
+    plan.ranges = coalesce(_missing_runs(locations, runs), block_size, index.header.layer_size)
+    fetched = [(offset // block_size, -(-(offset + length) // block_size)) for offset, length in plan.ranges]
     per_run = max(1, SEED_RUN // block_size)
     mask = (1 << _SEED_SHIFT) - 1
-    for first, locations in located:
-        for start, stop in _seed_stretches(locations):
-            seed, block = locations[start] >> _SEED_SHIFT, locations[start] & mask
+    for first, run in _copyable_runs(locations, runs, fetched):
+        for start, stop in _seed_stretches(run):
+            seed, block = run[start] >> _SEED_SHIFT, run[start] & mask
             for piece in range(start, stop, per_run):
                 plan.copies.append((first + piece, seed, block + piece - start, min(per_run, stop - piece)))
     return plan
@@ -1106,10 +1210,10 @@ def assemble(job: DeltaJob, index: BlockIndex, report: DeltaReport) -> Staged:
         # An interrupted full download of this very blob: continuing it is cheaper than starting over.
         raise DeltaAbandoned("a partial download of this layer is continued instead")
     if job.seeds:
-        found = locate_blocks(index, job.seeds, job.cache_dir)
+        locations = locate_blocks(index, job.seeds, job.cache_dir)
         report.seed_hashed_bytes = sum(seed.hashed_bytes for seed in job.seeds)
-        plan = make_plan(index, found)
-        del found
+        plan = make_plan(index, locations)
+        del locations
         check_worth_it(plan, layer.size)
     else:
         plan = sparse_plan(index)

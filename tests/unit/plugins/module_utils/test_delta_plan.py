@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -30,8 +31,13 @@ def index_of(data: bytes, block_size: int = BLOCK) -> BlockIndex:
     return hasher.finish(digest_of(data))
 
 
-def found_in(index: BlockIndex, hashes_per_seed: list[bytes]) -> dict[bytes, int]:
+def found_in(index: BlockIndex, hashes_per_seed: list[bytes], pass_blocks: int | None = None):
     """Where the seeds with these block hashes hold each block of the index (what locate_blocks gives)."""
+    return delta.match_blocks(index, [functools.partial(list, [hashes]) for hashes in hashes_per_seed], pass_blocks)
+
+
+def found_by_hash(index: BlockIndex, hashes_per_seed: list[bytes]) -> dict[bytes, int]:
+    """Where the seeds hold each hash of the index, found in one dictionary of every wanted hash."""
     wanted = delta.wanted_hashes(index)
     for number, hashes in enumerate(hashes_per_seed):
         delta.find_in_seed(wanted, number, [hashes], index.header.hash_length)
@@ -209,6 +215,16 @@ class Setup:
             self.source, self.layer, str(self.dest / "rootfs"), str(self.state), seeds, str(self.state), 4, 1, 0.0
         )
 
+    def deliver(self, descriptor: dict, job: delta.DeltaJob | None = None) -> delta.DeltaReport:
+        """Run the delta, commit it, and check that dest holds the new layer."""
+        job = job or self.job()
+        staged, report = delta.try_delta(job, lambda _layer: descriptor)
+        delta.close_seeds(job.seeds)
+        assert staged is not None, report.reason
+        staged.commit()
+        assert (self.dest / "rootfs").read_bytes() == self.new
+        return report
+
     def add_index(self, data: bytes) -> dict:
         index_digest = digest_of(data)
         (self.layout / "blobs" / "sha256" / index_digest.split(":")[1]).write_bytes(data)
@@ -248,12 +264,7 @@ def test_a_second_delta_with_the_same_seed_reads_its_cache_instead_of_the_seed(t
     assert report.as_result()["seed_hashed_bytes"] == len(old)
     (entry,) = [p for p in setup.state.iterdir() if p.name.startswith(delta.SEED_CACHE_PREFIX)]
     before = entry.stat()
-    job = setup.job()
-    staged, report = delta.try_delta(job, lambda _layer: descriptor)
-    delta.close_seeds(job.seeds)
-    assert staged is not None, report.reason
-    staged.commit()
-    assert (setup.dest / "rootfs").read_bytes() == new
+    report = setup.deliver(descriptor)
     # The second read the cache: no byte of the seed hashed, the entry neither rewritten nor replaced.
     assert report.as_result()["seed_hashed_bytes"] == 0
     after = entry.stat()
@@ -338,7 +349,8 @@ def test_the_wanted_hashes_and_the_seed_lookup_agree_with_a_block_by_block_walk(
 
 
 def plan_block_by_block(index: BlockIndex, found: dict[bytes, int]) -> tuple[list[tuple[int, int]], list[tuple]]:
-    """The plan walked one block at a time, the plainest way: missing runs, then copies that skip fetched blocks."""
+    """The plan walked one block at a time, the plainest way, from where the seeds hold each hash (a dictionary,
+    as locate_blocks once gave): missing runs, then copies that skip fetched blocks."""
     runs: list[tuple[int, int]] = []
     for number in range(index.blocks):
         if not index.is_zero(number) and found[index.block_hash(number)] == -1:
@@ -386,22 +398,29 @@ def test_the_plan_agrees_with_a_block_by_block_walk(seed):
     data = b"".join(layer) + b"x" * generator.randrange(BLOCK)
     index = index_of(data)
     # Two seeds: the second holds a part of the first again, so the first seed's block is the one found.
-    found = found_in(index, [index_of(b"".join(old)).hashes, index_of(b"".join(old[100:400])).hashes])
-    plan = delta.make_plan(index, found)
-    assert (plan.ranges, plan.copies) == plan_block_by_block(index, found)
+    seeds = [index_of(b"".join(old)).hashes, index_of(b"".join(old[100:400])).hashes]
+    locations = found_in(index, seeds)
+    plan = delta.make_plan(index, locations)
+    assert (plan.ranges, plan.copies) == plan_block_by_block(index, found_by_hash(index, seeds))
     assert any(count == delta.SEED_RUN // BLOCK for _f, _s, _b, count in plan.copies)
+    # Matched a few blocks at a time, in passes that cut runs anywhere: the same locations.
+    assert found_in(index, seeds, pass_blocks=37) == locations
+    assert found_in(index, seeds, pass_blocks=1) == locations
 
 
 def test_a_seed_block_in_a_joined_gap_is_fetched_not_copied():
     old, new = blocks(40, 21), blocks(10, 22)
     data = b"".join([*new[:5], old[5], *new[5:], *old[20:40]])
     index = index_of(data)
-    found = found_in(index, [index_of(b"".join(old)).hashes])
-    plan = delta.make_plan(index, found)
+    seeds = [index_of(b"".join(old)).hashes]
+    locations = found_in(index, seeds)
+    plan = delta.make_plan(index, locations)
     # Ten missing blocks allow two blocks of gap: the seed block between them travels with them.
     assert plan.ranges == [(0, 11 * BLOCK)]
     assert plan.copies == [(11, 0, 20, 20)]
-    assert (plan.ranges, plan.copies) == plan_block_by_block(index, found)
+    assert (plan.ranges, plan.copies) == plan_block_by_block(index, found_by_hash(index, seeds))
+    # The plan leaves the locations it was given as they were.
+    assert locations == found_in(index, seeds)
 
 
 def test_a_wrong_index_is_abandoned_and_nothing_reaches_dest(tmp_path):
@@ -796,3 +815,58 @@ def test_the_state_directory_looked_in_beside_a_seed_is_the_fetchs_default():
     from ansible_collections.ironcore.image.plugins.module_utils._fetch import STATE_SUBDIR
 
     assert delta.DEFAULT_STATE_SUBDIR == STATE_SUBDIR
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["with a cache", "without a cache"])
+def test_a_layer_matched_in_passes_reads_each_seed_once_and_is_rebuilt(tmp_path, monkeypatch, cached):
+    old, new = old_and_new()
+    setup = Setup(tmp_path, old, new)
+    index = index_of(new)
+    descriptor = setup.add_index(index.encode())
+    hashed = []
+    hashing = delta._hashed
+
+    def counted(seed, *args):
+        hashed.append(seed.path)
+        return hashing(seed, *args)
+
+    monkeypatch.setattr(delta, "_hashed", counted)
+    # About 260 non-zero blocks in passes of 50: six passes over the seed's hashes.
+    monkeypatch.setattr(delta, "PASS_BLOCKS", 50)
+    job = setup.job()
+    if not cached:
+        job.cache_dir = None
+    single = found_in(index, [index_of(old).hashes])
+    assert delta.locate_blocks(index, job.seeds, job.cache_dir) == single
+    # Read and hashed in the first pass; then from its cache, or from the hashes the first pass kept.
+    assert hashed == [str(setup.seed_path)]
+    assert any(p.name.startswith(delta.SEED_CACHE_PREFIX) for p in setup.state.iterdir()) == cached
+    report = setup.deliver(descriptor, job)
+    assert report.fetched_bytes == 13 * BLOCK + 4
+
+
+def test_seeds_smaller_than_the_layer_pay_when_its_blocks_repeat(tmp_path, monkeypatch):
+    # 300 blocks of one content and 20 others: the non-zero blocks bound the distinct hashes, counted exactly
+    # (a share of the hash space at a time) before the delta gives up.
+    others = blocks(20, 31)
+    new = b"".join([*([others[0]] * 300), *others[1:]])
+    old = b"".join(others)
+    monkeypatch.setattr(delta, "PASS_BLOCKS", 8)
+    index = index_of(new)
+    assert delta.distinct_hashes(index, delta.nonzero_runs(index)) == 20
+    setup = Setup(tmp_path, old, new)
+    report = setup.deliver(setup.add_index(index.encode()))
+    assert report.fetched_bytes == 0
+
+
+def test_passes_take_at_most_so_many_blocks_and_cut_runs_where_they_are_full():
+    runs = [(0, 5), (10, 12), (20, 31)]
+    assert list(delta._passes(runs, 4)) == [
+        [(0, 4)],
+        [(4, 5), (10, 12), (20, 21)],
+        [(21, 25)],
+        [(25, 29)],
+        [(29, 31)],
+    ]
+    assert list(delta._passes(runs, 100)) == [runs]
+    assert list(delta._passes([], 4)) == []
