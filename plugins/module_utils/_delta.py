@@ -504,19 +504,25 @@ class Plan:
         return offset, min(count * self.block_size, self.layer_size - offset)
 
 
-def wanted_hashes(index: BlockIndex, runs: t.Iterable[tuple[int, int]] | None = None) -> dict[bytes, int]:
-    """Hash of every non-zero block of the new layer (of `runs` when given) -> _NOT_FOUND, for the seeds to fill in.
+def wanted_hashes(index: BlockIndex) -> dict[bytes, int]:
+    """Hash of every non-zero block of the new layer -> _NOT_FOUND, for the seeds to fill in: the layer's
+    whole wanted set in one dictionary, about 100 bytes a distinct hash. match_blocks builds the same a pass
+    of at most PASS_BLOCKS blocks at a time."""
+    return dict.fromkeys(_block_hashes(index, nonzero_runs(index)), _NOT_FOUND)
 
-    One entry per distinct hash, about 100 bytes each: match_blocks builds
-    it for at most PASS_BLOCKS blocks at a time. Taken a run of non-zero
-    blocks at a time: one call per block was a second per GiB of layer.
-    """
+
+def _block_hashes(index: BlockIndex, runs: t.Iterable[tuple[int, int]]) -> list[bytes]:
+    """The hash of every block of `runs`, in order."""
     length = index.header.hash_length
-    keys: list[bytes] = []
-    for first, end in nonzero_runs(index) if runs is None else runs:
-        run = index.hashes[first * length : end * length]
-        keys.extend([run[at : at + length] for at in range(0, len(run), length)])
-    return dict.fromkeys(keys, _NOT_FOUND)
+    hashes: list[bytes] = []
+    for first, end in runs:
+        hashes.extend(_split(index.hashes[first * length : end * length], length))
+    return hashes
+
+
+def _split(hashes: bytes, length: int) -> list[bytes]:
+    """A run of hashes, one bytes object each: a comprehension, as a call per hash cost a second per GiB."""
+    return [hashes[at : at + length] for at in range(0, len(hashes), length)]
 
 
 def find_in_seed(wanted: dict[bytes, int], seed_number: int, batches: t.Iterable[bytes], hash_length: int) -> None:
@@ -528,7 +534,7 @@ def find_in_seed(wanted: dict[bytes, int], seed_number: int, batches: t.Iterable
     """
     block = seed_number << _SEED_SHIFT
     for batch in batches:
-        keys = [batch[at : at + hash_length] for at in range(0, len(batch), hash_length)]
+        keys = _split(batch, hash_length)
         hits = wanted.keys() & keys
         if hits:
             # Reversed, so that the first of equal blocks is the one that stays.
@@ -605,13 +611,15 @@ def _match_pass(
     index: BlockIndex, runs: t.Sequence[tuple[int, int]], seeds: t.Sequence[SeedHashes], locations: array.array[int]
 ) -> None:
     """One pass of match_blocks: its dictionary is gone before the next pass builds its own."""
-    length = index.header.hash_length
-    wanted = wanted_hashes(index, runs)
+    # The pass's hashes are split once: the dictionary is made from them, and the locations read through them.
+    keys = _block_hashes(index, runs)
+    wanted = dict.fromkeys(keys, _NOT_FOUND)
     for number, hashes in enumerate(seeds):
-        find_in_seed(wanted, number, hashes(), length)
+        find_in_seed(wanted, number, hashes(), index.header.hash_length)
+    at = 0
     for first, end in runs:
-        run = index.hashes[first * length : end * length]
-        locations[first:end] = array.array("q", [wanted[run[at : at + length]] for at in range(0, len(run), length)])
+        locations[first:end] = array.array("q", [wanted[key] for key in keys[at : at + end - first]])
+        at += end - first
 
 
 def _passes(runs: t.Sequence[tuple[int, int]], pass_blocks: int) -> t.Iterator[list[tuple[int, int]]]:
